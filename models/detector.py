@@ -1,0 +1,367 @@
+"""StreamingDetector: fit on normal data, then step live or replay in batch through one kernel.
+
+>>> import numpy as np
+>>> from models import StreamingDetector, DetectorSpec
+>>> rng = np.random.default_rng(0)
+>>> normal = rng.normal(size=(600, 3)) @ np.array([[1, .8, 0], [0, .6, .5], [0, 0, .7]])
+>>> det = StreamingDetector(["a", "b", "c"], DetectorSpec(iforest_trees=20)).fit(normal)
+>>> fresh = good = np.ones(3, dtype=np.uint8)
+>>> det.step(0.0, normal[0], fresh, good)
+False
+>>> det.step(1.0, np.array([0.0, 9.0, -9.0]), fresh, good)
+True
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models import kernels
+from models.calibration import calibrate_threshold
+from models.iforest import ForestArrays, fit_iforest, flatten_iforest
+from models.kernels import (
+    C_IFOREST,
+    C_SIZE,
+    C_SPE,
+    C_T2,
+    D_CLEAR_N,
+    D_K,
+    D_N,
+    D_SIZE,
+    D_SMOOTH_ALPHA,
+    D_THRESHOLD_OFF,
+    D_THRESHOLD_ON,
+    D_W_TAGS,
+    DS_SIZE,
+    TP_CUSUM_H,
+    TP_CUSUM_K,
+    TP_EWMA_ALPHA,
+    TP_FLAT_EPS,
+    TP_FLAT_SECONDS,
+    TP_HI,
+    TP_LO,
+    TP_ROC_MAX,
+    TP_SIZE,
+    TP_STD0,
+    TP_WARMUP,
+    TP_Z_MAX,
+    TS_SIZE,
+    cusum_peaks,
+    ewma_innovations,
+)
+from models.pca import fit_pca
+from models.spec import DetectorSpec
+
+MIN_FIT_ROWS = 50
+# Names of the fitted arrays, in the order the kernels take them (after tag_state).
+MODEL_ARRAYS = ("tag_params", "center", "inv_scale", "pca_mean", "pca_components",
+                "pca_inv_eig", "f_feature", "f_threshold", "f_left", "f_right",
+                "f_leaf_depth", "f_roots", "comp_loc", "comp_thr", "decision_params")
+STATE_ARRAYS = ("tag_state", "mv_state", "decision_state")
+
+
+def longest_flat_run(values: np.ndarray, times: np.ndarray, eps: float) -> float:
+    """Longest time (s) the series stayed within eps of a run's first value; used to fit flatline."""
+    longest = 0.0
+    anchor_x, anchor_t = values[0], times[0]
+    for v, t in zip(values[1:], times[1:], strict=True):
+        if abs(v - anchor_x) > eps:
+            anchor_x, anchor_t = v, t
+        longest = max(longest, t - anchor_t)
+    return float(longest)
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+@dataclass
+class BatchResult:
+    """Per-row outputs of a replay: line score and alarm, component scores, per-tag flags and scores."""
+
+    score: np.ndarray  # (rows,) float64 in [0, 1)
+    alarm: np.ndarray  # (rows,) bool
+    components: np.ndarray  # (rows, 4) normalised component scores
+    tag_flags: np.ndarray  # (rows, tags) int32 bitmask (models.layout.FLAG_*)
+    tag_scores: np.ndarray  # (rows, tags) float64
+
+
+def robust_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and a robust standard deviation per column (IQR/1.349, then std, then a floor)."""
+    center = np.median(x, axis=0)
+    q75, q25 = np.percentile(x, [75, 25], axis=0)
+    scale = (q75 - q25) / 1.349
+    std = x.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, std)
+    floor = np.maximum(np.abs(center) * 1e-6, 1e-9)
+    return center, np.maximum(scale, floor)
+
+
+class StreamingDetector:
+    """Per-tag detectors + PCA T²/SPE + IsolationForest, fused into one debounced line alarm."""
+
+    def __init__(self, tags: list[str], spec: DetectorSpec | None = None,
+                 units: dict[str, str] | None = None) -> None:
+        if not tags or len(set(tags)) != len(tags):
+            raise ValueError("tags must be a non-empty list of unique names")
+        unknown = set((spec or DetectorSpec()).limits) - set(tags)
+        if unknown:
+            raise ValueError(f"limits given for unknown tag(s): {', '.join(sorted(unknown))}")
+        self.tags = list(tags)
+        self.spec = spec or DetectorSpec()
+        self.units = dict(units or {})
+        self.n = len(tags)
+        self.model: dict[str, np.ndarray] | None = None
+        self.summary: dict = {}
+        # Outputs of the latest live step (preallocated, overwritten every step).
+        self.tag_flags = np.zeros(self.n, dtype=np.int32)
+        self.tag_scores = np.zeros(self.n)
+        self.components = np.zeros(C_SIZE)
+        self.line = np.zeros(2)
+
+    # ----------------------------------------------------------------- fitting
+    def fit(self, x: np.ndarray, times: np.ndarray | None = None) -> "StreamingDetector":
+        """Fit baselines and models on normal data x (rows x tags), then calibrate thresholds."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n:
+            raise ValueError(f"training data must have shape (rows, {self.n}), got {x.shape}")
+        if x.shape[0] < MIN_FIT_ROWS:
+            raise ValueError(f"need at least {MIN_FIT_ROWS} training rows, got {x.shape[0]}")
+        bad = ~np.isfinite(x).all(axis=0)
+        if bad.any():
+            names = ", ".join(t for t, b in zip(self.tags, bad, strict=True) if b)
+            raise ValueError(f"training data has NaN/inf in tag(s) {names}: drop those rows first")
+        times = np.arange(x.shape[0], dtype=np.float64) if times is None else np.asarray(
+            times, dtype=np.float64)
+        if times.shape != (x.shape[0],) or np.any(np.diff(times) <= 0):
+            raise ValueError("times must be strictly increasing, one per training row")
+
+        spec = self.spec
+        n_fit = x.shape[0] - int(x.shape[0] * spec.holdout_fraction)
+        fit_x, fit_t = x[:n_fit], times[:n_fit]
+        center, scale = robust_scale(fit_x)
+        constant = [t for t, c in zip(self.tags, np.ptp(fit_x, axis=0) == 0, strict=True) if c]
+
+        model = {
+            "tag_params": self._fit_tag_params(fit_x, fit_t),
+            "center": center,
+            "inv_scale": 1.0 / scale,
+            "comp_loc": np.zeros(C_SIZE),
+            "comp_thr": np.ones(C_SIZE),
+            "decision_params": self._decision_params(threshold_on=np.inf),
+        }
+        z = (fit_x - center) / scale
+        pca = None
+        if spec.pca and self.n >= 2:
+            pca = fit_pca(z, spec.pca_variance, spec.pca_max_components)
+            model.update(pca_mean=pca.mean, pca_components=pca.components,
+                         pca_inv_eig=pca.inv_eigenvalues)
+        else:
+            model.update(pca_mean=np.zeros(self.n), pca_components=np.zeros((0, self.n)),
+                         pca_inv_eig=np.zeros(0))
+        forest = None
+        if spec.iforest:
+            forest = flatten_iforest(fit_iforest(z, spec.iforest_trees,
+                                                 min(spec.iforest_max_samples, n_fit), spec.seed))
+        model.update(self._forest_arrays(forest))
+        self.model = {k: np.ascontiguousarray(v) for k, v in model.items()}
+        self.f_denominator = forest.denominator if forest else 0.0
+
+        # Calibrate on the held-out tail (or everything when there is none), replaying the
+        # whole training window so stateful detectors are warm when the tail begins.
+        cal = slice(n_fit if n_fit < x.shape[0] else 0, None)
+        self.reset()
+        raw = self.run_batch(x, times).components[cal]
+        comp_loc, comp_thr = np.zeros(C_SIZE), np.ones(C_SIZE)
+        for c, enabled in ((C_T2, pca), (C_SPE, pca), (C_IFOREST, forest)):
+            if enabled is None:
+                continue
+            if c == C_IFOREST:
+                comp_loc[c] = float(np.median(raw[:, c]))
+            if spec.pca_limits == "theoretical" and c in (C_T2, C_SPE):
+                comp_thr[c] = pca.t2_limit if c == C_T2 else pca.spe_limit
+            else:
+                comp_thr[c] = calibrate_threshold(raw[:, c], spec.component_far, spec.calibration)
+            comp_thr[c] = max(comp_thr[c], comp_loc[c] + 1e-12)
+        self.model["comp_loc"], self.model["comp_thr"] = comp_loc, comp_thr
+
+        self.reset()
+        line = self.run_batch(x, times).score[cal]
+        threshold = min(calibrate_threshold(line, spec.target_far, spec.calibration), 0.999999)
+        self.model["decision_params"] = self._decision_params(threshold_on=threshold)
+        self.reset()
+
+        self.summary = {
+            "rows": int(x.shape[0]),
+            "fit_rows": int(n_fit),
+            "calibration_rows": int(line.shape[0]),
+            "time_start": float(times[0]),
+            "time_end": float(times[-1]),
+            "constant_tags": constant,
+            "threshold_on": threshold,
+            "threshold_off": threshold * spec.hysteresis,
+            "component_thresholds": {"pca_t2": comp_thr[C_T2], "pca_spe": comp_thr[C_SPE],
+                                     "iforest": comp_thr[C_IFOREST]},
+            "expected_line_far": float(np.mean(line > threshold)),
+        }
+        if pca is not None:
+            self.summary["pca"] = {
+                "components": int(pca.components.shape[0]),
+                "explained_variance": pca.explained_variance_ratio,
+                "t2_limit_theoretical": pca.t2_limit,
+                "spe_limit_theoretical": pca.spe_limit,
+            }
+        return self
+
+    def _fit_tag_params(self, x, times) -> np.ndarray:
+        spec = self.spec
+        tp = np.zeros((self.n, TP_SIZE))
+        dt = np.diff(times)
+        innovations = ewma_innovations(x, spec.ewma_alpha)
+        _, innovation_sigma = robust_scale(innovations)
+        # Real signals are autocorrelated, so their CUSUM wanders further than i.i.d. theory
+        # says: the decision interval is at least a margin over the largest excursion seen
+        # on normal data.
+        cusum_h = np.maximum(spec.cusum_h, spec.cusum_margin * cusum_peaks(
+            innovations, innovation_sigma, spec.cusum_k))
+        for i, tag in enumerate(self.tags):
+            lim = spec.limits.get(tag)
+            tp[i, TP_LO] = lim.lo if lim else -np.inf
+            tp[i, TP_HI] = lim.hi if lim else np.inf
+            max_rate = float(np.max(np.abs(np.diff(x[:, i])) / dt))
+            tp[i, TP_ROC_MAX] = spec.roc_factor * max_rate if max_rate > 0 else np.inf
+            run = longest_flat_run(x[:, i], times, spec.flat_eps)
+            constant_throughout = run >= times[-1] - times[0]
+            if spec.flat_factor > 0 and not constant_throughout:
+                tp[i, TP_FLAT_SECONDS] = max(spec.flat_min_seconds, spec.flat_factor * run)
+            tp[i, TP_FLAT_EPS] = spec.flat_eps
+            tp[i, TP_EWMA_ALPHA] = spec.ewma_alpha
+            tp[i, TP_Z_MAX] = spec.z_max
+            tp[i, TP_STD0] = innovation_sigma[i]
+            tp[i, TP_CUSUM_K] = spec.cusum_k
+            tp[i, TP_CUSUM_H] = cusum_h[i]
+            tp[i, TP_WARMUP] = spec.warmup
+        return tp
+
+    def _decision_params(self, threshold_on: float) -> np.ndarray:
+        s = self.spec
+        dp = np.zeros(D_SIZE)
+        dp[D_SMOOTH_ALPHA] = s.smooth_alpha
+        dp[D_THRESHOLD_ON] = threshold_on
+        dp[D_THRESHOLD_OFF] = threshold_on * s.hysteresis
+        dp[D_K], dp[D_N], dp[D_CLEAR_N] = s.debounce_k, s.debounce_n, s.clear_n
+        dp[D_W_TAGS:D_W_TAGS + C_SIZE] = s.weights
+        return dp
+
+    def _forest_arrays(self, forest: ForestArrays | None) -> dict[str, np.ndarray]:
+        if forest is None:
+            empty_i = np.zeros(0, dtype=np.int32)
+            return {"f_feature": empty_i, "f_threshold": np.zeros(0), "f_left": empty_i,
+                    "f_right": empty_i, "f_leaf_depth": np.zeros(0), "f_roots": empty_i}
+        return {"f_feature": forest.feature, "f_threshold": forest.threshold,
+                "f_left": forest.left, "f_right": forest.right,
+                "f_leaf_depth": forest.leaf_depth, "f_roots": forest.roots}
+
+    # ------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Forget everything seen since fit (baselines and thresholds stay)."""
+        self._require_model()
+        self.state = {
+            "tag_state": np.zeros((self.n, TS_SIZE)),
+            "mv_state": np.zeros(self.n + 1),
+            "decision_state": np.zeros(DS_SIZE + int(self.model["decision_params"][D_N])),
+        }
+        self._bind()
+
+    def checkpoint(self) -> dict[str, np.ndarray]:
+        """A copy of the running state; `restore` continues exactly where this left off."""
+        self._require_model()
+        return {k: v.copy() for k, v in self.state.items()}
+
+    def restore(self, checkpoint: dict[str, np.ndarray]) -> None:
+        self._require_model()
+        for name, current in self.state.items():
+            saved = checkpoint.get(name)
+            if saved is None or saved.shape != current.shape or saved.dtype != current.dtype:
+                raise ValueError(f"checkpoint does not fit this detector: {name} has the wrong shape")
+        for name, current in self.state.items():
+            current[...] = checkpoint[name]
+
+    def _bind(self) -> None:
+        m, s = self.model, self.state
+        # Kernel arguments after (t, x, fresh, good), in the kernels' order.
+        self._args = (
+            m["tag_params"], s["tag_state"],
+            m["center"], m["inv_scale"], float(self.spec.input_alpha), s["mv_state"],
+            m["pca_mean"], m["pca_components"], m["pca_inv_eig"],
+            m["f_feature"], m["f_threshold"], m["f_left"], m["f_right"], m["f_leaf_depth"],
+            m["f_roots"], float(self.f_denominator),
+            m["comp_loc"], m["comp_thr"], m["decision_params"], s["decision_state"],
+        )
+
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise NotFittedError("detector is not fitted: call fit() or load a model artifact")
+
+    @property
+    def threshold(self) -> float:
+        self._require_model()
+        return float(self.model["decision_params"][D_THRESHOLD_ON])
+
+    # ------------------------------------------------------------- scoring
+    def step(self, t: float, x: np.ndarray, fresh: np.ndarray, good: np.ndarray) -> bool:
+        """Score one frame (float64 values, uint8 fresh and good masks); True while alarming.
+
+        Per-tag flags/scores, component scores and the line score are left in
+        `tag_flags`, `tag_scores`, `components` and `score`.
+        """
+        kernels.step(t, x, fresh, good, *self._args,
+                    self.tag_flags, self.tag_scores, self.components, self.line)
+        return bool(self.line[1] != 0.0)
+
+    @property
+    def score(self) -> float:
+        return float(self.line[0])
+
+    def run_batch(self, x: np.ndarray, times: np.ndarray | None = None,
+                  fresh: np.ndarray | None = None, good: np.ndarray | None = None) -> BatchResult:
+        """Replay rows through the live kernel, continuing from the current state."""
+        self._require_model()
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        rows = x.shape[0]
+        if x.ndim != 2 or x.shape[1] != self.n:
+            raise ValueError(f"data must have shape (rows, {self.n}), got {x.shape}")
+        times = np.arange(rows, dtype=np.float64) if times is None else np.ascontiguousarray(
+            times, dtype=np.float64)
+        fresh = np.ones((rows, self.n), np.uint8) if fresh is None else np.ascontiguousarray(
+            fresh, dtype=np.uint8)
+        good = np.ones((rows, self.n), np.uint8) if good is None else np.ascontiguousarray(
+            good, dtype=np.uint8)
+        flags = np.zeros((rows, self.n), dtype=np.int32)
+        tag_scores = np.zeros((rows, self.n))
+        components = np.zeros((rows, C_SIZE))
+        line = np.zeros((rows, 2))
+        kernels.run_batch(times, x, fresh, good, *self._args, flags, tag_scores, components, line)
+        return BatchResult(score=line[:, 0], alarm=line[:, 1] != 0.0, components=components,
+                           tag_flags=flags, tag_scores=tag_scores)
+
+    def warm_up(self) -> None:
+        """Compile (or load from cache) both kernels now, without touching the running state."""
+        saved = self.checkpoint()
+        frame = self.model["center"].copy()
+        ones = np.ones(self.n, dtype=np.uint8)
+        self.step(0.0, frame, ones, ones)
+        self.run_batch(frame[None, :])
+        self.restore(saved)
+
+    # ------------------------------------------------------------ artifacts
+    def save(self, path) -> None:
+        from models.artifact import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path, expected_tags: list[str] | None = None) -> "StreamingDetector":
+        from models.artifact import load_model
+
+        return load_model(path, expected_tags)

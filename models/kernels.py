@@ -1,0 +1,355 @@
+"""Every numba-compiled function of the detector, and the array layout they share.
+
+They live in one module on purpose: numba's on-disk cache (cache=True) is
+invalidated only when the file holding a function changes, not when a function
+or constant it uses from another module changes. Split across files, an edit
+to one kernel could leave a stale compiled caller that silently computes the
+old thing. Keep every kernel and every layout constant here.
+
+The hot path is `step`: per-tag detectors, sample-and-hold of the last good
+values, robust scaling (+ optional input smoothing), PCA T²/SPE,
+IsolationForest, fusion and the alarm decision for one frame. `run_batch`
+calls `step` row by row inside numba, so replay equals live bit for bit.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+# Per-tag parameters: tag_params[N, TP_SIZE]
+TP_LO = 0  # hard low limit (-inf disables)
+TP_HI = 1  # hard high limit (+inf disables)
+TP_ROC_MAX = 2  # max |dx/dt| per second before a spike is flagged (+inf disables)
+TP_FLAT_SECONDS = 3  # flag stuck when the value moved less than TP_FLAT_EPS for this long (0 disables)
+TP_FLAT_EPS = 4
+TP_EWMA_ALPHA = 5  # EWMA weight of a new sample for the adaptive mean/variance
+TP_Z_MAX = 6  # |z| against the EWMA above which a sample is flagged (+inf disables)
+TP_STD0 = 7  # fitted robust std of the EWMA innovation (x - EWMA mean before x)
+TP_CUSUM_K = 8  # CUSUM allowance, in innovation sigmas
+TP_CUSUM_H = 9  # CUSUM decision interval, in innovation sigmas (+inf disables)
+TP_WARMUP = 10  # samples before the EWMA z-score may flag
+TP_SIZE = 11
+
+# Per-tag state: tag_state[N, TS_SIZE]
+TS_HELD = 0  # last good value (sample-and-hold input of the multivariate models)
+TS_HAVE = 1  # 1 once a good value has been seen
+TS_LAST_T = 2  # time of the last good sample
+TS_ANCHOR_X = 3  # value at the start of the current flat run
+TS_ANCHOR_T = 4  # time the current flat run started
+TS_EW_MEAN = 5
+TS_EW_VAR = 6
+TS_EW_N = 7  # good samples seen by the EWMA
+TS_CUSUM_POS = 8
+TS_CUSUM_NEG = 9
+TS_SIZE = 10
+
+# Flag bits in the per-tag output (int32 bitmask)
+FLAG_INVALID = 1  # fresh sample was NaN/inf or bad quality: not fed to any model
+FLAG_LIMIT = 2
+FLAG_ROC = 4
+FLAG_FLAT = 8
+FLAG_EWMA = 16
+FLAG_CUSUM = 32
+FLAG_NAMES = {
+    FLAG_INVALID: "invalid",
+    FLAG_LIMIT: "limit",
+    FLAG_ROC: "rate_of_change",
+    FLAG_FLAT: "flatline",
+    FLAG_EWMA: "ewma_z",
+    FLAG_CUSUM: "cusum",
+}
+
+# Component scores: component[C_SIZE], each normalised so 1.0 == its own threshold
+C_TAGS = 0  # max over tags of the per-tag normalised scores
+C_T2 = 1  # PCA Hotelling T²
+C_SPE = 2  # PCA squared prediction error (Q)
+C_IFOREST = 3
+C_SIZE = 4
+COMPONENT_NAMES = ("tags", "pca_t2", "pca_spe", "iforest")
+
+# Decision parameters: decision_params[D_SIZE]
+D_SMOOTH_ALPHA = 0  # EWMA weight on the fused score (1.0 = no smoothing)
+D_THRESHOLD_ON = 1  # line score above which a step counts as exceeding
+D_THRESHOLD_OFF = 2  # line score below which a step counts as clear (hysteresis)
+D_K = 3  # debounce: raise when >= K of the last N steps exceed
+D_N = 4
+D_CLEAR_N = 5  # clear after this many consecutive steps below the off threshold
+D_W_TAGS = 6  # fusion weights per component (0 disables the component)
+D_W_T2 = 7
+D_W_SPE = 8
+D_W_IFOREST = 9
+D_SIZE = 10
+
+# Decision state: decision_state[DS_SIZE + max N]; the tail is the k-of-n ring buffer
+DS_SMOOTHED = 0
+DS_ALARM = 1
+DS_RING_POS = 2
+DS_RING_COUNT = 3  # exceedances currently in the ring
+DS_CLEAR_RUN = 4
+DS_STEPS = 5
+DS_SIZE = 6
+
+
+# ----------------------------------------------------------------- per-tag detectors
+# Validity, hard limits, rate of change, flatline, EWMA z-score and CUSUM run in
+# one pass so each tag's row of parameters and state is touched once per step.
+# A fresh sample that is NaN/inf or of bad quality is flagged INVALID and never
+# updates any statistic.
+
+# Normalised score reported for a hard-limit breach or a flatline (both are
+# binary facts, so they get a fixed value well above the 1.0 threshold).
+BINARY_SCORE = 2.0
+
+
+@njit(cache=True, nogil=True)
+def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
+    """Update every tag with frame (t, x, fresh, good); return the max normalised tag score.
+
+    Scores are normalised so 1.0 is each detector's own threshold.
+    """
+    best = 0.0
+    for i in range(x.shape[0]):
+        flags = 0
+        score = 0.0
+        if fresh[i]:
+            v = x[i]
+            if good[i] == 0 or not math.isfinite(v):
+                flags |= FLAG_INVALID
+            else:
+                if v < tp[i, TP_LO] or v > tp[i, TP_HI]:
+                    flags |= FLAG_LIMIT
+                    score = BINARY_SCORE
+
+                if ts[i, TS_HAVE] > 0.0:
+                    dt = t - ts[i, TS_LAST_T]
+                    if dt > 0.0:
+                        rate = abs(v - ts[i, TS_HELD]) / dt / tp[i, TP_ROC_MAX]
+                        if rate > 1.0:
+                            flags |= FLAG_ROC
+                        score = max(score, rate)
+                    if abs(v - ts[i, TS_ANCHOR_X]) > tp[i, TP_FLAT_EPS]:
+                        ts[i, TS_ANCHOR_X] = v
+                        ts[i, TS_ANCHOR_T] = t
+                else:
+                    ts[i, TS_ANCHOR_X] = v
+                    ts[i, TS_ANCHOR_T] = t
+
+                # EWMA z-score and CUSUM both judge the innovation against the EWMA *before* this sample.
+                alpha = tp[i, TP_EWMA_ALPHA]
+                n_seen = ts[i, TS_EW_N]
+                if n_seen == 0.0:
+                    ts[i, TS_EW_MEAN] = v
+                    ts[i, TS_EW_VAR] = tp[i, TP_STD0] * tp[i, TP_STD0]
+                else:
+                    dev = v - ts[i, TS_EW_MEAN]
+                    var = ts[i, TS_EW_VAR]
+                    if n_seen >= tp[i, TP_WARMUP] and var > 0.0:
+                        z = abs(dev) / math.sqrt(var) / tp[i, TP_Z_MAX]
+                        if z > 1.0:
+                            flags |= FLAG_EWMA
+                        score = max(score, z)
+                    # Two-sided CUSUM of the EWMA innovation, in fitted innovation sigmas:
+                    # a sustained shift keeps the innovation biased until the EWMA catches up.
+                    zb = dev / tp[i, TP_STD0]
+                    k = tp[i, TP_CUSUM_K]
+                    # Clamped at 2h so it recovers within 2h/k samples once a shift ends.
+                    cap = 2.0 * tp[i, TP_CUSUM_H]
+                    pos = min(cap, max(0.0, ts[i, TS_CUSUM_POS] + zb - k))
+                    neg = min(cap, max(0.0, ts[i, TS_CUSUM_NEG] - zb - k))
+                    ts[i, TS_CUSUM_POS] = pos
+                    ts[i, TS_CUSUM_NEG] = neg
+                    c = max(pos, neg) / tp[i, TP_CUSUM_H]
+                    if c > 1.0:
+                        flags |= FLAG_CUSUM
+                    score = max(score, c)
+
+                    ts[i, TS_EW_MEAN] += alpha * dev
+                    ts[i, TS_EW_VAR] = (1.0 - alpha) * (var + alpha * dev * dev)
+                ts[i, TS_EW_N] = n_seen + 1.0
+
+                ts[i, TS_HELD] = v
+                ts[i, TS_HAVE] = 1.0
+                ts[i, TS_LAST_T] = t
+
+        # Flatline is judged on time, so a subscription that stops reporting
+        # because the value no longer changes is caught too.
+        flat = tp[i, TP_FLAT_SECONDS]
+        if flat > 0.0 and ts[i, TS_HAVE] > 0.0 and t - ts[i, TS_ANCHOR_T] >= flat:
+            flags |= FLAG_FLAT
+            score = max(score, BINARY_SCORE)
+
+        flags_out[i] = flags
+        score_out[i] = score
+        best = max(best, score)
+    return best
+
+
+@njit(cache=True, nogil=True)
+def ewma_innovations(x, alpha):
+    """x[t] - EWMA mean before x[t], per column, for t >= 1: what CUSUM and the z-score see."""
+    out = np.empty((x.shape[0] - 1, x.shape[1]))
+    for j in range(x.shape[1]):
+        mean = x[0, j]
+        for t in range(1, x.shape[0]):
+            dev = x[t, j] - mean
+            out[t - 1, j] = dev
+            mean += alpha * dev
+    return out
+
+
+@njit(cache=True, nogil=True)
+def cusum_peaks(innovations, sigma, k):
+    """Largest two-sided CUSUM statistic per column over a run of innovations (fitting aid)."""
+    peaks = np.zeros(innovations.shape[1])
+    for j in range(innovations.shape[1]):
+        pos = 0.0
+        neg = 0.0
+        for t in range(innovations.shape[0]):
+            z = innovations[t, j] / sigma[j]
+            pos = max(0.0, pos + z - k)
+            neg = max(0.0, neg - z - k)
+            peaks[j] = max(peaks[j], pos, neg)
+    return peaks
+
+
+# ----------------------------------------------------------------- multivariate models
+@njit(cache=True, nogil=True)
+def pca_score(u, mean, components, inv_eig, out, out_t2, out_spe):
+    """Write T² and SPE of the scaled sample u into out[out_t2], out[out_spe]."""
+    n = u.shape[0]
+    k = components.shape[0]
+    total = 0.0
+    for i in range(n):
+        c = u[i] - mean[i]
+        total += c * c
+    t2 = 0.0
+    explained = 0.0
+    for j in range(k):
+        s = 0.0
+        for i in range(n):
+            s += components[j, i] * (u[i] - mean[i])
+        t2 += s * s * inv_eig[j]
+        explained += s * s
+    out[out_t2] = t2
+    out[out_spe] = max(total - explained, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def iforest_score(u, feature, threshold, left, right, leaf_depth, roots, denominator):
+    """Anomaly score of one sample: 2 ** (-mean path length / c(max_samples))."""
+    depth = 0.0
+    for r in range(roots.shape[0]):
+        node = roots[r]
+        while left[node] != -1:
+            if np.float64(np.float32(u[feature[node]])) <= threshold[node]:
+                node = left[node]
+            else:
+                node = right[node]
+        depth += leaf_depth[node]
+    if denominator == 0.0:
+        return 0.5
+    return 2.0 ** (-depth / denominator)
+
+
+# ----------------------------------------------------------------- fusion and decision
+@njit(cache=True, nogil=True)
+def fuse(components, dp, ds):
+    """Weighted max of the components, EWMA-smoothed; returns the line score in [0, 1)."""
+    fused = 0.0
+    for c in range(C_SIZE):
+        fused = max(fused, dp[D_W_TAGS + c] * components[c])
+    alpha = dp[D_SMOOTH_ALPHA]
+    smoothed = fused if ds[DS_STEPS] == 0.0 else alpha * fused + (1.0 - alpha) * ds[DS_SMOOTHED]
+    ds[DS_SMOOTHED] = smoothed
+    ds[DS_STEPS] += 1.0
+    return smoothed / (1.0 + smoothed)
+
+
+@njit(cache=True, nogil=True)
+def decide(score, dp, ds):
+    """Advance the debounce ring and hysteresis with this step's line score; return 1 if alarming."""
+    n = int(dp[D_N])
+    pos = int(ds[DS_RING_POS])
+    exceed = 1.0 if score > dp[D_THRESHOLD_ON] else 0.0
+    ds[DS_RING_COUNT] += exceed - ds[DS_SIZE + pos]
+    ds[DS_SIZE + pos] = exceed
+    ds[DS_RING_POS] = (pos + 1) % n
+
+    if score < dp[D_THRESHOLD_OFF]:
+        ds[DS_CLEAR_RUN] += 1.0
+    else:
+        ds[DS_CLEAR_RUN] = 0.0
+
+    if ds[DS_ALARM] == 0.0:
+        if ds[DS_RING_COUNT] >= dp[D_K]:
+            ds[DS_ALARM] = 1.0
+    elif ds[DS_CLEAR_RUN] >= dp[D_CLEAR_N]:
+        ds[DS_ALARM] = 0.0
+    return int(ds[DS_ALARM])
+
+
+# ----------------------------------------------------------------- the step and replay
+@njit(cache=True, nogil=True)
+def step(t, x, fresh, good,
+         tag_params, tag_state,
+         center, inv_scale, input_alpha, mv_state,
+         pca_mean, pca_components, pca_inv_eig,
+         f_feature, f_threshold, f_left, f_right, f_leaf_depth, f_roots, f_denominator,
+         comp_loc, comp_thr, decision_params, decision_state,
+         tag_flags, tag_scores, components, line):
+    """Process one frame; outputs go to tag_flags, tag_scores, components and line[score, alarm].
+
+    mv_state holds the smoothed scaled input vector (n values) plus a sample counter at [n].
+    """
+    n = x.shape[0]
+    components[C_TAGS] = tag_step(t, x, fresh, good, tag_params, tag_state, tag_flags, tag_scores)
+    components[C_T2] = 0.0
+    components[C_SPE] = 0.0
+    components[C_IFOREST] = 0.0
+
+    use_pca = pca_components.shape[0] > 0
+    use_forest = f_roots.shape[0] > 0
+    ready = True
+    for i in range(n):
+        if tag_state[i, TS_HAVE] == 0.0:
+            ready = False
+            break
+    if ready and (use_pca or use_forest):
+        first = mv_state[n] == 0.0
+        for i in range(n):
+            z = (tag_state[i, TS_HELD] - center[i]) * inv_scale[i]
+            mv_state[i] = z if first else input_alpha * z + (1.0 - input_alpha) * mv_state[i]
+        mv_state[n] += 1.0
+        u = mv_state[:n]
+        if use_pca:
+            pca_score(u, pca_mean, pca_components, pca_inv_eig, components, C_T2, C_SPE)
+        if use_forest:
+            components[C_IFOREST] = iforest_score(
+                u, f_feature, f_threshold, f_left, f_right, f_leaf_depth, f_roots, f_denominator
+            )
+        for c in range(C_T2, C_SIZE):
+            components[c] = max(0.0, (components[c] - comp_loc[c]) / (comp_thr[c] - comp_loc[c]))
+
+    score = fuse(components, decision_params, decision_state)
+    line[0] = score
+    line[1] = decide(score, decision_params, decision_state)
+
+
+@njit(cache=True, nogil=True)
+def run_batch(times, xs, fresh, good,
+              tag_params, tag_state,
+              center, inv_scale, input_alpha, mv_state,
+              pca_mean, pca_components, pca_inv_eig,
+              f_feature, f_threshold, f_left, f_right, f_leaf_depth, f_roots, f_denominator,
+              comp_loc, comp_thr, decision_params, decision_state,
+              tag_flags, tag_scores, components, line):
+    """Replay rows of (times, xs, fresh, good) through `step`; outputs have one row per input row."""
+    for r in range(xs.shape[0]):
+        step(times[r], xs[r], fresh[r], good[r],
+             tag_params, tag_state,
+             center, inv_scale, input_alpha, mv_state,
+             pca_mean, pca_components, pca_inv_eig,
+             f_feature, f_threshold, f_left, f_right, f_leaf_depth, f_roots, f_denominator,
+             comp_loc, comp_thr, decision_params, decision_state,
+             tag_flags[r], tag_scores[r], components[r], line[r])

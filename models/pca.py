@@ -1,0 +1,61 @@
+"""PCA monitoring (classic multivariate SPC): Hotelling T² and squared prediction error (Q).
+
+Fitted offline with scikit-learn on robust-scaled normal data; scored by
+`models.kernels.pca_score`.
+T² measures how far a sample sits inside the model plane, Q (SPE) how far it
+sits off it, i.e. a broken correlation between tags.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+from sklearn.decomposition import PCA
+
+
+@dataclass(frozen=True)
+class PCAModel:
+    mean: np.ndarray  # (n,) PCA centre in scaled space
+    components: np.ndarray  # (k, n) orthonormal loadings
+    inv_eigenvalues: np.ndarray  # (k,) 1 / explained variance of each retained component
+    t2_limit: float  # theoretical control limit at the fitted confidence
+    spe_limit: float
+    explained_variance_ratio: float
+
+
+def fit_pca(z: np.ndarray, variance: float = 0.9, max_components: int | None = None,
+            confidence: float = 0.99) -> PCAModel:
+    """Fit PCA on scaled normal data z (rows x tags), keeping enough components for `variance`.
+
+    Control limits: T² from the F distribution, Q from Jackson & Mudholkar (1979).
+    """
+    n_rows, n_tags = z.shape
+    full = PCA().fit(z)
+    ratios = np.cumsum(full.explained_variance_ratio_)
+    k = int(np.searchsorted(ratios, variance) + 1)
+    k = max(1, min(k, n_tags - 1 if n_tags > 1 else 1, max_components or n_tags, n_rows - 2))
+    eig = np.maximum(full.explained_variance_, 1e-12)
+    components = np.ascontiguousarray(full.components_[:k], dtype=np.float64)
+
+    f_crit = stats.f.ppf(confidence, k, n_rows - k)
+    t2_limit = k * (n_rows - 1) * (n_rows + 1) / (n_rows * (n_rows - k)) * f_crit
+
+    residual = eig[k:]
+    if residual.size == 0 or residual.sum() <= 1e-12:
+        spe_limit = 1e-12
+    else:
+        th1, th2, th3 = (float(np.sum(residual**p)) for p in (1, 2, 3))
+        h0 = 1.0 - 2.0 * th1 * th3 / (3.0 * th2 * th2)
+        h0 = max(h0, 1e-3)
+        c_a = stats.norm.ppf(confidence)
+        spe_limit = th1 * (
+            c_a * np.sqrt(2.0 * th2 * h0 * h0) / th1 + 1.0 + th2 * h0 * (h0 - 1.0) / (th1 * th1)
+        ) ** (1.0 / h0)
+    return PCAModel(
+        mean=np.ascontiguousarray(full.mean_, dtype=np.float64),
+        components=components,
+        inv_eigenvalues=1.0 / eig[:k],
+        t2_limit=float(t2_limit),
+        spe_limit=float(spe_limit),
+        explained_variance_ratio=float(ratios[k - 1]),
+    )

@@ -1,0 +1,111 @@
+"""DetectorSpec: every knob of the streaming detector, with validation and defaults.
+
+Plain dataclasses (not pydantic) keep models/ free of the controller's config
+layer; the controller maps its validated TOML onto this.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from models.calibration import METHODS
+
+
+@dataclass(frozen=True)
+class TagLimits:
+    """Engineering hard limits of one tag (from the config, never fitted)."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    # per-tag detectors
+    ewma_alpha: float = 0.05
+    z_max: float = 6.0  # EWMA |z| threshold; inf disables
+    warmup: int = 30
+    cusum_k: float = 0.5  # allowance, innovation sigmas
+    cusum_h: float = 8.0  # minimum decision interval, innovation sigmas; inf disables
+    cusum_margin: float = 1.5  # decision interval >= margin x largest CUSUM seen in training
+    roc_factor: float = 3.0  # rate limit = factor x max |dx/dt| seen in training; inf disables
+    flat_factor: float = 3.0  # stuck after factor x longest flat run in training; 0 disables
+    flat_min_seconds: float = 10.0
+    flat_eps: float = 0.0
+    limits: dict[str, TagLimits] = field(default_factory=dict)
+    # multivariate models
+    pca: bool = True
+    pca_variance: float = 0.9
+    pca_max_components: int | None = None
+    pca_limits: str = "empirical"  # or "theoretical" (F / Jackson-Mudholkar limits)
+    iforest: bool = True
+    iforest_trees: int = 100
+    iforest_max_samples: int = 256
+    input_alpha: float = 1.0  # EWMA on scaled inputs before PCA/IForest (1 = none)
+    seed: int = 0
+    # calibration
+    component_far: float = 0.01  # each component's threshold (normalises it to 1.0)
+    target_far: float = 0.001  # line threshold
+    calibration: str = "pot"  # or "quantile"
+    holdout_fraction: float = 0.25  # calibrate on the last part, fit models on the rest
+    # decision
+    smooth_alpha: float = 1.0  # EWMA on the fused score (1 = none)
+    debounce_k: int = 1
+    debounce_n: int = 1
+    clear_n: int = 1
+    hysteresis: float = 0.9  # off-threshold = hysteresis x on-threshold
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # tags, T², SPE, iforest
+
+    def __post_init__(self) -> None:
+        problems = []
+
+        def need(ok: bool, name: str, expect: str) -> None:
+            if not ok:
+                problems.append(f"{name}={getattr(self, name)!r} ({expect})")
+
+        need(0.0 < self.ewma_alpha <= 1.0, "ewma_alpha", "expected 0 < value <= 1")
+        need(0.0 < self.input_alpha <= 1.0, "input_alpha", "expected 0 < value <= 1")
+        need(0.0 < self.smooth_alpha <= 1.0, "smooth_alpha", "expected 0 < value <= 1")
+        need(self.z_max > 0 and self.cusum_h > 0 and self.roc_factor > 0, "z_max",
+             "z_max, cusum_h and roc_factor must be > 0 (use inf to disable)")
+        need(self.cusum_k >= 0, "cusum_k", "expected >= 0")
+        need(self.cusum_margin >= 1, "cusum_margin", "expected >= 1")
+        need(self.warmup >= 1, "warmup", "expected >= 1")
+        need(self.flat_factor >= 0 and self.flat_min_seconds >= 0 and self.flat_eps >= 0,
+             "flat_factor", "flat_factor, flat_min_seconds, flat_eps must be >= 0")
+        need(0.0 < self.pca_variance <= 1.0, "pca_variance", "expected 0 < value <= 1")
+        need(self.pca_limits in ("empirical", "theoretical"), "pca_limits",
+             "expected 'empirical' or 'theoretical'")
+        need(self.iforest_trees >= 1 and self.iforest_max_samples >= 2, "iforest_trees",
+             "need >= 1 tree and max_samples >= 2")
+        need(0.0 < self.component_far < 0.5, "component_far", "expected 0 < value < 0.5")
+        need(0.0 < self.target_far < 0.5, "target_far", "expected 0 < value < 0.5")
+        need(self.calibration in METHODS, "calibration", f"expected one of {METHODS}")
+        need(0.0 <= self.holdout_fraction < 0.9, "holdout_fraction", "expected 0 <= value < 0.9")
+        need(1 <= self.debounce_k <= self.debounce_n, "debounce_k", "need 1 <= k <= n")
+        need(self.clear_n >= 1, "clear_n", "expected >= 1")
+        need(0.0 < self.hysteresis <= 1.0, "hysteresis", "expected 0 < value <= 1")
+        need(len(self.weights) == 4 and all(w >= 0 for w in self.weights), "weights",
+             "expected four weights >= 0: tags, pca_t2, pca_spe, iforest")
+        for tag, lim in self.limits.items():
+            if not lim.lo < lim.hi:
+                problems.append(f"limits[{tag!r}]: lo={lim.lo} must be < hi={lim.hi}")
+        if problems:
+            raise ValueError("invalid detector spec: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["limits"] = {k: [v.lo, v.hi] for k, v in self.limits.items()}
+        d["weights"] = list(self.weights)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DetectorSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown detector setting(s): {', '.join(sorted(unknown))}")
+        d = dict(d)
+        d["limits"] = {k: TagLimits(*v) for k, v in d.get("limits", {}).items()}
+        if "weights" in d:
+            d["weights"] = tuple(float(w) for w in d["weights"])
+        return cls(**d)
