@@ -1,4 +1,4 @@
-"""IsolationForest scored in numba (`models.kernels.iforest_score`) from scikit-learn's fitted trees, flattened into arrays.
+"""IsolationForest: scikit-learn's fitted trees flattened into arrays for `kernels.iforest_score`.
 
 The score equals ``-IsolationForest.score_samples`` (higher = more anomalous,
 about 0.5 for ordinary points). Like sklearn, a sample is compared as float32

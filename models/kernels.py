@@ -242,10 +242,8 @@ def iforest_score(u, feature, threshold, left, right, leaf_depth, roots, denomin
     for r in range(roots.shape[0]):
         node = roots[r]
         while left[node] != -1:
-            if np.float64(np.float32(u[feature[node]])) <= threshold[node]:
-                node = left[node]
-            else:
-                node = right[node]
+            go_left = np.float64(np.float32(u[feature[node]])) <= threshold[node]
+            node = left[node] if go_left else right[node]
         depth += leaf_depth[node]
     if denominator == 0.0:
         return 0.5
