@@ -15,6 +15,7 @@ True
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import signal
 
 from models import kernels
 from models.calibration import calibrate_threshold
@@ -49,7 +50,7 @@ from models.kernels import (
     cusum_peaks,
     ewma_innovations,
 )
-from models.pca import fit_pca
+from models.pca import PCAModel, fit_pca
 from models.spec import DetectorSpec
 
 MIN_FIT_ROWS = 50
@@ -69,6 +70,26 @@ def longest_flat_run(values: np.ndarray, times: np.ndarray, eps: float) -> float
             anchor_x, anchor_t = v, t
         longest = max(longest, t - anchor_t)
     return float(longest)
+
+
+def ewma(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Causal EWMA down the rows, started at the first row: what the kernel's input smoothing does."""
+    if alpha >= 1.0:
+        return x
+    zi = (1.0 - alpha) * x[:1]
+    return signal.lfilter([alpha], [1.0, alpha - 1.0], x, axis=0, zi=zi)[0]
+
+
+def shifted_tags(x: np.ndarray, tags: list[str], sigmas: float = 3.0) -> list[str]:
+    """Tags whose median moved more than `sigmas` robust sigmas between the window's halves.
+
+    A training window with a level shift inside it (a fault or a change of operating
+    point) makes a poor baseline; this is a label-free warning for it.
+    """
+    half = x.shape[0] // 2
+    _, scale = robust_scale(x)
+    shift = np.abs(np.median(x[:half], axis=0) - np.median(x[half:], axis=0)) / scale
+    return [t for t, s in zip(tags, shift > sigmas, strict=True) if s]
 
 
 class NotFittedError(RuntimeError):
@@ -121,7 +142,39 @@ class StreamingDetector:
 
     # ----------------------------------------------------------------- fitting
     def fit(self, x: np.ndarray, times: np.ndarray | None = None) -> "StreamingDetector":
-        """Fit baselines and models on normal data x (rows x tags), then calibrate thresholds."""
+        """Fit baselines and models on normal data x (rows x tags), then calibrate thresholds.
+
+        Models are fitted on the first rows and thresholds calibrated on the held-out
+        tail (`holdout_fraction`), replaying the whole window so stateful detectors are
+        warm when the tail begins; with `refit` the models are then refitted on all rows.
+        """
+        x, times = self._check_training(x, times)
+        spec = self.spec
+        rows = x.shape[0]
+        n_fit = rows - int(rows * spec.holdout_fraction)
+        cal = slice(n_fit if n_fit < rows else 0, None)
+        identity = (np.zeros(C_SIZE), np.ones(C_SIZE))
+        pca, forest = self._fit_models(x[:n_fit], times[:n_fit], identity, np.inf)
+
+        self.reset()
+        raw = self.run_batch(x, times).components[cal]
+        norm = self._component_normalisation(raw, pca, forest)
+        self._set_normalisation(norm, np.inf)
+        self.reset()
+        line = self.run_batch(x, times).score[cal]
+        fused = line / (1.0 - line)  # undo the [0, 1) squashing
+        margin_fused = spec.threshold_margin * calibrate_threshold(fused, spec.target_far, spec.calibration)
+        threshold = min(margin_fused / (1.0 + margin_fused), 0.999999)
+
+        if spec.refit and n_fit < rows:
+            pca, forest = self._fit_models(x, times, norm, threshold)
+        else:
+            self._set_normalisation(norm, threshold)
+        self.reset()
+        self.summary = self._summary(x, times, n_fit, line, threshold, norm, pca)
+        return self
+
+    def _check_training(self, x, times) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n:
             raise ValueError(f"training data must have shape (rows, {self.n}), got {x.shape}")
@@ -131,27 +184,22 @@ class StreamingDetector:
         if bad.any():
             names = ", ".join(t for t, b in zip(self.tags, bad, strict=True) if b)
             raise ValueError(f"training data has NaN/inf in tag(s) {names}: drop those rows first")
-        times = np.arange(x.shape[0], dtype=np.float64) if times is None else np.asarray(
-            times, dtype=np.float64)
+        if times is None:
+            times = np.arange(x.shape[0], dtype=np.float64)
+        times = np.ascontiguousarray(times, dtype=np.float64)
         if times.shape != (x.shape[0],) or np.any(np.diff(times) <= 0):
             raise ValueError("times must be strictly increasing, one per training row")
+        return x, times
 
+    def _fit_models(self, x, times, norm, threshold) -> tuple[PCAModel | None, ForestArrays | None]:
+        """Fit per-tag baselines, scaler, PCA and forest on x; install them with the given thresholds."""
         spec = self.spec
-        n_fit = x.shape[0] - int(x.shape[0] * spec.holdout_fraction)
-        fit_x, fit_t = x[:n_fit], times[:n_fit]
-        center, scale = robust_scale(fit_x)
-        constant = [t for t, c in zip(self.tags, np.ptp(fit_x, axis=0) == 0, strict=True) if c]
-
-        model = {
-            "tag_params": self._fit_tag_params(fit_x, fit_t),
-            "center": center,
-            "inv_scale": 1.0 / scale,
-            "comp_loc": np.zeros(C_SIZE),
-            "comp_thr": np.ones(C_SIZE),
-            "decision_params": self._decision_params(threshold_on=np.inf),
-        }
-        z = (fit_x - center) / scale
+        smoothed = ewma(x, spec.input_alpha)
+        center, scale = robust_scale(smoothed)
+        z = (smoothed - center) / scale
         pca = None
+        model = {"tag_params": self._fit_tag_params(x, times), "center": center,
+                 "inv_scale": 1.0 / scale}
         if spec.pca and self.n >= 2:
             pca = fit_pca(z, spec.pca_variance, spec.pca_max_components)
             model.update(pca_mean=pca.mean, pca_components=pca.components,
@@ -162,56 +210,59 @@ class StreamingDetector:
         forest = None
         if spec.iforest:
             forest = flatten_iforest(fit_iforest(z, spec.iforest_trees,
-                                                 min(spec.iforest_max_samples, n_fit), spec.seed))
+                                                 min(spec.iforest_max_samples, x.shape[0]), spec.seed))
         model.update(self._forest_arrays(forest))
         self.model = {k: np.ascontiguousarray(v) for k, v in model.items()}
         self.f_denominator = forest.denominator if forest else 0.0
+        self._set_normalisation(norm, threshold)
+        return pca, forest
 
-        # Calibrate on the held-out tail (or everything when there is none), replaying the
-        # whole training window so stateful detectors are warm when the tail begins.
-        cal = slice(n_fit if n_fit < x.shape[0] else 0, None)
-        self.reset()
-        raw = self.run_batch(x, times).components[cal]
-        comp_loc, comp_thr = np.zeros(C_SIZE), np.ones(C_SIZE)
-        for c, enabled in ((C_T2, pca), (C_SPE, pca), (C_IFOREST, forest)):
-            if enabled is None:
-                continue
-            if c == C_IFOREST:
-                comp_loc[c] = float(np.median(raw[:, c]))
-            if spec.pca_limits == "theoretical" and c in (C_T2, C_SPE):
-                comp_thr[c] = pca.t2_limit if c == C_T2 else pca.spe_limit
+    def _component_normalisation(self, raw, pca, forest) -> tuple[np.ndarray, np.ndarray]:
+        """Per component (loc, threshold) so that (raw - loc) / (threshold - loc) is 1.0 at threshold."""
+        spec = self.spec
+        loc, thr = np.zeros(C_SIZE), np.ones(C_SIZE)
+        if pca is not None:
+            if spec.pca_limits == "theoretical":
+                thr[C_T2], thr[C_SPE] = pca.t2_limit, pca.spe_limit
             else:
-                comp_thr[c] = calibrate_threshold(raw[:, c], spec.component_far, spec.calibration)
-            comp_thr[c] = max(comp_thr[c], comp_loc[c] + 1e-12)
-        self.model["comp_loc"], self.model["comp_thr"] = comp_loc, comp_thr
+                thr[C_T2] = calibrate_threshold(raw[:, C_T2], spec.component_far, spec.calibration)
+                thr[C_SPE] = calibrate_threshold(raw[:, C_SPE], spec.component_far, spec.calibration)
+            if not pca.has_residual:
+                thr[C_SPE] = np.inf  # every component kept: SPE is identically zero
+        if forest is not None:
+            loc[C_IFOREST] = float(np.median(raw[:, C_IFOREST]))
+            thr[C_IFOREST] = calibrate_threshold(raw[:, C_IFOREST], spec.component_far,
+                                                 spec.calibration)
+        return loc, np.maximum(thr, loc + 1e-12)
 
-        self.reset()
-        line = self.run_batch(x, times).score[cal]
-        threshold = min(calibrate_threshold(line, spec.target_far, spec.calibration), 0.999999)
-        self.model["decision_params"] = self._decision_params(threshold_on=threshold)
-        self.reset()
+    def _set_normalisation(self, norm, threshold: float) -> None:
+        self.model["comp_loc"], self.model["comp_thr"] = norm
+        self.model["decision_params"] = self._decision_params(threshold)
 
-        self.summary = {
+    def _summary(self, x, times, n_fit, line, threshold, norm, pca) -> dict:
+        spec = self.spec
+        summary = {
             "rows": int(x.shape[0]),
             "fit_rows": int(n_fit),
             "calibration_rows": int(line.shape[0]),
             "time_start": float(times[0]),
             "time_end": float(times[-1]),
-            "constant_tags": constant,
-            "threshold_on": threshold,
-            "threshold_off": threshold * spec.hysteresis,
-            "component_thresholds": {"pca_t2": comp_thr[C_T2], "pca_spe": comp_thr[C_SPE],
-                                     "iforest": comp_thr[C_IFOREST]},
-            "expected_line_far": float(np.mean(line > threshold)),
+            "constant_tags": [t for t, c in zip(self.tags, np.ptp(x, axis=0) == 0, strict=True) if c],
+            "shifted_tags": shifted_tags(x, self.tags),
+            "threshold_on": float(threshold),
+            "threshold_off": float(threshold * spec.hysteresis),
+            "component_thresholds": {name: float(norm[1][c]) for c, name in
+                                     ((C_T2, "pca_t2"), (C_SPE, "pca_spe"), (C_IFOREST, "iforest"))},
+            "calibration_exceedance": float(np.mean(line > threshold)),
         }
         if pca is not None:
-            self.summary["pca"] = {
+            summary["pca"] = {
                 "components": int(pca.components.shape[0]),
                 "explained_variance": pca.explained_variance_ratio,
                 "t2_limit_theoretical": pca.t2_limit,
                 "spe_limit_theoretical": pca.spe_limit,
             }
-        return self
+        return summary
 
     def _fit_tag_params(self, x, times) -> np.ndarray:
         spec = self.spec

@@ -22,10 +22,17 @@ class PCAModel:
     spe_limit: float
     explained_variance_ratio: float
 
+    @property
+    def has_residual(self) -> bool:
+        """False when every component is kept (then SPE is identically zero)."""
+        return self.components.shape[0] < self.components.shape[1]
+
 
 def fit_pca(z: np.ndarray, variance: float = 0.9, max_components: int | None = None,
             confidence: float = 0.99) -> PCAModel:
     """Fit PCA on scaled normal data z (rows x tags), keeping enough components for `variance`.
+
+    variance=1.0 keeps every component: T² is then the Mahalanobis distance.
 
     Control limits: T² from the F distribution, Q from Jackson & Mudholkar (1979).
     """
@@ -33,7 +40,7 @@ def fit_pca(z: np.ndarray, variance: float = 0.9, max_components: int | None = N
     full = PCA().fit(z)
     ratios = np.cumsum(full.explained_variance_ratio_)
     k = int(np.searchsorted(ratios, variance) + 1)
-    k = max(1, min(k, n_tags - 1 if n_tags > 1 else 1, max_components or n_tags, n_rows - 2))
+    k = max(1, min(k, n_tags, max_components or n_tags, n_rows - 2))
     eig = np.maximum(full.explained_variance_, 1e-12)
     components = np.ascontiguousarray(full.components_[:k], dtype=np.float64)
 

@@ -47,6 +47,8 @@ class DetectorSpec:
     target_far: float = 0.001  # line threshold
     calibration: str = "pot"  # or "quantile"
     holdout_fraction: float = 0.25  # calibrate on the last part, fit models on the rest
+    refit: bool = True  # after calibration, refit the models on all rows (thresholds kept)
+    threshold_margin: float = 1.0  # line threshold = margin x calibrated fused-score quantile
     # decision
     smooth_alpha: float = 1.0  # EWMA on the fused score (1 = none)
     debounce_k: int = 1
@@ -80,6 +82,7 @@ class DetectorSpec:
         need(0.0 < self.component_far < 0.5, "component_far", "expected 0 < value < 0.5")
         need(0.0 < self.target_far < 0.5, "target_far", "expected 0 < value < 0.5")
         need(self.calibration in METHODS, "calibration", f"expected one of {METHODS}")
+        need(self.threshold_margin > 0, "threshold_margin", "expected > 0")
         need(0.0 <= self.holdout_fraction < 0.9, "holdout_fraction", "expected 0 <= value < 0.9")
         need(1 <= self.debounce_k <= self.debounce_n, "debounce_k", "need 1 <= k <= n")
         need(self.clear_n >= 1, "clear_n", "expected >= 1")
