@@ -34,12 +34,14 @@ from models.kernels import (
     D_THRESHOLD_ON,
     D_W_TAGS,
     DS_SIZE,
+    FLAG_BITS,
     TP_CUSUM_H,
     TP_CUSUM_K,
     TP_EWMA_ALPHA,
     TP_FLAT_EPS,
     TP_FLAT_SECONDS,
     TP_HI,
+    TP_LINE_MASK,
     TP_LO,
     TP_ROC_MAX,
     TP_SIZE,
@@ -268,6 +270,7 @@ class StreamingDetector:
         spec = self.spec
         tp = np.zeros((self.n, TP_SIZE))
         dt = np.diff(times)
+        line_mask = sum(FLAG_BITS[name] for name in spec.line_flags)
         innovations = ewma_innovations(x, spec.ewma_alpha)
         _, innovation_sigma = robust_scale(innovations)
         # Real signals are autocorrelated, so their CUSUM wanders further than i.i.d. theory
@@ -292,6 +295,7 @@ class StreamingDetector:
             tp[i, TP_CUSUM_K] = spec.cusum_k
             tp[i, TP_CUSUM_H] = cusum_h[i]
             tp[i, TP_WARMUP] = spec.warmup
+            tp[i, TP_LINE_MASK] = line_mask
         return tp
 
     def _decision_params(self, threshold_on: float) -> np.ndarray:

@@ -29,7 +29,8 @@ TP_STD0 = 7  # fitted robust std of the EWMA innovation (x - EWMA mean before x)
 TP_CUSUM_K = 8  # CUSUM allowance, in innovation sigmas
 TP_CUSUM_H = 9  # CUSUM decision interval, in innovation sigmas (+inf disables)
 TP_WARMUP = 10  # samples before the EWMA z-score may flag
-TP_SIZE = 11
+TP_LINE_MASK = 11  # FLAG_* bits of the detectors whose scores feed the line score
+TP_SIZE = 12
 
 # Per-tag state: tag_state[N, TS_SIZE]
 TS_HELD = 0  # last good value (sample-and-hold input of the multivariate models)
@@ -42,7 +43,8 @@ TS_EW_VAR = 6
 TS_EW_N = 7  # good samples seen by the EWMA
 TS_CUSUM_POS = 8
 TS_CUSUM_NEG = 9
-TS_SIZE = 10
+TS_LAST_BAD = 10  # 1 while the latest fresh sample was invalid (then it is stale, not flat)
+TS_SIZE = 11
 
 # Flag bits in the per-tag output (int32 bitmask)
 FLAG_INVALID = 1  # fresh sample was NaN/inf or bad quality: not fed to any model
@@ -59,6 +61,7 @@ FLAG_NAMES = {
     FLAG_EWMA: "ewma_z",
     FLAG_CUSUM: "cusum",
 }
+FLAG_BITS = {name: bit for bit, name in FLAG_NAMES.items()}
 
 # Component scores: component[C_SIZE], each normalised so 1.0 == its own threshold
 C_TAGS = 0  # max over tags of the per-tag normalised scores
@@ -104,22 +107,30 @@ BINARY_SCORE = 2.0
 
 @njit(cache=True, nogil=True)
 def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
-    """Update every tag with frame (t, x, fresh, good); return the max normalised tag score.
+    """Update every tag with frame (t, x, fresh, good); return the line's share of the tag scores.
 
-    Scores are normalised so 1.0 is each detector's own threshold.
+    Scores are normalised so 1.0 is each detector's own threshold. score_out gets
+    each tag's max over all its detectors; the return value is the max over the
+    detectors named in each tag's TP_LINE_MASK.
     """
     best = 0.0
     for i in range(x.shape[0]):
         flags = 0
         score = 0.0
+        line = 0.0
+        mask = int(tp[i, TP_LINE_MASK])
         if fresh[i]:
             v = x[i]
             if good[i] == 0 or not math.isfinite(v):
                 flags |= FLAG_INVALID
+                ts[i, TS_LAST_BAD] = 1.0
             else:
+                ts[i, TS_LAST_BAD] = 0.0
                 if v < tp[i, TP_LO] or v > tp[i, TP_HI]:
                     flags |= FLAG_LIMIT
                     score = BINARY_SCORE
+                    if mask & FLAG_LIMIT:
+                        line = BINARY_SCORE
 
                 if ts[i, TS_HAVE] > 0.0:
                     dt = t - ts[i, TS_LAST_T]
@@ -128,6 +139,8 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
                         if rate > 1.0:
                             flags |= FLAG_ROC
                         score = max(score, rate)
+                        if mask & FLAG_ROC:
+                            line = max(line, rate)
                     if abs(v - ts[i, TS_ANCHOR_X]) > tp[i, TP_FLAT_EPS]:
                         ts[i, TS_ANCHOR_X] = v
                         ts[i, TS_ANCHOR_T] = t
@@ -149,6 +162,8 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
                         if z > 1.0:
                             flags |= FLAG_EWMA
                         score = max(score, z)
+                        if mask & FLAG_EWMA:
+                            line = max(line, z)
                     # Two-sided CUSUM of the EWMA innovation, in fitted innovation sigmas:
                     # a sustained shift keeps the innovation biased until the EWMA catches up.
                     zb = dev / tp[i, TP_STD0]
@@ -163,6 +178,8 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
                     if c > 1.0:
                         flags |= FLAG_CUSUM
                     score = max(score, c)
+                    if mask & FLAG_CUSUM:
+                        line = max(line, c)
 
                     ts[i, TS_EW_MEAN] += alpha * dev
                     ts[i, TS_EW_VAR] = (1.0 - alpha) * (var + alpha * dev * dev)
@@ -175,13 +192,16 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
         # Flatline is judged on time, so a subscription that stops reporting
         # because the value no longer changes is caught too.
         flat = tp[i, TP_FLAT_SECONDS]
-        if flat > 0.0 and ts[i, TS_HAVE] > 0.0 and t - ts[i, TS_ANCHOR_T] >= flat:
+        if (flat > 0.0 and ts[i, TS_HAVE] > 0.0 and ts[i, TS_LAST_BAD] == 0.0
+                and t - ts[i, TS_ANCHOR_T] >= flat):
             flags |= FLAG_FLAT
             score = max(score, BINARY_SCORE)
+            if mask & FLAG_FLAT:
+                line = max(line, BINARY_SCORE)
 
         flags_out[i] = flags
         score_out[i] = score
-        best = max(best, score)
+        best = max(best, line)
     return best
 
 

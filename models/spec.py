@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from models.calibration import METHODS
 
+LINE_FLAG_NAMES = ("limit", "rate_of_change", "flatline", "ewma_z", "cusum")
+
 
 @dataclass(frozen=True)
 class TagLimits:
@@ -32,6 +34,11 @@ class DetectorSpec:
     flat_min_seconds: float = 10.0
     flat_eps: float = 0.0
     limits: dict[str, TagLimits] = field(default_factory=dict)
+    # Per-tag detectors whose scores feed the line score (all of them always set their
+    # flags). CUSUM is left out by default: it flags every change of operating point,
+    # and the return to normal after a fault, which suits an advisory alarm better
+    # than a line stop.
+    line_flags: tuple[str, ...] = ("limit", "rate_of_change", "flatline", "ewma_z")
     # multivariate models
     pca: bool = True
     pca_variance: float = 0.9
@@ -89,6 +96,10 @@ class DetectorSpec:
         need(0.0 < self.hysteresis <= 1.0, "hysteresis", "expected 0 < value <= 1")
         need(len(self.weights) == 4 and all(w >= 0 for w in self.weights), "weights",
              "expected four weights >= 0: tags, pca_t2, pca_spe, iforest")
+        unknown_flags = set(self.line_flags) - set(LINE_FLAG_NAMES)
+        if unknown_flags:
+            problems.append(f"line_flags: unknown {sorted(unknown_flags)} (expected some of "
+                            f"{list(LINE_FLAG_NAMES)})")
         for tag, lim in self.limits.items():
             if not lim.lo < lim.hi:
                 problems.append(f"limits[{tag!r}]: lo={lim.lo} must be < hi={lim.hi}")
@@ -99,6 +110,7 @@ class DetectorSpec:
         d = asdict(self)
         d["limits"] = {k: [v.lo, v.hi] for k, v in self.limits.items()}
         d["weights"] = list(self.weights)
+        d["line_flags"] = list(self.line_flags)
         return d
 
     @classmethod
@@ -109,6 +121,8 @@ class DetectorSpec:
             raise ValueError(f"unknown detector setting(s): {', '.join(sorted(unknown))}")
         d = dict(d)
         d["limits"] = {k: TagLimits(*v) for k, v in d.get("limits", {}).items()}
+        if "line_flags" in d:
+            d["line_flags"] = tuple(d["line_flags"])
         if "weights" in d:
             d["weights"] = tuple(float(w) for w in d["weights"])
         return cls(**d)
