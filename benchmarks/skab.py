@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     console = Console()
     if not all((args.data / f).is_dir() for f in FOLDERS):
-        console.print(f"[red]error:[/] {args.data} does not look like SKAB data "
-                      f"(expected folders {', '.join(FOLDERS)}): pass the SKAB data folder")
+        Console(stderr=True).print(f"[red]error:[/] {args.data} does not look like SKAB data "
+                                   f"(expected folders {', '.join(FOLDERS)}): pass the SKAB data folder",
+                                   soft_wrap=True)
         return 2
     spec = DetectorSpec.from_dict({**SKAB_SPEC.to_dict(), "threshold_margin": args.margin})
     exclude = [c for c in args.exclude.split(",") if c]
