@@ -19,7 +19,7 @@ from models.detector import MODEL_ARRAYS, StreamingDetector
 from models.spec import DetectorSpec
 
 FORMAT = "linesentry-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_KEY = "__meta__"
 
 
@@ -49,7 +49,6 @@ def save_model(det: StreamingDetector, path) -> None:
     """Write atomically (temp file + rename), so a crash never leaves half a model behind."""
     det._require_model()
     arrays = {k: det.model[k] for k in MODEL_ARRAYS}
-    arrays["f_denominator"] = np.array(det.f_denominator)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -92,7 +91,7 @@ def load_model(path, expected_tags: list[str] | None = None) -> StreamingDetecto
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"model file {path} has format version {meta.get('format_version')}, "
                          f"this linesentry reads version {FORMAT_VERSION}: refit the model")
-    missing = [k for k in (*MODEL_ARRAYS, "f_denominator") if k not in arrays]
+    missing = [k for k in MODEL_ARRAYS if k not in arrays]
     if missing or meta.get("checksum") != _checksum(arrays, meta):
         raise ModelError(f"model file {path} failed its checksum (corrupted or edited): "
                          "refit it or restore it from backup")
@@ -101,7 +100,6 @@ def load_model(path, expected_tags: list[str] | None = None) -> StreamingDetecto
         raise ModelError(_tag_mismatch(path, tags, list(expected_tags)))
     det = StreamingDetector(tags, DetectorSpec.from_dict(meta["spec"]), meta.get("units"))
     det.model = {k: arrays[k] for k in MODEL_ARRAYS}
-    det.f_denominator = float(arrays["f_denominator"])
     det.summary = meta.get("summary", {})
     det.metadata = meta
     det.reset()

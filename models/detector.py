@@ -26,6 +26,11 @@ from models.kernels import (
     C_SPE,
     C_T2,
     D_CLEAR_N,
+    D_COMP_LOC,
+    D_COMP_THR,
+    D_F_DENOMINATOR,
+    D_F_DEPTH,
+    D_INPUT_ALPHA,
     D_K,
     D_N,
     D_SIZE,
@@ -35,14 +40,20 @@ from models.kernels import (
     D_W_TAGS,
     DS_SIZE,
     FLAG_BITS,
+    O_ALARM,
+    O_SCORE,
+    O_SIZE,
+    TP_CENTER,
     TP_CUSUM_H,
     TP_CUSUM_K,
     TP_EWMA_ALPHA,
     TP_FLAT_EPS,
     TP_FLAT_SECONDS,
     TP_HI,
+    TP_INV_SCALE,
     TP_LINE_MASK,
     TP_LO,
+    TP_PCA_MEAN,
     TP_ROC_MAX,
     TP_SIZE,
     TP_STD0,
@@ -56,11 +67,9 @@ from models.pca import PCAModel, fit_pca
 from models.spec import DetectorSpec
 
 MIN_FIT_ROWS = 50
-# Names of the fitted arrays, in the order the kernels take them (after tag_state).
-MODEL_ARRAYS = ("tag_params", "center", "inv_scale", "pca_mean", "pca_components",
-                "pca_inv_eig", "f_feature", "f_threshold", "f_left", "f_right",
-                "f_leaf_depth", "f_roots", "comp_loc", "comp_thr", "decision_params")
-STATE_ARRAYS = ("tag_state", "mv_state", "decision_state")
+# The fitted arrays (what a model artifact holds).
+MODEL_ARRAYS = ("tag_params", "pca_components", "pca_inv_eig", "f_nodes", "f_leaf_depth",
+                "f_roots", "decision_params")
 
 
 def longest_flat_run(values: np.ndarray, times: np.ndarray, eps: float) -> float:
@@ -105,7 +114,7 @@ class BatchResult:
     score: np.ndarray  # (rows,) float64 in [0, 1)
     alarm: np.ndarray  # (rows,) bool
     components: np.ndarray  # (rows, 4) normalised component scores
-    tag_flags: np.ndarray  # (rows, tags) int32 bitmask (models.layout.FLAG_*)
+    tag_flags: np.ndarray  # (rows, tags) int32 bitmask (models.kernels.FLAG_*)
     tag_scores: np.ndarray  # (rows, tags) float64
 
 
@@ -139,8 +148,9 @@ class StreamingDetector:
         # Outputs of the latest live step (preallocated, overwritten every step).
         self.tag_flags = np.zeros(self.n, dtype=np.int32)
         self.tag_scores = np.zeros(self.n)
-        self.components = np.zeros(C_SIZE)
-        self.line = np.zeros(2)
+        self.out = np.zeros(O_SIZE)  # components, line score, alarm (kernels.O_*)
+        self._args: tuple | None = None
+        self._forest_shape = (0.0, 0)  # IsolationForest denominator and depth
 
     # ----------------------------------------------------------------- fitting
     def fit(self, x: np.ndarray, times: np.ndarray | None = None) -> "StreamingDetector":
@@ -199,23 +209,22 @@ class StreamingDetector:
         smoothed = ewma(x, spec.input_alpha)
         center, scale = robust_scale(smoothed)
         z = (smoothed - center) / scale
-        pca = None
-        model = {"tag_params": self._fit_tag_params(x, times), "center": center,
-                 "inv_scale": 1.0 / scale}
+        tp = self._fit_tag_params(x, times)
+        tp[:, TP_CENTER], tp[:, TP_INV_SCALE] = center, 1.0 / scale
+        model = {"tag_params": tp, "pca_components": np.zeros((0, self.n)),
+                 "pca_inv_eig": np.zeros(0), "f_nodes": np.zeros((0, 3), dtype=np.int32),
+                 "f_leaf_depth": np.zeros(0), "f_roots": np.zeros(0, dtype=np.int32)}
+        pca = forest = None
         if spec.pca and self.n >= 2:
             pca = fit_pca(z, spec.pca_variance, spec.pca_max_components)
-            model.update(pca_mean=pca.mean, pca_components=pca.components,
-                         pca_inv_eig=pca.inv_eigenvalues)
-        else:
-            model.update(pca_mean=np.zeros(self.n), pca_components=np.zeros((0, self.n)),
-                         pca_inv_eig=np.zeros(0))
-        forest = None
+            tp[:, TP_PCA_MEAN] = pca.mean
+            model.update(pca_components=pca.components, pca_inv_eig=pca.inv_eigenvalues)
         if spec.iforest:
             forest = flatten_iforest(fit_iforest(z, spec.iforest_trees,
                                                  min(spec.iforest_max_samples, x.shape[0]), spec.seed))
-        model.update(self._forest_arrays(forest))
+            model.update(f_nodes=forest.nodes, f_leaf_depth=forest.leaf_depth, f_roots=forest.roots)
+        self._forest_shape = (forest.denominator, forest.max_depth) if forest else (0.0, 0)
         self.model = {k: np.ascontiguousarray(v) for k, v in model.items()}
-        self.f_denominator = forest.denominator if forest else 0.0
         self._set_normalisation(norm, threshold)
         return pca, forest
 
@@ -238,8 +247,7 @@ class StreamingDetector:
         return loc, np.maximum(thr, loc + 1e-12)
 
     def _set_normalisation(self, norm, threshold: float) -> None:
-        self.model["comp_loc"], self.model["comp_thr"] = norm
-        self.model["decision_params"] = self._decision_params(threshold)
+        self.model["decision_params"] = self._decision_params(norm, threshold)
 
     def _summary(self, x, times, n_fit, line, threshold, norm, pca) -> dict:
         spec = self.spec
@@ -298,7 +306,7 @@ class StreamingDetector:
             tp[i, TP_LINE_MASK] = line_mask
         return tp
 
-    def _decision_params(self, threshold_on: float) -> np.ndarray:
+    def _decision_params(self, norm, threshold_on: float) -> np.ndarray:
         s = self.spec
         dp = np.zeros(D_SIZE)
         dp[D_SMOOTH_ALPHA] = s.smooth_alpha
@@ -306,16 +314,10 @@ class StreamingDetector:
         dp[D_THRESHOLD_OFF] = threshold_on * s.hysteresis
         dp[D_K], dp[D_N], dp[D_CLEAR_N] = s.debounce_k, s.debounce_n, s.clear_n
         dp[D_W_TAGS:D_W_TAGS + C_SIZE] = s.weights
+        dp[D_INPUT_ALPHA] = s.input_alpha
+        dp[D_COMP_LOC:D_COMP_LOC + C_SIZE], dp[D_COMP_THR:D_COMP_THR + C_SIZE] = norm
+        dp[D_F_DENOMINATOR], dp[D_F_DEPTH] = self._forest_shape
         return dp
-
-    def _forest_arrays(self, forest: ForestArrays | None) -> dict[str, np.ndarray]:
-        if forest is None:
-            empty_i = np.zeros(0, dtype=np.int32)
-            return {"f_feature": empty_i, "f_threshold": np.zeros(0), "f_left": empty_i,
-                    "f_right": empty_i, "f_leaf_depth": np.zeros(0), "f_roots": empty_i}
-        return {"f_feature": forest.feature, "f_threshold": forest.threshold,
-                "f_left": forest.left, "f_right": forest.right,
-                "f_leaf_depth": forest.leaf_depth, "f_roots": forest.roots}
 
     # ------------------------------------------------------------- state
     def reset(self) -> None:
@@ -323,7 +325,6 @@ class StreamingDetector:
         self._require_model()
         self.state = {
             "tag_state": np.zeros((self.n, TS_SIZE)),
-            "mv_state": np.zeros(self.n + 1),
             "decision_state": np.zeros(DS_SIZE + int(self.model["decision_params"][D_N])),
         }
         self._bind()
@@ -345,14 +346,9 @@ class StreamingDetector:
     def _bind(self) -> None:
         m, s = self.model, self.state
         # Kernel arguments after (t, x, fresh, good), in the kernels' order.
-        self._args = (
-            m["tag_params"], s["tag_state"],
-            m["center"], m["inv_scale"], float(self.spec.input_alpha), s["mv_state"],
-            m["pca_mean"], m["pca_components"], m["pca_inv_eig"],
-            m["f_feature"], m["f_threshold"], m["f_left"], m["f_right"], m["f_leaf_depth"],
-            m["f_roots"], float(self.f_denominator),
-            m["comp_loc"], m["comp_thr"], m["decision_params"], s["decision_state"],
-        )
+        self._args = (m["tag_params"], s["tag_state"], m["pca_components"], m["pca_inv_eig"],
+                      m["f_nodes"], m["f_leaf_depth"], m["f_roots"], m["decision_params"],
+                      s["decision_state"])
 
     def _require_model(self) -> None:
         if self.model is None:
@@ -370,13 +366,19 @@ class StreamingDetector:
         Per-tag flags/scores, component scores and the line score are left in
         `tag_flags`, `tag_scores`, `components` and `score`.
         """
-        kernels.step(t, x, fresh, good, *self._args,
-                    self.tag_flags, self.tag_scores, self.components, self.line)
-        return bool(self.line[1] != 0.0)
+        if self._args is None:
+            raise NotFittedError("detector is not fitted: call fit() or load a model artifact")
+        kernels.step(float(t), x, fresh, good, *self._args, self.tag_flags, self.tag_scores, self.out)
+        return bool(self.out[O_ALARM] != 0.0)
 
     @property
     def score(self) -> float:
-        return float(self.line[0])
+        return float(self.out[O_SCORE])
+
+    @property
+    def components(self) -> np.ndarray:
+        """Normalised component scores of the latest step (tags, T², SPE, IsolationForest)."""
+        return self.out[:C_SIZE]
 
     def run_batch(self, x: np.ndarray, times: np.ndarray | None = None,
                   fresh: np.ndarray | None = None, good: np.ndarray | None = None) -> BatchResult:
@@ -394,20 +396,23 @@ class StreamingDetector:
             good, dtype=np.uint8)
         flags = np.zeros((rows, self.n), dtype=np.int32)
         tag_scores = np.zeros((rows, self.n))
-        components = np.zeros((rows, C_SIZE))
-        line = np.zeros((rows, 2))
-        kernels.run_batch(times, x, fresh, good, *self._args, flags, tag_scores, components, line)
-        return BatchResult(score=line[:, 0], alarm=line[:, 1] != 0.0, components=components,
-                           tag_flags=flags, tag_scores=tag_scores)
+        out = np.zeros((rows, O_SIZE))
+        kernels.run_batch(times, x, fresh, good, *self._args, flags, tag_scores, out)
+        return BatchResult(score=out[:, O_SCORE], alarm=out[:, O_ALARM] != 0.0,
+                           components=out[:, :C_SIZE], tag_flags=flags, tag_scores=tag_scores)
 
     def warm_up(self) -> None:
         """Compile (or load from cache) both kernels now, without touching the running state."""
         saved = self.checkpoint()
-        frame = self.model["center"].copy()
+        saved_outputs = (self.tag_flags.copy(), self.tag_scores.copy(), self.out.copy())
+        frame = self.model["tag_params"][:, TP_CENTER].copy()
         ones = np.ones(self.n, dtype=np.uint8)
         self.step(0.0, frame, ones, ones)
         self.run_batch(frame[None, :])
         self.restore(saved)
+        for current, before in zip((self.tag_flags, self.tag_scores, self.out), saved_outputs,
+                                   strict=True):
+            current[...] = before
 
     # ------------------------------------------------------------ artifacts
     def save(self, path) -> None:

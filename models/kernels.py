@@ -30,7 +30,10 @@ TP_CUSUM_K = 8  # CUSUM allowance, in innovation sigmas
 TP_CUSUM_H = 9  # CUSUM decision interval, in innovation sigmas (+inf disables)
 TP_WARMUP = 10  # samples before the EWMA z-score may flag
 TP_LINE_MASK = 11  # FLAG_* bits of the detectors whose scores feed the line score
-TP_SIZE = 12
+TP_CENTER = 12  # robust scaler: z = (x - centre) * inv_scale
+TP_INV_SCALE = 13
+TP_PCA_MEAN = 14  # PCA centre in scaled space
+TP_SIZE = 15
 
 # Per-tag state: tag_state[N, TS_SIZE]
 TS_HELD = 0  # last good value (sample-and-hold input of the multivariate models)
@@ -44,7 +47,8 @@ TS_EW_N = 7  # good samples seen by the EWMA
 TS_CUSUM_POS = 8
 TS_CUSUM_NEG = 9
 TS_LAST_BAD = 10  # 1 while the latest fresh sample was invalid (then it is stale, not flat)
-TS_SIZE = 11
+TS_U = 11  # scaled (and smoothed) held value: the multivariate models' input
+TS_SIZE = 12
 
 # Flag bits in the per-tag output (int32 bitmask)
 FLAG_INVALID = 1  # fresh sample was NaN/inf or bad quality: not fed to any model
@@ -63,13 +67,26 @@ FLAG_NAMES = {
 }
 FLAG_BITS = {name: bit for bit, name in FLAG_NAMES.items()}
 
-# Component scores: component[C_SIZE], each normalised so 1.0 == its own threshold
+# Step outputs: out[O_SIZE] per frame (one row per frame in replay). The first C_SIZE
+# entries are the component scores, each normalised so 1.0 == its own threshold.
 C_TAGS = 0  # max over tags of the per-tag normalised scores
 C_T2 = 1  # PCA Hotelling T²
 C_SPE = 2  # PCA squared prediction error (Q)
 C_IFOREST = 3
 C_SIZE = 4
 COMPONENT_NAMES = ("tags", "pca_t2", "pca_spe", "iforest")
+O_SCORE = C_SIZE  # line score in [0, 1)
+O_ALARM = C_SIZE + 1  # 1.0 while the line alarm is active
+O_SIZE = C_SIZE + 2
+
+# IsolationForest nodes: f_nodes[M, 3] int32 = split feature, first child, and the split
+# threshold as float32 bits. The two children of a node are adjacent (right = left + 1),
+# so a step down is `child + (x > threshold)` with no branch; a leaf points to itself
+# with a +inf threshold, so every walk can run a fixed number of levels.
+F_FEATURE = 0
+F_CHILD = 1
+F_THRESHOLD = 2
+F_LOCKSTEP = 8  # trees walked side by side: independent loads overlap in the CPU
 
 # Decision parameters: decision_params[D_SIZE]
 D_SMOOTH_ALPHA = 0  # EWMA weight on the fused score (1.0 = no smoothing)
@@ -82,7 +99,12 @@ D_W_TAGS = 6  # fusion weights per component (0 disables the component)
 D_W_T2 = 7
 D_W_SPE = 8
 D_W_IFOREST = 9
-D_SIZE = 10
+D_INPUT_ALPHA = 10  # EWMA weight on the scaled inputs of the multivariate models (1.0 = none)
+D_COMP_LOC = 11  # C_SIZE entries: per-component normalisation (raw - loc) / (thr - loc)
+D_COMP_THR = D_COMP_LOC + C_SIZE
+D_F_DENOMINATOR = D_COMP_THR + C_SIZE  # trees x c(max_samples) of the IsolationForest
+D_F_DEPTH = D_F_DENOMINATOR + 1  # deepest tree of the IsolationForest
+D_SIZE = D_F_DEPTH + 1
 
 # Decision state: decision_state[DS_SIZE + max N]; the tail is the k-of-n ring buffer
 DS_SMOOTHED = 0
@@ -91,7 +113,8 @@ DS_RING_POS = 2
 DS_RING_COUNT = 3  # exceedances currently in the ring
 DS_CLEAR_RUN = 4
 DS_STEPS = 5
-DS_SIZE = 6
+DS_MV_STEPS = 6  # frames the multivariate models have scored (input smoothing starts at 0)
+DS_SIZE = 7
 
 
 # ----------------------------------------------------------------- per-tag detectors
@@ -235,36 +258,49 @@ def cusum_peaks(innovations, sigma, k):
 
 # ----------------------------------------------------------------- multivariate models
 @njit(cache=True, nogil=True)
-def pca_score(u, mean, components, inv_eig, out, out_t2, out_spe):
-    """Write T² and SPE of the scaled sample u into out[out_t2], out[out_spe]."""
-    n = u.shape[0]
-    k = components.shape[0]
+def pca_score(tp, ts, components, inv_eig):
+    """Hotelling T² and SPE of the scaled input ts[:, TS_U] (centred on tp[:, TP_PCA_MEAN])."""
+    n = tp.shape[0]
     total = 0.0
     for i in range(n):
-        c = u[i] - mean[i]
+        c = ts[i, TS_U] - tp[i, TP_PCA_MEAN]
         total += c * c
     t2 = 0.0
     explained = 0.0
-    for j in range(k):
+    for j in range(components.shape[0]):
         s = 0.0
         for i in range(n):
-            s += components[j, i] * (u[i] - mean[i])
+            s += components[j, i] * (ts[i, TS_U] - tp[i, TP_PCA_MEAN])
         t2 += s * s * inv_eig[j]
         explained += s * s
-    out[out_t2] = t2
-    out[out_spe] = max(total - explained, 0.0)
+    return t2, max(total - explained, 0.0)
 
 
 @njit(cache=True, nogil=True)
-def iforest_score(u, feature, threshold, left, right, leaf_depth, roots, denominator):
-    """Anomaly score of one sample: 2 ** (-mean path length / c(max_samples))."""
+def iforest_score(u, nodes, leaf_depth, roots, denominator, max_depth):
+    """Anomaly score of sample u: 2 ** (-mean path length / c(max_samples)) = -score_samples.
+
+    Thresholds are stored as the largest float32 not above sklearn's float64
+    threshold, so float32(u) > it exactly when sklearn sends the sample right.
+    Path lengths are summed tree by tree in sklearn's order.
+    """
+    thresholds = nodes.view(np.float32)
+    cursor = np.empty(F_LOCKSTEP, dtype=np.int32)
     depth = 0.0
-    for r in range(roots.shape[0]):
-        node = roots[r]
-        while left[node] != -1:
-            go_left = np.float64(np.float32(u[feature[node]])) <= threshold[node]
-            node = left[node] if go_left else right[node]
-        depth += leaf_depth[node]
+    trees = roots.shape[0]
+    first = 0
+    while first < trees:
+        k = min(F_LOCKSTEP, trees - first)
+        for j in range(k):
+            cursor[j] = roots[first + j]
+        for _ in range(max_depth):
+            for j in range(k):
+                node = cursor[j]
+                go_right = np.float32(u[nodes[node, F_FEATURE]]) > thresholds[node, F_THRESHOLD]
+                cursor[j] = nodes[node, F_CHILD] + go_right
+        for j in range(k):
+            depth += leaf_depth[cursor[j]]
+        first += k
     if denominator == 0.0:
         return 0.5
     return 2.0 ** (-depth / denominator)
@@ -273,7 +309,7 @@ def iforest_score(u, feature, threshold, left, right, leaf_depth, roots, denomin
 # ----------------------------------------------------------------- fusion and decision
 @njit(cache=True, nogil=True)
 def fuse(components, dp, ds):
-    """Weighted max of the components, EWMA-smoothed; returns the line score in [0, 1)."""
+    """Weighted max of components[:C_SIZE], EWMA-smoothed; returns the line score in [0, 1)."""
     fused = 0.0
     for c in range(C_SIZE):
         fused = max(fused, dp[D_W_TAGS + c] * components[c])
@@ -303,71 +339,61 @@ def decide(score, dp, ds):
         if ds[DS_RING_COUNT] >= dp[D_K]:
             ds[DS_ALARM] = 1.0
     elif ds[DS_CLEAR_RUN] >= dp[D_CLEAR_N]:
+        # Clearing forgets the exceedance history, else the old exceedances still in the
+        # ring would raise the alarm again at once.
         ds[DS_ALARM] = 0.0
+        ds[DS_RING_COUNT] = 0.0
+        for j in range(n):
+            ds[DS_SIZE + j] = 0.0
     return int(ds[DS_ALARM])
 
 
 # ----------------------------------------------------------------- the step and replay
 @njit(cache=True, nogil=True)
-def step(t, x, fresh, good,
-         tag_params, tag_state,
-         center, inv_scale, input_alpha, mv_state,
-         pca_mean, pca_components, pca_inv_eig,
-         f_feature, f_threshold, f_left, f_right, f_leaf_depth, f_roots, f_denominator,
-         comp_loc, comp_thr, decision_params, decision_state,
-         tag_flags, tag_scores, components, line):
-    """Process one frame; outputs go to tag_flags, tag_scores, components and line[score, alarm].
-
-    mv_state holds the smoothed scaled input vector (n values) plus a sample counter at [n].
-    """
+def step(t, x, fresh, good, tag_params, tag_state, pca_components, pca_inv_eig,
+         f_nodes, f_leaf_depth, f_roots, decision_params, decision_state,
+         tag_flags, tag_scores, out):
+    """Process one frame (t, x, fresh, good); results go to tag_flags, tag_scores and out[O_*]."""
+    tp, ts, dp, ds = tag_params, tag_state, decision_params, decision_state
     n = x.shape[0]
-    components[C_TAGS] = tag_step(t, x, fresh, good, tag_params, tag_state, tag_flags, tag_scores)
-    components[C_T2] = 0.0
-    components[C_SPE] = 0.0
-    components[C_IFOREST] = 0.0
+    out[C_TAGS] = tag_step(t, x, fresh, good, tp, ts, tag_flags, tag_scores)
+    out[C_T2] = 0.0
+    out[C_SPE] = 0.0
+    out[C_IFOREST] = 0.0
 
     use_pca = pca_components.shape[0] > 0
     use_forest = f_roots.shape[0] > 0
     ready = True
     for i in range(n):
-        if tag_state[i, TS_HAVE] == 0.0:
+        if ts[i, TS_HAVE] == 0.0:
             ready = False
             break
     if ready and (use_pca or use_forest):
-        first = mv_state[n] == 0.0
+        alpha = 1.0 if ds[DS_MV_STEPS] == 0.0 else dp[D_INPUT_ALPHA]
         for i in range(n):
-            z = (tag_state[i, TS_HELD] - center[i]) * inv_scale[i]
-            mv_state[i] = z if first else input_alpha * z + (1.0 - input_alpha) * mv_state[i]
-        mv_state[n] += 1.0
-        u = mv_state[:n]
+            z = (ts[i, TS_HELD] - tp[i, TP_CENTER]) * tp[i, TP_INV_SCALE]
+            ts[i, TS_U] = alpha * z + (1.0 - alpha) * ts[i, TS_U]
+        ds[DS_MV_STEPS] += 1.0
         if use_pca:
-            pca_score(u, pca_mean, pca_components, pca_inv_eig, components, C_T2, C_SPE)
+            out[C_T2], out[C_SPE] = pca_score(tp, ts, pca_components, pca_inv_eig)
         if use_forest:
-            components[C_IFOREST] = iforest_score(
-                u, f_feature, f_threshold, f_left, f_right, f_leaf_depth, f_roots, f_denominator
-            )
+            out[C_IFOREST] = iforest_score(ts[:, TS_U], f_nodes, f_leaf_depth, f_roots,
+                                           dp[D_F_DENOMINATOR], int(dp[D_F_DEPTH]))
         for c in range(C_T2, C_SIZE):
-            components[c] = max(0.0, (components[c] - comp_loc[c]) / (comp_thr[c] - comp_loc[c]))
+            loc = dp[D_COMP_LOC + c]
+            out[c] = max(0.0, (out[c] - loc) / (dp[D_COMP_THR + c] - loc))
 
-    score = fuse(components, decision_params, decision_state)
-    line[0] = score
-    line[1] = decide(score, decision_params, decision_state)
+    score = fuse(out, dp, ds)
+    out[O_SCORE] = score
+    out[O_ALARM] = decide(score, dp, ds)
 
 
 @njit(cache=True, nogil=True)
-def run_batch(times, xs, fresh, good,
-              tag_params, tag_state,
-              center, inv_scale, input_alpha, mv_state,
-              pca_mean, pca_components, pca_inv_eig,
-              f_feature, f_threshold, f_left, f_right, f_leaf_depth, f_roots, f_denominator,
-              comp_loc, comp_thr, decision_params, decision_state,
-              tag_flags, tag_scores, components, line):
+def run_batch(times, xs, fresh, good, tag_params, tag_state, pca_components, pca_inv_eig,
+              f_nodes, f_leaf_depth, f_roots, decision_params, decision_state,
+              tag_flags, tag_scores, out):
     """Replay rows of (times, xs, fresh, good) through `step`; outputs have one row per input row."""
     for r in range(xs.shape[0]):
-        step(times[r], xs[r], fresh[r], good[r],
-             tag_params, tag_state,
-             center, inv_scale, input_alpha, mv_state,
-             pca_mean, pca_components, pca_inv_eig,
-             f_feature, f_threshold, f_left, f_right, f_leaf_depth, f_roots, f_denominator,
-             comp_loc, comp_thr, decision_params, decision_state,
-             tag_flags[r], tag_scores[r], components[r], line[r])
+        step(times[r], xs[r], fresh[r], good[r], tag_params, tag_state, pca_components,
+             pca_inv_eig, f_nodes, f_leaf_depth, f_roots, decision_params, decision_state,
+             tag_flags[r], tag_scores[r], out[r])
