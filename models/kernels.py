@@ -86,7 +86,7 @@ O_SIZE = C_SIZE + 2
 F_FEATURE = 0
 F_CHILD = 1
 F_THRESHOLD = 2
-F_LOCKSTEP = 8  # trees walked side by side: independent loads overlap in the CPU
+F_LOCKSTEP = 16  # trees walked side by side: independent loads overlap in the CPU
 
 # Decision parameters: decision_params[D_SIZE]
 D_SMOOTH_ALPHA = 0  # EWMA weight on the fused score (1.0 = no smoothing)
