@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -83,7 +82,9 @@ def load_model(path, expected_tags: list[str] | None = None) -> StreamingDetecto
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as exc:
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a JSON object")
+    except Exception as exc:  # any parse failure of a damaged file: zip, npy header, JSON, ...
         raise ModelError(f"model file {path} is unreadable or truncated ({type(exc).__name__}): "
                          "refit it or restore it from backup") from None
     if meta.get("format") != FORMAT:

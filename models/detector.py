@@ -40,6 +40,7 @@ from models.kernels import (
     D_W_TAGS,
     DS_SIZE,
     FLAG_BITS,
+    MAX_LINE_THRESHOLD,
     O_ALARM,
     O_SCORE,
     O_SIZE,
@@ -176,7 +177,7 @@ class StreamingDetector:
         line = self.run_batch(x, times).score[cal]
         fused = line / (1.0 - line)  # undo the [0, 1) squashing
         margin_fused = spec.threshold_margin * calibrate_threshold(fused, spec.target_far, spec.calibration)
-        threshold = min(margin_fused / (1.0 + margin_fused), 0.999999)
+        threshold = min(margin_fused / (1.0 + margin_fused), MAX_LINE_THRESHOLD)
 
         if spec.refit and n_fit < rows:
             pca, forest = self._fit_models(x, times, norm, threshold)
@@ -199,8 +200,9 @@ class StreamingDetector:
         if times is None:
             times = np.arange(x.shape[0], dtype=np.float64)
         times = np.ascontiguousarray(times, dtype=np.float64)
-        if times.shape != (x.shape[0],) or np.any(np.diff(times) <= 0):
-            raise ValueError("times must be strictly increasing, one per training row")
+        if (times.shape != (x.shape[0],) or not np.isfinite(times).all()
+                or np.any(np.diff(times) <= 0)):
+            raise ValueError("times must be finite and strictly increasing, one per training row")
         return x, times
 
     def _fit_models(self, x, times, norm, threshold) -> tuple[PCAModel | None, ForestArrays | None]:
@@ -394,6 +396,11 @@ class StreamingDetector:
             fresh, dtype=np.uint8)
         good = np.ones((rows, self.n), np.uint8) if good is None else np.ascontiguousarray(
             good, dtype=np.uint8)
+        # The kernel does not bounds-check: a short array would be read past its end.
+        for name, arr, shape in (("times", times, (rows,)), ("fresh", fresh, x.shape),
+                                 ("good", good, x.shape)):
+            if arr.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
         flags = np.zeros((rows, self.n), dtype=np.int32)
         tag_scores = np.zeros((rows, self.n))
         out = np.zeros((rows, O_SIZE))

@@ -123,9 +123,11 @@ DS_SIZE = 7
 # A fresh sample that is NaN/inf or of bad quality is flagged INVALID and never
 # updates any statistic.
 
-# Normalised score reported for a hard-limit breach or a flatline (both are
-# binary facts, so they get a fixed value well above the 1.0 threshold).
-BINARY_SCORE = 2.0
+# Normalised score of a hard-limit breach or a flatline. Both are certain facts, not
+# statistics, so the score is large enough to raise the line alarm on its own: even
+# smoothed with alpha 0.01 it stays above MAX_LINE_THRESHOLD.
+BINARY_SCORE = 1e4
+MAX_LINE_THRESHOLD = 0.99  # line threshold cap (a fused score of 99 x the component thresholds)
 
 
 @njit(cache=True, nogil=True)

@@ -74,8 +74,8 @@ class DetectorSpec:
         need(0.0 < self.ewma_alpha <= 1.0, "ewma_alpha", "expected 0 < value <= 1")
         need(0.0 < self.input_alpha <= 1.0, "input_alpha", "expected 0 < value <= 1")
         need(0.0 < self.smooth_alpha <= 1.0, "smooth_alpha", "expected 0 < value <= 1")
-        need(self.z_max > 0 and self.cusum_h > 0 and self.roc_factor > 0, "z_max",
-             "z_max, cusum_h and roc_factor must be > 0 (use inf to disable)")
+        for name in ("z_max", "cusum_h", "roc_factor"):
+            need(getattr(self, name) > 0, name, "expected > 0 (inf disables)")
         need(self.cusum_k >= 0, "cusum_k", "expected >= 0")
         need(self.cusum_margin >= 1, "cusum_margin", "expected >= 1")
         need(self.warmup >= 1, "warmup", "expected >= 1")
@@ -84,14 +84,17 @@ class DetectorSpec:
         need(0.0 < self.pca_variance <= 1.0, "pca_variance", "expected 0 < value <= 1")
         need(self.pca_limits in ("empirical", "theoretical"), "pca_limits",
              "expected 'empirical' or 'theoretical'")
-        need(self.iforest_trees >= 1 and self.iforest_max_samples >= 2, "iforest_trees",
-             "need >= 1 tree and max_samples >= 2")
+        need(self.pca_max_components is None or self.pca_max_components >= 1,
+             "pca_max_components", "expected None or >= 1")
+        need(self.iforest_trees >= 1, "iforest_trees", "expected >= 1")
+        need(self.iforest_max_samples >= 2, "iforest_max_samples", "expected >= 2")
         need(0.0 < self.component_far < 0.5, "component_far", "expected 0 < value < 0.5")
         need(0.0 < self.target_far < 0.5, "target_far", "expected 0 < value < 0.5")
         need(self.calibration in METHODS, "calibration", f"expected one of {METHODS}")
         need(self.threshold_margin > 0, "threshold_margin", "expected > 0")
         need(0.0 <= self.holdout_fraction < 0.9, "holdout_fraction", "expected 0 <= value < 0.9")
-        need(1 <= self.debounce_k <= self.debounce_n, "debounce_k", "need 1 <= k <= n")
+        need(self.debounce_n >= 1, "debounce_n", "expected >= 1")
+        need(1 <= self.debounce_k <= self.debounce_n, "debounce_k", "need 1 <= debounce_k <= debounce_n")
         need(self.clear_n >= 1, "clear_n", "expected >= 1")
         need(0.0 < self.hysteresis <= 1.0, "hysteresis", "expected 0 < value <= 1")
         need(len(self.weights) == 4 and all(w >= 0 for w in self.weights), "weights",

@@ -1,0 +1,85 @@
+"""Threshold calibration: empirical quantile and Peaks-Over-Threshold extrapolation."""
+
+import math
+
+import numpy as np
+import pytest
+
+from models.calibration import calibrate_threshold
+
+
+@pytest.mark.parametrize("target", [0.05, 0.01, 0.001])
+def test_quantile_method_hits_the_target_rate(target):
+    rng = np.random.default_rng(1)
+    scores = rng.gamma(2.0, size=200_000)
+    thr = calibrate_threshold(scores, target, "quantile")
+    assert abs(np.mean(scores > thr) - target) <= 0.05 * target + 1e-5
+    fresh = rng.gamma(2.0, size=200_000)  # and on new data from the same distribution
+    assert abs(np.mean(fresh > thr) - target) < 4 * math.sqrt(target / 200_000) + 0.05 * target
+
+
+TAILS = {
+    # name: (sampler, survival function P(X > x))
+    "exponential": (lambda rng, n: rng.exponential(size=n), lambda x: math.exp(-x)),
+    "pareto3": (lambda rng, n: rng.pareto(3.0, size=n), lambda x: (1.0 + x) ** -3.0),
+    "pareto5": (lambda rng, n: rng.pareto(5.0, size=n), lambda x: (1.0 + x) ** -5.0),
+}
+
+
+@pytest.mark.parametrize("tail", sorted(TAILS))
+@pytest.mark.parametrize("target", [1e-4, 1e-5])
+def test_pot_extrapolates_beyond_the_sample(tail, target):
+    """20k samples see ~2 (1e-4) or ~0.2 (1e-5) exceedances of the wanted threshold; POT must
+    still place it where the true exceedance probability is within a modest factor of target."""
+    sample, survival = TAILS[tail]
+    factor = 4.0 if target == 1e-4 else 8.0
+    true_rates = []
+    for seed in range(5):
+        scores = sample(np.random.default_rng(seed), 20_000)
+        thr = calibrate_threshold(scores, target, "pot")
+        true_rates.append(survival(thr))
+    assert all(target / factor < r < target * factor for r in true_rates), (target, true_rates)
+    # Not just lucky on average: the geometric mean is close.
+    assert target / 2 < math.exp(np.mean(np.log(true_rates))) < target * 2, true_rates
+
+
+def test_pot_beats_the_empirical_quantile_far_out():
+    rng = np.random.default_rng(7)
+    scores = rng.exponential(size=20_000)
+    pot = calibrate_threshold(scores, 1e-5, "pot")
+    # The empirical quantile cannot go beyond the largest sample (true rate ~ 1/20k).
+    assert pot > scores.max()
+    assert 1e-5 / 8 < math.exp(-pot) < 8e-5
+
+
+def test_pot_never_undercuts_the_empirical_quantile():
+    rng = np.random.default_rng(3)
+    for seed in range(5):
+        scores = np.random.default_rng(seed).uniform(size=5000)  # bounded tail: negative shape
+        for target in (0.02, 0.005, 0.001):
+            assert calibrate_threshold(scores, target, "pot") >= np.quantile(scores, 1 - target)
+    scores = rng.exponential(size=3000)
+    assert calibrate_threshold(scores, 0.2, "pot") == pytest.approx(np.quantile(scores, 0.8))
+
+
+def test_constant_scores_and_non_finite_values():
+    assert calibrate_threshold(np.full(100, 0.3), 1e-4, "pot") == pytest.approx(0.3)
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=1000)
+    noisy = np.concatenate([scores, [np.nan, np.inf, -np.inf]])
+    for method in ("pot", "quantile"):
+        assert calibrate_threshold(noisy, 0.01, method) == calibrate_threshold(scores, 0.01, method)
+
+
+@pytest.mark.parametrize("scores,target,method,match", [
+    (np.arange(9.0), 0.01, "pot", "10"),
+    (np.r_[np.arange(5.0), [np.nan] * 20], 0.01, "quantile", "finite"),
+    (np.arange(100.0), 0.0, "pot", "target_far"),
+    (np.arange(100.0), 1.0, "quantile", "target_far"),
+    (np.arange(100.0), -0.1, "pot", "target_far"),
+    (np.arange(100.0), math.nan, "pot", "target_far"),
+    (np.arange(100.0), 0.01, "evt", "method"),
+])
+def test_bad_arguments_raise_value_error(scores, target, method, match):
+    with pytest.raises(ValueError, match=match):
+        calibrate_threshold(scores, target, method)

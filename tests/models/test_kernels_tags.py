@@ -1,0 +1,279 @@
+"""Per-tag kernel `kernels.tag_step` against a plain-Python reference of the documented semantics."""
+
+import math
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models import kernels as K
+
+INF = math.inf
+
+
+class RefTag:
+    """One tag's detectors, written from the documented semantics with plain floats."""
+
+    def __init__(self, lo, hi, roc_max, flat_s, flat_eps, alpha, z_max, std0, k, h, warmup, mask):
+        self.p = dict(lo=lo, hi=hi, roc_max=roc_max, flat_s=flat_s, flat_eps=flat_eps, alpha=alpha,
+                      z_max=z_max, std0=std0, k=k, h=h, warmup=warmup, mask=mask)
+        self.last_bad = False  # the latest fresh sample was invalid: the tag is stale, not flat
+        self.last_good = None  # (value, time) of the last good sample
+        self.anchor = None  # (value, time) where the current flat run started
+        self.mean = self.var = None
+        self.n = 0
+        self.pos = self.neg = 0.0
+
+    def update(self, t, v, fresh, good):
+        """Returns (flags, the tag's max score, the max over the detectors in its line mask)."""
+        p = self.p
+        found = {}  # flag bit -> normalised score of that detector (when it was evaluated)
+        flags = 0
+        if fresh:
+            self.last_bad = not good or math.isnan(v) or math.isinf(v)
+            if self.last_bad:
+                flags |= K.FLAG_INVALID
+            else:
+                if v < p["lo"] or v > p["hi"]:
+                    flags |= K.FLAG_LIMIT
+                    found[K.FLAG_LIMIT] = K.BINARY_SCORE
+                if self.last_good is not None:
+                    prev, prev_t = self.last_good
+                    dt = t - prev_t
+                    if dt > 0:
+                        rate = abs(v - prev) / dt / p["roc_max"]
+                        if rate > 1.0:
+                            flags |= K.FLAG_ROC
+                        found[K.FLAG_ROC] = rate
+                if self.anchor is None or abs(v - self.anchor[0]) > p["flat_eps"]:
+                    self.anchor = (v, t)
+                if self.n == 0:
+                    self.mean, self.var = v, p["std0"] ** 2
+                else:
+                    innov = v - self.mean  # against the EWMA *before* this sample
+                    if self.n >= p["warmup"] and self.var > 0:
+                        z = abs(innov) / math.sqrt(self.var) / p["z_max"]
+                        if z > 1.0:
+                            flags |= K.FLAG_EWMA
+                        found[K.FLAG_EWMA] = z
+                    zb = innov / p["std0"]
+                    cap = 2.0 * p["h"]
+                    self.pos = min(cap, max(0.0, self.pos + zb - p["k"]))
+                    self.neg = min(cap, max(0.0, self.neg - zb - p["k"]))
+                    c = max(self.pos, self.neg) / p["h"]
+                    if c > 1.0:
+                        flags |= K.FLAG_CUSUM
+                    found[K.FLAG_CUSUM] = c
+                    a = p["alpha"]
+                    self.mean += a * innov
+                    self.var = (1.0 - a) * (self.var + a * innov * innov)
+                self.n += 1
+                self.last_good = (v, t)
+        if (p["flat_s"] > 0 and self.last_good is not None and not self.last_bad
+                and t - self.anchor[1] >= p["flat_s"]):
+            flags |= K.FLAG_FLAT
+            found[K.FLAG_FLAT] = K.BINARY_SCORE
+        score = max(found.values(), default=0.0)
+        line = max((s for bit, s in found.items() if bit & int(p["mask"])), default=0.0)
+        return flags, score, line
+
+    def state_row(self):
+        row = np.zeros(K.TS_SIZE)
+        if self.last_good is not None:
+            row[K.TS_HELD], row[K.TS_LAST_T] = self.last_good
+            row[K.TS_HAVE] = 1.0
+            row[K.TS_ANCHOR_X], row[K.TS_ANCHOR_T] = self.anchor
+        if self.n:
+            row[K.TS_EW_MEAN], row[K.TS_EW_VAR] = self.mean, self.var
+        row[K.TS_EW_N] = self.n
+        row[K.TS_CUSUM_POS], row[K.TS_CUSUM_NEG] = self.pos, self.neg
+        row[K.TS_LAST_BAD] = float(self.last_bad)
+        return row
+
+
+def tag_param_rows(refs):
+    tp = np.zeros((len(refs), K.TP_SIZE))
+    for i, r in enumerate(refs):
+        p = r.p
+        tp[i, K.TP_LO], tp[i, K.TP_HI] = p["lo"], p["hi"]
+        tp[i, K.TP_ROC_MAX] = p["roc_max"]
+        tp[i, K.TP_FLAT_SECONDS], tp[i, K.TP_FLAT_EPS] = p["flat_s"], p["flat_eps"]
+        tp[i, K.TP_EWMA_ALPHA], tp[i, K.TP_Z_MAX] = p["alpha"], p["z_max"]
+        tp[i, K.TP_STD0], tp[i, K.TP_CUSUM_K], tp[i, K.TP_CUSUM_H] = p["std0"], p["k"], p["h"]
+        tp[i, K.TP_WARMUP] = p["warmup"]
+        tp[i, K.TP_LINE_MASK] = p["mask"]
+    return tp
+
+
+# A small value alphabet so flat runs, limit hits and exact repeats actually happen.
+values = st.one_of(
+    st.sampled_from([0.0, 1.0, 1.0, 1.5, -2.0, 10.0, 1e-9]),
+    st.floats(-20, 20, allow_nan=False),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+)
+
+
+@st.composite
+def tag_params(draw):
+    lo = draw(st.sampled_from([-INF, -5.0, -1.0]))
+    hi = draw(st.sampled_from([INF, 5.0, 12.0]))
+    return dict(
+        lo=lo, hi=hi,
+        roc_max=draw(st.sampled_from([INF, 0.5, 2.0, 10.0])),
+        flat_s=draw(st.sampled_from([0.0, 1.0, 3.0, 7.5])),
+        flat_eps=draw(st.sampled_from([0.0, 0.1, 1.0])),
+        alpha=draw(st.sampled_from([1.0, 0.05, 0.3, 0.7])),
+        z_max=draw(st.sampled_from([INF, 1.0, 3.0])),
+        std0=draw(st.sampled_from([1e-9, 0.2, 1.0, 4.0])),
+        k=draw(st.sampled_from([0.0, 0.5, 1.0])),
+        h=draw(st.sampled_from([INF, 1.0, 4.0])),
+        warmup=float(draw(st.integers(1, 5))),
+        mask=float(draw(st.integers(0, 63))),
+    )
+
+
+@st.composite
+def scenarios(draw):
+    n = draw(st.integers(1, 4))
+    params = [draw(tag_params()) for _ in range(n)]
+    rows = draw(st.integers(1, 40))
+    dts = draw(st.lists(st.sampled_from([1.0, 1.0, 0.5, 2.5, 0.0]), min_size=rows, max_size=rows))
+    times = np.cumsum(dts) + draw(st.sampled_from([0.0, 1000.0]))
+    frames = []
+    for _ in range(rows):
+        x = [draw(values) for _ in range(n)]
+        fresh = [draw(st.sampled_from([1, 1, 1, 0])) for _ in range(n)]
+        good = [draw(st.sampled_from([1, 1, 1, 1, 0])) for _ in range(n)]
+        frames.append((x, fresh, good))
+    return params, times, frames
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_tag_step_matches_reference(scenario):
+    params, times, frames = scenario
+    refs = [RefTag(**p) for p in params]
+    n = len(refs)
+    tp = tag_param_rows(refs)
+    ts = np.zeros((n, K.TS_SIZE))
+    flags = np.zeros(n, dtype=np.int32)
+    scores = np.zeros(n)
+    for t, (x, fresh, good) in zip(times, frames, strict=True):
+        best = K.tag_step(float(t), np.array(x, dtype=np.float64), np.array(fresh, dtype=np.uint8),
+                          np.array(good, dtype=np.uint8), tp, ts, flags, scores)
+        expect = [r.update(float(t), v, f, g) for r, v, f, g in zip(refs, x, fresh, good, strict=True)]
+        assert flags.tolist() == [e[0] for e in expect]
+        np.testing.assert_allclose(scores, [e[1] for e in expect], rtol=1e-12, atol=1e-300)
+        assert math.isclose(best, max(e[2] for e in expect), rel_tol=1e-12, abs_tol=1e-300)
+        np.testing.assert_allclose(ts, np.array([r.state_row() for r in refs]), rtol=1e-12,
+                                   atol=1e-300)
+
+
+def _one_tag(**overrides):
+    p = dict(lo=-INF, hi=INF, roc_max=INF, flat_s=0.0, flat_eps=0.0, alpha=0.1, z_max=INF,
+             std0=1.0, k=0.5, h=INF, warmup=1.0, mask=63.0)
+    p.update(overrides)
+    ref = RefTag(**p)
+    return tag_param_rows([ref]), np.zeros((1, K.TS_SIZE))
+
+
+def _feed(tp, ts, t, v, fresh=1, good=1):
+    flags = np.zeros(1, dtype=np.int32)
+    scores = np.zeros(1)
+    K.tag_step(float(t), np.array([v], dtype=np.float64), np.array([fresh], np.uint8),
+               np.array([good], np.uint8), tp, ts, flags, scores)
+    return int(flags[0]), float(scores[0])
+
+
+def test_invalid_samples_flag_and_never_touch_state():
+    tp, ts = _one_tag(roc_max=1.0, z_max=3.0, h=4.0, flat_s=100.0)
+    for t, v in enumerate([1.0, 1.2, 0.9, 1.1]):
+        _feed(tp, ts, t, v)
+    stats = [c for c in range(K.TS_SIZE) if c != K.TS_LAST_BAD]  # everything but the stale marker
+    before = ts.copy()
+    for t, (v, good) in enumerate([(math.nan, 1), (math.inf, 1), (-math.inf, 1), (1.0, 0), (1e9, 0)],
+                                  start=10):
+        flags, score = _feed(tp, ts, t, v, good=good)
+        assert flags == K.FLAG_INVALID
+        assert score == 0.0
+        np.testing.assert_array_equal(ts[:, stats], before[:, stats])
+    # Not fresh: neither flagged nor used, whatever the value.
+    flags, _ = _feed(tp, ts, 20, math.nan, fresh=0, good=0)
+    assert flags == 0
+    np.testing.assert_array_equal(ts[:, stats], before[:, stats])
+
+
+def test_flatline_is_not_reported_while_the_tag_is_invalid():
+    tp, ts = _one_tag(flat_s=5.0)
+    _feed(tp, ts, 0.0, 1.0)
+    assert _feed(tp, ts, 2.0, math.nan)[0] == K.FLAG_INVALID
+    assert _feed(tp, ts, 30.0, 0.0, fresh=0)[0] == 0  # stale, not flat
+    assert _feed(tp, ts, 31.0, 1.0)[0] & K.FLAG_FLAT  # good again, and unchanged for 31 s
+
+
+def test_line_mask_selects_which_detectors_feed_the_returned_score():
+    flags = np.zeros(2, dtype=np.int32)
+    scores = np.zeros(2)
+    ones = np.ones(2, np.uint8)
+    results = {}
+    for mask in (0, K.FLAG_LIMIT, K.FLAG_ROC, K.FLAG_LIMIT | K.FLAG_ROC):
+        tp = np.vstack([_one_tag(hi=5.0, roc_max=1.0, mask=float(mask))[0]] * 2)
+        ts = np.zeros((2, K.TS_SIZE))
+        K.tag_step(0.0, np.array([0.0, 0.0]), ones, ones, tp, ts, flags, scores)
+        best = K.tag_step(1.0, np.array([6.0, 3.0]), ones, ones, tp, ts, flags, scores)
+        assert flags.tolist() == [K.FLAG_LIMIT | K.FLAG_ROC, K.FLAG_ROC]
+        assert scores.tolist() == [max(K.BINARY_SCORE, 6.0), 3.0]  # per-tag scores ignore the mask
+        results[mask] = best
+    assert results == {0: 0.0, K.FLAG_LIMIT: K.BINARY_SCORE, K.FLAG_ROC: 6.0,
+                       K.FLAG_LIMIT | K.FLAG_ROC: max(K.BINARY_SCORE, 6.0)}
+
+
+def test_rate_of_change_uses_last_good_value_across_invalid_samples():
+    tp, ts = _one_tag(roc_max=1.0)
+    _feed(tp, ts, 0.0, 0.0)
+    _feed(tp, ts, 1.0, math.nan)  # ignored
+    flags, score = _feed(tp, ts, 4.0, 3.0)  # 3 units over 4 s since the last good sample
+    assert not flags & K.FLAG_ROC
+    assert math.isclose(score, 0.75)
+    flags, score = _feed(tp, ts, 5.0, 5.0)
+    assert flags & K.FLAG_ROC and math.isclose(score, 2.0)
+
+
+def test_flatline_is_judged_on_time_even_without_fresh_samples():
+    tp, ts = _one_tag(flat_s=5.0, flat_eps=0.1)
+    _feed(tp, ts, 0.0, 1.0)
+    assert _feed(tp, ts, 3.0, 1.05)[0] == 0  # moved less than eps: run continues
+    assert _feed(tp, ts, 4.9, 0.0, fresh=0)[0] == 0
+    flags, score = _feed(tp, ts, 5.0, 0.0, fresh=0)  # no sample at all, 5 s since the run began
+    assert flags & K.FLAG_FLAT and score == K.BINARY_SCORE
+    assert _feed(tp, ts, 6.0, 1.5)[0] == 0  # moved: a new run starts
+
+
+def test_ewma_z_respects_warmup_and_uses_the_mean_before_the_sample():
+    tp, ts = _one_tag(alpha=0.5, z_max=2.0, std0=1.0, warmup=3.0)
+    _feed(tp, ts, 0, 0.0)
+    _feed(tp, ts, 1, 0.0)
+    # Two samples seen (< warmup 3): even a huge jump is not judged by the z-score.
+    flags, _ = _feed(tp, ts, 2, 50.0)
+    assert not flags & K.FLAG_EWMA
+    mean, var = ts[0, K.TS_EW_MEAN], ts[0, K.TS_EW_VAR]
+    flags, score = _feed(tp, ts, 3, mean + 1.5 * math.sqrt(var))
+    assert not flags & K.FLAG_EWMA and math.isclose(score, 0.75, rel_tol=1e-12)
+
+
+def test_cusum_accumulates_a_small_shift_and_is_capped_at_2h():
+    tp, ts = _one_tag(alpha=1e-6, std0=1.0, k=0.5, h=4.0)
+    _feed(tp, ts, 0, 0.0)
+    flagged_at = None
+    for t in range(1, 60):
+        flags, _ = _feed(tp, ts, t, 1.0)  # +1 sigma shift, well below any single-sample test
+        if flags & K.FLAG_CUSUM and flagged_at is None:
+            flagged_at = t
+        assert ts[0, K.TS_CUSUM_POS] <= 8.0
+    # Each sample adds (1 - 0.5) = 0.5: 4.0 is passed on the 9th sample.
+    assert flagged_at == 9
+    assert ts[0, K.TS_CUSUM_POS] == 8.0
+    # Once the shift ends the statistic decays at k per sample from the cap.
+    for t in range(60, 80):
+        _feed(tp, ts, t, ts[0, K.TS_EW_MEAN])
+    assert ts[0, K.TS_CUSUM_POS] == 0.0
