@@ -99,7 +99,12 @@ def load_model(path, expected_tags: list[str] | None = None) -> StreamingDetecto
     tags = meta["tags"]
     if expected_tags is not None and list(expected_tags) != tags:
         raise ModelError(_tag_mismatch(path, tags, list(expected_tags)))
-    det = StreamingDetector(tags, DetectorSpec.from_dict(meta["spec"]), meta.get("units"))
+    try:
+        spec = DetectorSpec.from_dict(meta["spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"model file {path} has detector settings this linesentry cannot use "
+                         f"({exc}): refit the model") from None
+    det = StreamingDetector(tags, spec, meta.get("units"))
     det.model = {k: arrays[k] for k in MODEL_ARRAYS}
     det.summary = meta.get("summary", {})
     det.metadata = meta

@@ -15,9 +15,9 @@ True
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import signal
 
 from models import kernels
+from models.baseline import ewma, longest_flat_run, robust_scale, shifted_tags
 from models.calibration import calibrate_threshold
 from models.iforest import ForestArrays, fit_iforest, flatten_iforest
 from models.kernels import (
@@ -73,37 +73,6 @@ MODEL_ARRAYS = ("tag_params", "pca_components", "pca_inv_eig", "f_nodes", "f_lea
                 "f_roots", "decision_params")
 
 
-def longest_flat_run(values: np.ndarray, times: np.ndarray, eps: float) -> float:
-    """Longest time (s) the series stayed within eps of a run's first value; used to fit flatline."""
-    longest = 0.0
-    anchor_x, anchor_t = values[0], times[0]
-    for v, t in zip(values[1:], times[1:], strict=True):
-        if abs(v - anchor_x) > eps:
-            anchor_x, anchor_t = v, t
-        longest = max(longest, t - anchor_t)
-    return float(longest)
-
-
-def ewma(x: np.ndarray, alpha: float) -> np.ndarray:
-    """Causal EWMA down the rows, started at the first row: what the kernel's input smoothing does."""
-    if alpha >= 1.0:
-        return x
-    zi = (1.0 - alpha) * x[:1]
-    return signal.lfilter([alpha], [1.0, alpha - 1.0], x, axis=0, zi=zi)[0]
-
-
-def shifted_tags(x: np.ndarray, tags: list[str], sigmas: float = 3.0) -> list[str]:
-    """Tags whose median moved more than `sigmas` robust sigmas between the window's halves.
-
-    A training window with a level shift inside it (a fault or a change of operating
-    point) makes a poor baseline; this is a label-free warning for it.
-    """
-    half = x.shape[0] // 2
-    _, scale = robust_scale(x)
-    shift = np.abs(np.median(x[:half], axis=0) - np.median(x[half:], axis=0)) / scale
-    return [t for t, s in zip(tags, shift > sigmas, strict=True) if s]
-
-
 class NotFittedError(RuntimeError):
     pass
 
@@ -117,17 +86,6 @@ class BatchResult:
     components: np.ndarray  # (rows, 4) normalised component scores
     tag_flags: np.ndarray  # (rows, tags) int32 bitmask (models.kernels.FLAG_*)
     tag_scores: np.ndarray  # (rows, tags) float64
-
-
-def robust_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and a robust standard deviation per column (IQR/1.349, then std, then a floor)."""
-    center = np.median(x, axis=0)
-    q75, q25 = np.percentile(x, [75, 25], axis=0)
-    scale = (q75 - q25) / 1.349
-    std = x.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, std)
-    floor = np.maximum(np.abs(center) * 1e-6, 1e-9)
-    return center, np.maximum(scale, floor)
 
 
 class StreamingDetector:
