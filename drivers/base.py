@@ -1,0 +1,124 @@
+"""What every protocol driver shares: quality codes, reading batches, connection state, errors.
+
+A driver owns one PLC connection and a fixed, ordered list of tags. Readings
+travel as `ReadingBatch` arrays indexed by tag position, so the controller can
+copy them straight into the detector's frame without a Python object per value.
+"""
+
+import enum
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class Quality(enum.IntEnum):
+    """Quality of one value, worst last. Only GOOD values reach the models."""
+
+    GOOD = 0
+    UNCERTAIN = 1  # the PLC says the value may be inaccurate (e.g. OPC UA Uncertain*)
+    BAD = 2  # the PLC or the codec rejected the value (exception response, bad status, NaN)
+    STALE = 3  # no fresh value within the tag's staleness timeout
+    COMM_LOST = 4  # the connection to the PLC is down
+
+
+class ConnectionState(enum.Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"  # waiting before the next reconnect attempt
+    CLOSED = "closed"
+
+
+class DriverError(Exception):
+    """A driver failure with a one-line message fit for an operator."""
+
+
+class ConnectionLost(DriverError):
+    """The PLC connection broke; the supervisor reconnects."""
+
+
+class WriteRefused(DriverError):
+    """A write to a tag the configuration does not mark writable, or to an unknown tag."""
+
+
+class WriteFailed(DriverError):
+    """The PLC rejected a write, or the readback did not confirm it."""
+
+
+@dataclass
+class ReadingBatch:
+    """Values of some of a driver's tags, aligned arrays; `index` gives each one's tag position."""
+
+    index: np.ndarray  # int32 positions in the driver's tag list
+    values: np.ndarray  # float64 (booleans as 0/1; NaN where quality is not GOOD/UNCERTAIN)
+    quality: np.ndarray  # uint8 Quality codes
+    source_ts: np.ndarray  # float64 epoch seconds stamped by the PLC/server (NaN when unknown)
+    receive_ts: np.ndarray  # float64 epoch seconds when the driver received each value
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @classmethod
+    def empty_for(cls, index: Sequence[int], quality: Quality, now: float | None = None
+                  ) -> "ReadingBatch":
+        """A batch with no values, only a quality: what subscribers see when a PLC is lost."""
+        n = len(index)
+        now = time.time() if now is None else now
+        return cls(index=np.asarray(index, dtype=np.int32), values=np.full(n, np.nan),
+                   quality=np.full(n, int(quality), dtype=np.uint8),
+                   source_ts=np.full(n, np.nan), receive_ts=np.full(n, now))
+
+
+OnBatch = Callable[[ReadingBatch], None]
+
+
+@dataclass
+class DriverStats:
+    """Counters a driver keeps for metrics and the status view."""
+
+    sessions_created: int = 0
+    reads: int = 0
+    read_errors: int = 0
+    writes: int = 0
+    write_errors: int = 0
+    batches: int = 0
+    values: int = 0
+    bad_values: int = 0
+    last_error: str = ""
+    read_latency_s: list[float] = field(default_factory=list, repr=False)  # recent, bounded
+
+    def record_latency(self, seconds: float, keep: int = 1024) -> None:
+        self.read_latency_s.append(seconds)
+        if len(self.read_latency_s) > keep:
+            del self.read_latency_s[: len(self.read_latency_s) - keep]
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """The interface every protocol driver implements (OPC UA, Modbus TCP, ...)."""
+
+    name: str
+    tag_names: list[str]
+    state: ConnectionState
+    stats: DriverStats
+
+    async def connect(self) -> None:
+        """Open a new session (a fresh client object every time); raise DriverError on failure."""
+
+    async def close(self) -> None:
+        """Close the session; safe to call at any time, twice, or on a broken connection."""
+
+    async def read(self, names: Sequence[str] | None = None) -> ReadingBatch:
+        """Read these tags (all when None) now, in as few requests as the protocol allows."""
+
+    async def subscribe(self, on_batch: OnBatch) -> None:
+        """Deliver batches to on_batch (subscriptions or polling) until the connection breaks.
+
+        Returns only by raising ConnectionLost (or CancelledError on shutdown).
+        """
+
+    async def write(self, name: str, value: float) -> None:
+        """Write a writable tag and confirm by readback; WriteRefused / WriteFailed otherwise."""

@@ -1,0 +1,130 @@
+"""Keeps one driver connected in its own task: backoff with jitter, bounded session rate.
+
+One supervisor per PLC, so a dead, slow or misbehaving PLC never stalls
+another. When a connection breaks, every tag of that PLC is reported as
+COMM_LOST at once, then the supervisor waits (exponential backoff with jitter,
+capped) and reconnects with a fresh driver session. A sliding-window limit on
+new sessions makes reconnect storms impossible even if connects succeed and
+then fail immediately (an anchor system once sent >6,000 CreateSession
+requests in two minutes).
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+from drivers.base import ConnectionState, Driver, DriverError, OnBatch, Quality, ReadingBatch
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Exponential backoff: initial x factor^attempt, capped, each delay shortened by up to `jitter`."""
+
+    def __init__(self, initial: float = 0.5, factor: float = 2.0, cap: float = 30.0,
+                 jitter: float = 0.5, rng: random.Random | None = None) -> None:
+        if not (initial > 0 and factor >= 1 and cap >= initial and 0 <= jitter < 1):
+            raise ValueError("backoff needs initial > 0, factor >= 1, cap >= initial, 0 <= jitter < 1")
+        self.initial, self.factor, self.cap, self.jitter = initial, factor, cap, jitter
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        base = min(self.cap, self.initial * self.factor ** self.attempt)
+        self.attempt += 1
+        return base * (1.0 - self.jitter * self.rng.random())
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class SessionRateLimiter:
+    """At most `per_minute` new sessions in any sliding 60-second window."""
+
+    def __init__(self, per_minute: int = 6, clock: Callable[[], float] = time.monotonic) -> None:
+        if per_minute < 1:
+            raise ValueError("per_minute must be >= 1")
+        self.per_minute = per_minute
+        self.clock = clock
+        self.started: deque[float] = deque()
+
+    def wait_needed(self) -> float:
+        """Seconds until another session may start (0 if now)."""
+        now = self.clock()
+        while self.started and now - self.started[0] >= 60.0:
+            self.started.popleft()
+        if len(self.started) < self.per_minute:
+            return 0.0
+        return 60.0 - (now - self.started[0])
+
+    async def acquire(self) -> None:
+        while (wait := self.wait_needed()) > 0:
+            await asyncio.sleep(wait)
+        self.started.append(self.clock())
+
+
+class DriverSupervisor:
+    """Runs `driver` until stopped: connect, stream batches to `on_batch`, reconnect on failure."""
+
+    def __init__(self, driver: Driver, on_batch: OnBatch, backoff: Backoff | None = None,
+                 limiter: SessionRateLimiter | None = None,
+                 on_state: Callable[[ConnectionState, str], None] | None = None) -> None:
+        self.driver = driver
+        self.on_batch = on_batch
+        self.backoff = backoff or Backoff()
+        self.limiter = limiter or SessionRateLimiter()
+        self.on_state = on_state
+        self.failures = 0  # consecutive failed connects or lost sessions
+        self.last_error = ""
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> asyncio.Task:
+        self._task = asyncio.create_task(self.run(), name=f"driver:{self.driver.name}")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.driver.close()
+        self._set_state(ConnectionState.CLOSED, "stopped")
+
+    async def run(self) -> None:
+        all_tags = range(len(self.driver.tag_names))
+        while True:
+            await self.limiter.acquire()
+            self._set_state(ConnectionState.CONNECTING, "")
+            try:
+                await self.driver.connect()
+                self.backoff.reset()
+                if self.failures:
+                    log.warning("%s: reconnected after %d failure(s)", self.driver.name, self.failures)
+                self.failures = 0
+                self._set_state(ConnectionState.CONNECTED, "")
+                await self.driver.subscribe(self.on_batch)
+                raise DriverError("subscription ended without an error")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of one PLC must never escape its own task
+                self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self.failures += 1
+                # One warning per outage, then quiet: a flapping PLC must not flood the log.
+                level = logging.WARNING if self.failures == 1 else logging.DEBUG
+                log.log(level, "%s: connection failed or lost (%s)", self.driver.name, self.last_error)
+            finally:
+                with contextlib.suppress(Exception):
+                    await self.driver.close()
+            self.on_batch(ReadingBatch.empty_for(all_tags, Quality.COMM_LOST))
+            self._set_state(ConnectionState.BACKOFF, self.last_error)
+            await asyncio.sleep(self.backoff.next_delay())
+
+    def _set_state(self, state: ConnectionState, detail: str) -> None:
+        self.driver.state = state
+        if self.on_state is not None:
+            self.on_state(state, detail)
