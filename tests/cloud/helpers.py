@@ -1,0 +1,48 @@
+"""Known windows of points for the end-to-end tests, and the exactly-once check against VictoriaMetrics."""
+
+from __future__ import annotations
+
+import time
+
+from influxdb_client import Point, WritePrecision
+
+from tests.cloud.victoria import VictoriaMetrics
+
+NS = 1_000_000_000
+
+
+def base_end_ns(windows: int, window_s: int = 10) -> int:
+    """A window end so that `windows` windows end in the recent past."""
+    now = int(time.time()) // window_s * window_s
+    return (now - window_s * windows) * NS
+
+
+def window_lines(base_ns: int, i: int, n_tags: int, window_s: int = 10) -> list[str]:
+    """Window i: one `linesentry_tag` point per tag with a value that encodes (window, tag)."""
+    t = base_ns + i * window_s * NS
+    return [Point("linesentry_tag").tag("site", "s").tag("line", "l").tag("controller", "c")
+            .tag("tag", f"t{j}").field("mean", float(i * 1000 + j)).field("count", i)
+            .time(t, WritePrecision.NS).to_line_protocol()
+            for j in range(n_tags)]
+
+
+def expected(base_ns: int, windows: range | list[int], n_tags: int, window_s: int = 10) -> dict:
+    return {(f"t{j}", (base_ns + i * window_s * NS) // 1_000_000): float(i * 1000 + j)
+            for i in windows for j in range(n_tags)}
+
+
+def assert_exactly_once(vm: VictoriaMetrics, want: dict) -> None:
+    """Every expected (tag, timestamp) is in VictoriaMetrics once, with its value, and nothing else."""
+    got: dict = {}
+    for s in vm.export('{__name__="linesentry_tag_mean"}'):
+        tag = s["metric"]["tag"]
+        for ts, v in zip(s["timestamps"], s["values"], strict=True):
+            key = (tag, ts)
+            assert key not in got, f"duplicate sample {key}"
+            got[key] = v
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    assert not missing, f"{len(missing)} points lost, e.g. {missing[:3]}"
+    assert not extra, f"{len(extra)} unexpected points, e.g. {extra[:3]}"
+    wrong = [k for k in want if got[k] != want[k]]
+    assert not wrong, f"{len(wrong)} points with wrong values, e.g. {wrong[:3]}"
