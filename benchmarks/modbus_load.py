@@ -1,0 +1,191 @@
+"""Load and reconnect figures for the Modbus TCP driver (a measurement, not a pass/fail test).
+
+    .venv/bin/python -m benchmarks.modbus_load [--devices 10] [--tags 100] [--seconds 20] [--outage 30]
+
+A subprocess runs the pymodbus servers (so their CPU is not billed to the driver process);
+this process runs one ModbusDriver per server under its own DriverSupervisor (default Backoff
+and SessionRateLimiter) polling every 100 ms. Phase 1 polls everything for --seconds; phase 2
+stops one server for --outage seconds, then restarts it on the same port.
+Printed: cycle rate per device, read latency p50/p99, missed ticks, driver-process CPU seconds
+per wall second, time from server restart to first good value, sessions created per minute
+while the server was down.
+"""
+
+import argparse
+import asyncio
+import logging
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from drivers.base import Quality, ReadingBatch
+from drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from drivers.supervisor import DriverSupervisor
+
+POLL_S = 0.1
+
+
+def layout(n_tags: int) -> list[dict]:
+    """Half float32 (2 registers each), half int16, adjacent holding registers from 0."""
+    n_float = n_tags // 2
+    tags = [{"name": f"f{i}", "table": "holding_register", "address": 2 * i, "dtype": "float32"}
+            for i in range(n_float)]
+    tags += [{"name": f"i{i}", "table": "holding_register", "address": 2 * n_float + i, "dtype": "int16",
+              "scale": 0.1} for i in range(n_tags - n_float)]
+    return tags
+
+
+# ---------------------------------------------------------------- server subprocess
+
+async def serve(ports: list[int], n_tags: int) -> None:
+    """Run one pymodbus server per port; obey 'stop i' / 'start i' lines on stdin."""
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    n_float = n_tags // 2
+
+    def make() -> SimDevice:
+        return SimDevice(id=1, simdata=[
+            SimData(0, values=[float(i) + 0.5 for i in range(n_float)], datatype=DataType.FLOAT32),
+            SimData(2 * n_float, values=list(range(n_tags - n_float)), datatype=DataType.INT16)])
+
+    async def start(i: int) -> ModbusTcpServer:
+        s = ModbusTcpServer(make(), address=("127.0.0.1", ports[i]))
+        await s.serve_forever(background=True)
+        return s
+
+    servers = {i: await start(i) for i in range(len(ports))}
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        cmd, i = line.split()
+        if cmd == "stop":
+            await servers.pop(int(i)).shutdown()
+        else:
+            servers[int(i)] = await start(int(i))
+        print("ok", flush=True)
+
+
+# ---------------------------------------------------------------- driver side
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Device:
+    """One supervised driver and what it delivered."""
+
+    def __init__(self, i: int, port: int, n_tags: int) -> None:
+        cfg = ModbusDeviceConfig(name=f"plc{i}", host="127.0.0.1", port=port, timeout_s=1.0,
+                                 poll_interval_s=POLL_S, tags=layout(n_tags))
+        self.driver = ModbusDriver(cfg)
+        self.good = 0
+        self.last_good_at = 0.0
+        self.supervisor = DriverSupervisor(self.driver, self.on_batch)
+
+    def on_batch(self, b: ReadingBatch) -> None:
+        if len(b) and (b.quality == Quality.GOOD).all():
+            self.good += 1
+            self.last_good_at = time.monotonic()
+
+
+async def send(proc: subprocess.Popen, line: str) -> None:
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+    reply = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
+    if reply.strip() != "ok":
+        raise RuntimeError(f"server subprocess answered {reply!r} to {line!r}")
+
+
+async def measure(args: argparse.Namespace) -> None:
+    ports = free_ports(args.devices)
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.modbus_load", "--serve",
+                             ",".join(map(str, ports)), "--tags", str(args.tags)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("server subprocess did not start")
+        devices = [Device(i, p, args.tags) for i, p in enumerate(ports)]
+        for d in devices:
+            d.supervisor.start()
+        # warm-up: every device connected and delivering
+        deadline = time.monotonic() + 10
+        while any(d.good == 0 for d in devices) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        base_good = [d.good for d in devices]
+        base_missed = [d.driver.missed_ticks for d in devices]
+        for d in devices:
+            d.driver.stats.read_latency_s.clear()
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        await asyncio.sleep(args.seconds)
+        wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+        lat = np.concatenate([np.array(d.driver.stats.read_latency_s[-1024:]) for d in devices]) * 1e3
+        print(f"phase 1: {args.devices} devices x {args.tags} tags (half float32, half int16), "
+              f"{POLL_S * 1e3:.0f} ms cycle, {wall:.1f} s")
+        print(f"  requests per poll per device: {len(devices[0].driver.read_plan)}")
+        for i, d in enumerate(devices):
+            print(f"  plc{i}: {(d.good - base_good[i]) / wall:6.2f} good cycles/s  "
+                  f"missed ticks {d.driver.missed_ticks - base_missed[i]}  "
+                  f"read errors {d.driver.stats.read_errors}")
+        print(f"  read latency (per request, all devices, last <=1024 each): "
+              f"p50 {np.percentile(lat, 50):.2f} ms  p99 {np.percentile(lat, 99):.2f} ms  "
+              f"max {lat.max():.2f} ms  (n={lat.size})")
+        print(f"  driver process CPU: {cpu / wall:.3f} CPU-s per wall-s")
+
+        # phase 2: one server down for --outage seconds, then restarted on the same port
+        victim = devices[0]
+        await send(proc, "stop 0")
+        t_down = time.monotonic()
+        sessions0 = victim.driver.stats.sessions_created
+        others0 = [d.good for d in devices[1:]]
+        await asyncio.sleep(args.outage)
+        sessions = victim.driver.stats.sessions_created - sessions0
+        down_s = time.monotonic() - t_down
+        others_rate = [(d.good - g) / down_s for d, g in zip(devices[1:], others0, strict=True)]
+        good_before, attempt = victim.good, victim.supervisor.backoff.attempt
+        await send(proc, "start 0")
+        t_up = time.monotonic()
+        while victim.good == good_before and time.monotonic() - t_up < 120:
+            await asyncio.sleep(0.01)
+        recovered = victim.last_good_at - t_up if victim.good > good_before else float("nan")
+        print(f"phase 2: plc0's server down for {down_s:.1f} s (default Backoff, SessionRateLimiter)")
+        print(f"  sessions created while down: {sessions} = {sessions * 60 / down_s:.1f} per minute")
+        print(f"  other devices meanwhile: min {min(others_rate):.2f}, "
+              f"max {max(others_rate):.2f} good cycles/s")
+        print(f"  server restart -> first good value: {recovered:.2f} s "
+              f"(after backoff attempt {attempt})")
+        for d in devices:
+            await d.supervisor.stop()
+    finally:
+        proc.stdin.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=10)
+    p.add_argument("--tags", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--outage", type=float, default=30.0)
+    p.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run the servers on these ports
+    args = p.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    if args.serve:
+        asyncio.run(serve([int(x) for x in args.serve.split(",")], args.tags))
+    else:
+        asyncio.run(measure(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Registers <-> values for Modbus data types, vectorized with numpy (no per-value Python work).
+
+Byte order names describe where the bytes of the big-endian value land on the wire.
+Call the value's bytes A B C D ... (A most significant). Two independent switches follow:
+
+* byte swap inside each 16-bit register: orders DCBA and BADC;
+* word swap (register order reversed): orders DCBA and CDAB.
+
+So, for the registers as sent (register 0 first):
+
+==========  ==============  ======================  ===========================
+order       16-bit (AB)     32-bit (ABCD)           64-bit (ABCDEFGH)
+==========  ==============  ======================  ===========================
+ABCD        AB              AB CD                   AB CD EF GH  (big-endian)
+CDAB        AB              CD AB                   GH EF CD AB  (words swapped)
+BADC        BA              BA DC                   BA DC FE HG  (bytes swapped)
+DCBA        BA              DC BA                   HG FE DC BA  (little-endian)
+==========  ==============  ======================  ===========================
+
+Example: float32 123.456 is 0x42F6E979, so ABCD = [0x42F6, 0xE979], CDAB = [0xE979, 0x42F6],
+BADC = [0xF642, 0x79E9], DCBA = [0x79E9, 0xF642].
+
+Engineering value = raw * scale + offset on decode; encode inverts it, rounds integers to the
+nearest value (ties to even) and refuses values the raw type cannot hold.
+"""
+
+import math
+from typing import Literal
+
+import numpy as np
+
+DType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
+Order = Literal["ABCD", "DCBA", "BADC", "CDAB"]
+
+# Big-endian numpy type of each register dtype; its itemsize / 2 is the register count.
+_NUMPY_BE: dict[str, np.dtype] = {
+    "int16": np.dtype(">i2"), "uint16": np.dtype(">u2"),
+    "int32": np.dtype(">i4"), "uint32": np.dtype(">u4"),
+    "int64": np.dtype(">i8"), "uint64": np.dtype(">u8"),
+    "float32": np.dtype(">f4"), "float64": np.dtype(">f8"),
+}
+REGISTER_DTYPES = frozenset(_NUMPY_BE)
+BIT_DTYPES = frozenset({"bool"})
+ORDERS = ("ABCD", "DCBA", "BADC", "CDAB")
+
+
+def width(dtype: str) -> int:
+    """Registers (or bits, for bool) one value occupies."""
+    if dtype == "bool":
+        return 1
+    return _NUMPY_BE[dtype].itemsize // 2
+
+
+def _swaps(order: str) -> tuple[bool, bool]:
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
+    return order in ("DCBA", "BADC"), order in ("DCBA", "CDAB")
+
+
+def _reorder(regs: np.ndarray, order: str) -> np.ndarray:
+    """Apply the order's byte/word swaps; the transform is its own inverse."""
+    byte_swap, word_swap = _swaps(order)
+    if byte_swap:
+        regs = (regs >> 8) | ((regs & 0xFF) << 8)
+    if word_swap:
+        regs = regs[:, ::-1]
+    return regs
+
+
+def decode_raw(regs: np.ndarray, dtype: str, order: str = "ABCD") -> np.ndarray:
+    """(n, width) registers -> n raw values in the dtype's own numpy type (exact, no scaling)."""
+    be = _NUMPY_BE[dtype]
+    w = be.itemsize // 2
+    r = np.asarray(regs, dtype=np.uint16).reshape(-1, w)
+    r = _reorder(r, order)
+    return np.ascontiguousarray(r, dtype=">u2").view(be).reshape(-1).astype(be.newbyteorder("="))
+
+
+def decode(regs: np.ndarray, dtype: str, order: str = "ABCD",
+           scale: float | np.ndarray = 1.0, offset: float | np.ndarray = 0.0) -> np.ndarray:
+    """(n, width) registers -> n engineering values as float64 (raw * scale + offset)."""
+    return decode_raw(regs, dtype, order).astype(np.float64) * scale + offset
+
+
+def gather(block: np.ndarray, starts: np.ndarray, w: int) -> np.ndarray:
+    """Registers of many same-width values from one block read: (n, w) from n start offsets."""
+    return block[np.asarray(starts)[:, None] + np.arange(w)]
+
+
+def encode_raw(raw: np.ndarray, dtype: str, order: str = "ABCD") -> np.ndarray:
+    """n raw values (already in range) -> (n, width) uint16 registers in wire order."""
+    be = _NUMPY_BE[dtype]
+    w = be.itemsize // 2
+    r = np.asarray(raw).astype(be).reshape(-1).view(">u2").reshape(-1, w).astype(np.uint16)
+    return np.ascontiguousarray(_reorder(r, order))
+
+
+def to_raw(value: float, dtype: str, scale: float = 1.0, offset: float = 0.0) -> int | float:
+    """Invert scale/offset and check the raw type can hold the result (ValueError if not)."""
+    if (isinstance(value, int | np.integer) and dtype not in ("bool", "float32", "float64")
+            and scale == 1 and float(offset).is_integer()):
+        v_int = int(value) - int(offset)  # exact for 64-bit integers, which float64 cannot hold
+        info = np.iinfo(_NUMPY_BE[dtype].newbyteorder("="))
+        if not int(info.min) <= v_int <= int(info.max):
+            raise ValueError(f"cannot write {value!r}: raw value {v_int} is outside {dtype} "
+                             f"[{info.min}, {info.max}]")
+        return v_int
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"cannot write {value!r}: not a finite number")
+    raw = (v - offset) / scale
+    if dtype == "bool":
+        if raw not in (0.0, 1.0):
+            raise ValueError(f"cannot write {value!r} to a bool: use 0 or 1")
+        return int(raw)
+    if dtype.startswith("float"):
+        if not math.isfinite(raw) or (dtype == "float32" and abs(raw) > float(np.finfo(np.float32).max)):
+            raise ValueError(f"cannot write {value!r}: raw value {raw!r} overflows {dtype}")
+        return raw
+    info = np.iinfo(_NUMPY_BE[dtype].newbyteorder("="))
+    if not math.isfinite(raw):
+        raise ValueError(f"cannot write {value!r}: raw value {raw!r} is not finite")
+    r = round(raw)  # exact Python int, ties to even
+    if not int(info.min) <= r <= int(info.max):
+        raise ValueError(f"cannot write {value!r}: raw value {r} is outside {dtype} "
+                         f"[{info.min}, {info.max}] (check scale={scale} and offset={offset})")
+    return r
+
+
+def encode(value: float, dtype: str, order: str = "ABCD", scale: float = 1.0,
+           offset: float = 0.0) -> list[int]:
+    """Engineering value -> registers to write (ValueError if it does not fit the raw type)."""
+    raw = to_raw(value, dtype, scale, offset)
+    if dtype == "bool":
+        raise ValueError("bool values are written as coils, not registers")
+    be = _NUMPY_BE[dtype].newbyteorder("=")
+    return [int(x) for x in encode_raw(np.array([raw], dtype=be), dtype, order)[0]]

@@ -1,0 +1,154 @@
+"""OPC UA driver configuration: pydantic models whose errors name the key and the fix."""
+
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers.opcua.nodes import parse_browse_path, parse_node_ref
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpcUaTag(_Strict):
+    """One variable: addressed by a namespace-URI node id or by a browse path, never by a bare index."""
+
+    name: str = Field(min_length=1)
+    node: str | None = None  # "nsu=urn:linesentry:plant;s=Conveyor.MotorCurrent", "i=2258", ...
+    browse_path: list[str] | None = None  # ["0:Objects", "urn:linesentry:plant:Plant", ...] from Root
+    group: str = "default"
+    writable: bool = False
+    deadband_abs: float | None = Field(default=None, ge=0)  # overrides the group's deadband
+    deadband_pct: float | None = Field(default=None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> "OpcUaTag":
+        where = f"tags[{self.name!r}]"
+        if (self.node is None) == (self.browse_path is None):
+            raise ValueError(f"{where}: set exactly one of 'node' (e.g. \"nsu=urn:plant;s=Motor.Current\") "
+                             "or 'browse_path' (e.g. [\"0:Objects\", \"urn:plant:Motor\"])")
+        if self.node is not None:
+            try:
+                parse_node_ref(self.node)
+            except ValueError as exc:
+                raise ValueError(f"{where}.node: {exc}") from None
+        if self.browse_path is not None:
+            try:
+                parse_browse_path(self.browse_path)
+            except ValueError as exc:
+                raise ValueError(f"{where}.browse_path: {exc}") from None
+        if self.deadband_abs is not None and self.deadband_pct is not None:
+            raise ValueError(f"{where}: set only one of deadband_abs / deadband_pct")
+        return self
+
+
+class OpcUaGroup(_Strict):
+    """Tags sharing one acquisition mode: a server-side subscription or client-side polling."""
+
+    name: str = Field(min_length=1)
+    mode: Literal["subscription", "polling"] = "subscription"
+    sampling_interval_ms: float = Field(default=100.0, ge=0)
+    publishing_interval_ms: float = Field(default=100.0, gt=0)
+    queue_size: int = Field(default=1, ge=0)
+    deadband_type: Literal["none", "absolute", "percent"] = "none"
+    deadband_value: float = Field(default=0.0, ge=0)
+    poll_interval_ms: float = Field(default=1000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "OpcUaGroup":
+        where = f"groups[{self.name!r}]"
+        if self.deadband_type == "percent" and self.deadband_value > 100:
+            raise ValueError(f"{where}.deadband_value: a percent deadband must be 0..100, "
+                             f"got {self.deadband_value}")
+        if self.mode == "polling" and self.deadband_type != "none":
+            raise ValueError(f"{where}: deadbands apply to subscription groups only; "
+                             "set mode: subscription or deadband_type: none")
+        return self
+
+
+class OpcUaSecurity(_Strict):
+    """Message security, server trust and user identity. Passwords come from the environment only."""
+
+    policy: Literal["None", "Basic256Sha256"] = "None"
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    client_certificate: Path | None = None  # DER or PEM; its URI SAN becomes the client's application URI
+    client_private_key: Path | None = None
+    server_certificate: Path | None = None  # the trusted server certificate (DER or PEM)
+    trust_server_certificate: bool = False  # accept an unknown server certificate (commissioning only)
+    username: str | None = None
+    password_env: str | None = None  # name of the environment variable holding the password
+
+    @model_validator(mode="after")
+    def _check(self) -> "OpcUaSecurity":
+        if self.policy == "None" and self.mode != "None":
+            raise ValueError(f"security.mode {self.mode!r} needs a signing policy: set security.policy: "
+                             "Basic256Sha256 (policy None cannot sign or encrypt) or security.mode: None")
+        if self.policy != "None" and self.mode == "None":
+            raise ValueError(f"security.policy {self.policy!r} needs security.mode Sign or SignAndEncrypt")
+        if self.policy != "None":
+            missing = [k for k in ("client_certificate", "client_private_key") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"security.mode {self.mode!r} needs " + " and ".join(
+                    f"security.{k}" for k in missing) + " (create them with `linesentry certs`)")
+        if self.password_env is not None:
+            if not _ENV_NAME.match(self.password_env):
+                raise ValueError(f"security.password_env must be an environment variable NAME, got "
+                                 f"{self.password_env!r}; never put the password itself in the config")
+            if self.username is None:
+                raise ValueError("security.password_env is set but security.username is not")
+        return self
+
+    @property
+    def is_secure(self) -> bool:
+        return self.policy != "None"
+
+
+def _default_groups() -> list[OpcUaGroup]:
+    return [OpcUaGroup(name="default")]
+
+
+class OpcUaConfig(_Strict):
+    """One OPC UA server (PLC) connection and its tags, in a fixed order (the ReadingBatch index)."""
+
+    name: str = Field(min_length=1)
+    endpoint: str
+    timeout_s: float = Field(default=5.0, gt=0)  # per request; a dead link is detected within ~2x this
+    session_timeout_s: float = Field(default=60.0, ge=1)
+    security: OpcUaSecurity = Field(default_factory=OpcUaSecurity)
+    groups: list[OpcUaGroup] = Field(default_factory=_default_groups)
+    tags: list[OpcUaTag] = Field(min_length=1)
+    readback: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "OpcUaConfig":
+        url = urlparse(self.endpoint)
+        if url.scheme != "opc.tcp" or not url.hostname:
+            raise ValueError(f"endpoint {self.endpoint!r} must look like opc.tcp://host:4840[/path]")
+        try:
+            url.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError(f"endpoint {self.endpoint!r} has an invalid port") from None
+        for kind, names in (("tags", [t.name for t in self.tags]), ("groups", [g.name for g in self.groups])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind}: duplicate name(s) {', '.join(dupes)}; names must be unique")
+        known = {g.name for g in self.groups}
+        for t in self.tags:
+            if t.group not in known:
+                raise ValueError(f"tags[{t.name!r}].group {t.group!r} is not defined in groups "
+                                 f"(defined: {', '.join(sorted(known))})")
+        modes = {g.name: g.mode for g in self.groups}
+        for t in self.tags:
+            if (t.deadband_abs is not None or t.deadband_pct is not None) and modes[t.group] == "polling":
+                raise ValueError(f"tags[{t.name!r}]: deadbands apply to subscription groups only, "
+                                 f"but group {t.group!r} is polling")
+        return self
+
+    def group(self, name: str) -> OpcUaGroup:
+        return next(g for g in self.groups if g.name == name)

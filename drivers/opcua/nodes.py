@@ -1,0 +1,141 @@
+"""Node addressing: namespace URIs and browse paths resolved to node ids on every new session.
+
+A server's namespace array can change across restarts (another namespace registered
+first shifts every index), so indexes are looked up per session and never cached
+across sessions. The parsers here are pure and also serve config validation.
+"""
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+
+from asyncua import Client, ua
+
+from drivers.base import DriverError
+
+Identifier = int | str | bytes | uuid.UUID
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    """A node id whose namespace is named by URI (None means namespace 0, the OPC UA standard one)."""
+
+    namespace_uri: str | None
+    identifier: Identifier
+
+
+@dataclass(frozen=True)
+class PathElement:
+    """One browse-path step: a browse name qualified by a namespace URI or, for legacy configs, an index."""
+
+    namespace: str | int
+    name: str
+
+
+def _parse_identifier(kind: str, text: str) -> Identifier:
+    if kind == "i":
+        if not text.isdigit():
+            raise ValueError(f"numeric identifier 'i={text}' must be a non-negative integer")
+        return int(text)
+    if kind == "s":
+        if not text:
+            raise ValueError("string identifier 's=' is empty")
+        return text
+    if kind == "g":
+        try:
+            return uuid.UUID(text)
+        except ValueError:
+            raise ValueError(f"guid identifier 'g={text}' is not a GUID") from None
+    if kind == "b":
+        try:
+            return base64.b64decode(text.encode("ascii"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"opaque identifier 'b={text}' is not base64") from None
+    raise ValueError(f"unknown identifier type {kind!r}: use i=, s=, g= or b=")
+
+
+def parse_node_ref(text: str) -> NodeRef:
+    """Parse "nsu=<uri>;s=Name" (or i=/g=/b=); a bare identifier means namespace 0.
+
+    >>> parse_node_ref("nsu=urn:linesentry:plant;s=Conveyor.MotorCurrent").identifier
+    'Conveyor.MotorCurrent'
+    """
+    rest = text.strip()
+    uri: str | None = None
+    if rest.startswith("nsu="):
+        uri, sep, rest = rest[4:].partition(";")
+        if not sep or not uri:
+            raise ValueError(f"{text!r}: expected nsu=<namespace URI>;<i|s|g|b>=<identifier>")
+    elif rest.startswith("ns="):
+        idx, _, rest = rest[3:].partition(";")
+        if idx.strip() != "0":
+            raise ValueError(f"{text!r}: namespace indexes change when a server restarts; "
+                             f"write nsu=<namespace URI>;{rest or 's=...'} instead of ns={idx}")
+    kind, sep, ident = rest.partition("=")
+    if not sep:
+        raise ValueError(f"{text!r}: expected <i|s|g|b>=<identifier>, e.g. nsu=urn:plant;s=Motor.Current")
+    return NodeRef(uri, _parse_identifier(kind.strip(), ident))
+
+
+def parse_browse_path(elements: list[str]) -> list[PathElement]:
+    """Parse ["0:Objects", "urn:linesentry:plant:Plant", "2:Motor"] (namespace, last ':', browse name)."""
+    if not elements:
+        raise ValueError("a browse path needs at least one element, "
+                         "e.g. [\"0:Objects\", \"urn:plant:Motor\"]")
+    out = []
+    for el in elements:
+        ns, sep, name = el.rpartition(":")
+        if not sep or not ns or not name:
+            raise ValueError(f"element {el!r} must be <namespace URI or index>:<BrowseName>")
+        out.append(PathElement(int(ns) if ns.isdigit() else ns, name))
+    return out
+
+
+def _index(ns_array: list[str], uri: str, what: str) -> int:
+    try:
+        return ns_array.index(uri)
+    except ValueError:
+        raise DriverError(f"{what}: namespace URI {uri!r} is not on the server "
+                          f"(server namespaces: {', '.join(ns_array)})") from None
+
+
+def to_node_id(ref: NodeRef, ns_array: list[str], what: str) -> ua.NodeId:
+    """The node id of `ref` under this session's namespace array."""
+    idx = 0 if ref.namespace_uri is None else _index(ns_array, ref.namespace_uri, what)
+    return ua.NodeId(ref.identifier, idx)
+
+
+def to_relative_path(path: list[PathElement], ns_array: list[str], what: str) -> ua.RelativePath:
+    elements = []
+    for el in path:
+        idx = el.namespace if isinstance(el.namespace, int) else _index(ns_array, el.namespace, what)
+        elements.append(ua.RelativePathElement(
+            ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences), IsInverse=False,
+            IncludeSubtypes=True, TargetName=ua.QualifiedName(el.name, idx)))
+    return ua.RelativePath(Elements=elements)
+
+
+async def resolve_node_ids(client: Client, tags: list[tuple[str, str | None, list[str] | None]]
+                           ) -> list[ua.NodeId]:
+    """Node ids for (name, node, browse_path) tags: one NamespaceArray read, one TranslateBrowsePaths."""
+    ns_array = await client.get_namespace_array()
+    out: list[ua.NodeId | None] = [None] * len(tags)
+    paths: list[tuple[int, ua.RelativePath]] = []
+    for i, (name, node, browse_path) in enumerate(tags):
+        what = f"tag {name!r}"
+        if node is not None:
+            out[i] = to_node_id(parse_node_ref(node), ns_array, what)
+        else:
+            assert browse_path is not None
+            paths.append((i, to_relative_path(parse_browse_path(browse_path), ns_array, what)))
+    if paths:
+        root = ua.NodeId(ua.ObjectIds.RootFolder)
+        results = await client.translate_browsepaths(root, [p for _, p in paths])
+        for (i, _), res in zip(paths, results, strict=True):
+            name, _, browse_path = tags[i]
+            if not res.StatusCode.is_good() or not res.Targets:
+                raise DriverError(f"tag {name!r}: browse path {'/'.join(browse_path or [])} not found "
+                                  f"on the server ({res.StatusCode.name})")
+            out[i] = res.Targets[0].TargetId  # an ExpandedNodeId; the server index is 0 (local)
+    return [ua.NodeId(n.Identifier, n.NamespaceIndex, n.NodeIdType) for n in out if n is not None]

@@ -1,0 +1,142 @@
+"""Client security: certificates, server trust and user identity for one asyncua Client.
+
+The server certificate is checked against the configured, trusted copy before any
+secure channel is opened: asyncua on its own would adopt whatever certificate the
+server's endpoint list presents (trust on every use), which is what we must refuse.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+from asyncua import Client, ua
+from asyncua.crypto import cert_gen, security_policies, uacrypto
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from drivers.base import DriverError
+from drivers.opcua.config import OpcUaSecurity
+
+POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+}
+MODES = {"Sign": ua.MessageSecurityMode.Sign, "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
+DEFAULT_APPLICATION_URI = "urn:linesentry:client"
+
+
+def create_client_certificate(path_cert: str | Path, path_key: str | Path, application_uri: str,
+                              hostname: str, days: int = 365) -> None:
+    """Write a self-signed client certificate (DER, or PEM if the name ends in .pem) and its key (PEM, 0600).
+
+    The application URI is put in the certificate's SubjectAltName; the driver uses it as
+    the client's ApplicationUri, which servers require to match.
+    """
+    key = cert_gen.generate_private_key()
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key, application_uri, {}, [x509.UniformResourceIdentifier(application_uri), x509.DNSName(hostname)],
+        extended=[ExtendedKeyUsageOID.CLIENT_AUTH], days=days)
+    path_cert, path_key = Path(path_cert), Path(path_key)
+    fd = os.open(path_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(cert_gen.dump_private_key_as_pem(key))
+    os.chmod(path_key, 0o600)  # also when the file already existed with wider permissions
+    encoding = Encoding.PEM if path_cert.suffix.lower() == ".pem" else Encoding.DER
+    path_cert.write_bytes(cert.public_bytes(encoding))
+
+
+def load_certificate_der(path: Path, what: str) -> bytes:
+    """A certificate file (DER or PEM) as DER bytes; DriverError naming the config key when unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DriverError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError:
+        raise DriverError(f"{what}: {path} is not a DER or PEM certificate") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+def first_certificate(der: bytes) -> bytes:
+    """The leading certificate of a possibly chained DER blob (servers may append their chain)."""
+    length = int.from_bytes(der[2:4], "big") + 4
+    return der[:length]
+
+
+def fingerprint(der: bytes) -> str:
+    """SHA-256 fingerprint, the form operators compare with the server's certificate view."""
+    return hashlib.sha256(der).hexdigest()[:32]
+
+
+def application_uri_of(der: bytes) -> str | None:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
+
+
+def password_from_env(sec: OpcUaSecurity) -> str | None:
+    if sec.password_env is None:
+        return None
+    password = os.environ.get(sec.password_env)
+    if password is None:
+        raise DriverError(f"environment variable {sec.password_env} (security.password_env) is not set")
+    return password
+
+
+async def apply_security(client: Client, sec: OpcUaSecurity, endpoint: str) -> None:
+    """Configure `client` (not yet connected): message security, server trust, user identity."""
+    if sec.username is not None:
+        client.set_user(sec.username)
+        password = password_from_env(sec)
+        if password is not None:
+            client.set_password(password)
+    if not sec.is_secure:
+        client.application_uri = DEFAULT_APPLICATION_URI
+        return
+    assert sec.client_certificate is not None and sec.client_private_key is not None
+    own = load_certificate_der(sec.client_certificate, "security.client_certificate")
+    uri = application_uri_of(own)
+    if uri is None:
+        raise DriverError(f"security.client_certificate {sec.client_certificate} has no URI in its "
+                          "SubjectAltName; recreate it with `linesentry certs`")
+    client.application_uri = uri  # servers check that it matches the certificate
+    policy, mode = POLICIES[sec.policy], MODES[sec.mode]
+    endpoints = await client.connect_and_get_server_endpoints()  # over an unsecured, session-less channel
+    offered = [ep for ep in endpoints if ep.SecurityPolicyUri == policy.URI and ep.SecurityMode == mode]
+    if not offered:
+        have = ", ".join(sorted({f"{ep.SecurityPolicyUri.rsplit('#', 1)[-1]}/{ep.SecurityMode.name}"
+                                 for ep in endpoints}))
+        raise DriverError(f"{endpoint}: server offers no {sec.policy}/{sec.mode} endpoint "
+                          f"(it offers: {have})")
+    presented = first_certificate(offered[0].ServerCertificate or b"")
+    if not presented:
+        raise DriverError(f"{endpoint}: server presents no certificate for {sec.policy}/{sec.mode}")
+    if sec.server_certificate is not None:
+        trusted = load_certificate_der(sec.server_certificate, "security.server_certificate")
+        if presented != trusted:
+            raise DriverError(f"{endpoint}: untrusted server certificate: it does not match "
+                              f"security.server_certificate {sec.server_certificate} (server sha256 "
+                              f"{fingerprint(presented)}, trusted sha256 {fingerprint(trusted)})")
+    elif not sec.trust_server_certificate:
+        raise DriverError(f"{endpoint}: untrusted server certificate (sha256 {fingerprint(presented)}): "
+                          "save it and set security.server_certificate, "
+                          "or set trust_server_certificate: true")
+    try:
+        key = sec.client_private_key.read_bytes()
+    except OSError as exc:
+        raise DriverError(f"security.client_private_key: cannot read {sec.client_private_key}: "
+                          f"{exc.strerror}") from None
+    key_format = "pem" if b"-----BEGIN" in key else "der"  # by content: asyncua would guess by file suffix
+    try:
+        await client.set_security(policy, uacrypto.CertProperties(own, "der"),
+                                  uacrypto.CertProperties(key, key_format),
+                                  server_certificate=uacrypto.CertProperties(presented, "der"), mode=mode)
+    except (ValueError, TypeError) as exc:
+        raise DriverError(f"security.client_private_key {sec.client_private_key}: cannot load it "
+                          f"({type(exc).__name__})") from None

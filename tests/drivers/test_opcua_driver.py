@@ -1,0 +1,330 @@
+"""OpcUaDriver against a real asyncua server on 127.0.0.1 (started by the tests, free ports)."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from asyncua import ua
+
+from drivers.base import ConnectionLost, DriverError, Quality, ReadingBatch, WriteFailed, WriteRefused
+from drivers.opcua import OpcUaConfig, OpcUaDriver
+from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
+from tests.drivers.conftest import free_port, wait_for
+from tests.drivers.opcua_server import LIMIT, NS_URI, TestServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def nsu(name: str) -> str:
+    return f"nsu={NS_URI};s=Line1.{name}"
+
+
+def path(name: str) -> list[str]:
+    return ["0:Objects", f"{NS_URI}:Plant", f"{NS_URI}:Line1", f"{NS_URI}:{name}"]
+
+
+def config(endpoint: str, tags: list[dict], groups: list[dict] | None = None, **kw) -> OpcUaConfig:
+    extra = {"groups": groups} if groups is not None else {}
+    return OpcUaConfig(name="plc1", endpoint=endpoint, timeout_s=1.0, tags=tags, **extra, **kw)
+
+
+class Collector:
+    """on_batch target: keeps every batch and answers "latest value/quality of tag i"."""
+
+    def __init__(self) -> None:
+        self.batches: list[ReadingBatch] = []
+
+    def __call__(self, batch: ReadingBatch) -> None:
+        self.batches.append(batch)
+
+    def values_of(self, i: int, since: int = 0) -> list[tuple[float, int]]:
+        out = []
+        for b in self.batches[since:]:
+            for k in np.flatnonzero(b.index == i):
+                out.append((float(b.values[k]), int(b.quality[k])))
+        return out
+
+    def saw(self, i: int, value: float, since: int = 0) -> bool:
+        return any(v == value and q == Quality.GOOD for v, q in self.values_of(i, since))
+
+    def comm_lost(self, since: int = 0) -> int | None:
+        for n, b in enumerate(self.batches[since:], start=since):
+            if len(b) and np.all(b.quality == Quality.COMM_LOST):
+                return n
+        return None
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def shared():
+    """One server for the tests that do not change it."""
+    server = await TestServer(free_port()).start()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def server():
+    """A server of the test's own, for tests that change values or stop it."""
+    srv = await TestServer(free_port()).start()
+    yield srv
+    await srv.stop()
+
+
+ALL_TYPES = [
+    {"name": "temp", "node": nsu("Temperature")},
+    {"name": "press", "browse_path": path("Pressure")},
+    {"name": "count", "node": nsu("Count")},
+    {"name": "running", "browse_path": path("Running")},
+    {"name": "broken", "node": nsu("Broken")},
+    {"name": "drifting", "node": nsu("Drifting")},
+    {"name": "label", "node": nsu("Label")},
+    {"name": "numeric", "node": f"nsu={NS_URI};i=4242"},
+]
+
+
+async def test_read_by_namespace_uri_and_browse_path_maps_types_and_status_to_quality(shared):
+    driver = OpcUaDriver(config(shared.endpoint, ALL_TYPES))
+    await driver.connect()
+    try:
+        before = time.time()
+        batch = await driver.read()
+        by_name = dict(zip(driver.tag_names, range(len(batch)), strict=True))
+        v, q = batch.values, batch.quality
+        assert list(batch.index) == list(range(8))
+        assert (v[by_name["temp"]], q[by_name["temp"]]) == (21.5, Quality.GOOD)
+        assert v[by_name["press"]] == np.float32(1.25)  # Float, read via its browse path
+        assert q[by_name["press"]] == Quality.GOOD
+        assert (v[by_name["count"]], v[by_name["running"]], v[by_name["numeric"]]) == (7.0, 1.0, 99.0)
+        assert q[by_name["broken"]] == Quality.BAD and np.isnan(v[by_name["broken"]])
+        assert q[by_name["drifting"]] == Quality.UNCERTAIN and v[by_name["drifting"]] == 3.0
+        assert q[by_name["label"]] == Quality.BAD and np.isnan(v[by_name["label"]])  # not numeric
+        assert np.all(np.isfinite(batch.source_ts)) and np.all(batch.source_ts <= time.time() + 1)
+        assert np.all(batch.receive_ts >= before)
+        part = await driver.read(["count", "temp"])
+        assert list(part.index) == [2, 0] and list(part.values) == [7.0, 21.5]
+        assert driver.stats.sessions_created == 1 and driver.stats.reads == 2
+    finally:
+        await driver.close()
+    await driver.close()  # twice is fine
+
+
+async def test_unknown_namespace_or_path_or_dead_endpoint_give_one_line_errors(shared):
+    bad_uri = OpcUaDriver(config(shared.endpoint, [{"name": "x", "node": "nsu=urn:nowhere;s=X"}]))
+    with pytest.raises(DriverError, match="namespace URI 'urn:nowhere' is not on the server") as e1:
+        await bad_uri.connect()
+    bad_path = OpcUaDriver(config(shared.endpoint, [{"name": "x", "browse_path": path("Nope")}]))
+    with pytest.raises(DriverError, match="tag 'x': browse path .* not found") as e2:
+        await bad_path.connect()
+    dead = f"opc.tcp://127.0.0.1:{free_port()}/"
+    with pytest.raises(DriverError, match="connection refused") as e3:
+        await OpcUaDriver(config(dead, [{"name": "x", "node": nsu("Count")}])).connect()
+    assert dead in str(e3.value)
+    for e in (e1, e2, e3):
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConnectionLost):
+        await bad_uri.read()  # never connected
+
+
+async def test_namespace_index_is_re_resolved_when_a_restart_shifts_it(server):
+    driver = OpcUaDriver(config(server.endpoint, [
+        {"name": "temp", "node": nsu("Temperature")}, {"name": "count", "browse_path": path("Count")}]))
+    await driver.connect()
+    first_ns = server.ns
+    assert list((await driver.read()).values) == [21.5, 7.0]
+    await driver.close()
+    await server.restart(extra_namespaces=("urn:other:a", "urn:other:b"))
+    assert server.ns == first_ns + 2
+    await server.set_value("Temperature", 111.0)
+    await server.set_value("Count", 222)
+    await driver.connect()
+    try:
+        assert list((await driver.read()).values) == [111.0, 222.0]
+        assert driver.stats.sessions_created == 2
+    finally:
+        await driver.close()
+
+
+async def test_subscription_delivers_changes_honours_deadband_and_batches_a_publish(server):
+    driver = OpcUaDriver(config(
+        server.endpoint,
+        [{"name": "temp", "node": nsu("Temperature"), "deadband_abs": 1.0},
+         {"name": "count", "node": nsu("Count")}, {"name": "setpoint", "node": nsu("Setpoint")}],
+        groups=[{"name": "default", "publishing_interval_ms": 20, "sampling_interval_ms": 10}]))
+    got = Collector()
+    await driver.connect()
+    task = None
+    try:
+        task = asyncio.create_task(driver.subscribe(got))
+        await wait_for(lambda: got.batches, what="initial values")
+        assert sorted(got.batches[0].index) == [0, 1, 2]  # one publish, one batch
+        mark = len(got.batches)
+        await server.set_value("Temperature", 22.0)  # +0.5: inside the deadband
+        await server.set_value("Count", 8)
+        await wait_for(lambda: got.saw(1, 8.0, mark), what="count change")
+        await server.set_value("Temperature", 30.0)  # +8: outside
+        await wait_for(lambda: got.saw(0, 30.0, mark), what="temperature change")
+        assert not got.saw(0, 22.0, mark)
+        assert driver.stats.batches == len(got.batches) and driver.stats.values >= 5
+    finally:
+        if task is not None:
+            task.cancel()
+        await driver.close()
+
+
+async def test_polling_group_reads_in_batches_at_its_interval(server):
+    driver = OpcUaDriver(config(
+        server.endpoint, [{"name": "numeric", "node": f"nsu={NS_URI};i=4242", "group": "fast"},
+                          {"name": "drifting", "node": nsu("Drifting"), "group": "fast"}],
+        groups=[{"name": "fast", "mode": "polling", "poll_interval_ms": 20}]))
+    got = Collector()
+    await driver.connect()
+    task = asyncio.create_task(driver.subscribe(got))
+    try:
+        await wait_for(lambda: len(got.batches) >= 3, what="three polls")
+        assert all(sorted(b.index) == [0, 1] for b in got.batches)
+        assert got.values_of(1)[0] == (3.0, Quality.UNCERTAIN)
+        mark = len(got.batches)
+        await server.set_value("Numeric", 5.5)
+        await wait_for(lambda: got.saw(0, 5.5, mark), what="polled change")
+        assert driver.stats.reads >= 4
+    finally:
+        task.cancel()
+        await driver.close()
+
+
+async def test_writes_use_the_node_type_confirm_by_readback_and_refuse_non_writable_tags(shared):
+    server = shared  # only this test touches Setpoint, Mode and Limited
+    driver = OpcUaDriver(config(server.endpoint, [
+        {"name": "setpoint", "node": nsu("Setpoint"), "writable": True},
+        {"name": "mode", "browse_path": path("Mode"), "writable": True},
+        {"name": "limited", "node": nsu("Limited"), "writable": True},
+        {"name": "count", "node": nsu("Count"), "writable": True},  # the server's node is read-only
+        {"name": "temp", "node": nsu("Temperature")}]))
+    await driver.connect()
+    try:
+        await driver.write("setpoint", 12.5)
+        assert await server.read("Setpoint") == 12.5
+        await driver.write("mode", 3)
+        dv = await server.nodes["Mode"].read_data_value()
+        assert dv.Value.Value == 3 and dv.Value.VariantType == ua.VariantType.Int32
+        with pytest.raises(WriteFailed, match="does not fit Int32"):
+            await driver.write("mode", 2.5)
+        await driver.write("limited", LIMIT - 1)
+        with pytest.raises(WriteFailed, match="readback 100.0 .* does not confirm the written 150.0"):
+            await driver.write("limited", 150)
+        with pytest.raises(WriteFailed, match="server refused the write"):
+            await driver.write("count", 1)
+        with pytest.raises(WriteRefused, match="'temp' is not writable"):
+            await driver.write("temp", 1.0)
+        with pytest.raises(WriteRefused, match="unknown tag"):
+            await driver.write("nope", 1.0)
+        assert await server.read("Temperature") == 21.5
+        assert driver.stats.writes == 5 and driver.stats.write_errors == 3
+    finally:
+        await driver.close()
+
+
+class FreezingProxy:
+    """TCP proxy that can stop forwarding while keeping sockets open: a silent, half-dead link."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port, self.frozen = target_port, False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if not self.frozen:
+                    dst.write(data)
+                    await dst.drain()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+        for w in (writer, up_writer):
+            w.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_silent_link_raises_connection_lost_within_twice_the_timeout(shared):
+    proxy = FreezingProxy(shared.port)
+    port = await proxy.start()
+    driver = OpcUaDriver(config(f"opc.tcp://127.0.0.1:{port}/linesentry/", [
+        {"name": "temp", "node": nsu("Temperature")}]))
+    got = Collector()
+    await driver.connect()
+    task = asyncio.create_task(driver.subscribe(got))
+    try:
+        await wait_for(lambda: got.batches, what="initial value")
+        proxy.frozen = True
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            await asyncio.wait_for(task, timeout=2 * driver.config.timeout_s + 0.5)
+        assert time.monotonic() - t0 <= 2 * driver.config.timeout_s
+    finally:
+        task.cancel()
+        await driver.close()
+        await proxy.stop()
+
+
+def _supervisor(driver: OpcUaDriver, on_batch) -> DriverSupervisor:
+    return DriverSupervisor(driver, on_batch, backoff=Backoff(initial=0.05, factor=2.0, cap=0.2),
+                            limiter=SessionRateLimiter(per_minute=600))
+
+
+async def test_server_restart_under_supervisor_reports_comm_lost_then_data_flows_again(server):
+    driver = OpcUaDriver(config(
+        server.endpoint, [{"name": "temp", "node": nsu("Temperature")},
+                          {"name": "numeric", "node": f"nsu={NS_URI};i=4242", "group": "slow"}],
+        groups=[{"name": "default", "publishing_interval_ms": 20},
+                {"name": "slow", "mode": "polling", "poll_interval_ms": 50}]))
+    got = Collector()
+    sup = _supervisor(driver, got)
+    sup.start()
+    try:
+        await wait_for(lambda: got.saw(0, 21.5) and got.saw(1, 99.0), what="data before the restart")
+        t0 = time.monotonic()
+        await server.stop()
+        lost_at = await wait_for(lambda: got.comm_lost(), timeout=2 * driver.config.timeout_s + 1,
+                                 what="COMM_LOST batch")
+        assert time.monotonic() - t0 <= 2 * driver.config.timeout_s + 0.5
+        assert sorted(got.batches[lost_at].index) == [0, 1]
+        await server.restart(extra_namespaces=("urn:other:shift",))  # same port, shifted index
+        await server.set_value("Temperature", 77.0)
+        await server.set_value("Numeric", 66.0)
+        await wait_for(lambda: got.saw(0, 77.0, lost_at) and got.saw(1, 66.0, lost_at), timeout=5,
+                       what="data after the restart")  # subscription re-created, polling resumed
+        assert driver.stats.sessions_created >= 2 and sup.failures == 0
+    finally:
+        await sup.stop()
+
+
+async def test_a_dead_plc_does_not_stall_a_live_one(shared):
+    dead = OpcUaDriver(OpcUaConfig(name="dead", endpoint=f"opc.tcp://127.0.0.1:{free_port()}/", timeout_s=0.5,
+                                   tags=[{"name": "x", "node": nsu("Temperature")}]))
+    live = OpcUaDriver(config(shared.endpoint, [{"name": "t", "node": nsu("Temperature"), "group": "poll"}],
+                              groups=[{"name": "poll", "mode": "polling", "poll_interval_ms": 20}]))
+    dead_got, live_got = Collector(), Collector()
+    sups = [_supervisor(dead, dead_got), _supervisor(live, live_got)]
+    for s in sups:
+        s.start()
+    try:
+        await wait_for(lambda: sups[0].failures >= 3, what="three failed connects to the dead PLC")
+        mark = len(live_got.batches)
+        await wait_for(lambda: len(live_got.batches) >= mark + 5, what="live PLC still delivering")
+        assert all(np.all(b.quality == Quality.COMM_LOST) for b in dead_got.batches)
+        assert live_got.comm_lost() is None
+        assert "connection refused" in sups[0].last_error and dead.config.endpoint in sups[0].last_error
+        assert dead.stats.sessions_created == 0 and dead.connect_attempts >= 3
+    finally:
+        for s in sups:
+            await s.stop()
