@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class Backoff:
     """Exponential backoff: initial x factor^attempt, capped, each delay shortened by up to `jitter`."""
 
-    def __init__(self, initial: float = 0.5, factor: float = 2.0, cap: float = 30.0,
+    def __init__(self, initial: float = 0.5, factor: float = 2.0, cap: float = 10.0,
                  jitter: float = 0.5, rng: random.Random | None = None) -> None:
         if not (initial > 0 and factor >= 1 and cap >= initial and 0 <= jitter < 1):
             raise ValueError("backoff needs initial > 0, factor >= 1, cap >= initial, 0 <= jitter < 1")
@@ -45,7 +45,7 @@ class Backoff:
 class SessionRateLimiter:
     """At most `per_minute` new sessions in any sliding 60-second window."""
 
-    def __init__(self, per_minute: int = 6, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: int = 12, clock: Callable[[], float] = time.monotonic) -> None:
         if per_minute < 1:
             raise ValueError("per_minute must be >= 1")
         self.per_minute = per_minute
@@ -68,16 +68,23 @@ class SessionRateLimiter:
 
 
 class DriverSupervisor:
-    """Runs `driver` until stopped: connect, stream batches to `on_batch`, reconnect on failure."""
+    """Runs `driver` until stopped: connect, stream batches to `on_batch`, reconnect on failure.
+
+    The backoff is reset only once a session has stayed up for `stable_after` seconds:
+    a PLC that accepts sessions and drops them at once keeps backing off instead of
+    being hammered at the initial delay.
+    """
 
     def __init__(self, driver: Driver, on_batch: OnBatch, backoff: Backoff | None = None,
                  limiter: SessionRateLimiter | None = None,
-                 on_state: Callable[[ConnectionState, str], None] | None = None) -> None:
+                 on_state: Callable[[ConnectionState, str], None] | None = None,
+                 stable_after: float = 10.0) -> None:
         self.driver = driver
         self.on_batch = on_batch
         self.backoff = backoff or Backoff()
         self.limiter = limiter or SessionRateLimiter()
         self.on_state = on_state
+        self.stable_after = stable_after
         self.failures = 0  # consecutive failed connects or lost sessions
         self.last_error = ""
         self._task: asyncio.Task | None = None
@@ -100,9 +107,10 @@ class DriverSupervisor:
         while True:
             await self.limiter.acquire()
             self._set_state(ConnectionState.CONNECTING, "")
+            connected_at = None
             try:
                 await self.driver.connect()
-                self.backoff.reset()
+                connected_at = time.monotonic()
                 if self.failures:
                     log.warning("%s: reconnected after %d failure(s)", self.driver.name, self.failures)
                 self.failures = 0
@@ -120,6 +128,8 @@ class DriverSupervisor:
             finally:
                 with contextlib.suppress(Exception):
                     await self.driver.close()
+            if connected_at is not None and time.monotonic() - connected_at >= self.stable_after:
+                self.backoff.reset()
             self.on_batch(ReadingBatch.empty_for(all_tags, Quality.COMM_LOST))
             self._set_state(ConnectionState.BACKOFF, self.last_error)
             await asyncio.sleep(self.backoff.next_delay())
