@@ -1,0 +1,85 @@
+"""LineState: the line's latest value, quality and timestamps per tag, as preallocated arrays.
+
+Every driver batch is scattered into these arrays with one vectorized
+assignment (no Python object per value), and the detector's frame (values,
+fresh mask, good mask, in the model's tag order) is gathered from them into
+preallocated buffers. Tags that did not change keep their last value
+(sample-and-hold) and are simply not fresh.
+"""
+
+import numpy as np
+
+from drivers.base import Quality, ReadingBatch
+
+
+class LineState:
+    """Latest values of all tags of a line, plus the detector's frame buffers."""
+
+    def __init__(self, tags: list[str], detector_tags: list[str]) -> None:
+        if len(set(tags)) != len(tags):
+            raise ValueError("tag names must be unique across the line")
+        unknown = [t for t in detector_tags if t not in tags]
+        if unknown:
+            raise ValueError(f"detector tags not on the line: {', '.join(unknown)}")
+        self.tags = list(tags)
+        self.position = {name: i for i, name in enumerate(tags)}
+        n = len(tags)
+        self.values = np.full(n, np.nan)
+        self.quality = np.full(n, int(Quality.COMM_LOST), dtype=np.uint8)  # nothing heard yet
+        self.source_ts = np.full(n, np.nan)
+        self.receive_ts = np.full(n, np.nan)  # when the latest value (or quality) arrived
+        self.good_ts = np.full(n, np.nan)  # when the latest GOOD value arrived (staleness)
+        self.fresh = np.zeros(n, dtype=np.uint8)  # set by batches, cleared after each step
+        # The detector's frame, in the model's order.
+        self.detector_index = np.array([self.position[t] for t in detector_tags], dtype=np.int64)
+        m = len(detector_tags)
+        self.frame_values = np.zeros(m)
+        self.frame_fresh = np.zeros(m, dtype=np.uint8)
+        self.frame_good = np.zeros(m, dtype=np.uint8)
+
+    def binding(self, driver_tags: list[str]) -> np.ndarray:
+        """Line positions of a driver's tags (driver index -> line index)."""
+        return np.array([self.position[t] for t in driver_tags], dtype=np.int64)
+
+    def apply(self, binding: np.ndarray, batch: ReadingBatch) -> None:
+        """Scatter one driver batch into the line state."""
+        at = binding[batch.index]
+        self.values[at] = batch.values
+        self.quality[at] = batch.quality
+        self.source_ts[at] = batch.source_ts
+        self.receive_ts[at] = batch.receive_ts
+        good = batch.quality == Quality.GOOD
+        self.good_ts[at[good]] = batch.receive_ts[good]
+        self.fresh[at] = 1
+
+    def mark_stale(self, now: float, timeout: np.ndarray) -> np.ndarray:
+        """Mark GOOD/UNCERTAIN tags whose last good value is older than `timeout` (per tag) as STALE.
+
+        Returns the line positions that became stale now (to raise an event), usually empty.
+        """
+        live = self.quality <= Quality.UNCERTAIN
+        stale = live & ~(now - self.good_ts <= timeout)  # NaN good_ts (never good) counts as stale
+        changed = np.flatnonzero(stale)
+        if changed.size:
+            self.quality[changed] = Quality.STALE
+            self.values[changed] = np.nan
+        return changed
+
+    def gather_frame(self) -> None:
+        """Fill the detector frame buffers from the line state, then clear the fresh marks."""
+        idx = self.detector_index
+        np.take(self.values, idx, out=self.frame_values)
+        np.take(self.fresh, idx, out=self.frame_fresh)
+        np.equal(self.quality[idx], Quality.GOOD, out=self.frame_good, casting="unsafe")
+        self.fresh[:] = 0
+
+    def value(self, name: str) -> float:
+        return float(self.values[self.position[name]])
+
+    def snapshot(self) -> list[dict]:
+        """Per-tag view for the API and the CLI (not for the hot path)."""
+        return [{"tag": t, "value": None if np.isnan(self.values[i]) else float(self.values[i]),
+                 "quality": Quality(int(self.quality[i])).name.lower(),
+                 "source_ts": None if np.isnan(self.source_ts[i]) else float(self.source_ts[i]),
+                 "receive_ts": None if np.isnan(self.receive_ts[i]) else float(self.receive_ts[i])}
+                for i, t in enumerate(self.tags)]
