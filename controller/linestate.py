@@ -66,11 +66,14 @@ class LineState:
         return changed
 
     def gather_frame(self) -> None:
-        """Fill the detector frame buffers from the line state, then clear the fresh marks."""
+        """Fill the detector frame buffers from the line state."""
         idx = self.detector_index
         np.take(self.values, idx, out=self.frame_values)
         np.take(self.fresh, idx, out=self.frame_fresh)
         np.equal(self.quality[idx], Quality.GOOD, out=self.frame_good, casting="unsafe")
+
+    def clear_fresh(self) -> None:
+        """End of a step: every value now counts as held until a new batch brings it again."""
         self.fresh[:] = 0
 
     def value(self, name: str) -> float:

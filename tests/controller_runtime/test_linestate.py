@@ -23,6 +23,7 @@ def test_batches_from_two_drivers_land_in_the_detector_frame_in_model_order():
     np.testing.assert_array_equal(state.frame_values, [4.0, 2.0, 1.0])
     np.testing.assert_array_equal(state.frame_fresh, [1, 1, 1])
     np.testing.assert_array_equal(state.frame_good, [0, 1, 1])  # d arrived BAD
+    state.clear_fresh()
     # Nothing new: values held, nothing fresh.
     state.gather_frame()
     np.testing.assert_array_equal(state.frame_values, [4.0, 2.0, 1.0])

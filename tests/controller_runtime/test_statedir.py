@@ -1,0 +1,23 @@
+"""State directory: token permissions, atomic state, damaged files set aside."""
+
+import stat
+
+from controller.statedir import STATE_FILE, StateDir
+
+
+def test_token_is_created_once_with_mode_0600(tmp_path):
+    sd = StateDir(tmp_path / "state")
+    token = sd.token()
+    assert len(token) >= 32
+    assert stat.S_IMODE((tmp_path / "state" / "api-token").stat().st_mode) == 0o600
+    assert StateDir(tmp_path / "state").token() == token
+
+
+def test_state_round_trip_and_damaged_file_is_set_aside(tmp_path):
+    sd = StateDir(tmp_path)
+    assert sd.load_state() == {}
+    sd.save_state({"alarms": {"line": "acked"}})
+    assert sd.load_state() == {"alarms": {"line": "acked"}}
+    (tmp_path / STATE_FILE).write_text('{"alarms": ')  # torn write from an old version, say
+    assert sd.load_state() == {}
+    assert any(p.name.startswith(f"{STATE_FILE}.damaged-") for p in tmp_path.iterdir())
