@@ -1,0 +1,315 @@
+"""ISA-18.2 / IEC 62682 alarm engine: pure logic, the caller passes the time in.
+
+Each alarm keeps a few facts and its state is *derived* from them, so no sequence of calls can
+leave it in a state its facts do not imply:
+
+- ``active``: the debounced process condition (raw condition held for ``on_delay_s`` to rise,
+  absent for ``off_delay_s`` to clear);
+- ``acked``: no acknowledgement is pending;
+- ``oos`` > ``shelved`` > ``suppressed``: administrative states that hide the alarm, in that
+  order of precedence.
+
+Derived state: OUT_OF_SERVICE, SHELVED or SUPPRESSED if hidden; else NORMAL (inactive, acked),
+UNACK (active, not acked), ACKED (active, acked), RTN_UNACK (inactive, not acked). When an alarm
+leaves a hidden state it takes the state its condition implies *at that moment*: UNACK if
+active (a fresh annunciation), NORMAL if not. Every state change is one `AlarmEvent` with its
+time, cause and user; nothing else produces events.
+
+Deadbands are applied where the analog value is compared (`Condition.holds(..., deadband)`),
+so the engine itself sees booleans only.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+PRIORITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+SNAPSHOT_VERSION = 1
+
+
+class AlarmState(enum.StrEnum):
+    NORMAL = "NORMAL"
+    UNACK = "UNACK"  # active, unacknowledged
+    ACKED = "ACKED"  # active, acknowledged
+    RTN_UNACK = "RTN_UNACK"  # returned to normal, unacknowledged
+    SHELVED = "SHELVED"
+    SUPPRESSED = "SUPPRESSED"  # by design (suppress_when holds)
+    OUT_OF_SERVICE = "OUT_OF_SERVICE"
+
+
+HIDDEN = frozenset({AlarmState.SHELVED, AlarmState.SUPPRESSED, AlarmState.OUT_OF_SERVICE})
+ANNUNCIATED_ACTIVE = frozenset({AlarmState.UNACK, AlarmState.ACKED})
+
+
+class AlarmError(ValueError):
+    """An operator request that cannot be done (unknown alarm, bad shelve duration, ...)."""
+
+
+class AlarmSettings(Protocol):
+    """What the engine needs of an alarm's config (controller.config.AlarmConfig has it)."""
+
+    name: str
+    priority: str
+    on_delay_s: float
+    off_delay_s: float
+    max_shelve_s: float
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvent:
+    """One state transition: when, which alarm, from -> to, why, and who (empty for the process)."""
+
+    time: float
+    alarm: str
+    from_state: AlarmState
+    to_state: AlarmState
+    cause: str  # condition | ack | shelve | unshelve | shelve_expired | suppressed | unsuppressed |
+    #             oos | return_to_service
+    user: str = ""
+    priority: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "alarm": self.alarm, "from_state": str(self.from_state),
+                "to_state": str(self.to_state), "cause": self.cause, "user": self.user,
+                "priority": self.priority}
+
+
+_NO_EVENTS: tuple[AlarmEvent, ...] = ()
+
+
+class _Alarm:
+    """Mutable per-alarm facts (slots: the hot path touches these on every update)."""
+
+    __slots__ = ("acked", "active", "cfg", "name", "off_delay", "on_delay", "oos", "pending_since",
+                 "raw", "shelved_by", "shelved_until", "since", "state", "suppressed")
+
+    def __init__(self, cfg: AlarmSettings) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.on_delay = float(cfg.on_delay_s)
+        self.off_delay = float(cfg.off_delay_s)
+        self.raw = False  # last raw condition given to update()
+        self.active = False  # debounced condition
+        self.acked = True
+        self.pending_since: float | None = None  # raw != active since then
+        self.shelved_until: float | None = None
+        self.shelved_by = ""
+        self.suppressed = False
+        self.oos = False
+        self.state = AlarmState.NORMAL
+        self.since = math.nan  # time of the last transition
+
+    def implied(self) -> AlarmState:
+        if self.oos:
+            return AlarmState.OUT_OF_SERVICE
+        if self.shelved_until is not None:
+            return AlarmState.SHELVED
+        if self.suppressed:
+            return AlarmState.SUPPRESSED
+        if self.active:
+            return AlarmState.ACKED if self.acked else AlarmState.UNACK
+        return AlarmState.NORMAL if self.acked else AlarmState.RTN_UNACK
+
+
+class AlarmEngine:
+    """All alarms of a line. `update()` is the hot path; the rest are operator requests."""
+
+    def __init__(self, alarm_configs: Iterable[AlarmSettings]) -> None:
+        self._alarms: dict[str, _Alarm] = {}
+        for cfg in alarm_configs:
+            if cfg.name in self._alarms:
+                raise AlarmError(f"alarm name {cfg.name!r} is used twice")
+            self._alarms[cfg.name] = _Alarm(cfg)
+        self._pending: set[str] = set()  # alarms with a running on/off delay
+        self._shelved: set[str] = set()  # alarms with a shelve expiry to watch
+        self._next_expiry = math.inf  # earliest shelve expiry: update() scans only once it is due
+        self._active_cache: tuple[str, ...] | None = ()
+
+    # -- hot path ---------------------------------------------------------------------------------
+
+    def update(self, now: float, conditions: Mapping[str, bool],
+               suppressed: Mapping[str, bool] | None = None) -> Sequence[AlarmEvent]:
+        """Feed raw conditions (and suppress_when results); return the transitions they caused.
+
+        Alarms missing from `conditions` keep their last raw condition. Allocates nothing and
+        returns a shared empty tuple when nothing changes.
+        """
+        alarms = self._alarms
+        for name, cond in conditions.items():
+            a = alarms[name]
+            if cond != a.raw:
+                a.raw = cond = bool(cond)
+                if cond != a.active:
+                    a.pending_since = now
+                    self._pending.add(name)
+                else:  # back before the delay ran out: nothing happened
+                    a.pending_since = None
+                    self._pending.discard(name)
+        events: list[AlarmEvent] | None = None
+        if self._pending:
+            done: list[str] | None = None
+            for name in self._pending:
+                a = alarms[name]
+                if now - a.pending_since >= (a.off_delay if a.active else a.on_delay):  # type: ignore[operator]
+                    a.active, a.pending_since = a.raw, None
+                    if a.active and a.state not in HIDDEN:
+                        a.acked = False  # a new activation is annunciated (NORMAL/RTN_UNACK -> UNACK)
+                    events = self._move(a, now, "condition", "", events)
+                    if done is None:
+                        done = []
+                    done.append(name)
+            if done:
+                self._pending.difference_update(done)
+        if suppressed:
+            for name, sup in suppressed.items():
+                a = alarms[name]
+                if sup != a.suppressed:
+                    a.suppressed = bool(sup)
+                    events = self._move(a, now, "suppressed" if sup else "unsuppressed", "", events)
+        if self._shelved and now >= self._next_expiry:
+            for name in [n for n in self._shelved if now >= alarms[n].shelved_until]:  # type: ignore[operator]
+                a = alarms[name]
+                a.shelved_until, a.shelved_by = None, ""
+                self._shelved.discard(name)
+                events = self._move(a, now, "shelve_expired", "", events)
+            self._update_next_expiry()
+        return _NO_EVENTS if events is None else events
+
+    def _update_next_expiry(self) -> None:
+        self._next_expiry = min((self._alarms[n].shelved_until for n in self._shelved),  # type: ignore[type-var]
+                                default=math.inf)
+
+    def _move(self, a: _Alarm, now: float, cause: str, user: str,
+              events: list[AlarmEvent] | None) -> list[AlarmEvent] | None:
+        """Re-derive the state; record an event if it changed."""
+        if a.state in HIDDEN and not (a.oos or a.shelved_until is not None or a.suppressed):
+            a.acked = not a.active  # leaving a hidden state: the state the condition implies now
+        new = a.implied()
+        if new is a.state:
+            return events
+        ev = AlarmEvent(now, a.name, a.state, new, cause, user, a.cfg.priority)
+        a.state, a.since = new, now
+        if (new in ANNUNCIATED_ACTIVE) != (ev.from_state in ANNUNCIATED_ACTIVE):
+            self._active_cache = None
+        if events is None:
+            return [ev]
+        events.append(ev)
+        return events
+
+    def active(self) -> tuple[str, ...]:
+        """Alarms that are active and annunciated (UNACK or ACKED), by priority: what actions act on.
+
+        Shelved, suppressed and out-of-service alarms are not active here, by ISA-18.2's intent:
+        the operator or the design removed them from service.
+        """
+        if self._active_cache is None:
+            act = [a for a in self._alarms.values() if a.state in ANNUNCIATED_ACTIVE]
+            act.sort(key=lambda a: (PRIORITY_ORDER.get(a.cfg.priority, 9), a.name))
+            self._active_cache = tuple(a.name for a in act)
+        return self._active_cache
+
+    # -- operator requests ----------------------------------------------------------------------
+
+    def _get(self, name: str) -> _Alarm:
+        try:
+            return self._alarms[name]
+        except KeyError:
+            raise AlarmError(f"unknown alarm {name!r}") from None
+
+    def ack(self, name: str, user: str, now: float) -> list[AlarmEvent]:
+        """Acknowledge: UNACK -> ACKED, RTN_UNACK -> NORMAL; nothing in any other state."""
+        a = self._get(name)
+        if a.state not in (AlarmState.UNACK, AlarmState.RTN_UNACK):
+            return []
+        a.acked = True
+        return self._move(a, now, "ack", user, None) or []
+
+    def shelve(self, name: str, user: str, now: float, duration_s: float) -> list[AlarmEvent]:
+        """Hide the alarm until now + duration_s (at most the alarm's max_shelve_s); re-shelving extends."""
+        a = self._get(name)
+        if a.oos:
+            raise AlarmError(f"alarm {name!r} is out of service; return it to service before shelving")
+        if not 0 < duration_s <= a.cfg.max_shelve_s:
+            raise AlarmError(f"shelve duration must be > 0 and <= {a.cfg.max_shelve_s:g} s for alarm "
+                             f"{name!r}, got {duration_s!r}")
+        was = a.state
+        a.shelved_until, a.shelved_by = now + duration_s, user
+        self._shelved.add(name)
+        self._update_next_expiry()
+        if was is AlarmState.SHELVED:  # an extension is recorded too: who kept it hidden, and until when
+            return [AlarmEvent(now, name, was, was, "shelve", user, a.cfg.priority)]
+        return self._move(a, now, "shelve", user, None) or []
+
+    def unshelve(self, name: str, user: str, now: float) -> list[AlarmEvent]:
+        """Return a shelved alarm to the state its condition implies now."""
+        a = self._get(name)
+        if a.shelved_until is None:
+            return []
+        a.shelved_until, a.shelved_by = None, ""
+        self._shelved.discard(name)
+        self._update_next_expiry()
+        return self._move(a, now, "unshelve", user, None) or []
+
+    def set_out_of_service(self, name: str, user: str, now: float, oos: bool) -> list[AlarmEvent]:
+        """Remove the alarm from service (clears any shelving) or return it to service."""
+        a = self._get(name)
+        if a.oos == oos:
+            return []
+        a.oos = oos
+        if oos:
+            a.shelved_until, a.shelved_by = None, ""
+            self._shelved.discard(name)
+            self._update_next_expiry()
+        return self._move(a, now, "oos" if oos else "return_to_service", user, None) or []
+
+    # -- views and persistence --------------------------------------------------------------------
+
+    def state(self, name: str) -> AlarmState:
+        return self._get(name).state
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every alarm for the API/CLI, most urgent first (JSON-serialisable)."""
+        rows = sorted(self._alarms.values(), key=lambda a: (PRIORITY_ORDER.get(a.cfg.priority, 9), a.name))
+        return [{"name": a.name, "state": str(a.state), "priority": a.cfg.priority, "active": a.active,
+                 "since": None if math.isnan(a.since) else a.since, "shelved_until": a.shelved_until,
+                 "shelved_by": a.shelved_by, "message": getattr(a.cfg, "message", "")} for a in rows]
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable facts of every alarm, for persistence across restarts."""
+        return {"version": SNAPSHOT_VERSION, "alarms": {a.name: {
+            "raw": a.raw, "active": a.active, "acked": a.acked, "pending_since": a.pending_since,
+            "shelved_until": a.shelved_until, "shelved_by": a.shelved_by, "suppressed": a.suppressed,
+            "oos": a.oos, "state": str(a.state), "since": None if math.isnan(a.since) else a.since,
+        } for a in self._alarms.values()}}
+
+    def restore(self, snapshot: Mapping[str, Any]) -> list[str]:
+        """Load a snapshot; alarms no longer configured are skipped and returned (for a log line).
+
+        The state is re-derived from the restored facts (no events): a snapshot cannot put an
+        alarm in a state its facts contradict.
+        """
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise AlarmError(f"alarm snapshot version {snapshot.get('version')!r} is not "
+                             f"{SNAPSHOT_VERSION}; delete the state file to start fresh")
+        skipped = []
+        for name, s in snapshot.get("alarms", {}).items():
+            a = self._alarms.get(name)
+            if a is None:
+                skipped.append(name)
+                continue
+            a.raw, a.active, a.acked = bool(s["raw"]), bool(s["active"]), bool(s["acked"])
+            a.pending_since = s["pending_since"]
+            a.shelved_until, a.shelved_by = s["shelved_until"], s["shelved_by"]
+            a.suppressed, a.oos = bool(s["suppressed"]), bool(s["oos"])
+            a.since = math.nan if s["since"] is None else float(s["since"])
+            a.state = a.implied()
+            (self._pending.add if a.pending_since is not None else self._pending.discard)(name)
+            (self._shelved.add if a.shelved_until is not None else self._shelved.discard)(name)
+        self._update_next_expiry()
+        self._active_cache = None
+        return skipped

@@ -1,0 +1,775 @@
+"""The line configuration: one TOML file per line, validated with pydantic v2.
+
+It composes the models other packages own instead of repeating their fields:
+
+- ``[[opcua]]`` / ``[[modbus]]``: the drivers' own ``OpcUaConfig`` / ``ModbusDeviceConfig`` keys,
+  *plus* four controller keys in the same table (``stale_timeout_s``, ``on_comm_loss``,
+  ``safe_state``, ``watchdog``). `_Plc` splits the table: the controller keys become fields of
+  the wrapper, every other key goes to the driver model under ``.driver``, untouched. The two
+  key sets are disjoint (checked at import), so a driver sample pastes in unchanged.
+- ``[detector.spec]``: ``models.DetectorSpec`` fields, validated by DetectorSpec itself.
+- ``[sync]``: ``controller.sync.SyncConfig``.
+
+`load_config(path)` raises `ConfigError` whose message has one line per problem:
+``<file>: <key path>: <what is wrong and what is expected>``. Structural errors (types, unknown
+keys, ranges) are reported first; cross-references (tags, alarms, actions, PLCs named elsewhere)
+are checked once the structure is valid. Relative paths are resolved against the directory of
+the TOML file. See docs/configuration.md for every key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from controller.conditions import TAG_NAME, Condition
+from controller.sync import SyncConfig
+from drivers.modbus import ModbusDeviceConfig
+from drivers.modbus.config import BIT_TABLES
+from drivers.opcua import OpcUaConfig
+from models.kernels import FLAG_NAMES
+from models.spec import DetectorSpec, TagLimits
+
+Priority = Literal["critical", "high", "medium", "low"]
+PRIORITIES: tuple[str, ...] = get_args(Priority)
+TAG_FLAGS: tuple[str, ...] = tuple(FLAG_NAMES.values())  # invalid, limit, rate_of_change, ...
+MODEL_FREE_FLAGS = frozenset({"invalid", "limit"})  # the only per-tag flags that run without a model
+SECRET_KEYS = {"password": "password_env", "token": "token_env", "secret": "secret_env"}
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CERT_KEYS = ("client_certificate", "client_private_key", "server_certificate")
+_WATCHDOG_MAX_WRAP = {"int16": 1 << 15, "uint16": 1 << 16, "int32": 1 << 31, "uint32": 1 << 32,
+                      "float32": 1 << 24}
+
+
+class ConfigError(ValueError):
+    """A user mistake in a line config; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative paths are relative to the TOML file, not to wherever the service was started."""
+    base = (info.context or {}).get("base_dir")
+    if value is None or base is None or value.is_absolute():
+        return value
+    return Path(os.path.normpath(Path(base) / value))
+
+
+# --- [controller] ------------------------------------------------------------------------------
+
+class ControllerSection(_Strict):
+    """Identity of this controller (tags every cloud point carries), local state and API."""
+
+    site: str = Field(min_length=1)
+    line: str = Field(min_length=1)
+    name: str = Field(default="", description="controller name; defaults to the line name")
+    state_dir: Path = Field(default=Path("./state"), validate_default=True)  # relative to the TOML
+    api_host: str = Field(default="127.0.0.1", min_length=1)
+    api_port: int = Field(default=8470, ge=1, le=65535)
+    shadow: bool = False  # global shadow mode: every action only logs what it would write
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolve(v, info)  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _default_name(self) -> ControllerSection:
+        if not self.name:
+            object.__setattr__(self, "name", self.line)
+        return self
+
+
+# --- PLC tables: driver config + controller settings --------------------------------------------
+
+class WriteSpec(_Strict):
+    """One write: a writable tag and the value to put there (bools are written as 1/0)."""
+
+    tag: str = Field(min_length=1)
+    value: bool | int | float
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: bool | int | float) -> bool | int | float:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v}")
+        return v
+
+
+class WatchdogConfig(_Strict):
+    """Heartbeat: the controller writes an incrementing counter so PLC logic can see it is alive."""
+
+    tag: str = Field(min_length=1)  # a writable tag of the same PLC
+    period_s: float = Field(default=1.0, gt=0)
+    wrap: int = Field(default=1 << 16, ge=2)  # the counter runs 0 .. wrap-1, then starts again at 0
+
+
+class PlcSettings(_Strict):
+    """Per-PLC controller settings, written in the PLC's own [[opcua]] / [[modbus]] table."""
+
+    stale_timeout_s: float | None = Field(default=None, gt=0)  # None: max(3 x interval, 2 s)
+    on_comm_loss: Literal["alarm", "safe_state"] = "alarm"
+    safe_state: list[WriteSpec] = Field(default_factory=list)  # writes done on comm loss
+    watchdog: WatchdogConfig | None = None
+
+
+_SETTING_KEYS = frozenset(PlcSettings.model_fields)
+for _driver in (OpcUaConfig, ModbusDeviceConfig):
+    _clash = _SETTING_KEYS & set(_driver.model_fields)
+    if _clash:  # pragma: no cover - guards a future driver field against a silent takeover
+        raise RuntimeError(f"{_driver.__name__} now has field(s) {sorted(_clash)} that the controller "
+                           "uses for PLC settings; rename them in controller/config.py")
+
+
+class _Plc(PlcSettings):
+    """Splits one PLC table into controller settings (fields here) and the driver config."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or "driver" in data and set(data) <= _SETTING_KEYS | {"driver"}:
+            return data  # already split (e.g. model_validate of a dumped config)
+        settings = {k: v for k, v in data.items() if k in _SETTING_KEYS}
+        driver = {k: v for k, v in data.items() if k not in _SETTING_KEYS}
+        base = (info.context or {}).get("base_dir")
+        security = driver.get("security")
+        if base is not None and isinstance(security, dict):
+            security = dict(security)
+            for key in _CERT_KEYS:
+                if isinstance(security.get(key), str) and not Path(security[key]).is_absolute():
+                    security[key] = os.path.normpath(Path(base) / security[key])
+            driver["security"] = security
+        return {**settings, "driver": driver}
+
+    @property
+    def name(self) -> str:
+        return self.driver.name  # type: ignore[attr-defined]
+
+    def acquisition_interval_s(self) -> float:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def effective_stale_timeout_s(self) -> float:
+        """The configured timeout, else the larger of 3 x the slowest acquisition interval and 2 s.
+
+        OPC UA subscriptions report on change only, so per-tag age is not a liveness signal
+        there; the runtime measures the age of the PLC's last message (data or keep-alive).
+        """
+        if self.stale_timeout_s is not None:
+            return self.stale_timeout_s
+        return max(3.0 * self.acquisition_interval_s(), 2.0)
+
+
+class OpcUaPlc(_Plc):
+    """One [[opcua]] table."""
+
+    driver: OpcUaConfig
+
+    def acquisition_interval_s(self) -> float:
+        return max((g.publishing_interval_ms if g.mode == "subscription" else g.poll_interval_ms) / 1000.0
+                   for g in self.driver.groups)
+
+
+class ModbusPlc(_Plc):
+    """One [[modbus]] table."""
+
+    driver: ModbusDeviceConfig
+
+    def acquisition_interval_s(self) -> float:
+        return self.driver.poll_interval_s
+
+
+@dataclass(frozen=True)
+class TagRef:
+    """Where a tag lives: which PLC (and protocol), whether it is writable, whether it is a bit."""
+
+    name: str
+    plc: str
+    protocol: Literal["opcua", "modbus"]
+    loc: tuple[str | int, ...]  # key path of the tag's table, for error messages
+    writable: bool
+    is_bit: bool  # a Modbus coil/discrete input; OPC UA types are unknown until connect
+    dtype: str | None  # Modbus dtype; None for OPC UA
+
+
+# --- [detector] --------------------------------------------------------------------------------
+
+class LimitsEntry(_Strict):
+    """Engineering hard limits of one tag -> models.TagLimits."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+
+    @model_validator(mode="after")
+    def _order(self) -> LimitsEntry:
+        if not self.lo < self.hi:
+            raise ValueError(f"lo ({self.lo}) must be < hi ({self.hi})")
+        return self
+
+
+class DetectorSection(_Strict):
+    """Which tags the detector watches, their units and limits, the model and its spec."""
+
+    model: Path | None = None  # model artifact; without one only 'invalid' and 'limit' flags run
+    tags: list[str] | None = None  # None: every non-writable tag except Modbus bits
+    units: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, LimitsEntry] = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)  # models.DetectorSpec fields
+
+    @field_validator("model")
+    @classmethod
+    def _model_path(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve(v, info)
+
+    @field_validator("spec")
+    @classmethod
+    def _spec(cls, v: dict[str, Any]) -> dict[str, Any]:
+        allowed = sorted(set(DetectorSpec.__dataclass_fields__) - {"limits"})
+        unknown = f"unknown detector setting; expected one of: {', '.join(allowed)}"
+        problems = [(k, "set hard limits in [detector.limits.<tag>] (lo/hi), not in [detector.spec]"
+                     if k == "limits" else unknown) for k in v if k not in allowed]
+        try:
+            DetectorSpec.from_dict({k: v[k] for k in v if k in allowed})
+        except (ValueError, TypeError) as exc:
+            problems += _spec_problems(str(exc))
+        if problems:
+            raise PydanticCustomError("detector_spec", "invalid detector spec", {"problems": problems})
+        return v
+
+
+def _spec_problems(message: str) -> list[tuple[str, str]]:
+    """Split DetectorSpec's one ValueError ("a=1 (why); b=2 (why)") into (key, problem) pairs."""
+    out = []
+    for part in message.removeprefix("invalid detector spec: ").split("; "):
+        key = re.match(r"^([a-z_]+)", part)
+        out.append((key.group(1) if key else "", part))
+    return out
+
+
+# --- [[alarms]] and [[actions]] ------------------------------------------------------------------
+
+def _parse_condition(v: Any) -> Any:
+    return Condition.parse(v) if isinstance(v, str) else v
+
+
+ConditionField = Annotated[Condition, BeforeValidator(_parse_condition)]
+
+@dataclass(frozen=True)
+class AlarmSource:
+    """What an alarm watches, parsed from its `source` string."""
+
+    kind: Literal["line", "tag", "comm", "action_failed", "threshold"]
+    tag: str | None = None
+    flag: str | None = None
+    plc: str | None = None
+    action: str | None = None
+    condition: Condition | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AlarmSource:
+        if text == "line":
+            return cls("line")
+        kind, sep, rest = text.partition(":")
+        if sep and kind == "tag":
+            tag, sep2, flag = rest.rpartition(":")
+            if not sep2 or not re.fullmatch(TAG_NAME, tag) or flag not in TAG_FLAGS:
+                raise ValueError(f"expected 'tag:<tag>:<flag>' with flag one of {', '.join(TAG_FLAGS)}, "
+                                 f"got {text!r}")
+            return cls("tag", tag=tag, flag=flag)
+        if sep and kind == "comm" and rest:
+            return cls("comm", plc=rest)
+        if sep and kind == "action_failed" and rest:
+            return cls("action_failed", action=rest)
+        if sep and kind == "threshold":
+            return cls("threshold", condition=Condition.parse(rest), tag=Condition.parse(rest).tag)
+        raise ValueError("expected 'line', 'tag:<tag>:<flag>', 'comm:<plc>', 'action_failed:<action>' "
+                         f"or 'threshold:<tag> <op> <number>', got {text!r}")
+
+    def __str__(self) -> str:
+        if self.kind == "line":
+            return "line"
+        if self.kind == "tag":
+            return f"tag:{self.tag}:{self.flag}"
+        if self.kind == "comm":
+            return f"comm:{self.plc}"
+        if self.kind == "action_failed":
+            return f"action_failed:{self.action}"
+        return f"threshold:{self.condition}"
+
+
+def _check_name(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError(f"expected letters, digits, '_', '.' or '-' only, got {v!r}")
+    return v
+
+
+class AlarmConfig(_Strict):
+    """One ISA-18.2 alarm: what it watches, how urgent, delays, deadband, suppression by design."""
+
+    name: str
+    source: AlarmSource
+    priority: Priority = "medium"
+    on_delay_s: float = Field(default=0.0, ge=0)
+    off_delay_s: float = Field(default=0.0, ge=0)
+    deadband: float = Field(default=0.0, ge=0)  # threshold sources only, in the tag's units
+    suppress_when: ConditionField | None = None
+    max_shelve_s: float = Field(default=8 * 3600.0, gt=0)
+    message: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        return AlarmSource.parse(v) if isinstance(v, str) else v
+
+    @field_serializer("source", "suppress_when")
+    def _as_text(self, v: Any) -> str | None:
+        return None if v is None else str(v)
+
+    @model_validator(mode="after")
+    def _deadband(self) -> AlarmConfig:
+        if self.deadband and not (self.source.kind == "threshold" and self.source.condition.ordered):
+            raise ValueError("deadband applies only to threshold sources with < <= > >= "
+                             "(e.g. source = 'threshold:bearing_temp > 80'); remove it or set 0")
+        return self
+
+
+class ActionConfig(_Strict):
+    """Binds an alarm to a write, guarded by interlocks, rate limit, latch and readback deadline."""
+
+    name: str
+    alarm: str = Field(min_length=1)
+    write: WriteSpec
+    interlocks: list[ConditionField] = Field(default_factory=list)  # all must hold to write
+    latch: bool = False  # once fired, never again until an operator reset
+    min_interval_s: float = Field(default=0.0, ge=0)
+    confirm_within_s: float | None = Field(default=1.0, gt=0)  # readback deadline; None: no deadline
+    shadow: bool = False  # log "would write" instead of writing (global [controller].shadow wins)
+    message: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+    @field_serializer("interlocks")
+    def _as_text(self, v: list[Condition]) -> list[str]:
+        return [str(c) for c in v]
+
+
+# --- the whole line ------------------------------------------------------------------------------
+
+class LineConfig(_Strict):
+    """Everything one controller needs for one line."""
+
+    controller: ControllerSection
+    opcua: list[OpcUaPlc] = Field(default_factory=list)
+    modbus: list[ModbusPlc] = Field(default_factory=list)
+    detector: DetectorSection = Field(default_factory=DetectorSection)
+    alarms: list[AlarmConfig] = Field(default_factory=list)
+    actions: list[ActionConfig] = Field(default_factory=list)
+    sync: SyncConfig | None = None  # absent: no cloud
+
+    # -- derived views ---------------------------------------------------------------------------
+
+    def plcs(self) -> Iterator[tuple[tuple[str, int], OpcUaPlc | ModbusPlc]]:
+        """(key path, PLC) for every PLC: OPC UA ones first, then Modbus, each in file order."""
+        for i, p in enumerate(self.opcua):
+            yield ("opcua", i), p
+        for i, m in enumerate(self.modbus):
+            yield ("modbus", i), m
+
+    def tags(self) -> dict[str, TagRef]:
+        """Every tag by name, in PLC then tag order (first definition wins on a duplicate)."""
+        out: dict[str, TagRef] = {}
+        for loc, plc in self.plcs():
+            for j, t in enumerate(plc.driver.tags):
+                is_modbus = loc[0] == "modbus"
+                out.setdefault(t.name, TagRef(
+                    t.name, plc.name, loc[0], (*loc, "tags", j), t.writable,
+                    is_bit=is_modbus and t.table in BIT_TABLES, dtype=t.dtype if is_modbus else None))
+        return out
+
+    def detector_tags(self) -> list[str]:
+        """The detector's tags, in order: the explicit list, or every non-writable non-bit tag."""
+        if self.detector.tags is not None:
+            return list(self.detector.tags)
+        return [r.name for r in self.tags().values() if not r.writable and not r.is_bit]
+
+    def detector_spec(self) -> DetectorSpec:
+        """DetectorSpec from [detector.spec] with the hard limits of [detector.limits]."""
+        spec = DetectorSpec.from_dict(self.detector.spec)
+        limits = {k: TagLimits(v.lo, v.hi) for k, v in self.detector.limits.items()}
+        return DetectorSpec(**{**{f: getattr(spec, f) for f in DetectorSpec.__dataclass_fields__},
+                               "limits": limits})
+
+    def plc(self, name: str) -> OpcUaPlc | ModbusPlc:
+        return next(p for _, p in self.plcs() if p.name == name)
+
+    def alarm(self, name: str) -> AlarmConfig:
+        return next(a for a in self.alarms if a.name == name)
+
+    def action(self, name: str) -> ActionConfig:
+        return next(a for a in self.actions if a.name == name)
+
+    # -- cross-references ------------------------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> LineConfig:
+        problems = _CrossCheck(self).run()
+        if problems:
+            raise PydanticCustomError("line_config", "{count} cross-reference problem(s)",
+                                      {"count": len(problems), "problems": problems})
+        return self
+
+
+Loc = tuple[str | int, ...]
+
+
+class _CrossCheck:
+    """Every check that needs more than one section, collected (not stopped at the first)."""
+
+    def __init__(self, cfg: LineConfig) -> None:
+        self.cfg = cfg
+        self.problems: list[tuple[Loc, str]] = []
+        self.tags = cfg.tags()
+
+    def add(self, loc: Loc, msg: str) -> None:
+        self.problems.append((loc, msg))
+
+    def run(self) -> list[tuple[Loc, str]]:
+        self._plcs()
+        det = self._detector()
+        self._alarms(det)
+        self._actions()
+        return self.problems
+
+    def tag(self, loc: Loc, name: str, *, writable: bool = False, what: str = "tag") -> TagRef | None:
+        ref = self.tags.get(name)
+        if ref is None:
+            close = difflib.get_close_matches(name, self.tags, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.add(loc, f"unknown {what} {name!r}{hint}; expected a tag defined in [[opcua.tags]] "
+                          "or [[modbus.tags]]")
+            return None
+        if writable and not ref.writable:
+            self.add(loc, f"tag {name!r} is not writable; set writable = true on it in {_fmt(ref.loc)} "
+                          "or write to another tag")
+            return None
+        return ref
+
+    def _plcs(self) -> None:
+        cfg = self.cfg
+        plcs = list(cfg.plcs())
+        if not plcs:
+            self.add(("opcua",), "no PLC defined; add at least one [[opcua]] or [[modbus]] table")
+        first_plc: dict[str, Loc] = {}
+        first_tag: dict[str, Loc] = {}
+        for loc, plc in plcs:
+            if plc.name in first_plc:
+                self.add((*loc, "name"), f"PLC name {plc.name!r} is already used by "
+                         f"{_fmt(first_plc[plc.name])}; PLC names must be unique")
+            first_plc.setdefault(plc.name, loc)
+            for j, t in enumerate(plc.driver.tags):
+                if t.name in first_tag and first_tag[t.name][:2] != loc:
+                    self.add((*loc, "tags", j, "name"), f"tag {t.name!r} is already defined in "
+                             f"{_fmt(first_tag[t.name])}; tag names must be unique across PLCs")
+                first_tag.setdefault(t.name, (*loc, "tags", j))
+            interval = plc.acquisition_interval_s()
+            if plc.stale_timeout_s is not None and plc.stale_timeout_s <= interval:
+                self.add((*loc, "stale_timeout_s"), f"{plc.stale_timeout_s} s must be longer than the "
+                         f"PLC's acquisition interval ({interval:g} s), e.g. {3 * interval:g}")
+            if plc.on_comm_loss == "safe_state" and not plc.safe_state:
+                self.add((*loc, "safe_state"), "on_comm_loss = 'safe_state' needs safe_state = "
+                         "[{tag = '<writable tag>', value = <number>}, ...]")
+            if plc.on_comm_loss == "alarm" and plc.safe_state:
+                self.add((*loc, "on_comm_loss"), "safe_state writes are configured but on_comm_loss is "
+                         "'alarm'; set on_comm_loss = 'safe_state' or remove safe_state")
+            for k, w in enumerate(plc.safe_state):
+                ref = self.tag((*loc, "safe_state", k, "tag"), w.tag, writable=True)
+                if ref is not None:
+                    self._value_fits((*loc, "safe_state", k, "value"), ref, w.value)
+            if plc.watchdog is not None:
+                self._watchdog((*loc, "watchdog"), plc)
+
+    def _watchdog(self, loc: Loc, plc: OpcUaPlc | ModbusPlc) -> None:
+        wd = plc.watchdog
+        ref = self.tag((*loc, "tag"), wd.tag, writable=True, what="watchdog tag")
+        if ref is None:
+            return
+        if ref.plc != plc.name:
+            self.add((*loc, "tag"), f"watchdog tag {wd.tag!r} belongs to PLC {ref.plc!r}; a heartbeat must "
+                     f"be written to the PLC that watches it ({plc.name!r})")
+        elif ref.is_bit:
+            self.add((*loc, "tag"), f"watchdog tag {wd.tag!r} is a coil; the heartbeat is a counter: use "
+                     "a holding_register (e.g. dtype = 'uint16')")
+        elif ref.dtype in _WATCHDOG_MAX_WRAP and wd.wrap > _WATCHDOG_MAX_WRAP[ref.dtype]:
+            self.add((*loc, "wrap"), f"{wd.wrap} does not fit {ref.dtype} tag {wd.tag!r}; expected "
+                     f"<= {_WATCHDOG_MAX_WRAP[ref.dtype]}")
+
+    def _value_fits(self, loc: Loc, ref: TagRef, value: bool | int | float) -> None:
+        if ref.is_bit and value not in (0, 1):
+            self.add(loc, f"tag {ref.name!r} is a coil; expected true/false (or 1/0), got {value!r}")
+
+    def _detector(self) -> set[str]:
+        d = self.cfg.detector
+        det_tags = self.cfg.detector_tags()
+        if d.tags is not None:
+            seen: set[str] = set()
+            for i, name in enumerate(d.tags):
+                if name in seen:
+                    self.add(("detector", "tags", i), f"tag {name!r} is listed twice")
+                seen.add(name)
+                self.tag(("detector", "tags", i), name)
+        det = set(det_tags)
+        for section in ("units", "limits"):
+            for name in getattr(d, section):
+                if name not in self.tags:
+                    self.tag(("detector", section, name), name)
+                elif name not in det:
+                    self.add(("detector", section, name), f"tag {name!r} is not a detector tag; add it to "
+                             "[detector] tags or remove this entry")
+        return det
+
+    def _alarms(self, det: set[str]) -> None:
+        cfg = self.cfg
+        plc_names = {p.name for _, p in cfg.plcs()}
+        action_names = {a.name for a in cfg.actions}
+        seen: dict[str, int] = {}
+        for i, a in enumerate(cfg.alarms):
+            loc: Loc = ("alarms", i)
+            if a.name in seen:
+                self.add((*loc, "name"), f"alarm name {a.name!r} is already used by alarms[{seen[a.name]}]; "
+                         "alarm names must be unique")
+            seen.setdefault(a.name, i)
+            src = a.source
+            if src.kind == "line" and cfg.detector.model is None:
+                self.add((*loc, "source"), "source 'line' needs a fitted model: set [detector] model = "
+                         "'<path to model artifact>' (without one only per-tag invalid/limit flags run)")
+            elif src.kind == "tag":
+                if self.tag((*loc, "source"), src.tag) is not None:
+                    if src.tag not in det:
+                        self.add((*loc, "source"), f"tag {src.tag!r} is not a detector tag, so it has no "
+                                 "flags; add it to [detector] tags")
+                    elif src.flag not in MODEL_FREE_FLAGS and cfg.detector.model is None:
+                        self.add((*loc, "source"), f"flag {src.flag!r} needs a fitted model ([detector] "
+                                 "model); without one only 'invalid' and 'limit' run")
+                    elif src.flag == "limit" and src.tag not in cfg.detector.limits:
+                        self.add((*loc, "source"), f"tag {src.tag!r} has no hard limits; add "
+                                 f"[detector.limits.{src.tag}] with lo and/or hi")
+            elif src.kind == "threshold":
+                self.tag((*loc, "source"), src.tag)
+            elif src.kind == "comm" and src.plc not in plc_names:
+                self.add((*loc, "source"), f"unknown PLC {src.plc!r}; expected one of "
+                         f"{', '.join(sorted(plc_names)) or '(none defined)'}")
+            elif src.kind == "action_failed" and src.action not in action_names:
+                self.add((*loc, "source"), f"unknown action {src.action!r}; expected one of "
+                         f"{', '.join(sorted(action_names)) or '(none defined)'}")
+            if a.suppress_when is not None:
+                self.tag((*loc, "suppress_when"), a.suppress_when.tag)
+
+    def _actions(self) -> None:
+        cfg = self.cfg
+        alarms = {a.name: a for a in cfg.alarms}
+        seen: dict[str, int] = {}
+        for i, act in enumerate(cfg.actions):
+            loc: Loc = ("actions", i)
+            if act.name in seen:
+                self.add((*loc, "name"), f"action name {act.name!r} is already used by "
+                         f"actions[{seen[act.name]}]; action names must be unique")
+            seen.setdefault(act.name, i)
+            alarm = alarms.get(act.alarm)
+            if alarm is None:
+                close = difflib.get_close_matches(act.alarm, alarms, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.add((*loc, "alarm"), f"unknown alarm {act.alarm!r}{hint}; expected the name of an "
+                         "[[alarms]] entry")
+            elif alarm.source.kind == "action_failed" and alarm.source.action == act.name:
+                self.add((*loc, "alarm"), f"alarm {act.alarm!r} is raised when this action fails; an action "
+                         "cannot be triggered by its own failure")
+            ref = self.tag((*loc, "write", "tag"), act.write.tag, writable=True)
+            if ref is not None:
+                self._value_fits((*loc, "write", "value"), ref, act.write.value)
+            for k, cond in enumerate(act.interlocks):
+                self.tag((*loc, "interlocks", k), cond.tag)
+
+
+# --- loading and error formatting ----------------------------------------------------------------
+
+def load_config(path: str | Path) -> LineConfig:
+    """Read and validate one line config; `ConfigError` lists every problem, one line each."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_toml_error(path, exc)]) from None
+    problems = [f"{path}: {_fmt(loc)}: {msg}" for loc, msg in _secret_problems(data, ())]
+    try:
+        cfg = LineConfig.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        problems += [f"{path}: {line}" for line in format_errors(exc)]
+        cfg = None
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    msg = str(exc)
+    m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+    if m:
+        return f"{path}:{m.group(1)}:{m.group(2)}: TOML syntax error: {msg[:m.start()].strip()}"
+    return f"{path}: TOML syntax error: {msg}"
+
+
+def _secret_problems(data: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    """Literal secrets are refused (and removed so they are not reported twice as unknown keys)."""
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            yield from _secret_problems(item, (*loc, i))
+    elif isinstance(data, dict):
+        for key in list(data):
+            value = data[key]
+            if key.lower() in SECRET_KEYS:
+                alt = SECRET_KEYS[key.lower()]
+                del data[key]
+                yield (*loc, key), (f"secrets must not be written in the config file; set {alt} = "
+                                    "'<NAME_OF_ENVIRONMENT_VARIABLE>' and export the secret in that variable")
+            elif key.endswith("_env") and isinstance(value, str) and not _ENV_NAME.match(value):
+                del data[key]
+                yield (*loc, key), ("expected the NAME of an environment variable (letters, digits, _), "
+                                    "not the secret itself")
+            else:
+                yield from _secret_problems(value, (*loc, key))
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One `<key path>: <problem>` line per pydantic error (cross-reference lists expanded)."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = _clean_loc(err["loc"])
+        ctx = err.get("ctx") or {}
+        if err["type"] in ("line_config", "detector_spec"):
+            for sub, msg in ctx["problems"]:
+                sub_loc = (sub,) if isinstance(sub, str) else tuple(sub)
+                lines.append(f"{_fmt((*loc, *sub_loc) if sub_loc != ('',) else loc)}: {msg}")
+            continue
+        lines.append(f"{_fmt(loc) or '(top level)'}: {_message(err, loc)}")
+    return lines
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Loc:
+    """Hide the wrapper's internal `driver` level: opcua[0].driver.endpoint -> opcua[0].endpoint."""
+    out = list(loc)
+    if len(out) >= 3 and out[0] in ("opcua", "modbus") and out[2] == "driver":
+        del out[2]
+    return tuple(out)
+
+
+def _message(err: dict[str, Any], loc: Loc) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key; {hint}expected one of: {', '.join(allowed)}" if allowed else "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    value = err.get("input")
+    if kind != "value_error" and not isinstance(value, dict | list) and len(repr(value)) < 80:
+        msg += f" (got {value!r})"
+    return msg
+
+
+def _allowed_keys(loc: Loc) -> list[str]:
+    """The keys the model at `loc` accepts (for 'unknown key' messages); [] when unsure."""
+    model: Any = LineConfig
+    mapping = False  # the next string part is a free key of a [table.<name>] mapping
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if mapping:
+            mapping = False
+            continue
+        fields = _fields(model)
+        if part not in fields:
+            return []
+        model, mapping = _model_of(fields[part].annotation)
+        if model is None:
+            return []
+    return [] if mapping else sorted(_fields(model))
+
+
+def _fields(model: Any) -> dict[str, Any]:
+    """A model's fields; a PLC wrapper offers its settings and its driver's keys as one table."""
+    fields = dict(getattr(model, "model_fields", {}))
+    if model in (OpcUaPlc, ModbusPlc):
+        fields.update(fields.pop("driver").annotation.model_fields)
+    return fields
+
+
+def _model_of(annotation: Any) -> tuple[Any, bool]:
+    """(pydantic model inside an annotation, whether it sits in a dict) or (None, False)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    if get_origin(annotation) is dict:
+        return _model_of(get_args(annotation)[1])[0], True
+    for arg in get_args(annotation):
+        found, mapping = _model_of(arg)
+        if found is not None:
+            return found, mapping
+    return None, False
+
+
+def _fmt(loc: Loc) -> str:
+    """('actions', 1, 'write', 'tag') -> 'actions[1].write.tag'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z0-9_\-]+", str(part)):
+            out += f".{part}" if out else str(part)
+        else:
+            out += f"[{str(part)!r}]"
+    return out
