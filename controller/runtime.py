@@ -1,0 +1,543 @@
+"""The controller service: drivers, detector, alarms, actions, summaries, outbox, sync and API.
+
+Hot path (`_on_batch`, one call per driver batch, on the event loop):
+    line state <- batch;  detector.step;  alarm conditions -> AlarmEngine.update;
+    ActionEngine.evaluate -> writes scheduled as tasks (never awaited here);
+    then, past the critical part, the window summarizer.
+No disk, network (other than the actuator writes it schedules), logging or JSON
+happens there: events and summaries are handed to `_housekeeping`, a task that
+runs every 50 ms and also drives everything time-based (alarm delays and shelve
+expiry when no data arrives, readback deadlines, staleness, fail-safe).
+
+Each PLC runs in its own task under a `DriverSupervisor`; a watchdog task per
+PLC writes the heartbeat counter. `run()` returns after `stop()` (SIGTERM):
+in-flight writes finish, state is saved, sessions close, no task is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from controller.actions import ActionEngine, WriteRequest
+from controller.alarms import AlarmEngine
+from controller.api import Refused, create_app
+from controller.conditions import ArrayTagView
+from controller.config import LineConfig, ModbusPlc, OpcUaPlc
+from controller.events import EventLog
+from controller.linestate import LineState
+from controller.metrics import ControllerCollector, LatencyRing
+from controller.outbox import Outbox
+from controller.points import EventClock, Identity, TagInfo, event_point, window_points
+from controller.statedir import StateDir
+from controller.summaries import WindowSummarizer, WindowSummary
+from controller.sync import SyncWorker
+from drivers.base import ConnectionState, Driver, DriverError, Quality, ReadingBatch
+from drivers.modbus import ModbusDriver
+from drivers.opcua import OpcUaDriver
+from drivers.supervisor import DriverSupervisor
+from models import StreamingDetector, load_model
+from models.kernels import FLAG_BITS, O_ALARM, O_SCORE
+
+log = logging.getLogger("linesentry")
+
+HOUSEKEEPING_S = 0.05
+SUMMARY_WINDOW_S = 10.0
+
+
+@dataclass
+class Plc:
+    """One PLC at run time: its driver, supervisor, where its tags sit on the line, liveness."""
+
+    config: OpcUaPlc | ModbusPlc
+    driver: Driver
+    binding: np.ndarray  # driver tag index -> line position
+    stale_timeout_s: float
+    polled: bool  # Modbus polls deliver every cycle, so message age means liveness
+    supervisor: DriverSupervisor | None = None
+    last_message: float = -math.inf  # monotonic time of the last batch with data
+    down_since: float | None = 0.0  # monotonic time liveness was lost (None while live)
+    comm_lost: bool = False  # the comm-loss condition (down longer than stale_timeout_s)
+    safe_state_done: bool = False
+    heartbeat: int = 0
+    write_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def make_driver(plc: OpcUaPlc | ModbusPlc) -> Driver:
+    return OpcUaDriver(plc.driver) if isinstance(plc, OpcUaPlc) else ModbusDriver(plc.driver)
+
+
+class Controller:
+    """One line's controller. `await run()` until `stop()`."""
+
+    def __init__(self, config: LineConfig, *, detector: StreamingDetector | None = None,
+                 api_port: int | None = None) -> None:
+        self.config = config
+        c = config.controller
+        self.identity = Identity(c.site, c.line, c.name)
+        self.state_dir = StateDir(c.state_dir)
+        self.api_port = c.api_port if api_port is None else api_port
+        self.tag_refs = config.tags()
+        self.tag_names = list(self.tag_refs)
+        self.detector_tags = config.detector_tags()
+        self.line = LineState(self.tag_names, self.detector_tags)
+        self.values = ArrayTagView(self.line.position, self.line.values)
+        self.detector = detector
+        if self.detector is None and config.detector.model is not None:
+            self.detector = load_model(config.detector.model, expected_tags=self.detector_tags)
+        self.model_path = config.detector.model
+
+        self.plcs = [Plc(p, make_driver(p), self.line.binding([t.name for t in p.driver.tags]),
+                         p.effective_stale_timeout_s(), polled=isinstance(p, ModbusPlc))
+                     for _, p in config.plcs()]
+        self._plc_of_tag = {t.name: plc for plc in self.plcs for t in plc.config.driver.tags}
+        self._stale_timeout = np.full(len(self.tag_names), np.inf)
+        for plc in self.plcs:
+            if plc.polled:
+                self._stale_timeout[plc.binding] = plc.stale_timeout_s
+
+        self.alarms = AlarmEngine(config.alarms)
+        self.actions = ActionEngine(config.actions, shadow_global=c.shadow)
+        self._compile_conditions()
+
+        self.events = EventLog()
+        self._event_clock = EventClock()
+        units = dict(config.detector.units)
+        self._tag_info = [TagInfo(t, units.get(t, "")) for t in self.tag_names]
+        self.summarizer = WindowSummarizer(len(self.tag_names), window_s=SUMMARY_WINDOW_S)
+        self._tag_scores = np.full(len(self.tag_names), np.nan)
+        self._det_positions = self.line.detector_index
+        self.outbox: Outbox | None = None
+        self.sync: SyncWorker | None = None
+
+        self.step_latency = LatencyRing()
+        self.registry = CollectorRegistry()
+        self.registry.register(ControllerCollector(self.metrics_snapshot, self.step_latency))
+        self.token = self.state_dir.token()
+
+        self._pending_alarm_events: list = []
+        self._closed_windows: list[WindowSummary] = []
+        self._writes: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._stop = asyncio.Event()
+        self._state_dirty = False
+        self._action_counts: dict[str, int] = {}
+        self.line_score = 0.0
+        self.line_alarm = False
+        self.started_at = time.time()
+        self._restore_state()
+
+    # ------------------------------------------------------------------ conditions
+    def _compile_conditions(self) -> None:
+        """Turn every alarm source into a cheap zero-argument check, evaluated once per step."""
+        det_index = {t: i for i, t in enumerate(self.detector_tags)}
+        plc_by_name = {p.name: p for p in self.plcs}
+        checks: list[tuple[str, Callable[[], bool]]] = []
+        for alarm in self.config.alarms:
+            src = alarm.source
+            if src.kind == "line":
+                checks.append((alarm.name, lambda: self.line_alarm))
+            elif src.kind == "tag":
+                bit = FLAG_BITS[_FLAG_NAME.get(src.flag, src.flag)]
+                idx = det_index[src.tag]
+                checks.append((alarm.name, lambda i=idx, b=bit: bool(
+                    self.detector is not None and self.detector.tag_flags[i] & b)))
+            elif src.kind == "comm":
+                checks.append((alarm.name, lambda p=plc_by_name[src.plc]: p.comm_lost))
+            elif src.kind == "action_failed":
+                checks.append((alarm.name, lambda a=src.action: a in self.actions.failed()))
+            else:  # threshold with optional deadband
+                pos, cond, name, band = self.line.position[src.tag], src.condition, alarm.name, alarm.deadband
+                checks.append((name, lambda p=pos, c=cond, n=name, d=band: c.holds(
+                    float(self.line.values[p]), active=n in self.alarms.active(), deadband=d)))
+        self._checks = checks
+        self._conditions = {name: False for name, _ in checks}
+        self._suppress = [(a.name, a.suppress_when) for a in self.config.alarms if a.suppress_when]
+        self._suppressed = {name: False for name, _ in self._suppress}
+
+    # ------------------------------------------------------------------ hot path
+    def _on_batch(self, plc: Plc, batch: ReadingBatch) -> None:
+        t0 = time.perf_counter()
+        now = time.time()
+        lost = len(batch) > 0 and bool(np.all(batch.quality == Quality.COMM_LOST))
+        if not lost:
+            plc.last_message = time.monotonic()
+        self.line.apply(plc.binding, batch)
+        if self.detector is not None:
+            line = self.line
+            line.gather_frame()
+            det = self.detector
+            det.step(now, line.frame_values, line.frame_fresh, line.frame_good)
+            self.line_score = det.out[O_SCORE]
+            self.line_alarm = det.out[O_ALARM] != 0.0
+        self._decide(now)
+        self.step_latency.record(time.perf_counter() - t0)
+        self._summarize(now)
+
+    def _decide(self, now: float) -> None:
+        """Alarm conditions -> alarm engine -> actions -> writes (scheduled, not awaited)."""
+        conditions = self._conditions
+        for name, check in self._checks:
+            conditions[name] = check()
+        suppressed = self._suppressed
+        for name, cond in self._suppress:
+            suppressed[name] = cond.evaluate(self.values)
+        events = self.alarms.update(now, conditions, suppressed)
+        if events:
+            self._pending_alarm_events.extend(events)
+        for write in self.actions.evaluate(now, self.alarms.active(), self.values):
+            self._spawn_write(write)
+
+    def _summarize(self, now: float) -> None:
+        if self.detector is not None:
+            self._tag_scores[self._det_positions] = self.detector.tag_scores
+        closed = self.summarizer.update(now, self.line.values, self.line.fresh, self.line.quality,
+                                        self.line_score, self.line_alarm, self._tag_scores)
+        if closed is not None:
+            self._closed_windows.append(closed)
+        self.line.clear_fresh()
+
+    # ------------------------------------------------------------------ writes
+    def _spawn_write(self, write: WriteRequest) -> None:
+        task = asyncio.create_task(self._write(write))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, write: WriteRequest) -> None:
+        plc = self._plc_of_tag[write.tag]
+        lock = plc.write_locks.setdefault(write.tag, asyncio.Lock())
+        try:
+            async with lock:
+                await plc.driver.write(write.tag, float(write.value))
+            ok, detail = True, ""
+        except (DriverError, OSError, TimeoutError) as exc:
+            ok, detail = False, str(exc) or type(exc).__name__
+        if not write.action.startswith("safe_state:"):
+            for event in self.actions.confirm(write.action, time.time(), ok, detail):
+                self._action_event(event)
+        elif not ok:
+            self.events.add("action", write.action, f"safe-state write {write.tag}={write.value} "
+                            f"failed: {detail}", result="failed")
+
+    # ------------------------------------------------------------------ time-based work
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            now, mono = time.time(), time.monotonic()
+            self._check_liveness(mono)
+            stale = self.line.mark_stale(now, self._stale_timeout)
+            if stale.size:
+                names = ", ".join(self.tag_names[i] for i in stale[:10])
+                self.events.add("driver", "stale", f"no fresh value within the timeout: {names}")
+            self._decide(now)
+            for event in self.actions.check_deadlines(now):
+                self._action_event(event)
+            for event in self.actions.take_events():
+                self._action_event(event)
+            await self._flush_events_and_windows()
+
+    def _check_liveness(self, mono: float) -> None:
+        for plc in self.plcs:
+            live = plc.driver.state == ConnectionState.CONNECTED and (
+                not plc.polled or mono - plc.last_message <= plc.stale_timeout_s)
+            if live:
+                plc.down_since = None
+                if plc.comm_lost:
+                    plc.comm_lost = False
+                    plc.safe_state_done = False
+                    self.events.add("driver", plc.name, "data flowing again")
+                continue
+            if plc.down_since is None:
+                plc.down_since = mono
+            if not plc.comm_lost and mono - plc.down_since >= plc.stale_timeout_s:
+                plc.comm_lost = True
+                self.events.add("driver", plc.name, f"no data for {plc.stale_timeout_s:g} s: comm loss")
+                if plc.config.on_comm_loss == "safe_state" and not plc.safe_state_done:
+                    plc.safe_state_done = True
+                    self._go_safe(plc)
+
+    def _go_safe(self, plc: Plc) -> None:
+        for w in plc.config.safe_state:
+            if self.config.controller.shadow:
+                self.events.add("action", f"safe_state:{plc.name}",
+                                f"shadow: would write {w.tag}={w.value} (comm loss)", result="shadow")
+                continue
+            self.events.add("action", f"safe_state:{plc.name}",
+                            f"writing {w.tag}={w.value} (comm loss)", result="fired")
+            self._spawn_write(WriteRequest(f"safe_state:{plc.name}", w.tag, w.value, time.time(), None))
+
+    async def _watchdog(self, plc: Plc) -> None:
+        wd = plc.config.watchdog
+        failures = 0
+        while True:
+            await asyncio.sleep(wd.period_s)
+            if plc.driver.state != ConnectionState.CONNECTED:
+                continue
+            plc.heartbeat = (plc.heartbeat + 1) % wd.wrap
+            try:
+                await plc.driver.write(wd.tag, float(plc.heartbeat))
+                failures = 0
+            except (DriverError, OSError, TimeoutError) as exc:
+                failures += 1
+                if failures == 1:  # once per run of failures: no log spam on a flapping PLC
+                    log.warning("%s: heartbeat write failed: %s", plc.name, exc)
+
+    # ------------------------------------------------------------------ events, cloud
+    def _action_event(self, event) -> None:
+        self._action_counts[event.kind] = self._action_counts.get(event.kind, 0) + 1
+        self.events.add("action", event.action, event.detail or event.kind, at=event.time,
+                        result=event.kind, user=event.user)
+        self._state_dirty = True
+        level = logging.WARNING if event.kind in ("failed", "fired") else logging.INFO
+        log.log(level, "action %s: %s %s", event.action, event.kind, event.detail)
+
+    async def _flush_events_and_windows(self) -> None:
+        if self._pending_alarm_events:
+            events, self._pending_alarm_events = self._pending_alarm_events, []
+            for e in events:
+                self.events.add("alarm", e.alarm, f"{e.from_state} -> {e.to_state} ({e.cause})",
+                                at=e.time, state=str(e.to_state), user=e.user, priority=e.priority)
+                log.warning("alarm %s: %s -> %s (%s)", e.alarm, e.from_state, e.to_state, e.cause)
+            self._state_dirty = True
+        new_events = self.events.since(self._cloud_event_id)
+        windows, self._closed_windows = self._closed_windows, []
+        if new_events:
+            self._cloud_event_id = new_events[-1]["id"]
+        if self.outbox is not None and (new_events or windows):
+            await asyncio.to_thread(self._to_outbox, new_events, windows)
+            if self.sync is not None:
+                self.sync.wake()
+        if self._state_dirty:
+            self._state_dirty = False
+            await asyncio.to_thread(self.state_dir.save_state, self._durable_state())
+
+    _cloud_event_id = 0
+
+    def _to_outbox(self, events: list[dict], windows: list[WindowSummary]) -> None:
+        points = [event_point(self.identity, self._event_clock, e["kind"], e["source"], e["message"],
+                              time_ns=int(e["time"] * 1e9), result=e.get("result"),
+                              state=e.get("state")) for e in events]
+        for w in windows:
+            points += window_points(w, self.identity, self._tag_info)
+        self.outbox.append(points)
+
+    # ------------------------------------------------------------------ persistence
+    def _durable_state(self) -> dict:
+        return {"alarms": self.alarms.snapshot(), "actions": self.actions.snapshot(),
+                "heartbeats": {p.name: p.heartbeat for p in self.plcs}}
+
+    def _restore_state(self) -> None:
+        state = self.state_dir.load_state()
+        if not state:
+            return
+        try:
+            skipped = self.alarms.restore(state.get("alarms", {"version": 1}))
+            skipped += self.actions.restore(state.get("actions", {"version": 1}))
+        except ValueError as exc:
+            log.warning("saved alarm/action state ignored: %s", exc)
+            return
+        for plc in self.plcs:
+            plc.heartbeat = int(state.get("heartbeats", {}).get(plc.name, 0))
+        if skipped:
+            log.info("saved state for removed alarms/actions ignored: %s", ", ".join(skipped))
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, on_ready: Callable[[Controller], None] | None = None) -> None:
+        """Run until `stop()`; start-up errors (bad model, port in use) raise before any task runs."""
+        if self.detector is not None:
+            self.detector.warm_up()
+        runner = web.AppRunner(create_app(self, self.token), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.controller.api_host, self.api_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(f"cannot listen on {self.config.controller.api_host}:{self.api_port} "
+                          f"({exc.strerror}): set [controller] api_port to a free port") from None
+        self.api_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+        outbox_dir = Path(self.state_dir.path) / "outbox"
+        outbox_dir.mkdir(exist_ok=True)
+        sync_cfg = self.config.sync
+        self.outbox = Outbox(outbox_dir, identity=self.identity,
+                             **({"max_bytes": sync_cfg.max_outbox_bytes} if sync_cfg else {}))
+        if sync_cfg is not None and sync_cfg.enabled:
+            self.sync = SyncWorker(sync_cfg, self.outbox, on_alarm=self._sync_alarm)
+            await self.sync.start()
+        try:
+            for plc in self.plcs:
+                plc.supervisor = DriverSupervisor(
+                    plc.driver, lambda batch, p=plc: self._on_batch(p, batch),
+                    on_state=lambda state, detail, p=plc: self._driver_state(p, state, detail))
+                self._tasks.append(plc.supervisor.start())
+                if plc.config.watchdog is not None:
+                    self._tasks.append(asyncio.create_task(self._watchdog(plc), name=f"watchdog:{plc.name}"))
+            self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+            self.events.add("model", "controller", f"started: {len(self.plcs)} PLC(s), "
+                            f"{len(self.tag_names)} tags, model {self.model_path or 'none'}")
+            if on_ready is not None:
+                on_ready(self)
+            await self._stop.wait()
+        finally:
+            await self._shutdown(runner)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self, runner: web.AppRunner) -> None:
+        if self._writes:  # let actuator writes in flight finish (bounded by the driver timeouts)
+            await asyncio.wait(list(self._writes), timeout=5.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for plc in self.plcs:
+            if plc.supervisor is not None:
+                await plc.supervisor.stop()
+        self._tasks.clear()
+        closed = self.summarizer.flush(time.time())
+        if closed is not None:
+            self._closed_windows.append(closed)
+        self.events.add("model", "controller", "stopped")
+        with contextlib.suppress(Exception):
+            await self._flush_events_and_windows()
+        self.state_dir.save_state(self._durable_state())
+        if self.sync is not None:
+            await self.sync.stop()
+        if self.outbox is not None:
+            self.outbox.close()
+        await runner.cleanup()
+
+    def _driver_state(self, plc: Plc, state: ConnectionState, detail: str) -> None:
+        if state in (ConnectionState.CONNECTED, ConnectionState.BACKOFF):
+            message = "connected" if state is ConnectionState.CONNECTED else f"connection lost: {detail}"
+            self.events.add("driver", plc.name, message, state=state.value)
+
+    def _sync_alarm(self, kind: str, message: str) -> None:
+        self.events.add("outbox", "sync", f"{kind}: {message}", result="alarm")
+        log.error("cloud sync: %s: %s", kind, message)
+
+    # ------------------------------------------------------------------ API operations
+    def status(self) -> dict:
+        return {
+            "controller": {"site": self.identity.site, "line": self.identity.line,
+                           "name": self.identity.controller, "started_at": self.started_at,
+                           "shadow": self.config.controller.shadow},
+            "plcs": [self._plc_status(p) for p in self.plcs],
+            "detector": {"model": str(self.model_path) if self.model_path else None,
+                         "tags": self.detector_tags, "score": float(self.line_score),
+                         "alarm": bool(self.line_alarm),
+                         "threshold": self.detector.threshold if self.detector else None,
+                         "step_p50_us": self.step_latency.percentiles([50])[0] * 1e6,
+                         "step_p99_us": self.step_latency.percentiles([99])[0] * 1e6},
+            "alarms": {"active": list(self.alarms.active())},
+            "actions": self.actions.status(),
+            "outbox": self._outbox_status(),
+            "sync": self.sync.metrics() if self.sync else None,
+        }
+
+    def _plc_status(self, plc: Plc) -> dict:
+        s = plc.driver.stats
+        return {"name": plc.name, "state": plc.driver.state.value, "comm_lost": plc.comm_lost,
+                "tags": len(plc.binding), "reads": s.reads, "read_errors": s.read_errors,
+                "writes": s.writes, "write_errors": s.write_errors, "last_error": s.last_error}
+
+    def _outbox_status(self) -> dict:
+        if self.outbox is None:
+            return {"rows": 0, "points": 0, "bytes": 0}
+        rows, points, nbytes = self.outbox.backlog()
+        return {"rows": rows, "points": points, "bytes": nbytes}
+
+    def tags(self) -> list[dict]:
+        return self.line.snapshot()
+
+    def alarms_status(self) -> list[dict]:
+        return self.alarms.status()
+
+    def _operator(self, events) -> None:
+        self._pending_alarm_events.extend(events)
+        self._state_dirty = True
+
+    def ack(self, name: str, user: str) -> None:
+        self._operator(self.alarms.ack(self._alarm_name(name), user, time.time()))
+
+    def shelve(self, name: str, user: str, seconds: float) -> None:
+        alarm = self.config.alarm(self._alarm_name(name))
+        if seconds > alarm.max_shelve_s:
+            raise ValueError(f"{name} can be shelved for at most {alarm.max_shelve_s:g} s")
+        self._operator(self.alarms.shelve(name, user, time.time(), seconds))
+
+    def unshelve(self, name: str, user: str) -> None:
+        self._operator(self.alarms.unshelve(self._alarm_name(name), user, time.time()))
+
+    def set_out_of_service(self, name: str, user: str, enabled: bool) -> None:
+        self._operator(self.alarms.set_out_of_service(self._alarm_name(name), user, time.time(), enabled))
+
+    def reset_action(self, name: str, user: str) -> None:
+        for event in self.actions.reset(self._action_name(name), user, time.time()):
+            self._action_event(event)
+
+    def inhibit_action(self, name: str, user: str, enabled: bool) -> None:
+        for event in self.actions.inhibit(self._action_name(name), user, time.time(), enabled):
+            self._action_event(event)
+
+    async def reload_model(self, user: str, path: str | None) -> dict:
+        """Swap in a new model without a restart; the old one stays if the new one is refused."""
+        target = Path(path) if path else self.model_path
+        if target is None:
+            raise Refused("no model configured: pass a path or set [detector] model")
+        try:
+            new = await asyncio.to_thread(load_model, target, self.detector_tags)
+            await asyncio.to_thread(new.warm_up)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        self.detector, self.model_path = new, target
+        self.events.add("model", "detector", f"model reloaded from {target}", user=user)
+        return {"model": str(target), "threshold": new.threshold}
+
+    def _alarm_name(self, name: str) -> str:
+        if name not in self._conditions:
+            raise LookupError(f"no alarm named {name!r}")
+        return name
+
+    def _action_name(self, name: str) -> str:
+        if not any(a.name == name for a in self.config.actions):
+            raise LookupError(f"no action named {name!r}")
+        return name
+
+    def metrics_snapshot(self) -> dict:
+        states: dict[str, int] = {}
+        for a in self.alarms.status():
+            states[a["state"]] = states.get(a["state"], 0) + 1
+        plcs = []
+        for p in self.plcs:
+            s = p.driver.stats
+            lat = np.asarray(s.read_latency_s[-256:]) if s.read_latency_s else np.zeros(0)
+            plcs.append({"name": p.name, "state": p.driver.state.value,
+                         "stats": {k: getattr(s, k) for k in ("reads", "read_errors", "writes",
+                                                             "write_errors", "values", "bad_values",
+                                                             "sessions_created")},
+                         "read_latency": ({q: float(np.quantile(lat, float(q))) for q in ("0.5", "0.99")}
+                                          if lat.size else {})})
+        return {"plcs": plcs, "alarm_states": states, "line_score": float(self.line_score),
+                "action_counts": dict(self._action_counts), "outbox": self._outbox_status(),
+                "sync": self.sync.metrics() if self.sync else {}}
+
+
+# Alarm-source flag names (config) -> detector flag names (models.kernels.FLAG_NAMES).
+_FLAG_NAME = {"roc": "rate_of_change", "ewma": "ewma_z"}

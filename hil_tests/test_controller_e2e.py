@@ -1,0 +1,172 @@
+"""End to end over real sockets: the simulated plant and the real controller on the demo config.
+
+The model is fitted on ten simulated minutes of normal operation sampled the way the
+controller sees the plant (conveyor tags every 10 ms tick, press tags held between
+50 ms polls): the plant's load and temperatures wander on time scales of seconds to
+minutes, which a short live recording does not cover.
+"""
+
+import asyncio
+import re
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from controller.config import load_config
+from controller.record import record
+from controller.runtime import Controller
+from drivers.base import ConnectionState
+from hil_tests.conftest import wait_for
+from hil_tests.faults import FaultSpec
+from hil_tests.plant import INDEX, Plant
+from hil_tests.servers import Rig
+from models import StreamingDetector
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
+
+
+def rig_config(tmp_path: Path, rig: Rig, *, model: Path | None, extra: str = "") -> Path:
+    """The shipped demo config, pointed at this rig's ports and a private state directory."""
+    text = DEMO.read_text()
+    text = text.replace('endpoint = "opc.tcp://127.0.0.1:4840/linesentry/"', f'endpoint = "{rig.opcua_endpoint}"')
+    text = re.sub(r"^port = 5020$", f"port = {rig.modbus_port}", text, flags=re.M)
+    text = text.replace('state_dir = "../state/demo_line"', f'state_dir = "{tmp_path / "state"}"')
+    text = text.replace('model = "../state/demo_line/model.npz"', f'model = "{model}"')
+    path = tmp_path / "line.toml"
+    path.write_text(text + extra)
+    return path
+
+
+async def start(controller: Controller) -> asyncio.Task:
+    task = asyncio.create_task(controller.run())
+    await wait_for(lambda: all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs)
+                   or task.done(), timeout=15, what="both PLCs connected")
+    if task.done():
+        task.result()  # raise the start-up error
+    return task
+
+
+async def stop(controller: Controller, task: asyncio.Task) -> None:
+    controller.stop()
+    await asyncio.wait_for(task, 15)
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(("driver:", "watchdog:",
+                                                                            "housekeeping"))]
+    assert leftovers == [], f"tasks left behind: {leftovers}"
+
+
+@pytest.fixture
+async def rig():
+    async with Rig(opcua_port=0, modbus_port=0) as r:
+        yield r
+
+
+PRESS_TAGS = {"hydraulic_pressure", "oil_temp", "pump_flow", "discharge_pressure"}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("model")
+    config = load_config(DEMO)
+    tags = config.detector_tags()
+    plant, ticks, poll_every = Plant(seed=101), 60_000, 5
+    cols = np.array([INDEX[t] for t in tags])
+    press = np.array([t in PRESS_TAGS for t in tags])
+    rows = np.empty((ticks, len(tags)))
+    held = plant.snapshot().values[cols]
+    for k in range(ticks):
+        now = plant.step().values[cols]
+        held = np.where(press & (k % poll_every != 0), held, now)
+        rows[k] = held
+    times = np.arange(ticks) * plant.params.tick_s
+    StreamingDetector(tags, config.detector_spec()).fit(rows, times).save(tmp / "model.npz")
+    return tmp / "model.npz"
+
+
+async def test_record_reads_the_detector_tags_through_the_drivers(tmp_path, rig):
+    config = load_config(rig_config(tmp_path, rig, model=tmp_path / "unused.npz"))
+    times, values, tags = await record(config, 1.5)
+    assert tags == config.detector_tags() and values.shape == (len(times), len(tags))
+    assert len(times) > 50 and np.all(np.diff(times) >= 0)
+    assert 1000 < np.median(values[:, tags.index("motor_speed")]) < 1600  # the plant's nominal rpm
+
+
+async def test_a_jam_is_detected_and_stops_the_line_through_opcua(tmp_path, rig, model):
+    controller = Controller(load_config(rig_config(tmp_path, rig, model=model)), api_port=0)
+    task = await start(controller)
+    base = f"http://127.0.0.1:{controller.api_port}/api/v1"
+    try:
+        # Normal operation first: five plant seconds without a line alarm or a stop.
+        t0 = rig.plant.t
+        await wait_for(lambda: rig.plant.t > t0 + 5 or controller.line_alarm, timeout=20,
+                       what="5 s of normal operation")
+        assert not controller.line_alarm and not rig.plant.line_stop
+        assert rig.recorder.writes == [] or {w.actuator for w in rig.recorder.writes} <= {"heartbeat"}
+
+        onset = rig.plant.t
+        rig.injector.faults.append(FaultSpec(type="jam", onset_s=onset, duration_s=5.0))
+        await wait_for(lambda: rig.plant.line_stop, timeout=10, what="the line stop to reach the PLC")
+        stop_write = next(w for w in rig.recorder.writes if w.actuator == "line_stop")
+        assert stop_write.server == "conveyor" and stop_write.value == 1.0
+        await wait_for(lambda: any(e["source"] == "stop_line" and e.get("result") == "confirmed"
+                                   for e in controller.events.since()), timeout=5,
+                       what="the readback confirmation")
+
+        async with aiohttp.ClientSession() as http:
+            status = await (await http.get(f"{base}/status")).json()
+            assert "line_anomaly" in status["alarms"]["active"]
+            stop_line = next(a for a in status["actions"] if a["name"] == "stop_line")
+            assert stop_line["latched"] is True
+            r = await http.post(f"{base}/alarms/line_anomaly/ack", json={"user": "ann"})
+            assert r.status == 401
+            r = await http.post(f"{base}/alarms/line_anomaly/ack", json={"user": "ann"},
+                                headers={"Authorization": f"Bearer {controller.token}"})
+            assert r.status == 200
+            metrics = await (await http.get(f"http://127.0.0.1:{controller.api_port}/metrics")).text()
+            assert "linesentry_step_seconds_count" in metrics
+            assert 'linesentry_plc_connected{plc="press"} 1.0' in metrics
+        await wait_for(lambda: any(e["source"] == "line_anomaly" and e.get("user") == "ann"
+                                   for e in controller.events.since()), timeout=2,
+                       what="the acknowledgement in the event log")
+    finally:
+        await stop(controller, task)
+    # The latch survives a restart: the new controller does not write again, it stays latched.
+    again = Controller(load_config(rig_config(tmp_path, rig, model=model)), api_port=0)
+    assert next(a for a in again.actions.status() if a["name"] == "stop_line")["latched"] is True
+
+
+async def test_press_loss_drives_the_safe_state_and_heartbeats_flow(tmp_path, rig, model):
+    config = load_config(rig_config(tmp_path, rig, model=model))
+    controller = Controller(config, api_port=0)
+    task = await start(controller)
+    try:
+        await wait_for(lambda: {h.server for h in rig.recorder.heartbeats} >= {"conveyor", "press"},
+                       timeout=5, what="heartbeats from the controller on both PLCs")
+        beats = [h.value for h in rig.recorder.heartbeats if h.server == "press"]
+        assert beats == sorted(beats) and len(set(beats)) == len(beats)  # an incrementing counter
+
+        await rig.take_down("press")
+        await wait_for(lambda: rig.plant.line_stop, timeout=10, what="the safe-state line stop")
+        assert "press_comm_loss" in controller.alarms.active()
+        assert np.all(controller.line.quality[controller.line.binding(["pump_flow"])] >= 3)
+        await rig.bring_up("press")
+        await wait_for(lambda: not controller.plcs[1].comm_lost, timeout=15, what="press data again")
+    finally:
+        await stop(controller, task)
+
+
+async def test_shadow_mode_logs_the_stop_and_writes_nothing(tmp_path, rig, model):
+    path = rig_config(tmp_path, rig, model=model)
+    path.write_text(path.read_text().replace("shadow = false\nlog_level", "shadow = true\nlog_level"))
+    controller = Controller(load_config(path), api_port=0)
+    task = await start(controller)
+    try:
+        rig.injector.faults.append(FaultSpec(type="jam", onset_s=rig.plant.t, duration_s=5.0))
+        await wait_for(lambda: any(e["source"] == "stop_line" and e.get("result") == "shadow"
+                                   for e in controller.events.since()), timeout=10,
+                       what="a shadow event for stop_line")
+        assert not rig.plant.line_stop
+        assert not [w for w in rig.recorder.writes if w.actuator == "line_stop"]
+    finally:
+        await stop(controller, task)
