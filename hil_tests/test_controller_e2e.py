@@ -30,7 +30,8 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 def rig_config(tmp_path: Path, rig: Rig, *, model: Path | None, extra: str = "") -> Path:
     """The shipped demo config, pointed at this rig's ports and a private state directory."""
     text = DEMO.read_text()
-    text = text.replace('endpoint = "opc.tcp://127.0.0.1:4840/linesentry/"', f'endpoint = "{rig.opcua_endpoint}"')
+    text = text.replace('endpoint = "opc.tcp://127.0.0.1:4840/linesentry/"',
+                        f'endpoint = "{rig.opcua_endpoint}"')
     text = re.sub(r"^port = 5020$", f"port = {rig.modbus_port}", text, flags=re.M)
     text = text.replace('state_dir = "../state/demo_line"', f'state_dir = "{tmp_path / "state"}"')
     text = text.replace('model = "../state/demo_line/model.npz"', f'model = "{model}"')
