@@ -1,110 +1,167 @@
-"""The demo line, until the controller service exists: a synthetic line replayed through the live step.
+"""The demo line: the simulated plant and the real controller on configs/demo_line.toml.
 
-Fits the detector on half an hour of normal operation, then feeds a second
-recording with one fault of each kind frame by frame through
-`StreamingDetector.step` (the live path) and reports when each fault was flagged.
+Starts the plant's OPC UA and Modbus servers on 127.0.0.1 (4840 and 5020),
+fits the demo model on simulated normal operation if there is none yet, runs
+the controller, and injects a fault every so often so a newcomer sees
+detection and actuation within a minute. After each line stop the demo plays
+the operator: it waits a few seconds, acknowledges the alarms, resets the
+latched action and restarts the line once the fault has passed. A new fault
+comes only once the line is quiet again (no active alarm, no fault acting).
 """
 
+from __future__ import annotations
+
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
 
-from models import DetectorSpec, StreamingDetector
-from models.kernels import FLAG_NAMES
-from models.synthetic import TAGS, UNITS, generate
+from controller.config import LineConfig, load_config
+from controller.runtime import Controller
+from drivers.base import ConnectionState
+from hil_tests.faults import FaultSpec
+from hil_tests.plant import Plant
+from hil_tests.servers import Rig
+from hil_tests.training import simulated_normal
+from models import StreamingDetector
 
-TRAIN_SECONDS = 1800
-FAULT_GAP = 240  # seconds of normal operation between faults
-FAULT_PLAN = [("jam", 20), ("bearing_wear", 180), ("leak", 90), ("sensor_stuck", 120),
-              ("sensor_spike", 3), ("dropout", 60)]
-# Demo tuning: a 2-of-3 debounce and a short clear delay, so one noisy sample never stops the line.
-DEMO_SPEC = DetectorSpec(debounce_k=2, debounce_n=3, clear_n=5)
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
+FAULTS = (
+    FaultSpec(type="jam", onset_s=0, duration_s=4.0),
+    FaultSpec(type="stuck", onset_s=0, duration_s=8.0, tag="vibration_rms"),
+    FaultSpec(type="leak", onset_s=0, duration_s=10.0),
+    FaultSpec(type="dropout", onset_s=0, duration_s=5.0, tag="pump_flow"),
+    FaultSpec(type="bearing_wear", onset_s=0, duration_s=20.0, ramp_s=10.0),
+)
+OPERATOR_DELAY_S = 6.0  # how long the demo "operator" takes to restart a stopped line
 
 
 @dataclass
-class FaultOutcome:
-    kind: str
-    onset: int
-    end: int
-    alarm_delay: float | None  # seconds from onset to the line alarm, None if never raised
-    flag_delay: float | None  # seconds from onset to the first per-tag flag
-    flags: dict[str, set[str]]  # per-tag flags seen during the fault: tag -> flag names
+class DemoLog:
+    """What happened, for the summary printed at the end."""
+
+    faults: list[tuple[float, str]] = field(default_factory=list)  # (wall time, description)
+    stops: list[float] = field(default_factory=list)  # wall times of line stops at the PLC
+
+    def first_after(self, t: float, until: float) -> float | None:
+        return next((s for s in self.stops if t <= s < until), None)
 
 
-def fault_schedule() -> list[tuple[str, int, int]]:
-    faults, t = [], FAULT_GAP
-    for kind, duration in FAULT_PLAN:
-        faults.append((kind, t, t + duration))
-        t += duration + FAULT_GAP
-    return faults
+def ensure_model(config: LineConfig, console: Console) -> None:
+    """Fit the demo model on ten simulated minutes of normal operation if it does not exist."""
+    path = config.detector.model
+    if path is None or path.exists():
+        return
+    console.print(f"fitting the demo model on 10 simulated minutes of normal operation -> {path}")
+    tags = config.detector_tags()
+    times, rows = simulated_normal(tags, seconds=600.0)
+    StreamingDetector(tags, config.detector_spec()).fit(rows, times).save(path)
 
 
-def run_demo(seed: int = 7, rate: float = 0.0,
-             on_event: Callable[[float, str], None] | None = None) -> tuple[list[FaultOutcome], dict]:
-    """Replay the demo line; `rate` > 0 paces it at that many samples per second of wall time."""
-    emit = on_event or (lambda t, msg: None)
-    train = generate(TRAIN_SECONDS, seed=seed)
-    det = StreamingDetector(TAGS, DEMO_SPEC, UNITS).fit(train.values, train.times)
-    det.warm_up()
-    emit(0.0, f"fitted on {TRAIN_SECONDS} s of normal data; threshold {det.threshold:.3f}")
+async def run_demo(config_path: Path = DEMO_CONFIG, seconds: float | None = None, live: bool = True,
+                   fault_every_s: float = 20.0, console: Console | None = None) -> DemoLog:
+    console = console or Console()
+    config = load_config(config_path)
+    ensure_model(config, console)
+    port = int(config.opcua[0].driver.endpoint.rsplit(":", 1)[1].split("/")[0])
+    rig = Rig(Plant(seed=7), opcua_port=port, modbus_port=config.modbus[0].driver.port)
+    log = DemoLog()
+    async with rig:
+        controller = Controller(config)
+        run = asyncio.create_task(controller.run())
+        try:
+            deadline = time.monotonic() + 15
+            while not all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs):
+                if run.done():
+                    run.result()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the controller did not connect to the simulated PLCs within 15 s")
+                await asyncio.sleep(0.05)
+            console.print(f"controller API on http://127.0.0.1:{controller.api_port}/api/v1/status; "
+                          "Ctrl-C stops")
+            await _drive(controller, rig, log, seconds, live, fault_every_s, console)
+        finally:
+            controller.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+    return log
 
-    faults = fault_schedule()
-    rows = faults[-1][2] + FAULT_GAP
-    live = generate(rows, seed=seed + 1, faults=faults)
-    fresh = np.ones(len(TAGS), dtype=np.uint8)
-    alarm = np.zeros(rows, dtype=bool)
-    flagged = np.zeros(rows, dtype=bool)
-    seen_flags: list[dict[str, set[str]]] = [{} for _ in range(rows)]
-    step_ns = np.empty(rows)
-    was_alarming = False
+
+async def _drive(controller: Controller, rig: Rig, log: DemoLog, seconds: float | None, live: bool,
+                 fault_every_s: float, console: Console) -> None:
     started = time.monotonic()
-    for r in range(rows):
-        if rate > 0:
-            time.sleep(max(0.0, started + r / rate - time.monotonic()))
-        t0 = time.perf_counter_ns()
-        alarming = det.step(live.times[r], live.values[r], fresh, live.good[r])
-        step_ns[r] = time.perf_counter_ns() - t0
-        alarm[r] = alarming
-        for i in np.flatnonzero(det.tag_flags):
-            flagged[r] = True
-            seen_flags[r][TAGS[i]] = {n for b, n in FLAG_NAMES.items() if det.tag_flags[i] & b}
-        if alarming != was_alarming:
-            what = describe(seen_flags[r]) or "multivariate score"
-            emit(live.times[r], f"LINE ALARM {'RAISED' if alarming else 'cleared'} "
-                 f"(score {det.score:.3f}; {what})")
-            was_alarming = alarming
-
-    outcomes = []
-    for kind, onset, end in faults:
-        window = slice(onset, end + 30)
-        hits, flag_hits = np.flatnonzero(alarm[window]), np.flatnonzero(flagged[window])
-        flags: dict[str, set[str]] = {}
-        for row in seen_flags[window]:
-            for tag, names in row.items():
-                flags.setdefault(tag, set()).update(names)
-        outcomes.append(FaultOutcome(kind, onset, end, float(hits[0]) if hits.size else None,
-                                     float(flag_hits[0]) if flag_hits.size else None, flags))
-    fault_rows = live.label
-    stats = {
-        "rows": rows,
-        "false_alarm_rows": int(np.sum(alarm & ~_with_tail(fault_rows, 60))),
-        "normal_rows": int(np.sum(~_with_tail(fault_rows, 60))),
-        "step_p50_us": float(np.percentile(step_ns, 50) / 1e3),
-        "step_p99_us": float(np.percentile(step_ns, 99) / 1e3),
-    }
-    return outcomes, stats
+    next_fault, fault_index, stopped_at = started + fault_every_s / 2, 0, None
+    seen_event = controller.events.last_id
+    with Live(render(controller, log), console=console, refresh_per_second=4,
+              transient=False) if live else contextlib.nullcontext() as view:
+        while seconds is None or time.monotonic() - started < seconds:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            if rig.plant.line_stop and stopped_at is None:
+                stopped_at = now
+                log.stops.append(time.time())
+            fault_acting = bool(rig.injector.active(rig.plant.t))
+            if stopped_at is not None and now - stopped_at > OPERATOR_DELAY_S and not fault_acting:
+                _operator_restart(controller, rig)
+                stopped_at = None
+                next_fault = max(next_fault, now + fault_every_s / 2)
+            quiet = not controller.alarms.active() and not fault_acting
+            if stopped_at is None and now >= next_fault and quiet:
+                spec = FAULTS[fault_index % len(FAULTS)]
+                fault_index += 1
+                onset = rig.plant.t
+                rig.injector.faults.append(spec.model_copy(update={"onset_s": onset}))
+                what = spec.type + (f" on {spec.tag}" if spec.tag else "")
+                log.faults.append((time.time(), what))
+                controller.events.add("model", "demo", f"injected fault: {what}")
+                next_fault = now + fault_every_s
+            if live:
+                view.update(render(controller, log))
+            else:
+                for event in controller.events.since(seen_event):
+                    console.print(f"{time.strftime('%H:%M:%S', time.localtime(event['time']))} "
+                                  f"{event['kind']:<6} {event['source']:<24} {event['message']}")
+                    seen_event = event["id"]
 
 
-def describe(flags: dict[str, set[str]]) -> str:
-    """'tag(flag, flag); tag(flag)' for a map of per-tag flags."""
-    return "; ".join(f"{tag}({', '.join(sorted(names))})" for tag, names in sorted(flags.items()))
+def _operator_restart(controller: Controller, rig: Rig) -> None:
+    for alarm in controller.alarms.status():
+        if alarm["state"] in ("UNACK", "RTN_UNACK"):
+            controller.ack(alarm["name"], "demo-operator")
+    for action in controller.actions.status():
+        if action["latched"] or action["failed"]:
+            controller.reset_action(action["name"], "demo-operator")
+    rig.plant.set_actuator("line_stop", False)
+    controller.events.add("model", "demo", "operator restarted the line")
 
 
-def _with_tail(mask: np.ndarray, tail: int) -> np.ndarray:
-    """Extend each fault by `tail` rows: the process takes a while to settle after a fault ends."""
-    out = mask.copy()
-    for r in np.flatnonzero(mask):
-        out[r:r + tail + 1] = True
-    return out
+def render(controller: Controller, log: DemoLog) -> Group:
+    tags = Table(title="tags", expand=False)
+    for col in ("tag", "value", "quality"):
+        tags.add_column(col)
+    for row in controller.tags():
+        value = "-" if row["value"] is None else f"{row['value']:.3f}"
+        style = "" if row["quality"] == "good" else "red"
+        tags.add_row(row["tag"], value, row["quality"], style=style)
+    det = controller.detector
+    score = f"line score {controller.line_score:.3f}" + (f" / threshold {det.threshold:.3f}" if det else "")
+    alarms = Table(title="alarms")
+    for col in ("alarm", "state", "priority"):
+        alarms.add_column(col)
+    for a in controller.alarms.status():
+        if a["state"] != "NORMAL":
+            alarms.add_row(a["name"], a["state"], a["priority"],
+                           style="bold red" if a["state"] == "UNACK" else "")
+    events = Table(title="latest events")
+    for col in ("time", "kind", "source", "message"):
+        events.add_column(col)
+    for e in controller.events.since(max(0, controller.events.last_id - 8)):
+        events.add_row(time.strftime("%H:%M:%S", time.localtime(e["time"])), e["kind"], e["source"],
+                       e["message"][:70])
+    counts = f"faults injected {len(log.faults)}, line stops {len(log.stops)}"
+    return Group(score, tags, alarms, events, counts)

@@ -1,9 +1,7 @@
 """End to end over real sockets: the simulated plant and the real controller on the demo config.
 
-The model is fitted on ten simulated minutes of normal operation sampled the way the
-controller sees the plant (conveyor tags every 10 ms tick, press tags held between
-50 ms polls): the plant's load and temperatures wander on time scales of seconds to
-minutes, which a short live recording does not cover.
+The model is fitted on ten simulated minutes of normal operation (hil_tests.training):
+the plant wanders on time scales a short live recording does not cover.
 """
 
 import asyncio
@@ -20,8 +18,8 @@ from controller.runtime import Controller
 from drivers.base import ConnectionState
 from hil_tests.conftest import wait_for
 from hil_tests.faults import FaultSpec
-from hil_tests.plant import INDEX, Plant
 from hil_tests.servers import Rig
+from hil_tests.training import simulated_normal
 from models import StreamingDetector
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
@@ -63,25 +61,12 @@ async def rig():
         yield r
 
 
-PRESS_TAGS = {"hydraulic_pressure", "oil_temp", "pump_flow", "discharge_pressure"}
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("model")
     config = load_config(DEMO)
-    tags = config.detector_tags()
-    plant, ticks, poll_every = Plant(seed=101), 60_000, 5
-    cols = np.array([INDEX[t] for t in tags])
-    press = np.array([t in PRESS_TAGS for t in tags])
-    rows = np.empty((ticks, len(tags)))
-    held = plant.snapshot().values[cols]
-    for k in range(ticks):
-        now = plant.step().values[cols]
-        held = np.where(press & (k % poll_every != 0), held, now)
-        rows[k] = held
-    times = np.arange(ticks) * plant.params.tick_s
-    StreamingDetector(tags, config.detector_spec()).fit(rows, times).save(tmp / "model.npz")
+    times, rows = simulated_normal(config.detector_tags(), seconds=600.0)
+    StreamingDetector(config.detector_tags(), config.detector_spec()).fit(rows, times).save(tmp / "model.npz")
     return tmp / "model.npz"
 
 
