@@ -11,6 +11,9 @@ import numpy as np
 
 from drivers.base import Quality, ReadingBatch
 
+# Plain ints: enum attribute lookups cost more than the numpy work they guard here.
+GOOD, UNCERTAIN, STALE = int(Quality.GOOD), int(Quality.UNCERTAIN), int(Quality.STALE)
+
 
 class LineState:
     """Latest values of all tags of a line, plus the detector's frame buffers."""
@@ -48,7 +51,7 @@ class LineState:
         self.quality[at] = batch.quality
         self.source_ts[at] = batch.source_ts
         self.receive_ts[at] = batch.receive_ts
-        good = batch.quality == Quality.GOOD
+        good = batch.quality == GOOD
         self.good_ts[at[good]] = batch.receive_ts[good]
         self.fresh[at] = 1
 
@@ -57,11 +60,11 @@ class LineState:
 
         Returns the line positions that became stale now (to raise an event), usually empty.
         """
-        live = self.quality <= Quality.UNCERTAIN
+        live = self.quality <= UNCERTAIN
         stale = live & ~(now - self.good_ts <= timeout)  # NaN good_ts (never good) counts as stale
         changed = np.flatnonzero(stale)
         if changed.size:
-            self.quality[changed] = Quality.STALE
+            self.quality[changed] = STALE
             self.values[changed] = np.nan
         return changed
 
@@ -70,7 +73,7 @@ class LineState:
         idx = self.detector_index
         np.take(self.values, idx, out=self.frame_values)
         np.take(self.fresh, idx, out=self.frame_fresh)
-        np.equal(self.quality[idx], Quality.GOOD, out=self.frame_good, casting="unsafe")
+        np.equal(self.quality[idx], GOOD, out=self.frame_good, casting="unsafe")
 
     def clear_fresh(self) -> None:
         """End of a step: every value now counts as held until a new batch brings it again."""

@@ -52,6 +52,7 @@ from models.kernels import FLAG_BITS, O_ALARM, O_SCORE
 log = logging.getLogger("linesentry")
 
 HOUSEKEEPING_S = 0.05
+COMM_LOST = int(Quality.COMM_LOST)
 SUMMARY_WINDOW_S = 10.0
 
 
@@ -173,7 +174,7 @@ class Controller:
     def _on_batch(self, plc: Plc, batch: ReadingBatch) -> None:
         t0 = time.perf_counter()
         now = time.time()
-        lost = len(batch) > 0 and bool(np.all(batch.quality == Quality.COMM_LOST))
+        lost = len(batch) > 0 and bool(np.all(batch.quality == COMM_LOST))
         if not lost:
             plc.last_message = time.monotonic()
         self.line.apply(plc.binding, batch)
