@@ -88,7 +88,8 @@ def demo(config: Path = typer.Option(None, help="line config (default: configs/d
     except OSError as exc:
         raise fail(f"{exc.strerror or exc}: is another demo or simulator using ports 4840/5020?",
                    EXIT_RUNTIME) from None
-    table = Table(title="demo summary")
+    table = Table(title="demo summary", caption="demo loop resolution 0.1 s; "
+                  "python -m benchmarks.hil_latency measures onset -> write precisely")
     for col in ("fault injected", "line stopped after"):
         table.add_column(col)
     for i, (t, what) in enumerate(log.faults):

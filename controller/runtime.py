@@ -132,6 +132,7 @@ class Controller:
         self.token = self.state_dir.token()
 
         self._pending_alarm_events: list = []
+        self._pending_action_events: list = []
         self._closed_windows: list[WindowSummary] = []
         self._writes: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
@@ -229,8 +230,8 @@ class Controller:
         except (DriverError, OSError, TimeoutError) as exc:
             ok, detail = False, str(exc) or type(exc).__name__
         if not write.action.startswith("safe_state:"):
-            for event in self.actions.confirm(write.action, time.time(), ok, detail):
-                self._action_event(event)
+            # Logged by housekeeping after the action's own "fired" event, in order.
+            self._pending_action_events.extend(self.actions.confirm(write.action, time.time(), ok, detail))
         elif not ok:
             self.events.add("action", write.action, f"safe-state write {write.tag}={write.value} "
                             f"failed: {detail}", result="failed")
@@ -246,9 +247,10 @@ class Controller:
                 names = ", ".join(self.tag_names[i] for i in stale[:10])
                 self.events.add("driver", "stale", f"no fresh value within the timeout: {names}")
             self._decide(now)
-            for event in self.actions.check_deadlines(now):
-                self._action_event(event)
             for event in self.actions.take_events():
+                self._action_event(event)
+            pending, self._pending_action_events = self._pending_action_events, []
+            for event in (*pending, *self.actions.check_deadlines(now)):
                 self._action_event(event)
             await self._flush_events_and_windows()
 
