@@ -108,6 +108,29 @@ def sim() -> None:
 
 
 @app.command()
+def hil(scenario: Path = typer.Argument(..., help="scenario file (hil_tests/scenarios/*.toml)"),
+        runs: int = typer.Option(None, help="repeat count (default: the scenario's `repeat`)"),
+        json_out: Path = typer.Option(None, "--json", help="write the report as JSON")) -> None:
+    """Run a HIL scenario against the simulated plant and the controller on the demo config."""
+    from controller.demo import DEMO_CONFIG, ensure_model
+    from hil_tests.controller_run import run_with_controller
+    from hil_tests.scenario import ScenarioError, load_scenario
+
+    try:
+        sc = load_scenario(scenario)
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    config = _load(DEMO_CONFIG)
+    ensure_model(config, console)
+    logging.basicConfig(level=logging.ERROR)
+    with console.status(f"running {sc.name}: {runs or sc.repeat} x {sc.duration_s:g} s"):
+        report = asyncio.run(run_with_controller(sc, config.detector.model, runs))
+    report.print(console)
+    if json_out is not None:
+        report.to_json(json_out)
+
+
+@app.command()
 def validate(config: Path = typer.Argument(..., help="line config (TOML)")) -> None:
     """Check a line config and print what it describes."""
     cfg = _load(config)

@@ -5,7 +5,6 @@ the plant wanders on time scales a short live recording does not cover.
 """
 
 import asyncio
-import re
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +16,9 @@ from controller.record import record
 from controller.runtime import Controller
 from drivers.base import ConnectionState
 from hil_tests.conftest import wait_for
+from hil_tests.controller_run import config_for_rig, run_with_controller
 from hil_tests.faults import FaultSpec
+from hil_tests.scenario import parse_scenario
 from hil_tests.servers import Rig
 from hil_tests.training import simulated_normal
 from models import StreamingDetector
@@ -25,17 +26,9 @@ from models import StreamingDetector
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 
 
-def rig_config(tmp_path: Path, rig: Rig, *, model: Path | None, extra: str = "") -> Path:
+def rig_config(tmp_path: Path, rig: Rig, *, model: Path | None) -> Path:
     """The shipped demo config, pointed at this rig's ports and a private state directory."""
-    text = DEMO.read_text()
-    text = text.replace('endpoint = "opc.tcp://127.0.0.1:4840/linesentry/"',
-                        f'endpoint = "{rig.opcua_endpoint}"')
-    text = re.sub(r"^port = 5020$", f"port = {rig.modbus_port}", text, flags=re.M)
-    text = text.replace('state_dir = "../state/demo_line"', f'state_dir = "{tmp_path / "state"}"')
-    text = text.replace('model = "../state/demo_line/model.npz"', f'model = "{model}"')
-    path = tmp_path / "line.toml"
-    path.write_text(text + extra)
-    return path
+    return config_for_rig(rig, tmp_path / "state", model, tmp_path / "line.toml")
 
 
 async def start(controller: Controller) -> asyncio.Task:
@@ -156,3 +149,19 @@ async def test_shadow_mode_logs_the_stop_and_writes_nothing(tmp_path, rig, model
         assert not [w for w in rig.recorder.writes if w.actuator == "line_stop"]
     finally:
         await stop(controller, task)
+
+
+async def test_scenario_runner_judges_a_jam_against_the_real_controller(model):
+    """The `linesentry hil` path: scenario -> rig + controller -> report (detection, actuation)."""
+    scenario = parse_scenario({
+        "name": "short_jam", "duration_s": 14, "seed": 3, "repeat": 1,
+        "normal": [{"start_s": 0, "end_s": 8}],
+        "faults": [{"type": "jam", "onset_s": 9, "duration_s": 3,
+                    "expect": {"alarm": "line_anomaly", "within_ms": 1000, "action": "line_stop",
+                               "allow": ["motor_current_limit"]}}],
+    })
+    report = await run_with_controller(scenario, model)
+    summary = report.summary()["short_jam"]
+    assert summary["detected"] == 1 and summary["missed_faults"] == 0 and summary["missed_actions"] == 0
+    assert summary["false_alarms"] == 0, report.runs[0].false_alarms
+    assert 0 < summary["detection_ms"]["p50"] < 1000 and summary["actuation_ms"]["n"] == 1
