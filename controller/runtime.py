@@ -53,6 +53,7 @@ from models.kernels import FLAG_BITS, O_ALARM, O_SCORE
 log = logging.getLogger("linesentry")
 
 HOUSEKEEPING_S = 0.05
+SHUTDOWN_SYNC_S = 2.0
 COMM_LOST = int(Quality.COMM_LOST)
 SUMMARY_WINDOW_S = 10.0
 
@@ -238,21 +239,32 @@ class Controller:
 
     # ------------------------------------------------------------------ time-based work
     async def _housekeeping(self) -> None:
+        failures = 0
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
-            now, mono = time.time(), time.monotonic()
-            self._check_liveness(mono)
-            stale = self.line.mark_stale(now, self._stale_timeout)
-            if stale.size:
-                names = ", ".join(self.tag_names[i] for i in stale[:10])
-                self.events.add("driver", "stale", f"no fresh value within the timeout: {names}")
-            self._decide(now)
-            for event in self.actions.take_events():
-                self._action_event(event)
-            pending, self._pending_action_events = self._pending_action_events, []
-            for event in (*pending, *self.actions.check_deadlines(now)):
-                self._action_event(event)
-            await self._flush_events_and_windows()
+            try:
+                await self._housekeeping_round()
+                failures = 0
+            except Exception as exc:  # a fault here (disk, a bug) must not end the loop silently
+                failures += 1
+                if failures == 1:  # once per run of failures: no log flood at 20 Hz
+                    log.error("housekeeping failed, retrying every %g s: %s: %s",
+                              HOUSEKEEPING_S, type(exc).__name__, exc)
+
+    async def _housekeeping_round(self) -> None:
+        now, mono = time.time(), time.monotonic()
+        self._check_liveness(mono)
+        stale = self.line.mark_stale(now, self._stale_timeout)
+        if stale.size:
+            names = ", ".join(self.tag_names[i] for i in stale[:10])
+            self.events.add("driver", "stale", f"no fresh value within the timeout: {names}")
+        self._decide(now)
+        for event in self.actions.take_events():
+            self._action_event(event)
+        pending, self._pending_action_events = self._pending_action_events, []
+        for event in (*pending, *self.actions.check_deadlines(now)):
+            self._action_event(event)
+        await self._flush_events_and_windows()
 
     def _check_liveness(self, mono: float) -> None:
         for plc in self.plcs:
@@ -426,6 +438,11 @@ class Controller:
             await self._flush_events_and_windows()
         self.state_dir.save_state(self._durable_state())
         if self.sync is not None:
+            # A short, bounded chance to send what is waiting; the rest goes at the next start.
+            self.sync.wake()
+            deadline = time.monotonic() + SHUTDOWN_SYNC_S
+            while self.outbox.backlog()[0] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             await self.sync.stop()
         if self.outbox is not None:
             self.outbox.close()

@@ -4,7 +4,12 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pytest
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 
 
 def free_port() -> int:
@@ -25,3 +30,49 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory) -> Path:
+    """The demo config's detector fitted once on ten simulated minutes of normal operation
+    (hil_tests.training: the plant wanders on time scales a short live recording misses)."""
+    from controller.config import load_config
+    from hil_tests.training import simulated_normal
+    from models import StreamingDetector
+
+    tmp = tmp_path_factory.mktemp("model")
+    config = load_config(DEMO)
+    times, rows = simulated_normal(config.detector_tags(), seconds=600.0)
+    StreamingDetector(config.detector_tags(), config.detector_spec()).fit(rows, times).save(tmp / "model.npz")
+    return tmp / "model.npz"
+
+
+@pytest.fixture
+async def rig():
+    """The simulated plant and both PLCs on free 127.0.0.1 ports."""
+    from hil_tests.servers import Rig
+
+    async with Rig(opcua_port=0, modbus_port=0) as r:
+        yield r
+
+
+@pytest.fixture
+def victoria(tmp_path):
+    """A fresh VictoriaMetrics on a free port; FAILS (never skips) if the binary is missing."""
+    from tests.cloud.victoria import VictoriaMetrics, VictoriaMissing, find_binary
+
+    try:
+        find_binary()
+    except VictoriaMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    vm = VictoriaMetrics(tmp_path / "vm-data").start()
+    yield vm
+    vm.stop()
+
+
+@pytest.fixture
+async def proxy(victoria):
+    from tests.cloud.fault_proxy import FaultProxy
+
+    async with FaultProxy(victoria.url) as p:
+        yield p

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-import pytest
 
 from controller.config import load_config
 from controller.record import record
@@ -20,8 +19,6 @@ from hil_tests.controller_run import config_for_rig, run_with_controller
 from hil_tests.faults import FaultSpec
 from hil_tests.scenario import parse_scenario
 from hil_tests.servers import Rig
-from hil_tests.training import simulated_normal
-from models import StreamingDetector
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 
@@ -46,21 +43,6 @@ async def stop(controller: Controller, task: asyncio.Task) -> None:
     leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(("driver:", "watchdog:",
                                                                             "housekeeping"))]
     assert leftovers == [], f"tasks left behind: {leftovers}"
-
-
-@pytest.fixture
-async def rig():
-    async with Rig(opcua_port=0, modbus_port=0) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("model")
-    config = load_config(DEMO)
-    times, rows = simulated_normal(config.detector_tags(), seconds=600.0)
-    StreamingDetector(config.detector_tags(), config.detector_spec()).fit(rows, times).save(tmp / "model.npz")
-    return tmp / "model.npz"
 
 
 async def test_record_reads_the_detector_tags_through_the_drivers(tmp_path, rig):

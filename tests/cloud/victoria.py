@@ -106,7 +106,9 @@ class VictoriaMetrics:
     def export(self, match: str = '{__name__=~"linesentry_.*"}') -> list[dict]:
         """All raw samples of matching series: [{"metric": {...}, "values": [...], "timestamps": [...]}]."""
         self.flush()
-        query = urllib.parse.urlencode({"match[]": match, "start": "0"})
+        # An explicit `end` (an hour ahead): without it VictoriaMetrics leaves out the newest
+        # samples and any stamped in the future (a window flushed at shutdown carries its END).
+        query = urllib.parse.urlencode({"match[]": match, "start": "0", "end": str(int(time.time()) + 3600)})
         with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=30) as r:
             return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
 
