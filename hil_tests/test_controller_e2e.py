@@ -147,3 +147,23 @@ async def test_scenario_runner_judges_a_jam_against_the_real_controller(model):
     assert summary["detected"] == 1 and summary["missed_faults"] == 0 and summary["missed_actions"] == 0
     assert summary["false_alarms"] == 0, report.runs[0].false_alarms
     assert 0 < summary["detection_ms"]["p50"] < 1000 and summary["actuation_ms"]["n"] == 1
+
+
+async def test_an_interlock_blocks_the_stop_when_the_line_is_not_running(tmp_path, rig, model):
+    """stop_line requires motor_speed > 50: with the conveyor already stopped, nothing is written."""
+    controller = Controller(load_config(rig_config(tmp_path, rig, model=model)), api_port=0)
+    task = await start(controller)
+    try:
+        rig.plant.set_actuator("line_stop", True)  # stopped at the PLC by someone else
+        await wait_for(lambda: controller.values["motor_speed"] < 50, timeout=10, what="the conveyor to stop")
+        writes_before = len([w for w in rig.recorder.writes if w.actuator == "line_stop"])
+        rig.injector.faults.append(FaultSpec(type="stuck", onset_s=rig.plant.t, duration_s=20.0,
+                                             tag="hydraulic_pressure"))
+        await wait_for(lambda: any(e["source"] == "stop_line" and e.get("result") == "blocked"
+                                   for e in controller.events.since()), timeout=15,
+                       what="the interlock to block stop_line")
+        assert len([w for w in rig.recorder.writes if w.actuator == "line_stop"]) == writes_before
+        blocked = next(e for e in controller.events.since() if e.get("result") == "blocked")
+        assert "motor_speed > 50" in blocked["message"]
+    finally:
+        await stop(controller, task)
