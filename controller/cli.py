@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="linesentry: industrial anomaly detection controller.", no_args_is_help=True,
@@ -27,7 +28,7 @@ EXIT_RUNTIME, EXIT_USAGE = 1, 2
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", soft_wrap=True, highlight=False)
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -38,20 +39,32 @@ def _load(config: Path):
         return load_config(config)
     except ConfigError as exc:
         for line in exc.problems:
-            err.print(f"[red]error:[/] {line}", soft_wrap=True, highlight=False)
+            err.print(f"[red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command()
 def run(config: Path = typer.Argument(..., help="line config (TOML)"),
-        log_level: str = typer.Option(None, help="override [controller] log_level")) -> None:
+        log_level: str = typer.Option(None, help="override [controller] log_level"),
+        log_json: bool = typer.Option(False, "--log-json", help="log one JSON object per line"),
+        log_levels: str = typer.Option(None, "--log-levels",
+                                       help="per-module levels, e.g. drivers=DEBUG,asyncua=WARNING"),
+        log_rate_limit: float = typer.Option(10.0, help="seconds between repeats of one log message "
+                                                        "(0: no limit)")) -> None:
     """Run the controller service until SIGTERM or Ctrl-C."""
+    from controller.logs import parse_level, parse_module_levels, setup_logging
     from controller.runtime import Controller
     from models import ModelError
 
+    try:
+        modules = parse_module_levels(log_levels)
+        if log_level is not None:
+            parse_level(log_level)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     cfg = _load(config)
-    logging.basicConfig(level=(log_level or cfg.controller.log_level).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level or cfg.controller.log_level, json=log_json, module_levels=modules,
+                  rate_limit_s=log_rate_limit)
     try:
         controller = Controller(cfg)
     except (ModelError, OSError) as exc:
@@ -203,39 +216,30 @@ def fit(config: Path = typer.Argument(..., help="line config (TOML)"),
 
 
 def _read_csv(path: Path, tags: list[str]):
-    import csv
-
-    import numpy as np
+    from controller.replay import ReplayError, read_csv
 
     try:
-        with path.open(newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as exc:
-        raise fail(f"cannot read {path}: {exc.strerror}") from None
-    if not rows or rows[0][:1] != ["time"]:
-        raise fail(f"{path}: expected a header 'time,<tag>,...' (as written by `linesentry record`)")
-    header = rows[0]
-    missing = [t for t in tags if t not in header]
-    if missing:
-        raise fail(f"{path}: no column for detector tag(s) {', '.join(missing)}")
-    cols = [header.index(t) for t in tags]
-    try:
-        data = np.array([[float(r[0])] + [float(r[c]) for c in cols] for r in rows[1:] if r])
-    except (ValueError, IndexError) as exc:
-        raise fail(f"{path}: a row is not numeric ({exc})") from None
-    if data.size == 0:
-        raise fail(f"{path}: no data rows")
-    return data[:, 0], data[:, 1:]
+        return read_csv(path, tags)
+    except ReplayError as exc:
+        raise fail(str(exc)) from None
 
 
 # ---------------------------------------------------------------- talking to a running service
-def _api(config: Path, method: str, path: str, body: dict | None = None):
+class ApiError(Exception):
+    """A failed API call: a one-line message and the exit code it maps to."""
+
+    def __init__(self, message: str, code: int = EXIT_RUNTIME) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _request(cfg, method: str, path: str, body: dict | None = None, timeout: float = 5.0):
+    """Open an API request (a response object); ApiError for every failure, never a traceback."""
     import urllib.error
     import urllib.request
 
     from controller.statedir import TOKEN_FILE
 
-    cfg = _load(config)
     c = cfg.controller
     url = f"http://{c.api_host}:{c.api_port}/api/v1{path}"
     headers = {"Content-Type": "application/json"}
@@ -244,47 +248,132 @@ def _api(config: Path, method: str, path: str, body: dict | None = None):
         try:
             headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
         except OSError:
-            raise fail(f"cannot read the API token {token_path}: run this on the controller host "
-                       "as the service user") from None
+            raise ApiError(f"cannot read the API token {token_path}: run this on the controller host "
+                           "as the service user", EXIT_USAGE) from None
     request = urllib.request.Request(url, method=method, headers=headers,
                                      data=None if body is None else json.dumps(body).encode())
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return json.loads(response.read())
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        with contextlib.suppress(Exception):
-            raise fail(json.loads(exc.read())["error"], EXIT_RUNTIME) from None
-        raise fail(f"{url}: HTTP {exc.code}", EXIT_RUNTIME) from None
+        message = f"{url}: HTTP {exc.code}"
+        with contextlib.suppress(Exception):  # the API's one-line {"error": ...} when it sent one
+            message = str(json.loads(exc.read())["error"])
+        raise ApiError(message) from None
     except (urllib.error.URLError, OSError):
-        raise fail(f"the controller is not running (nothing answers on {c.api_host}:{c.api_port})",
-                   EXIT_RUNTIME) from None
+        raise ApiError(f"the controller is not running (nothing answers on {c.api_host}:{c.api_port})"
+                       ) from None
 
 
-@app.command()
-def status(config: Path = typer.Argument(..., help="line config (TOML)"),
-           as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """PLCs, detector, active alarms and outbox of a running controller."""
-    s = _api(config, "GET", "/status")
-    if as_json:
-        console.print_json(data=s)
-        return
+def _call(cfg, method: str, path: str, body: dict | None = None):
+    try:
+        with _request(cfg, method, path, body) as response:
+            return json.loads(response.read())
+    except ApiError:
+        raise
+    except (OSError, ValueError) as exc:  # a reset connection or a reply that is not JSON
+        raise ApiError(f"bad reply from the controller on {path}: {exc}") from None
+
+
+def _api(config: Path, method: str, path: str, body: dict | None = None):
+    cfg = _load(config)
+    try:
+        return _call(cfg, method, path, body)
+    except ApiError as exc:
+        raise fail(str(exc), exc.code) from None
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '2h', '1h30m', '45' (seconds) -> seconds; ValueError when not a positive duration."""
+    import re
+
+    t = text.strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smh])", t)
+    if re.fullmatch(r"\d+(?:\.\d+)?", t):
+        seconds = float(t)
+    elif parts and re.fullmatch(r"(?:\d+(?:\.\d+)?\s*[smh]\s*)+", t):
+        seconds = sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+    else:
+        raise ValueError(f"bad duration {text!r}: use e.g. 90s, 30m, 2h or 1h30m")
+    if seconds <= 0:
+        raise ValueError(f"bad duration {text!r}: must be more than 0")
+    return seconds
+
+
+def _status_view(s: dict):
+    from rich.console import Group
+    from rich.text import Text
+
     table = Table(title=f"{s['controller']['line']} / {s['controller']['name']}")
     for col in ("PLC", "state", "reads", "errors", "last error"):
         table.add_column(col)
     for p in s["plcs"]:
         table.add_row(p["name"], p["state"], str(p["reads"]), str(p["read_errors"]), p["last_error"])
-    console.print(table)
     d = s["detector"]
-    console.print(f"line score {d['score']:.3f} (alarm: {d['alarm']}); step p99 {d['step_p99_us']:.1f} µs; "
-                  f"active alarms: {', '.join(s['alarms']['active']) or 'none'}; "
-                  f"outbox {s['outbox']['points']} points")
+    line = Text(f"line score {d['score']:.3f} (alarm: {d['alarm']}); step p99 {d['step_p99_us']:.1f} µs; "
+                f"active alarms: {', '.join(s['alarms']['active']) or 'none'}; "
+                f"outbox {s['outbox']['points']} points")
+    return Group(table, line)
+
+
+@app.command()
+def status(config: Path = typer.Argument(..., help="line config (TOML)"),
+           as_json: bool = typer.Option(False, "--json", help="print JSON"),
+           watch: bool = typer.Option(False, "--watch", "-w", help="refresh every second until Ctrl-C")
+           ) -> None:
+    """PLCs, detector, active alarms and outbox of a running controller."""
+    if watch and as_json:
+        raise fail("--watch and --json cannot be combined")
+    if not watch:
+        s = _api(config, "GET", "/status")
+        if as_json:
+            console.print_json(data=s)
+        else:
+            console.print(_status_view(s))
+        return
+    import time
+
+    from rich.live import Live
+
+    cfg = _load(config)
+    try:
+        view = _status_view(_call(cfg, "GET", "/status"))
+        with Live(view, console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(1.0)
+                live.update(_status_view(_call(cfg, "GET", "/status")), refresh=True)
+    except KeyboardInterrupt:
+        return
+    except ApiError as exc:
+        raise fail(str(exc), exc.code) from None
+
+
+ALARM_STATES = ("NORMAL", "UNACK", "ACKED", "RTN_UNACK", "SHELVED", "SUPPRESSED", "OUT_OF_SERVICE")
+PRIORITIES = ("critical", "high", "medium", "low")
+
+
+def _choices(value: str | None, allowed: tuple[str, ...], option: str, upper: bool) -> set[str] | None:
+    if value is None:
+        return None
+    picked = {(v.strip().upper() if upper else v.strip().lower()) for v in value.split(",") if v.strip()}
+    bad = sorted(picked - set(allowed))
+    if bad or not picked:
+        raise fail(f"{option}: unknown value {', '.join(bad) or repr(value)} (choose from "
+                   f"{', '.join(allowed)}; comma-separate several)")
+    return picked
 
 
 @app.command()
 def alarms(config: Path = typer.Argument(..., help="line config (TOML)"),
-           as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="print JSON"),
+           state: str = typer.Option(None, "--state", help="only these states, e.g. UNACK or UNACK,ACKED"),
+           priority: str = typer.Option(None, "--priority", help="only these priorities, e.g. critical")
+           ) -> None:
     """Every alarm of a running controller and its ISA-18.2 state."""
-    rows = _api(config, "GET", "/alarms")
+    states = _choices(state, ALARM_STATES, "--state", upper=True)
+    priorities = _choices(priority, PRIORITIES, "--priority", upper=False)
+    rows = [a for a in _api(config, "GET", "/alarms")
+            if (states is None or str(a.get("state", "")).upper() in states)
+            and (priorities is None or str(a.get("priority", "")).lower() in priorities)]
     if as_json:
         console.print_json(data=rows)
         return
@@ -306,12 +395,211 @@ def ack(config: Path = typer.Argument(..., help="line config (TOML)"),
 
 
 @app.command()
+def shelve(config: Path = typer.Argument(..., help="line config (TOML)"),
+           alarm: str = typer.Argument(..., help="alarm name"),
+           duration: str = typer.Option(..., "--for", help="how long: 90s, 30m, 2h, 1h30m"),
+           user: str = typer.Option("operator", help="who shelves")) -> None:
+    """Shelve an alarm for a while (it returns by itself; up to the alarm's max_shelve_s)."""
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    _api(config, "POST", f"/alarms/{alarm}/shelve", {"user": user, "seconds": seconds})
+    console.print(f"{alarm} shelved for {_human(seconds)}")
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+@app.command()
+def unshelve(config: Path = typer.Argument(..., help="line config (TOML)"),
+             alarm: str = typer.Argument(..., help="alarm name"),
+             user: str = typer.Option("operator", help="who unshelves")) -> None:
+    """Return a shelved alarm to service now."""
+    _api(config, "POST", f"/alarms/{alarm}/unshelve", {"user": user})
+    console.print(f"{alarm} unshelved")
+
+
+@app.command()
 def reset(config: Path = typer.Argument(..., help="line config (TOML)"),
           action: str = typer.Argument(..., help="action name"),
           user: str = typer.Option("operator", help="who resets")) -> None:
     """Reset a latched or failed action."""
     _api(config, "POST", f"/actions/{action}/reset", {"user": user})
     console.print(f"{action} reset")
+
+
+@app.command()
+def inhibit(config: Path = typer.Argument(..., help="line config (TOML)"),
+            action: str = typer.Argument(..., help="action name"),
+            off: bool = typer.Option(False, "--off", help="lift the inhibit"),
+            user: str = typer.Option("operator", help="who inhibits")) -> None:
+    """Inhibit an action (it decides but does not write), or lift the inhibit with --off."""
+    _api(config, "POST", f"/actions/{action}/inhibit", {"user": user, "enabled": not off})
+    console.print(f"{action} {'no longer inhibited' if off else 'inhibited'}")
+
+
+def _when(e: dict) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(float(e.get("time", 0))).isoformat(sep=" ", timespec="milliseconds")
+
+
+def _event_line(e: dict) -> str:
+    when = _when(e)
+    extra = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("id", "time", "kind", "source", "message"))
+    return f"{e.get('id')} {when} {e.get('kind')} {e.get('source')}: {e.get('message')}" + (
+        f" [{extra}]" if extra else "")
+
+
+def _print_event(e: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(e), flush=True)  # one compact object per line (jq-friendly)
+    else:
+        console.print(_event_line(e), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def events(config: Path = typer.Argument(..., help="line config (TOML)"),
+           follow: bool = typer.Option(False, "--follow", "-f", help="stream new events until Ctrl-C"),
+           since: int = typer.Option(0, "--since", min=0, help="only events after this id"),
+           as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
+    """Alarm, action, driver and model events of a running controller (one page, or --follow)."""
+    cfg = _load(config)
+    if not follow:
+        try:
+            page = _call(cfg, "GET", f"/events?since={since}")
+        except ApiError as exc:
+            raise fail(str(exc), exc.code) from None
+        if as_json:
+            for e in page:
+                _print_event(e, True)
+            return
+        table = Table()
+        for col in ("id", "time", "kind", "source", "message"):
+            table.add_column(col)
+        for e in page:
+            table.add_row(str(e["id"]), _when(e), e["kind"], e["source"], e["message"])
+        console.print(table)
+        return
+    try:
+        # The server sends a keep-alive every 15 s: 60 s of silence means it is gone.
+        with _request(cfg, "GET", f"/events/stream?since={since}", timeout=60.0) as response:
+            data: list[str] = []
+            for raw in response:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+                elif not line and data:
+                    _print_event(json.loads("\n".join(data)), as_json)
+                    data = []
+    except KeyboardInterrupt:
+        return
+    except ApiError as exc:
+        raise fail(str(exc), exc.code) from None
+    except (OSError, ValueError) as exc:
+        raise fail(f"lost the event stream: {exc}", EXIT_RUNTIME) from None
+    raise fail("the controller closed the event stream (stopped?)", EXIT_RUNTIME)
+
+
+# ---------------------------------------------------------------- offline tools
+@app.command()
+def replay(config: Path = typer.Argument(..., help="line config (TOML)"),
+           data: Path = typer.Argument(..., help="CSV time,<tag>,... (as written by `linesentry record`)"),
+           out: Path = typer.Option(None, "-o", "--out", help="write time,score,alarm,<tag>_flags,... CSV"),
+           plot_to: Path = typer.Option(None, "--plot", help="draw tags, line score and alarms to a PNG"),
+           model: Path = typer.Option(None, "--model", help="model file (default: [detector] model)")
+           ) -> None:
+    """Replay recorded data through a fitted model offline: scores, flags, alarms and a plot."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from controller import replay as rp
+    from models import ModelError, load_model
+
+    if plot_to is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise fail(rp.PLOT_EXTRA_HINT) from None
+    cfg = _load(config)
+    path = model or cfg.detector.model
+    if path is None:
+        raise fail("no model: pass --model model.npz or set [detector] model in the config")
+    tags = cfg.detector_tags()
+    try:
+        det = load_model(path, expected_tags=tags)
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    times, values = _read_csv(data, tags)
+    with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("replay", total=len(times))
+        result = rp.replay(det, times, values, progress=lambda n: progress.advance(task, n))
+    s = rp.summarize(times, result, tags)
+    try:
+        if out is not None:
+            rp.write_scores(out, times, result, tags)
+        if plot_to is not None:
+            rp.plot(plot_to, times, values, tags, result, det.threshold, dict(cfg.detector.units))
+    except OSError as exc:
+        raise fail(f"cannot write {exc.filename}: {exc.strerror}", EXIT_RUNTIME) from None
+    table = Table(title=f"replay of {data}")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("rows", f"{s.rows} ({times[-1] - times[0]:.1f} s)")
+    table.add_row("alarm rows", f"{s.alarm_rows} ({s.alarm_rows / s.rows:.2%})")
+    table.add_row("alarm intervals", str(s.alarm_intervals))
+    table.add_row("max line score", f"{s.max_score:.4f} at t={s.max_score_time:.3f} "
+                                    f"(threshold {det.threshold:.4f})")
+    flagged = [f"{t} {n}" for t, n in s.flagged_rows.items() if n]
+    table.add_row("flagged rows per tag", ", ".join(flagged) or "none")
+    console.print(table)
+    for what, target in (("scores", out), ("plot", plot_to)):
+        if target is not None:
+            console.print(f"{what} written to {target}")
+
+
+certs_app = typer.Typer(help="OPC UA client certificates.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("create")
+def certs_create(out: Path = typer.Option(..., "--out", help="directory for the certificate and key"),
+                 uri: str = typer.Option("urn:linesentry:client", "--uri",
+                                         help="application URI (put in the SubjectAltName)"),
+                 host: str = typer.Option(None, "--host", help="DNS name in the certificate (default: "
+                                                               "this host's name)"),
+                 days: int = typer.Option(365, min=1, help="validity in days"),
+                 force: bool = typer.Option(False, "--force", help="overwrite existing files")) -> None:
+    """Create a self-signed OPC UA client certificate (DER) and private key (PEM, mode 0600)."""
+    import re
+    import socket
+
+    from drivers.opcua.security import create_client_certificate
+
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:\S+", uri):
+        raise fail(f"--uri {uri!r} is not a URI: use e.g. urn:linesentry:line1-controller")
+    host = host or socket.gethostname()
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+        raise fail(f"--host {host!r} is not a DNS name")
+    cert, key = out / "client.der", out / "client_key.pem"
+    existing = [str(p) for p in (cert, key) if p.exists()]
+    if existing and not force:
+        raise fail(f"{', '.join(existing)} already exist(s): pass --force to overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        create_client_certificate(cert, key, uri, host, days=days)
+    except OSError as exc:
+        raise fail(f"cannot write to {out}: {exc.strerror}", EXIT_RUNTIME) from None
+    console.print(f"certificate {cert}\nprivate key {key} (mode 0600)\napplication URI {uri}, host {host}, "
+                  f"valid {days} days", highlight=False)
+    console.print("set security.client_certificate / client_private_key to these paths and trust the "
+                  "certificate on the PLC", highlight=False)
 
 
 @app.command()

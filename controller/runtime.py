@@ -207,6 +207,9 @@ class Controller:
             self._spawn_write(write)
 
     def _summarize(self, now: float) -> None:
+        if self.config.sync is None:  # summaries only exist for the cloud
+            self.line.clear_fresh()
+            return
         if self.detector is not None:
             self._tag_scores[self._det_positions] = self.detector.tag_scores
         closed = self.summarizer.update(now, self.line.values, self.line.fresh, self.line.quality,
@@ -390,11 +393,11 @@ class Controller:
             raise OSError(f"cannot listen on {self.config.controller.api_host}:{self.api_port} "
                           f"({exc.strerror}): set [controller] api_port to a free port") from None
         self.api_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
-        outbox_dir = Path(self.state_dir.path) / "outbox"
-        outbox_dir.mkdir(exist_ok=True)
         sync_cfg = self.config.sync
-        self.outbox = Outbox(outbox_dir, identity=self.identity,
-                             **({"max_bytes": sync_cfg.max_outbox_bytes} if sync_cfg else {}))
+        if sync_cfg is not None:  # no [sync]: no cloud, so nothing to keep for it
+            outbox_dir = Path(self.state_dir.path) / "outbox"
+            outbox_dir.mkdir(exist_ok=True)
+            self.outbox = Outbox(outbox_dir, max_bytes=sync_cfg.max_outbox_bytes, identity=self.identity)
         if sync_cfg is not None and sync_cfg.enabled:
             self.sync = SyncWorker(sync_cfg, self.outbox, on_alarm=self._sync_alarm)
             await self.sync.start()

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import secrets
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ STATE_FILE = "state.json"
 class StateDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock = threading.Lock()
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -42,13 +45,15 @@ class StateDir:
         return token
 
     def save_state(self, state: dict) -> None:
+        """Atomic and safe to call from several threads (the last save wins, never a torn file)."""
         path = self.path / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with self._lock:
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=STATE_FILE, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(state, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
         dir_fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

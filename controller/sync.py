@@ -68,7 +68,8 @@ class SyncConfig(BaseModel):
     timeout_s: float = Field(10.0, gt=0, le=600)
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_cap_s: float = Field(300.0, gt=0)
-    max_outbox_bytes: int = Field(1 << 30, ge=1 << 16, description="outbox size cap (line protocol bytes)")
+    # 20 GiB: a week-long outage at 1,000 tags and 10 s windows (~17 GB); lower it on small disks.
+    max_outbox_bytes: int = Field(20 << 30, ge=1 << 16, description="outbox size cap (line protocol bytes)")
     enabled: bool = True
 
     @field_validator("url")

@@ -21,3 +21,13 @@ def test_state_round_trip_and_damaged_file_is_set_aside(tmp_path):
     (tmp_path / STATE_FILE).write_text('{"alarms": ')  # torn write from an old version, say
     assert sd.load_state() == {}
     assert any(p.name.startswith(f"{STATE_FILE}.damaged-") for p in tmp_path.iterdir())
+
+
+def test_concurrent_saves_never_fail_or_tear_the_file(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sd = StateDir(tmp_path)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: sd.save_state({"n": i}), range(200)))
+    assert sd.load_state()["n"] in range(200)
+    assert not list(tmp_path.glob("*.tmp"))
