@@ -28,7 +28,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from controller.events import EventLog
@@ -48,7 +48,7 @@ class Operations(Protocol):
 
     def status(self) -> dict: ...
     def tags(self) -> list[dict]: ...
-    def alarms(self) -> list[dict]: ...
+    def alarm_list(self) -> list[dict]: ...
     def ack(self, name: str, user: str) -> None: ...
     def shelve(self, name: str, user: str, seconds: float) -> None: ...
     def unshelve(self, name: str, user: str) -> None: ...
@@ -100,7 +100,7 @@ def create_app(ops: Operations, token: str) -> web.Application:
         return web.json_response(ops.tags())
 
     async def alarms(_: web.Request) -> web.Response:
-        return web.json_response(ops.alarms())
+        return web.json_response(ops.alarm_list())
 
     async def events(request: web.Request) -> web.Response:
         return web.json_response(ops.events.since(_since(request)))
@@ -110,14 +110,17 @@ def create_app(ops: Operations, token: str) -> web.Application:
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         last = _since(request)
-        while True:
-            batch = await ops.events.wait_newer(last, timeout=15.0)
-            if not batch:
-                await response.write(b": keep-alive\n\n")
-                continue
-            for event in batch:
-                await response.write(f"id: {event['id']}\ndata: {json.dumps(event)}\n\n".encode())
-                last = event["id"]
+        try:
+            while True:
+                batch = await ops.events.wait_newer(last, timeout=15.0)
+                if not batch:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                for event in batch:
+                    await response.write(f"id: {event['id']}\ndata: {json.dumps(event)}\n\n".encode())
+                    last = event["id"]
+        except (ConnectionResetError, ClientConnectionResetError):
+            return response  # the client went away: a normal end of a stream
 
     async def ack(request: web.Request, body: dict) -> None:
         ops.ack(request.match_info["name"], user(body))

@@ -548,7 +548,7 @@ def replay(config: Path = typer.Argument(..., help="line config (TOML)"),
             rp.plot(plot_to, times, values, tags, result, det.threshold, dict(cfg.detector.units))
     except OSError as exc:
         raise fail(f"cannot write {exc.filename}: {exc.strerror}", EXIT_RUNTIME) from None
-    table = Table(title=f"replay of {data}")
+    table = Table(title=f"replay of {data}", show_header=False)
     table.add_column("")
     table.add_column("")
     table.add_row("rows", f"{s.rows} ({times[-1] - times[0]:.1f} s)")

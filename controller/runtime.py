@@ -494,7 +494,7 @@ class Controller:
     def tags(self) -> list[dict]:
         return self.line.snapshot()
 
-    def alarms_status(self) -> list[dict]:
+    def alarm_list(self) -> list[dict]:
         return self.alarms.status()
 
     def _operator(self, events) -> None:

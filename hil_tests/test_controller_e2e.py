@@ -77,6 +77,10 @@ async def test_a_jam_is_detected_and_stops_the_line_through_opcua(tmp_path, rig,
         async with aiohttp.ClientSession() as http:
             status = await (await http.get(f"{base}/status")).json()
             assert "line_anomaly" in status["alarms"]["active"]
+            alarms = {a["name"]: a for a in await (await http.get(f"{base}/alarms")).json()}
+            assert alarms["line_anomaly"]["state"] == "UNACK"
+            tags = {t["tag"]: t for t in await (await http.get(f"{base}/tags")).json()}
+            assert tags["motor_current"]["quality"] == "good"
             stop_line = next(a for a in status["actions"] if a["name"] == "stop_line")
             assert stop_line["latched"] is True
             r = await http.post(f"{base}/alarms/line_anomaly/ack", json={"user": "ann"})

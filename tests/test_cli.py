@@ -1,11 +1,13 @@
 """The `linesentry` command line: exit codes and one-line errors, through typer's runner."""
 
 import csv
+import json
 import re
 import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from controller.cli import app
@@ -99,3 +101,326 @@ def test_demo_detects_an_injected_jam_and_stops_the_line(tmp_path):
     assert "fitting the demo model" in result.output
     jam = next(line for line in result.output.splitlines() if line.startswith("│ jam"))
     assert re.search(r"\d+ ms", jam), jam  # the line was stopped after the jam
+
+
+# ---------------------------------------------------------------- operator commands against a live API
+class FakeOps:
+    """The operations the API needs, recording every call (a real controller is not needed here)."""
+
+    ALARMS = [
+        {"name": "line_anomaly", "state": "UNACK", "priority": "critical", "message": "line score high"},
+        {"name": "oil_temp_high", "state": "ACKED", "priority": "low", "message": "oil 66 C"},
+        {"name": "motor_current_limit", "state": "NORMAL", "priority": "medium", "message": ""},
+    ]
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from controller.events import EventLog
+
+        self.events = EventLog()
+        self.registry = CollectorRegistry()
+        self.calls: list[tuple] = []
+        self.polls = 0
+
+    def status(self) -> dict:
+        self.polls += 1
+        return {"controller": {"line": "demo-line", "name": "demo-controller"},
+                "plcs": [{"name": "conveyor", "state": "connected", "reads": 10 * self.polls,
+                          "read_errors": 0, "last_error": ""}],
+                "detector": {"score": 0.125, "alarm": False, "step_p99_us": 7.5},
+                "alarms": {"active": ["line_anomaly"]}, "outbox": {"points": 3}}
+
+    def tags(self) -> list[dict]:
+        return []
+
+    def alarm_list(self) -> list[dict]:
+        return self.ALARMS
+
+    def _alarm(self, name: str) -> None:
+        if name not in {a["name"] for a in self.ALARMS}:
+            raise LookupError(f"no alarm named {name!r}")
+
+    def ack(self, name, user):
+        self._alarm(name)
+        self.calls.append(("ack", name, user))
+
+    def shelve(self, name, user, seconds):
+        self._alarm(name)
+        self.calls.append(("shelve", name, user, seconds))
+
+    def unshelve(self, name, user):
+        self._alarm(name)
+        self.calls.append(("unshelve", name, user))
+
+    def set_out_of_service(self, name, user, enabled):
+        self.calls.append(("oos", name, user, enabled))
+
+    def reset_action(self, name, user):
+        self.calls.append(("reset", name, user))
+
+    def inhibit_action(self, name, user, enabled):
+        if name != "stop_line":
+            raise LookupError(f"no action named {name!r}")
+        self.calls.append(("inhibit", name, user, enabled))
+
+    async def reload_model(self, user, path):
+        return {}
+
+
+def line_config(tmp_path, port: int) -> Path:
+    from controller.statedir import TOKEN_FILE
+
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    (state / TOKEN_FILE).write_text("secret-token\n")
+    text = Path(DEMO).read_text().replace("api_port = 8470", f"api_port = {port}")
+    config = tmp_path / "line.toml"
+    config.write_text(text.replace('state_dir = "../state/demo_line"', f'state_dir = "{state}"'))
+    return config
+
+
+@pytest.fixture
+def service(tmp_path):
+    """A real API server (controller.api) on a free port over FakeOps; yields (config, ops)."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from controller.api import create_app
+
+    ops, port = FakeOps(), free_port()
+    ops.events.add("alarm", "line_anomaly", "NORMAL -> UNACK", state="UNACK")
+    ops.events.add("action", "stop_line", "fired")
+    ops.events.add("driver", "conveyor", "connected")
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder = {}
+
+    async def start():
+        runner = web.AppRunner(create_app(ops, "secret-token"), access_log=None, shutdown_timeout=0.2)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        holder["runner"] = runner
+
+    def main():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(holder["runner"].cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    yield line_config(tmp_path, port), ops
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.fixture
+def down(tmp_path):
+    """A config whose API port nothing listens on (the token exists, so the connection is tried)."""
+    return line_config(tmp_path, free_port())
+
+
+def test_shelve_unshelve_and_inhibit_reach_the_api_with_the_token(service):
+    config, ops = service
+    result = invoke("shelve", str(config), "line_anomaly", "--for", "30m", "--user", "ann")
+    assert result.exit_code == 0, result.output
+    assert "line_anomaly shelved for 30 min" in result.output
+    assert invoke("shelve", str(config), "oil_temp_high", "--for", "1h30m").exit_code == 0
+    assert invoke("unshelve", str(config), "line_anomaly", "--user", "bob").exit_code == 0
+    assert invoke("inhibit", str(config), "stop_line", "--user", "ann").exit_code == 0
+    result = invoke("inhibit", str(config), "stop_line", "--off")
+    assert result.exit_code == 0 and "no longer inhibited" in result.output
+    assert ops.calls == [("shelve", "line_anomaly", "ann", 1800.0),
+                         ("shelve", "oil_temp_high", "operator", 5400.0),
+                         ("unshelve", "line_anomaly", "bob"), ("inhibit", "stop_line", "ann", True),
+                         ("inhibit", "stop_line", "operator", False)]
+
+
+def test_api_refusals_are_one_line_exit_1(service):
+    config, ops = service
+    result = invoke("shelve", str(config), "nope", "--for", "90s")
+    assert result.exit_code == 1 and "no alarm named 'nope'" in result.output
+    assert result.output.count("\n") == 1
+    result = invoke("inhibit", str(config), "nope")
+    assert result.exit_code == 1 and "no action named 'nope'" in result.output
+    assert ops.calls == []
+
+
+@pytest.mark.parametrize("duration", ["30x", "abc", "0s", "-5m", "", "1h30"])
+def test_shelve_with_a_bad_duration_is_exit_2_one_line(tmp_path, duration):
+    result = invoke("shelve", str(line_config(tmp_path, free_port())), "line_anomaly", "--for", duration)
+    assert result.exit_code == 2, result.output
+    assert "bad duration" in result.output and result.output.count("\n") == 1
+
+
+def test_parse_duration():
+    from controller.cli import parse_duration
+
+    assert parse_duration("90s") == 90 and parse_duration("30m") == 1800 and parse_duration("2h") == 7200
+    assert parse_duration("1h30m") == 5400 and parse_duration("45") == 45 and parse_duration("1.5h") == 5400
+
+
+def test_alarms_filters_by_state_and_priority(service):
+    config, _ = service
+    result = invoke("alarms", str(config), "--state", "unack", "--priority", "critical")
+    assert result.exit_code == 0, result.output
+    assert "line_anomaly" in result.output and "oil_temp_high" not in result.output
+    result = invoke("alarms", str(config), "--state", "UNACK,ACKED", "--json")
+    assert [a["name"] for a in json.loads(result.output)] == ["line_anomaly", "oil_temp_high"]
+    result = invoke("alarms", str(config), "--priority", "low", "--json")
+    assert [a["name"] for a in json.loads(result.output)] == ["oil_temp_high"]
+    assert "motor_current_limit" in invoke("alarms", str(config)).output
+
+
+@pytest.mark.parametrize("args", [("--state", "BOGUS"), ("--priority", "urgent"), ("--state", ",")])
+def test_alarms_with_a_bad_filter_is_exit_2(tmp_path, args):
+    result = invoke("alarms", str(line_config(tmp_path, free_port())), *args)
+    assert result.exit_code == 2 and "unknown value" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_events_page_and_since(service):
+    config, _ = service
+    result = invoke("events", str(config))
+    assert result.exit_code == 0, result.output
+    assert "line_anomaly" in result.output and "stop_line" in result.output and "conveyor" in result.output
+    result = invoke("events", str(config), "--since", "1", "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [e["id"] for e in lines] == [2, 3] and lines[0]["source"] == "stop_line"
+    assert invoke("events", str(config), "--since", "-1").exit_code == 2
+
+
+def test_events_follow_reads_the_stream_until_ctrl_c(service, monkeypatch):
+    import controller.cli as cli
+
+    config, _ = service
+    seen: list[dict] = []
+    real = cli._print_event
+
+    def printer(event, as_json):
+        real(event, as_json)
+        seen.append(event)
+        if len(seen) == 3:
+            raise KeyboardInterrupt  # what Ctrl-C does while the stream is read
+
+    monkeypatch.setattr(cli, "_print_event", printer)
+    result = invoke("events", str(config), "--follow", "--since", "0")
+    assert result.exit_code == 0, result.output
+    assert [e["id"] for e in seen] == [1, 2, 3]
+    assert "UNACK" in result.output and "fired" in result.output
+
+
+def test_status_watch_refreshes_until_ctrl_c(service, monkeypatch):
+    config, ops = service
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("time.sleep", sleep)
+    result = invoke("status", str(config), "--watch")
+    assert result.exit_code == 0, result.output
+    assert sleeps == [1.0, 1.0, 1.0] and ops.polls == 3
+    assert "demo-line" in result.output and "line score 0.125" in result.output
+    assert invoke("status", str(config), "--watch", "--json").exit_code == 2
+
+
+@pytest.mark.parametrize("args", [
+    ("shelve", "{c}", "line_anomaly", "--for", "30m", "--user", "ann"),
+    ("unshelve", "{c}", "line_anomaly"),
+    ("inhibit", "{c}", "stop_line"),
+    ("inhibit", "{c}", "stop_line", "--off"),
+    ("events", "{c}"),
+    ("events", "{c}", "--follow"),
+    ("alarms", "{c}", "--state", "UNACK"),
+    ("status", "{c}", "--watch"),
+])
+def test_operator_commands_with_the_service_down_are_one_line_exit_1(down, args):
+    result = invoke(*[a.format(c=down) for a in args])
+    assert result.exit_code == 1, result.output
+    assert "not running" in result.output and result.output.count("\n") == 1
+
+
+def test_post_without_a_readable_token_is_exit_2(tmp_path):
+    from controller.statedir import TOKEN_FILE
+
+    config = line_config(tmp_path, free_port())
+    (tmp_path / "state" / TOKEN_FILE).unlink()
+    result = invoke("shelve", str(config), "line_anomaly", "--for", "30m")
+    assert result.exit_code == 2 and "API token" in result.output
+
+
+# ---------------------------------------------------------------- certs
+def test_certs_create_writes_a_der_certificate_and_a_0600_key(tmp_path):
+    import stat
+
+    from cryptography import x509
+
+    out = tmp_path / "pki"
+    result = invoke("certs", "create", "--out", str(out), "--uri", "urn:acme:line1", "--host", "ctrl-1")
+    assert result.exit_code == 0, result.output
+    cert, key = out / "client.der", out / "client_key.pem"
+    assert str(cert) in result.output and str(key) in result.output
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes().startswith(b"-----BEGIN")
+    san = x509.load_der_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:acme:line1"]
+    assert san.get_values_for_type(x509.DNSName) == ["ctrl-1"]
+
+    again = invoke("certs", "create", "--out", str(out), "--uri", "urn:acme:line1", "--host", "ctrl-1")
+    assert again.exit_code == 2 and "--force" in again.output
+    key.chmod(0o644)
+    forced = invoke("certs", "create", "--out", str(out), "--uri", "urn:acme:line1", "--host", "ctrl-1",
+                    "--force")
+    assert forced.exit_code == 0, forced.output
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("args", [("--uri", "not a uri"), ("--host", "bad host!"), ("--days", "0")])
+def test_certs_create_bad_arguments_are_exit_2(tmp_path, args):
+    result = invoke("certs", "create", "--out", str(tmp_path / "pki"), *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not (tmp_path / "pki" / "client_key.pem").exists()
+
+
+def test_certs_create_into_an_unwritable_place_is_exit_1(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = invoke("certs", "create", "--out", str(blocker / "pki"), "--host", "h")
+    assert result.exit_code == 1 and "cannot write" in result.output
+
+
+def test_run_with_bad_log_levels_is_exit_2():
+    result = invoke("run", DEMO, "--log-levels", "drivers=LOUD")
+    assert result.exit_code == 2 and "unknown log level" in result.output
+    result = invoke("run", DEMO, "--log-levels", "drivers")
+    assert result.exit_code == 2 and "module=LEVEL" in result.output
+
+
+# ---------------------------------------------------------------- shipped Grafana dashboard
+def test_grafana_dashboard_is_valid_json_with_flux_panels():
+    dash = json.loads(Path("configs/grafana-dashboard.json").read_text())
+    panels = dash["panels"]
+    assert panels and all(p["targets"] for p in panels)
+    queries = [t["query"] for p in panels for t in p["targets"]]
+    for q in queries:
+        assert q.startswith('from(bucket: "${bucket}")') and "range(start: v.timeRangeStart" in q, q
+    text = "\n".join(queries)
+    for needed in ('"linesentry_line"', '"linesentry_tag"', '"linesentry_event"', '"score_max"',
+                   '"alarm_seconds"', '"bad_count"', 'r.tag == "${tag}"', '"mean"', '"min"', '"max"'):
+        assert needed in text, needed
+    assert {"table", "timeseries"} <= {p["type"] for p in panels}
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    assert {"datasource", "bucket", "line", "tag"} <= variables
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))

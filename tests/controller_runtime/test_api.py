@@ -30,7 +30,7 @@ class Ops:
     def tags(self) -> list[dict]:
         return [{"tag": "a", "value": 1.0, "quality": "good"}]
 
-    def alarms(self) -> list[dict]:
+    def alarm_list(self) -> list[dict]:
         return [{"name": "line_anomaly", "state": "unack"}]
 
     def _alarm(self, name: str) -> None:

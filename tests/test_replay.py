@@ -1,0 +1,165 @@
+"""`linesentry replay`: a recorded CSV through a fitted model, scores CSV, summary and plot."""
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from controller import replay as rp
+from controller.cli import app
+from controller.config import load_config
+from hil_tests.training import simulated_normal
+from models import StreamingDetector
+
+DEMO = "configs/demo_line.toml"
+FAULT_TAG = "motor_current"
+FAULT = (1000, 1400)  # rows of the injected step
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def write_csv(path: Path, header: list[str], times, rows) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["time", *header])
+        w.writerows([[repr(float(t)), *map(float, r)] for t, r in zip(times, rows, strict=True)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tags():
+    return load_config(DEMO).detector_tags()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, tags):
+    """A model of the demo line's detector tags fitted on simulated normal operation (as `fit` does)."""
+    cfg = load_config(DEMO)
+    times, rows = simulated_normal(tags, seconds=120.0)
+    det = StreamingDetector(tags, cfg.detector_spec(), dict(cfg.detector.units)).fit(rows[::2], times[::2])
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    det.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory, tags):
+    """40 s of fresh normal operation (another seed) with a +8 sigma step on motor_current."""
+    times, rows = simulated_normal(tags, seconds=40.0, seed=7)
+    times, rows = times[::2], rows[::2].copy()
+    k = tags.index(FAULT_TAG)
+    rows[FAULT[0]:FAULT[1], k] += 8 * rows[:, k].std()
+    path = write_csv(tmp_path_factory.mktemp("data") / "faulty.csv", tags, times, rows)
+    return path, times, rows
+
+
+def test_replay_writes_scores_and_a_plot_that_show_the_fault(tmp_path, model, faulty, tags):
+    pytest.importorskip("matplotlib")
+    data, times, _ = faulty
+    scores, png = tmp_path / "scores.csv", tmp_path / "out" / "replay.png"
+    result = invoke("replay", DEMO, data, "--model", model, "-o", scores, "--plot", png)
+    assert result.exit_code == 0, result.output
+    assert f"{len(times)} " in result.output and "alarm intervals" in result.output
+    assert "max line score" in result.output and f"plot written to {png}" in result.output
+
+    raw = png.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 20_000
+
+    with scores.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["time", "score", "alarm", *(f"{t}_flags" for t in tags)]
+    body = np.array(rows[1:], dtype=float)
+    assert body.shape == (len(times), 3 + len(tags))
+    np.testing.assert_allclose(body[:, 0], times)
+    alarm = body[:, 2].astype(bool)
+    a, b = FAULT
+    assert not alarm[:a].any()  # no false alarm on the normal part before the fault
+    assert alarm[a:b].mean() > 0.9  # the step is alarmed (within a few rows of its onset)
+    assert alarm[a:a + 20].any()
+    flags = body[:, 3 + tags.index(FAULT_TAG)].astype(int)
+    assert (flags[a:b] != 0).mean() > 0.5 and (flags[:a] != 0).sum() <= 2
+    assert body[a:b, 1].max() > body[:a, 1].max()
+
+
+def test_replay_uses_the_configs_model_by_default(tmp_path, model, faulty):
+    text = Path(DEMO).read_text().replace('model = "../state/demo_line/model.npz"', f'model = "{model}"')
+    config = tmp_path / "line.toml"
+    config.write_text(text)
+    result = invoke("replay", config, faulty[0])
+    assert result.exit_code == 0, result.output
+    assert "alarm rows" in result.output
+
+
+def test_replay_without_matplotlib_is_exit_2_with_the_install_hint(tmp_path, model, faulty, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    result = invoke("replay", DEMO, faulty[0], "--model", model, "--plot", tmp_path / "x.png")
+    assert result.exit_code == 2
+    assert "install the plot extra: pip install 'linesentry[plot]'" in result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "x.png").exists()
+
+
+def test_replay_bad_inputs_are_exit_2_one_line(tmp_path, model, faulty, tags):
+    result = invoke("replay", DEMO, faulty[0], "--model", tmp_path / "missing.npz")
+    assert result.exit_code == 2 and "not found" in result.output
+    result = invoke("replay", DEMO, tmp_path / "missing.csv", "--model", model)
+    assert result.exit_code == 2 and "cannot read" in result.output
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("a,b\n1,2\n")
+    result = invoke("replay", DEMO, wrong, "--model", model)
+    assert result.exit_code == 2 and "header" in result.output
+    partial = write_csv(tmp_path / "partial.csv", tags[:2], [0.0], [[1.0, 2.0]])
+    result = invoke("replay", DEMO, partial, "--model", model)
+    assert result.exit_code == 2 and "no column for detector tag" in result.output
+    other = tmp_path / "other.npz"
+    times, rows = simulated_normal(tags[:3], seconds=20.0)
+    StreamingDetector(tags[:3]).fit(rows[::4], times[::4]).save(other)
+    result = invoke("replay", DEMO, faulty[0], "--model", other)
+    assert result.exit_code == 2 and "does not match the configured tags" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_replay_without_any_model_is_exit_2(tmp_path):
+    data = write_csv(tmp_path / "d.csv", ["seal_temp"], [0.0], [[150.0]])
+    result = invoke("replay", "configs/secure_opcua.toml", data)  # a config with no [detector] model
+    assert result.exit_code == 2 and "no model" in result.output
+
+
+def test_chunked_replay_equals_one_batch(model, faulty, tags):
+    from models import load_model
+
+    _, times, rows = faulty
+    det = load_model(model, expected_tags=tags)
+    done = []
+    chunked = rp.replay(det, times, rows, chunk_rows=333, progress=done.append)
+    whole = rp.replay(det, times, rows, chunk_rows=len(times))
+    assert sum(done) == len(times) and len(done) == -(-len(times) // 333)
+    np.testing.assert_array_equal(chunked.score, whole.score)
+    np.testing.assert_array_equal(chunked.tag_flags, whole.tag_flags)
+    np.testing.assert_array_equal(chunked.alarm, whole.alarm)
+
+
+def test_intervals():
+    assert rp.intervals(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
+    assert rp.intervals(np.zeros(3, bool)) == []
+    assert rp.intervals(np.ones(2, bool)) == [(0, 2)]
+
+
+def test_read_csv_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,a\n0,1\n1,x\n")
+    with pytest.raises(rp.ReplayError, match="not numeric"):
+        rp.read_csv(bad, ["a"])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("time,a\n")
+    with pytest.raises(rp.ReplayError, match="no data rows"):
+        rp.read_csv(empty, ["a"])
+    ok = tmp_path / "ok.csv"
+    ok.write_text("time,b,a\n0,1,2\n\n1,3,4\n")
+    times, values = rp.read_csv(ok, ["a", "b"])
+    assert times.tolist() == [0, 1] and values.tolist() == [[2, 1], [4, 3]]
