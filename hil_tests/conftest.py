@@ -59,15 +59,10 @@ async def rig():
 @pytest.fixture
 def victoria(tmp_path):
     """A fresh VictoriaMetrics on a free port; FAILS (never skips) if the binary is missing."""
-    from tests.cloud.victoria import VictoriaMetrics, VictoriaMissing, find_binary
+    from tests.cloud.victoria import running_victoria
 
-    try:
-        find_binary()
-    except VictoriaMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    vm = VictoriaMetrics(tmp_path / "vm-data").start()
-    yield vm
-    vm.stop()
+    with running_victoria(tmp_path / "vm-data") as vm:
+        yield vm
 
 
 @pytest.fixture
@@ -76,3 +71,24 @@ async def proxy(victoria):
 
     async with FaultProxy(victoria.url) as p:
         yield p
+
+
+async def start_controller(controller) -> asyncio.Task:
+    """Run `controller` in a task and wait until every PLC is connected (or raise its start-up error)."""
+    from drivers.base import ConnectionState
+
+    task = asyncio.create_task(controller.run())
+    await wait_for(lambda: all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs)
+                   or task.done(), timeout=15, what="every PLC connected")
+    if task.done():
+        task.result()
+    return task
+
+
+async def stop_controller(controller, task: asyncio.Task) -> None:
+    """Stop it the way SIGTERM does and check that no task of it is left behind."""
+    controller.stop()
+    await asyncio.wait_for(task, 15)
+    names = ("driver:", "watchdog:", "housekeeping", "linesentry-sync")
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(names)]
+    assert leftovers == [], f"tasks left behind: {leftovers}"

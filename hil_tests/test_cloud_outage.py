@@ -24,7 +24,6 @@ import controller.runtime as runtime
 from controller.config import load_config
 from controller.outbox import Outbox, _as_lines
 from controller.runtime import Controller
-from drivers.base import ConnectionState
 from hil_tests.cloud_support import (
     TOKEN_ENV,
     WINDOW_MS,
@@ -38,27 +37,14 @@ from hil_tests.cloud_support import (
     line_ends,
     tag_series,
 )
+from hil_tests.conftest import start_controller as start
+from hil_tests.conftest import stop_controller as stop
 from hil_tests.conftest import wait_for
 from hil_tests.faults import FaultSpec
 from tests.cloud.lineproto import parse
 
 
 # ---------------------------------------------------------------------------- the outage test
-async def start(controller: Controller) -> asyncio.Task:
-    task = asyncio.create_task(controller.run())
-    await wait_for(lambda: all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs)
-                   or task.done(), timeout=15, what="both PLCs connected")
-    if task.done():
-        task.result()  # raise the start-up error
-    return task
-
-
-async def stop(controller: Controller, task: asyncio.Task) -> None:
-    controller.stop()
-    await asyncio.wait_for(task, 15)
-    assert not [t for t in asyncio.all_tasks() if t.get_name() == "linesentry-sync"], "sync task left behind"
-
-
 class CommitSpy:
     """Records the line protocol of every successful `Outbox.append`, with its wall-clock time."""
 

@@ -4,7 +4,6 @@ The model is fitted on ten simulated minutes of normal operation (hil_tests.trai
 the plant wanders on time scales a short live recording does not cover.
 """
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +12,8 @@ import numpy as np
 from controller.config import load_config
 from controller.record import record
 from controller.runtime import Controller
-from drivers.base import ConnectionState
+from hil_tests.conftest import start_controller as start
+from hil_tests.conftest import stop_controller as stop
 from hil_tests.conftest import wait_for
 from hil_tests.controller_run import config_for_rig, run_with_controller
 from hil_tests.faults import FaultSpec
@@ -26,23 +26,6 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 def rig_config(tmp_path: Path, rig: Rig, *, model: Path | None) -> Path:
     """The shipped demo config, pointed at this rig's ports and a private state directory."""
     return config_for_rig(rig, tmp_path / "state", model, tmp_path / "line.toml")
-
-
-async def start(controller: Controller) -> asyncio.Task:
-    task = asyncio.create_task(controller.run())
-    await wait_for(lambda: all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs)
-                   or task.done(), timeout=15, what="both PLCs connected")
-    if task.done():
-        task.result()  # raise the start-up error
-    return task
-
-
-async def stop(controller: Controller, task: asyncio.Task) -> None:
-    controller.stop()
-    await asyncio.wait_for(task, 15)
-    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(("driver:", "watchdog:",
-                                                                            "housekeeping"))]
-    assert leftovers == [], f"tasks left behind: {leftovers}"
 
 
 async def test_record_reads_the_detector_tags_through_the_drivers(tmp_path, rig):

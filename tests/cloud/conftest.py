@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.cloud.fault_proxy import FaultProxy
-from tests.cloud.victoria import VictoriaMetrics, VictoriaMissing, find_binary
+from tests.cloud.victoria import running_victoria
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
@@ -29,13 +29,8 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
 @pytest.fixture
 def victoria(tmp_path):
     """A fresh VictoriaMetrics on a free port; FAILS (never skips) if the binary is missing."""
-    try:
-        find_binary()
-    except VictoriaMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    vm = VictoriaMetrics(tmp_path / "vm-data").start()
-    yield vm
-    vm.stop()
+    with running_victoria(tmp_path / "vm-data") as vm:
+        yield vm
 
 
 @pytest.fixture

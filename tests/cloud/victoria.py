@@ -14,6 +14,7 @@ name and tags become labels (string fields are stored as 0). Started with:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +24,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ENV_BINARY = "LINESENTRY_VICTORIA_BIN"
 FLAGS = ("-dedup.minScrapeInterval=1ms", "-retentionPeriod=100y", "-loggerLevel=ERROR")
@@ -120,3 +124,17 @@ class VictoriaMetrics:
             key = (m.pop("__name__"), *sorted(m.items()))
             out.setdefault(key, []).extend(zip(s["timestamps"], s["values"], strict=True))
         return out
+
+
+@contextlib.contextmanager
+def running_victoria(data_dir: Path) -> Iterator[VictoriaMetrics]:
+    """A started VictoriaMetrics for one test; the test FAILS (never skips) if the binary is missing."""
+    try:
+        find_binary()
+    except VictoriaMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    vm = VictoriaMetrics(data_dir).start()
+    try:
+        yield vm
+    finally:
+        vm.stop()
