@@ -144,20 +144,48 @@ def hil(scenario: Path = typer.Argument(..., help="scenario file (hil_tests/scen
 
 
 @app.command()
-def validate(config: Path = typer.Argument(..., help="line config (TOML)")) -> None:
-    """Check a line config and print what it describes."""
+def validate(config: Path = typer.Argument(..., help="line config (TOML)"),
+             connect: bool = typer.Option(False, "--connect", help="also open a session to every PLC "
+                                          "and read every tag once (exit 1 if one fails)")) -> None:
+    """Check a line config and print what it describes; with --connect, reach every PLC too."""
     cfg = _load(config)
+    reached = asyncio.run(_probe(cfg)) if connect else {}
     table = Table(title=f"{config}: OK")
-    for col in ("PLC", "protocol", "endpoint", "tags", "writable"):
+    for col in ("PLC", "protocol", "endpoint", "tags", "writable", *(("reachable",) if connect else ())):
         table.add_column(col)
     for (proto, _), plc in cfg.plcs():
         d = plc.driver
         endpoint = d.endpoint if proto == "opcua" else f"{d.host}:{d.port}"
-        table.add_row(plc.name, proto, endpoint, str(len(d.tags)), str(sum(t.writable for t in d.tags)))
+        row = [plc.name, proto, endpoint, str(len(d.tags)), str(sum(t.writable for t in d.tags))]
+        table.add_row(*row, *((reached[plc.name],) if connect else ()))
     console.print(table)
     console.print(f"detector: {len(cfg.detector_tags())} tags, model {cfg.detector.model or 'none'}; "
                   f"{len(cfg.alarms)} alarms, {len(cfg.actions)} actions; "
                   f"cloud sync {'on' if cfg.sync and cfg.sync.enabled else 'off'}")
+    failed = [name for name, result in reached.items() if not result.startswith("yes")]
+    if failed:
+        raise fail(f"cannot reach PLC(s) {', '.join(failed)}: see the table", EXIT_RUNTIME)
+
+
+async def _probe(cfg) -> dict[str, str]:
+    """Connect to every PLC at once and read all its tags: 'yes (n good of m)' or the error."""
+    from controller.runtime import make_driver
+    from drivers.base import Quality
+
+    async def one(plc) -> tuple[str, str]:
+        driver = make_driver(plc)
+        try:
+            await asyncio.wait_for(driver.connect(), plc.driver.timeout_s + 5)
+            batch = await asyncio.wait_for(driver.read(), plc.driver.timeout_s + 5)
+            good = int((batch.quality == Quality.GOOD).sum())
+            return plc.name, f"yes ({good} of {len(batch)} tags good)"
+        except Exception as exc:  # any failure to reach a PLC is a finding to report, not a crash
+            return plc.name, f"no: {str(exc) or type(exc).__name__}"
+        finally:
+            with contextlib.suppress(Exception):
+                await driver.close()
+
+    return dict(await asyncio.gather(*(one(p) for _, p in cfg.plcs())))
 
 
 @app.command()

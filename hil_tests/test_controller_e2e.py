@@ -154,3 +154,10 @@ async def test_an_interlock_blocks_the_stop_when_the_line_is_not_running(tmp_pat
         assert "motor_speed > 50" in blocked["message"]
     finally:
         await stop(controller, task)
+
+
+async def test_validate_connect_reaches_both_simulated_plcs(tmp_path, rig):
+    from controller.cli import _probe
+
+    reached = await _probe(load_config(rig_config(tmp_path, rig, model=tmp_path / "m.npz")))
+    assert reached == {"conveyor": "yes (7 of 7 tags good)", "press": "yes (8 of 8 tags good)"}

@@ -424,3 +424,16 @@ def test_grafana_dashboard_is_valid_json_with_flux_panels():
     assert {"datasource", "bucket", "line", "tag"} <= variables
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
+
+
+def test_validate_connect_reports_unreachable_plcs_with_exit_1(tmp_path):
+    text = Path(DEMO).read_text()
+    text = text.replace("127.0.0.1:4840", f"127.0.0.1:{free_port()}")
+    text = re.sub(r"^port = 5020$", f"port = {free_port()}", text, flags=re.M)
+    text = text.replace("timeout_s = 2.0", "timeout_s = 0.5")
+    config = tmp_path / "line.toml"
+    config.write_text(text)
+    result = invoke("validate", str(config), "--connect")
+    assert result.exit_code == 1, result.output
+    assert "cannot reach PLC(s) conveyor, press" in result.output
+    assert "no:" in result.output
