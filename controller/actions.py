@@ -242,8 +242,12 @@ class ActionEngine:
                 events = [ev] if events is None else [*events, ev]
         return _NO_EVENTS if events is None else events
 
+    def has_failed(self, name: str) -> bool:
+        """One action's `action_failed` condition: a lookup, cheap enough for every hot-path step."""
+        return self._get(name).failed
+
     def failed(self) -> frozenset[str]:
-        """Actions whose last write failed: the runtime's `action_failed:<name>` alarm conditions."""
+        """All actions whose last write failed (for views and tests; the hot path uses `has_failed`)."""
         return frozenset(a.name for a in self._list if a.failed)
 
     # -- operator requests ----------------------------------------------------------------------

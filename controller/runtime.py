@@ -156,14 +156,14 @@ class Controller:
             if src.kind == "line":
                 checks.append((alarm.name, lambda: self.line_alarm))
             elif src.kind == "tag":
-                bit = FLAG_BITS[_FLAG_NAME.get(src.flag, src.flag)]
+                bit = FLAG_BITS[src.flag]  # config accepts exactly the detector's flag names
                 idx = det_index[src.tag]
                 checks.append((alarm.name, lambda i=idx, b=bit: bool(
                     self.detector is not None and self.detector.tag_flags[i] & b)))
             elif src.kind == "comm":
                 checks.append((alarm.name, lambda p=plc_by_name[src.plc]: p.comm_lost))
             elif src.kind == "action_failed":
-                checks.append((alarm.name, lambda a=src.action: a in self.actions.failed()))
+                checks.append((alarm.name, lambda a=src.action: self.actions.has_failed(a)))
             else:  # threshold with optional deadband
                 pos, cond, name, band = self.line.position[src.tag], src.condition, alarm.name, alarm.deadband
                 checks.append((name, lambda p=pos, c=cond, n=name, d=band: c.holds(
@@ -565,7 +565,3 @@ class Controller:
         return {"plcs": plcs, "alarm_states": states, "line_score": float(self.line_score),
                 "action_counts": dict(self._action_counts), "outbox": self._outbox_status(),
                 "sync": self.sync.metrics() if self.sync else {}}
-
-
-# Alarm-source flag names (config) -> detector flag names (models.kernels.FLAG_NAMES).
-_FLAG_NAME = {"roc": "rate_of_change", "ewma": "ewma_z"}

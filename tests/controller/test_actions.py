@@ -135,7 +135,7 @@ def test_missed_deadline_is_one_failure_and_a_late_confirm_clears_it():
     (ev,) = e.check_deadlines(1.01)
     assert ev.kind == "failed" and "not confirmed within 1 s" in ev.detail
     assert e.check_deadlines(2.0) == ()  # reported once
-    assert e.failed() == {"stop"}
+    assert e.failed() == {"stop"} and e.has_failed("stop")
     (late,) = e.confirm("stop", 3.0, ok=True)
     assert "after the deadline" in late.detail and e.failed() == frozenset()
 
