@@ -6,6 +6,7 @@ copy them straight into the detector's frame without a Python object per value.
 """
 
 import enum
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,10 @@ class DriverStats:
     values: int = 0
     bad_values: int = 0
     last_error: str = ""
+    # Monotonic time of the last proof of good data: a delivery, poll result, keep-alive or
+    # successful read while at least one tag of this PLC holds a GOOD/UNCERTAIN value. The
+    # controller's liveness (comm loss) is judged on its age alone; see `Driver`.
+    last_alive: float = -math.inf
     read_latency_s: list[float] = field(default_factory=list, repr=False)  # recent, bounded
 
     def record_latency(self, seconds: float, keep: int = 1024) -> None:
@@ -98,12 +103,20 @@ class DriverStats:
 
 @runtime_checkable
 class Driver(Protocol):
-    """The interface every protocol driver implements (OPC UA, Modbus TCP, ...)."""
+    """The interface every protocol driver implements (OPC UA, Modbus TCP, ...).
+
+    Liveness contract: while the link is healthy and at least one tag is GOOD/UNCERTAIN, the
+    driver refreshes `stats.last_alive` at least every `alive_interval_s` seconds (OPC UA:
+    publish responses incl. keep-alives, polled reads; Modbus: every poll cycle with a good
+    value). A device that answers only with errors or timeouts never refreshes it, so it
+    becomes comm-lost in the controller after its `stale_timeout_s`.
+    """
 
     name: str
     tag_names: list[str]
     state: ConnectionState
     stats: DriverStats
+    alive_interval_s: float  # the longest gap between two refreshes of stats.last_alive when healthy
 
     async def connect(self) -> None:
         """Open a new session (a fresh client object every time); raise DriverError on failure."""
