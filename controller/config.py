@@ -346,6 +346,7 @@ class AlarmConfig(_Strict):
     deadband: float = Field(default=0.0, ge=0)  # threshold sources only, in the tag's units
     suppress_when: ConditionField | None = None
     max_shelve_s: float = Field(default=8 * 3600.0, gt=0)
+    shelvable: bool = True  # false: a safety alarm the operator can neither shelve nor take out of service
     message: str = ""
 
     @field_validator("name")
