@@ -4,9 +4,17 @@ One supervisor per PLC, so a dead, slow or misbehaving PLC never stalls
 another. When a connection breaks, every tag of that PLC is reported as
 COMM_LOST at once, then the supervisor waits (exponential backoff with jitter,
 capped) and reconnects with a fresh driver session. A sliding-window limit on
-new sessions makes reconnect storms impossible even if connects succeed and
-then fail immediately (an anchor system once sent >6,000 CreateSession
-requests in two minutes).
+established sessions makes reconnect storms impossible even if connects succeed
+and then fail immediately (an anchor system once sent >6,000 CreateSession
+requests in two minutes). Failed connect attempts are not sessions and do not
+count against it: they are spaced by the backoff alone (never closer than
+`initial x (1 - jitter)`), so a server that comes back is reached within one
+backoff cap plus one attempt.
+
+Recovery is judged on data, not on the TCP/session handshake: the failure count
+(and its "reconnected" log line) resets only once the new session proved good
+data (`driver.stats.last_alive` advanced), so a device that accepts connections
+but answers only errors or nothing does not flap between "connected" and lost.
 """
 
 import asyncio
@@ -43,7 +51,10 @@ class Backoff:
 
 
 class SessionRateLimiter:
-    """At most `per_minute` new sessions in any sliding 60-second window."""
+    """At most `per_minute` established sessions in any sliding 60-second window.
+
+    `wait_needed()` before an attempt, `record()` once the session is established.
+    """
 
     def __init__(self, per_minute: int = 12, clock: Callable[[], float] = time.monotonic) -> None:
         if per_minute < 1:
@@ -61,18 +72,20 @@ class SessionRateLimiter:
             return 0.0
         return 60.0 - (now - self.started[0])
 
-    async def acquire(self) -> None:
+    async def wait(self) -> None:
         while (wait := self.wait_needed()) > 0:
             await asyncio.sleep(wait)
+
+    def record(self) -> None:
         self.started.append(self.clock())
 
 
 class DriverSupervisor:
     """Runs `driver` until stopped: connect, stream batches to `on_batch`, reconnect on failure.
 
-    The backoff is reset only once a session has stayed up for `stable_after` seconds:
-    a PLC that accepts sessions and drops them at once keeps backing off instead of
-    being hammered at the initial delay.
+    The backoff is reset only once a session has stayed up for `stable_after` seconds and
+    delivered good data: a PLC that accepts sessions and drops them at once (or never answers
+    on them) keeps backing off instead of being hammered at the initial delay.
     """
 
     def __init__(self, driver: Driver, on_batch: OnBatch, backoff: Backoff | None = None,
@@ -105,34 +118,43 @@ class DriverSupervisor:
     async def run(self) -> None:
         all_tags = range(len(self.driver.tag_names))
         while True:
-            await self.limiter.acquire()
+            await self.limiter.wait()
             self._set_state(ConnectionState.CONNECTING, "")
             connected_at = None
+            alive_before = self.driver.stats.last_alive
             try:
                 await self.driver.connect()
                 connected_at = time.monotonic()
-                if self.failures:
-                    log.warning("%s: reconnected after %d failure(s)", self.driver.name, self.failures)
-                self.failures = 0
+                self.limiter.record()
                 self._set_state(ConnectionState.CONNECTED, "")
-                await self.driver.subscribe(self.on_batch)
+                await self.driver.subscribe(self._watch(self.on_batch, alive_before))
                 raise DriverError("subscription ended without an error")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of one PLC must never escape its own task
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                self.failures += 1
+                self.failures += 1  # back to 0 only once a session proved good data (_watch)
                 # One warning per outage, then quiet: a flapping PLC must not flood the log.
                 level = logging.WARNING if self.failures == 1 else logging.DEBUG
                 log.log(level, "%s: connection failed or lost (%s)", self.driver.name, self.last_error)
             finally:
                 with contextlib.suppress(Exception):
                     await self.driver.close()
-            if connected_at is not None and time.monotonic() - connected_at >= self.stable_after:
+            if (connected_at is not None and self.driver.stats.last_alive > alive_before
+                    and time.monotonic() - connected_at >= self.stable_after):
                 self.backoff.reset()
             self.on_batch(ReadingBatch.empty_for(all_tags, Quality.COMM_LOST))
             self._set_state(ConnectionState.BACKOFF, self.last_error)
             await asyncio.sleep(self.backoff.next_delay())
+
+    def _watch(self, on_batch: OnBatch, alive_before: float) -> OnBatch:
+        """on_batch, plus the one "reconnected" line when the session first proves good data."""
+        def deliver(batch: ReadingBatch) -> None:
+            if self.failures and self.driver.stats.last_alive > alive_before:
+                log.warning("%s: data flowing again after %d failure(s)", self.driver.name, self.failures)
+                self.failures = 0
+            on_batch(batch)
+        return deliver
 
     def _set_state(self, state: ConnectionState, detail: str) -> None:
         self.driver.state = state

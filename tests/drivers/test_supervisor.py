@@ -1,13 +1,17 @@
-"""Backoff, session-rate limit and the supervisor's backoff reset (pure logic with a stand-in driver;
-the reconnect loop against real servers is in the protocol tests)."""
+"""Backoff, session-rate limit and the supervisor's backoff reset (pure logic with a stand-in driver),
+and recovery after a long outage against a real pymodbus server."""
 
 import asyncio
+import logging
 import random
+import time
 
 import pytest
 from conftest import wait_for
+from modbus_server import SimServer, bits_at, device, registers_at
 
-from drivers.base import ConnectionLost, Quality
+from drivers.base import ConnectionLost, DriverStats, Quality, ReadingBatch
+from drivers.modbus import ModbusDeviceConfig, ModbusDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 
 
@@ -41,12 +45,17 @@ def test_session_limiter_allows_n_per_sliding_minute():
 
 
 class FlappingDriver:
-    """Accepts every session and loses it after `lifetime` seconds (pure-logic stand-in)."""
+    """Accepts every session and loses it after `lifetime` seconds (pure-logic stand-in).
 
-    def __init__(self, lifetime: float) -> None:
+    With `alive`, each session first delivers one GOOD batch (proof of data, as a real driver's
+    poll or keep-alive refreshes stats.last_alive); without, it is a device that never answers.
+    """
+
+    def __init__(self, lifetime: float, alive: bool = False) -> None:
         self.name, self.tag_names = "flappy", ["a", "b"]
         self.state = None
-        self.lifetime = lifetime
+        self.stats = DriverStats()
+        self.lifetime, self.alive = lifetime, alive
         self.connects = 0
 
     async def connect(self) -> None:
@@ -56,6 +65,9 @@ class FlappingDriver:
         pass
 
     async def subscribe(self, on_batch) -> None:
+        if self.alive:
+            self.stats.last_alive = time.monotonic()
+            on_batch(ReadingBatch.empty_for(range(2), Quality.GOOD))
         await asyncio.sleep(self.lifetime)
         raise ConnectionLost("dropped")
 
@@ -72,11 +84,77 @@ async def run_until_connects(driver, stable_after: float, connects: int):
 
 
 async def test_a_plc_that_drops_sessions_at_once_keeps_backing_off():
-    sup, batches = await run_until_connects(FlappingDriver(lifetime=0.0), stable_after=1.0, connects=6)
+    sup, batches = await run_until_connects(FlappingDriver(lifetime=0.0, alive=True), stable_after=1.0,
+                                            connects=6)
     assert sup.backoff.attempt >= 5  # never reset: sessions did not last `stable_after`
-    assert all(b.quality.tolist() == [Quality.COMM_LOST] * 2 for b in batches)
+    assert all(b.quality.tolist() == [Quality.COMM_LOST] * 2 for b in batches
+               if not (b.quality == Quality.GOOD).all())
 
 
-async def test_a_session_that_stayed_up_resets_the_backoff():
-    sup, _ = await run_until_connects(FlappingDriver(lifetime=0.02), stable_after=0.01, connects=6)
+async def test_a_session_that_stayed_up_with_good_data_resets_the_backoff():
+    sup, _ = await run_until_connects(FlappingDriver(lifetime=0.02, alive=True), stable_after=0.01,
+                                      connects=6)
     assert sup.backoff.attempt <= 1
+
+
+async def test_a_silent_device_does_not_flap_between_connected_and_lost(caplog):
+    """Sessions that stay up but never deliver good data are one outage: one warning, no
+    "data flowing again", the failure count keeps growing and the backoff is never reset."""
+    caplog.set_level(logging.DEBUG, logger="drivers.supervisor")
+    sup, batches = await run_until_connects(FlappingDriver(lifetime=0.02), stable_after=0.01, connects=6)
+    assert sup.failures >= 5 and sup.backoff.attempt >= 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "connection failed or lost" in warnings[0]
+    assert all((b.quality == Quality.COMM_LOST).all() for b in batches)
+
+
+async def test_good_data_ends_the_outage_once(caplog):
+    caplog.set_level(logging.WARNING, logger="drivers.supervisor")
+    await run_until_connects(FlappingDriver(lifetime=0.0, alive=True), stable_after=1.0, connects=4)
+    messages = [r.getMessage() for r in caplog.records]
+    flowing = [m for m in messages if "data flowing again" in m]
+    lost = [m for m in messages if "connection failed or lost" in m]
+    assert flowing and len(lost) >= len(flowing)  # each outage: one lost line, one flowing line
+
+
+def _small_device():
+    return device([bits_at(0, [True])], [bits_at(0, [False])], [registers_at(0, [11, 12])],
+                  [registers_at(0, [1])])
+
+
+async def test_recovery_after_a_long_outage_is_bounded_by_the_backoff_cap_plus_one_attempt(port):
+    """Failed connects are not sessions: a server down for more than a minute's worth of attempts
+    (per_minute=3 here) is reconnected within cap + one attempt of coming back. When failed
+    attempts counted against the limit, this waited for the 60 s window to slide."""
+    cap, timeout, poll = 0.2, 0.3, 0.05
+    config = ModbusDeviceConfig(name="sup", host="127.0.0.1", port=port, timeout_s=timeout,
+                                poll_interval_s=poll, tags=[{"name": "r0", "table": "holding_register",
+                                                             "address": 0, "dtype": "uint16"}])
+    driver = ModbusDriver(config)
+    stamps: list[tuple[float, ReadingBatch]] = []
+    sup = DriverSupervisor(driver, lambda b: stamps.append((time.monotonic(), b)),
+                           backoff=Backoff(initial=0.05, factor=2.0, cap=cap, jitter=0.5),
+                           limiter=SessionRateLimiter(per_minute=3))
+    server = await SimServer(_small_device, port).start()
+    sup.start()
+    try:
+        await wait_for(lambda: any((b.quality == Quality.GOOD).all() for _, b in stamps), timeout=5,
+                       what="first good value")
+        await server.stop()
+        await wait_for(lambda: (stamps[-1][1].quality == Quality.COMM_LOST).all(), timeout=5,
+                       what="COMM_LOST")
+        attempts = driver.stats.sessions_created
+        await wait_for(lambda: driver.stats.sessions_created >= attempts + 3 + 2, timeout=10,
+                       what="more failed attempts than the per-minute session limit")
+        mark = len(stamps)
+        await server.start()
+        back = time.monotonic()
+        await wait_for(lambda: any((b.quality == Quality.GOOD).all() for _, b in stamps[mark:]),
+                       timeout=10, what="good data after the server came back")
+        first_good = next(t for t, b in stamps[mark:] if (b.quality == Quality.GOOD).all())
+        bound = cap + timeout + poll  # the longest backoff, one connect attempt, one poll
+        assert first_good - back <= 2 * bound, f"recovery took {first_good - back:.3f} s"
+        assert sup.failures == 0
+    finally:
+        await sup.stop()
+        await server.stop()
