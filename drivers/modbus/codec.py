@@ -29,7 +29,8 @@ from typing import Literal
 
 import numpy as np
 
-DType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
+DType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64",
+                "string"]
 Order = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 
 # Big-endian numpy type of each register dtype; its itemsize / 2 is the register count.
@@ -45,10 +46,32 @@ ORDERS = ("ABCD", "DCBA", "BADC", "CDAB")
 
 
 def width(dtype: str) -> int:
-    """Registers (or bits, for bool) one value occupies."""
+    """Registers (or bits, for bool) one value occupies (strings: see their `length`)."""
     if dtype == "bool":
         return 1
     return _NUMPY_BE[dtype].itemsize // 2
+
+
+def decode_string(regs: np.ndarray, order: str = "ABCD") -> str:
+    """Registers -> text, two characters per register; ABCD = first character in the high byte,
+    BADC = in the low byte. Trailing NULs and spaces (padding) are dropped; bytes that are not
+    UTF-8 show as U+FFFD."""
+    r = np.asarray(regs, dtype=np.uint16)
+    if order == "BADC":
+        r = (r >> 8) | ((r & 0xFF) << 8)
+    raw = r.astype(">u2").tobytes()
+    return raw.split(b"\0", 1)[0].rstrip(b" ").decode("utf-8", errors="replace")
+
+
+def encode_string(text: str, length: int, order: str = "ABCD") -> list[int]:
+    """Text -> `length` registers, NUL-padded (for test data and simulators; the driver only reads)."""
+    raw = text.encode("utf-8")
+    if len(raw) > 2 * length:
+        raise ValueError(f"{text!r} needs {len(raw)} bytes; {length} registers hold {2 * length}")
+    r = np.frombuffer(raw.ljust(2 * length, b"\0"), dtype=">u2").astype(np.uint16)
+    if order == "BADC":
+        r = (r >> 8) | ((r & 0xFF) << 8)
+    return [int(x) for x in r]
 
 
 def _swaps(order: str) -> tuple[bool, bool]:

@@ -1,25 +1,33 @@
-"""Modbus TCP driver: polls a device's tags in coalesced block reads, writes with readback.
+"""Modbus driver (TCP, RTU over TCP, RTU on a serial line): coalesced block polling, writes with readback.
 
-One driver = one TCP connection to one unit id. Every connect() builds a fresh
-AsyncModbusTcpClient with pymodbus' own reconnect and retries switched off: reconnecting is
-the DriverSupervisor's job (backoff, session-rate limit), and a silent auto-reconnect inside
-pymodbus would bypass both. A dropped connection is noticed at once through the client's
-trace_connect callback, not only when the next request times out.
+One driver = one connection to one unit id. Every connect() builds a fresh pymodbus client
+with its own reconnect and retries switched off: reconnecting is the DriverSupervisor's job
+(backoff, session-rate limit), and a silent auto-reconnect inside pymodbus would bypass both.
+A dropped connection is noticed at once through the client's trace_connect callback, not
+only when the next request times out.
 
 Quality mapping per block read: a normal response -> GOOD (NaN/inf floats -> BAD); an exception
 response, a short or malformed response, or a timeout on a live connection -> BAD for that
 block's tags (and a read error is counted); a closed connection -> ConnectionLost.
+
+Liveness: `stats.last_alive` is refreshed by every read that returned at least one GOOD value,
+so a device that accepts the connection but answers only exceptions or nothing (wrong unit id,
+a dead device behind a gateway, every address illegal) never looks alive. When healthy, two
+refreshes are at most `alive_interval_s = poll_interval_s + timeout_s` apart (a poll that
+times out ends after one timeout; the next tick follows).
 """
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from drivers.base import (
     ConnectionLost,
@@ -36,10 +44,14 @@ from drivers.modbus import codec
 from drivers.modbus.config import ModbusDeviceConfig, ModbusTag
 from drivers.modbus.planner import ReadBlock, plan_reads
 
+log = logging.getLogger(__name__)
+
 _EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
                     4: "device failure", 5: "acknowledge", 6: "device busy",
                     8: "memory parity error", 10: "gateway path unavailable",
                     11: "gateway target failed to respond"}
+_READ_METHODS = {"coil": "read_coils", "discrete_input": "read_discrete_inputs",
+                 "holding_register": "read_holding_registers", "input_register": "read_input_registers"}
 
 
 @dataclass(frozen=True)
@@ -57,23 +69,27 @@ class _Group:
 @dataclass(frozen=True)
 class _CompiledBlock:
     block: ReadBlock
+    names: str  # the tags it serves, for messages
     pos: np.ndarray  # batch positions of all members
     bit_offsets: np.ndarray  # for bit tables
-    groups: tuple[_Group, ...]  # for register tables
+    groups: tuple[_Group, ...]  # numeric tags of register tables
+    reg_bits: tuple[np.ndarray, np.ndarray, np.ndarray]  # (pos, register offset, bit) of `bit` tags
+    strings: tuple[tuple[int, int, int, str], ...]  # (pos, offset, length, order) of string tags
 
 
 @dataclass(frozen=True)
 class _Plan:
     index: np.ndarray  # int32 tag positions of the batch
     blocks: tuple[_CompiledBlock, ...]
+    has_text: bool
 
 
 class _Timeout(Exception):
-    """A request got no answer in time on a connection that still looks open."""
+    """A request got no valid answer in time on a connection that still looks open."""
 
 
 class ModbusDriver:
-    """Driver protocol implementation for one Modbus TCP device."""
+    """Driver protocol implementation for one Modbus device (TCP, RTU over TCP or serial RTU)."""
 
     def __init__(self, config: ModbusDeviceConfig) -> None:
         self.config = config
@@ -83,10 +99,12 @@ class ModbusDriver:
         self._pos = {n: i for i, n in enumerate(self.tag_names)}
         self.state = ConnectionState.DISCONNECTED
         self.stats = DriverStats()
+        self.alive_interval_s = config.poll_interval_s + config.timeout_s
         self.missed_ticks = 0  # poll ticks skipped because a poll overran its interval
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._lost: asyncio.Future[None] | None = None
         self._consecutive_timeouts = 0
+        self._block_errors: dict[tuple[str, int, int], str] = {}  # failing blocks, logged once each
         self._full_plan = self._compile(list(range(len(self.tags))))
         self._plans: dict[tuple[int, ...], _Plan] = {}
 
@@ -96,6 +114,17 @@ class ModbusDriver:
         return [cb.block for cb in self._full_plan.blocks]
 
     # ------------------------------------------------------------------ session
+
+    def _new_client(self, on_connect_change):
+        cfg = self.config
+        common = {"name": self.name, "timeout": cfg.timeout_s, "retries": 0, "reconnect_delay": 0,
+                  "trace_connect": on_connect_change}
+        if cfg.transport == "serial":
+            return AsyncModbusSerialClient(cfg.serial_port, framer=FramerType.RTU, baudrate=cfg.baudrate,
+                                           bytesize=cfg.bytesize, parity=cfg.parity,
+                                           stopbits=cfg.stopbits, **common)
+        framer = FramerType.RTU if cfg.transport == "rtu_over_tcp" else FramerType.SOCKET
+        return AsyncModbusTcpClient(cfg.host, port=cfg.port, framer=framer, **common)
 
     async def connect(self) -> None:
         await self.close()
@@ -107,20 +136,20 @@ class ModbusDriver:
             if not up and not lost.done():
                 lost.set_result(None)
 
-        client = AsyncModbusTcpClient(cfg.host, port=cfg.port, name=self.name, timeout=cfg.timeout_s,
-                                      retries=0, reconnect_delay=0, trace_connect=on_connect_change)
         self.stats.sessions_created += 1
         self.state = ConnectionState.CONNECTING
+        why = f"refused or no answer within {cfg.timeout_s} s"
+        client = None
         try:
+            client = self._new_client(on_connect_change)
             ok = await client.connect()
-        except Exception as exc:  # e.g. an unresolvable host name
+        except Exception as exc:  # e.g. an unresolvable host name, a missing serial port
             ok, why = False, str(exc) or type(exc).__name__
-        else:
-            why = f"refused or no answer within {cfg.timeout_s} s"
-        if not ok or not client.connected:
-            client.close()
+        if not ok or client is None or not client.connected:
+            if client is not None:
+                client.close()
             self.state = ConnectionState.DISCONNECTED
-            self.stats.last_error = f"cannot connect to {cfg.host}:{cfg.port} ({why})"
+            self.stats.last_error = f"cannot connect to {cfg.endpoint} ({why})"
             raise DriverError(f"{self.name}: {self.stats.last_error}")
         self._client, self._lost = client, lost
         self._consecutive_timeouts = 0
@@ -134,10 +163,10 @@ class ModbusDriver:
         if self.state != ConnectionState.CLOSED:
             self.state = ConnectionState.DISCONNECTED
 
-    def _live_client(self) -> AsyncModbusTcpClient:
+    def _live_client(self):
         client, lost = self._client, self._lost
         if client is None or lost is None or lost.done() or not client.connected:
-            raise ConnectionLost(f"{self.name}: not connected to {self.config.host}:{self.config.port}")
+            raise ConnectionLost(f"{self.name}: not connected to {self.config.endpoint}")
         return client
 
     async def _request(self, call) -> object:
@@ -154,8 +183,7 @@ class ModbusDriver:
             with contextlib.suppress(BaseException):
                 await task
             if lost.done() or not client.connected:
-                raise ConnectionLost(f"{self.name}: connection to {self.config.host}:{self.config.port} "
-                                     "closed")
+                raise ConnectionLost(f"{self.name}: connection to {self.config.endpoint} closed")
             raise _Timeout()
         try:
             response = task.result()
@@ -163,9 +191,10 @@ class ModbusDriver:
             raise ConnectionLost(f"{self.name}: connection lost ({exc})") from None
         except ModbusException as exc:
             if lost.done() or not client.connected:
-                raise ConnectionLost(f"{self.name}: connection to {self.config.host}:"
-                                     f"{self.config.port} closed") from None
-            if "No response" in str(exc):  # pymodbus' ModbusIOException for an unanswered request
+                raise ConnectionLost(f"{self.name}: connection to {self.config.endpoint} closed") from None
+            # pymodbus raises ModbusIOException when no valid answer came for this request
+            # (none in time, or one for another unit/transaction id): the device is not answering.
+            if isinstance(exc, ModbusIOException):
                 raise _Timeout() from None
             raise
         self._consecutive_timeouts = 0
@@ -175,7 +204,7 @@ class ModbusDriver:
         self._consecutive_timeouts += 1
         if self._consecutive_timeouts >= self.config.max_consecutive_timeouts:
             raise ConnectionLost(f"{self.name}: no answer to {self._consecutive_timeouts} requests in a "
-                                 f"row from {self.config.host}:{self.config.port}")
+                                 f"row from {self.config.endpoint} (unit id {self.config.device_id})")
 
     # ------------------------------------------------------------------ reading
 
@@ -186,20 +215,31 @@ class ModbusDriver:
         blocks = plan_reads(tags, cfg.max_registers_per_read, cfg.max_bits_per_read, cfg.max_gap)
         compiled = []
         for b in blocks:
-            pos = np.array([m.tag for m in b.members], dtype=np.intp)
             groups: dict[tuple[str, str], list] = {}
+            bits: list[tuple[int, int, int]] = []
+            strings: list[tuple[int, int, int, str]] = []
             for m in b.members:
                 t = tags[m.tag]
-                if not t.is_bit:
+                if t.is_bit:
+                    continue
+                if t.dtype == "string":
+                    strings.append((m.tag, m.offset, t.width, t.order))
+                elif t.bit is not None:
+                    bits.append((m.tag, m.offset, t.bit))
+                else:
                     groups.setdefault((t.dtype, t.order), []).append((m.tag, m.offset, t.scale, t.offset))
             compiled.append(_CompiledBlock(
-                block=b, pos=pos,
+                block=b, names=", ".join(tags[m.tag].name for m in b.members),
+                pos=np.array([m.tag for m in b.members], dtype=np.intp),
                 bit_offsets=np.array([m.offset for m in b.members], dtype=np.intp),
                 groups=tuple(_Group(dt, order, np.array([g[0] for g in gs], dtype=np.intp),
                                     np.array([g[1] for g in gs], dtype=np.intp),
                                     np.array([g[2] for g in gs]), np.array([g[3] for g in gs]))
-                             for (dt, order), gs in groups.items())))
-        return _Plan(np.asarray(positions, dtype=np.int32), tuple(compiled))
+                             for (dt, order), gs in groups.items()),
+                reg_bits=tuple(np.array([x[i] for x in bits], dtype=np.intp) for i in range(3)),
+                strings=tuple(strings)))
+        return _Plan(np.asarray(positions, dtype=np.int32), tuple(compiled),
+                     any(cb.strings for cb in compiled))
 
     def _plan_for(self, names: Sequence[str] | None) -> _Plan:
         if names is None:
@@ -215,9 +255,7 @@ class ModbusDriver:
 
     def _call_for(self, block: ReadBlock):
         dev, start, count = self.config.device_id, block.start, block.count
-        method = {"coil": "read_coils", "discrete_input": "read_discrete_inputs",
-                  "holding_register": "read_holding_registers",
-                  "input_register": "read_input_registers"}[block.table]
+        method = _READ_METHODS[block.table]
         return lambda c: getattr(c, method)(start, count=count, device_id=dev)
 
     async def _fetch(self, block: ReadBlock) -> np.ndarray | str:
@@ -244,12 +282,28 @@ class ModbusDriver:
             return np.asarray(data[: block.count], dtype=bool)
         return np.asarray(data[: block.count], dtype=np.uint16)
 
+    def _block_failed(self, cb: _CompiledBlock, index: np.ndarray, reason: str) -> None:
+        """Record why a block's tags are BAD; log it once per block (and again only if it changes)."""
+        for p in cb.pos:
+            self.stats.tag_errors[self.tag_names[index[p]]] = reason
+        key = (cb.block.table, cb.block.start, cb.block.count)
+        if self._block_errors.get(key) != reason:
+            self._block_errors[key] = reason
+            log.warning("%s: %s; BAD: %s", self.name, reason, cb.names)
+
+    def _block_ok(self, cb: _CompiledBlock) -> None:
+        key = (cb.block.table, cb.block.start, cb.block.count)
+        if self._block_errors.pop(key, None) is not None:
+            log.info("%s: %s %d..%d answers again (%s)", self.name, cb.block.table, cb.block.start,
+                     cb.block.start + cb.block.count - 1, cb.names)
+
     async def read(self, names: Sequence[str] | None = None) -> ReadingBatch:
         plan = self._plan_for(names)
         n = len(plan.index)
         values = np.full(n, np.nan)
         quality = np.full(n, int(Quality.BAD), dtype=np.uint8)
         receive_ts = np.full(n, np.nan)
+        text: list[str | None] | None = [None] * n if plan.has_text else None
         skip_rest = ""
         for cb in plan.blocks:
             data = skip_rest or await self._fetch(cb.block)
@@ -257,13 +311,14 @@ class ModbusDriver:
             if isinstance(data, str):
                 # One unanswered request in a poll: the rest would likely wait as long, so the
                 # poll ends on time and the rest of its blocks are BAD this round.
-                if skip_rest:
-                    continue  # not a request, so not a read error
-                if data.startswith("no answer"):
-                    skip_rest = f"skipped: {data} earlier in this poll"
-                self.stats.read_errors += 1
-                self.stats.last_error = f"{self.name}: {data}"
+                if not skip_rest:
+                    if data.startswith("no answer"):
+                        skip_rest = f"skipped: {data} earlier in this poll"
+                    self.stats.read_errors += 1
+                    self.stats.last_error = f"{self.name}: {data}"
+                self._block_failed(cb, plan.index, data)
                 continue
+            self._block_ok(cb)
             if data.dtype == bool:
                 values[cb.pos] = data[cb.bit_offsets]
                 quality[cb.pos] = Quality.GOOD
@@ -274,13 +329,30 @@ class ModbusDriver:
                 ok = np.isfinite(v)
                 values[g.pos] = np.where(ok, v, np.nan)
                 quality[g.pos] = np.where(ok, int(Quality.GOOD), int(Quality.BAD))
-        bad = int(np.count_nonzero(quality != Quality.GOOD))
+            bpos, boff, bbit = cb.reg_bits
+            if len(bpos):
+                values[bpos] = (data[boff] >> bbit.astype(np.uint16)) & 1
+                quality[bpos] = Quality.GOOD
+            for p, off, length, order in cb.strings:
+                text[p] = codec.decode_string(data[off:off + length], order)  # type: ignore[index]
+                quality[p] = Quality.GOOD
+        good = quality == Quality.GOOD
+        errors = self.stats.tag_errors
+        if errors or not good.all():
+            for p in range(n):
+                name = self.tag_names[plan.index[p]]
+                if good[p]:
+                    errors.pop(name, None)
+                elif name not in errors or errors[name].startswith("value "):
+                    errors[name] = "value is not a finite number (NaN or inf)"
+        bad = int(n - np.count_nonzero(good))
+        if bad < n:
+            self.stats.last_alive = time.monotonic()
         self.stats.batches += 1
         self.stats.values += n
         self.stats.bad_values += bad
         return ReadingBatch(index=plan.index.copy(), values=values, quality=quality,
-                            source_ts=np.full(n, np.nan), receive_ts=receive_ts)
-
+                            source_ts=np.full(n, np.nan), receive_ts=receive_ts, text=text)
     async def subscribe(self, on_batch: OnBatch) -> None:
         """Poll every poll_interval_s on a fixed-rate schedule; overruns skip (and count) ticks."""
         period = self.config.poll_interval_s
@@ -288,7 +360,11 @@ class ModbusDriver:
         next_tick = loop.time()
         while True:
             self._live_client()
-            on_batch(await self.read())
+            batch = await self.read()
+            try:
+                on_batch(batch)
+            except Exception:  # a consumer bug must not tear down the PLC session
+                log.exception("%s: on_batch raised", self.name)
             next_tick += period
             now = loop.time()
             if now > next_tick:
@@ -314,34 +390,20 @@ class ModbusDriver:
                 expected = codec.encode(value, tag.dtype, tag.order, tag.scale, tag.offset)
         except ValueError as exc:
             raise WriteRefused(f"{self.name}.{name}: {exc}") from None
-        dev, addr = self.config.device_id, tag.address
         self.stats.writes += 1
         try:
-            if tag.table == "coil":
-                response = await self._request(
-                    lambda c: c.write_coil(addr, bool(expected[0]), device_id=dev))
-            else:
-                response = await self._request(
-                    lambda c: c.write_registers(addr, expected, device_id=dev))
-        except _Timeout:
+            if tag.bit is not None:
+                expected = [await self._merge_bit(tag, expected[0])]
+            await self._send_write(tag, expected)
+        except WriteFailed:
             self.stats.write_errors += 1
-            raise WriteFailed(f"{self.name}.{name}: no answer to the write within "
-                              f"{self.config.timeout_s} s; the value may or may not be set") from None
+            raise
         except ConnectionLost:
             self.stats.write_errors += 1
             raise
-        except ModbusException as exc:
-            self.stats.write_errors += 1
-            raise WriteFailed(f"{self.name}.{name}: malformed write response ({exc})") from None
-        if response.isError():
-            self.stats.write_errors += 1
-            code = getattr(response, "exception_code", 0)
-            raise WriteFailed(f"{self.name}.{name}: device refused the write with exception {code} "
-                              f"({_EXCEPTION_NAMES.get(code, 'unknown')})")
         if not self.config.readback:
             return
-        block = ReadBlock(tag.table, addr, tag.width, ())
-        got = await self._fetch(block)
+        got = await self._fetch(ReadBlock(tag.table, tag.address, tag.width, ()))
         if isinstance(got, str):
             self.stats.write_errors += 1
             raise WriteFailed(f"{self.name}.{name}: readback failed: {got}")
@@ -349,3 +411,37 @@ class ModbusDriver:
             self.stats.write_errors += 1
             raise WriteFailed(f"{self.name}.{name}: readback {[int(x) for x in got]} differs from the "
                               f"written {expected}")
+
+    async def _merge_bit(self, tag: ModbusTag, bit_value: int) -> int:
+        """Read-modify-write of one bit: the register with that bit set/cleared. Not atomic: a
+        change the PLC makes to the register's other bits between our read and write is lost."""
+        got = await self._fetch(ReadBlock(tag.table, tag.address, 1, ()))
+        if isinstance(got, str):
+            raise WriteFailed(f"{self.name}.{tag.name}: cannot read the register to change bit "
+                              f"{tag.bit}: {got}")
+        mask = 1 << int(tag.bit or 0)
+        return (int(got[0]) | mask) if bit_value else (int(got[0]) & ~mask & 0xFFFF)
+
+    async def _send_write(self, tag: ModbusTag, registers: list[int]) -> None:
+        """FC5 for coils; FC16, or FC6 with write_function = 'single', for registers."""
+        dev, addr, where = self.config.device_id, tag.address, f"{self.name}.{tag.name}"
+        if tag.table == "coil":
+            call = lambda c: c.write_coil(addr, bool(registers[0]), device_id=dev)  # noqa: E731
+        elif self.config.write_function == "single":
+            call = lambda c: c.write_register(addr, registers[0], device_id=dev)  # noqa: E731
+        else:
+            call = lambda c: c.write_registers(addr, registers, device_id=dev)  # noqa: E731
+        try:
+            response = await self._request(call)
+        except _Timeout:
+            raise WriteFailed(f"{where}: no answer to the write within {self.config.timeout_s} s; "
+                              "the value may or may not be set") from None
+        except ModbusException as exc:
+            raise WriteFailed(f"{where}: malformed write response ({exc})") from None
+        if response.isError():
+            code = getattr(response, "exception_code", 0)
+            hint = ("; if the device does not support FC16 (write multiple registers), set "
+                    "write_function = 'single'" if code == 1 and tag.table != "coil"
+                    and self.config.write_function == "multiple" else "")
+            raise WriteFailed(f"{where}: device refused the write with exception {code} "
+                              f"({_EXCEPTION_NAMES.get(code, 'unknown')}){hint}")
