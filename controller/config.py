@@ -20,6 +20,7 @@ the TOML file. See docs/configuration.md for every key.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -47,6 +48,7 @@ from controller.sync import SyncConfig
 from drivers.modbus import ModbusDeviceConfig
 from drivers.modbus.config import BIT_TABLES
 from drivers.opcua import OpcUaConfig
+from drivers.opcua.config import OpcUaGroup, OpcUaTag
 from models.kernels import FLAG_NAMES
 from models.spec import DetectorSpec, TagLimits
 
@@ -71,7 +73,35 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# Every duration and count has a range (docs/configuration.md): a value outside it is refused at
+# load, naming the key, instead of failing at run time (inf timeouts, 1e-9 s poll periods).
+MAX_DELAY_S = 86_400.0  # on/off delays, min_interval_s: a day
+MAX_SHELVE_S = 7 * 86_400.0  # a week
+MIN_PERIOD_S = 0.01  # watchdog periods, stale timeouts, readback deadlines
+MAX_PERIOD_S = 3_600.0
+
+
+def Seconds(lo: float, hi: float, *, default: Any, lo_open: bool = False) -> Any:  # noqa: N802
+    """A finite duration in [lo, hi] (or (lo, hi] with lo_open)."""
+    bound = {"gt": lo} if lo_open else {"ge": lo}
+    return Field(default=default, le=hi, allow_inf_nan=False, **bound)
+
+
+def _as_path(v: Any) -> Any:
+    """Strict mode refuses a str for a Path; TOML only has strings, so convert exactly those."""
+    return Path(v) if isinstance(v, str) else v
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
@@ -93,6 +123,11 @@ class ControllerSection(_Strict):
     state_dir: Path = Field(default=Path("./state"), validate_default=True)  # relative to the TOML
     api_host: str = Field(default="127.0.0.1", min_length=1)
     api_port: int = Field(default=8470, ge=1, le=65535)
+    # None: reads need no token on loopback and are forced to need one on any other bind.
+    api_require_token_for_reads: bool | None = None
+    api_allowed_hosts: list[str] = Field(default_factory=list)  # extra Host header names (DNS names)
+    api_max_connections: int = Field(default=128, ge=4, le=10_000)
+    api_idle_timeout_s: float = Seconds(1.0, 600.0, default=15.0)  # idle or slow-header connections
     shadow: bool = False  # global shadow mode: every action only logs what it would write
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -101,16 +136,49 @@ class ControllerSection(_Strict):
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
 
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir_path(cls, v: Any) -> Any:
+        return _as_path(v)
+
     @field_validator("state_dir")
     @classmethod
     def _state_dir(cls, v: Path, info: ValidationInfo) -> Path:
         return _resolve(v, info)  # type: ignore[return-value]
 
+    @field_validator("api_host")
+    @classmethod
+    def _api_host(cls, v: str) -> str:
+        if any(c.isspace() for c in v) or "/" in v:
+            raise ValueError(f"api_host must be a host name or an IP address, got {v!r}")
+        return v
+
+    @field_validator("api_allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9.])?|\[?[0-9A-Fa-f:.]+\]?", name):
+                raise ValueError(f"expected host names without port or scheme, got {name!r}")
+        return [n.lower().strip("[]") for n in v]
+
     @model_validator(mode="after")
     def _default_name(self) -> ControllerSection:
         if not self.name:
             object.__setattr__(self, "name", self.line)
+        if self.api_require_token_for_reads is False and not _is_loopback(self.api_host):
+            raise ValueError(f"api_host = {self.api_host!r} is reachable from other hosts, so reads "
+                             "and the event stream must need a token: remove api_require_token_for_reads"
+                             " = false (it is forced on) or set api_host = '127.0.0.1'")
         return self
+
+    @property
+    def loopback_only(self) -> bool:
+        return _is_loopback(self.api_host)
+
+    @property
+    def reads_need_token(self) -> bool:
+        """Forced on for any bind beyond loopback (0.0.0.0, a LAN address, a host name)."""
+        return bool(self.api_require_token_for_reads) or not self.loopback_only
 
 
 # --- PLC tables: driver config + controller settings --------------------------------------------
@@ -133,14 +201,15 @@ class WatchdogConfig(_Strict):
     """Heartbeat: the controller writes an incrementing counter so PLC logic can see it is alive."""
 
     tag: str = Field(min_length=1)  # a writable tag of the same PLC
-    period_s: float = Field(default=1.0, gt=0)
-    wrap: int = Field(default=1 << 16, ge=2)  # the counter runs 0 .. wrap-1, then starts again at 0
+    period_s: float = Seconds(MIN_PERIOD_S, MAX_PERIOD_S, default=1.0)
+    wrap: int = Field(default=1 << 16, ge=2, le=1 << 32)  # the counter runs 0 .. wrap-1, then 0 again
 
 
 class PlcSettings(_Strict):
     """Per-PLC controller settings, written in the PLC's own [[opcua]] / [[modbus]] table."""
 
-    stale_timeout_s: float | None = Field(default=None, gt=0)  # None: max(3 x interval, 2 s)
+    # None: max(3 x interval, 2 s)
+    stale_timeout_s: float | None = Seconds(MIN_PERIOD_S, MAX_PERIOD_S, default=None)
     on_comm_loss: Literal["alarm", "safe_state"] = "alarm"
     safe_state: list[WriteSpec] = Field(default_factory=list)  # writes done on comm loss
     watchdog: WatchdogConfig | None = None
@@ -171,8 +240,17 @@ class _Plc(PlcSettings):
             for key in _CERT_KEYS:
                 if isinstance(security.get(key), str) and not Path(security[key]).is_absolute():
                     security[key] = os.path.normpath(Path(base) / security[key])
-            driver["security"] = security
+        if isinstance(security, dict):
+            driver["security"] = {k: _as_path(v) if k in _CERT_KEYS else v for k, v in security.items()}
         return {**settings, "driver": driver}
+
+    @model_validator(mode="after")
+    def _driver_ranges(self) -> _Plc:
+        problems = list(_range_problems(self.driver, ()))  # type: ignore[attr-defined]
+        if problems:
+            raise PydanticCustomError("line_config", "{count} out-of-range value(s)",
+                                      {"count": len(problems), "problems": problems})
+        return self
 
     @property
     def name(self) -> str:
@@ -190,6 +268,36 @@ class _Plc(PlcSettings):
         if self.stale_timeout_s is not None:
             return self.stale_timeout_s
         return max(3.0 * self.acquisition_interval_s(), 2.0)
+
+
+# Ranges of the drivers' duration and count keys, checked here so a value that the driver would
+# turn into "no timeout" or a busy loop (inf, 1e-9) is refused at load: (model, key) -> (lo, hi).
+DRIVER_RANGES: dict[tuple[type, str], tuple[float, float]] = {
+    (OpcUaConfig, "timeout_s"): (0.01, 600.0),
+    (OpcUaConfig, "session_timeout_s"): (1.0, 86_400.0),
+    (OpcUaGroup, "sampling_interval_ms"): (0.0, 3_600_000.0),
+    (OpcUaGroup, "publishing_interval_ms"): (1.0, 3_600_000.0),
+    (OpcUaGroup, "poll_interval_ms"): (1.0, 3_600_000.0),
+    (OpcUaGroup, "queue_size"): (0, 10_000),
+    (OpcUaGroup, "deadband_value"): (0.0, 1e300),
+    (OpcUaTag, "deadband_abs"): (0.0, 1e300),
+    (ModbusDeviceConfig, "timeout_s"): (0.01, 60.0),
+    (ModbusDeviceConfig, "poll_interval_s"): (0.001, 3_600.0),
+    (ModbusDeviceConfig, "max_consecutive_timeouts"): (1, 1_000),
+}
+
+
+def _range_problems(model: BaseModel, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    for key, value in model:
+        bounds = DRIVER_RANGES.get((type(model), key))
+        if bounds is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            lo, hi = bounds
+            if not (math.isfinite(value) and lo <= value <= hi):
+                yield (*loc, key), f"{value!r} is out of range; expected {lo:g} <= value <= {hi:g}"
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, BaseModel):
+                yield from _range_problems(item, (*loc, key, i) if isinstance(value, list) else (*loc, key))
 
 
 class OpcUaPlc(_Plc):
@@ -247,6 +355,11 @@ class DetectorSection(_Strict):
     units: dict[str, str] = Field(default_factory=dict)
     limits: dict[str, LimitsEntry] = Field(default_factory=dict)
     spec: dict[str, Any] = Field(default_factory=dict)  # models.DetectorSpec fields
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_as_path(cls, v: Any) -> Any:
+        return _as_path(v)
 
     @field_validator("model")
     @classmethod
@@ -341,11 +454,11 @@ class AlarmConfig(_Strict):
     name: str
     source: AlarmSource
     priority: Priority = "medium"
-    on_delay_s: float = Field(default=0.0, ge=0)
-    off_delay_s: float = Field(default=0.0, ge=0)
-    deadband: float = Field(default=0.0, ge=0)  # threshold sources only, in the tag's units
+    on_delay_s: float = Seconds(0.0, MAX_DELAY_S, default=0.0)
+    off_delay_s: float = Seconds(0.0, MAX_DELAY_S, default=0.0)
+    deadband: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # threshold sources, tag units
     suppress_when: ConditionField | None = None
-    max_shelve_s: float = Field(default=8 * 3600.0, gt=0)
+    max_shelve_s: float = Seconds(1.0, MAX_SHELVE_S, default=8 * 3600.0)
     shelvable: bool = True  # false: a safety alarm the operator can neither shelve nor take out of service
     message: str = ""
 
@@ -379,8 +492,8 @@ class ActionConfig(_Strict):
     write: WriteSpec
     interlocks: list[ConditionField] = Field(default_factory=list)  # all must hold to write
     latch: bool = False  # once fired, never again until an operator reset
-    min_interval_s: float = Field(default=0.0, ge=0)
-    confirm_within_s: float | None = Field(default=1.0, gt=0)  # readback deadline; None: no deadline
+    min_interval_s: float = Seconds(0.0, MAX_DELAY_S, default=0.0)
+    confirm_within_s: float | None = Seconds(MIN_PERIOD_S, 600.0, default=1.0)  # readback deadline
     shadow: bool = False  # log "would write" instead of writing (global [controller].shadow wins)
     message: str = ""
 
@@ -633,26 +746,74 @@ class _CrossCheck:
 
 # --- loading and error formatting ----------------------------------------------------------------
 
+MAX_CONFIG_BYTES = 16 << 20  # a line config is kilobytes; refuse anything absurd before parsing
+MAX_NESTING = 32  # tables/arrays inside each other; real configs use 4
+
+
 def load_config(path: str | Path) -> LineConfig:
     """Read and validate one line config; `ConfigError` lists every problem, one line each."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([_toml_error(path, exc)]) from None
+    data = _read_toml(path)
     problems = [f"{path}: {_fmt(loc)}: {msg}" for loc, msg in _secret_problems(data, ())]
     try:
-        cfg = LineConfig.model_validate(data, context={"base_dir": path.resolve().parent})
+        # strict: no "8470" -> 8470 or "yes" -> true coercion anywhere, driver tables included
+        cfg = LineConfig.model_validate(data, strict=True, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
         problems += [f"{path}: {line}" for line in format_errors(exc)]
         cfg = None
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML, or ConfigError with one line saying what is wrong with the file itself."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; is this a line config?"])
+    text = _decode(path, raw)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_toml_error(path, exc)]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: TOML syntax error: arrays or tables nested too deeply "
+                           f"(at most {MAX_NESTING} levels)"]) from None
+    depth = _depth(data)
+    if depth > MAX_NESTING:
+        raise ConfigError([f"{path}: arrays or tables nested more than {MAX_NESTING} levels deep"])
+    return data
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    """UTF-8 text; a UTF-8 BOM (Windows editors) is accepted, anything else named with the fix."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError([f"{path}: the file is UTF-16 text; save it as UTF-8"])
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    if b"\x00" in raw:
+        raise ConfigError([f"{path}: contains NUL bytes: a binary file, not a TOML line config"])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file "
+                           "as UTF-8 (e.g. iconv -f latin1 -t utf-8)"]) from None
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of the parsed TOML, without recursion (the input decides how deep it is)."""
+    deepest, stack = 0, [(data, 0)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level <= MAX_NESTING:
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
@@ -720,6 +881,8 @@ def _message(err: dict[str, Any], loc: Loc) -> str:
     value = err.get("input")
     if kind != "value_error" and not isinstance(value, dict | list) and len(repr(value)) < 80:
         msg += f" (got {value!r})"
+    if kind in ("int_type", "float_type", "bool_type") and isinstance(value, str):
+        msg += "; write numbers and true/false without quotes"
     return msg
 
 

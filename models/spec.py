@@ -71,6 +71,40 @@ class DetectorSpec:
             if not ok:
                 problems.append(f"{name}={getattr(self, name)!r} ({expect})")
 
+        # Types and sane upper bounds first: `debounce_n = inf` or `iforest_trees = 1e9` must be a
+        # one-line error here, not an OverflowError or a 7 GiB allocation in fit.
+        ints = {"warmup": 1_000_000, "iforest_trees": 10_000, "iforest_max_samples": 1_000_000,
+                "seed": 2**32 - 1, "debounce_k": 10_000, "debounce_n": 10_000, "clear_n": 10_000,
+                "pca_max_components": 100_000}
+        floats = ("ewma_alpha", "z_max", "cusum_k", "cusum_h", "cusum_margin", "roc_factor", "flat_factor",
+                  "flat_min_seconds", "flat_eps", "pca_variance", "input_alpha", "component_far",
+                  "target_far", "holdout_fraction", "threshold_margin", "smooth_alpha", "hysteresis")
+        may_be_inf = {"z_max", "cusum_h", "roc_factor"}  # inf disables these detectors
+        for name, hi in ints.items():
+            v = getattr(self, name)
+            if v is None and name == "pca_max_components":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool):
+                problems.append(f"{name}={v!r} (expected a whole number)")
+            elif v > hi:
+                problems.append(f"{name}={v!r} (expected at most {hi})")
+        for name in floats:
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                problems.append(f"{name}={v!r} (expected a number)")
+            elif (math.isnan(v) or (math.isinf(v) and name not in may_be_inf)
+                  or (math.isfinite(v) and abs(v) > 1e12)):
+                problems.append(f"{name}={v!r} (expected a finite number"
+                                + (" or inf to disable)" if name in may_be_inf else ")"))
+        for name in ("pca", "iforest", "refit"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r} (expected true or false)")
+        if not all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
+                   for w in self.weights):
+            problems.append(f"weights={self.weights!r} (expected four finite numbers)")
+        if problems:
+            raise ValueError("invalid detector spec: " + "; ".join(problems))
+
         need(0.0 < self.ewma_alpha <= 1.0, "ewma_alpha", "expected 0 < value <= 1")
         need(0.0 < self.input_alpha <= 1.0, "input_alpha", "expected 0 < value <= 1")
         need(0.0 < self.smooth_alpha <= 1.0, "smooth_alpha", "expected 0 < value <= 1")
