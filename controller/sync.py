@@ -65,11 +65,12 @@ class SyncConfig(BaseModel):
     bucket: str = Field(description='bucket; "db/rp" for InfluxDB 1.8')
     token_env: str = Field("LINESENTRY_INFLUX_TOKEN", description="name of the env var holding the token")
     batch_size: int = Field(5000, ge=1, le=1_000_000, description="max points per write request")
-    timeout_s: float = Field(10.0, gt=0, le=600)
-    backoff_initial_s: float = Field(1.0, gt=0)
-    backoff_cap_s: float = Field(300.0, gt=0)
+    # The client takes whole milliseconds and 0 means "no timeout": at least 0.1 s.
+    timeout_s: float = Field(10.0, ge=0.1, le=600, allow_inf_nan=False)
+    backoff_initial_s: float = Field(1.0, ge=0.01, le=3600, allow_inf_nan=False)
+    backoff_cap_s: float = Field(300.0, ge=0.01, le=86_400, allow_inf_nan=False)
     # 20 GiB: a week-long outage at 1,000 tags and 10 s windows (~17 GB); lower it on small disks.
-    max_outbox_bytes: int = Field(20 << 30, ge=1 << 16, description="outbox size cap (line protocol bytes)")
+    max_outbox_bytes: int = Field(20 << 30, ge=1 << 16, le=1 << 44, description="outbox cap (line protocol bytes)")
     enabled: bool = True
 
     @field_validator("url")
