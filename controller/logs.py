@@ -5,15 +5,23 @@
 Text lines are `time LEVEL logger: message`; JSON lines are one object each with
 `time` (ISO 8601 UTC), `level`, `logger`, `message`, plus any `extra=` fields and
 `exc` for a traceback (escaped, so still one line). `RateLimitFilter` passes one
-record per (logger, message template) every `interval_s` seconds and counts the
-rest; the next one let through carries "(repeated K times)", so a flapping PLC
-logs a line every few seconds, not 20 per second.
+record per (logger, level, formatted message) every `interval_s` seconds and counts
+the rest; the next one let through carries "(repeated K times)", so a flapping PLC
+logs a line every few seconds, not 20 per second. It keys on the full message, not
+the template: two different alarms are never merged into one line.
+
+`SecretFilter` (installed first on the handler) replaces every registered secret
+(`register_secret`: API tokens, passwords and tokens read from the environment)
+and asyncua's `Password=b'...'` dumps with `***` in messages, tracebacks and
+extra fields, at every level. asyncua logs at WARNING unless `module_levels`
+names it: its INFO is 9 KB publish dumps and tracebacks on normal disconnects.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
 import logging
+import re
 import sys
 import threading
 import time
@@ -25,6 +33,55 @@ DEFAULT_RATE_LIMIT_S = 10.0
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 _OURS = "_linesentry_handler"
+
+
+QUIET_BY_DEFAULT = {"asyncua": logging.WARNING}  # chatty libraries, unless module_levels names them
+MIN_SECRET_CHARS = 4  # shorter values would scrub ordinary words
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_ASYNCUA_PASSWORD = re.compile(r"(Password=b?)('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")
+SCRUBBED = "***"
+
+
+def register_secret(value: str | bytes | None) -> None:
+    """Never log `value` (nor its bytes repr) again, by any logger at any level."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not value or len(value) < MIN_SECRET_CHARS:
+        return
+    forms = {value, repr(value.encode("utf-8"))[2:-1], repr(value)[1:-1]}
+    with _secrets_lock:
+        _secrets.update(f for f in forms if len(f) >= MIN_SECRET_CHARS)
+
+
+def scrub(text: str) -> str:
+    """`text` with every registered secret and asyncua password dump replaced by ***."""
+    if "Password=" in text:
+        text = _ASYNCUA_PASSWORD.sub(lambda m: f"{m.group(1)}'{SCRUBBED}'", text)
+    for secret in sorted(_secrets, key=len, reverse=True):  # longest first: no partial leftovers
+        if secret in text:
+            text = text.replace(secret, SCRUBBED)
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """Scrubs secrets from a record before any formatter sees it (message, traceback, extras)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if key not in _RESERVED and isinstance(value, str):
+                setattr(record, key, scrub(value))
+        return True
 
 
 def parse_level(level: str) -> int:
@@ -54,7 +111,7 @@ def parse_module_levels(spec: str | None) -> dict[str, str]:
 
 
 class RateLimitFilter(logging.Filter):
-    """Let one record per (logger, level, message template) through every `interval_s` seconds."""
+    """Let one record per (logger, level, formatted message) through every `interval_s` seconds."""
 
     def __init__(self, interval_s: float = DEFAULT_RATE_LIMIT_S,
                  clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
@@ -68,7 +125,7 @@ class RateLimitFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.interval_s <= 0:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, record.getMessage())
         now = self.clock()
         with self._lock:
             entry = self._seen.get(key)
@@ -129,9 +186,16 @@ def setup_logging(level: str | int = "INFO", json: bool = False, module_levels: 
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     setattr(handler, _OURS, True)
     handler.setFormatter(JsonFormatter() if json else OneLineFormatter(TEXT_FORMAT))
+    handler.addFilter(SecretFilter())  # first: the rate limiter keys on the scrubbed message
     handler.addFilter(RateLimitFilter(rate_limit_s))
     root.addHandler(handler)
     root.setLevel(root_level)
-    for name, lvl in parsed.items():
+    for name, lvl in {**QUIET_BY_DEFAULT, **parsed}.items():
         logging.getLogger(name).setLevel(lvl)
     return handler
+
+
+def alarm_transition_level(to_state: str) -> int:
+    """The one place that decides how loud an alarm transition is in the service log:
+    a raise (-> UNACK) is a WARNING; returns to normal, acks, shelving and the rest are INFO."""
+    return logging.WARNING if str(to_state).upper().rsplit(".", 1)[-1] == "UNACK" else logging.INFO

@@ -7,18 +7,25 @@ of the directory), so a power cut leaves either the old or the new state,
 never half of one. A damaged state file is set aside, not fatal.
 """
 
+import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from controller.logs import register_secret
+
 log = logging.getLogger(__name__)
 
-TOKEN_FILE = "api-token"
+TOKEN_FILE = "api-token"  # operator token: every call, mutating ones included
+READ_TOKEN_FILE = "api-read-token"  # read-only token (dashboards, scrapers) when reads need one
+MIN_TOKEN_CHARS = 32
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+/=]+")
 STATE_FILE = "state.json"
 
 
@@ -32,17 +39,57 @@ class StateDir:
             raise OSError(f"cannot create the state directory {self.path}: {exc.strerror}; "
                           "set [controller] state_dir to a writable folder") from None
 
-    def token(self) -> str:
-        """The bearer token for mutating API calls, created at first start with mode 0600."""
-        path = self.path / TOKEN_FILE
+    def token(self, name: str = TOKEN_FILE) -> str:
+        """A bearer token kept in the state directory (mode 0600), created at first start.
+
+        A file too short to be one of ours (left empty by a first start on a full disk, or
+        edited by hand) is replaced by a new token, with a warning: an empty token would make
+        every mutating call 401 forever, so a latched stop could never be reset.
+        """
+        path = self.path / name
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
+            existing = path.read_text(encoding="ascii", errors="replace").strip()
+        except FileNotFoundError:
+            existing = None
+        except OSError as exc:
+            raise OSError(f"cannot read the API token {path}: {exc.strerror}; the service user must own "
+                          "the state directory") from None
+        if existing is not None and len(existing) >= MIN_TOKEN_CHARS and _TOKEN_CHARS.fullmatch(existing):
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
+                log.warning("API token %s was readable by other users; made it 0600", path)
+            register_secret(existing)
+            return existing
+        if existing is not None:
+            log.warning("API token %s was not a valid token (%d characters, need >= %d); wrote a new one: "
+                        "clients must read it again", path, len(existing), MIN_TOKEN_CHARS)
         token = secrets.token_urlsafe(32)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
+        self._write_atomic(path, token + "\n", mode=0o600)
+        register_secret(token)
         return token
+
+    def _write_atomic(self, path: Path, text: str, mode: int) -> None:
+        """Temp file (created with `mode`), fsync, rename, fsync of the directory: all or nothing."""
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=path.name, suffix=".tmp")
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        dir_fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def save_state(self, state: dict) -> None:
         """Atomic and safe to call from several threads (the last save wins, never a torn file)."""
@@ -54,11 +101,7 @@ class StateDir:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        dir_fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._fsync_dir()
 
     def load_state(self) -> dict:
         """The saved state, or {} when there is none or it is damaged (then it is kept aside)."""

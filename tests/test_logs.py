@@ -89,16 +89,16 @@ def test_rate_limit_lets_one_per_interval_through_and_counts_the_rest():
     handler = setup_logging("INFO", stream=out)
     handler.filters[:] = [RateLimitFilter(5.0, clock=lambda: now[0])]
     log = logging.getLogger("drivers.modbus")
-    for i in range(100):  # a flapping PLC at 20 Hz for 5 s
-        log.warning("%s: read failed: %s", "press", f"timeout #{i}")
+    for _ in range(100):  # a flapping PLC at 20 Hz for 5 s
+        log.warning("%s: read failed: %s", "press", "timeout")
         log.warning("other message")
         now[0] += 0.05
     now[0] = 5.0  # the next window
-    log.warning("%s: read failed: %s", "press", "timeout #100")
+    log.warning("%s: read failed: %s", "press", "timeout")
     got = lines(out)
     assert len(got) == 3, got
-    assert "press: read failed: timeout #0" in got[0] and "other message" in got[1]
-    assert got[2].endswith("press: read failed: timeout #100 (repeated 99 times)")
+    assert "press: read failed: timeout" in got[0] and "other message" in got[1]
+    assert got[2].endswith("press: read failed: timeout (repeated 99 times)")
     logging.getLogger("drivers.other").warning("%s: read failed: %s", "press", "x")  # other logger
     assert len(lines(out)) == 4
 
@@ -163,3 +163,42 @@ def test_run_sets_up_json_logging_and_module_levels(monkeypatch):
     assert result.exit_code == 2 and "stub: stop here" in result.output
     logged = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     assert [(e["logger"], e["message"]) for e in logged] == [("drivers.opcua", "driver debug 1")]
+
+
+def test_rate_limit_never_merges_different_alarms_of_one_template():
+    """Issue 10 item 16: 13 repeats of pump_flow_bad swallowed the conveyor_comm_loss raise."""
+    now = [0.0]
+    out = io.StringIO()
+    handler = setup_logging("INFO", stream=out)
+    handler.filters[:] = [RateLimitFilter(10.0, clock=lambda: now[0])]
+    log = logging.getLogger("linesentry")
+    for _ in range(13):
+        log.info("alarm %s: %s -> %s (%s)", "pump_flow_bad", "RTN_UNACK", "UNACK", "condition")
+        now[0] += 0.1
+    log.warning("alarm %s: %s -> %s (%s)", "conveyor_comm_loss", "NORMAL", "UNACK", "condition")
+    log.info("alarm %s: %s -> %s (%s)", "conveyor_comm_loss", "UNACK", "RTN_UNACK", "condition")
+    got = lines(out)
+    assert len(got) == 3, got
+    assert "WARNING linesentry: alarm conveyor_comm_loss: NORMAL -> UNACK" in got[1]
+    assert "INFO linesentry: alarm conveyor_comm_loss: UNACK -> RTN_UNACK" in got[2]
+
+
+def test_alarm_raises_are_warnings_and_everything_else_info():
+    from controller.alarms import AlarmState
+    from controller.logs import alarm_transition_level
+
+    assert alarm_transition_level(AlarmState.UNACK) == logging.WARNING
+    for state in AlarmState:
+        if state is not AlarmState.UNACK:
+            assert alarm_transition_level(state) == logging.INFO, state
+
+
+def test_asyncua_is_quiet_unless_asked_for():
+    out = io.StringIO()
+    setup_logging("DEBUG", stream=out)
+    logging.getLogger("asyncua.client.ua_client").info("9 KB publish dump")
+    logging.getLogger("asyncua.client.ua_client").warning("a real problem")
+    assert [line.split(": ", 1)[1] for line in lines(out)] == ["a real problem"]
+    setup_logging("INFO", stream=out, module_levels={"asyncua": "INFO"})
+    logging.getLogger("asyncua.client.ua_client").info("asked for")
+    assert lines(out)[-1].endswith("asked for")

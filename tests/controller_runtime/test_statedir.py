@@ -1,6 +1,9 @@
 """State directory: token permissions, atomic state, damaged files set aside."""
 
+import os
 import stat
+
+import pytest
 
 from controller.statedir import STATE_FILE, StateDir
 
@@ -31,3 +34,26 @@ def test_concurrent_saves_never_fail_or_tear_the_file(tmp_path):
         list(pool.map(lambda i: sd.save_state({"n": i}), range(200)))
     assert sd.load_state()["n"] in range(200)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("content", ["", "\n", "short", "x" * 31, "has spaces in it " * 3])
+def test_an_empty_or_short_token_file_is_replaced_with_a_warning(tmp_path, caplog, content):
+    """A 0-byte token left by a first start on a full disk made every mutating call 401 forever."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "api-token").write_text(content)
+    with caplog.at_level("WARNING", logger="controller.statedir"):
+        token = StateDir(state).token()
+    assert len(token) >= 32 and (state / "api-token").read_text().strip() == token
+    assert stat.S_IMODE((state / "api-token").stat().st_mode) == 0o600
+    assert "not a valid token" in caplog.text and "wrote a new one" in caplog.text
+    assert StateDir(state).token() == token  # kept from now on
+    assert [p.name for p in state.iterdir()] == ["api-token"]  # no temp file left behind
+
+
+def test_a_token_readable_by_others_is_made_private(tmp_path):
+    state = tmp_path / "state"
+    token = StateDir(state).token()
+    os.chmod(state / "api-token", 0o644)
+    assert StateDir(state).token() == token
+    assert stat.S_IMODE((state / "api-token").stat().st_mode) == 0o600
