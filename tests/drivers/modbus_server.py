@@ -138,3 +138,60 @@ def wire_registers(value: float, dtype: str, order: str) -> list[int]:
     if order in ("DCBA", "BADC"):
         words = [w[::-1] for w in words]
     return [int.from_bytes(w, "big") for w in words]
+
+
+class PyModbusTcpServer:
+    """pyModbusTCP's ModbusServer, an implementation independent of pymodbus, in its own thread.
+
+    Each table holds exactly the values given (from address 0); addresses past them are illegal.
+    It answers every unit id (it has no notion of one).
+    """
+
+    def __init__(self, port: int, coils: list[bool], discretes: list[bool], holding: list[int],
+                 inputs: list[int]) -> None:
+        self.port = port
+        self.tables = (coils, discretes, holding, inputs)
+        self.server = None
+
+    async def start(self) -> "PyModbusTcpServer":
+        from pyModbusTCP.server import DataBank, ModbusServer
+
+        coils, discretes, holding, inputs = self.tables
+        bank = DataBank(coils_size=len(coils), d_inputs_size=len(discretes), h_regs_size=len(holding),
+                        i_regs_size=len(inputs))
+        assert bank.set_coils(0, coils) and bank.set_discrete_inputs(0, discretes)
+        assert bank.set_holding_registers(0, holding) and bank.set_input_registers(0, inputs)
+        self.server = ModbusServer("127.0.0.1", self.port, no_block=True, data_bank=bank)
+        await asyncio.to_thread(self.server.start)  # raises NetworkError if it cannot listen
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+            self.server = None
+
+
+class SimTablesServer(SimServer):
+    """The pymodbus server with the same four-table layout as PyModbusTcpServer."""
+
+    def __init__(self, port: int, coils: list[bool], discretes: list[bool], holding: list[int],
+                 inputs: list[int], log: RequestLog | None = None) -> None:
+        super().__init__(lambda: device([bits_at(0, coils)], [bits_at(0, discretes)],
+                                        [registers_at(0, holding)], [registers_at(0, inputs)], log), port)
+
+
+def independent_client(port: int):
+    """pyModbusTCP's (synchronous) client: reads and writes the server without our driver's code."""
+    from pyModbusTCP.client import ModbusClient
+
+    return ModbusClient(host="127.0.0.1", port=port, unit_id=1, timeout=2.0, auto_open=True)
+
+
+def exception_reply(code: int) -> Callable[[bytes], bytes]:
+    """A device that answers every request with Modbus exception `code` (e.g. 11: a gateway whose
+    target device is dead)."""
+    def reply(request: bytes) -> bytes:
+        tid, _pid, _len, unit = struct.unpack(">HHHB", request[:7])
+        pdu = struct.pack(">BB", request[7] | 0x80, code)
+        return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+    return reply

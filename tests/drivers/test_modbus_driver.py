@@ -1,4 +1,7 @@
-"""ModbusDriver against real TCP servers on 127.0.0.1: pymodbus' SimDevice server and raw fakes."""
+"""ModbusDriver against real TCP servers on 127.0.0.1: pymodbus' SimDevice server and raw fakes.
+
+Checks every server implementation must pass (coalescing, illegal addresses, types x orders,
+writes) are in test_modbus_conformance.py; these are the pymodbus- and fault-specific ones."""
 
 import asyncio
 import time
@@ -140,18 +143,6 @@ async def test_reads_every_dtype_and_order_end_to_end_in_one_request_per_table(p
         await d.read(["nope"])
 
 
-@pytest.mark.parametrize(("limit", "requests"), [(125, 1), (4, 5), (7, 3)])
-async def test_adjacent_registers_are_coalesced_within_the_request_limit(port, servers, connected,
-                                                                         limit, requests):
-    log = RequestLog()
-    await servers(SimServer(plain_device(20, log), port))
-    d = await connected(cfg(port, reg_tags(20), max_registers_per_read=limit))
-    batch = await d.read()
-    assert batch.values.tolist() == [100.0 + i for i in range(20)]
-    assert log.reads(3) == requests and d.stats.reads == requests
-    assert all(count <= limit for fc, _, count in log.requests if fc == 3)
-
-
 async def test_device_that_only_accepts_small_requests(port, servers, connected):
     log = RequestLog(max_registers=8)
     await servers(SimServer(plain_device(20, log), port))
@@ -165,21 +156,6 @@ async def test_device_that_only_accepts_small_requests(port, servers, connected)
     assert (batch.quality == Quality.GOOD).all()
     assert batch.values.tolist() == [100.0 + i for i in range(20)]
     assert small.stats.read_errors == 0 and small.stats.reads == 3
-
-
-async def test_illegal_address_marks_only_that_blocks_tags_bad(port, servers, connected):
-    await servers(SimServer(plain_device(4), port))
-    tags = reg_tags(4) + [{"name": "missing", "table": "holding_register", "address": 1000, "dtype": "int16"},
-                          {"name": "missing_coil", "table": "coil", "address": 1200, "dtype": "bool"},
-                          {"name": "ir", "table": "input_register", "address": 1, "dtype": "uint16"}]
-    d = await connected(cfg(port, tags))
-    batch = await d.read()
-    assert batch.quality.tolist() == [Quality.GOOD] * 4 + [Quality.BAD, Quality.BAD, Quality.GOOD]
-    assert batch.values[:4].tolist() == [100, 101, 102, 103] and batch.values[6] == 8
-    assert np.isnan(batch.values[4:6]).all()
-    assert d.stats.read_errors == 2 and d.stats.bad_values == 2
-    assert "illegal data address" in d.stats.last_error
-    assert (await d.read()).quality.tolist() == batch.quality.tolist()  # still connected, still served
 
 
 async def test_short_response_is_bad_not_a_crash(port, servers, connected):
