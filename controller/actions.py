@@ -1,5 +1,10 @@
 """Action logic: which writes to issue when alarms become active. Pure; the caller passes the time.
 
+Two clocks, as in the alarm engine: `now` (monotonic in the controller) times min_interval_s and
+readback deadlines, `wall` (default: `now`) stamps events and the status/snapshot times, so a
+wall-clock step neither fires nor holds back an action. min_interval_s is measured within one
+run; across a restart the latch and the served activation carry over (they are facts, not times).
+
 An action *fires at most once per activation* of its alarm. While the alarm stays active an
 unserved demand waits: it fires as soon as nothing stands in the way, in this order of checks:
 
@@ -87,8 +92,8 @@ _NO_EVENTS: tuple[ActionEvent, ...] = ()
 
 class _Action:
     __slots__ = ("awaiting", "cfg", "deadline", "demand", "failed", "inhibited", "inhibited_by",
-                 "last_fire", "latched", "latched_at", "name", "notice", "notice_ref", "served",
-                 "shadow", "written_at")
+                 "fired_at", "first_out", "last_fire", "latched", "latched_at", "name", "notice",
+                 "notice_ref", "served", "shadow", "written_at")
 
     def __init__(self, cfg: ActionSettings, shadow: bool) -> None:
         self.cfg = cfg
@@ -102,7 +107,9 @@ class _Action:
         self.latched_at: float | None = None
         self.inhibited = False
         self.inhibited_by = ""
-        self.last_fire = -math.inf
+        self.last_fire = -math.inf  # monotonic: min_interval_s
+        self.fired_at: float | None = None  # wall time of the last fire (views, snapshot)
+        self.first_out = ""  # the first-out cause given with the last fire
         self.awaiting = False  # a write waits for its confirmation
         self.written_at = math.nan
         self.deadline: float | None = None  # None: no deadline (or already reported missed)
@@ -124,14 +131,17 @@ class ActionEngine:
 
     # -- hot path ---------------------------------------------------------------------------------
 
-    def evaluate(self, now: float, active_alarms: Collection[str],
-                 tag_values: Mapping[str, float]) -> Sequence[WriteRequest]:
+    def evaluate(self, now: float, active_alarms: Collection[str], tag_values: Mapping[str, float],
+                 wall: float | None = None, first_out: str = "") -> Sequence[WriteRequest]:
         """The writes to issue now. Decisions are queued for `take_events()`.
 
         `tag_values` maps tag name -> current value (NaN when unknown), e.g. a dict or a
-        `controller.conditions.ArrayTagView` over the live value array. Returns a shared empty
-        tuple when there is nothing to write.
+        `controller.conditions.ArrayTagView` over the live value array. `first_out` names the
+        first cause of the current alarm episode; a firing records it in its event and status.
+        Returns a shared empty tuple when there is nothing to write.
         """
+        if wall is None:
+            wall = now
         writes: list[WriteRequest] | None = None
         for a in self._list:
             if a.cfg.alarm not in active_alarms:
@@ -145,38 +155,39 @@ class ActionEngine:
                 continue
             if a.inhibited:
                 if self._new_notice(a, "inhibited", None):
-                    self._emit(now, a, "inhibited", f"inhibited by {a.inhibited_by or 'operator'}")
+                    self._emit(wall, a, "inhibited", f"inhibited by {a.inhibited_by or 'operator'}")
                 continue
             if a.latched:
                 if self._new_notice(a, "latched", None):
-                    self._emit(now, a, "latched", "latched since the last firing; reset to re-arm")
+                    self._emit(wall, a, "latched", "latched since the last firing; reset to re-arm")
                 continue
             if now - a.last_fire < a.cfg.min_interval_s:
                 if self._new_notice(a, "rate_limited", None):
-                    self._emit(now, a, "rate_limited", f"min_interval_s {a.cfg.min_interval_s:g}: last "
+                    self._emit(wall, a, "rate_limited", f"min_interval_s {a.cfg.min_interval_s:g}: last "
                                f"fired {now - a.last_fire:.3f} s ago; waiting")
                 continue
             blocking = self._blocking(a, tag_values)
             if blocking is not None:
                 if self._new_notice(a, "blocked", blocking):
                     value = tag_values.get(blocking.tag, math.nan)
-                    self._emit(now, a, "blocked",
+                    self._emit(wall, a, "blocked",
                                f"blocked by interlock {blocking} ({blocking.tag} = {value:g})")
                 continue
             w = a.cfg.write
-            a.served, a.last_fire = True, now
+            a.served, a.last_fire, a.fired_at, a.first_out = True, now, wall, first_out
             a.notice, a.notice_ref = "", None
+            cause = f"; first out: {first_out}" if first_out else ""
             if a.shadow:
-                self._emit(now, a, "shadow", f"shadow: would write {w.tag}={w.value}")
+                self._emit(wall, a, "shadow", f"shadow: would write {w.tag}={w.value}{cause}")
                 continue
             if a.cfg.latch:
-                a.latched, a.latched_at = True, now
+                a.latched, a.latched_at = True, wall
             a.awaiting, a.written_at = True, now
             a.deadline = None if a.cfg.confirm_within_s is None else now + a.cfg.confirm_within_s
             self._awaiting.add(a.name)
-            req = WriteRequest(a.name, w.tag, w.value, now, a.deadline)
-            self._emit(now, a, "fired", f"write {w.tag}={w.value}"
-                       + (" (latched until reset)" if a.cfg.latch else ""))
+            req = WriteRequest(a.name, w.tag, w.value, wall, a.deadline)
+            self._emit(wall, a, "fired", f"write {w.tag}={w.value}"
+                       + (" (latched until reset)" if a.cfg.latch else "") + cause)
             if writes is None:
                 writes = []
             writes.append(req)
@@ -209,8 +220,11 @@ class ActionEngine:
 
     # -- confirmation -----------------------------------------------------------------------------
 
-    def confirm(self, name: str, now: float, ok: bool, detail: str = "") -> list[ActionEvent]:
+    def confirm(self, name: str, now: float, ok: bool, detail: str = "",
+                wall: float | None = None) -> list[ActionEvent]:
         """The runtime's readback result for the action's write (`detail`: the driver's error)."""
+        if wall is None:
+            wall = now
         a = self._get(name)
         if not a.awaiting:
             return []
@@ -221,23 +235,25 @@ class ActionEngine:
             a.failed = False
             late = (a.cfg.confirm_within_s is not None and took > a.cfg.confirm_within_s)
             text = f"confirmed {took:.3f} s after the write" + (" (after the deadline)" if late else "")
-            return [ActionEvent(now, name, "confirmed", text)]
+            return [ActionEvent(wall, name, "confirmed", text)]
         a.failed = True
         w = a.cfg.write
-        return [ActionEvent(now, name, "failed", f"write {w.tag}={w.value} failed"
+        return [ActionEvent(wall, name, "failed", f"write {w.tag}={w.value} failed"
                             + (f": {detail}" if detail else ""))]
 
-    def check_deadlines(self, now: float) -> Sequence[ActionEvent]:
+    def check_deadlines(self, now: float, wall: float | None = None) -> Sequence[ActionEvent]:
         """'failed' events for writes whose confirmation is overdue (each reported once)."""
         if not self._awaiting:
             return _NO_EVENTS
+        if wall is None:
+            wall = now
         events: list[ActionEvent] | None = None
         for name in self._awaiting:
             a = self._actions[name]
             if a.deadline is not None and now > a.deadline:
                 a.deadline, a.failed = None, True  # still awaiting: a late confirmation clears it
                 w = a.cfg.write
-                ev = ActionEvent(now, name, "failed", f"write {w.tag}={w.value} not confirmed within "
+                ev = ActionEvent(wall, name, "failed", f"write {w.tag}={w.value} not confirmed within "
                                  f"{a.cfg.confirm_within_s:g} s")
                 events = [ev] if events is None else [*events, ev]
         return _NO_EVENTS if events is None else events
@@ -285,15 +301,15 @@ class ActionEngine:
         """Every action for the API/CLI (JSON-serialisable)."""
         return [{"name": a.name, "alarm": a.cfg.alarm, "shadow": a.shadow, "latched": a.latched,
                  "inhibited": a.inhibited, "inhibited_by": a.inhibited_by, "failed": a.failed,
-                 "awaiting_confirmation": a.awaiting,
-                 "last_fire": None if a.last_fire == -math.inf else a.last_fire} for a in self._list]
+                 "awaiting_confirmation": a.awaiting, "last_fire": a.fired_at,
+                 "first_out": a.first_out} for a in self._list]
 
     def snapshot(self) -> dict[str, Any]:
         """Latch, inhibit, failure and rate-limit facts, JSON-serialisable, for restarts."""
         return {"version": SNAPSHOT_VERSION, "actions": {a.name: {
             "latched": a.latched, "latched_at": a.latched_at, "inhibited": a.inhibited,
             "inhibited_by": a.inhibited_by, "failed": a.failed or a.awaiting, "demand": a.demand,
-            "served": a.served, "last_fire": None if a.last_fire == -math.inf else a.last_fire,
+            "served": a.served, "last_fire": a.fired_at, "first_out": a.first_out,
         } for a in self._list}}
 
     def restore(self, snapshot: Mapping[str, Any]) -> list[str]:
@@ -314,7 +330,8 @@ class ActionEngine:
             a.latched, a.latched_at = bool(s["latched"]), s["latched_at"]
             a.inhibited, a.inhibited_by = bool(s["inhibited"]), s["inhibited_by"]
             a.failed, a.demand, a.served = bool(s["failed"]), bool(s["demand"]), bool(s["served"])
-            a.last_fire = -math.inf if s["last_fire"] is None else float(s["last_fire"])
+            a.fired_at, a.first_out = s["last_fire"], s.get("first_out", "")
+            a.last_fire = -math.inf  # min_interval_s runs on this process's monotonic clock
             a.awaiting, a.deadline = False, None
             self._awaiting.discard(name)
         return skipped

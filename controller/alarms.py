@@ -17,6 +17,14 @@ time, cause and user; nothing else produces events.
 
 Deadbands are applied where the analog value is compared (`Condition.holds(..., deadband)`),
 so the engine itself sees booleans only.
+
+Two clocks: `update(now, ..., wall=)` measures on/off delays on `now` (the controller passes
+its monotonic clock) and stamps events and checks shelve expiry (a persisted deadline) on
+`wall`. A wall-clock step therefore never starts, shortens or stretches a delay.
+
+First out (ISA-18.2 first-out annunciation): the first alarm whose raw condition rose since
+the line was last quiet (no raw condition and no active alarm) is kept in `first_out`,
+whether or not it is later suppressed or shelved, so a line stop can name its first cause.
 """
 
 from __future__ import annotations
@@ -129,21 +137,35 @@ class AlarmEngine:
         self._shelved: set[str] = set()  # alarms with a shelve expiry to watch
         self._next_expiry = math.inf  # earliest shelve expiry: update() scans only once it is due
         self._active_cache: tuple[str, ...] | None = ()
+        self._raw_on = 0  # alarms whose raw condition is true
+        self._debounced_on = 0  # alarms whose debounced condition is active
+        self.first_out: tuple[str, float] | None = None  # (alarm, wall time) of this episode
 
     # -- hot path ---------------------------------------------------------------------------------
 
     def update(self, now: float, conditions: Mapping[str, bool],
-               suppressed: Mapping[str, bool] | None = None) -> Sequence[AlarmEvent]:
-        """Feed raw conditions (and suppress_when results); return the transitions they caused.
+               suppressed: Mapping[str, bool] | None = None, wall: float | None = None
+               ) -> Sequence[AlarmEvent]:
+        """Feed raw conditions (and suppression results); return the transitions they caused.
 
-        Alarms missing from `conditions` keep their last raw condition. Allocates nothing and
-        returns a shared empty tuple when nothing changes.
+        `now` times the on/off delays (monotonic in the controller); `wall` (default: `now`)
+        stamps events and is compared with shelve expiries. Alarms missing from `conditions`
+        keep their last raw condition. Allocates nothing and returns a shared empty tuple when
+        nothing changes.
         """
+        if wall is None:
+            wall = now
         alarms = self._alarms
         for name, cond in conditions.items():
             a = alarms[name]
             if cond != a.raw:
                 a.raw = cond = bool(cond)
+                if cond:
+                    self._raw_on += 1
+                    if self.first_out is None:
+                        self.first_out = (name, wall)
+                else:
+                    self._raw_on -= 1
                 if cond != a.active:
                     a.pending_since = now
                     self._pending.add(name)
@@ -157,9 +179,10 @@ class AlarmEngine:
                 a = alarms[name]
                 if now - a.pending_since >= (a.off_delay if a.active else a.on_delay):  # type: ignore[operator]
                     a.active, a.pending_since = a.raw, None
+                    self._debounced_on += 1 if a.active else -1
                     if a.active and a.state not in HIDDEN:
                         a.acked = False  # a new activation is annunciated (NORMAL/RTN_UNACK -> UNACK)
-                    events = self._move(a, now, "condition", "", events)
+                    events = self._move(a, wall, "condition", "", events)
                     if done is None:
                         done = []
                     done.append(name)
@@ -170,14 +193,16 @@ class AlarmEngine:
                 a = alarms[name]
                 if sup != a.suppressed:
                     a.suppressed = bool(sup)
-                    events = self._move(a, now, "suppressed" if sup else "unsuppressed", "", events)
-        if self._shelved and now >= self._next_expiry:
-            for name in [n for n in self._shelved if now >= alarms[n].shelved_until]:  # type: ignore[operator]
+                    events = self._move(a, wall, "suppressed" if sup else "unsuppressed", "", events)
+        if self._shelved and wall >= self._next_expiry:
+            for name in [n for n in self._shelved if wall >= alarms[n].shelved_until]:  # type: ignore[operator]
                 a = alarms[name]
                 a.shelved_until, a.shelved_by = None, ""
                 self._shelved.discard(name)
-                events = self._move(a, now, "shelve_expired", "", events)
+                events = self._move(a, wall, "shelve_expired", "", events)
             self._update_next_expiry()
+        if self.first_out is not None and not self._raw_on and not self._debounced_on:
+            self.first_out = None  # the line is quiet again: the next rise starts a new episode
         return _NO_EVENTS if events is None else events
 
     def _update_next_expiry(self) -> None:
@@ -302,8 +327,10 @@ class AlarmEngine:
             if a is None:
                 skipped.append(name)
                 continue
-            a.raw, a.active, a.acked = bool(s["raw"]), bool(s["active"]), bool(s["acked"])
-            a.pending_since = s["pending_since"]
+            # A delay in progress was timed on the old process's monotonic clock: it restarts
+            # from the live condition (raw = active until the first update says otherwise).
+            a.active, a.acked = bool(s["active"]), bool(s["acked"])
+            a.raw, a.pending_since = a.active, None
             a.shelved_until, a.shelved_by = s["shelved_until"], s["shelved_by"]
             a.suppressed, a.oos = bool(s["suppressed"]), bool(s["oos"])
             a.since = math.nan if s["since"] is None else float(s["since"])
@@ -312,4 +339,6 @@ class AlarmEngine:
             (self._shelved.add if a.shelved_until is not None else self._shelved.discard)(name)
         self._update_next_expiry()
         self._active_cache = None
+        self._raw_on = sum(a.raw for a in self._alarms.values())
+        self._debounced_on = sum(a.active for a in self._alarms.values())
         return skipped

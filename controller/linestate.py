@@ -5,7 +5,13 @@ assignment (no Python object per value), and the detector's frame (values,
 fresh mask, good mask, in the model's tag order) is gathered from them into
 preallocated buffers. Tags that did not change keep their last value
 (sample-and-hold) and are simply not fresh.
+
+A tag that goes STALE or COMM_LOST here (housekeeping) is also marked fresh, so the next
+detector step sees it as fresh and not good and raises its invalid flag. Staleness is timed on
+the monotonic clock (`good_ts`), never on the drivers' wall-clock receive stamps.
 """
+
+import time
 
 import numpy as np
 
@@ -13,6 +19,7 @@ from drivers.base import Quality, ReadingBatch
 
 # Plain ints: enum attribute lookups cost more than the numpy work they guard here.
 GOOD, UNCERTAIN, STALE = int(Quality.GOOD), int(Quality.UNCERTAIN), int(Quality.STALE)
+COMM_LOST = int(Quality.COMM_LOST)
 
 
 class LineState:
@@ -31,7 +38,7 @@ class LineState:
         self.quality = np.full(n, int(Quality.COMM_LOST), dtype=np.uint8)  # nothing heard yet
         self.source_ts = np.full(n, np.nan)
         self.receive_ts = np.full(n, np.nan)  # when the latest value (or quality) arrived
-        self.good_ts = np.full(n, np.nan)  # when the latest GOOD value arrived (staleness)
+        self.good_ts = np.full(n, np.nan)  # monotonic time the latest GOOD value arrived (staleness)
         self.fresh = np.zeros(n, dtype=np.uint8)  # set by batches, cleared after each step
         # The detector's frame, in the model's order.
         self.detector_index = np.array([self.position[t] for t in detector_tags], dtype=np.int64)
@@ -44,29 +51,35 @@ class LineState:
         """Line positions of a driver's tags (driver index -> line index)."""
         return np.array([self.position[t] for t in driver_tags], dtype=np.int64)
 
-    def apply(self, binding: np.ndarray, batch: ReadingBatch) -> None:
-        """Scatter one driver batch into the line state."""
+    def apply(self, binding: np.ndarray, batch: ReadingBatch, mono: float | None = None) -> None:
+        """Scatter one driver batch into the line state; `mono`: its arrival on the monotonic clock."""
         at = binding[batch.index]
         self.values[at] = batch.values
         self.quality[at] = batch.quality
         self.source_ts[at] = batch.source_ts
         self.receive_ts[at] = batch.receive_ts
-        good = batch.quality == GOOD
-        self.good_ts[at[good]] = batch.receive_ts[good]
+        self.good_ts[at[batch.quality == GOOD]] = time.monotonic() if mono is None else mono
         self.fresh[at] = 1
 
-    def mark_stale(self, now: float, timeout: np.ndarray) -> np.ndarray:
+    def mark_stale(self, mono: float, timeout: np.ndarray) -> np.ndarray:
         """Mark GOOD/UNCERTAIN tags whose last good value is older than `timeout` (per tag) as STALE.
 
         Returns the line positions that became stale now (to raise an event), usually empty.
         """
         live = self.quality <= UNCERTAIN
-        stale = live & ~(now - self.good_ts <= timeout)  # NaN good_ts (never good) counts as stale
+        stale = live & ~(mono - self.good_ts <= timeout)  # NaN good_ts (never good) counts as stale
         changed = np.flatnonzero(stale)
         if changed.size:
             self.quality[changed] = STALE
             self.values[changed] = np.nan
+            self.fresh[changed] = 1
         return changed
+
+    def mark_lost(self, positions: np.ndarray) -> None:
+        """A PLC is comm-lost: its tags become COMM_LOST (unknown) until it delivers again."""
+        self.quality[positions] = COMM_LOST
+        self.values[positions] = np.nan
+        self.fresh[positions] = 1
 
     def gather_frame(self) -> None:
         """Fill the detector frame buffers from the line state."""

@@ -173,7 +173,7 @@ def test_unknown_action_and_duplicate_names():
         ActionEngine([action(), action()])
 
 
-def test_snapshot_restore_keeps_latch_inhibit_failure_and_rate_limit():
+def test_snapshot_restore_keeps_latch_inhibit_and_failure():
     cfgs = [action(latch=True), action(name="gate", alarm="reject", min_interval_s=10.0),
             action(name="horn", alarm="x")]
     e = ActionEngine(cfgs)
@@ -188,9 +188,29 @@ def test_snapshot_restore_keeps_latch_inhibit_failure_and_rate_limit():
     assert st["gate"]["failed"]  # an unconfirmed write cannot be confirmed after a restart
     assert r.evaluate(1.0, {"anomaly", "reject", "x"}, RUNNING) == ()  # same activations, inhibited
     r.evaluate(2.0, (), RUNNING)
-    assert r.evaluate(3.0, {"anomaly", "reject"}, RUNNING) == ()  # latched; rate-limited
-    assert [k for k in kinds(r) if k != "inhibited"] == ["latched", "rate_limited"]
-    assert [w.action for w in r.evaluate(10.0, {"anomaly", "reject"}, RUNNING)] == ["gate"]
+    # latched; min_interval_s ran on the old process's monotonic clock, so gate may fire again
+    assert [w.action for w in r.evaluate(3.0, {"anomaly", "reject"}, RUNNING)] == ["gate"]
+    assert [k for k in kinds(r) if k != "inhibited"] == ["latched", "fired"]
+    assert st["stop"]["last_fire"] == 0.0  # the wall time of the fire before the restart
+
+
+def test_min_interval_and_deadlines_run_on_the_monotonic_clock():
+    e = ActionEngine([action(min_interval_s=5.0, confirm_within_s=1.0)])
+    (w,) = e.evaluate(0.0, {"anomaly"}, RUNNING, wall=1000.0)
+    assert w.time == 1000.0
+    e.evaluate(0.5, (), RUNNING, wall=1000.0 + 86400)  # the wall clock jumps a day ahead
+    assert e.check_deadlines(0.9, wall=1000.0 + 86400) == ()  # the deadline is 1 s of monotonic time
+    assert e.evaluate(1.0, {"anomaly"}, RUNNING, wall=1000.0 + 86400) == ()  # still rate-limited
+    (ev,) = e.check_deadlines(1.1, wall=5.0)
+    assert (ev.kind, ev.time) == ("failed", 5.0)
+
+
+def test_a_firing_names_its_first_out_cause():
+    e = ActionEngine([action()])
+    e.evaluate(0.0, {"anomaly"}, RUNNING, first_out="vibration_flatline (vibration_rms: flatline)")
+    (ev,) = [ev for ev in e.take_events() if ev.kind == "fired"]
+    assert ev.detail.endswith("; first out: vibration_flatline (vibration_rms: flatline)")
+    assert e.status()[0]["first_out"] == "vibration_flatline (vibration_rms: flatline)"
 
 
 def test_restore_rejects_other_versions_and_skips_removed_actions():

@@ -252,11 +252,40 @@ def test_snapshot_restore_round_trip():
     snap = json.loads(json.dumps(e.snapshot()))  # survives JSON
     r = AlarmEngine(cfgs)
     assert r.restore(snap) == []
-    assert r.snapshot() == e.snapshot()
+    expected = e.snapshot()
+    # a running on-delay was timed on the old process's monotonic clock: it restarts from live data
+    expected["alarms"]["a"].update(raw=False, pending_since=None)
+    assert r.snapshot() == expected
     assert r.active() == e.active() == ("b",)
-    # timers continue after the restart
-    assert moves(r.update(5.0, {})) == [(S.NORMAL, S.UNACK, "condition")]
-    assert moves(r.update(101.0, {})) == [(S.SHELVED, S.UNACK, "shelve_expired")]
+    assert r.update(5.0, {"a": True}) == ()  # the on-delay starts again at the first live update
+    assert moves(r.update(10.0, {})) == [(S.NORMAL, S.UNACK, "condition")]
+    # a shelve expiry is a wall-clock deadline: it survives the restart
+    assert moves(r.update(101.0, {}, wall=101.0)) == [(S.SHELVED, S.UNACK, "shelve_expired")]
+
+
+def test_delays_run_on_the_monotonic_clock_and_shelves_on_the_wall_clock():
+    e = AlarmEngine([Cfg("a", on_delay_s=2), Cfg("b")])
+    e.shelve("b", "u", 1000.0, 60)
+    assert e.update(0.0, {"a": True, "b": True}, wall=1000.0) == ()
+    # wall time jumps back an hour and forward a day: the on-delay only sees monotonic time
+    assert e.update(1.0, {}, wall=1000.0 - 3600) == ()
+    events = e.update(2.0, {}, wall=1000.0 + 86400)
+    # stamped in wall time; the day-later wall time is past the shelve deadline
+    assert [(ev.alarm, ev.cause, ev.time) for ev in events] == [
+        ("a", "condition", 1000.0 + 86400), ("b", "shelve_expired", 1000.0 + 86400)]
+
+
+def test_first_out_names_the_first_rise_of_an_episode_even_when_suppressed():
+    e = AlarmEngine([Cfg("flat", on_delay_s=1), Cfg("line", off_delay_s=1)])
+    e.update(0.0, {"flat": True, "line": False}, {"flat": False}, wall=50.0)
+    e.update(0.1, {"line": True}, {"flat": True}, wall=50.1)  # the stop suppresses the first cause
+    assert e.first_out == ("flat", 50.0) and e.state("flat") is S.SUPPRESSED
+    e.update(0.2, {"flat": False, "line": False})
+    assert e.first_out == ("flat", 50.0)  # "line" is still active (its off-delay runs)
+    e.update(1.2, {})
+    assert e.first_out is None  # quiet: the next rise starts a new episode
+    e.update(0.4, {"line": True}, wall=60.0)
+    assert e.first_out == ("line", 60.0)
 
 
 def test_restore_skips_removed_alarms_and_rejects_other_versions():

@@ -32,12 +32,15 @@ def test_batches_from_two_drivers_land_in_the_detector_frame_in_model_order():
 
 def test_stale_after_timeout_only_once_and_never_good_counts_as_stale():
     state = LineState(["a", "b"], detector_tags=["a", "b"])
-    state.apply(state.binding(["a", "b"]), batch([0, 1], [1.0, 2.0], [Quality.GOOD] * 2, now=10.0))
+    state.apply(state.binding(["a", "b"]), batch([0, 1], [1.0, 2.0], [Quality.GOOD] * 2), mono=10.0)
+    state.clear_fresh()
     timeout = np.array([1.0, 5.0])
     assert state.mark_stale(10.5, timeout).tolist() == []
     assert state.mark_stale(11.5, timeout).tolist() == [0]
     assert state.quality[0] == Quality.STALE and np.isnan(state.values[0])
     assert state.mark_stale(12.0, timeout).tolist() == []  # already stale: no new event
+    state.gather_frame()  # the detector's next step sees the stale tag as fresh and not good
+    assert state.frame_fresh.tolist() == [1, 0] and state.frame_good.tolist() == [0, 1]
     fresh = LineState(["x"], ["x"])
     fresh.quality[:] = Quality.GOOD
     assert fresh.mark_stale(0.0, np.array([1.0])).tolist() == [0]
@@ -48,6 +51,15 @@ def test_comm_lost_batch_marks_every_tag_of_that_plc():
     state.apply(state.binding(["a", "b", "c"]), batch([0, 1, 2], [1, 2, 3], [Quality.GOOD] * 3))
     state.apply(state.binding(["b", "c"]), ReadingBatch.empty_for([0, 1], Quality.COMM_LOST))
     assert [Quality(q) for q in state.quality] == [Quality.GOOD, Quality.COMM_LOST, Quality.COMM_LOST]
+
+
+def test_mark_lost_makes_a_silent_plcs_tags_unknown_and_fresh():
+    state = LineState(["a", "b"], detector_tags=["a", "b"])
+    state.apply(state.binding(["a", "b"]), batch([0, 1], [1.0, 2.0], [Quality.GOOD] * 2))
+    state.clear_fresh()
+    state.mark_lost(state.binding(["b"]))
+    assert Quality(state.quality[1]) is Quality.COMM_LOST and np.isnan(state.values[1])
+    assert state.fresh.tolist() == [0, 1] and state.values[0] == 1.0
 
 
 def test_bad_configuration_is_refused():
