@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench skab clean system-deps
 
-# Servers the tests start themselves (InfluxDB line-protocol endpoint), from Debian's packages.
-SYSTEM_DEPS := victoria-metrics
+# Servers and tools the tests start themselves (InfluxDB line-protocol endpoint; socat pty pairs for
+# Modbus RTU over a serial line), from Debian's packages.
+SYSTEM_DEPS := victoria-metrics socat
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

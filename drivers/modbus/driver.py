@@ -287,6 +287,8 @@ class ModbusDriver:
         for p in cb.pos:
             self.stats.tag_errors[self.tag_names[index[p]]] = reason
         key = (cb.block.table, cb.block.start, cb.block.count)
+        if reason.startswith("skipped"):
+            return  # not asked this poll: neither a new fault nor a recovery of this block
         if self._block_errors.get(key) != reason:
             self._block_errors[key] = reason
             log.warning("%s: %s; BAD: %s", self.name, reason, cb.names)
