@@ -5,7 +5,7 @@ Pure computation (numpy / numba / scikit-learn): no protocols, no asyncio, usabl
 
 from models.artifact import ModelError, load_model, save_model
 from models.detector import BatchResult, NotFittedError, StreamingDetector
-from models.spec import DetectorSpec, TagLimits
+from models.spec import DetectorSpec, TagLimits, spec_differences
 
 __all__ = ["BatchResult", "DetectorSpec", "ModelError", "NotFittedError", "StreamingDetector",
-           "TagLimits", "load_model", "save_model"]
+           "TagLimits", "load_model", "save_model", "spec_differences"]

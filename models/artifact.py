@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from models.detector import MODEL_ARRAYS, StreamingDetector
+from models.kernels import TP_SIZE
 from models.spec import DetectorSpec
 
 FORMAT = "linesentry-model"
-FORMAT_VERSION = 2
+# Bumped whenever the array layout (kernels.TP_*) changes: 3 added the usable range.
+FORMAT_VERSION = 3
+REFIT = "refit with `linesentry fit`"
 META_KEY = "__meta__"
 
 
@@ -47,6 +50,8 @@ def _checksum(arrays: dict[str, np.ndarray], meta: dict) -> str:
 def save_model(det: StreamingDetector, path) -> None:
     """Write atomically (temp file + rename), so a crash never leaves half a model behind."""
     det._require_model()
+    if not det.fitted:
+        raise ValueError("a rules-only detector has nothing fitted to save")
     arrays = {k: det.model[k] for k in MODEL_ARRAYS}
     meta = {
         "format": FORMAT,
@@ -91,22 +96,26 @@ def load_model(path, expected_tags: list[str] | None = None) -> StreamingDetecto
         raise ModelError(f"{path} is not a linesentry model file")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"model file {path} has format version {meta.get('format_version')}, "
-                         f"this linesentry reads version {FORMAT_VERSION}: refit the model")
+                         f"this linesentry reads version {FORMAT_VERSION}: {REFIT}")
     missing = [k for k in MODEL_ARRAYS if k not in arrays]
     if missing or meta.get("checksum") != _checksum(arrays, meta):
         raise ModelError(f"model file {path} failed its checksum (corrupted or edited): "
                          "refit it or restore it from backup")
     tags = meta["tags"]
+    if arrays["tag_params"].shape != (len(tags), TP_SIZE):
+        raise ModelError(f"model file {path} has tag parameters of shape {arrays['tag_params'].shape}, "
+                         f"expected ({len(tags)}, {TP_SIZE}): {REFIT}")
     if expected_tags is not None and list(expected_tags) != tags:
         raise ModelError(_tag_mismatch(path, tags, list(expected_tags)))
     try:
         spec = DetectorSpec.from_dict(meta["spec"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"model file {path} has detector settings this linesentry cannot use "
-                         f"({exc}): refit the model") from None
+                         f"({exc}): {REFIT}") from None
     det = StreamingDetector(tags, spec, meta.get("units"))
     det.model = {k: arrays[k] for k in MODEL_ARRAYS}
     det.summary = meta.get("summary", {})
+    det.fitted = True
     det.metadata = meta
     det.reset()
     return det

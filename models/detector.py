@@ -10,9 +10,13 @@
 False
 >>> det.step(1.0, np.array([0.0, 9.0, -9.0]), fresh, good)
 True
+
+Without training data, `StreamingDetector.rules_only(tags, limits=...)` runs the
+rule-based part alone (validity, hard limits, flatline).
 """
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,10 +44,14 @@ from models.kernels import (
     D_W_TAGS,
     DS_SIZE,
     FLAG_BITS,
+    FLAG_FLAT,
+    FLAG_LIMIT,
     MAX_LINE_THRESHOLD,
     O_ALARM,
     O_SCORE,
     O_SIZE,
+    RANGE_SCALES,
+    STEP_BAD_LENGTH,
     TP_CENTER,
     TP_CUSUM_H,
     TP_CUSUM_K,
@@ -55,19 +63,23 @@ from models.kernels import (
     TP_LINE_MASK,
     TP_LO,
     TP_PCA_MEAN,
+    TP_RANGE_HI,
+    TP_RANGE_LO,
     TP_ROC_MAX,
     TP_SIZE,
     TP_STD0,
     TP_WARMUP,
     TP_Z_MAX,
     TS_SIZE,
+    VALUE_ABS_MAX,
     cusum_peaks,
     ewma_innovations,
 )
 from models.pca import PCAModel, fit_pca
-from models.spec import DetectorSpec
+from models.spec import DetectorSpec, TagLimits
 
 MIN_FIT_ROWS = 50
+RULES_ONLY_THRESHOLD = 0.5  # line threshold without a model: only limit/flatline (10^4) feed it
 # The fitted arrays (what a model artifact holds).
 MODEL_ARRAYS = ("tag_params", "pca_components", "pca_inv_eig", "f_nodes", "f_leaf_depth",
                 "f_roots", "decision_params")
@@ -103,6 +115,7 @@ class StreamingDetector:
         self.units = dict(units or {})
         self.n = len(tags)
         self.model: dict[str, np.ndarray] | None = None
+        self.fitted = False  # True once fit (or loaded from an artifact); False for rules_only
         self.summary: dict = {}
         # Outputs of the latest live step (preallocated, overwritten every step).
         self.tag_flags = np.zeros(self.n, dtype=np.int32)
@@ -143,7 +156,73 @@ class StreamingDetector:
             self._set_normalisation(norm, threshold)
         self.reset()
         self.summary = self._summary(x, times, n_fit, line, threshold, norm, pca)
+        self.fitted = True
         return self
+
+    @classmethod
+    def rules_only(cls, tags: list[str], limits: dict | None = None,
+                   flatline_s: dict[str, float] | None = None,
+                   units: dict[str, str] | None = None) -> "StreamingDetector":
+        """A detector that needs no training data: validity, hard limits and flatline only.
+
+        For commissioning, before there is normal data to fit on. `limits` maps a tag to
+        (lo, hi) or TagLimits; `flatline_s` maps a tag to the seconds its value may stay
+        unchanged (other tags have no flatline). Every statistical detector and model is
+        off; a limit breach or a flatline raises the line alarm as in a fitted detector,
+        and the outputs (tag_flags, tag_scores, out, threshold) mean the same.
+        """
+        spec = DetectorSpec(limits=_limits(tags, limits or {}), pca=False, iforest=False,
+                            weights=(1.0, 0.0, 0.0, 0.0), line_flags=("limit", "flatline"))
+        det = cls(tags, spec, units)
+        flat = dict(flatline_s or {})
+        unknown = sorted(set(flat) - set(det.tags))
+        if unknown:
+            raise ValueError(f"flatline_s given for unknown tag(s): {', '.join(unknown)}")
+        for tag, seconds in flat.items():
+            if not (isinstance(seconds, (int, float)) and 0 < seconds < math.inf):
+                raise ValueError(f"flatline_s[{tag!r}] = {seconds!r}: expected seconds > 0")
+        tp = np.zeros((det.n, TP_SIZE))
+        det._set_tag_limits(tp)
+        tp[:, TP_FLAT_SECONDS] = [float(flat.get(tag, 0.0)) for tag in det.tags]
+        tp[:, TP_ROC_MAX] = tp[:, TP_Z_MAX] = tp[:, TP_CUSUM_H] = np.inf
+        tp[:, TP_EWMA_ALPHA] = tp[:, TP_STD0] = tp[:, TP_WARMUP] = tp[:, TP_INV_SCALE] = 1.0
+        tp[:, TP_LINE_MASK] = FLAG_LIMIT | FLAG_FLAT
+        tp[:, TP_RANGE_LO], tp[:, TP_RANGE_HI] = -VALUE_ABS_MAX, VALUE_ABS_MAX
+        det._forest_shape = (0.0, 0)
+        det.model = det._model_arrays(tp)
+        det._set_normalisation((np.zeros(C_SIZE), np.ones(C_SIZE)), RULES_ONLY_THRESHOLD)
+        det.summary = {"rules_only": True, "threshold_on": RULES_ONLY_THRESHOLD}
+        det.reset()
+        return det
+
+    def set_limits(self, limits: dict) -> list[str]:
+        """Override the hard limits of the tags in `limits` (tag -> (lo, hi) or TagLimits).
+
+        The config wins over the model. Tags not in `limits` keep theirs; (-inf, inf)
+        removes a tag's limits. Returns one line per tag whose limits changed
+        ("motor_current: hi 30 -> 15 (config)"). Applies from the next step, also to a
+        value held since an earlier one.
+        """
+        self._require_model()
+        new = _limits(self.tags, limits)
+        tp = self.model["tag_params"]
+        changes = []
+        for i, tag in enumerate(self.tags):
+            if tag in new:
+                lim = new[tag]
+                parts = [f"{name} {tp[i, col]:g} -> {value:g}" for name, col, value in
+                         (("lo", TP_LO, lim.lo), ("hi", TP_HI, lim.hi)) if tp[i, col] != value]
+                if parts:
+                    changes.append(f"{tag}: {', '.join(parts)} (config)")
+        merged = {**self.spec.limits, **new}
+        self.spec = replace(self.spec, limits={t: v for t, v in merged.items() if v != TagLimits()})
+        self._set_tag_limits(tp)
+        return changes
+
+    def _set_tag_limits(self, tp: np.ndarray) -> None:
+        for i, tag in enumerate(self.tags):
+            lim = self.spec.limits.get(tag, TagLimits())
+            tp[i, TP_LO], tp[i, TP_HI] = lim.lo, lim.hi
 
     def _check_training(self, x, times) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float64)
@@ -155,6 +234,11 @@ class StreamingDetector:
         if bad.any():
             names = ", ".join(t for t, b in zip(self.tags, bad, strict=True) if b)
             raise ValueError(f"training data has NaN/inf in tag(s) {names}: drop those rows first")
+        huge = (np.abs(x) > VALUE_ABS_MAX).any(axis=0)
+        if huge.any():
+            names = ", ".join(t for t, b in zip(self.tags, huge, strict=True) if b)
+            raise ValueError(f"training data has values beyond ±{VALUE_ABS_MAX:g} in tag(s) {names}: "
+                             "drop those rows first")
         if times is None:
             times = np.arange(x.shape[0], dtype=np.float64)
         times = np.ascontiguousarray(times, dtype=np.float64)
@@ -171,22 +255,29 @@ class StreamingDetector:
         z = (smoothed - center) / scale
         tp = self._fit_tag_params(x, times)
         tp[:, TP_CENTER], tp[:, TP_INV_SCALE] = center, 1.0 / scale
-        model = {"tag_params": tp, "pca_components": np.zeros((0, self.n)),
-                 "pca_inv_eig": np.zeros(0), "f_nodes": np.zeros((0, 3), dtype=np.int32),
-                 "f_leaf_depth": np.zeros(0), "f_roots": np.zeros(0, dtype=np.int32)}
         pca = forest = None
         if spec.pca and self.n >= 2:
             pca = fit_pca(z, spec.pca_variance, spec.pca_max_components)
             tp[:, TP_PCA_MEAN] = pca.mean
-            model.update(pca_components=pca.components, pca_inv_eig=pca.inv_eigenvalues)
         if spec.iforest:
             forest = flatten_iforest(fit_iforest(z, spec.iforest_trees,
                                                  min(spec.iforest_max_samples, x.shape[0]), spec.seed))
-            model.update(f_nodes=forest.nodes, f_leaf_depth=forest.leaf_depth, f_roots=forest.roots)
         self._forest_shape = (forest.denominator, forest.max_depth) if forest else (0.0, 0)
-        self.model = {k: np.ascontiguousarray(v) for k, v in model.items()}
+        self.model = self._model_arrays(tp, pca, forest)
         self._set_normalisation(norm, threshold)
         return pca, forest
+
+    def _model_arrays(self, tp, pca: PCAModel | None = None,
+                      forest: ForestArrays | None = None) -> dict[str, np.ndarray]:
+        """The arrays `step` takes, C-contiguous (the only layout it is compiled for)."""
+        model = {"tag_params": tp, "pca_components": np.zeros((0, self.n)),
+                 "pca_inv_eig": np.zeros(0), "f_nodes": np.zeros((0, 3), dtype=np.int32),
+                 "f_leaf_depth": np.zeros(0), "f_roots": np.zeros(0, dtype=np.int32)}
+        if pca is not None:
+            model.update(pca_components=pca.components, pca_inv_eig=pca.inv_eigenvalues)
+        if forest is not None:
+            model.update(f_nodes=forest.nodes, f_leaf_depth=forest.leaf_depth, f_roots=forest.roots)
+        return {k: np.ascontiguousarray(v) for k, v in model.items()}
 
     def _component_normalisation(self, raw, pca, forest) -> tuple[np.ndarray, np.ndarray]:
         """Per component (loc, threshold) so that (raw - loc) / (threshold - loc) is 1.0 at threshold."""
@@ -246,10 +337,14 @@ class StreamingDetector:
         # on normal data.
         cusum_h = np.maximum(spec.cusum_h, spec.cusum_margin * cusum_peaks(
             innovations, innovation_sigma, spec.cusum_k))
-        for i, tag in enumerate(self.tags):
-            lim = spec.limits.get(tag)
-            tp[i, TP_LO] = lim.lo if lim else -np.inf
-            tp[i, TP_HI] = lim.hi if lim else np.inf
+        self._set_tag_limits(tp)
+        # Usable range: very wide around the robust centre, always holding every training value.
+        center, scale = robust_scale(x)
+        tp[:, TP_RANGE_LO] = np.maximum(np.minimum(center - RANGE_SCALES * scale, x.min(axis=0)),
+                                        -VALUE_ABS_MAX)
+        tp[:, TP_RANGE_HI] = np.minimum(np.maximum(center + RANGE_SCALES * scale, x.max(axis=0)),
+                                        VALUE_ABS_MAX)
+        for i in range(self.n):
             max_rate = float(np.max(np.abs(np.diff(x[:, i])) / dt))
             tp[i, TP_ROC_MAX] = spec.roc_factor * max_rate if max_rate > 0 else np.inf
             run = longest_flat_run(x[:, i], times, spec.flat_eps)
@@ -324,12 +419,36 @@ class StreamingDetector:
         """Score one frame (float64 values, uint8 fresh and good masks); True while alarming.
 
         Per-tag flags/scores, component scores and the line score are left in
-        `tag_flags`, `tag_scores`, `components` and `score`.
+        `tag_flags`, `tag_scores`, `components` and `score`. A frame of the wrong
+        length, dtype or layout, or a non-finite t, raises ValueError and changes nothing;
+        the checks cost nothing on a good frame (numba's dispatch and the kernel do them).
         """
         if self._args is None:
             raise NotFittedError("detector is not fitted: call fit() or load a model artifact")
-        kernels.step(float(t), x, fresh, good, *self._args, self.tag_flags, self.tag_scores, self.out)
+        t = float(t)
+        try:
+            status = kernels.step(t, x, fresh, good, *self._args, self.tag_flags, self.tag_scores,
+                                  self.out)
+        except TypeError:  # no compiled version for these argument types
+            raise ValueError(self._frame_problem(x, fresh, good)) from None
+        if status:
+            raise ValueError(self._frame_problem(x, fresh, good) if status == STEP_BAD_LENGTH
+                             else f"step: t must be finite, got {t}")
         return bool(self.out[O_ALARM] != 0.0)
+
+    def _frame_problem(self, x, fresh, good) -> str:
+        """The slow path of step's checks: say which array is wrong and how."""
+        for name, arr, dtype in (("x", x, np.float64), ("fresh", fresh, np.uint8), ("good", good, np.uint8)):
+            want = f"a writable C-contiguous {np.dtype(dtype).name} array of shape ({self.n},)"
+            if not isinstance(arr, np.ndarray):
+                return f"step: {name} must be {want} (one entry per tag), got {type(arr).__name__}"
+            if (arr.dtype != dtype or arr.shape != (self.n,) or not arr.flags.c_contiguous
+                    or not arr.flags.writeable):
+                layout = "" if arr.flags.c_contiguous else ", not C-contiguous"
+                layout += "" if arr.flags.writeable else ", read-only"
+                return (f"step: {name} must be {want} (one entry per tag), got {arr.dtype} "
+                        f"shape {arr.shape}{layout}")
+        return "step: the detector's own arrays do not have the types step was compiled for"
 
     @property
     def score(self) -> float:
@@ -354,6 +473,8 @@ class StreamingDetector:
             fresh, dtype=np.uint8)
         good = np.ones((rows, self.n), np.uint8) if good is None else np.ascontiguousarray(
             good, dtype=np.uint8)
+        if not np.isfinite(times).all():
+            raise ValueError("times must be finite")
         # The kernel does not bounds-check: a short array would be read past its end.
         for name, arr, shape in (("times", times, (rows,)), ("fresh", fresh, x.shape),
                                  ("good", good, x.shape)):
@@ -390,3 +511,18 @@ class StreamingDetector:
         from models.artifact import load_model
 
         return load_model(path, expected_tags)
+
+
+def _limits(tags: list[str], limits: dict) -> dict[str, TagLimits]:
+    """Validate tag -> (lo, hi) or TagLimits: known tags, numbers, lo < hi."""
+    unknown = sorted(set(limits) - set(tags))
+    if unknown:
+        raise ValueError(f"limits given for unknown tag(s): {', '.join(unknown)}")
+    out = {}
+    for tag, lim in limits.items():
+        lo, hi = (lim.lo, lim.hi) if isinstance(lim, TagLimits) else lim
+        lo, hi = float(lo), float(hi)
+        if not lo < hi:
+            raise ValueError(f"limits for {tag}: lo={lo:g} must be < hi={hi:g}")
+        out[tag] = TagLimits(lo, hi)
+    return out

@@ -10,6 +10,11 @@ The hot path is `step`: per-tag detectors, sample-and-hold of the last good
 values, robust scaling (+ optional input smoothing), PCA T²/SPE,
 IsolationForest, fusion and the alarm decision for one frame. `run_batch`
 calls `step` row by row inside numba, so replay equals live bit for bit.
+
+Every output and every piece of state stays finite for every finite input: a
+value outside a tag's usable range (TP_RANGE_LO..TP_RANGE_HI, at most
+±VALUE_ABS_MAX) is flagged and never folded into any state, so no square can
+overflow, and every normalised score is capped at SCORE_CAP.
 """
 
 import math
@@ -33,7 +38,9 @@ TP_LINE_MASK = 11  # FLAG_* bits of the detectors whose scores feed the line sco
 TP_CENTER = 12  # robust scaler: z = (x - centre) * inv_scale
 TP_INV_SCALE = 13
 TP_PCA_MEAN = 14  # PCA centre in scaled space
-TP_SIZE = 15
+TP_RANGE_LO = 15  # usable range: a fresh value outside it is flagged LIMIT and never used
+TP_RANGE_HI = 16
+TP_SIZE = 17
 
 # Per-tag state: tag_state[N, TS_SIZE]
 TS_HELD = 0  # last good value (sample-and-hold input of the multivariate models)
@@ -46,13 +53,13 @@ TS_EW_VAR = 6
 TS_EW_N = 7  # good samples seen by the EWMA
 TS_CUSUM_POS = 8
 TS_CUSUM_NEG = 9
-TS_LAST_BAD = 10  # 1 while the latest fresh sample was invalid (then it is stale, not flat)
+TS_COND = 10  # FLAG_INVALID / FLAG_LIMIT while the latest fresh sample was unusable, else 0
 TS_U = 11  # scaled (and smoothed) held value: the multivariate models' input
 TS_SIZE = 12
 
 # Flag bits in the per-tag output (int32 bitmask)
-FLAG_INVALID = 1  # fresh sample was NaN/inf or bad quality: not fed to any model
-FLAG_LIMIT = 2
+FLAG_INVALID = 1  # latest fresh sample was NaN/inf or bad quality: not fed to any model
+FLAG_LIMIT = 2  # held value outside the hard limits, or latest fresh sample outside the usable range
 FLAG_ROC = 4
 FLAG_FLAT = 8
 FLAG_EWMA = 16
@@ -116,18 +123,40 @@ DS_STEPS = 5
 DS_MV_STEPS = 6  # frames the multivariate models have scored (input smoothing starts at 0)
 DS_SIZE = 7
 
+# Status returned by `step` (0 = done); on any other value nothing was touched.
+STEP_OK = 0
+STEP_BAD_LENGTH = 1  # a frame or output array does not have one entry per tag
+STEP_BAD_TIME = 2  # t is NaN or infinite
+# `step` is compiled for exactly these types (C-contiguous arrays) and never for others, so
+# a frame of the wrong dtype or dimension is refused by numba's dispatch at no cost.
+STEP_SIGNATURE = ("int64(float64, float64[::1], uint8[::1], uint8[::1], float64[:, ::1], "
+                  "float64[:, ::1], float64[:, ::1], float64[::1], int32[:, ::1], float64[::1], "
+                  "int32[::1], float64[::1], float64[::1], int32[::1], float64[::1], float64[::1])")
+
 
 # ----------------------------------------------------------------- per-tag detectors
-# Validity, hard limits, rate of change, flatline, EWMA z-score and CUSUM run in
-# one pass so each tag's row of parameters and state is touched once per step.
-# A fresh sample that is NaN/inf or of bad quality is flagged INVALID and never
-# updates any statistic.
+# Validity, usable range, hard limits, rate of change, flatline, EWMA z-score and
+# CUSUM run in one pass so each tag's row of parameters and state is touched once
+# per step. A fresh sample that is NaN/inf or of bad quality is flagged INVALID, one
+# outside the usable range LIMIT; neither updates any statistic. These conditions,
+# and a held value beyond the hard limits, persist until the tag's next fresh
+# sample; rate, z-score and CUSUM judge a sample, so they are set on fresh steps only.
 
 # Normalised score of a hard-limit breach or a flatline. Both are certain facts, not
 # statistics, so the score is large enough to raise the line alarm on its own: even
 # smoothed with alpha 0.01 it stays above MAX_LINE_THRESHOLD.
 BINARY_SCORE = 1e4
 MAX_LINE_THRESHOLD = 0.99  # line threshold cap (a fused score of 99 x the component thresholds)
+# No evidence is more certain than a limit breach: every normalised score is capped here,
+# which also lets a smoothed line score recover in bounded time after an extreme sample.
+SCORE_CAP = BINARY_SCORE
+# Usable range of a fitted tag: centre ± RANGE_SCALES robust scales (widened to hold every
+# training value), never beyond ±VALUE_ABS_MAX. Not a plausibility check (hard limits are):
+# it keeps values the arithmetic cannot use out of the state. Squares of differences of
+# values within ±1e100 stay below 1e201, and the fitted scales (>= 1e-9) and PCA
+# eigenvalues (>= 1e-12) keep every product finite.
+RANGE_SCALES = 1e6
+VALUE_ABS_MAX = 1e100
 
 
 @njit(cache=True, nogil=True)
@@ -147,20 +176,17 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
         if fresh[i]:
             v = x[i]
             if good[i] == 0 or not math.isfinite(v):
-                flags |= FLAG_INVALID
-                ts[i, TS_LAST_BAD] = 1.0
+                ts[i, TS_COND] = FLAG_INVALID
+            elif v < tp[i, TP_RANGE_LO] or v > tp[i, TP_RANGE_HI]:
+                ts[i, TS_COND] = FLAG_LIMIT
             else:
-                ts[i, TS_LAST_BAD] = 0.0
-                if v < tp[i, TP_LO] or v > tp[i, TP_HI]:
-                    flags |= FLAG_LIMIT
-                    score = BINARY_SCORE
-                    if mask & FLAG_LIMIT:
-                        line = BINARY_SCORE
-
+                ts[i, TS_COND] = 0.0
                 if ts[i, TS_HAVE] > 0.0:
+                    # No rate across a duplicate or backward time stamp (dt <= 0).
                     dt = t - ts[i, TS_LAST_T]
-                    if dt > 0.0:
-                        rate = abs(v - ts[i, TS_HELD]) / dt / tp[i, TP_ROC_MAX]
+                    roc_max = tp[i, TP_ROC_MAX]
+                    if dt > 0.0 and roc_max < math.inf:
+                        rate = min(abs(v - ts[i, TS_HELD]) / dt / roc_max, SCORE_CAP)
                         if rate > 1.0:
                             flags |= FLAG_ROC
                         score = max(score, rate)
@@ -183,7 +209,7 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
                     dev = v - ts[i, TS_EW_MEAN]
                     var = ts[i, TS_EW_VAR]
                     if n_seen >= tp[i, TP_WARMUP] and var > 0.0:
-                        z = abs(dev) / math.sqrt(var) / tp[i, TP_Z_MAX]
+                        z = min(abs(dev) / math.sqrt(var) / tp[i, TP_Z_MAX], SCORE_CAP)
                         if z > 1.0:
                             flags |= FLAG_EWMA
                         score = max(score, z)
@@ -214,10 +240,26 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
                 ts[i, TS_HAVE] = 1.0
                 ts[i, TS_LAST_T] = t
 
+        # The tag's condition holds until its next fresh sample: an unusable latest sample,
+        # or a held value beyond the hard limits (judged every step, so new limits apply at once).
+        unusable = int(ts[i, TS_COND])
+        cond = unusable
+        if ts[i, TS_HAVE] > 0.0:
+            held = ts[i, TS_HELD]
+            if cond == 0 and (held < tp[i, TP_LO] or held > tp[i, TP_HI]):
+                cond = FLAG_LIMIT
+            if t < ts[i, TS_ANCHOR_T]:
+                ts[i, TS_ANCHOR_T] = t  # time went backwards: the flat run restarts now
+        flags |= cond
+        if cond & FLAG_LIMIT:
+            score = max(score, BINARY_SCORE)
+            if mask & FLAG_LIMIT:
+                line = max(line, BINARY_SCORE)
+
         # Flatline is judged on time, so a subscription that stops reporting
         # because the value no longer changes is caught too.
         flat = tp[i, TP_FLAT_SECONDS]
-        if (flat > 0.0 and ts[i, TS_HAVE] > 0.0 and ts[i, TS_LAST_BAD] == 0.0
+        if (flat > 0.0 and ts[i, TS_HAVE] > 0.0 and unusable == 0
                 and t - ts[i, TS_ANCHOR_T] >= flat):
             flags |= FLAG_FLAT
             score = max(score, BINARY_SCORE)
@@ -351,13 +393,22 @@ def decide(score, dp, ds):
 
 
 # ----------------------------------------------------------------- the step and replay
-@njit(cache=True, nogil=True)
+@njit(STEP_SIGNATURE, cache=True, nogil=True)
 def step(t, x, fresh, good, tag_params, tag_state, pca_components, pca_inv_eig,
          f_nodes, f_leaf_depth, f_roots, decision_params, decision_state,
          tag_flags, tag_scores, out):
-    """Process one frame (t, x, fresh, good); results go to tag_flags, tag_scores and out[O_*]."""
+    """Process one frame (t, x, fresh, good); results go to tag_flags, tag_scores and out[O_*].
+
+    Returns STEP_OK, or a STEP_BAD_* status without touching anything (lengths are not
+    bounds-checked by numba, so they are checked here).
+    """
     tp, ts, dp, ds = tag_params, tag_state, decision_params, decision_state
-    n = x.shape[0]
+    n = tp.shape[0]
+    if (x.shape[0] != n or fresh.shape[0] != n or good.shape[0] != n or ts.shape[0] != n
+            or tag_flags.shape[0] != n or tag_scores.shape[0] != n or out.shape[0] != O_SIZE):
+        return STEP_BAD_LENGTH
+    if not math.isfinite(t):
+        return STEP_BAD_TIME
     out[C_TAGS] = tag_step(t, x, fresh, good, tp, ts, tag_flags, tag_scores)
     out[C_T2] = 0.0
     out[C_SPE] = 0.0
@@ -383,11 +434,12 @@ def step(t, x, fresh, good, tag_params, tag_state, pca_components, pca_inv_eig,
                                            dp[D_F_DENOMINATOR], int(dp[D_F_DEPTH]))
         for c in range(C_T2, C_SIZE):
             loc = dp[D_COMP_LOC + c]
-            out[c] = max(0.0, (out[c] - loc) / (dp[D_COMP_THR + c] - loc))
+            out[c] = min(max(0.0, (out[c] - loc) / (dp[D_COMP_THR + c] - loc)), SCORE_CAP)
 
     score = fuse(out, dp, ds)
     out[O_SCORE] = score
     out[O_ALARM] = decide(score, dp, ds)
+    return STEP_OK
 
 
 @njit(cache=True, nogil=True)

@@ -163,3 +163,16 @@ class DetectorSpec:
         if "weights" in d:
             d["weights"] = tuple(float(w) for w in d["weights"])
         return cls(**d)
+
+
+def spec_differences(model_spec: DetectorSpec, config_spec: dict) -> list[str]:
+    """The keys of a config's [detector.spec] that disagree with the spec a model was fitted with.
+
+    Every spec key shapes the fitted arrays, so a disagreement is fixed only by refitting
+    or by removing the key from the config. Hard limits are not compared: the config's
+    apply over the model's (StreamingDetector.set_limits).
+    """
+    keys = [k for k in config_spec if k != "limits"]
+    config = DetectorSpec.from_dict({k: config_spec[k] for k in keys})
+    return [f"{k}: config {getattr(config, k)!r}, model {getattr(model_spec, k)!r}"
+            for k in keys if getattr(config, k) != getattr(model_spec, k)]

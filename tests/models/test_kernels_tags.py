@@ -14,10 +14,12 @@ INF = math.inf
 class RefTag:
     """One tag's detectors, written from the documented semantics with plain floats."""
 
-    def __init__(self, lo, hi, roc_max, flat_s, flat_eps, alpha, z_max, std0, k, h, warmup, mask):
+    def __init__(self, lo, hi, roc_max, flat_s, flat_eps, alpha, z_max, std0, k, h, warmup, mask,
+                 range_lo=-K.VALUE_ABS_MAX, range_hi=K.VALUE_ABS_MAX):
         self.p = dict(lo=lo, hi=hi, roc_max=roc_max, flat_s=flat_s, flat_eps=flat_eps, alpha=alpha,
-                      z_max=z_max, std0=std0, k=k, h=h, warmup=warmup, mask=mask)
-        self.last_bad = False  # the latest fresh sample was invalid: the tag is stale, not flat
+                      z_max=z_max, std0=std0, k=k, h=h, warmup=warmup, mask=mask,
+                      range_lo=range_lo, range_hi=range_hi)
+        self.unusable = 0  # INVALID / LIMIT while the latest fresh sample was unusable (stale, not flat)
         self.last_good = None  # (value, time) of the last good sample
         self.anchor = None  # (value, time) where the current flat run started
         self.mean = self.var = None
@@ -29,19 +31,19 @@ class RefTag:
         p = self.p
         found = {}  # flag bit -> normalised score of that detector (when it was evaluated)
         flags = 0
+        cap = K.SCORE_CAP
         if fresh:
-            self.last_bad = not good or math.isnan(v) or math.isinf(v)
-            if self.last_bad:
-                flags |= K.FLAG_INVALID
+            if not good or math.isnan(v) or math.isinf(v):
+                self.unusable = K.FLAG_INVALID
+            elif not p["range_lo"] <= v <= p["range_hi"]:
+                self.unusable = K.FLAG_LIMIT
             else:
-                if v < p["lo"] or v > p["hi"]:
-                    flags |= K.FLAG_LIMIT
-                    found[K.FLAG_LIMIT] = K.BINARY_SCORE
+                self.unusable = 0
                 if self.last_good is not None:
                     prev, prev_t = self.last_good
                     dt = t - prev_t
-                    if dt > 0:
-                        rate = abs(v - prev) / dt / p["roc_max"]
+                    if dt > 0 and p["roc_max"] < INF:
+                        rate = min(abs(v - prev) / dt / p["roc_max"], cap)
                         if rate > 1.0:
                             flags |= K.FLAG_ROC
                         found[K.FLAG_ROC] = rate
@@ -52,14 +54,14 @@ class RefTag:
                 else:
                     innov = v - self.mean  # against the EWMA *before* this sample
                     if self.n >= p["warmup"] and self.var > 0:
-                        z = abs(innov) / math.sqrt(self.var) / p["z_max"]
+                        z = min(abs(innov) / math.sqrt(self.var) / p["z_max"], cap)
                         if z > 1.0:
                             flags |= K.FLAG_EWMA
                         found[K.FLAG_EWMA] = z
                     zb = innov / p["std0"]
-                    cap = 2.0 * p["h"]
-                    self.pos = min(cap, max(0.0, self.pos + zb - p["k"]))
-                    self.neg = min(cap, max(0.0, self.neg - zb - p["k"]))
+                    cusum_cap = 2.0 * p["h"]
+                    self.pos = min(cusum_cap, max(0.0, self.pos + zb - p["k"]))
+                    self.neg = min(cusum_cap, max(0.0, self.neg - zb - p["k"]))
                     c = max(self.pos, self.neg) / p["h"]
                     if c > 1.0:
                         flags |= K.FLAG_CUSUM
@@ -69,7 +71,18 @@ class RefTag:
                     self.var = (1.0 - a) * (self.var + a * innov * innov)
                 self.n += 1
                 self.last_good = (v, t)
-        if (p["flat_s"] > 0 and self.last_good is not None and not self.last_bad
+        # Conditions persist until the next fresh sample; the hard limits judge the held value.
+        cond = self.unusable
+        if self.last_good is not None:
+            held = self.last_good[0]
+            if not cond and not p["lo"] <= held <= p["hi"]:
+                cond = K.FLAG_LIMIT
+            if t < self.anchor[1]:  # time went backwards: the flat run restarts now
+                self.anchor = (self.anchor[0], t)
+        flags |= cond
+        if cond & K.FLAG_LIMIT:
+            found[K.FLAG_LIMIT] = K.BINARY_SCORE
+        if (p["flat_s"] > 0 and self.last_good is not None and not self.unusable
                 and t - self.anchor[1] >= p["flat_s"]):
             flags |= K.FLAG_FLAT
             found[K.FLAG_FLAT] = K.BINARY_SCORE
@@ -87,7 +100,7 @@ class RefTag:
             row[K.TS_EW_MEAN], row[K.TS_EW_VAR] = self.mean, self.var
         row[K.TS_EW_N] = self.n
         row[K.TS_CUSUM_POS], row[K.TS_CUSUM_NEG] = self.pos, self.neg
-        row[K.TS_LAST_BAD] = float(self.last_bad)
+        row[K.TS_COND] = float(self.unusable)
         return row
 
 
@@ -102,14 +115,17 @@ def tag_param_rows(refs):
         tp[i, K.TP_STD0], tp[i, K.TP_CUSUM_K], tp[i, K.TP_CUSUM_H] = p["std0"], p["k"], p["h"]
         tp[i, K.TP_WARMUP] = p["warmup"]
         tp[i, K.TP_LINE_MASK] = p["mask"]
+        tp[i, K.TP_RANGE_LO], tp[i, K.TP_RANGE_HI] = p["range_lo"], p["range_hi"]
     return tp
 
 
-# A small value alphabet so flat runs, limit hits and exact repeats actually happen.
+# A small value alphabet so flat runs, limit hits and exact repeats actually happen, plus
+# values outside the usable range (some tags get a narrow one).
 values = st.one_of(
     st.sampled_from([0.0, 1.0, 1.0, 1.5, -2.0, 10.0, 1e-9]),
     st.floats(-20, 20, allow_nan=False),
     st.sampled_from([math.nan, math.inf, -math.inf]),
+    st.sampled_from([1e155, -1.7976931348623157e308, 30.0, 5e-324]),
 )
 
 
@@ -129,6 +145,8 @@ def tag_params(draw):
         h=draw(st.sampled_from([INF, 1.0, 4.0])),
         warmup=float(draw(st.integers(1, 5))),
         mask=float(draw(st.integers(0, 63))),
+        range_lo=draw(st.sampled_from([-K.VALUE_ABS_MAX, -15.0])),
+        range_hi=draw(st.sampled_from([K.VALUE_ABS_MAX, 15.0])),
     )
 
 
@@ -137,7 +155,9 @@ def scenarios(draw):
     n = draw(st.integers(1, 4))
     params = [draw(tag_params()) for _ in range(n)]
     rows = draw(st.integers(1, 40))
-    dts = draw(st.lists(st.sampled_from([1.0, 1.0, 0.5, 2.5, 0.0]), min_size=rows, max_size=rows))
+    # Duplicate (0), backward (-3) and tiny (1e-300: the rate must not overflow) time steps too.
+    dts = draw(st.lists(st.sampled_from([1.0, 1.0, 0.5, 2.5, 0.0, -3.0, 1e-300]), min_size=rows,
+                        max_size=rows))
     times = np.cumsum(dts) + draw(st.sampled_from([0.0, 1000.0]))
     frames = []
     for _ in range(rows):
@@ -171,7 +191,8 @@ def test_tag_step_matches_reference(scenario):
 
 def _one_tag(**overrides):
     p = dict(lo=-INF, hi=INF, roc_max=INF, flat_s=0.0, flat_eps=0.0, alpha=0.1, z_max=INF,
-             std0=1.0, k=0.5, h=INF, warmup=1.0, mask=63.0)
+             std0=1.0, k=0.5, h=INF, warmup=1.0, mask=63.0, range_lo=-K.VALUE_ABS_MAX,
+             range_hi=K.VALUE_ABS_MAX)
     p.update(overrides)
     ref = RefTag(**p)
     return tag_param_rows([ref]), np.zeros((1, K.TS_SIZE))
@@ -185,29 +206,58 @@ def _feed(tp, ts, t, v, fresh=1, good=1):
     return int(flags[0]), float(scores[0])
 
 
-def test_invalid_samples_flag_and_never_touch_state():
-    tp, ts = _one_tag(roc_max=1.0, z_max=3.0, h=4.0, flat_s=100.0)
+def test_unusable_samples_flag_and_never_touch_state():
+    tp, ts = _one_tag(roc_max=1.0, z_max=3.0, h=4.0, flat_s=100.0, range_lo=-50.0, range_hi=50.0)
     for t, v in enumerate([1.0, 1.2, 0.9, 1.1]):
         _feed(tp, ts, t, v)
-    stats = [c for c in range(K.TS_SIZE) if c != K.TS_LAST_BAD]  # everything but the stale marker
+    stats = [c for c in range(K.TS_SIZE) if c != K.TS_COND]  # everything but the condition
     before = ts.copy()
-    for t, (v, good) in enumerate([(math.nan, 1), (math.inf, 1), (-math.inf, 1), (1.0, 0), (1e9, 0)],
-                                  start=10):
-        flags, score = _feed(tp, ts, t, v, good=good)
-        assert flags == K.FLAG_INVALID
-        assert score == 0.0
+    for t, (v, good, flag, score) in enumerate([
+            (math.nan, 1, K.FLAG_INVALID, 0.0), (math.inf, 1, K.FLAG_INVALID, 0.0),
+            (-math.inf, 1, K.FLAG_INVALID, 0.0), (1.0, 0, K.FLAG_INVALID, 0.0),
+            (1e9, 0, K.FLAG_INVALID, 0.0), (50.5, 1, K.FLAG_LIMIT, K.BINARY_SCORE),
+            (-1.7976931348623157e308, 1, K.FLAG_LIMIT, K.BINARY_SCORE),
+            (1e155, 1, K.FLAG_LIMIT, K.BINARY_SCORE)], start=10):
+        assert _feed(tp, ts, t, v, good=good) == (flag, score)
         np.testing.assert_array_equal(ts[:, stats], before[:, stats])
-    # Not fresh: neither flagged nor used, whatever the value.
-    flags, _ = _feed(tp, ts, 20, math.nan, fresh=0, good=0)
-    assert flags == 0
-    np.testing.assert_array_equal(ts[:, stats], before[:, stats])
+        # Not fresh: the condition persists, and nothing is used whatever the value.
+        assert _feed(tp, ts, t + 0.5, 7.0, fresh=0, good=1) == (flag, score)
+        np.testing.assert_array_equal(ts[:, stats], before[:, stats])
+    assert _feed(tp, ts, 30, 1.0)[0] == 0  # the next good, in-range sample clears it
+
+
+def test_a_held_value_beyond_the_hard_limits_stays_flagged_until_a_new_value():
+    tp, ts = _one_tag(hi=90.0, mask=float(K.FLAG_LIMIT))
+    _feed(tp, ts, 0.0, 80.0)
+    assert _feed(tp, ts, 1.0, 95.0) == (K.FLAG_LIMIT, K.BINARY_SCORE)
+    for t in np.arange(1.5, 12.0, 0.5):  # only other tags' batches: this one is not fresh
+        assert _feed(tp, ts, t, 0.0, fresh=0) == (K.FLAG_LIMIT, K.BINARY_SCORE)
+    assert _feed(tp, ts, 12.0, 89.0) == (0, 0.0)
+    # Limits are judged on the held value every step, so new limits apply without a new sample.
+    tp[0, K.TP_HI] = 85.0
+    assert _feed(tp, ts, 13.0, 0.0, fresh=0) == (K.FLAG_LIMIT, K.BINARY_SCORE)
+
+
+def test_backward_or_duplicate_time_never_gives_a_rate_and_never_fires_flatline_early():
+    tp, ts = _one_tag(roc_max=1.0, flat_s=10.0)
+    _feed(tp, ts, 100.0, 1.0)
+    assert _feed(tp, ts, 100.0, 50.0)[0] == 0  # duplicate stamp: a jump in no time is not a rate
+    assert _feed(tp, ts, 90.0, 70.0)[0] == 0  # backward stamp: no rate either
+    assert ts[0, K.TS_LAST_T] == 90.0  # the time base follows the latest sample
+    assert _feed(tp, ts, 91.0, 75.0) == (K.FLAG_ROC, 5.0)  # rates resume against it
+    # A flat run that began at 91 when the clock steps back to 50: the run restarts at 50,
+    # so it fires after flat_s on the new time base, neither at once nor 41 s late.
+    assert _feed(tp, ts, 50.0, 0.0, fresh=0)[0] == 0
+    assert ts[0, K.TS_ANCHOR_T] == 50.0
+    assert _feed(tp, ts, 59.9, 0.0, fresh=0)[0] == 0
+    assert _feed(tp, ts, 60.0, 0.0, fresh=0)[0] == K.FLAG_FLAT
 
 
 def test_flatline_is_not_reported_while_the_tag_is_invalid():
     tp, ts = _one_tag(flat_s=5.0)
     _feed(tp, ts, 0.0, 1.0)
     assert _feed(tp, ts, 2.0, math.nan)[0] == K.FLAG_INVALID
-    assert _feed(tp, ts, 30.0, 0.0, fresh=0)[0] == 0  # stale, not flat
+    assert _feed(tp, ts, 30.0, 0.0, fresh=0)[0] == K.FLAG_INVALID  # still invalid: stale, not flat
     assert _feed(tp, ts, 31.0, 1.0)[0] & K.FLAG_FLAT  # good again, and unchanged for 31 s
 
 
