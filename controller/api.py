@@ -10,30 +10,68 @@ from the state directory (`Authorization: Bearer <token>`), else 401.
     GET  /api/v1/events?since=ID             events newer than ID (JSON)
     GET  /api/v1/events/stream?since=ID      the same as a server-sent event stream
     POST /api/v1/alarms/{name}/ack           {"user": "..."}
-    POST /api/v1/alarms/{name}/shelve        {"user": "...", "seconds": 1800}
+    POST /api/v1/alarms/{name}/shelve        {"user": "...", "seconds": 1800, "reason": "..."}
     POST /api/v1/alarms/{name}/unshelve      {"user": "..."}
-    POST /api/v1/alarms/{name}/out-of-service {"user": "...", "enabled": true}
-    POST /api/v1/actions/{name}/reset        {"user": "..."}
-    POST /api/v1/actions/{name}/inhibit      {"user": "...", "enabled": true}
+    POST /api/v1/alarms/{name}/out-of-service {"user": "...", "enabled": true, "reason": "..."}
+    POST /api/v1/actions/{name}/reset        {"user": "...", "reason": "..."}
+    POST /api/v1/actions/{name}/inhibit      {"user": "...", "enabled": true, "reason": "..."}
+
+Operator requests answer 200 only once the change is on disk (state file fsync'd), with
+`{"ok": true, "message": "...", "disables": [actions]}`: the message says what the request
+disables ("shelving line_anomaly disables action stop_line (...)"). A `reason` is required to
+shelve, take out of service, inhibit and reset (400 without); an alarm with `shelvable = false`
+cannot be shelved or taken out of service (409).
     POST /api/v1/model/reload                {"user": "...", "path": "optional/other.npz"}
     GET  /metrics                            Prometheus text format
 
 Errors are JSON `{"error": "one line"}` with 400 (bad request), 401, 404
-(unknown alarm/action) or 409 (refused in the current state).
+(unknown alarm/action), 409 (refused in the current state), 413 (body too large),
+421 (Host header not a name of this controller) or 503 (connection limit).
+
+Hardening (docs/operations.md, security): bound beyond loopback, reads need a token
+too (the read-only `api-read-token` or the operator `api-token`). The Host header
+must be an IP literal, a loopback name, this host's name, `api_host` or a name in
+`api_allowed_hosts` (DNS rebinding). Every response is valid JSON: non-finite
+numbers become null. `ApiServer` caps the connections (a connection over the cap
+gets a 503 and is closed at once), closes idle and slow-header connections after
+`idle_timeout_s`, and sizes the cap to the open-file limit minus a reserve for
+PLC sessions, the outbox and the process, so the API can never take the
+descriptors the line needs.
 """
 
 import asyncio
+import errno
 import hmac
+import ipaddress
 import json
+import logging
+import math
+import os
+import resource
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import ClientConnectionResetError, web
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from controller.events import EventLog
 
+log = logging.getLogger(__name__)
+
 API = "/api/v1"
+MAX_BODY_BYTES = 64 << 10  # operator bodies are a few dozen bytes
+MAX_BODY_DEPTH = 8  # they are flat objects
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+# Descriptors kept out of the API's reach: the process itself (stdio, epoll, listening sockets,
+# SQLite, logs, certificates) and, per PLC, its session and reconnects; plus the outbox and sync.
+RESERVED_FDS_BASE = 64
+RESERVED_FDS_PER_PLC = 8
+RESERVED_FDS_SYNC = 32
+MIN_API_CONNECTIONS = 4
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 class Refused(Exception):
@@ -49,37 +87,134 @@ class Operations(Protocol):
     def status(self) -> dict: ...
     def tags(self) -> list[dict]: ...
     def alarm_list(self) -> list[dict]: ...
-    def ack(self, name: str, user: str) -> None: ...
-    def shelve(self, name: str, user: str, seconds: float) -> None: ...
-    def unshelve(self, name: str, user: str) -> None: ...
-    def set_out_of_service(self, name: str, user: str, enabled: bool) -> None: ...
-    def reset_action(self, name: str, user: str) -> None: ...
-    def inhibit_action(self, name: str, user: str, enabled: bool) -> None: ...
+    def ack(self, name: str, user: str, reason: str = "") -> dict: ...
+    def shelve(self, name: str, user: str, seconds: float, reason: str) -> dict: ...
+    def unshelve(self, name: str, user: str, reason: str = "") -> dict: ...
+    def set_out_of_service(self, name: str, user: str, enabled: bool, reason: str = "") -> dict: ...
+    def reset_action(self, name: str, user: str, reason: str) -> dict: ...
+    def inhibit_action(self, name: str, user: str, enabled: bool, reason: str = "") -> dict: ...
+    async def persist(self) -> None: ...  # the operator state is on disk when this returns
     async def reload_model(self, user: str, path: str | None) -> dict: ...
 
 
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN/inf float replaced by None (JSON has no such numbers: JSON.parse fails).
+
+    A tag row whose GOOD value is not finite says so in its quality ('non_finite'); other
+    qualities already say why there is no usable value.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        out = {k: finite(v) for k, v in obj.items()}
+        value = obj.get("value")
+        if isinstance(value, float) and not math.isfinite(value) and out.get("quality") == "good":
+            out["quality"] = "non_finite"
+        return out
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalar
+        return finite(obj.item())
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """Strict JSON (allow_nan=False after `finite`): what every response and SSE event uses."""
+    return json.dumps(finite(obj), allow_nan=False, default=str)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=dumps)
+
+
 def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return json_response({"error": message}, status=status)
 
 
-def create_app(ops: Operations, token: str) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+def _bearer_ok(request: web.Request, *tokens: str | None) -> bool:
+    given = request.headers.get("Authorization", "").encode()
+    ok = False
+    for token in tokens:
+        if token:  # every token is compared (constant time whatever matches)
+            ok |= hmac.compare_digest(given, f"Bearer {token}".encode())
+    return ok
+
+
+def _depth(text: str) -> int:
+    """Deepest [ / { nesting of a JSON text, counted without parsing (strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+async def _json_body(request: web.Request, timeout_s: float) -> dict:
+    """The request body as a flat JSON object; ValueError (400) / HTTP errors otherwise."""
+    if not request.can_read_body:
+        return {}
+    try:
+        raw = await asyncio.wait_for(request.read(), timeout_s)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=dumps({"error": "request body too slow"}),
+                                     content_type="application/json") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("request body is not UTF-8 JSON") from None
+    if _depth(text) > MAX_BODY_DEPTH:
+        raise ValueError(f"request body is nested more than {MAX_BODY_DEPTH} levels; send a flat JSON object")
+    try:
+        body = json.loads(text, parse_constant=_no_constant) if text.strip() else {}
+    except (json.JSONDecodeError, RecursionError):
+        raise ValueError("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("request body must be a JSON object")
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"request body contains {name}, which is not JSON")
+
+
+def create_app(ops: Operations, token: str, *, read_token: str | None = None,
+               reads_need_token: bool = False, allowed_hosts: set[str] | frozenset[str] = frozenset(),
+               body_timeout_s: float = 15.0) -> web.Application:
+    """The API. `allowed_hosts`: names accepted in the Host header besides IP literals,
+    loopback names and this host's name; reads need `read_token` or `token` if `reads_need_token`."""
+    names = {n.lower().rstrip(".") for n in allowed_hosts} | LOOPBACK_NAMES | {socket.gethostname().lower()}
+    app = web.Application(middlewares=[_host_check(frozenset(names)), _errors],
+                          client_max_size=MAX_BODY_BYTES)
     r = app.router
+
+    def reading(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if not reads_need_token:
+            return handler
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            if not _bearer_ok(request, token, read_token):
+                return error(401, "this API is reachable beyond loopback, so reads need a token too: send "
+                                  "'Authorization: Bearer <token>' (api-read-token or api-token in the "
+                                  "state directory)")
+            return await handler(request)
+        return wrapped
 
     def mutating(handler: Callable[[web.Request, dict], Awaitable[Any]]):
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            if not _bearer_ok(request, token):
                 return error(401, "missing or wrong API token: send 'Authorization: Bearer <token>' "
                                   "with the token from the state directory")
-            try:
-                body = await request.json() if request.can_read_body else {}
-            except json.JSONDecodeError:
-                return error(400, "request body is not valid JSON")
-            if not isinstance(body, dict):
-                return error(400, "request body must be a JSON object")
+            body = await _json_body(request, body_timeout_s)
             result = await handler(request, body)
-            return web.json_response(result if result is not None else {"ok": True})
+            return json_response(result if result is not None else {"ok": True})
         return wrapped
 
     def user(body: dict) -> str:
@@ -94,16 +229,16 @@ def create_app(ops: Operations, token: str) -> web.Application:
         return body[key]
 
     async def status(_: web.Request) -> web.Response:
-        return web.json_response(ops.status())
+        return json_response(ops.status())
 
     async def tags(_: web.Request) -> web.Response:
-        return web.json_response(ops.tags())
+        return json_response(ops.tags())
 
     async def alarms(_: web.Request) -> web.Response:
-        return web.json_response(ops.alarm_list())
+        return json_response(ops.alarm_list())
 
     async def events(request: web.Request) -> web.Response:
-        return web.json_response(ops.events.since(_since(request)))
+        return json_response(ops.events.since(_since(request)))
 
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -117,31 +252,44 @@ def create_app(ops: Operations, token: str) -> web.Application:
                     await response.write(b": keep-alive\n\n")
                     continue
                 for event in batch:
-                    await response.write(f"id: {event['id']}\ndata: {json.dumps(event)}\n\n".encode())
+                    await response.write(f"id: {event['id']}\ndata: {dumps(event)}\n\n".encode())
                     last = event["id"]
         except (ConnectionResetError, ClientConnectionResetError):
             return response  # the client went away: a normal end of a stream
 
-    async def ack(request: web.Request, body: dict) -> None:
-        ops.ack(request.match_info["name"], user(body))
+    def reason(body: dict) -> str:
+        value = body.get("reason", "")
+        if not isinstance(value, str):
+            raise ValueError("'reason' must be a string")
+        return value.strip()
 
-    async def shelve(request: web.Request, body: dict) -> None:
+    async def durable(answer: dict) -> dict:
+        await ops.persist()  # 200 only once the change is on disk: it survives a kill -9
+        return answer
+
+    async def ack(request: web.Request, body: dict) -> dict:
+        return await durable(ops.ack(request.match_info["name"], user(body), reason(body)))
+
+    async def shelve(request: web.Request, body: dict) -> dict:
         seconds = body.get("seconds")
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
             raise ValueError("'seconds' must be a positive number")
-        ops.shelve(request.match_info["name"], user(body), float(seconds))
+        return await durable(ops.shelve(request.match_info["name"], user(body), float(seconds),
+                                        reason(body)))
 
-    async def unshelve(request: web.Request, body: dict) -> None:
-        ops.unshelve(request.match_info["name"], user(body))
+    async def unshelve(request: web.Request, body: dict) -> dict:
+        return await durable(ops.unshelve(request.match_info["name"], user(body), reason(body)))
 
-    async def out_of_service(request: web.Request, body: dict) -> None:
-        ops.set_out_of_service(request.match_info["name"], user(body), flag(body))
+    async def out_of_service(request: web.Request, body: dict) -> dict:
+        return await durable(ops.set_out_of_service(request.match_info["name"], user(body), flag(body),
+                                                    reason(body)))
 
-    async def reset(request: web.Request, body: dict) -> None:
-        ops.reset_action(request.match_info["name"], user(body))
+    async def reset(request: web.Request, body: dict) -> dict:
+        return await durable(ops.reset_action(request.match_info["name"], user(body), reason(body)))
 
-    async def inhibit(request: web.Request, body: dict) -> None:
-        ops.inhibit_action(request.match_info["name"], user(body), flag(body))
+    async def inhibit(request: web.Request, body: dict) -> dict:
+        return await durable(ops.inhibit_action(request.match_info["name"], user(body), flag(body),
+                                                reason(body)))
 
     async def reload_model(_: web.Request, body: dict) -> dict:
         path = body.get("path")
@@ -153,11 +301,11 @@ def create_app(ops: Operations, token: str) -> web.Application:
         body = await asyncio.to_thread(generate_latest, ops.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    r.add_get(f"{API}/status", status)
-    r.add_get(f"{API}/tags", tags)
-    r.add_get(f"{API}/alarms", alarms)
-    r.add_get(f"{API}/events", events)
-    r.add_get(f"{API}/events/stream", stream)
+    r.add_get(f"{API}/status", reading(status))
+    r.add_get(f"{API}/tags", reading(tags))
+    r.add_get(f"{API}/alarms", reading(alarms))
+    r.add_get(f"{API}/events", reading(events))
+    r.add_get(f"{API}/events/stream", reading(stream))
     r.add_post(f"{API}/alarms/{{name}}/ack", mutating(ack))
     r.add_post(f"{API}/alarms/{{name}}/shelve", mutating(shelve))
     r.add_post(f"{API}/alarms/{{name}}/unshelve", mutating(unshelve))
@@ -165,7 +313,7 @@ def create_app(ops: Operations, token: str) -> web.Application:
     r.add_post(f"{API}/actions/{{name}}/reset", mutating(reset))
     r.add_post(f"{API}/actions/{{name}}/inhibit", mutating(inhibit))
     r.add_post(f"{API}/model/reload", mutating(reload_model))
-    r.add_get("/metrics", metrics)
+    r.add_get("/metrics", reading(metrics))
     return app
 
 
@@ -173,8 +321,35 @@ def _since(request: web.Request) -> int:
     try:
         return max(0, int(request.query.get("since", "0")))
     except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "'since' must be an integer"}),
+        raise web.HTTPBadRequest(text=dumps({"error": "'since' must be an integer"}),
                                  content_type="application/json") from None
+
+
+def host_of(header: str) -> str:
+    """'Example.com:8470' -> 'example.com'; '[::1]:8470' -> '::1'."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return (h.rsplit(":", 1)[0] if h.count(":") == 1 else h).rstrip(".")
+
+
+def _host_check(names: frozenset[str]):
+    """Refuse a Host that is not ours: a DNS-rebinding page in a browser on this host sends its
+    own (attacker's) name. IP literals cannot be rebound, so they always pass."""
+
+    @web.middleware
+    async def check(request: web.Request, handler) -> web.StreamResponse:
+        host = host_of(request.headers.get("Host", ""))
+        try:
+            ipaddress.ip_address(host)
+            return await handler(request)
+        except ValueError:
+            pass
+        if host in names:
+            return await handler(request)
+        return error(421, f"Host {host!r} is not a name of this controller: add it to [controller] "
+                          "api_allowed_hosts if it is one")
+    return check
 
 
 @web.middleware
@@ -188,3 +363,156 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return error(400, str(exc))
     except Refused as exc:
         return error(409, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"request body too large (at most {MAX_BODY_BYTES} bytes)")
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # a bug, not the client's fault: one line in the log, a 500 to the client
+        log.error("API %s %s failed: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        log.debug("API failure detail", exc_info=True)
+        return error(500, f"internal error: {type(exc).__name__}")
+
+
+# ------------------------------------------------------------------ the server and its limits
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit where allowed; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
+def reserved_fds(plcs: int, sync: bool) -> int:
+    """Descriptors the API must leave free for the process, the PLC sessions and the outbox."""
+    return RESERVED_FDS_BASE + RESERVED_FDS_PER_PLC * plcs + (RESERVED_FDS_SYNC if sync else 0)
+
+
+def _fds_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return RESERVED_FDS_BASE
+
+
+def connection_budget(wanted: int, reserved: int) -> tuple[int, int]:
+    """(API connection cap, soft open-file limit): `wanted`, lowered to what the limit leaves."""
+    soft = raise_open_file_limit()
+    room = soft - _fds_in_use() - reserved if soft != resource.RLIM_INFINITY else wanted
+    cap = min(wanted, room)
+    if cap < MIN_API_CONNECTIONS:
+        raise OSError(f"the open-file limit ({soft}) leaves room for only {max(room, 0)} API connections "
+                      f"after reserving {reserved} descriptors for PLC sessions, the outbox and the "
+                      "process: raise it (LimitNOFILE= in the systemd unit, ulimit -n)")
+    return cap, soft
+
+
+_BUSY_BODY = b'{"error": "API connection limit reached"}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+         b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+
+
+class _Busy(asyncio.Protocol):
+    """A connection over the cap: a 503, then closed at once (its descriptor is freed)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(_BUSY)  # type: ignore[attr-defined]
+        transport.close()
+
+
+class _Counted(RequestHandler):
+    """aiohttp's protocol, counted so the cap holds even within one accept burst."""
+
+    def __init__(self, guard: "ApiServer", *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard = guard
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._guard._open -= 1
+
+
+class ApiServer:
+    """The API's listening socket with a connection cap and idle/header timeouts."""
+
+    def __init__(self, app: web.Application, host: str, port: int, *, max_connections: int = 128,
+                 idle_timeout_s: float = 15.0, reserved: int = RESERVED_FDS_BASE) -> None:
+        self.app, self.host, self.port = app, host, port
+        self.wanted, self.idle_timeout_s, self.reserved = max_connections, idle_timeout_s, reserved
+        self.max_connections = max_connections
+        self.refused = 0  # connections turned away at the cap, since start
+        self._open = 0
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._last_refusal_log = -math.inf
+        self._refused_since_log = 0
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    async def start(self) -> None:
+        self.max_connections, soft = connection_budget(self.wanted, self.reserved)
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.idle_timeout_s,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        loop = asyncio.get_running_loop()
+        manager = self._runner.server
+
+        def protocol() -> asyncio.Protocol:
+            if self._open >= self.max_connections:
+                self._refuse()
+                return _Busy()
+            self._open += 1
+            return _Counted(self, manager, loop=loop, keepalive_timeout=self.idle_timeout_s,
+                            access_log=None)
+
+        try:
+            self._server = await loop.create_server(protocol, self.host, self.port, reuse_address=True,
+                                                    backlog=min(self.max_connections, 128))
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise OSError(_listen_error(self.host, self.port, exc)) from None
+        self.port = self._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+        log.info("API on %s:%d: at most %d connections, idle/header timeout %g s (open-file limit %d, "
+                 "%d kept for PLC sessions, the outbox and the process)", self.host, self.port,
+                 self.max_connections, self.idle_timeout_s, soft, self.reserved)
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL_S:
+            log.warning("API connection limit (%d) reached: refused %d connection(s) in the last %g s "
+                        "(PLC sessions are not affected)", self.max_connections, self._refused_since_log,
+                        REFUSAL_LOG_INTERVAL_S)
+            self._last_refusal_log, self._refused_since_log = now, 0
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line naming the key to change."""
+    if isinstance(exc, socket.gaierror):
+        return (f"[controller] api_host {host!r} cannot be resolved ({exc.strerror}): set it to an IP "
+                "address of this host, or 127.0.0.1 for local access only")
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {host}:{port}: the port is in use; set [controller] api_port to a free port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on {host}:{port}: {host!r} is not an address of this host; set "
+                "[controller] api_host to one of its addresses, or 127.0.0.1")
+    if exc.errno == errno.EACCES:
+        return (f"cannot listen on {host}:{port}: permission denied (ports below 1024 need privileges); "
+                "set [controller] api_port to 1024 or above")
+    return f"cannot listen on {host}:{port} ({exc.strerror or exc}): check [controller] api_host / api_port"

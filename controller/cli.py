@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 a runtime failure (service not reachable, PLC error);
 2 a user mistake (bad config, bad arguments, missing file). Errors are one line
-on stderr, never a traceback.
+on stderr, never a traceback: `_App` turns anything no command handled into one
+line and exit 1 (LINESENTRY_DEBUG=1 shows the traceback, for bug reports).
 """
 
 from __future__ import annotations
@@ -11,20 +12,57 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-app = typer.Typer(help="linesentry: industrial anomaly detection controller.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+EXIT_RUNTIME, EXIT_USAGE = 1, 2
+
+
+class _App(typer.Typer):
+    """The entry point: whatever escapes a command becomes one line on stderr, never a traceback."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except Exception as exc:
+            if os.environ.get("LINESENTRY_DEBUG"):
+                raise
+            code, message = describe_error(exc)
+            err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+            sys.exit(code)
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one line) for an exception no command handled."""
+    from controller.config import ConfigError
+    from controller.sync import SyncConfigError
+
+    if isinstance(exc, ConfigError | SyncConfigError):
+        return EXIT_USAGE, str(exc).splitlines()[0]
+    if isinstance(exc, MemoryError):
+        return EXIT_RUNTIME, "out of memory: lower the model sizes in [detector.spec] or use less data"
+    if isinstance(exc, OSError):
+        return EXIT_RUNTIME, (f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror
+                              else str(exc) or type(exc).__name__)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return EXIT_RUNTIME, (f"internal error: {type(exc).__name__}: {first[:300]} "
+                          "(run with LINESENTRY_DEBUG=1 for the traceback and report it)")
+
+
+app = _App(help="linesentry: industrial anomaly detection controller.", no_args_is_help=True,
+           add_completion=False, pretty_exceptions_enable=False)
 console = Console()
 err = Console(stderr=True)
-
-EXIT_RUNTIME, EXIT_USAGE = 1, 2
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -62,12 +100,21 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
             parse_level(log_level)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    from controller.config import secret_values
+    from controller.logs import register_secret
+    from controller.sync import SyncConfigError
+
     cfg = _load(config)
+    try:
+        for value in secret_values(cfg):  # before the first log line: no level may print them
+            register_secret(value)
+    except SyncConfigError as exc:
+        raise fail(str(exc)) from None
     setup_logging(log_level or cfg.controller.log_level, json=log_json, module_levels=modules,
                   rate_limit_s=log_rate_limit)
     try:
         controller = Controller(cfg)
-    except (ModelError, OSError) as exc:
+    except (ModelError, OSError, SyncConfigError) as exc:
         raise fail(str(exc)) from None
 
     async def main() -> None:
@@ -79,6 +126,8 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
 
     try:
         asyncio.run(main())
+    except SyncConfigError as exc:
+        raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(str(exc), EXIT_RUNTIME) from None
 
@@ -145,47 +194,78 @@ def hil(scenario: Path = typer.Argument(..., help="scenario file (hil_tests/scen
 
 @app.command()
 def validate(config: Path = typer.Argument(..., help="line config (TOML)"),
-             connect: bool = typer.Option(False, "--connect", help="also open a session to every PLC "
-                                          "and read every tag once (exit 1 if one fails)")) -> None:
+             connect: bool = typer.Option(False, "--connect", help="also open a session to every PLC and "
+                                          "read every tag once (exit 1 if a PLC or a tag fails)")) -> None:
     """Check a line config and print what it describes; with --connect, reach every PLC too."""
     cfg = _load(config)
-    reached = asyncio.run(_probe(cfg)) if connect else {}
+    probes = asyncio.run(_probe(cfg)) if connect else {}
     table = Table(title=f"{config}: OK")
     for col in ("PLC", "protocol", "endpoint", "tags", "writable", *(("reachable",) if connect else ())):
         table.add_column(col)
     for (proto, _), plc in cfg.plcs():
         d = plc.driver
-        endpoint = d.endpoint if proto == "opcua" else f"{d.host}:{d.port}"
-        row = [plc.name, proto, endpoint, str(len(d.tags)), str(sum(t.writable for t in d.tags))]
-        table.add_row(*row, *((reached[plc.name],) if connect else ()))
+        row = [plc.name, proto, d.endpoint, str(len(d.tags)), str(sum(t.writable for t in d.tags))]
+        table.add_row(*row, *((probes[plc.name].summary,) if connect else ()))
     console.print(table)
     console.print(f"detector: {len(cfg.detector_tags())} tags, model {cfg.detector.model or 'none'}; "
                   f"{len(cfg.alarms)} alarms, {len(cfg.actions)} actions; "
                   f"cloud sync {'on' if cfg.sync and cfg.sync.enabled else 'off'}")
-    failed = [name for name, result in reached.items() if not result.startswith("yes")]
-    if failed:
-        raise fail(f"cannot reach PLC(s) {', '.join(failed)}: see the table", EXIT_RUNTIME)
+    # One line per bad tag, never wrapped or cut (piped output is 80 columns wide otherwise).
+    lines = [f"cannot reach {name}: {p.error}" for name, p in probes.items() if p.error]
+    for name, probe in probes.items():
+        lines += [f"bad tag {name}.{tag}: {reason}" for tag, reason in probe.bad]
+        lines += [f"hint: {probe.hint}"] if probe.hint else []
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    unreachable = [name for name, probe in probes.items() if not probe.reached]
+    if unreachable:
+        raise fail(f"cannot reach PLC(s) {', '.join(unreachable)}: see the lines above", EXIT_RUNTIME)
+    bad = sum(len(p.bad) for p in probes.values())
+    if bad:
+        plcs = ", ".join(name for name, p in probes.items() if p.bad)
+        raise fail(f"{bad} tag(s) not good on PLC(s) {plcs}: see the lines above", EXIT_RUNTIME)
 
 
-async def _probe(cfg) -> dict[str, str]:
-    """Connect to every PLC at once and read all its tags: 'yes (n good of m)' or the error."""
+class _Probe:
+    """What `validate --connect` found on one PLC."""
+
+    def __init__(self, summary: str, reached: bool, bad: list[tuple[str, str]] | None = None,
+                 hint: str = "", error: str = "") -> None:
+        self.summary, self.reached, self.bad, self.hint, self.error = summary, reached, bad or [], hint, error
+
+
+async def _probe(cfg) -> dict[str, _Probe]:
+    """Connect to every PLC at once and read all its tags once, through the driver interface."""
     from controller.runtime import make_driver
     from drivers.base import Quality
 
-    async def one(plc) -> tuple[str, str]:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the drivers report every failure themselves
+
+    async def one(proto: str, plc) -> tuple[str, _Probe]:
         driver = make_driver(plc)
         try:
             await asyncio.wait_for(driver.connect(), plc.driver.timeout_s + 5)
             batch = await asyncio.wait_for(driver.read(), plc.driver.timeout_s + 5)
-            good = int((batch.quality == Quality.GOOD).sum())
-            return plc.name, f"yes ({good} of {len(batch)} tags good)"
         except Exception as exc:  # any failure to reach a PLC is a finding to report, not a crash
-            return plc.name, f"no: {str(exc) or type(exc).__name__}"
+            return plc.name, _Probe("no", reached=False, bad=[], hint="",
+                                    error=(str(exc) or type(exc).__name__).removeprefix(f"{plc.name}: "))
         finally:
             with contextlib.suppress(Exception):
                 await driver.close()
+        reasons = driver.stats.tag_errors
+        bad = [(driver.tag_names[i], reasons.get(driver.tag_names[i]) or f"quality {Quality(q).name}")
+               for i, q in zip(batch.index.tolist(), batch.quality.tolist(), strict=True)
+               if q != Quality.GOOD]
+        hint = ""
+        if proto == "modbus" and bad and len(bad) == len(batch):
+            hint = (f"no tag of {plc.name} could be read: check device_id (the unit id, now "
+                    f"{plc.driver.device_id}; behind a gateway or on a serial line it is the device's own "
+                    "address) and that addresses are zero-based (a manual's 40001 is holding_register "
+                    "address 0; modicon_addresses = true converts such numbers)")
+        good = len(batch) - len(bad)
+        return plc.name, _Probe(f"yes ({good} of {len(batch)} tags good)", reached=True, bad=bad, hint=hint)
 
-    return dict(await asyncio.gather(*(one(p) for _, p in cfg.plcs())))
+    return dict(await asyncio.gather(*(one(proto, p) for (proto, _), p in cfg.plcs())))
 
 
 @app.command()
@@ -222,8 +302,11 @@ def fit(config: Path = typer.Argument(..., help="line config (TOML)"),
     times, values = _read_csv(data, tags)
     try:
         det = StreamingDetector(tags, cfg.detector_spec(), dict(cfg.detector.units)).fit(values, times)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise fail(f"{data}: {exc}") from None
+    except MemoryError:
+        raise fail(f"{data}: out of memory fitting the models: lower iforest_trees / iforest_max_samples "
+                   "in [detector.spec] or fit on fewer rows", EXIT_RUNTIME) from None
     det.save(target)
     s = det.summary
     table = Table(title=f"model written to {target}")

@@ -937,3 +937,23 @@ def _fmt(loc: Loc) -> str:
         else:
             out += f"[{str(part)!r}]"
     return out
+
+
+def secret_values(cfg: LineConfig) -> list[str]:
+    """The values of every secret the config names (`*_env` keys: passwords, the sync token), for
+    the log scrubber. The sync token must be set when sync is on: SyncConfigError otherwise."""
+    if cfg.sync is not None and cfg.sync.enabled:
+        cfg.sync.token()
+    out: list[str] = []
+    stack: list[Any] = [cfg]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, BaseModel):
+            for key, value in item:
+                if key.endswith("_env") and isinstance(value, str) and os.environ.get(value):
+                    out.append(os.environ[value])
+                elif isinstance(value, BaseModel | list):
+                    stack.append(value)
+    return out
