@@ -436,4 +436,4 @@ def test_validate_connect_reports_unreachable_plcs_with_exit_1(tmp_path):
     result = invoke("validate", str(config), "--connect")
     assert result.exit_code == 1, result.output
     assert "cannot reach PLC(s) conveyor, press" in result.output
-    assert "no:" in result.output
+    assert "cannot reach conveyor: " in result.output and "cannot reach press: " in result.output

@@ -195,3 +195,26 @@ def exception_reply(code: int) -> Callable[[bytes], bytes]:
         pdu = struct.pack(">BB", request[7] | 0x80, code)
         return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
     return reply
+
+
+class ThreadedServer:
+    """Runs a server (SimServer, RawServer) on its own event loop in a thread: for code under test
+    that runs its own loop, such as the CLI's asyncio.run()."""
+
+    def __init__(self, server) -> None:
+        import threading
+
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "ThreadedServer":
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
