@@ -273,16 +273,21 @@ def record(config: Path = typer.Argument(..., help="line config (TOML)"),
            minutes: float = typer.Option(10.0, help="how long to record"),
            out: Path = typer.Option(..., "-o", "--out", help="CSV file to write")) -> None:
     """Record live detector-tag values from the PLCs (normal operation, for `fit`)."""
+    from controller.record import Gaps, write_csv
     from controller.record import record as do_record
-    from controller.record import write_csv
 
     cfg = _load(config)
+    gaps = Gaps()
     with console.status(f"recording {minutes:g} min from {len(list(cfg.plcs()))} PLC(s)..."):
-        times, values, tags = asyncio.run(do_record(cfg, minutes * 60.0))
+        times, values, tags = asyncio.run(do_record(cfg, minutes * 60.0, gaps=gaps))
     if len(times) == 0:
-        raise fail("no complete rows recorded: are the PLCs reachable and their tags GOOD?", EXIT_RUNTIME)
+        why = f"incomplete because of {gaps.summary()}" if gaps.rows else "no data arrived"
+        raise fail(f"no complete rows recorded: {why}", EXIT_RUNTIME)
     write_csv(out, times, values, tags)
     console.print(f"wrote {len(times)} rows x {len(tags)} tags to {out}")
+    if gaps.dropped:
+        console.print(f"left out {gaps.dropped} incomplete rows, because of {gaps.summary()}",
+                      soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command()

@@ -8,6 +8,8 @@ row per driver batch, every detector tag at its latest value.
 import asyncio
 import csv
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +21,23 @@ from drivers.base import Quality, ReadingBatch
 from drivers.supervisor import DriverSupervisor
 
 
-async def record(config: LineConfig, seconds: float, *, min_interval_s: float = 0.0
-                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Rows of (time, detector tag values) for `seconds`; rows with a non-GOOD value are left out.
+@dataclass
+class Gaps:
+    """Why rows were left out: per detector tag, the rows it kept incomplete and its last reason."""
+
+    rows: Counter = field(default_factory=Counter)
+    reason: dict[str, str] = field(default_factory=dict)
+    dropped: int = 0
+
+    def summary(self, limit: int = 5) -> str:
+        """'tag (n rows: reason), ...' for the tags that kept the most rows incomplete."""
+        return ", ".join(f"{tag} ({n} rows: {self.reason[tag]})" for tag, n in self.rows.most_common(limit))
+
+
+async def record(config: LineConfig, seconds: float, *, min_interval_s: float = 0.0,
+                 gaps: Gaps | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows of (time, detector tag values) for `seconds`; rows with a non-GOOD value are left out
+    (counted in `gaps`, with the tags that made them incomplete and why).
 
     `min_interval_s` thins the rows (0 keeps one per batch).
     """
@@ -30,6 +46,8 @@ async def record(config: LineConfig, seconds: float, *, min_interval_s: float = 
     times: list[float] = []
     rows: list[np.ndarray] = []
     last = -np.inf
+    gaps = gaps if gaps is not None else Gaps()
+    driver_of = {}
 
     def on_batch(binding: np.ndarray, batch: ReadingBatch) -> None:
         nonlocal last
@@ -38,15 +56,26 @@ async def record(config: LineConfig, seconds: float, *, min_interval_s: float = 
         if now - last < min_interval_s:
             return
         line.gather_frame()
-        if np.all(line.quality[line.detector_index] == Quality.GOOD):
+        quality = line.quality[line.detector_index]
+        if np.all(quality == Quality.GOOD):
             times.append(now)
             rows.append(line.frame_values.copy())
             last = now
+            return
+        gaps.dropped += 1
+        for k in np.flatnonzero(quality != Quality.GOOD):
+            tag = tags[k]
+            gaps.rows[tag] += 1
+            driver = driver_of.get(tag)
+            why = driver.stats.tag_errors.get(tag) if driver is not None else None
+            gaps.reason[tag] = f"{Quality(int(quality[k])).name}" + (f", {why}" if why else "")
 
     supervisors = []
     for _, plc in config.plcs():
         driver = make_driver(plc)
-        binding = line.binding([t.name for t in plc.driver.tags])
+        names = [t.name for t in plc.driver.tags]
+        driver_of.update(dict.fromkeys(names, driver))
+        binding = line.binding(names)
         supervisors.append(DriverSupervisor(driver, lambda b, m=binding: on_batch(m, b)))
     for s in supervisors:
         s.start()

@@ -11,7 +11,8 @@ from controller.cli import app
 runner = CliRunner()
 
 
-def line_config(tmp_path: Path, port: int, tags: str, device_id: int = 1) -> str:
+def line_config(tmp_path: Path, port: int, tags: str, device_id: int = 1,
+                poll_interval_s: float = 1.0) -> str:
     path = tmp_path / "line.toml"
     path.write_text(f"""
 [controller]
@@ -26,6 +27,7 @@ host = "127.0.0.1"
 port = {port}
 device_id = {device_id}
 timeout_s = 0.3
+poll_interval_s = {poll_interval_s}
 {tags}
 """)
     return str(path)
