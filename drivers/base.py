@@ -41,6 +41,14 @@ class ConnectionLost(DriverError):
     """The PLC connection broke; the supervisor reconnects."""
 
 
+class AccessDenied(DriverError):
+    """The PLC refused our identity (credentials, client certificate) or we refused its certificate.
+
+    Retrying cannot help until the config or the PLC's trust list changes: a supervisor may stop
+    retrying (or retry slowly) and must show the message.
+    """
+
+
 class WriteRefused(DriverError):
     """A write to a tag the configuration does not mark writable, or to an unknown tag."""
 
@@ -58,6 +66,10 @@ class ReadingBatch:
     quality: np.ndarray  # uint8 Quality codes
     source_ts: np.ndarray  # float64 epoch seconds stamped by the PLC/server (NaN when unknown)
     receive_ts: np.ndarray  # float64 epoch seconds when the driver received each value
+    # Text tags (e.g. OPC UA String): the string per entry, None for numeric entries; a text entry
+    # has value NaN and quality GOOD/UNCERTAIN. For display, events and summaries, never a model.
+    # None (the default) when the batch carries no text at all.
+    text: list[str | None] | None = None
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -89,6 +101,7 @@ class DriverStats:
     values: int = 0
     bad_values: int = 0
     last_error: str = ""
+    tag_errors: dict[str, str] = field(default_factory=dict)  # tag name -> why it is BAD for this session
     # Monotonic time of the last proof of good data: a delivery, poll result, keep-alive or
     # successful read while at least one tag of this PLC holds a GOOD/UNCERTAIN value. The
     # controller's liveness (comm loss) is judged on its age alone; see `Driver`.

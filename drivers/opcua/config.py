@@ -10,6 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from drivers.opcua.nodes import parse_browse_path, parse_node_ref
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def normalize_sha256(text: str) -> str:
+    """A SHA-256 fingerprint as 64 lower-case hex digits, from "AA:BB:..." (openssl) or plain hex."""
+    digits = text.strip().lower().replace(":", "")
+    if not _HEX64.match(digits):
+        raise ValueError(f"{text!r} is not a SHA-256 fingerprint: expected 32 bytes as hex, e.g. "
+                         "\"AB:CD:...\" as `openssl x509 -fingerprint -sha256` or "
+                         "`linesentry certs fetch` print it")
+    return digits
 
 
 class _Strict(BaseModel):
@@ -26,6 +37,7 @@ class OpcUaTag(_Strict):
     writable: bool = False
     deadband_abs: float | None = Field(default=None, ge=0)  # overrides the group's deadband
     deadband_pct: float | None = Field(default=None, ge=0, le=100)
+    index: int | None = Field(default=None, ge=0)  # element of an array node (0-based)
 
     @model_validator(mode="after")
     def _check(self) -> "OpcUaTag":
@@ -45,6 +57,9 @@ class OpcUaTag(_Strict):
                 raise ValueError(f"{where}.browse_path: {exc}") from None
         if self.deadband_abs is not None and self.deadband_pct is not None:
             raise ValueError(f"{where}: set only one of deadband_abs / deadband_pct")
+        if self.index is not None and self.writable:
+            raise ValueError(f"{where}: writes to an array element are not supported; "
+                             "remove writable or index")
         return self
 
 
@@ -80,12 +95,23 @@ class OpcUaSecurity(_Strict):
     client_certificate: Path | None = None  # DER or PEM; its URI SAN becomes the client's application URI
     client_private_key: Path | None = None
     server_certificate: Path | None = None  # the trusted server certificate (DER or PEM)
+    server_certificate_sha256: str | None = None  # or its pinned fingerprint ("AB:CD:..." or hex)
     trust_server_certificate: bool = False  # accept an unknown server certificate (commissioning only)
     username: str | None = None
     password_env: str | None = None  # name of the environment variable holding the password
+    allow_plaintext_password: bool = False  # send a password over policy None (readable on the wire)
+    allow_insecure_key_permissions: bool = False  # accept a private key readable by group/others
 
     @model_validator(mode="after")
     def _check(self) -> "OpcUaSecurity":
+        if self.server_certificate_sha256 is not None:
+            try:
+                object.__setattr__(self, "server_certificate_sha256",
+                                   normalize_sha256(self.server_certificate_sha256))
+            except ValueError as exc:
+                raise ValueError(f"security.server_certificate_sha256: {exc}") from None
+            if self.server_certificate is not None:
+                raise ValueError("security: set only one of server_certificate / server_certificate_sha256")
         if self.policy == "None" and self.mode != "None":
             raise ValueError(f"security.mode {self.mode!r} needs a signing policy: set security.policy: "
                              "Basic256Sha256 (policy None cannot sign or encrypt) or security.mode: None")
@@ -102,6 +128,10 @@ class OpcUaSecurity(_Strict):
                                  f"{self.password_env!r}; never put the password itself in the config")
             if self.username is None:
                 raise ValueError("security.password_env is set but security.username is not")
+            if self.policy == "None" and not self.allow_plaintext_password:
+                raise ValueError("security: a password over security.policy None is sent readable on the "
+                                 "network: use policy Basic256Sha256 (mode SignAndEncrypt), or set "
+                                 "security.allow_plaintext_password = true to accept that")
         return self
 
     @property
@@ -118,12 +148,13 @@ class OpcUaConfig(_Strict):
 
     name: str = Field(min_length=1)
     endpoint: str
-    timeout_s: float = Field(default=5.0, gt=0)  # per request; a dead link is detected within ~2x this
+    timeout_s: float = Field(default=5.0, gt=0)  # per request; a silent link is given up after this
     session_timeout_s: float = Field(default=60.0, ge=1)
     security: OpcUaSecurity = Field(default_factory=OpcUaSecurity)
     groups: list[OpcUaGroup] = Field(default_factory=_default_groups)
     tags: list[OpcUaTag] = Field(min_length=1)
     readback: bool = True
+    max_nodes_per_request: int | None = Field(default=None, ge=1)  # cap below the server's OperationLimits
 
     @model_validator(mode="after")
     def _check(self) -> "OpcUaConfig":

@@ -45,26 +45,57 @@ def _epoch(dt: Any) -> float:
     return dt.timestamp() if dt is not None else math.nan
 
 
-def to_batch(index: Sequence[int], datavalues: Sequence[ua.DataValue], receive_ts: float | None = None
-             ) -> ReadingBatch:
-    """A ReadingBatch from DataValues aligned with `index` (tag positions)."""
+def text_of(value: Any) -> str | None:
+    """The text of a String / LocalizedText value; None for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, ua.LocalizedText):
+        return value.Text or ""
+    return None
+
+
+def element(value: Any, index: int | None) -> Any:
+    """Element `index` of an array value (None when out of range); the value itself when index is None.
+
+    Picked here rather than with a Read IndexRange: not every server honours IndexRange.
+    """
+    if index is None:
+        return value
+    if isinstance(value, list | tuple | np.ndarray) and index < len(value):
+        return value[index]
+    return None
+
+
+def to_batch(index: Sequence[int], datavalues: Sequence[ua.DataValue], receive_ts: float | None = None,
+             elements: Sequence[int | None] | None = None) -> ReadingBatch:
+    """A ReadingBatch from DataValues aligned with `index` (tag positions).
+
+    `elements` gives, per entry, the array element its tag takes (None: the scalar value).
+    Text values (String, LocalizedText) keep their quality, value NaN, and go to `batch.text`.
+    """
     n = len(index)
     now = time.time() if receive_ts is None else receive_ts
     values = np.full(n, np.nan)
     quality = np.empty(n, dtype=np.uint8)
     source_ts = np.empty(n)
+    text: list[str | None] | None = None
     for k, dv in enumerate(datavalues):
         q = quality_of(dv.StatusCode)
         if q is not Quality.BAD:
-            v = numeric(dv.Value.Value if dv.Value is not None else None)
-            if v is None:
-                q = Quality.BAD
-            else:
+            raw = element(dv.Value.Value if dv.Value is not None else None,
+                          None if elements is None else elements[k])
+            v = numeric(raw)
+            if v is not None:
                 values[k] = v
+            elif (s := text_of(raw)) is not None:
+                text = text if text is not None else [None] * n
+                text[k] = s
+            else:
+                q = Quality.BAD
         quality[k] = int(q)
         source_ts[k] = _epoch(dv.SourceTimestamp if dv.SourceTimestamp is not None else dv.ServerTimestamp)
     return ReadingBatch(index=np.asarray(index, dtype=np.int32), values=values, quality=quality,
-                        source_ts=source_ts, receive_ts=np.full(n, now))
+                        source_ts=source_ts, receive_ts=np.full(n, now), text=text)
 
 
 def variant_type_of(datatype: ua.NodeId) -> ua.VariantType | None:

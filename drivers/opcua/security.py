@@ -7,6 +7,7 @@ server's endpoint list presents (trust on every use), which is what we must refu
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from asyncua import Client, ua
@@ -15,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from drivers.base import DriverError
+from drivers.base import AccessDenied, DriverError
 from drivers.opcua.config import OpcUaSecurity
 
 POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
@@ -66,8 +67,34 @@ def first_certificate(der: bytes) -> bytes:
 
 
 def fingerprint(der: bytes) -> str:
-    """SHA-256 fingerprint, the form operators compare with the server's certificate view."""
-    return hashlib.sha256(der).hexdigest()[:32]
+    """SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it (AB:CD:...)."""
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+async def fetch_server_certificate(endpoint: str, timeout_s: float) -> bytes:
+    """The server's own certificate (DER) from GetEndpoints, preferring a Basic256Sha256 endpoint."""
+    client = Client(endpoint, timeout=timeout_s)
+    endpoints = await client.connect_and_get_server_endpoints()
+    policy = POLICIES["Basic256Sha256"].URI
+    ranked = sorted(endpoints, key=lambda ep: ep.SecurityPolicyUri != policy)
+    for ep in ranked:
+        if ep.ServerCertificate:
+            return first_certificate(ep.ServerCertificate)
+    raise DriverError(f"{endpoint}: the server presents no certificate (it offers security policy None only)")
+
+
+def check_key_permissions(sec: OpcUaSecurity) -> None:
+    """Refuse a private key file that group or others can read, unless the config allows it."""
+    assert sec.client_private_key is not None
+    try:
+        mode = stat.S_IMODE(sec.client_private_key.stat().st_mode)
+    except OSError as exc:
+        raise DriverError(f"security.client_private_key: cannot read {sec.client_private_key}: "
+                          f"{exc.strerror}") from None
+    if mode & 0o077 and not sec.allow_insecure_key_permissions:
+        raise DriverError(f"security.client_private_key {sec.client_private_key} is readable by group/others "
+                          f"(mode {mode:04o}): run chmod 600 on it, or set "
+                          "security.allow_insecure_key_permissions = true")
 
 
 def application_uri_of(der: bytes) -> str | None:
@@ -120,13 +147,18 @@ async def apply_security(client: Client, sec: OpcUaSecurity, endpoint: str) -> N
     if sec.server_certificate is not None:
         trusted = load_certificate_der(sec.server_certificate, "security.server_certificate")
         if presented != trusted:
-            raise DriverError(f"{endpoint}: untrusted server certificate: it does not match "
-                              f"security.server_certificate {sec.server_certificate} (server sha256 "
-                              f"{fingerprint(presented)}, trusted sha256 {fingerprint(trusted)})")
+            raise AccessDenied(f"{endpoint}: untrusted server certificate: it does not match "
+                               f"security.server_certificate {sec.server_certificate} (server sha256 "
+                               f"{fingerprint(presented)}, trusted sha256 {fingerprint(trusted)})")
+    elif sec.server_certificate_sha256 is not None:
+        if hashlib.sha256(presented).hexdigest() != sec.server_certificate_sha256:
+            raise AccessDenied(f"{endpoint}: untrusted server certificate: its sha256 "
+                               f"{fingerprint(presented)} is not security.server_certificate_sha256")
     elif not sec.trust_server_certificate:
-        raise DriverError(f"{endpoint}: untrusted server certificate (sha256 {fingerprint(presented)}): "
-                          "save it and set security.server_certificate, "
-                          "or set trust_server_certificate: true")
+        raise AccessDenied(f"{endpoint}: untrusted server certificate (sha256 {fingerprint(presented)}): "
+                           f"pin it with `linesentry certs fetch {endpoint}` and security.server_certificate "
+                           "(or server_certificate_sha256), or set trust_server_certificate = true")
+    check_key_permissions(sec)
     try:
         key = sec.client_private_key.read_bytes()
     except OSError as exc:
@@ -140,3 +172,13 @@ async def apply_security(client: Client, sec: OpcUaSecurity, endpoint: str) -> N
     except (ValueError, TypeError) as exc:
         raise DriverError(f"security.client_private_key {sec.client_private_key}: cannot load it "
                           f"({type(exc).__name__})") from None
+
+
+def channel_refused(exc: BaseException) -> bool:
+    """Did the server refuse to open our secure channel?
+
+    node-opcua answers an OpenSecureChannel from an untrusted client certificate with a
+    ServiceFault (BadSecurityChecksFailed) that asyncua 2.1 cannot parse as the response it
+    expects; all that reaches us is its internal AssertionError.
+    """
+    return isinstance(exc, AssertionError)

@@ -1,19 +1,32 @@
-"""A small real asyncua server for driver tests: typed variables, a Bad and an Uncertain node,
-optional Basic256Sha256 SignAndEncrypt with a trusted client certificate, optional username/password,
-and stop/restart on the same port (optionally with extra namespaces registered first, so indexes shift).
+"""Real OPC UA servers for driver tests, with one address space and one handle interface.
+
+`TestServer`: an asyncua server in this process: typed variables, a Bad and an Uncertain node,
+a String, an array, a node with EURange, optional OperationLimits (published AND enforced:
+BadTooManyOperations above them), optional Basic256Sha256 SignAndEncrypt with a trusted client
+certificate, optional username/password, and stop/restart on the same port (optionally with
+extra namespaces registered first, so indexes shift).
+
+`NodeOpcuaServer`: the same address space served by node-opcua (tests/drivers/node_opcua) in a
+subprocess, an independent stack; it can be frozen with SIGSTOP.
 """
 
+import asyncio
+import json
+import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from asyncua import Server, ua
 from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.internal_session import InternalSession
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -33,8 +46,44 @@ VARIABLES: dict[str, tuple[Any, ua.VariantType, bool]] = {
     "Drifting": (3.0, ua.VariantType.Double, False),  # Uncertain status
     "Label": ("hello", ua.VariantType.String, False),  # not numeric
     "Limited": (10.0, ua.VariantType.Double, True),  # the server clamps writes to 0..100
+    "Vector": ([1.5, 2.5, 3.5, 4.5, 5.5], ua.VariantType.Double, False),  # an array
+    "Level": (40.0, ua.VariantType.Double, False),  # has an EURange property (0..100)
+    **{f"N{i}": (float(i), ua.VariantType.Double, False) for i in range(12)},  # for operation limits
 }
 LIMIT = 100.0
+NODE_OPCUA_DIR = Path(__file__).parent / "node_opcua"
+
+_LIMIT_IDS = (ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+              ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerWrite,
+              ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds,
+              ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)
+
+
+def _limited_session(limit: int) -> type[InternalSession]:
+    """An asyncua session that answers BadTooManyOperations above `limit` nodes, as real PLCs do."""
+
+    def check(items: list) -> None:
+        if len(items) > limit:
+            raise ServiceError(ua.StatusCodes.BadTooManyOperations)
+
+    class LimitedSession(InternalSession):
+        async def read(self, params):
+            check(params.NodesToRead)
+            return await super().read(params)
+
+        async def write(self, params):
+            check(params.NodesToWrite)
+            return await super().write(params)
+
+        async def translate_browsepaths_to_nodeids(self, params):
+            check(params)
+            return await super().translate_browsepaths_to_nodeids(params)
+
+        async def create_monitored_items(self, params):
+            check(params.ItemsToCreate)
+            return await super().create_monitored_items(params)
+
+    return LimitedSession
 
 
 def make_server_certificate(directory: Path, hostname: str | None = None) -> tuple[Path, Path]:
@@ -84,10 +133,13 @@ class TestServer:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, port: int, secure: SecureOptions | None = None) -> None:
+    name = "asyncua"
+
+    def __init__(self, port: int, secure: SecureOptions | None = None, limits: int = 0) -> None:
         self.port = port
         self.endpoint = f"opc.tcp://127.0.0.1:{port}/linesentry/"
         self.secure = secure
+        self.limits = limits  # OperationLimits for read/write/translate/monitor; 0: none
         self.server: Server | None = None
         self.nodes: dict[str, Node] = {}
         self.ns = 0
@@ -117,11 +169,28 @@ class TestServer:
         self.nodes["Numeric"] = await line.add_variable(ua.NodeId(4242, ns), ua.QualifiedName("Numeric", ns),
                                                         ua.Variant(99.0, ua.VariantType.Double))
         server.set_attribute_value_setter(self.nodes["Limited"].nodeid, _clamp)
+        await self.nodes["Level"].add_property(
+            ua.NodeId("Line1.Level.EURange", ns), ua.QualifiedName("EURange", 0),
+            ua.Variant(ua.Range(0.0, 100.0), ua.VariantType.ExtensionObject))
+        if self.limits:
+            self._enforce_limits(server)
+            for ident in _LIMIT_IDS:
+                await server.get_node(ua.NodeId(ident)).write_value(
+                    ua.Variant(self.limits, ua.VariantType.UInt32))
         await server.start()
         self.server = server
         await self.set_status("Broken", ua.StatusCodes.BadSensorFailure)
         await self.set_status("Drifting", ua.StatusCodes.UncertainLastUsableValue)
         return self
+
+    def _enforce_limits(self, server: Server) -> None:
+        iserver, session = server.iserver, _limited_session(self.limits)
+
+        def create_session(name: str, user: User | None = None, external: bool = False) -> InternalSession:
+            return session(iserver, iserver.aspace, iserver.subscription_service, name,
+                           user=user or User(role=UserRole.Anonymous), external=external)
+
+        iserver.create_session = create_session
 
     @staticmethod
     async def _secure(server: Server, opts: SecureOptions) -> None:
@@ -163,3 +232,119 @@ class TestServer:
     async def restart(self, extra_namespaces: tuple[str, ...] = ()) -> "TestServer":
         await self.stop()
         return await self.start(extra_namespaces)
+
+
+class FreezingProxy:
+    """TCP proxy that can stop forwarding while keeping sockets open: a silent, half-dead link."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port, self.frozen = target_port, False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if not self.frozen:
+                    dst.write(data)
+                    await dst.drain()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+        for w in (writer, up_writer):
+            w.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+class Collector:
+    """on_batch target: keeps every batch and answers "latest value/quality of tag i"."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def __call__(self, batch) -> None:
+        self.batches.append(batch)
+
+    def values_of(self, i: int, since: int = 0) -> list[tuple[float, int]]:
+        out = []
+        for b in self.batches[since:]:
+            for k in np.flatnonzero(b.index == i):
+                out.append((float(b.values[k]), int(b.quality[k])))
+        return out
+
+    def saw(self, i: int, value: float, since: int = 0) -> bool:
+        return any(v == value and q <= 1 for v, q in self.values_of(i, since))  # GOOD or UNCERTAIN
+
+    def comm_lost(self, since: int = 0) -> int | None:
+        for n, b in enumerate(self.batches[since:], start=since):
+            if len(b) and np.all(b.quality == 4):  # Quality.COMM_LOST
+                return n
+        return None
+
+
+class NodeOpcuaServer:
+    """The node-opcua test server (tests/drivers/node_opcua/server.js) in a subprocess, same address space.
+
+    Needs `npm ci --prefix tests/drivers/node_opcua` (make test runs it); start() FAILS when node
+    or the package is missing, it never skips.
+    """
+
+    __test__ = False
+    name = "node-opcua"
+
+    def __init__(self, port: int, limits: int = 0, secure: dict | None = None) -> None:
+        self.port = port
+        self.endpoint = f"opc.tcp://127.0.0.1:{port}/linesentry/"
+        self.limits, self.secure = limits, secure
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> "NodeOpcuaServer":
+        opts = {"port": self.port, "limits": self.limits, "applicationUri": SERVER_URI}
+        if self.secure is not None:
+            opts["secure"] = self.secure
+        self.proc = await asyncio.create_subprocess_exec(
+            "node", str(NODE_OPCUA_DIR / "server.js"), json.dumps(opts), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(60):
+                while not (line := await self.proc.stdout.readline()).startswith(b"READY"):
+                    if not line:
+                        err = (await self.proc.stderr.read()).decode(errors="replace")
+                        raise RuntimeError(f"node-opcua test server did not start (did `npm ci --prefix "
+                                           f"{NODE_OPCUA_DIR}` run?): {err.strip()[-2000:]}")
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def set_value(self, name: str, value: Any) -> None:
+        self.proc.stdin.write(json.dumps({"set": name, "value": value}).encode() + b"\n")
+        await self.proc.stdin.drain()
+        while (line := await self.proc.stdout.readline()) != b"OK\n":
+            if not line:
+                raise RuntimeError("node-opcua test server exited")
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process keeps its sockets open and answers nothing (a hung PLC)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.returncode is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            await proc.wait()
+
+    async def restart(self) -> "NodeOpcuaServer":
+        await self.stop()
+        return await self.start()
