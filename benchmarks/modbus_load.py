@@ -1,19 +1,25 @@
 """Load and reconnect figures for the Modbus TCP driver (a measurement, not a pass/fail test).
 
     .venv/bin/python -m benchmarks.modbus_load [--devices 10] [--tags 100] [--seconds 20] [--outage 30]
+                                               [--freeze 10]
 
 A subprocess runs the pymodbus servers (so their CPU is not billed to the driver process);
 this process runs one ModbusDriver per server under its own DriverSupervisor (default Backoff
 and SessionRateLimiter) polling every 100 ms. Phase 1 polls everything for --seconds; phase 2
-stops one server for --outage seconds, then restarts it on the same port.
+stops one server for --outage seconds, then restarts it on the same port; phase 3 (--freeze)
+SIGSTOPs the whole server process (every device goes silent with its TCP connection open), then
+SIGCONTs it.
 Printed: cycle rate per device, read latency p50/p99, missed ticks, driver-process CPU seconds
-per wall second, time from server restart to first good value, sessions created per minute
-while the server was down.
+per wall second, server stopped -> COMM_LOST, time from server restart to first good value,
+sessions created per minute while the server was down; frozen -> COMM_LOST per device (half-open
+detection: max_consecutive_timeouts x timeout_s) and thawed -> first good value.
 """
 
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -90,12 +96,21 @@ class Device:
         self.driver = ModbusDriver(cfg)
         self.good = 0
         self.last_good_at = 0.0
+        self.lost_at = 0.0  # monotonic time of the latest COMM_LOST batch
         self.supervisor = DriverSupervisor(self.driver, self.on_batch)
 
     def on_batch(self, b: ReadingBatch) -> None:
         if len(b) and (b.quality == Quality.GOOD).all():
             self.good += 1
             self.last_good_at = time.monotonic()
+        elif len(b) and (b.quality == Quality.COMM_LOST).all():
+            self.lost_at = time.monotonic()
+
+
+async def wait_until(predicate, limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
 
 
 async def send(proc: subprocess.Popen, line: str) -> None:
@@ -145,6 +160,8 @@ async def measure(args: argparse.Namespace) -> None:
         victim = devices[0]
         await send(proc, "stop 0")
         t_down = time.monotonic()
+        await wait_until(lambda: victim.lost_at >= t_down, 10)
+        detected = victim.lost_at - t_down if victim.lost_at >= t_down else float("nan")
         sessions0 = victim.driver.stats.sessions_created
         others0 = [d.good for d in devices[1:]]
         await asyncio.sleep(args.outage)
@@ -158,11 +175,16 @@ async def measure(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.01)
         recovered = victim.last_good_at - t_up if victim.good > good_before else float("nan")
         print(f"phase 2: plc0's server down for {down_s:.1f} s (default Backoff, SessionRateLimiter)")
+        print(f"  server stopped -> COMM_LOST: {detected * 1e3:.0f} ms")
         print(f"  sessions created while down: {sessions} = {sessions * 60 / down_s:.1f} per minute")
-        print(f"  other devices meanwhile: min {min(others_rate):.2f}, "
-              f"max {max(others_rate):.2f} good cycles/s")
+        if others_rate:
+            print(f"  other devices meanwhile: min {min(others_rate):.2f}, "
+                  f"max {max(others_rate):.2f} good cycles/s")
         print(f"  server restart -> first good value: {recovered:.2f} s "
-              f"(after backoff attempt {attempt})")
+              f"(after backoff attempt {attempt}; bound: cap {victim.supervisor.backoff.cap:g} s "
+              f"+ one attempt + one poll)")
+        if args.freeze:
+            await freeze(proc, devices, args.freeze)
         for d in devices:
             await d.supervisor.stop()
     finally:
@@ -171,12 +193,34 @@ async def measure(args: argparse.Namespace) -> None:
         proc.wait(timeout=10)
 
 
+async def freeze(proc: subprocess.Popen, devices: list[Device], seconds: float) -> None:
+    """Every server silent with its connection open (SIGSTOP), then back (SIGCONT)."""
+    await wait_until(lambda: all(time.monotonic() - d.last_good_at < 1.0 for d in devices), 30)
+    os.kill(proc.pid, signal.SIGSTOP)
+    t_freeze = time.monotonic()
+    await asyncio.sleep(seconds)
+    lost = [d.lost_at - t_freeze if d.lost_at >= t_freeze else float("nan") for d in devices]
+    good_before = [d.good for d in devices]
+    os.kill(proc.pid, signal.SIGCONT)
+    t_thaw = time.monotonic()
+    await wait_until(lambda: all(d.good > g for d, g in zip(devices, good_before, strict=True)), 60)
+    back = [d.last_good_at - t_thaw if d.good > g else float("nan")
+            for d, g in zip(devices, good_before, strict=True)]
+    cfg = devices[0].driver.config
+    print(f"phase 3: all servers frozen (SIGSTOP) for {seconds:g} s, timeout_s {cfg.timeout_s:g}, "
+          f"max_consecutive_timeouts {cfg.max_consecutive_timeouts}")
+    print(f"  frozen -> COMM_LOST: min {np.nanmin(lost):.2f} s, max {np.nanmax(lost):.2f} s "
+          f"(devices detected: {int(np.isfinite(lost).sum())} of {len(devices)})")
+    print(f"  thawed -> first good value: min {np.nanmin(back):.2f} s, max {np.nanmax(back):.2f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=10)
     p.add_argument("--tags", type=int, default=100)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--outage", type=float, default=30.0)
+    p.add_argument("--freeze", type=float, default=0.0, help="phase 3: freeze the servers this long")
     p.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run the servers on these ports
     args = p.parse_args()
     logging.basicConfig(level=logging.ERROR)

@@ -138,7 +138,8 @@ class ModbusDriver:
 
         self.stats.sessions_created += 1
         self.state = ConnectionState.CONNECTING
-        why = f"refused or no answer within {cfg.timeout_s} s"
+        why = ("the port is missing, in use or not permitted" if cfg.transport == "serial"
+               else f"refused or no answer within {cfg.timeout_s} s")
         client = None
         try:
             client = self._new_client(on_connect_change)
