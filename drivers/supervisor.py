@@ -25,7 +25,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from drivers.base import ConnectionState, Driver, DriverError, OnBatch, Quality, ReadingBatch
+from drivers.base import (
+    AccessDenied,
+    ConnectionState,
+    Driver,
+    DriverError,
+    OnBatch,
+    Quality,
+    ReadingBatch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +144,11 @@ class DriverSupervisor:
                 self.failures += 1  # back to 0 only once a session proved good data (_watch)
                 # One warning per outage, then quiet: a flapping PLC must not flood the log.
                 level = logging.WARNING if self.failures == 1 else logging.DEBUG
+                if isinstance(exc, AccessDenied):
+                    # Retrying cannot help until the config or the PLC's trust list changes: retry
+                    # at the backoff cap only, and say so as an error.
+                    self.backoff.attempt = max(self.backoff.attempt, 64)
+                    level = logging.ERROR if self.failures == 1 else logging.DEBUG
                 log.log(level, "%s: connection failed or lost (%s)", self.driver.name, self.last_error)
             finally:
                 with contextlib.suppress(Exception):

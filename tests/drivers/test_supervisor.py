@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_for
 from modbus_server import SimServer, bits_at, device, registers_at
 
-from drivers.base import ConnectionLost, DriverStats, Quality, ReadingBatch
+from drivers.base import AccessDenied, ConnectionLost, DriverStats, Quality, ReadingBatch
 from drivers.modbus import ModbusDeviceConfig, ModbusDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 
@@ -158,3 +158,27 @@ async def test_recovery_after_a_long_outage_is_bounded_by_the_backoff_cap_plus_o
     finally:
         await sup.stop()
         await server.stop()
+
+
+class RefusingDriver(FlappingDriver):
+    """A PLC that refuses our identity on every connect."""
+
+    async def connect(self) -> None:
+        self.connects += 1
+        raise AccessDenied("opc.tcp://plc: the server does not trust our client certificate")
+
+
+async def test_access_denied_retries_only_at_the_backoff_cap_with_one_error(caplog):
+    caplog.set_level(logging.DEBUG, logger="drivers.supervisor")
+    driver = RefusingDriver(lifetime=0.0)
+    sup = DriverSupervisor(driver, lambda b: None, backoff=Backoff(initial=0.001, factor=2.0, cap=0.02,
+                                                                   jitter=0.0),
+                           limiter=SessionRateLimiter(per_minute=10_000))
+    sup.start()
+    t0 = time.monotonic()
+    await wait_for(lambda: driver.connects >= 4, what="4 refused connects")
+    await sup.stop()
+    assert time.monotonic() - t0 >= 3 * 0.02  # every retry waited the cap, none the 1 ms initial delay
+    loud = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1 and loud[0][0] == logging.ERROR
+    assert "does not trust our client certificate" in loud[0][1]
