@@ -718,6 +718,45 @@ def certs_create(out: Path = typer.Option(..., "--out", help="directory for the 
                   "certificate on the PLC", highlight=False)
 
 
+@certs_app.command("fetch")
+def certs_fetch(endpoint: str = typer.Argument(..., help="opc.tcp://host:port[/path] of the PLC"),
+                out: Path = typer.Option(None, "--out", help="write the server certificate here (DER)"),
+                timeout: float = typer.Option(5.0, min=0.1, help="seconds to wait for the server")) -> None:
+    """Get a PLC's server certificate (GetEndpoints) and print its SHA-256 fingerprint for pinning."""
+    from urllib.parse import urlparse
+
+    from drivers.base import DriverError
+    from drivers.opcua.security import fetch_server_certificate, fingerprint
+
+    if urlparse(endpoint).scheme != "opc.tcp" or not urlparse(endpoint).hostname:
+        raise fail(f"endpoint {endpoint!r} must look like opc.tcp://host:4840[/path]")
+
+    async def fetch() -> bytes:
+        async with asyncio.timeout(timeout * 2):
+            return await fetch_server_certificate(endpoint, timeout)
+
+    try:
+        der = asyncio.run(fetch())
+    except DriverError as exc:
+        raise fail(str(exc), EXIT_RUNTIME) from None
+    except TimeoutError:
+        raise fail(f"{endpoint}: no answer within {timeout:g} s", EXIT_RUNTIME) from None
+    except ConnectionRefusedError:
+        raise fail(f"{endpoint}: connection refused (server down or wrong port)", EXIT_RUNTIME) from None
+    except OSError as exc:
+        raise fail(f"{endpoint}: cannot connect: {exc.strerror or exc}", EXIT_RUNTIME) from None
+    if out is not None:
+        try:
+            out.write_bytes(der)
+        except OSError as exc:
+            raise fail(f"cannot write {out}: {exc.strerror}", EXIT_RUNTIME) from None
+    console.print(f"sha256 Fingerprint={fingerprint(der)}", highlight=False, soft_wrap=True)
+    if out is not None:
+        console.print(f"written to {out}: set security.server_certificate = \"{out}\" (or "
+                      "security.server_certificate_sha256 to the fingerprint) after checking it on the PLC",
+                      highlight=False, soft_wrap=True)
+
+
 @app.command()
 def version() -> None:
     """Print the installed version."""
