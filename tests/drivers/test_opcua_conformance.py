@@ -10,7 +10,9 @@ import asyncio
 import logging
 import math
 import socket
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,3 +366,24 @@ async def test_the_fetched_server_certificate_pins_by_fingerprint(secure, pki):
     with pytest.raises(AccessDenied, match="is not security.server_certificate_sha256"):
         await OpcUaDriver(secure_config(secure.endpoint, pki, server_certificate=None,
                                         server_certificate_sha256=wrong)).connect()
+
+
+async def test_certs_fetch_writes_the_certificate_and_prints_the_openssl_fingerprint(secure, pki, tmp_path):
+    out = tmp_path / "plc.der"
+    code, stdout, stderr = await linesentry("certs", "fetch", secure.endpoint, "--out", str(out))
+    assert code == 0, stderr
+    der = pki["server_cert"].read_bytes()
+    assert out.read_bytes() == der
+    assert f"sha256 Fingerprint={fingerprint(der)}" in stdout
+    dead = f"opc.tcp://127.0.0.1:{free_port()}/"
+    code, _, stderr = await linesentry("certs", "fetch", dead)
+    assert code == 1 and stderr.count("\n") == 1 and dead in stderr and "connection refused" in stderr
+
+
+async def linesentry(*args: str) -> tuple[int, str, str]:
+    """Run the CLI in a subprocess without blocking this loop (the asyncua server runs on it)."""
+    pipe = asyncio.subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "linesentry"), *args,
+                                                stdout=pipe, stderr=pipe)
+    out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()

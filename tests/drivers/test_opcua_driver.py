@@ -1,6 +1,7 @@
 """OpcUaDriver against a real asyncua server on 127.0.0.1 (started by the tests, free ports)."""
 
 import asyncio
+import logging
 
 import numpy as np
 import pytest
@@ -191,3 +192,24 @@ async def test_a_dead_plc_does_not_stall_a_live_one(shared):
     finally:
         for s in sups:
             await s.stop()
+
+
+async def test_an_ordinary_server_restart_logs_no_asyncua_traceback(server, caplog):
+    """asyncua logs a lost connection with ERROR tracebacks; the driver's filter makes them DEBUG lines."""
+    driver = OpcUaDriver(config(server.endpoint, [{"name": "temp", "node": nsu("Temperature")}],
+                                groups=[{"name": "default", "publishing_interval_ms": 20}]))
+    got = Collector()
+    sup = _supervisor(driver, got)
+    caplog.set_level(logging.INFO)
+    sup.start()
+    try:
+        await wait_for(lambda: got.saw(0, 21.5), what="data before the restart")
+        await server.stop()
+        lost_at = await wait_for(lambda: got.comm_lost(), what="COMM_LOST batch")
+        await server.restart()
+        await wait_for(lambda: got.saw(0, 21.5, lost_at), what="data after the restart")
+    finally:
+        await sup.stop()
+    noisy = [r for r in caplog.records
+             if r.name.startswith("asyncua") and (r.levelno >= logging.ERROR or r.exc_info)]
+    assert noisy == [], [f"{r.name}: {r.getMessage()}" for r in noisy]

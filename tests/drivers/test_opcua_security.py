@@ -120,6 +120,7 @@ async def test_wrong_password_or_missing_variable_or_untrusted_client_give_clear
                              client_private_key=certs["stranger_key"])
     msg = await connect_error(OpcUaDriver(stranger))
     assert "does not trust our client certificate" in msg and "BadCertificateUntrusted" in msg
+    assert "add it to the server's trusted list" in msg
 
 
 @on_module_loop
@@ -140,6 +141,9 @@ async def test_a_mode_the_server_does_not_offer_is_named_with_what_it_offers(sec
      "needs security.mode Sign or SignAndEncrypt"),
     ({"username": "op", "password_env": "hunter2!"}, "must be an environment variable NAME"),
     ({"password_env": "PW"}, "password_env is set but security.username is not"),
+    ({"username": "op", "password_env": "PW"}, "a password over security.policy None is sent readable"),
+    ({"server_certificate_sha256": "AB:CD"}, "is not a SHA-256 fingerprint"),
+    ({"server_certificate": "s.der", "server_certificate_sha256": "ab" * 32}, "set only one of"),
     ({"password": "x"}, "Extra inputs are not permitted"),
 ])
 def test_security_config_errors_name_the_field_and_the_fix(security, expected):
@@ -158,11 +162,38 @@ def test_security_config_errors_name_the_field_and_the_fix(security, expected):
     ([{"name": "a", "node": "i=1", "group": "p", "deadband_abs": 1}], [{"name": "p", "mode": "polling"}],
      "deadbands apply to subscription groups only"),
     ([{"name": "a", "node": "i=1", "deadband_abs": 1, "deadband_pct": 2}], None, "only one of deadband_abs"),
+    ([{"name": "a", "node": "i=1", "index": 2, "writable": True}], None, "writes to an array element"),
+    ([{"name": "a", "node": "i=1", "index": -1}], None, "greater than or equal to 0"),
 ])
 def test_tag_and_group_config_errors_name_the_tag_and_the_fix(tags, groups, expected):
     extra = {} if groups is None else {"groups": groups}
     with pytest.raises(ValidationError, match=expected):
         OpcUaConfig(name="p", endpoint="opc.tcp://127.0.0.1:4840", tags=tags, **extra)
+
+
+def test_plaintext_password_and_fingerprint_forms_when_allowed():
+    sec = OpcUaSecurity(username="op", password_env="PW", allow_plaintext_password=True)
+    assert sec.password_env == "PW"
+    colon = ":".join(["AB"] * 32)
+    assert OpcUaSecurity(server_certificate_sha256=colon).server_certificate_sha256 == "ab" * 32
+    assert OpcUaSecurity(server_certificate_sha256="AB" * 32).server_certificate_sha256 == "ab" * 32
+
+
+@on_module_loop
+async def test_a_private_key_readable_by_others_is_refused_unless_allowed(secure_server, certs, monkeypatch,
+                                                                         tmp_path):
+    monkeypatch.setenv(PASSWORD_ENV, "s3cret")
+    key = tmp_path / "client_key.pem"
+    key.write_bytes(certs["client_key"].read_bytes())
+    key.chmod(0o644)
+    driver = OpcUaDriver(secure_config(secure_server.endpoint, certs, client_private_key=key))
+    msg = await connect_error(driver)
+    assert f"security.client_private_key {key} is readable by group/others (mode 0644)" in msg
+    assert "chmod 600" in msg and "allow_insecure_key_permissions" in msg
+    allowed = OpcUaDriver(secure_config(secure_server.endpoint, certs, client_private_key=key,
+                                        allow_insecure_key_permissions=True))
+    await allowed.connect()
+    await allowed.close()
 
 
 def test_endpoint_and_valid_node_forms():
