@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench skab clean system-deps
+.PHONY: run test lint bench skab clean system-deps node-opcua
 
 # Servers and tools the tests start themselves (InfluxDB line-protocol endpoint; socat pty pairs for
 # Modbus RTU over a serial line), from Debian's packages.
@@ -21,8 +21,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/linesentry demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps node-opcua
 	$(BIN)/python -m pytest
+
+# The node-opcua server the OPC UA interoperability tests start (needs node >= 18 with npm).
+NODE_OPCUA := tests/drivers/node_opcua
+node-opcua: $(NODE_OPCUA)/node_modules/.installed
+$(NODE_OPCUA)/node_modules/.installed: $(NODE_OPCUA)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js >= 18 with npm"; exit 1; }
+	npm ci --prefix $(NODE_OPCUA) --no-audit --no-fund --loglevel=error
+	touch $@
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -43,4 +51,4 @@ skab: $(STAMP)
 	$(BIN)/python -m benchmarks.skab $(SKAB) --out out/skab
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis out
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis out $(NODE_OPCUA)/node_modules
