@@ -203,15 +203,16 @@ def test_edited_array_fails_the_checksum(saved, tmp_path):
     assert_one_line_model_error(err, path)
 
 
-def test_future_format_version_is_refused(saved, tmp_path):
+@pytest.mark.parametrize("version", [2, 999])  # 2: before the usable range was added
+def test_other_format_version_is_refused(saved, tmp_path, version):
     with np.load(saved) as npz:
         arrays = {k: npz[k] for k in npz.files}
     meta = json.loads(arrays["__meta__"].tobytes())
-    meta["format_version"] = 999
+    meta["format_version"] = version
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     path = tmp_path / "future.npz"
     np.savez(path, **arrays)
-    with pytest.raises(ModelError, match="version") as err:
+    with pytest.raises(ModelError, match=f"version {version}.*refit with `linesentry fit`") as err:
         load_model(path)
     assert_one_line_model_error(err, path)
 
