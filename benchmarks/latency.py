@@ -13,6 +13,9 @@ What it measures, in one process:
    river defaults n_trees=10, height=8, window_size=250, feature limits from the training rows)
    and scikit-learn's `IsolationForest(n_estimators=100).score_samples` one sample at a time.
 3. Batch replay throughput of `StreamingDetector.run_batch`, single thread, in tag-samples/s.
+4. The cost of step's frame checks: `StreamingDetector.step` against the same kernel call with
+   no status or TypeError handling (what step did before it refused wrong frames), interleaved
+   in blocks so both see the same machine.
 
 Timings depend on the machine and on whatever else runs on it; nothing here can tell whether
 another process was using the CPU, so read the figures as "measured here, possibly perturbed".
@@ -31,7 +34,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from models import DetectorSpec, StreamingDetector, synthetic
+from models import DetectorSpec, StreamingDetector, kernels, synthetic
 
 TARGETS = {
     "live_p99_us_at_32_tags": 50.0,  # live step p99 <= 50 us at 32 tags
@@ -222,6 +225,44 @@ def time_live(det: StreamingDetector, times: list, frames: np.ndarray, steps: in
     return out
 
 
+def unchecked_step(det: StreamingDetector):
+    """step as it was before the frame checks: the bare kernel call, nothing refused."""
+    kernel, args, flags, scores, out = kernels.step, det._args, det.tag_flags, det.tag_scores, det.out
+
+    def step(t, x, fresh, good):
+        kernel(float(t), x, fresh, good, *args, flags, scores, out)
+        return bool(out[kernels.O_ALARM] != 0.0)
+    return step
+
+
+def time_checks(det: StreamingDetector, times: list, frames: np.ndarray, steps: int,
+                block: int = 500) -> dict:
+    """Per-call latency of det.step (checked) and unchecked_step, alternating blocks, gc frozen."""
+    n = det.n
+    fresh = np.ones(n, dtype=np.uint8)
+    good = np.ones(n, dtype=np.uint8)
+    pc = time.perf_counter_ns
+    calls = {"checked": det.step, "unchecked": unchecked_step(det)}
+    lat = {name: [] for name in calls}
+    det.reset()
+    with gc_mode("frozen"):
+        for b in range(0, steps, block):
+            order = ("checked", "unchecked") if (b // block) % 2 == 0 else ("unchecked", "checked")
+            for name in order:
+                step, out = calls[name], lat[name]
+                for i in range(b, min(b + block, steps)):
+                    x = frames[i % frames.shape[0]]
+                    t = times[i % len(times)]
+                    t0 = pc()
+                    step(t, x, fresh, good)
+                    out.append(pc() - t0)
+    det.reset()
+    res = {name: summarize_ns(np.array(v, dtype=np.int64)) for name, v in lat.items()}
+    res["ratio_mean"] = ratio(res["checked"]["mean_us"], res["unchecked"]["mean_us"])
+    res["ratio_p50"] = ratio(res["checked"]["p50_us"], res["unchecked"]["p50_us"])
+    return res
+
+
 def time_river(x_fit: np.ndarray, x_run: np.ndarray, samples: int) -> dict:
     from river import anomaly
 
@@ -386,6 +427,19 @@ def print_report(res: dict) -> None:
                       f("river_max"), f("sklearn_mean"), f("sklearn_p50"), f("sklearn_p99"))
         con.print(r)
 
+    k = Table(title="Cost of step's frame checks (us per call, gc frozen, interleaved blocks)")
+    for col in ("tags", "n each", "checked mean", "unchecked mean", "ratio mean", "checked p50",
+                "unchecked p50", "ratio p50", "checked p99", "unchecked p99"):
+        k.add_column(col, justify="right")
+    for tags, c in res["checks"].items():
+        a, u = c["checked"], c["unchecked"]
+        k.add_row(tags, f"{a['n']:,}", f"{a['mean_us']:.3f}", f"{u['mean_us']:.3f}",
+                  f"{c['ratio_mean']:.3f}", f"{a['p50_us']:.3f}", f"{u['p50_us']:.3f}",
+                  f"{c['ratio_p50']:.3f}", f"{a['p99_us']:.2f}", f"{u['p99_us']:.2f}")
+    con.print(k)
+    con.print("'unchecked' = the same kernel call without step's status/TypeError handling, i.e. step "
+              "before it refused wrong frames (length, dtype, layout, non-finite t).\n")
+
     b = Table(title="Batch replay (run_batch, single thread)")
     for col in ("tags", "rows", "median s", "best s", "tag-samples/s (median)", "rows/s"):
         b.add_column(col, justify="right")
@@ -464,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "timer_overhead_ns": timer_overhead_ns(),
         "live": {}, "river_hst": {}, "sklearn_iforest": {}, "ratios": {}, "batch": {}, "setup": {},
+        "checks": {},
     }
 
     for n in tag_counts:
@@ -498,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         enabled = time_live(det, times, frames, cfg["gc_steps"], "enabled")
         det.reset()
         res["live"][key] = {"gc_frozen": frozen, "gc_enabled": enabled}
+        print(f"{log} checked vs unchecked step x {cfg['steps']:,} each ...", file=sys.stderr, flush=True)
+        res["checks"][key] = time_checks(det, times, frames, cfg["steps"])
 
         if n in compare:
             print(f"{log} River HalfSpaceTrees x {cfg['river_samples']:,} ...", file=sys.stderr, flush=True)
