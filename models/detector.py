@@ -174,16 +174,16 @@ class StreamingDetector:
         spec = DetectorSpec(limits=_limits(tags, limits or {}), pca=False, iforest=False,
                             weights=(1.0, 0.0, 0.0, 0.0), line_flags=("limit", "flatline"))
         det = cls(tags, spec, units)
-        flat = dict(flatline_s or {})
+        flat = {tag: float(seconds) for tag, seconds in (flatline_s or {}).items()}
         unknown = sorted(set(flat) - set(det.tags))
         if unknown:
             raise ValueError(f"flatline_s given for unknown tag(s): {', '.join(unknown)}")
         for tag, seconds in flat.items():
-            if not (isinstance(seconds, (int, float)) and 0 < seconds < math.inf):
-                raise ValueError(f"flatline_s[{tag!r}] = {seconds!r}: expected seconds > 0")
+            if not 0 < seconds < math.inf:
+                raise ValueError(f"flatline_s[{tag!r}] = {seconds:g}: expected seconds > 0")
         tp = np.zeros((det.n, TP_SIZE))
         det._set_tag_limits(tp)
-        tp[:, TP_FLAT_SECONDS] = [float(flat.get(tag, 0.0)) for tag in det.tags]
+        tp[:, TP_FLAT_SECONDS] = [flat.get(tag, 0.0) for tag in det.tags]
         tp[:, TP_ROC_MAX] = tp[:, TP_Z_MAX] = tp[:, TP_CUSUM_H] = np.inf
         tp[:, TP_EWMA_ALPHA] = tp[:, TP_STD0] = tp[:, TP_WARMUP] = tp[:, TP_INV_SCALE] = 1.0
         tp[:, TP_LINE_MASK] = FLAG_LIMIT | FLAG_FLAT
