@@ -152,21 +152,34 @@ def demo(config: Path = typer.Option(None, help="line config (default: configs/d
                    EXIT_RUNTIME) from None
     table = Table(title="demo summary", caption="demo loop resolution 0.1 s; "
                   "python -m benchmarks.hil_latency measures onset -> write precisely")
-    for col in ("fault injected", "line stopped after"):
+    for col in ("fault injected", "first alarm", "line stopped after"):
         table.add_column(col)
     for i, (t, what) in enumerate(log.faults):
         until = log.faults[i + 1][0] if i + 1 < len(log.faults) else float("inf")
-        stop = log.first_after(t, until)
-        table.add_row(what, "-" if stop is None else f"{(stop - t) * 1000:.0f} ms")
+        stop, first = log.first_after(t, until), log.first_alarm_after(t, until)
+        table.add_row(what, "-" if first is None else f"{first[1]} after {(first[0] - t) * 1000:.0f} ms",
+                      "-" if stop is None else f"{(stop - t) * 1000:.0f} ms")
     console.print(table)
 
 
 @app.command()
-def sim() -> None:
+def sim(opcua_port: int = typer.Option(4840, help="OPC UA port on 127.0.0.1"),
+        modbus_port: int = typer.Option(5020, help="Modbus TCP port on 127.0.0.1"),
+        seed: int = typer.Option(0, help="noise seed of the simulated plant"),
+        scenario: Path = typer.Option(None, help="play the faults of this scenario TOML")) -> None:
     """Serve the simulated plant (OPC UA 4840, Modbus 5020 on 127.0.0.1) until Ctrl-C."""
     from hil_tests.plant import main as serve
 
-    serve()
+    argv = ["--opcua-port", str(opcua_port), "--modbus-port", str(modbus_port), "--seed", str(seed)]
+    if scenario is not None:
+        if not scenario.is_file():
+            raise fail(f"--scenario {scenario}: no such file")
+        argv += ["--scenario", str(scenario)]
+    try:
+        serve(argv)
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: is another demo or simulator using ports "
+                   f"{opcua_port}/{modbus_port}?", EXIT_RUNTIME) from None
 
 
 @app.command()
@@ -354,18 +367,21 @@ def _request(cfg, method: str, path: str, body: dict | None = None, timeout: flo
     import urllib.error
     import urllib.request
 
-    from controller.statedir import TOKEN_FILE
+    from controller.statedir import READ_TOKEN_FILE, TOKEN_FILE
 
     c = cfg.controller
     url = f"http://{c.api_host}:{c.api_port}/api/v1{path}"
     headers = {"Content-Type": "application/json"}
-    if method == "POST":
-        token_path = Path(c.state_dir) / TOKEN_FILE
-        try:
-            headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
-        except OSError:
+    if method == "POST" or c.reads_need_token:  # reads need a token on binds beyond loopback
+        names = (TOKEN_FILE,) if method == "POST" else (READ_TOKEN_FILE, TOKEN_FILE)
+        for name in names:
+            token_path = Path(c.state_dir) / name
+            with contextlib.suppress(OSError):
+                headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
+                break
+        else:
             raise ApiError(f"cannot read the API token {token_path}: run this on the controller host "
-                           "as the service user", EXIT_USAGE) from None
+                           "as the service user", EXIT_USAGE)
     request = urllib.request.Request(url, method=method, headers=headers,
                                      data=None if body is None else json.dumps(body).encode())
     try:
@@ -428,7 +444,26 @@ def _status_view(s: dict):
     line = Text(f"line score {d['score']:.3f} (alarm: {d['alarm']}); step p99 {d['step_p99_us']:.1f} µs; "
                 f"active alarms: {', '.join(s['alarms']['active']) or 'none'}; "
                 f"outbox {s['outbox']['points']} points")
-    return Group(table, line)
+    parts = [table, line, *_protection_lines(s)]
+    return Group(*parts)
+
+
+def _protection_lines(s: dict) -> list:
+    """The standing indication: every protection that will not act now, and what the last start
+    restored (older services without these keys show nothing)."""
+    from rich.text import Text
+
+    if "protections_disabled" not in s:
+        return []
+    disabled = s["protections_disabled"]
+    lines = []
+    if disabled:
+        lines.append(Text(f"PROTECTIONS DISABLED: {len(disabled)}", style="bold red"))
+        lines += [Text(f"  {p['message']}", style="red") for p in disabled]
+    else:
+        lines.append(Text("protections: all armed", style="green"))
+    lines += [Text(r, style="yellow") for r in s.get("restored") or []]
+    return lines
 
 
 @app.command()
@@ -501,6 +536,9 @@ def alarms(config: Path = typer.Argument(..., help="line config (TOML)"),
     console.print(table)
 
 
+REASON_HELP = "why (required; kept with the change and shown in status and events)"
+
+
 @app.command()
 def ack(config: Path = typer.Argument(..., help="line config (TOML)"),
         alarm: str = typer.Argument(..., help="alarm name"),
@@ -514,14 +552,29 @@ def ack(config: Path = typer.Argument(..., help="line config (TOML)"),
 def shelve(config: Path = typer.Argument(..., help="line config (TOML)"),
            alarm: str = typer.Argument(..., help="alarm name"),
            duration: str = typer.Option(..., "--for", help="how long: 90s, 30m, 2h, 1h30m"),
-           user: str = typer.Option("operator", help="who shelves")) -> None:
+           user: str = typer.Option("operator", help="who shelves"),
+           reason: str = typer.Option(None, "--reason", help=REASON_HELP)) -> None:
     """Shelve an alarm for a while (it returns by itself; up to the alarm's max_shelve_s)."""
     try:
         seconds = parse_duration(duration)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    _api(config, "POST", f"/alarms/{alarm}/shelve", {"user": user, "seconds": seconds})
-    console.print(f"{alarm} shelved for {_human(seconds)}")
+    _need_reason(reason, f"shelve {alarm}")
+    answer = _api(config, "POST", f"/alarms/{alarm}/shelve", {"user": user, "seconds": seconds,
+                                                               "reason": reason})
+    _done(f"{alarm} shelved for {_human(seconds)}", answer)
+
+
+def _need_reason(reason: str | None, what: str) -> None:
+    if reason is None or not reason.strip():
+        raise fail(f"a reason is required to {what}: add --reason TEXT")
+
+
+def _done(text: str, answer: dict) -> None:
+    """What the request did, then (yellow) what protection it disables, if any."""
+    console.print(text, highlight=False)
+    if answer.get("warning"):
+        console.print(f"[yellow]warning:[/] {escape(answer['warning'])}", soft_wrap=True, highlight=False)
 
 
 def _human(seconds: float) -> str:
@@ -544,20 +597,26 @@ def unshelve(config: Path = typer.Argument(..., help="line config (TOML)"),
 @app.command()
 def reset(config: Path = typer.Argument(..., help="line config (TOML)"),
           action: str = typer.Argument(..., help="action name"),
-          user: str = typer.Option("operator", help="who resets")) -> None:
-    """Reset a latched or failed action."""
-    _api(config, "POST", f"/actions/{action}/reset", {"user": user})
-    console.print(f"{action} reset")
+          user: str = typer.Option("operator", help="who resets"),
+          reason: str = typer.Option(None, "--reason", help=REASON_HELP)) -> None:
+    """Reset a latched or failed action (it can fire again on its alarm's next activation)."""
+    _need_reason(reason, f"reset {action}")
+    answer = _api(config, "POST", f"/actions/{action}/reset", {"user": user, "reason": reason})
+    _done(answer.get("message") or f"{action} reset", answer)
 
 
 @app.command()
 def inhibit(config: Path = typer.Argument(..., help="line config (TOML)"),
             action: str = typer.Argument(..., help="action name"),
             off: bool = typer.Option(False, "--off", help="lift the inhibit"),
-            user: str = typer.Option("operator", help="who inhibits")) -> None:
+            user: str = typer.Option("operator", help="who inhibits"),
+            reason: str = typer.Option(None, "--reason", help=REASON_HELP + " (not with --off)")) -> None:
     """Inhibit an action (it decides but does not write), or lift the inhibit with --off."""
-    _api(config, "POST", f"/actions/{action}/inhibit", {"user": user, "enabled": not off})
-    console.print(f"{action} {'no longer inhibited' if off else 'inhibited'}")
+    if not off:
+        _need_reason(reason, f"inhibit {action}")
+    answer = _api(config, "POST", f"/actions/{action}/inhibit",
+                  {"user": user, "enabled": not off, "reason": reason or ""})
+    _done(f"{action} {'no longer inhibited' if off else 'inhibited'}", answer)
 
 
 def _when(e: dict) -> str:

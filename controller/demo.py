@@ -2,11 +2,13 @@
 
 Starts the plant's OPC UA and Modbus servers on 127.0.0.1 (4840 and 5020),
 fits the demo model on simulated normal operation if there is none yet, runs
-the controller, and injects a fault every so often so a newcomer sees
-detection and actuation within a minute. After each line stop the demo plays
-the operator: it waits a few seconds, acknowledges the alarms, resets the
-latched action and restarts the line once the fault has passed. A new fault
-comes only once the line is quiet again (no active alarm, no fault acting).
+the controller from a clean state (the state file of an earlier run, e.g. a
+latch left by Ctrl-C, is removed first), and injects a fault every so often so
+a newcomer sees detection and actuation within a minute. After each line stop the demo plays
+the operator: it waits until the fault is over, the alarm that stopped the line has cleared
+and the line has come to rest, then acknowledges the alarms, resets the latched action (with
+a reason) and restarts the line. A new fault comes only once the line is quiet again (no
+active alarm, no fault acting).
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from controller.config import LineConfig, load_config
 from controller.runtime import Controller
+from controller.statedir import STATE_FILE
 from drivers.base import ConnectionState
 from hil_tests.faults import FaultSpec
 from hil_tests.plant import Plant
 from hil_tests.servers import Rig
 from hil_tests.training import simulated_normal
-from models import StreamingDetector
+from models import ModelError, StreamingDetector, load_model
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 FAULTS = (
@@ -39,6 +43,7 @@ FAULTS = (
     FaultSpec(type="bearing_wear", onset_s=0, duration_s=20.0, ramp_s=10.0),
 )
 OPERATOR_DELAY_S = 6.0  # how long the demo "operator" takes to restart a stopped line
+DEMO_STOP_EVERY_S, DEMO_STOP_S = 60.0, 10.0  # stops in the demo model's normal training data
 
 
 @dataclass
@@ -47,19 +52,31 @@ class DemoLog:
 
     faults: list[tuple[float, str]] = field(default_factory=list)  # (wall time, description)
     stops: list[float] = field(default_factory=list)  # wall times of line stops at the PLC
+    alarms: list[tuple[float, str]] = field(default_factory=list)  # (wall time, alarm) raised
 
     def first_after(self, t: float, until: float) -> float | None:
         return next((s for s in self.stops if t <= s < until), None)
+
+    def first_alarm_after(self, t: float, until: float) -> tuple[float, str] | None:
+        return next(((at, name) for at, name in self.alarms if t <= at < until), None)
 
 
 def ensure_model(config: LineConfig, console: Console) -> None:
     """Fit the demo model on ten simulated minutes of normal operation if it does not exist."""
     path = config.detector.model
-    if path is None or path.exists():
+    if path is None:
         return
+    if path.exists():
+        try:
+            load_model(path, expected_tags=config.detector_tags())
+            return
+        except ModelError as exc:  # the demo's own model, e.g. from an older linesentry: refit it
+            console.print(f"demo model not usable ({exc}); refitting")
     console.print(f"fitting the demo model on 10 simulated minutes of normal operation -> {path}")
     tags = config.detector_tags()
-    times, rows = simulated_normal(tags, seconds=600.0)
+    # Normal here includes what the demo operator does: stops of up to ~10 s (a fault, then the
+    # wait until it is over and the alarm has cleared) and restarts of a cooled-down line.
+    times, rows = simulated_normal(tags, seconds=600.0, stop_every_s=DEMO_STOP_EVERY_S, stop_s=DEMO_STOP_S)
     StreamingDetector(tags, config.detector_spec()).fit(rows, times).save(path)
 
 
@@ -68,6 +85,10 @@ async def run_demo(config_path: Path = DEMO_CONFIG, seconds: float | None = None
     console = console or Console()
     config = load_config(config_path)
     ensure_model(config, console)
+    saved = config.controller.state_dir / STATE_FILE
+    if saved.exists():  # a demo starts clean: a latch or shelve left by the last run must not linger
+        saved.unlink()
+        console.print(f"demo: starting from a clean state (removed {saved})")
     port = int(config.opcua[0].driver.endpoint.rsplit(":", 1)[1].split("/")[0])
     rig = Rig(Plant(seed=7), opcua_port=port, modbus_port=config.modbus[0].driver.port)
     log = DemoLog()
@@ -106,7 +127,7 @@ async def _drive(controller: Controller, rig: Rig, log: DemoLog, seconds: float 
                 stopped_at = now
                 log.stops.append(time.time())
             fault_acting = bool(rig.injector.active(rig.plant.t))
-            if stopped_at is not None and now - stopped_at > OPERATOR_DELAY_S and not fault_acting:
+            if stopped_at is not None and _may_restart(controller, rig, now - stopped_at):
                 _operator_restart(controller, rig)
                 stopped_at = None
                 next_fault = max(next_fault, now + fault_every_s / 2)
@@ -120,13 +141,25 @@ async def _drive(controller: Controller, rig: Rig, log: DemoLog, seconds: float 
                 log.faults.append((time.time(), what))
                 controller.events.add("model", "demo", f"injected fault: {what}")
                 next_fault = now + fault_every_s
-            if live:
-                view.update(render(controller, log))
-            else:
-                for event in controller.events.since(seen_event):
+            for event in controller.events.since(seen_event):
+                seen_event = event["id"]
+                if event["kind"] == "alarm" and event.get("state") == "UNACK":
+                    log.alarms.append((event["time"], event["source"]))
+                if not live:
                     console.print(f"{time.strftime('%H:%M:%S', time.localtime(event['time']))} "
                                   f"{event['kind']:<6} {event['source']:<24} {event['message']}")
-                    seen_event = event["id"]
+            if live:
+                view.update(render(controller, log))
+
+
+def _may_restart(controller: Controller, rig: Rig, stopped_for: float) -> bool:
+    """What an operator checks before restarting a stopped line: the fault is over, no alarm that
+    drives an action is still active (a restart into a standing trip is stopped again at once),
+    the detector's line alarm is off, and the line has come to rest."""
+    trips = {a.alarm for a in controller.config.actions}
+    return (stopped_for > OPERATOR_DELAY_S and not rig.injector.active(rig.plant.t)
+            and not trips.intersection(controller.alarms.active()) and not controller.line_alarm
+            and rig.plant.speed < 1.0)
 
 
 def _operator_restart(controller: Controller, rig: Rig) -> None:
@@ -135,7 +168,7 @@ def _operator_restart(controller: Controller, rig: Rig) -> None:
             controller.ack(alarm["name"], "demo-operator")
     for action in controller.actions.status():
         if action["latched"] or action["failed"]:
-            controller.reset_action(action["name"], "demo-operator")
+            controller.reset_action(action["name"], "demo-operator", "demo: fault over, line at rest")
     rig.plant.set_actuator("line_stop", False)
     controller.events.add("model", "demo", "operator restarted the line")
 
@@ -164,4 +197,13 @@ def render(controller: Controller, log: DemoLog) -> Group:
         events.add_row(time.strftime("%H:%M:%S", time.localtime(e["time"])), e["kind"], e["source"],
                        e["message"][:70])
     counts = f"faults injected {len(log.faults)}, line stops {len(log.stops)}"
-    return Group(score, tags, alarms, events, counts)
+    return Group(score, tags, alarms, events, *protections(controller), counts)
+
+
+def protections(controller: Controller) -> list[Text]:
+    """The standing indication of the live view: what will not act now, and what was restored."""
+    disabled = controller.protections_disabled()
+    lines = [Text(f"PROTECTIONS DISABLED: {len(disabled)}", style="bold red")] if disabled else [
+        Text("protections: all armed", style="green")]
+    lines += [Text(f"  {p['message']}", style="red") for p in disabled]
+    return lines + [Text(r, style="yellow") for r in controller.restored]

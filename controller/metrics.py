@@ -108,6 +108,15 @@ class ControllerCollector(Collector):
         for kind, count in snap["action_counts"].items():
             actions.add_metric([kind], count)
         yield actions
+        disabled = snap.get("protections_disabled", [])
+        yield GaugeMetricFamily("linesentry_protections_disabled",
+                                "Protections that will not act now (shelved/out-of-service alarms that "
+                                "drive actions, inhibited, latched and shadow actions)", value=len(disabled))
+        per_action = GaugeMetricFamily("linesentry_action_disabled", "1 per action and reason it will "
+                                       "not write now", labels=["action", "kind"])
+        for p in disabled:
+            per_action.add_metric([p["action"], p["kind"]], 1.0)
+        yield per_action
         yield GaugeMetricFamily("linesentry_outbox_rows", "Rows waiting in the outbox",
                                 value=snap["outbox"]["rows"])
         yield GaugeMetricFamily("linesentry_outbox_bytes", "Bytes waiting in the outbox",

@@ -9,6 +9,13 @@ happens there: events and summaries are handed to `_housekeeping`, a task that
 runs every 50 ms and also drives everything time-based (alarm delays and shelve
 expiry when no data arrives, readback deadlines, staleness, fail-safe).
 
+Durations run on `self.clock.mono()` (controller.clock), wall time only stamps events and
+times shelve expiry. Liveness has one owner: a PLC is live while good data arrives, i.e.
+`mono - max(driver.stats.last_alive, start) <= stale_timeout_s`; a PLC that never delivered
+counts from the controller's start. Comm loss is raised by housekeeping, so within
+stale_timeout_s + HOUSEKEEPING_S of the last good data, and clears only when good data
+arrives again (docs/safety.md).
+
 Each PLC runs in its own task under a `DriverSupervisor`; a watchdog task per
 PLC writes the heartbeat counter. `run()` returns after `stop()` (SIGTERM):
 in-flight writes finish, state is saved, sessions close, no task is left behind.
@@ -18,44 +25,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from controller.actions import ActionEngine, WriteRequest
 from controller.alarms import AlarmEngine
-from controller.api import Refused, create_app
+from controller.api import ApiServer, Refused, create_app, reserved_fds
+from controller.clock import Clock
 from controller.conditions import ArrayTagView
 from controller.config import LineConfig, ModbusPlc, OpcUaPlc
 from controller.events import EventLog
 from controller.linestate import LineState
+from controller.logs import alarm_transition_level
 from controller.metrics import ControllerCollector, LatencyRing
 from controller.outbox import Outbox
 from controller.points import EventClock, Identity, TagInfo, event_point, window_points
-from controller.statedir import StateDir
+from controller.statedir import READ_TOKEN_FILE, TOKEN_FILE, StateDir
 from controller.summaries import WindowSummarizer, WindowSummary
 from controller.sync import SyncWorker
 from drivers.base import ConnectionState, Driver, DriverError, Quality, ReadingBatch
 from drivers.modbus import ModbusDriver
 from drivers.opcua import OpcUaDriver
 from drivers.supervisor import DriverSupervisor
-from models import StreamingDetector, load_model
-from models.kernels import FLAG_BITS, O_ALARM, O_SCORE
+from models import ModelError, StreamingDetector, TagLimits, load_model, spec_differences
+from models.kernels import FLAG_BITS, FLAG_NAMES, O_ALARM, O_SCORE
 
 log = logging.getLogger("linesentry")
 
 HOUSEKEEPING_S = 0.05
 SHUTDOWN_SYNC_S = 2.0
-COMM_LOST = int(Quality.COMM_LOST)
 SUMMARY_WINDOW_S = 10.0
+COMM_LOST = int(Quality.COMM_LOST)
 
 
 @dataclass
@@ -66,18 +74,38 @@ class Plc:
     driver: Driver
     binding: np.ndarray  # driver tag index -> line position
     stale_timeout_s: float
-    polled: bool  # Modbus polls deliver every cycle, so message age means liveness
+    polled: bool  # Modbus polls deliver every cycle, so per-tag age means staleness
     supervisor: DriverSupervisor | None = None
-    last_message: float = -math.inf  # monotonic time of the last batch with data
-    down_since: float | None = 0.0  # monotonic time liveness was lost (None while live)
-    comm_lost: bool = False  # the comm-loss condition (down longer than stale_timeout_s)
+    comm_lost: bool = False  # the comm-loss condition: no good data for longer than stale_timeout_s
     safe_state_done: bool = False
+    safe_state_failed: bool = False  # a safe-state write failed during this comm loss (an alarm)
     heartbeat: int = 0
     write_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.config.name
+
+
+@dataclass(frozen=True)
+class BuiltinAlarm:
+    """An alarm the controller defines itself: `<plc>_safe_state_failed` for every PLC with
+    on_comm_loss = 'safe_state' (a safe state that was not reached needs a human, now)."""
+
+    name: str
+    message: str
+    priority: str = "critical"
+    on_delay_s: float = 0.0
+    off_delay_s: float = 0.0
+    max_shelve_s: float = 0.0
+    shelvable: bool = False
+
+
+def _clock(wall: float | None) -> str:
+    """A wall time for operator messages: local ISO time to the second."""
+    if wall is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
 
 
 def make_driver(plc: OpcUaPlc | ModbusPlc) -> Driver:
@@ -88,8 +116,11 @@ class Controller:
     """One line's controller. `await run()` until `stop()`."""
 
     def __init__(self, config: LineConfig, *, detector: StreamingDetector | None = None,
-                 api_port: int | None = None) -> None:
+                 api_port: int | None = None, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or Clock()
+        self._mono, self._wall = self.clock.mono, self.clock.wall
+        self._started_mono = self._mono()  # reset by run(): never-connected PLCs count from here
         c = config.controller
         self.identity = Identity(c.site, c.line, c.name)
         self.state_dir = StateDir(c.state_dir)
@@ -99,25 +130,34 @@ class Controller:
         self.detector_tags = config.detector_tags()
         self.line = LineState(self.tag_names, self.detector_tags)
         self.values = ArrayTagView(self.line.position, self.line.values)
-        self.detector = detector
-        if self.detector is None and config.detector.model is not None:
-            self.detector = load_model(config.detector.model, expected_tags=self.detector_tags)
+        self.events = EventLog()
         self.model_path = config.detector.model
+        self.detector: StreamingDetector = self._make_detector(detector)
 
         self.plcs = [Plc(p, make_driver(p), self.line.binding([t.name for t in p.driver.tags]),
                          p.effective_stale_timeout_s(), polled=isinstance(p, ModbusPlc))
                      for _, p in config.plcs()]
         self._plc_of_tag = {t.name: plc for plc in self.plcs for t in plc.config.driver.tags}
+        self._plc_by_name = {plc.name: plc for plc in self.plcs}
         self._stale_timeout = np.full(len(self.tag_names), np.inf)
         for plc in self.plcs:
             if plc.polled:
                 self._stale_timeout[plc.binding] = plc.stale_timeout_s
 
-        self.alarms = AlarmEngine(config.alarms)
+        self._builtin_alarms = {p.name: BuiltinAlarm(f"{p.name}_safe_state_failed",
+                                                     f"Safe-state write after losing {p.name} failed: "
+                                                     "bring the line to its safe state by hand")
+                                for p in self.plcs if p.config.on_comm_loss == "safe_state"}
+        taken = {a.name for a in config.alarms} & {b.name for b in self._builtin_alarms.values()}
+        if taken:
+            raise ValueError(f"alarm name(s) {', '.join(sorted(taken))} are reserved for the controller's "
+                             "safe-state failure alarms: rename them in [[alarms]]")
+        self.alarms = AlarmEngine([*config.alarms, *self._builtin_alarms.values()])
         self.actions = ActionEngine(config.actions, shadow_global=c.shadow)
         self._compile_conditions()
-
-        self.events = EventLog()
+        self._first_out_seen: tuple[str, float] | None = None
+        self.first_out = ""  # the current alarm episode's first cause, described (status, fired events)
+        self.housekeeping_rounds = 0
         self._event_clock = EventClock()
         units = dict(config.detector.units)
         self._tag_info = [TagInfo(t, units.get(t, "")) for t in self.tag_names]
@@ -139,11 +179,40 @@ class Controller:
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._state_dirty = False
+        self._save_lock = asyncio.Lock()
+        self._reasons: dict[str, str] = {}  # "alarm:<name>" / "action:<name>" -> the operator's reason
+        self.restored: list[str] = []  # what the saved state brought back at start (status)
         self._action_counts: dict[str, int] = {}
         self.line_score = 0.0
         self.line_alarm = False
-        self.started_at = time.time()
+        self.started_at = self._wall()
         self._restore_state()
+
+    # ------------------------------------------------------------------ detector
+    def _make_detector(self, given: StreamingDetector | None) -> StreamingDetector:
+        """The model artifact's detector under the config's rules, or, without [detector] model,
+        the rules-only detector (invalid, limit and stale flags; no line score) for commissioning."""
+        d = self.config.detector
+        if given is None and d.model is None:
+            flat_s = d.spec.get("flat_min_seconds")  # flatline only where the config asks for it
+            return StreamingDetector.rules_only(
+                self.detector_tags, limits=self.config.detector_spec().limits, units=dict(d.units),
+                flatline_s={t: flat_s for t in self.detector_tags} if flat_s else None)
+        det = given if given is not None else load_model(d.model, expected_tags=self.detector_tags)
+        self._apply_config(det, d.model)
+        return det
+
+    def _apply_config(self, det: StreamingDetector, path: Path | None) -> None:
+        """One rule: [detector.spec] must agree with the artifact (else refuse to start), and the
+        config's [detector.limits] win over the artifact's (each override announced)."""
+        differ = spec_differences(det.spec, self.config.detector.spec)
+        if differ:
+            raise ModelError(f"[detector.spec] disagrees with model {path}: {'; '.join(differ)}; refit "
+                             "the model with this config (`linesentry fit`) or remove these keys")
+        cfg = self.config.detector_spec().limits  # a tag absent here has no limits: the config decides
+        for change in det.set_limits({t: cfg.get(t, TagLimits()) for t in self.detector_tags}):
+            self.events.add("model", "detector", f"limits override the model's: {change}")
+            log.warning("detector: limits override the model's: %s", change)
 
     # ------------------------------------------------------------------ conditions
     def _compile_conditions(self) -> None:
@@ -158,8 +227,7 @@ class Controller:
             elif src.kind == "tag":
                 bit = FLAG_BITS[src.flag]  # config accepts exactly the detector's flag names
                 idx = det_index[src.tag]
-                checks.append((alarm.name, lambda i=idx, b=bit: bool(
-                    self.detector is not None and self.detector.tag_flags[i] & b)))
+                checks.append((alarm.name, lambda i=idx, b=bit: bool(self.detector.tag_flags[i] & b)))
             elif src.kind == "comm":
                 checks.append((alarm.name, lambda p=plc_by_name[src.plc]: p.comm_lost))
             elif src.kind == "action_failed":
@@ -168,50 +236,80 @@ class Controller:
                 pos, cond, name, band = self.line.position[src.tag], src.condition, alarm.name, alarm.deadband
                 checks.append((name, lambda p=pos, c=cond, n=name, d=band: c.holds(
                     float(self.line.values[p]), active=n in self.alarms.active(), deadband=d)))
+        for plc_name, builtin in self._builtin_alarms.items():
+            checks.append((builtin.name, lambda p=plc_by_name[plc_name]: p.safe_state_failed))
         self._checks = checks
         self._conditions = {name: False for name, _ in checks}
-        self._suppress = [(a.name, a.suppress_when) for a in self.config.alarms if a.suppress_when]
+        self._suppress = [(a.name, s) for a in self.config.alarms if (s := self._suppression(a)) is not None]
         self._suppressed = {name: False for name, _ in self._suppress}
+
+    def _suppression(self, alarm) -> Callable[[], bool] | None:
+        """Suppressed by design (ISA-18.2): `suppress_when`, and, for an alarm on a tag, while the
+        link to that tag is down (its PLC comm-lost, or the tag COMM_LOST because the session
+        broke): a consequence of the communication fault, not a cause of its own."""
+        src, cond, values = alarm.source, alarm.suppress_when, self.values
+        plc = self._plc_of_tag.get(src.tag) if src.kind in ("tag", "threshold") else None
+        if plc is None:
+            return None if cond is None else (lambda c=cond: c.evaluate(values))
+        q, i = self.line.quality, self.line.position[src.tag]
+        if cond is None:
+            return lambda p=plc: p.comm_lost or q[i] == COMM_LOST
+        return lambda p=plc, c=cond: p.comm_lost or q[i] == COMM_LOST or c.evaluate(values)
 
     # ------------------------------------------------------------------ hot path
     def _on_batch(self, plc: Plc, batch: ReadingBatch) -> None:
         t0 = time.perf_counter()
-        now = time.time()
-        lost = len(batch) > 0 and bool(np.all(batch.quality == COMM_LOST))
-        if not lost:
-            plc.last_message = time.monotonic()
-        self.line.apply(plc.binding, batch)
-        if self.detector is not None:
-            line = self.line
-            line.gather_frame()
-            det = self.detector
-            det.step(now, line.frame_values, line.frame_fresh, line.frame_good)
-            self.line_score = det.out[O_SCORE]
-            self.line_alarm = det.out[O_ALARM] != 0.0
-        self._decide(now)
+        mono, wall = self._mono(), self._wall()
+        self.line.apply(plc.binding, batch, mono)
+        self._step_detector(mono)
+        self._decide(mono, wall)
         self.step_latency.record(time.perf_counter() - t0)
-        self._summarize(now)
+        self._summarize(wall)
 
-    def _decide(self, now: float) -> None:
+    def _step_detector(self, mono: float) -> None:
+        line, det = self.line, self.detector
+        line.gather_frame()
+        det.step(mono, line.frame_values, line.frame_fresh, line.frame_good)
+        self.line_score = det.out[O_SCORE]
+        self.line_alarm = det.out[O_ALARM] != 0.0
+
+    def _decide(self, mono: float, wall: float) -> None:
         """Alarm conditions -> alarm engine -> actions -> writes (scheduled, not awaited)."""
         conditions = self._conditions
         for name, check in self._checks:
             conditions[name] = check()
         suppressed = self._suppressed
-        for name, cond in self._suppress:
-            suppressed[name] = cond.evaluate(self.values)
-        events = self.alarms.update(now, conditions, suppressed)
+        for name, check in self._suppress:
+            suppressed[name] = check()
+        alarms = self.alarms
+        events = alarms.update(mono, conditions, suppressed, wall)
         if events:
             self._pending_alarm_events.extend(events)
-        for write in self.actions.evaluate(now, self.alarms.active(), self.values):
+        if alarms.first_out is not self._first_out_seen:  # rare: a new episode began or ended
+            self._first_out_seen = alarms.first_out
+            self.first_out = self._describe_first_out(alarms.first_out)
+        for write in self.actions.evaluate(mono, alarms.active(), self.values, wall, self.first_out):
             self._spawn_write(write)
+
+    def _describe_first_out(self, first: tuple[str, float] | None) -> str:
+        """'<alarm> (<what raised it>)': the flagged tags for the line alarm, the tag flag otherwise."""
+        if first is None:
+            return ""
+        name = first[0]
+        if name in self._conditions and name not in {b.name for b in self._builtin_alarms.values()}:
+            src = self.config.alarm(name).source
+            if src.kind == "line":
+                flagged = [f"{t}: {'/'.join(n for b, n in FLAG_NAMES.items() if int(f) & b)}"
+                           for t, f in zip(self.detector_tags, self.detector.tag_flags, strict=True) if f]
+                return f"{name} ({', '.join(flagged) or 'multivariate score'})"
+            return f"{name} ({src})"
+        return name
 
     def _summarize(self, now: float) -> None:
         if self.config.sync is None:  # summaries only exist for the cloud
             self.line.clear_fresh()
             return
-        if self.detector is not None:
-            self._tag_scores[self._det_positions] = self.detector.tag_scores
+        self._tag_scores[self._det_positions] = self.detector.tag_scores
         closed = self.summarizer.update(now, self.line.values, self.line.fresh, self.line.quality,
                                         self.line_score, self.line_alarm, self._tag_scores)
         if closed is not None:
@@ -235,10 +333,15 @@ class Controller:
             ok, detail = False, str(exc) or type(exc).__name__
         if not write.action.startswith("safe_state:"):
             # Logged by housekeeping after the action's own "fired" event, in order.
-            self._pending_action_events.extend(self.actions.confirm(write.action, time.time(), ok, detail))
+            self._pending_action_events.extend(
+                self.actions.confirm(write.action, self._mono(), ok, detail, wall=self._wall()))
         elif not ok:
+            self._plc_by_name[write.action.removeprefix("safe_state:")].safe_state_failed = True
             self.events.add("action", write.action, f"safe-state write {write.tag}={write.value} "
                             f"failed: {detail}", result="failed")
+        else:
+            self.events.add("action", write.action, f"safe-state write {write.tag}={write.value} "
+                            "confirmed", result="confirmed")
 
     # ------------------------------------------------------------------ time-based work
     async def _housekeeping(self) -> None:
@@ -255,39 +358,46 @@ class Controller:
                               HOUSEKEEPING_S, type(exc).__name__, exc)
 
     async def _housekeeping_round(self) -> None:
-        now, mono = time.time(), time.monotonic()
-        self._check_liveness(mono)
-        stale = self.line.mark_stale(now, self._stale_timeout)
+        mono, wall = self._mono(), self._wall()
+        self.housekeeping_rounds += 1
+        lost = self._check_liveness(mono)
+        stale = self.line.mark_stale(mono, self._stale_timeout)
         if stale.size:
             names = ", ".join(self.tag_names[i] for i in stale[:10])
             self.events.add("driver", "stale", f"no fresh value within the timeout: {names}")
-        self._decide(now)
+        if stale.size or lost:  # the detector sees those tags fresh and not good: invalid flags
+            self._step_detector(mono)
+            self.line.clear_fresh()
+        self._decide(mono, wall)
         for event in self.actions.take_events():
             self._action_event(event)
         pending, self._pending_action_events = self._pending_action_events, []
-        for event in (*pending, *self.actions.check_deadlines(now)):
+        for event in (*pending, *self.actions.check_deadlines(mono, wall)):
             self._action_event(event)
         await self._flush_events_and_windows()
 
-    def _check_liveness(self, mono: float) -> None:
+    def _check_liveness(self, mono: float) -> bool:
+        """Raise or clear each PLC's comm loss from the age of its last good data; True if one was raised."""
+        raised = False
         for plc in self.plcs:
-            live = plc.driver.state == ConnectionState.CONNECTED and (
-                not plc.polled or mono - plc.last_message <= plc.stale_timeout_s)
-            if live:
-                plc.down_since = None
+            last_alive = plc.driver.stats.last_alive
+            age = mono - max(last_alive, self._started_mono)
+            if age <= plc.stale_timeout_s:
                 if plc.comm_lost:
-                    plc.comm_lost = False
-                    plc.safe_state_done = False
-                    self.events.add("driver", plc.name, "data flowing again")
+                    plc.comm_lost = plc.safe_state_done = plc.safe_state_failed = False
+                    self.events.add("driver", plc.name, "good data again: comm loss cleared")
                 continue
-            if plc.down_since is None:
-                plc.down_since = mono
-            if not plc.comm_lost and mono - plc.down_since >= plc.stale_timeout_s:
-                plc.comm_lost = True
-                self.events.add("driver", plc.name, f"no data for {plc.stale_timeout_s:g} s: comm loss")
-                if plc.config.on_comm_loss == "safe_state" and not plc.safe_state_done:
-                    plc.safe_state_done = True
-                    self._go_safe(plc)
+            if plc.comm_lost:
+                continue
+            plc.comm_lost = raised = True
+            self.line.mark_lost(plc.binding)
+            since = "since the controller started" if last_alive < self._started_mono else "since the last"
+            self.events.add("driver", plc.name, f"no good data for {age:.2f} s ({since} good data; "
+                            f"stale_timeout_s {plc.stale_timeout_s:g}): comm loss")
+            if plc.config.on_comm_loss == "safe_state" and not plc.safe_state_done:
+                plc.safe_state_done = True
+                self._go_safe(plc)
+        return raised
 
     def _go_safe(self, plc: Plc) -> None:
         for w in plc.config.safe_state:
@@ -297,7 +407,7 @@ class Controller:
                 continue
             self.events.add("action", f"safe_state:{plc.name}",
                             f"writing {w.tag}={w.value} (comm loss)", result="fired")
-            self._spawn_write(WriteRequest(f"safe_state:{plc.name}", w.tag, w.value, time.time(), None))
+            self._spawn_write(WriteRequest(f"safe_state:{plc.name}", w.tag, w.value, self._wall(), None))
 
     async def _watchdog(self, plc: Plc) -> None:
         wd = plc.config.watchdog
@@ -322,7 +432,9 @@ class Controller:
                         result=event.kind, user=event.user)
         self._state_dirty = True
         level = logging.WARNING if event.kind in ("failed", "fired") else logging.INFO
-        log.log(level, "action %s: %s %s", event.action, event.kind, event.detail)
+        detail = event.detail or ""
+        detail = detail if detail.startswith(event.kind) else f"{event.kind} {detail}"
+        log.log(level, "action %s: %s", event.action, detail.rstrip())  # never "confirmed confirmed"
 
     async def _flush_events_and_windows(self) -> None:
         if self._pending_alarm_events:
@@ -330,7 +442,8 @@ class Controller:
             for e in events:
                 self.events.add("alarm", e.alarm, f"{e.from_state} -> {e.to_state} ({e.cause})",
                                 at=e.time, state=str(e.to_state), user=e.user, priority=e.priority)
-                log.warning("alarm %s: %s -> %s (%s)", e.alarm, e.from_state, e.to_state, e.cause)
+                log.log(alarm_transition_level(e.to_state), "alarm %s: %s -> %s (%s)",
+                        e.alarm, e.from_state, e.to_state, e.cause)
             self._state_dirty = True
         new_events = self.events.since(self._cloud_event_id)
         windows, self._closed_windows = self._closed_windows, []
@@ -341,8 +454,7 @@ class Controller:
             if self.sync is not None:
                 self.sync.wake()
         if self._state_dirty:
-            self._state_dirty = False
-            await asyncio.to_thread(self.state_dir.save_state, self._durable_state())
+            await self._save_state()
 
     _cloud_event_id = 0
 
@@ -355,11 +467,19 @@ class Controller:
         self.outbox.append(points)
 
     # ------------------------------------------------------------------ persistence
-    def _durable_state(self) -> dict:
-        return {"alarms": self.alarms.snapshot(), "actions": self.actions.snapshot(),
-                "heartbeats": {p.name: p.heartbeat for p in self.plcs}}
+    def _durable_state(self, summary: bool = False) -> dict:
+        state = {"alarms": self.alarms.snapshot(), "actions": self.actions.snapshot(),
+                 "heartbeats": {p.name: p.heartbeat for p in self.plcs},
+                 "reasons": dict(self._reasons)}
+        if summary:  # at shutdown only: the open summary window, resumed by the next start
+            snap = self.summarizer.snapshot(self._wall())
+            if snap is not None:
+                state["summary"] = {"tags": self.tag_names, **snap}
+        return state
 
     def _restore_state(self) -> None:
+        """Load the saved state and announce what it brings back (events, `status()["restored"]`):
+        a latch or an inhibit from the last run must never act unseen."""
         state = self.state_dir.load_state()
         if not state:
             return
@@ -371,28 +491,66 @@ class Controller:
             return
         for plc in self.plcs:
             plc.heartbeat = int(state.get("heartbeats", {}).get(plc.name, 0))
+        self._reasons = {k: v for k, v in state.get("reasons", {}).items() if isinstance(v, str)}
         if skipped:
             log.info("saved state for removed alarms/actions ignored: %s", ", ".join(skipped))
+        self._announce_restored()
+        if "summary" in state:
+            self._restore_summary(state["summary"])
+            # Saved again at once without it: a second start must not resume the same window again.
+            self.state_dir.save_state(self._durable_state())
+
+    def _announce_restored(self) -> None:
+        for a in self.alarms.status():
+            if a["state"] in ("NORMAL", "SUPPRESSED"):  # suppression is re-derived, not restored
+                continue
+            if a["state"] == "SHELVED":
+                what = f"shelved by {a['shelved_by'] or 'operator'} until {_clock(a['shelved_until'])}"
+            else:
+                what = a["state"]
+            self._restored_event("alarm", a["name"], what, f"alarm:{a['name']}")
+        latched_at = {n: s["latched_at"] for n, s in self.actions.snapshot()["actions"].items()}
+        for act in self.actions.status():
+            name = act["name"]
+            if act["latched"]:
+                since = latched_at.get(name)
+                self._restored_event("action", name, "latched" + (f" since {_clock(since)}" if since else ""))
+            if act["inhibited"]:
+                self._restored_event("action", name, f"inhibited by {act['inhibited_by'] or 'operator'}",
+                                     f"action:{name}")
+            if act["failed"]:
+                self._restored_event("action", name, "failed (its write was not confirmed)")
+
+    def _restored_event(self, kind: str, name: str, what: str, reason_key: str = "") -> None:
+        reason = self._reasons.get(reason_key, "") if reason_key else ""
+        text = f"restored: {name} {what}" + (f" ({reason})" if reason else "")
+        self.restored.append(text)
+        self.events.add(kind, name, text, result="restored")
+        log.warning("%s", text)
+
+    def _restore_summary(self, saved: object) -> None:
+        """Continue the summary window open at the last shutdown, or commit it if it has closed."""
+        try:
+            if not isinstance(saved, dict) or saved.get("tags") != self.tag_names:
+                raise ValueError("the tags changed")
+            closed = self.summarizer.restore(saved, self._wall())
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("saved summary window ignored: %s", exc)
+            return
+        if closed is not None:
+            self._closed_windows.append(closed)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, on_ready: Callable[[Controller], None] | None = None) -> None:
         """Run until `stop()`; start-up errors (bad model, port in use) raise before any task runs."""
-        if self.detector is not None:
-            self.detector.warm_up()
+        self.detector.warm_up()
         # Everything built so far lives as long as the service: keep the collector from
         # walking it again and again (fewer, shorter pauses on the hot path).
         gc.collect()
         gc.freeze()
-        runner = web.AppRunner(create_app(self, self.token), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.controller.api_host, self.api_port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise OSError(f"cannot listen on {self.config.controller.api_host}:{self.api_port} "
-                          f"({exc.strerror}): set [controller] api_port to a free port") from None
-        self.api_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+        runner = self._api_server()
+        await runner.start()
+        self.api_port = runner.port  # the real port when 0 was asked
         sync_cfg = self.config.sync
         if sync_cfg is not None:  # no [sync]: no cloud, so nothing to keep for it
             outbox_dir = Path(self.state_dir.path) / "outbox"
@@ -402,6 +560,7 @@ class Controller:
             self.sync = SyncWorker(sync_cfg, self.outbox, on_alarm=self._sync_alarm)
             await self.sync.start()
         try:
+            self._started_mono = self._mono()  # a PLC that never delivers is comm-lost from here on
             for plc in self.plcs:
                 plc.supervisor = DriverSupervisor(
                     plc.driver, lambda batch, p=plc: self._on_batch(p, batch),
@@ -411,7 +570,8 @@ class Controller:
                     self._tasks.append(asyncio.create_task(self._watchdog(plc), name=f"watchdog:{plc.name}"))
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             self.events.add("model", "controller", f"started: {len(self.plcs)} PLC(s), "
-                            f"{len(self.tag_names)} tags, model {self.model_path or 'none'}")
+                            f"{len(self.tag_names)} tags, model "
+                            f"{self.model_path or 'none (rules only: invalid, limit and stale flags)'}")
             if on_ready is not None:
                 on_ready(self)
             await self._stop.wait()
@@ -421,7 +581,22 @@ class Controller:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _shutdown(self, runner: web.AppRunner) -> None:
+    def _api_server(self) -> ApiServer:
+        """The API with its limits (controller.api); reads need a token beyond loopback."""
+        c = self.config.controller
+        if c.reads_need_token:
+            log.warning("API bound to %s, beyond loopback: reads, /metrics and the event stream need a "
+                        "token (%s or %s in %s)", c.api_host, READ_TOKEN_FILE, TOKEN_FILE,
+                        self.state_dir.path)
+        app = create_app(self, self.token, read_token=self.state_dir.token(READ_TOKEN_FILE),
+                         reads_need_token=c.reads_need_token,
+                         allowed_hosts={c.api_host, *c.api_allowed_hosts},
+                         body_timeout_s=c.api_idle_timeout_s)
+        return ApiServer(app, c.api_host, self.api_port, max_connections=c.api_max_connections,
+                         idle_timeout_s=c.api_idle_timeout_s,
+                         reserved=reserved_fds(len(self.plcs), sync=self.config.sync is not None))
+
+    async def _shutdown(self, runner: ApiServer) -> None:
         if self._writes:  # let actuator writes in flight finish (bounded by the driver timeouts)
             await asyncio.wait(list(self._writes), timeout=5.0)
         for task in self._tasks:
@@ -433,13 +608,12 @@ class Controller:
             if plc.supervisor is not None:
                 await plc.supervisor.stop()
         self._tasks.clear()
-        closed = self.summarizer.flush(time.time())
-        if closed is not None:
-            self._closed_windows.append(closed)
         self.events.add("model", "controller", "stopped")
         with contextlib.suppress(Exception):
             await self._flush_events_and_windows()
-        self.state_dir.save_state(self._durable_state())
+        # The open summary window goes into the state file, not the outbox: the next start resumes
+        # it (or commits it whole), so one window is never committed twice (docs/cloud-sync.md).
+        await self._save_state(summary=True)
         if self.sync is not None:
             # A short, bounded chance to send what is waiting; the rest goes at the next start.
             self.sync.wake()
@@ -449,7 +623,7 @@ class Controller:
             await self.sync.stop()
         if self.outbox is not None:
             self.outbox.close()
-        await runner.cleanup()
+        await runner.stop()
 
     def _driver_state(self, plc: Plc, state: ConnectionState, detail: str) -> None:
         if state in (ConnectionState.CONNECTED, ConnectionState.BACKOFF):
@@ -473,15 +647,19 @@ class Controller:
                          "threshold": self.detector.threshold if self.detector else None,
                          "step_p50_us": self.step_latency.percentiles([50])[0] * 1e6,
                          "step_p99_us": self.step_latency.percentiles([99])[0] * 1e6},
-            "alarms": {"active": list(self.alarms.active())},
+            "alarms": {"active": list(self.alarms.active()), "first_out": self.first_out},
             "actions": self.actions.status(),
+            "protections_disabled": self.protections_disabled(),
+            "restored": list(self.restored),
             "outbox": self._outbox_status(),
             "sync": self.sync.metrics() if self.sync else None,
         }
 
     def _plc_status(self, plc: Plc) -> dict:
         s = plc.driver.stats
+        age = self._mono() - s.last_alive
         return {"name": plc.name, "state": plc.driver.state.value, "comm_lost": plc.comm_lost,
+                "last_good_data_age_s": age if age < float("inf") else None,
                 "tags": len(plc.binding), "reads": s.reads, "read_errors": s.read_errors,
                 "writes": s.writes, "write_errors": s.write_errors, "last_error": s.last_error}
 
@@ -497,32 +675,151 @@ class Controller:
     def alarm_list(self) -> list[dict]:
         return self.alarms.status()
 
-    def _operator(self, events) -> None:
-        self._pending_alarm_events.extend(events)
-        self._state_dirty = True
+    # Operator requests: each one answers what it did and, where it takes a protection away, what
+    # it disables; the API makes the change durable (`persist`) before it answers.
+    def ack(self, name: str, user: str, reason: str = "") -> dict:
+        name = self._alarm_name(name)
+        self._operator_alarm(self.alarms.ack(name, user, self._wall()), reason)
+        return self._answer(f"{name} acknowledged", alarm=name)
 
-    def ack(self, name: str, user: str) -> None:
-        self._operator(self.alarms.ack(self._alarm_name(name), user, time.time()))
-
-    def shelve(self, name: str, user: str, seconds: float) -> None:
+    def shelve(self, name: str, user: str, seconds: float, reason: str) -> dict:
         alarm = self.config.alarm(self._alarm_name(name))
+        self._require_reason(reason, f"shelve {name}")
+        if not alarm.shelvable:
+            raise Refused(self._not_shelvable(alarm.name, "shelved"))
         if seconds > alarm.max_shelve_s:
             raise ValueError(f"{name} can be shelved for at most {alarm.max_shelve_s:g} s")
-        self._operator(self.alarms.shelve(name, user, time.time(), seconds))
+        self._operator_alarm(self.alarms.shelve(name, user, self._wall(), seconds), reason)
+        self._reasons[f"alarm:{name}"] = reason
+        return self._answer(f"{name} shelved for {seconds:g} s", alarm=name,
+                            disables=self._actions_of(name), doing=f"shelving {name}")
 
-    def unshelve(self, name: str, user: str) -> None:
-        self._operator(self.alarms.unshelve(self._alarm_name(name), user, time.time()))
+    def unshelve(self, name: str, user: str, reason: str = "") -> dict:
+        name = self._alarm_name(name)
+        self._operator_alarm(self.alarms.unshelve(name, user, self._wall()), reason)
+        return self._answer(f"{name} unshelved", alarm=name)
 
-    def set_out_of_service(self, name: str, user: str, enabled: bool) -> None:
-        self._operator(self.alarms.set_out_of_service(self._alarm_name(name), user, time.time(), enabled))
+    def set_out_of_service(self, name: str, user: str, enabled: bool, reason: str = "") -> dict:
+        alarm = self.config.alarm(self._alarm_name(name))
+        if enabled:
+            self._require_reason(reason, f"take {name} out of service")
+            if not alarm.shelvable:
+                raise Refused(self._not_shelvable(name, "taken out of service"))
+        self._operator_alarm(self.alarms.set_out_of_service(name, user, self._wall(), enabled), reason)
+        if not enabled:
+            return self._answer(f"{name} returned to service", alarm=name)
+        self._reasons[f"alarm:{name}"] = reason
+        return self._answer(f"{name} out of service", alarm=name, disables=self._actions_of(name),
+                            doing=f"taking {name} out of service")
 
-    def reset_action(self, name: str, user: str) -> None:
-        for event in self.actions.reset(self._action_name(name), user, time.time()):
-            self._action_event(event)
+    def reset_action(self, name: str, user: str, reason: str) -> dict:
+        name = self._action_name(name)
+        self._require_reason(reason, f"reset {name}")
+        events = self.actions.reset(name, user, self._wall())
+        for event in events:
+            self._action_event(dataclasses.replace(event, detail=f"{event.detail}: {reason}"))
+        alarm = self.config.action(name).alarm
+        return self._answer(f"{name} {events[0].detail if events else 'reset'}; it fires again on the "
+                            f"next activation of {alarm}", action=name)
 
-    def inhibit_action(self, name: str, user: str, enabled: bool) -> None:
-        for event in self.actions.inhibit(self._action_name(name), user, time.time(), enabled):
-            self._action_event(event)
+    def inhibit_action(self, name: str, user: str, enabled: bool, reason: str = "") -> dict:
+        name = self._action_name(name)
+        if enabled:
+            self._require_reason(reason, f"inhibit {name}")
+        for event in self.actions.inhibit(name, user, self._wall(), enabled):
+            detail = f"{event.detail}: {reason}" if reason else event.detail
+            self._action_event(dataclasses.replace(event, detail=detail))
+        if not enabled:
+            return self._answer(f"{name} no longer inhibited", action=name)
+        self._reasons[f"action:{name}"] = reason
+        return self._answer(f"{name} inhibited", action=name, disables=[name],
+                            doing=f"inhibiting {name}")
+
+    async def persist(self) -> None:
+        """Write the state file now (fsync'd) and return when it is on disk: the API answers
+        an operator request only after this, so an acknowledged change survives a kill -9."""
+        await self._save_state()
+
+    async def _save_state(self, summary: bool = False) -> None:
+        # One save at a time, each built when it starts: a later save is never older on disk.
+        async with self._save_lock:
+            self._state_dirty = False
+            await asyncio.to_thread(self.state_dir.save_state, self._durable_state(summary))
+
+    def _operator_alarm(self, events, reason: str) -> None:
+        """Log an operator's alarm transitions now (with the reason), not on the next round."""
+        for e in events:
+            message = f"{e.from_state} -> {e.to_state} ({e.cause})" + (f": {reason}" if reason else "")
+            self.events.add("alarm", e.alarm, message, at=e.time, state=str(e.to_state), user=e.user,
+                            priority=e.priority)
+            log.warning("alarm %s: %s by %s", e.alarm, message, e.user)
+        self._state_dirty = True
+
+    def _answer(self, message: str, *, alarm: str | None = None, action: str | None = None,
+                disables: list[str] | None = None, doing: str = "") -> dict:
+        """The API's answer to an operator request: what happened and what it disables."""
+        disables = disables or []
+        warning = ""
+        if disables:
+            what = ", ".join(f"action {a} ({self._action_text(a)})" for a in disables)
+            warning = f"{doing} disables {what}"
+            message += f"; {warning}"
+        answer: dict = {"ok": True, "message": message, "disables": disables, "warning": warning}
+        if alarm is not None:
+            answer["alarm"], answer["state"] = alarm, str(self.alarms.state(alarm))
+        if action is not None:
+            answer["action"] = action
+        return answer
+
+    def _action_text(self, name: str) -> str:
+        a = self.config.action(name)
+        return f"writes {a.write.tag}={a.write.value} when {a.alarm} is active"
+
+    def _actions_of(self, alarm: str) -> list[str]:
+        return [a.name for a in self.config.actions if a.alarm == alarm]
+
+    def _not_shelvable(self, name: str, done: str) -> str:
+        drives = ", ".join(self._actions_of(name))
+        return (f"{name} cannot be {done}: shelvable = false in its [[alarms]] table"
+                + (f" (it drives {drives})" if drives else ""))
+
+    @staticmethod
+    def _require_reason(reason: str, what: str) -> None:
+        if not reason.strip():
+            raise ValueError(f"a reason is required to {what}: send \"reason\" (CLI: --reason TEXT)")
+
+    def protections_disabled(self) -> list[dict]:
+        """Every protection that will not act now: alarms that drive actions but are shelved or out
+        of service, inhibited, latched and shadow actions. Each with a one-line description."""
+        out: list[dict] = []
+        for a in self.alarms.status():
+            acts = self._actions_of(a["name"])
+            if not acts or a["state"] not in ("SHELVED", "OUT_OF_SERVICE"):
+                continue
+            kind = "shelved" if a["state"] == "SHELVED" else "out_of_service"
+            reason = self._reasons.get(f"alarm:{a['name']}", "")
+            until = f" until {_clock(a['shelved_until'])}" if a["shelved_until"] else ""
+            for act in acts:
+                out.append({"kind": kind, "action": act, "alarm": a["name"], "reason": reason,
+                            "message": f"{act} disabled: {a['name']} {kind.replace('_', ' ')}{until}"
+                                       + (f" ({reason})" if reason else "")})
+        latched_at = {n: s["latched_at"] for n, s in self.actions.snapshot()["actions"].items()}
+        for act in self.actions.status():
+            name = act["name"]
+            if act["inhibited"]:
+                reason = self._reasons.get(f"action:{name}", "")
+                out.append({"kind": "inhibited", "action": name, "by": act["inhibited_by"], "reason": reason,
+                            "message": f"{name} inhibited by {act['inhibited_by'] or 'operator'}"
+                                       + (f" ({reason})" if reason else "")})
+            if act["latched"]:
+                since = latched_at.get(name)
+                out.append({"kind": "latched", "action": name, "since": since,
+                            "message": f"{name} latched" + (f" since {_clock(since)}" if since else "")
+                                       + ": reset to re-arm"})
+            if act["shadow"]:
+                out.append({"kind": "shadow", "action": name,
+                            "message": f"{name} in shadow mode: decides but never writes"})
+        return out
 
     async def reload_model(self, user: str, path: str | None) -> dict:
         """Swap in a new model without a restart; the old one stays if the new one is refused."""
@@ -531,6 +828,7 @@ class Controller:
             raise Refused("no model configured: pass a path or set [detector] model")
         try:
             new = await asyncio.to_thread(load_model, target, self.detector_tags)
+            self._apply_config(new, target)  # the same rule as at start: spec agrees, config limits win
             await asyncio.to_thread(new.warm_up)
         except ValueError as exc:
             raise Refused(str(exc)) from None
@@ -564,4 +862,5 @@ class Controller:
                                           if lat.size else {})})
         return {"plcs": plcs, "alarm_states": states, "line_score": float(self.line_score),
                 "action_counts": dict(self._action_counts), "outbox": self._outbox_status(),
+                "protections_disabled": self.protections_disabled(),
                 "sync": self.sync.metrics() if self.sync else {}}

@@ -17,8 +17,11 @@ Per tag and window:
 
 Windows are aligned to wall-clock multiples of the window length and stamped with their END
 (integer ns), so a restart, or a second controller, produces the same timestamps and a resend
-overwrites instead of duplicating. Time spent in windows with no step at all (the controller was
-down or nothing arrived) is not attributed anywhere; those windows produce no rows.
+overwrites instead of duplicating. Hence a window is committed once: at shutdown the open window
+is saved (`snapshot`), not committed, and the next start continues it or commits it whole
+(`restore`); committing a partial window would have the later, fuller one overwrite it. Time
+spent in windows with no step at all (the controller was down or nothing arrived) is not
+attributed anywhere; those windows produce no rows.
 
 Cost: one step is a fixed sequence of ~20 in-place numpy ufunc calls on N-element arrays
 (Welford's update, masked min/max/last, integer counters), no Python objects per sample and no
@@ -144,14 +147,39 @@ class WindowSummarizer:
                 self._score_max = float(line_score)
         return closed
 
-    def flush(self, t: float | None = None) -> WindowSummary | None:
-        """Close the open window early (shutdown at wall-clock `t`). Its END timestamp is still the
-        aligned one, so a later full window for the same period overwrites this partial one."""
+    _ARRAYS = ("_n", "_mean", "_m2", "_min", "_max", "_last", "_bad", "_score", "_alarm_s")
+    _SCALARS = ("_prev_t", "_steps", "_score_sum", "_score_n", "_score_max", "_line_alarm_s")
+
+    def snapshot(self, t: float) -> dict | None:
+        """The open window's accumulators (JSON-serialisable: lists, NaN/inf allowed) at shutdown
+        time `t`, for `restore` in the next process; None when no window is open."""
         if self._window is None or self._steps == 0:
             return None
         end = (self._window + 1) * self.window_ns / NS
-        if t is not None:
-            self._accrue_alarm(max(min(end, t) - self._prev_t, 0.0))
+        self._accrue_alarm(max(min(end, t) - self._prev_t, 0.0))
+        self._prev_t = max(self._prev_t, min(end, t))
+        snap: dict = {"window": self._window, "window_ns": self.window_ns, "n_tags": self.n_tags}
+        snap.update({k: getattr(self, k).tolist() for k in self._ARRAYS})
+        snap.update({k: getattr(self, k) for k in self._SCALARS})
+        return snap
+
+    def restore(self, snap: dict, t: float) -> WindowSummary | None:
+        """Take over a saved open window at wall time `t`: if `t` is still inside it, later steps
+        continue it (one summary for the whole window, across the restart); if it has closed
+        meanwhile, it is returned closed, on its own. The downtime counts as no alarm time.
+        ValueError when the snapshot does not fit this summarizer (other window or tag count)."""
+        if snap["window_ns"] != self.window_ns or snap["n_tags"] != self.n_tags:
+            raise ValueError(f"saved window of {snap['window_ns'] / NS:g} s over {snap['n_tags']} tags, "
+                             f"now {self.window_s:g} s over {self.n_tags}")
+        for k in self._ARRAYS:
+            getattr(self, k)[:] = np.asarray(snap[k], dtype=getattr(self, k).dtype)
+        for k in self._SCALARS:
+            setattr(self, k, type(getattr(self, k))(snap[k]))
+        self._window = int(snap["window"])
+        self._line_alarm = False
+        self._tag_alarm.fill(False)
+        if int(t * NS) // self.window_ns == self._window:
+            return None
         closed = self._close()
         self._window = None
         return closed

@@ -297,15 +297,18 @@ class Plant:
         )
 
 
-def main() -> None:
-    """Serve the plant on 127.0.0.1 until Ctrl-C (imported lazily: the physics has no socket code)."""
+def main(argv: list[str] | None = None) -> None:
+    """Serve the plant on 127.0.0.1 until Ctrl-C (imported lazily: the physics has no socket code).
+
+    `argv` are the server options (`python -m hil_tests.plant --help`); None reads the command
+    line, so `linesentry sim` passes its own options instead of its `sim` argument."""
     import asyncio
     import contextlib
 
     from hil_tests.servers import main as serve
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop the simulator
-        asyncio.run(serve())
+        asyncio.run(serve(argv))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from controller.api import Refused
 from controller.cli import app
 from models import load_model
 
@@ -111,6 +112,7 @@ class FakeOps:
         {"name": "line_anomaly", "state": "UNACK", "priority": "critical", "message": "line score high"},
         {"name": "oil_temp_high", "state": "ACKED", "priority": "low", "message": "oil 66 C"},
         {"name": "motor_current_limit", "state": "NORMAL", "priority": "medium", "message": ""},
+        {"name": "stop_line_failed", "state": "NORMAL", "priority": "critical", "message": ""},
     ]
 
     def __init__(self) -> None:
@@ -129,7 +131,10 @@ class FakeOps:
                 "plcs": [{"name": "conveyor", "state": "connected", "reads": 10 * self.polls,
                           "read_errors": 0, "last_error": ""}],
                 "detector": {"score": 0.125, "alarm": False, "step_p99_us": 7.5},
-                "alarms": {"active": ["line_anomaly"]}, "outbox": {"points": 3}}
+                "alarms": {"active": ["line_anomaly"]}, "outbox": {"points": 3},
+                "protections_disabled": [{"kind": "inhibited", "action": "stop_line",
+                                          "message": "stop_line inhibited by ann (belt work)"}],
+                "restored": ["restored: stop_line inhibited by ann (belt work)"]}
 
     def tags(self) -> list[dict]:
         return []
@@ -141,28 +146,41 @@ class FakeOps:
         if name not in {a["name"] for a in self.ALARMS}:
             raise LookupError(f"no alarm named {name!r}")
 
-    def ack(self, name, user):
+    def ack(self, name, user, reason=""):
         self._alarm(name)
         self.calls.append(("ack", name, user))
+        return {"ok": True, "message": f"{name} acknowledged", "warning": ""}
 
-    def shelve(self, name, user, seconds):
+    def shelve(self, name, user, seconds, reason):
         self._alarm(name)
-        self.calls.append(("shelve", name, user, seconds))
+        if name == "stop_line_failed":
+            raise Refused("stop_line_failed cannot be shelved: shelvable = false in its [[alarms]] table")
+        self.calls.append(("shelve", name, user, seconds, reason))
+        warning = "shelving line_anomaly disables action stop_line" if name == "line_anomaly" else ""
+        return {"ok": True, "message": "shelved", "warning": warning}
 
-    def unshelve(self, name, user):
+    def unshelve(self, name, user, reason=""):
         self._alarm(name)
         self.calls.append(("unshelve", name, user))
+        return {"ok": True, "message": f"{name} unshelved", "warning": ""}
 
-    def set_out_of_service(self, name, user, enabled):
+    def set_out_of_service(self, name, user, enabled, reason=""):
         self.calls.append(("oos", name, user, enabled))
+        return {"ok": True, "message": "", "warning": ""}
 
-    def reset_action(self, name, user):
-        self.calls.append(("reset", name, user))
+    def reset_action(self, name, user, reason):
+        self.calls.append(("reset", name, user, reason))
+        return {"ok": True, "message": f"{name} reset (latched): {reason}", "warning": ""}
 
-    def inhibit_action(self, name, user, enabled):
+    def inhibit_action(self, name, user, enabled, reason=""):
         if name != "stop_line":
             raise LookupError(f"no action named {name!r}")
-        self.calls.append(("inhibit", name, user, enabled))
+        self.calls.append(("inhibit", name, user, enabled, reason))
+        return {"ok": True, "message": "", "warning": "inhibiting stop_line disables action stop_line"
+                if enabled else ""}
+
+    async def persist(self):
+        self.calls.append(("persist",))
 
     async def reload_model(self, user, path):
         return {}
@@ -228,26 +246,54 @@ def down(tmp_path):
 
 def test_shelve_unshelve_and_inhibit_reach_the_api_with_the_token(service):
     config, ops = service
-    result = invoke("shelve", str(config), "line_anomaly", "--for", "30m", "--user", "ann")
+    result = invoke("shelve", str(config), "line_anomaly", "--for", "30m", "--user", "ann",
+                    "--reason", "swap")
     assert result.exit_code == 0, result.output
-    assert "line_anomaly shelved for 30 min" in result.output
-    assert invoke("shelve", str(config), "oil_temp_high", "--for", "1h30m").exit_code == 0
+    assert result.output.splitlines() == ["line_anomaly shelved for 30 min",
+                                          "warning: shelving line_anomaly disables action stop_line"]
+    result = invoke("shelve", str(config), "oil_temp_high", "--for", "1h30m", "--reason", "known drift")
+    assert result.exit_code == 0 and "warning" not in result.output
     assert invoke("unshelve", str(config), "line_anomaly", "--user", "bob").exit_code == 0
-    assert invoke("inhibit", str(config), "stop_line", "--user", "ann").exit_code == 0
+    result = invoke("inhibit", str(config), "stop_line", "--user", "ann", "--reason", "belt work")
+    assert result.exit_code == 0
+    assert "warning: inhibiting stop_line disables action stop_line" in result.output
     result = invoke("inhibit", str(config), "stop_line", "--off")
     assert result.exit_code == 0 and "no longer inhibited" in result.output
-    assert ops.calls == [("shelve", "line_anomaly", "ann", 1800.0),
-                         ("shelve", "oil_temp_high", "operator", 5400.0),
-                         ("unshelve", "line_anomaly", "bob"), ("inhibit", "stop_line", "ann", True),
-                         ("inhibit", "stop_line", "operator", False)]
+    result = invoke("reset", str(config), "stop_line", "--reason", "jam cleared")
+    assert result.exit_code == 0 and "stop_line reset (latched): jam cleared" in result.output
+    calls = [c for c in ops.calls if c != ("persist",)]
+    assert calls == [("shelve", "line_anomaly", "ann", 1800.0, "swap"),
+                     ("shelve", "oil_temp_high", "operator", 5400.0, "known drift"),
+                     ("unshelve", "line_anomaly", "bob"), ("inhibit", "stop_line", "ann", True, "belt work"),
+                     ("inhibit", "stop_line", "operator", False, ""),
+                     ("reset", "stop_line", "operator", "jam cleared")]
+    assert ops.calls.count(("persist",)) == len(calls)  # each answer waited for the state file
+
+
+@pytest.mark.parametrize("args", [("shelve", "line_anomaly", "--for", "30m"),
+                                  ("shelve", "line_anomaly", "--for", "30m", "--reason", "  "),
+                                  ("inhibit", "stop_line"), ("reset", "stop_line")])
+def test_shelve_inhibit_and_reset_without_a_reason_are_exit_2_one_line(service, args):
+    config, ops = service
+    result = invoke(args[0], str(config), *args[1:])
+    assert result.exit_code == 2, result.output
+    assert "a reason is required" in result.output and "--reason" in result.output
+    assert result.output.count("\n") == 1 and ops.calls == []
+
+
+def test_shelving_a_non_shelvable_alarm_is_refused_exit_1_one_line(service):
+    config, ops = service
+    result = invoke("shelve", str(config), "stop_line_failed", "--for", "30m", "--reason", "test")
+    assert result.exit_code == 1 and "shelvable = false" in result.output
+    assert result.output.count("\n") == 1
 
 
 def test_api_refusals_are_one_line_exit_1(service):
     config, ops = service
-    result = invoke("shelve", str(config), "nope", "--for", "90s")
+    result = invoke("shelve", str(config), "nope", "--for", "90s", "--reason", "r")
     assert result.exit_code == 1 and "no alarm named 'nope'" in result.output
     assert result.output.count("\n") == 1
-    result = invoke("inhibit", str(config), "nope")
+    result = invoke("inhibit", str(config), "nope", "--reason", "r")
     assert result.exit_code == 1 and "no action named 'nope'" in result.output
     assert ops.calls == []
 
@@ -335,9 +381,9 @@ def test_status_watch_refreshes_until_ctrl_c(service, monkeypatch):
 
 
 @pytest.mark.parametrize("args", [
-    ("shelve", "{c}", "line_anomaly", "--for", "30m", "--user", "ann"),
+    ("shelve", "{c}", "line_anomaly", "--for", "30m", "--user", "ann", "--reason", "r"),
     ("unshelve", "{c}", "line_anomaly"),
-    ("inhibit", "{c}", "stop_line"),
+    ("inhibit", "{c}", "stop_line", "--reason", "r"),
     ("inhibit", "{c}", "stop_line", "--off"),
     ("events", "{c}"),
     ("events", "{c}", "--follow"),
@@ -355,7 +401,7 @@ def test_post_without_a_readable_token_is_exit_2(tmp_path):
 
     config = line_config(tmp_path, free_port())
     (tmp_path / "state" / TOKEN_FILE).unlink()
-    result = invoke("shelve", str(config), "line_anomaly", "--for", "30m")
+    result = invoke("shelve", str(config), "line_anomaly", "--for", "30m", "--reason", "r")
     assert result.exit_code == 2 and "API token" in result.output
 
 
@@ -437,3 +483,46 @@ def test_validate_connect_reports_unreachable_plcs_with_exit_1(tmp_path):
     assert result.exit_code == 1, result.output
     assert "cannot reach PLC(s) conveyor, press" in result.output
     assert "cannot reach conveyor: " in result.output and "cannot reach press: " in result.output
+
+
+def test_status_shows_every_disabled_protection_and_what_was_restored(service):
+    config, _ = service
+    result = invoke("status", str(config))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "PROTECTIONS DISABLED: 1" in lines and "  stop_line inhibited by ann (belt work)" in lines
+    assert "restored: stop_line inhibited by ann (belt work)" in lines
+
+
+def test_sim_serves_the_plant_until_ctrl_c(tmp_path):
+    """`linesentry sim` (it once died on its own `sim` argument): both PLC ports answer, Ctrl-C is exit 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    opcua, modbus = free_port(), free_port()
+    log = tmp_path / "sim.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "from controller.cli import app; app()",
+                                 "sim", "--opcua-port", str(opcua), "--modbus-port", str(modbus)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        for port in (modbus, opcua):
+            while True:
+                assert proc.poll() is None, log.read_text()
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                assert time.monotonic() < deadline, f"port {port} never answered:\n{log.read_text()}"
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert f"opc.tcp://127.0.0.1:{opcua}" in text and f"127.0.0.1:{modbus}" in text
+    assert "Traceback" not in text

@@ -37,26 +37,34 @@ class Ops:
         if name not in self.alarm_names:
             raise LookupError(f"no alarm named {name!r}")
 
-    def ack(self, name, user):
+    def ack(self, name, user, reason=""):
         self._alarm(name)
         self.calls.append(("ack", name, user))
+        return {"ok": True}
 
-    def shelve(self, name, user, seconds):
+    def shelve(self, name, user, seconds, reason):
         self._alarm(name)
-        self.calls.append(("shelve", name, user, seconds))
+        self.calls.append(("shelve", name, user, seconds, reason))
+        return {"ok": True, "disables": ["stop_line"]}
 
-    def unshelve(self, name, user):
+    def unshelve(self, name, user, reason=""):
         self._alarm(name)
+        return {"ok": True}
 
-    def set_out_of_service(self, name, user, enabled):
+    def set_out_of_service(self, name, user, enabled, reason=""):
         self._alarm(name)
         self.calls.append(("oos", name, enabled))
+        return {"ok": True}
 
-    def reset_action(self, name, user):
+    def reset_action(self, name, user, reason):
         raise Refused(f"action {name!r} is not latched")
 
-    def inhibit_action(self, name, user, enabled):
-        self.calls.append(("inhibit", name, enabled))
+    def inhibit_action(self, name, user, enabled, reason=""):
+        self.calls.append(("inhibit", name, enabled, reason))
+        return {"ok": True}
+
+    async def persist(self):
+        self.calls.append(("persist",))
 
     async def reload_model(self, user, path):
         return {"model": path or "current.npz"}
@@ -87,7 +95,7 @@ async def test_mutations_need_the_token(client):
     assert client.ops.calls == []
     r = await client.post("/api/v1/alarms/line_anomaly/ack", json={"user": "ann"}, headers=AUTH)
     assert r.status == 200
-    assert client.ops.calls == [("ack", "line_anomaly", "ann")]
+    assert client.ops.calls == [("ack", "line_anomaly", "ann"), ("persist",)]  # on disk before the 200
 
 
 async def test_errors_are_one_line_json_with_the_right_status(client):
@@ -97,6 +105,7 @@ async def test_errors_are_one_line_json_with_the_right_status(client):
         ("/api/v1/alarms/line_anomaly/out-of-service", {"user": "ann"}, 400, "true or false"),
         ("/api/v1/actions/stop_line/reset", {"user": "ann"}, 409, "not latched"),
         ("/api/v1/alarms/line_anomaly/ack", {"user": ""}, 400, "non-empty"),
+        ("/api/v1/alarms/line_anomaly/shelve", {"seconds": 60, "reason": 5}, 400, "must be a string"),
     ]
     for path, body, status, text in cases:
         r = await client.post(path, json=body, headers=AUTH)
@@ -108,14 +117,15 @@ async def test_errors_are_one_line_json_with_the_right_status(client):
 
 
 async def test_shelve_inhibit_and_model_reload_reach_the_controller(client):
-    await client.post("/api/v1/alarms/line_anomaly/shelve", json={"user": "bo", "seconds": 1800},
-                      headers=AUTH)
+    r = await client.post("/api/v1/alarms/line_anomaly/shelve",
+                          json={"user": "bo", "seconds": 1800, "reason": " swap "}, headers=AUTH)
+    assert (await r.json())["disables"] == ["stop_line"]  # the controller's answer, passed through
     await client.post("/api/v1/actions/stop_line/inhibit", json={"user": "bo", "enabled": True},
                       headers=AUTH)
     r = await client.post("/api/v1/model/reload", json={"user": "bo", "path": "new.npz"}, headers=AUTH)
     assert await r.json() == {"model": "new.npz"}
-    assert ("shelve", "line_anomaly", "bo", 1800.0) in client.ops.calls
-    assert ("inhibit", "stop_line", True) in client.ops.calls
+    assert ("shelve", "line_anomaly", "bo", 1800.0, "swap") in client.ops.calls
+    assert ("inhibit", "stop_line", True, "") in client.ops.calls
 
 
 async def test_events_since_and_stream(client):
