@@ -1,12 +1,17 @@
 """OPC UA notification latency and reconnect figures (a measurement, not a pass/fail test).
 
-    .venv/bin/python -m benchmarks.opcua_latency [--vars 50] [--changes 1000] [--down-s 20]
+    .venv/bin/python -m benchmarks.opcua_latency [--vars 50] [--changes 1000] [--down-s 20] [--freezes 5]
+    .venv/bin/python -m benchmarks.opcua_latency --server node-opcua   # frozen + restart phases only
 
 An asyncua server runs in a SUBPROCESS (its CPU separate from the client's) with `--vars`
 Double variables. The client (OpcUaDriver, one subscription group, 10 ms sampling and
 publishing intervals) subscribes to all of them; the server then changes one variable
 every `--gap-ms`, writing time.time() as the value (and as SourceTimestamp), so the
 callback's receive time minus the value is the change -> callback latency on one clock.
+
+Then a frozen server, `--freezes` times: the server process is stopped with SIGSTOP (its
+sockets stay open, nothing answers) and the time to the COMM_LOST batch and its reason are
+printed; after SIGCONT, the time to the first GOOD value.
 
 Then the reconnect path under a DriverSupervisor with the DEFAULT Backoff and
 SessionRateLimiter: the server process is killed, kept down for `--down-s` seconds
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,10 +101,39 @@ class ServerProcess:
         if line.strip() != expected:
             raise RuntimeError(f"server said {line!r}, expected {expected!r}")
 
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
     async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+
+
+class NodeServerProcess:
+    """The node-opcua test server (tests/drivers/node_opcua) behind ServerProcess's interface.
+
+    It has no timestamped change generator: with it, only the frozen and restart phases run.
+    """
+
+    def __init__(self, port: int) -> None:
+        from tests.drivers.opcua_server import NodeOpcuaServer
+
+        self.handle = NodeOpcuaServer(port)
+
+    async def start(self) -> float:
+        await self.handle.start()
+        return time.monotonic()
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.handle.proc.pid, sig)
+
+    async def command(self, text: str) -> None:
+        pass
+
+    async def kill(self) -> None:
+        await self.handle.stop()
 
 
 def pct(a: np.ndarray, q: float) -> float:
@@ -112,13 +147,19 @@ async def run(args: argparse.Namespace) -> None:
     from tests.drivers.conftest import free_port
 
     port = free_port()
-    server = ServerProcess(port, args)
+    node = args.server == "node-opcua"
+    server = NodeServerProcess(port) if node else ServerProcess(port, args)
     await server.start()
+    if node:
+        endpoint, tags = f"opc.tcp://127.0.0.1:{port}/linesentry/", [
+            {"name": f"n{i}", "node": f"nsu=urn:linesentry:test;s=Line1.N{i}"} for i in range(12)]
+    else:
+        endpoint, tags = f"opc.tcp://127.0.0.1:{port}/bench/", [
+            {"name": f"v{i}", "node": f"nsu={NS};s=V{i}"} for i in range(args.vars)]
     cfg = OpcUaConfig(
-        name="bench", endpoint=f"opc.tcp://127.0.0.1:{port}/bench/", timeout_s=args.timeout_s,
+        name="bench", endpoint=endpoint, timeout_s=args.timeout_s,
         groups=[{"name": "default", "sampling_interval_ms": 10, "publishing_interval_ms": 10,
-                 "queue_size": 10}],
-        tags=[{"name": f"v{i}", "node": f"nsu={NS};s=V{i}"} for i in range(args.vars)])
+                 "queue_size": 10}], tags=tags)
     driver = OpcUaDriver(cfg)
     latencies: list[float] = []
     src_latencies: list[float] = []
@@ -141,22 +182,14 @@ async def run(args: argparse.Namespace) -> None:
             if len(vals):
                 batch_sizes.append(len(vals))
 
-    backoff, limiter = Backoff(), SessionRateLimiter()
-    sup = DriverSupervisor(driver, on_batch, backoff=backoff, limiter=limiter)
-    sup.start()
-    try:
-        t0 = time.monotonic()
-        while driver.stats.batches == 0:
-            if time.monotonic() - t0 > 10:
-                raise RuntimeError(f"no data from the server: {sup.last_error}")
-            await asyncio.sleep(0.01)
+    async def measure_latency() -> None:
+        nonlocal measuring
         measuring = True
         await server.command("go")
         await server.wait_line(b"DONE", timeout=args.changes * (args.gap_ms / 1000 + 0.05) + 30)
         await asyncio.sleep(0.5)  # the last publish responses
         measuring = False
         lat, src = np.asarray(latencies), np.asarray(src_latencies)
-
         print(f"OPC UA subscription latency: asyncua {version('asyncua')} server in a subprocess, "
               f"{args.vars} variables, sampling 10 ms, publishing 10 ms, one change every {args.gap_ms:g} ms")
         print(f"  changes made {args.changes}, notifications received {len(lat)}, "
@@ -167,6 +200,49 @@ async def run(args: argparse.Namespace) -> None:
                   f"p99 {pct(lat, 99):.2f} ms, max {lat.max() * 1000:.2f} ms")
             print(f"  SourceTimestamp -> callback:                         p50 {pct(src, 50):.2f} ms, "
                   f"p99 {pct(src, 99):.2f} ms, max {src.max() * 1000:.2f} ms")
+
+    backoff, limiter = Backoff(), SessionRateLimiter()
+    sup = DriverSupervisor(driver, on_batch, backoff=backoff, limiter=limiter)
+    sup.start()
+    try:
+        t0 = time.monotonic()
+        while driver.stats.batches == 0:
+            if time.monotonic() - t0 > 10:
+                raise RuntimeError(f"no data from the server: {sup.last_error}")
+            await asyncio.sleep(0.01)
+        if node:
+            print(f"node-opcua server ({len(tags)} variables): frozen and restart phases only")
+        else:
+            await measure_latency()
+
+        # --------------------------------------------------------------- frozen server
+        lost_s, reasons, back_s = [], [], []
+        for _ in range(args.freezes):
+            for key in ("comm_lost", "restarted", "first_good"):
+                events.pop(key, None)
+            await asyncio.sleep(args.settle_s)  # past the supervisor's stable_after: backoff reset
+            frozen = time.monotonic()
+            server.signal(signal.SIGSTOP)
+            while "comm_lost" not in events and time.monotonic() - frozen < 60:
+                await asyncio.sleep(0.005)
+            lost_s.append(events.get("comm_lost", math.nan) - frozen)
+            reasons.append(sup.last_error)
+            server.signal(signal.SIGCONT)
+            events["restarted"] = time.monotonic()
+            while "first_good" not in events and time.monotonic() - events["restarted"] < 60:
+                await asyncio.sleep(0.005)
+            back_s.append(events.get("first_good", math.nan) - events["restarted"])
+        if lost_s:
+            lost, back = np.asarray(lost_s), np.asarray(back_s)
+            print(f"Frozen server (SIGSTOP), {len(lost)} times, timeout_s {args.timeout_s:g}, "
+                  f"alive_interval_s {driver.alive_interval_s:g}")
+            print(f"  frozen -> COMM_LOST batch: min {lost.min():.3f} s, median {np.median(lost):.3f} s, "
+                  f"max {lost.max():.3f} s")
+            print(f"  reason: {reasons[-1]}")
+            print(f"  SIGCONT -> first good value: min {back.min():.3f} s, median {np.median(back):.3f} s, "
+                  f"max {back.max():.3f} s (includes the backoff delay)")
+            for key in ("comm_lost", "restarted", "first_good"):
+                events.pop(key, None)
 
         # --------------------------------------------------------------- reconnect
         attempts0, sessions0 = driver.connect_attempts, driver.stats.sessions_created
@@ -206,6 +282,11 @@ def main() -> None:
     p.add_argument("--gap-ms", type=float, default=5.0, help="pause between two server-side changes")
     p.add_argument("--down-s", type=float, default=20.0, help="how long the server stays down")
     p.add_argument("--timeout-s", type=float, default=2.0, help="driver request timeout")
+    p.add_argument("--freezes", type=int, default=5, help="how many times to SIGSTOP the server")
+    p.add_argument("--settle-s", type=float, default=11.0,
+                   help="session age before each freeze (> the supervisor's 10 s stable_after)")
+    p.add_argument("--server", choices=("asyncua", "node-opcua"), default="asyncua",
+                   help="server implementation (node-opcua: frozen and restart phases only)")
     p.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # subprocess mode
     args = p.parse_args()
     if args.serve is not None:

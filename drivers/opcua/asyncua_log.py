@@ -4,8 +4,9 @@ When a server restarts, asyncua's background loops (publish, subscription watchd
 teardown) log the broken connection with `logger.exception` ("Publish iteration crashed;
 retrying in 1s", ...) although the driver reports the loss itself, in one line, as
 ConnectionLost. `install()` puts a filter on those asyncua loggers that turns such a record
-into a one-line DEBUG record when its exception is a connection/timeout error; any other
-exception is left untouched (it may be a real bug).
+into a one-line DEBUG record when its exception is a connection/timeout error, and so for the
+"... was called but connection is closed" warnings of closing a lost session; any other
+record is left untouched (it may be a real bug).
 """
 
 import asyncio
@@ -19,6 +20,7 @@ LOGGERS = (
     "asyncua.client.ua_session.UaSession",  # "Publish iteration crashed; retrying in 1s"
     "asyncua.client.client",  # "Subscription ... recreate failed", "close_session raised during disconnect"
     "asyncua.client.ua_client.UASocketProtocol",
+    "asyncua.client.ua_client.UaClient",  # "close_secure_channel was called but connection is closed"
     "asyncua.common.subscription",
 )
 _CONNECTION_ERRORS = (OSError, TimeoutError, asyncio.TimeoutError, asyncio.CancelledError,
@@ -29,14 +31,22 @@ _CONNECTION_ERRORS = (OSError, TimeoutError, asyncio.TimeoutError, asyncio.Cance
                       NotEnoughData)  # a message asyncua cannot parse, e.g. a refused secure channel
 
 
+_CLOSED_WARNING = "was called but connection is closed"
+
+
 class ConnectionNoise(logging.Filter):
-    """Demote 'lost connection' tracebacks from asyncua's loops to one DEBUG line."""
+    """Demote asyncua's 'lost connection' tracebacks and warnings to one DEBUG line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if record.levelno < logging.WARNING or not isinstance(exc, _CONNECTION_ERRORS):
+        if record.levelno < logging.WARNING:
             return True
-        record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, _CONNECTION_ERRORS):
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+        elif exc is None and _CLOSED_WARNING in str(record.msg):
+            record.msg = record.getMessage()
+        else:
+            return True
         record.args, record.exc_info, record.exc_text = None, None, None
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

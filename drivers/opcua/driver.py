@@ -79,8 +79,10 @@ class OpcUaDriver:
         self.state = ConnectionState.DISCONNECTED
         self.stats = DriverStats()
         # The watchdog reads the server clock this often, keep-alives come at least this often,
-        # so stats.last_alive is refreshed at least every alive_interval_s on a healthy link.
-        self.alive_interval_s = min(config.timeout_s / 2, 1.0)
+        # so stats.last_alive is refreshed at least every alive_interval_s on a healthy link, and a
+        # silent link is given up between timeout_s - alive_interval_s and timeout_s after it went
+        # silent (each request gets at least 3/4 of timeout_s).
+        self.alive_interval_s = min(config.timeout_s / 4, 1.0)
         self.connect_attempts = 0  # every connect() call (each builds a fresh Client)
         self.limits = OperationLimits()
         self.text_tags: set[str] = set()  # tags whose DataType is String/LocalizedText (this session)
@@ -89,11 +91,13 @@ class OpcUaDriver:
         self._node_ids: list[ua.NodeId | None] = []
         self._errors: dict[int, str] = {}  # tag position -> why it is unusable this session
         self._logged: dict[int, str] = {}  # the reason last logged per tag: log a reason once
+        self._value_errors: set[int] = set()  # usable tags whose latest value is BAD (reason in tag_errors)
         self._vtypes: dict[int, ua.VariantType] = {}
         self._good = np.zeros(len(self.tags), dtype=bool)  # latest quality GOOD/UNCERTAIN per tag
         self._last_answer = -math.inf  # monotonic time of the last response from the server
         self._lost = asyncio.Event()
         self._lost_reason = ""
+        self._silent = False  # the link stopped answering: close() must not wait for a CloseSession reply
         asyncua_log.install()
 
     # ------------------------------------------------------------------ lifecycle
@@ -106,11 +110,12 @@ class OpcUaDriver:
         client.name = client.description = f"linesentry {cfg.name}"
         client.session_timeout = int(cfg.session_timeout_s * 1000)
         lost = asyncio.Event()
-        self._lost, self._lost_reason = lost, ""
+        self._lost, self._lost_reason, self._silent = lost, "", False
 
         async def on_lost(exc: Exception) -> None:
-            self._lost_reason = self._lost_reason or f"the connection closed ({_describe(exc)})"
-            lost.set()
+            if self._lost is lost and not lost.is_set():  # this session's, reported once
+                self._lost_reason = f"the connection closed ({_describe(exc)})"
+                lost.set()
 
         client.connection_lost_callback = on_lost
         session = False
@@ -139,7 +144,7 @@ class OpcUaDriver:
             raise err from None
         self._client, self._node_ids, self._vtypes, self.limits = client, node_ids, vtypes, limits
         self.text_tags = {self.tag_names[i] for i in text}
-        self._errors, self.stats.tag_errors = {}, {}
+        self._errors, self.stats.tag_errors, self._value_errors = {}, {}, set()
         self._good[:] = False
         self._last_answer = time.monotonic()
         for i, reason in sorted(errors.items()):
@@ -229,10 +234,13 @@ class OpcUaDriver:
             log.warning("%s: tag %r is BAD: %s", self.name, self.tag_names[i], reason)
 
     async def close(self) -> None:
-        """End the session; never raises, bounded by the request timeout."""
+        """End the session; never raises, bounded by the request timeout (at once on a silent link)."""
         client, self._client = self._client, None
         if client is None:
             return
+        if self._silent:  # drop the socket first so that disconnect() sends nothing and waits for nothing
+            client.disconnect_socket()
+            await asyncio.sleep(0)  # the transport reports itself closed
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.config.timeout_s):
                 await client.disconnect()
@@ -279,14 +287,34 @@ class OpcUaDriver:
                     got.update(zip(part, await client.uaclient.read(params), strict=True))
         except Exception as exc:
             self.stats.read_errors += 1
-            why = (f"no answer within {self.config.timeout_s:g} s" if isinstance(exc, TimeoutError)
-                   else _describe(exc))
+            self._silent = isinstance(exc, TimeoutError)
+            why = (f"no answer within {self.config.timeout_s:g} s" if self._silent else _describe(exc))
             self.stats.last_error = f"read failed: {why}"
             raise ConnectionLost(f"{self.config.endpoint}: read failed: {why}") from None
         self.stats.record_latency(time.perf_counter() - t0)
         self.stats.reads += 1
-        return to_batch(index, [got.get(i, _UNUSABLE) for i in index],
-                        elements=[self.tags[i].index for i in index])
+        dvs = [got.get(i, _UNUSABLE) for i in index]
+        batch = to_batch(index, dvs, elements=[self.tags[i].index for i in index])
+        self._note_values(batch, dvs)
+        return batch
+
+    def _note_values(self, batch: ReadingBatch, dvs: list[ua.DataValue]) -> None:
+        """Keep stats.tag_errors current for usable tags: why the latest value is BAD, gone when good."""
+        bad = batch.quality == Quality.BAD
+        if not self._value_errors and not bad.any():
+            return
+        for k, i in enumerate(batch.index.tolist()):
+            if i in self._errors:
+                continue
+            if bad[k]:
+                status = dvs[k].StatusCode
+                self.stats.tag_errors[self.tag_names[i]] = (
+                    f"the server reports {status.name}" if not status.is_good()
+                    else "the value is neither a number nor text")
+                self._value_errors.add(i)
+            elif i in self._value_errors:
+                self._value_errors.discard(i)
+                self.stats.tag_errors.pop(self.tag_names[i], None)
 
     # ------------------------------------------------------------------ streaming
     async def subscribe(self, on_batch: OnBatch) -> None:
@@ -411,6 +439,7 @@ class OpcUaDriver:
             if pending_index:
                 batch = to_batch(pending_index, pending_values,
                                  elements=[self.tags[i].index for i in pending_index])
+                self._note_values(batch, pending_values)
                 pending_index.clear()
                 pending_values.clear()
                 self._deliver(on_batch, batch)
@@ -463,6 +492,7 @@ class OpcUaDriver:
                 async with asyncio.timeout(max(0.0, self._last_answer + timeout - time.monotonic())):
                     await node.read_value()
             except TimeoutError:
+                self._silent = True
                 raise ConnectionLost(f"{self.config.endpoint}: no answer within {timeout:g} s") from None
             except Exception as exc:
                 if self._lost.is_set():

@@ -195,7 +195,8 @@ async def test_a_dead_plc_does_not_stall_a_live_one(shared):
 
 
 async def test_an_ordinary_server_restart_logs_no_asyncua_traceback(server, caplog):
-    """asyncua logs a lost connection with ERROR tracebacks; the driver's filter makes them DEBUG lines."""
+    """asyncua logs a lost connection with ERROR tracebacks and warnings; the driver's filter makes them
+    DEBUG lines (the driver and the supervisor report the loss in one line each)."""
     driver = OpcUaDriver(config(server.endpoint, [{"name": "temp", "node": nsu("Temperature")}],
                                 groups=[{"name": "default", "publishing_interval_ms": 20}]))
     got = Collector()
@@ -210,6 +211,24 @@ async def test_an_ordinary_server_restart_logs_no_asyncua_traceback(server, capl
         await wait_for(lambda: got.saw(0, 21.5, lost_at), what="data after the restart")
     finally:
         await sup.stop()
-    noisy = [r for r in caplog.records
-             if r.name.startswith("asyncua") and (r.levelno >= logging.ERROR or r.exc_info)]
+    noisy = [r for r in caplog.records if r.name.startswith("asyncua") and (
+        r.levelno >= logging.ERROR or r.exc_info or (r.name.startswith("asyncua.client") and
+                                                     r.levelno >= logging.WARNING))]
     assert noisy == [], [f"{r.name}: {r.getMessage()}" for r in noisy]
+
+
+async def test_a_bad_value_keeps_its_reason_in_stats_until_the_value_is_good_again(server):
+    driver = OpcUaDriver(config(server.endpoint, [{"name": "broken", "node": nsu("Broken")}],
+                                groups=[{"name": "default", "publishing_interval_ms": 20}]))
+    got = Collector()
+    await driver.connect()
+    task = asyncio.create_task(driver.subscribe(got))
+    try:
+        await wait_for(lambda: driver.stats.tag_errors.get("broken") == "the server reports BadSensorFailure",
+                       what="the Bad status as the reason")
+        await server.set_value("Broken", 1.0)  # Good again
+        await wait_for(lambda: got.saw(0, 1.0), what="the good value")
+        assert driver.stats.tag_errors == {}
+    finally:
+        task.cancel()
+        await driver.close()
