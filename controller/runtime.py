@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -34,21 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from controller.actions import ActionEngine, WriteRequest
 from controller.alarms import AlarmEngine
-from controller.api import Refused, create_app
+from controller.api import ApiServer, Refused, create_app, reserved_fds
 from controller.clock import Clock
 from controller.conditions import ArrayTagView
 from controller.config import LineConfig, ModbusPlc, OpcUaPlc
 from controller.events import EventLog
 from controller.linestate import LineState
+from controller.logs import alarm_transition_level
 from controller.metrics import ControllerCollector, LatencyRing
 from controller.outbox import Outbox
 from controller.points import EventClock, Identity, TagInfo, event_point, window_points
-from controller.statedir import StateDir
+from controller.statedir import READ_TOKEN_FILE, TOKEN_FILE, StateDir
 from controller.summaries import WindowSummarizer, WindowSummary
 from controller.sync import SyncWorker
 from drivers.base import ConnectionState, Driver, DriverError, Quality, ReadingBatch
@@ -101,6 +102,12 @@ class BuiltinAlarm:
     max_shelve_s: float = 0.0
     shelvable: bool = False
 
+
+def _clock(wall: float | None) -> str:
+    """A wall time for operator messages: local ISO time to the second."""
+    if wall is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
 
 
 def make_driver(plc: OpcUaPlc | ModbusPlc) -> Driver:
@@ -174,6 +181,9 @@ class Controller:
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._state_dirty = False
+        self._save_lock = asyncio.Lock()
+        self._reasons: dict[str, str] = {}  # "alarm:<name>" / "action:<name>" -> the operator's reason
+        self.restored: list[str] = []  # what the saved state brought back at start (status)
         self._action_counts: dict[str, int] = {}
         self.line_score = 0.0
         self.line_alarm = False
@@ -247,7 +257,6 @@ class Controller:
         if cond is None:
             return lambda p=plc: p.comm_lost or (p.delivered and q[i] == COMM_LOST)
         return lambda p=plc, c=cond: p.comm_lost or (p.delivered and q[i] == COMM_LOST) or c.evaluate(values)
-
 
     # ------------------------------------------------------------------ hot path
     def _on_batch(self, plc: Plc, batch: ReadingBatch) -> None:
@@ -426,7 +435,9 @@ class Controller:
                         result=event.kind, user=event.user)
         self._state_dirty = True
         level = logging.WARNING if event.kind in ("failed", "fired") else logging.INFO
-        log.log(level, "action %s: %s %s", event.action, event.kind, event.detail)
+        detail = event.detail or ""
+        detail = detail if detail.startswith(event.kind) else f"{event.kind} {detail}"
+        log.log(level, "action %s: %s", event.action, detail.rstrip())  # never "confirmed confirmed"
 
     async def _flush_events_and_windows(self) -> None:
         if self._pending_alarm_events:
@@ -434,7 +445,8 @@ class Controller:
             for e in events:
                 self.events.add("alarm", e.alarm, f"{e.from_state} -> {e.to_state} ({e.cause})",
                                 at=e.time, state=str(e.to_state), user=e.user, priority=e.priority)
-                log.warning("alarm %s: %s -> %s (%s)", e.alarm, e.from_state, e.to_state, e.cause)
+                log.log(alarm_transition_level(e.to_state), "alarm %s: %s -> %s (%s)",
+                        e.alarm, e.from_state, e.to_state, e.cause)
             self._state_dirty = True
         new_events = self.events.since(self._cloud_event_id)
         windows, self._closed_windows = self._closed_windows, []
@@ -445,8 +457,7 @@ class Controller:
             if self.sync is not None:
                 self.sync.wake()
         if self._state_dirty:
-            self._state_dirty = False
-            await asyncio.to_thread(self.state_dir.save_state, self._durable_state())
+            await self._save_state()
 
     _cloud_event_id = 0
 
@@ -459,11 +470,19 @@ class Controller:
         self.outbox.append(points)
 
     # ------------------------------------------------------------------ persistence
-    def _durable_state(self) -> dict:
-        return {"alarms": self.alarms.snapshot(), "actions": self.actions.snapshot(),
-                "heartbeats": {p.name: p.heartbeat for p in self.plcs}}
+    def _durable_state(self, summary: bool = False) -> dict:
+        state = {"alarms": self.alarms.snapshot(), "actions": self.actions.snapshot(),
+                 "heartbeats": {p.name: p.heartbeat for p in self.plcs},
+                 "reasons": dict(self._reasons)}
+        if summary:  # at shutdown only: the open summary window, resumed by the next start
+            snap = self.summarizer.snapshot(self._wall())
+            if snap is not None:
+                state["summary"] = {"tags": self.tag_names, **snap}
+        return state
 
     def _restore_state(self) -> None:
+        """Load the saved state and announce what it brings back (events, `status()["restored"]`):
+        a latch or an inhibit from the last run must never act unseen."""
         state = self.state_dir.load_state()
         if not state:
             return
@@ -475,8 +494,54 @@ class Controller:
             return
         for plc in self.plcs:
             plc.heartbeat = int(state.get("heartbeats", {}).get(plc.name, 0))
+        self._reasons = {k: v for k, v in state.get("reasons", {}).items() if isinstance(v, str)}
         if skipped:
             log.info("saved state for removed alarms/actions ignored: %s", ", ".join(skipped))
+        self._announce_restored()
+        if "summary" in state:
+            self._restore_summary(state["summary"])
+            # Saved again at once without it: a second start must not resume the same window again.
+            self.state_dir.save_state(self._durable_state())
+
+    def _announce_restored(self) -> None:
+        for a in self.alarms.status():
+            if a["state"] in ("NORMAL", "SUPPRESSED"):  # suppression is re-derived, not restored
+                continue
+            if a["state"] == "SHELVED":
+                what = f"shelved by {a['shelved_by'] or 'operator'} until {_clock(a['shelved_until'])}"
+            else:
+                what = a["state"]
+            self._restored_event("alarm", a["name"], what, f"alarm:{a['name']}")
+        latched_at = {n: s["latched_at"] for n, s in self.actions.snapshot()["actions"].items()}
+        for act in self.actions.status():
+            name = act["name"]
+            if act["latched"]:
+                since = latched_at.get(name)
+                self._restored_event("action", name, "latched" + (f" since {_clock(since)}" if since else ""))
+            if act["inhibited"]:
+                self._restored_event("action", name, f"inhibited by {act['inhibited_by'] or 'operator'}",
+                                     f"action:{name}")
+            if act["failed"]:
+                self._restored_event("action", name, "failed (its write was not confirmed)")
+
+    def _restored_event(self, kind: str, name: str, what: str, reason_key: str = "") -> None:
+        reason = self._reasons.get(reason_key, "") if reason_key else ""
+        text = f"restored: {name} {what}" + (f" ({reason})" if reason else "")
+        self.restored.append(text)
+        self.events.add(kind, name, text, result="restored")
+        log.warning("%s", text)
+
+    def _restore_summary(self, saved: object) -> None:
+        """Continue the summary window open at the last shutdown, or commit it if it has closed."""
+        try:
+            if not isinstance(saved, dict) or saved.get("tags") != self.tag_names:
+                raise ValueError("the tags changed")
+            closed = self.summarizer.restore(saved, self._wall())
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("saved summary window ignored: %s", exc)
+            return
+        if closed is not None:
+            self._closed_windows.append(closed)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, on_ready: Callable[[Controller], None] | None = None) -> None:
@@ -486,16 +551,9 @@ class Controller:
         # walking it again and again (fewer, shorter pauses on the hot path).
         gc.collect()
         gc.freeze()
-        runner = web.AppRunner(create_app(self, self.token), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.controller.api_host, self.api_port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise OSError(f"cannot listen on {self.config.controller.api_host}:{self.api_port} "
-                          f"({exc.strerror}): set [controller] api_port to a free port") from None
-        self.api_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+        runner = self._api_server()
+        await runner.start()
+        self.api_port = runner.port  # the real port when 0 was asked
         sync_cfg = self.config.sync
         if sync_cfg is not None:  # no [sync]: no cloud, so nothing to keep for it
             outbox_dir = Path(self.state_dir.path) / "outbox"
@@ -526,7 +584,22 @@ class Controller:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _shutdown(self, runner: web.AppRunner) -> None:
+    def _api_server(self) -> ApiServer:
+        """The API with its limits (controller.api); reads need a token beyond loopback."""
+        c = self.config.controller
+        if c.reads_need_token:
+            log.warning("API bound to %s, beyond loopback: reads, /metrics and the event stream need a "
+                        "token (%s or %s in %s)", c.api_host, READ_TOKEN_FILE, TOKEN_FILE,
+                        self.state_dir.path)
+        app = create_app(self, self.token, read_token=self.state_dir.token(READ_TOKEN_FILE),
+                         reads_need_token=c.reads_need_token,
+                         allowed_hosts={c.api_host, *c.api_allowed_hosts},
+                         body_timeout_s=c.api_idle_timeout_s)
+        return ApiServer(app, c.api_host, self.api_port, max_connections=c.api_max_connections,
+                         idle_timeout_s=c.api_idle_timeout_s,
+                         reserved=reserved_fds(len(self.plcs), sync=self.config.sync is not None))
+
+    async def _shutdown(self, runner: ApiServer) -> None:
         if self._writes:  # let actuator writes in flight finish (bounded by the driver timeouts)
             await asyncio.wait(list(self._writes), timeout=5.0)
         for task in self._tasks:
@@ -538,13 +611,12 @@ class Controller:
             if plc.supervisor is not None:
                 await plc.supervisor.stop()
         self._tasks.clear()
-        closed = self.summarizer.flush(self._wall())
-        if closed is not None:
-            self._closed_windows.append(closed)
         self.events.add("model", "controller", "stopped")
         with contextlib.suppress(Exception):
             await self._flush_events_and_windows()
-        self.state_dir.save_state(self._durable_state())
+        # The open summary window goes into the state file, not the outbox: the next start resumes
+        # it (or commits it whole), so one window is never committed twice (docs/cloud-sync.md).
+        await self._save_state(summary=True)
         if self.sync is not None:
             # A short, bounded chance to send what is waiting; the rest goes at the next start.
             self.sync.wake()
@@ -554,7 +626,7 @@ class Controller:
             await self.sync.stop()
         if self.outbox is not None:
             self.outbox.close()
-        await runner.cleanup()
+        await runner.stop()
 
     def _driver_state(self, plc: Plc, state: ConnectionState, detail: str) -> None:
         if state in (ConnectionState.CONNECTED, ConnectionState.BACKOFF):
@@ -580,6 +652,8 @@ class Controller:
                          "step_p99_us": self.step_latency.percentiles([99])[0] * 1e6},
             "alarms": {"active": list(self.alarms.active()), "first_out": self.first_out},
             "actions": self.actions.status(),
+            "protections_disabled": self.protections_disabled(),
+            "restored": list(self.restored),
             "outbox": self._outbox_status(),
             "sync": self.sync.metrics() if self.sync else None,
         }
@@ -604,32 +678,151 @@ class Controller:
     def alarm_list(self) -> list[dict]:
         return self.alarms.status()
 
-    def _operator(self, events) -> None:
-        self._pending_alarm_events.extend(events)
-        self._state_dirty = True
+    # Operator requests: each one answers what it did and, where it takes a protection away, what
+    # it disables; the API makes the change durable (`persist`) before it answers.
+    def ack(self, name: str, user: str, reason: str = "") -> dict:
+        name = self._alarm_name(name)
+        self._operator_alarm(self.alarms.ack(name, user, self._wall()), reason)
+        return self._answer(f"{name} acknowledged", alarm=name)
 
-    def ack(self, name: str, user: str) -> None:
-        self._operator(self.alarms.ack(self._alarm_name(name), user, time.time()))
-
-    def shelve(self, name: str, user: str, seconds: float) -> None:
+    def shelve(self, name: str, user: str, seconds: float, reason: str) -> dict:
         alarm = self.config.alarm(self._alarm_name(name))
+        self._require_reason(reason, f"shelve {name}")
+        if not alarm.shelvable:
+            raise Refused(self._not_shelvable(alarm.name, "shelved"))
         if seconds > alarm.max_shelve_s:
             raise ValueError(f"{name} can be shelved for at most {alarm.max_shelve_s:g} s")
-        self._operator(self.alarms.shelve(name, user, time.time(), seconds))
+        self._operator_alarm(self.alarms.shelve(name, user, self._wall(), seconds), reason)
+        self._reasons[f"alarm:{name}"] = reason
+        return self._answer(f"{name} shelved for {seconds:g} s", alarm=name,
+                            disables=self._actions_of(name), doing=f"shelving {name}")
 
-    def unshelve(self, name: str, user: str) -> None:
-        self._operator(self.alarms.unshelve(self._alarm_name(name), user, time.time()))
+    def unshelve(self, name: str, user: str, reason: str = "") -> dict:
+        name = self._alarm_name(name)
+        self._operator_alarm(self.alarms.unshelve(name, user, self._wall()), reason)
+        return self._answer(f"{name} unshelved", alarm=name)
 
-    def set_out_of_service(self, name: str, user: str, enabled: bool) -> None:
-        self._operator(self.alarms.set_out_of_service(self._alarm_name(name), user, time.time(), enabled))
+    def set_out_of_service(self, name: str, user: str, enabled: bool, reason: str = "") -> dict:
+        alarm = self.config.alarm(self._alarm_name(name))
+        if enabled:
+            self._require_reason(reason, f"take {name} out of service")
+            if not alarm.shelvable:
+                raise Refused(self._not_shelvable(name, "taken out of service"))
+        self._operator_alarm(self.alarms.set_out_of_service(name, user, self._wall(), enabled), reason)
+        if not enabled:
+            return self._answer(f"{name} returned to service", alarm=name)
+        self._reasons[f"alarm:{name}"] = reason
+        return self._answer(f"{name} out of service", alarm=name, disables=self._actions_of(name),
+                            doing=f"taking {name} out of service")
 
-    def reset_action(self, name: str, user: str) -> None:
-        for event in self.actions.reset(self._action_name(name), user, time.time()):
-            self._action_event(event)
+    def reset_action(self, name: str, user: str, reason: str) -> dict:
+        name = self._action_name(name)
+        self._require_reason(reason, f"reset {name}")
+        events = self.actions.reset(name, user, self._wall())
+        for event in events:
+            self._action_event(dataclasses.replace(event, detail=f"{event.detail}: {reason}"))
+        alarm = self.config.action(name).alarm
+        return self._answer(f"{name} {events[0].detail if events else 'reset'}; it fires again on the "
+                            f"next activation of {alarm}", action=name)
 
-    def inhibit_action(self, name: str, user: str, enabled: bool) -> None:
-        for event in self.actions.inhibit(self._action_name(name), user, time.time(), enabled):
-            self._action_event(event)
+    def inhibit_action(self, name: str, user: str, enabled: bool, reason: str = "") -> dict:
+        name = self._action_name(name)
+        if enabled:
+            self._require_reason(reason, f"inhibit {name}")
+        for event in self.actions.inhibit(name, user, self._wall(), enabled):
+            detail = f"{event.detail}: {reason}" if reason else event.detail
+            self._action_event(dataclasses.replace(event, detail=detail))
+        if not enabled:
+            return self._answer(f"{name} no longer inhibited", action=name)
+        self._reasons[f"action:{name}"] = reason
+        return self._answer(f"{name} inhibited", action=name, disables=[name],
+                            doing=f"inhibiting {name}")
+
+    async def persist(self) -> None:
+        """Write the state file now (fsync'd) and return when it is on disk: the API answers
+        an operator request only after this, so an acknowledged change survives a kill -9."""
+        await self._save_state()
+
+    async def _save_state(self, summary: bool = False) -> None:
+        # One save at a time, each built when it starts: a later save is never older on disk.
+        async with self._save_lock:
+            self._state_dirty = False
+            await asyncio.to_thread(self.state_dir.save_state, self._durable_state(summary))
+
+    def _operator_alarm(self, events, reason: str) -> None:
+        """Log an operator's alarm transitions now (with the reason), not on the next round."""
+        for e in events:
+            message = f"{e.from_state} -> {e.to_state} ({e.cause})" + (f": {reason}" if reason else "")
+            self.events.add("alarm", e.alarm, message, at=e.time, state=str(e.to_state), user=e.user,
+                            priority=e.priority)
+            log.warning("alarm %s: %s by %s", e.alarm, message, e.user)
+        self._state_dirty = True
+
+    def _answer(self, message: str, *, alarm: str | None = None, action: str | None = None,
+                disables: list[str] | None = None, doing: str = "") -> dict:
+        """The API's answer to an operator request: what happened and what it disables."""
+        disables = disables or []
+        warning = ""
+        if disables:
+            what = ", ".join(f"action {a} ({self._action_text(a)})" for a in disables)
+            warning = f"{doing} disables {what}"
+            message += f"; {warning}"
+        answer: dict = {"ok": True, "message": message, "disables": disables, "warning": warning}
+        if alarm is not None:
+            answer["alarm"], answer["state"] = alarm, str(self.alarms.state(alarm))
+        if action is not None:
+            answer["action"] = action
+        return answer
+
+    def _action_text(self, name: str) -> str:
+        a = self.config.action(name)
+        return f"writes {a.write.tag}={a.write.value} when {a.alarm} is active"
+
+    def _actions_of(self, alarm: str) -> list[str]:
+        return [a.name for a in self.config.actions if a.alarm == alarm]
+
+    def _not_shelvable(self, name: str, done: str) -> str:
+        drives = ", ".join(self._actions_of(name))
+        return (f"{name} cannot be {done}: shelvable = false in its [[alarms]] table"
+                + (f" (it drives {drives})" if drives else ""))
+
+    @staticmethod
+    def _require_reason(reason: str, what: str) -> None:
+        if not reason.strip():
+            raise ValueError(f"a reason is required to {what}: send \"reason\" (CLI: --reason TEXT)")
+
+    def protections_disabled(self) -> list[dict]:
+        """Every protection that will not act now: alarms that drive actions but are shelved or out
+        of service, inhibited, latched and shadow actions. Each with a one-line description."""
+        out: list[dict] = []
+        for a in self.alarms.status():
+            acts = self._actions_of(a["name"])
+            if not acts or a["state"] not in ("SHELVED", "OUT_OF_SERVICE"):
+                continue
+            kind = "shelved" if a["state"] == "SHELVED" else "out_of_service"
+            reason = self._reasons.get(f"alarm:{a['name']}", "")
+            until = f" until {_clock(a['shelved_until'])}" if a["shelved_until"] else ""
+            for act in acts:
+                out.append({"kind": kind, "action": act, "alarm": a["name"], "reason": reason,
+                            "message": f"{act} disabled: {a['name']} {kind.replace('_', ' ')}{until}"
+                                       + (f" ({reason})" if reason else "")})
+        latched_at = {n: s["latched_at"] for n, s in self.actions.snapshot()["actions"].items()}
+        for act in self.actions.status():
+            name = act["name"]
+            if act["inhibited"]:
+                reason = self._reasons.get(f"action:{name}", "")
+                out.append({"kind": "inhibited", "action": name, "by": act["inhibited_by"], "reason": reason,
+                            "message": f"{name} inhibited by {act['inhibited_by'] or 'operator'}"
+                                       + (f" ({reason})" if reason else "")})
+            if act["latched"]:
+                since = latched_at.get(name)
+                out.append({"kind": "latched", "action": name, "since": since,
+                            "message": f"{name} latched" + (f" since {_clock(since)}" if since else "")
+                                       + ": reset to re-arm"})
+            if act["shadow"]:
+                out.append({"kind": "shadow", "action": name,
+                            "message": f"{name} in shadow mode: decides but never writes"})
+        return out
 
     async def reload_model(self, user: str, path: str | None) -> dict:
         """Swap in a new model without a restart; the old one stays if the new one is refused."""
@@ -672,4 +865,5 @@ class Controller:
                                           if lat.size else {})})
         return {"plcs": plcs, "alarm_states": states, "line_score": float(self.line_score),
                 "action_counts": dict(self._action_counts), "outbox": self._outbox_status(),
+                "protections_disabled": self.protections_disabled(),
                 "sync": self.sync.metrics() if self.sync else {}}
