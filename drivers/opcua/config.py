@@ -111,7 +111,8 @@ class OpcUaSecurity(_Strict):
             except ValueError as exc:
                 raise ValueError(f"security.server_certificate_sha256: {exc}") from None
             if self.server_certificate is not None:
-                raise ValueError("security: set only one of server_certificate / server_certificate_sha256")
+                raise ValueError("set only one of security.server_certificate / "
+                                 "security.server_certificate_sha256")
         if self.policy == "None" and self.mode != "None":
             raise ValueError(f"security.mode {self.mode!r} needs a signing policy: set security.policy: "
                              "Basic256Sha256 (policy None cannot sign or encrypt) or security.mode: None")
@@ -129,7 +130,7 @@ class OpcUaSecurity(_Strict):
             if self.username is None:
                 raise ValueError("security.password_env is set but security.username is not")
             if self.policy == "None" and not self.allow_plaintext_password:
-                raise ValueError("security: a password over security.policy None is sent readable on the "
+                raise ValueError("a password over security.policy None is sent readable on the "
                                  "network: use policy Basic256Sha256 (mode SignAndEncrypt), or set "
                                  "security.allow_plaintext_password = true to accept that")
         return self
