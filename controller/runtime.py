@@ -686,7 +686,7 @@ class Controller:
         return self._answer(f"{name} acknowledged", alarm=name)
 
     def shelve(self, name: str, user: str, seconds: float, reason: str) -> dict:
-        alarm = self.config.alarm(self._alarm_name(name))
+        alarm = self._alarm_settings(name)
         self._require_reason(reason, f"shelve {name}")
         if not alarm.shelvable:
             raise Refused(self._not_shelvable(alarm.name, "shelved"))
@@ -703,7 +703,7 @@ class Controller:
         return self._answer(f"{name} unshelved", alarm=name)
 
     def set_out_of_service(self, name: str, user: str, enabled: bool, reason: str = "") -> dict:
-        alarm = self.config.alarm(self._alarm_name(name))
+        alarm = self._alarm_settings(name)
         if enabled:
             self._require_reason(reason, f"take {name} out of service")
             if not alarm.shelvable:
@@ -773,6 +773,12 @@ class Controller:
         if action is not None:
             answer["action"] = action
         return answer
+
+    def _alarm_settings(self, name: str):
+        """The alarm's config: an [[alarms]] table or one of the controller's own alarms."""
+        name = self._alarm_name(name)
+        builtin = next((b for b in self._builtin_alarms.values() if b.name == name), None)
+        return builtin if builtin is not None else self.config.alarm(name)
 
     def _action_text(self, name: str) -> str:
         a = self.config.action(name)

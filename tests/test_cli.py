@@ -89,7 +89,8 @@ def free_port() -> int:
 
 
 def test_demo_detects_an_injected_jam_and_stops_the_line(tmp_path):
-    """The README's main job, shortened: plant + controller, a jam, a line stop, a clean exit."""
+    """The README's main job, shortened: plant + controller, a jam, a line stop, a clean exit, even
+    after an earlier run left a latch behind (the demo starts from a clean state)."""
     text = Path(DEMO).read_text()
     text = text.replace("127.0.0.1:4840", f"127.0.0.1:{free_port()}")
     text = re.sub(r"^port = 5020$", f"port = {free_port()}", text, flags=re.M)
@@ -97,9 +98,16 @@ def test_demo_detects_an_injected_jam_and_stops_the_line(tmp_path):
     text = text.replace('"../state/demo_line', f'"{tmp_path}/state')
     config = tmp_path / "demo.toml"
     config.write_text(text)
+    # what Ctrl-C in an earlier run can leave behind: stop_line latched (the line would never stop)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.json").write_text(json.dumps({
+        "alarms": {"version": 1, "alarms": {}},
+        "actions": {"version": 1, "actions": {"stop_line": {
+            "latched": True, "latched_at": 1.0, "inhibited": False, "inhibited_by": "", "failed": False,
+            "demand": False, "served": False, "last_fire": 1.0}}}}))
     result = invoke("demo", "--config", str(config), "--seconds", "20", "--no-live", "--fault-every", "8")
     assert result.exit_code == 0, result.output
-    assert "fitting the demo model" in result.output
+    assert "fitting the demo model" in result.output and "starting from a clean state" in result.output
     jam = next(line for line in result.output.splitlines() if line.startswith("│ jam"))
     assert re.search(r"\d+ ms", jam), jam  # the line was stopped after the jam
 

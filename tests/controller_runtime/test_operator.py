@@ -144,7 +144,9 @@ async def test_shelving_an_alarm_that_drives_an_action_says_what_it_disables(api
 
 async def test_a_non_shelvable_alarm_cannot_be_shelved_or_taken_out_of_service(api):
     for path, body in (("/alarms/stop_line_failed/shelve", {"seconds": 60, "reason": "test"}),
-                       ("/alarms/stop_line_failed/out-of-service", {"enabled": True, "reason": "test"})):
+                       ("/alarms/stop_line_failed/out-of-service", {"enabled": True, "reason": "test"}),
+                       # the controller's own safe-state failure alarm is never shelvable either
+                       ("/alarms/press_safe_state_failed/shelve", {"seconds": 60, "reason": "test"})):
         status, answer = await api.post(path, body)
         assert status == 409, answer
         assert "shelvable = false" in answer["error"] and "\n" not in answer["error"]
