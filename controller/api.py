@@ -499,7 +499,9 @@ class ApiServer:
         if self._server is not None:
             self._server.close()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # closes the open connections
+        if self._server is not None:
+            await self._server.wait_closed()
 
 
 def _listen_error(host: str, port: int, exc: OSError) -> str:
