@@ -110,6 +110,9 @@ async def test_cloud_outage_every_window_and_event_arrives_exactly_once(
         await proxy.set("pass")
         await wait_for(lambda: outbox.backlog()[0] == 0 and sync.stats.last_status == 204, 20,
                        what="the backlog to drain after the outage")
+        # and one window closed after the outage (shutdown commits none: the open one is saved)
+        await wait_for(lambda: line_ends(spy.lines(t_restore)), 5 * WINDOW_S,
+                       what="a window after the outage")
         drain_s = time.time() - t_restore
     finally:
         await stop(controller, task)
