@@ -89,7 +89,7 @@ async def measure(protocol: str, model: Path, tmp: Path, runs: int, normal_s: fl
             for a in controller.alarms.status():
                 if a["state"] in ("UNACK", "RTN_UNACK"):
                     controller.ack(a["name"], "bench")
-            controller.reset_action("stop_line", "bench")
+            controller.reset_action("stop_line", "bench", "benchmark: next run")
             rig.plant.set_actuator("line_stop", False)
         ring = controller.step_latency
         n = min(ring.written, ring.ring.shape[0])
