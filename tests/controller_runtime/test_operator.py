@@ -8,6 +8,7 @@ The PLCs of the config point at closed ports (no plant is needed: these are oper
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import socket
@@ -102,6 +103,17 @@ async def api(tmp_path, model):
         await stopped(controller, task)
 
 
+def live_view(controller: Controller) -> str:
+    """The demo's live view of this controller, as text."""
+    from rich.console import Console
+
+    from controller.demo import DemoLog, render
+
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(render(controller, DemoLog()))
+    return console.export_text()
+
+
 def saved(tmp_path: Path) -> dict:
     return json.loads((tmp_path / "state" / STATE_FILE).read_text())
 
@@ -176,6 +188,8 @@ async def test_inhibit_and_reset_need_a_reason_and_inhibit_says_what_it_disables
     disabled = (await api.get("/status"))["protections_disabled"]
     assert [(p["kind"], p["by"], p["reason"]) for p in disabled] == [("inhibited", "ann", "belt maintenance")]
     assert 'linesentry_action_disabled{action="stop_line",kind="inhibited"} 1.0' in await api.metrics()
+    view = live_view(api.controller)  # the demo's live view shows it too
+    assert "PROTECTIONS DISABLED: 1\n  stop_line inhibited by ann (belt maintenance)" in view
 
     status, body = await api.post("/actions/stop_line/inhibit", {"user": "ann", "enabled": False})
     assert status == 200 and body["disables"] == []  # lifting an inhibit needs no reason
