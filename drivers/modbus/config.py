@@ -161,14 +161,16 @@ class ModbusDeviceConfig(BaseModel):
     @classmethod
     def _modicon(cls, data: object) -> object:
         """Convert (modicon_addresses = true) or refuse (unset) Modicon-style addresses."""
-        if not isinstance(data, dict) or data.get("modicon_addresses") is False:
-            return data
+        if not isinstance(data, dict) or data.get("modicon_addresses") is False \
+                or not isinstance(data.get("tags"), list):
+            return data  # not a device table or no tag list: the field validation reports it
         convert = data.get("modicon_addresses") is True
         tags = []
         for t in data.get("tags") or []:
             raw = t.model_dump() if isinstance(t, ModbusTag) else t
             table, number = (raw.get("table"), raw.get("address")) if isinstance(raw, dict) else (None, None)
-            if table not in MODICON_BASE or not isinstance(number, int) or isinstance(number, bool):
+            if not isinstance(table, str) or table not in MODICON_BASE or not isinstance(number, int) \
+                    or isinstance(number, bool):
                 tags.append(t)
                 continue
             zero = modicon_to_address(table, number)
