@@ -160,4 +160,5 @@ async def test_validate_connect_reaches_both_simulated_plcs(tmp_path, rig):
     from controller.cli import _probe
 
     reached = await _probe(load_config(rig_config(tmp_path, rig, model=tmp_path / "m.npz")))
-    assert reached == {"conveyor": "yes (7 of 7 tags good)", "press": "yes (8 of 8 tags good)"}
+    assert {name: (p.summary, p.reached, p.bad) for name, p in reached.items()} == {
+        "conveyor": ("yes (7 of 7 tags good)", True, []), "press": ("yes (8 of 8 tags good)", True, [])}
