@@ -331,10 +331,10 @@ async def run_controller(config_path: Path, args: argparse.Namespace, server_pid
         if task.done():
             task.result()  # raise the start-up error
         deadline = time.monotonic() + 30
-        while any(p.last_message < 0 for p in controller.plcs):
+        while any(p.driver.stats.last_alive < 0 for p in controller.plcs):
             if time.monotonic() > deadline:
                 raise RuntimeError("not every PLC delivered within 30 s: "
-                                   + ", ".join(p.name for p in controller.plcs if p.last_message < 0))
+                                   + ", ".join(p.name for p in controller.plcs if p.driver.stats.last_alive < 0))
             await asyncio.sleep(0.05)
         rss_started = rss_mb()["VmRSS"]
         await asyncio.sleep(args.warmup)

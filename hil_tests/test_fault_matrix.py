@@ -370,6 +370,7 @@ async def test_without_a_model_the_limit_alarm_fires_and_its_action_writes(tmp_p
             lambda: fired(controller, "stop_on_overcurrent"), timeout=2, what="its event"
         )
         assert "first out: motor_current_limit" in event["message"], history(controller)
+        assert controller.status()["alarms"]["first_out"].startswith("motor_current_limit")
         rig.injector.faults.append(
             FaultSpec(type="dropout", tag="bearing_temp", onset_s=rig.plant.t, duration_s=3.0)
         )
