@@ -61,8 +61,8 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
 
 app = _App(help="linesentry: industrial anomaly detection controller.", no_args_is_help=True,
            add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
+console = Console(emoji=False)  # ":ab:" in a fingerprint or a tag name is text, not an emoji
+err = Console(stderr=True, emoji=False)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
