@@ -333,8 +333,8 @@ async def run_controller(config_path: Path, args: argparse.Namespace, server_pid
         deadline = time.monotonic() + 30
         while any(p.driver.stats.last_alive < 0 for p in controller.plcs):
             if time.monotonic() > deadline:
-                raise RuntimeError("not every PLC delivered within 30 s: "
-                                   + ", ".join(p.name for p in controller.plcs if p.driver.stats.last_alive < 0))
+                silent = [p.name for p in controller.plcs if p.driver.stats.last_alive < 0]
+                raise RuntimeError(f"not every PLC delivered within 30 s: {', '.join(silent)}")
             await asyncio.sleep(0.05)
         rss_started = rss_mb()["VmRSS"]
         await asyncio.sleep(args.warmup)
