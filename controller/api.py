@@ -5,7 +5,7 @@ something (ack, shelve, reset, inhibit, model reload) needs the bearer token
 from the state directory (`Authorization: Bearer <token>`), else 401.
 
     GET  /api/v1/status                      drivers, detector, alarms, outbox/sync
-    GET  /api/v1/tags                        last value, quality and timestamps per tag
+    GET  /api/v1/tags                        last value (or text), quality and timestamps per tag
     GET  /api/v1/alarms                      every alarm and its state
     GET  /api/v1/events?since=ID             events newer than ID (JSON)
     GET  /api/v1/events/stream?since=ID      the same as a server-sent event stream

@@ -541,10 +541,12 @@ class LineConfig(_Strict):
         return out
 
     def detector_tags(self) -> list[str]:
-        """The detector's tags, in order: the explicit list, or every non-writable non-bit tag."""
+        """The detector's tags, in order: the explicit list, or every non-writable tag that is
+        neither a Modbus bit nor a Modbus string (text is for display, never for a model)."""
         if self.detector.tags is not None:
             return list(self.detector.tags)
-        return [r.name for r in self.tags().values() if not r.writable and not r.is_bit]
+        return [r.name for r in self.tags().values()
+                if not r.writable and not r.is_bit and r.dtype != "string"]
 
     def detector_spec(self) -> DetectorSpec:
         """DetectorSpec from [detector.spec] with the hard limits of [detector.limits]."""
@@ -670,7 +672,10 @@ class _CrossCheck:
                 if name in seen:
                     self.add(("detector", "tags", i), f"tag {name!r} is listed twice")
                 seen.add(name)
-                self.tag(("detector", "tags", i), name)
+                ref = self.tag(("detector", "tags", i), name)
+                if ref is not None and ref.dtype == "string":
+                    self.add(("detector", "tags", i), f"tag {name!r} is a Modbus string (text, for display "
+                             "only), never a detector value; remove it from [detector] tags")
         det = set(det_tags)
         for section in ("units", "limits"):
             for name in getattr(d, section):

@@ -180,6 +180,7 @@ def render(controller: Controller, log: DemoLog) -> Group:
         tags.add_column(col)
     for row in controller.tags():
         value = "-" if row["value"] is None else f"{row['value']:.3f}"
+        value = row["text"] if row["text"] is not None else value
         style = "" if row["quality"] == "good" else "red"
         tags.add_row(row["tag"], value, row["quality"], style=style)
     det = controller.detector

@@ -9,6 +9,11 @@ preallocated buffers. Tags that did not change keep their last value
 A tag that goes STALE or COMM_LOST here (housekeeping) is also marked fresh, so the next
 detector step sees it as fresh and not good and raises its invalid flag. Staleness is timed on
 the monotonic clock (`good_ts`), never on the drivers' wall-clock receive stamps.
+
+Text tags (OPC UA String, Modbus `dtype = "string"`) arrive as value NaN, quality GOOD and the
+string in `ReadingBatch.text`: the latest string per tag is kept for display only. A detector
+tag that turns out to carry text is a config mistake: it counts as not good in the detector's
+frame from then on (its invalid flag rises) and is reported once through `take_text_in_detector`.
 """
 
 import time
@@ -46,6 +51,11 @@ class LineState:
         self.frame_values = np.zeros(m)
         self.frame_fresh = np.zeros(m, dtype=np.uint8)
         self.frame_good = np.zeros(m, dtype=np.uint8)
+        self.text = np.full(n, None, dtype=object)  # latest string of each text tag, else None
+        self._frame_slot = np.full(n, -1, dtype=np.int64)  # line position -> frame index (-1: none)
+        self._frame_slot[self.detector_index] = np.arange(m)
+        self._text_slots = np.zeros(0, dtype=np.int64)  # frame indices of detector tags found text
+        self._text_new: list[str] = []  # such tags not yet reported
 
     def binding(self, driver_tags: list[str]) -> np.ndarray:
         """Line positions of a driver's tags (driver index -> line index)."""
@@ -60,6 +70,21 @@ class LineState:
         self.receive_ts[at] = batch.receive_ts
         self.good_ts[at[batch.quality == GOOD]] = time.monotonic() if mono is None else mono
         self.fresh[at] = 1
+        if batch.text is not None:  # only drivers with text tags send it: the numeric path skips this
+            self._apply_text(at, batch.text)
+
+    def _apply_text(self, at: np.ndarray, text: list[str | None]) -> None:
+        self.text[at] = text
+        slots = self._frame_slot[at[[k for k, s in enumerate(text) if s is not None]]]
+        slots = np.setdiff1d(slots[slots >= 0], self._text_slots)
+        if slots.size:
+            self._text_slots = np.union1d(self._text_slots, slots)
+            self._text_new += [self.tags[self.detector_index[k]] for k in slots]
+
+    def take_text_in_detector(self) -> list[str]:
+        """Detector tags found to carry text since the last call (each tag reported once)."""
+        new, self._text_new = self._text_new, []
+        return new
 
     def mark_stale(self, mono: float, timeout: np.ndarray) -> np.ndarray:
         """Mark GOOD/UNCERTAIN tags whose last good value is older than `timeout` (per tag) as STALE.
@@ -87,6 +112,8 @@ class LineState:
         np.take(self.values, idx, out=self.frame_values)
         np.take(self.fresh, idx, out=self.frame_fresh)
         np.equal(self.quality[idx], GOOD, out=self.frame_good, casting="unsafe")
+        if self._text_slots.size:  # a text tag is never a good value for a model
+            self.frame_good[self._text_slots] = 0
 
     def clear_fresh(self) -> None:
         """End of a step: every value now counts as held until a new batch brings it again."""
@@ -96,8 +123,10 @@ class LineState:
         return float(self.values[self.position[name]])
 
     def snapshot(self) -> list[dict]:
-        """Per-tag view for the API and the CLI (not for the hot path)."""
+        """Per-tag view for the API and the CLI (not for the hot path); `text` is a text tag's
+        latest string while its quality is good or uncertain (its `value` is then null)."""
         return [{"tag": t, "value": None if np.isnan(self.values[i]) else float(self.values[i]),
+                 "text": self.text[i] if self.quality[i] <= UNCERTAIN else None,
                  "quality": Quality(int(self.quality[i])).name.lower(),
                  "source_ts": None if np.isnan(self.source_ts[i]) else float(self.source_ts[i]),
                  "receive_ts": None if np.isnan(self.receive_ts[i]) else float(self.receive_ts[i])}

@@ -65,6 +65,8 @@ HOUSEKEEPING_S = 0.05
 SHUTDOWN_SYNC_S = 2.0
 SUMMARY_WINDOW_S = 10.0
 COMM_LOST = int(Quality.COMM_LOST)
+TEXT_IN_DETECTOR = ("carries text, not a number: it is never fed to the detector (its invalid flag "
+                    "is raised); remove it from [detector] tags")
 
 
 @dataclass
@@ -367,6 +369,9 @@ class Controller:
         if stale.size:
             names = ", ".join(self.tag_names[i] for i in stale[:10])
             self.events.add("driver", "stale", f"no fresh value within the timeout: {names}")
+        for tag in self.line.take_text_in_detector():  # each tag once per run
+            self.events.add("driver", tag, f"detector tag {tag!r} {TEXT_IN_DETECTOR}")
+            log.error("detector tag %r %s", tag, TEXT_IN_DETECTOR)
         if stale.size or lost:  # the detector sees those tags fresh and not good: invalid flags
             self._step_detector(mono)
             self.line.clear_fresh()

@@ -67,3 +67,25 @@ def test_bad_configuration_is_refused():
         LineState(["a", "a"], ["a"])
     with pytest.raises(ValueError, match="not on the line: z"):
         LineState(["a"], ["z"])
+
+
+def test_text_is_kept_for_display_and_a_detector_text_tag_is_never_good_in_the_frame():
+    state = LineState(["name", "a", "msg"], detector_tags=["a", "msg"])
+    plc = state.binding(["name", "a", "msg"])
+    good = [Quality.GOOD] * 3
+    text = batch([0, 1, 2], [np.nan, 1.0, np.nan], good)
+    text.text = ["PUMP-7", None, "ok"]
+    state.apply(plc, text)
+    state.gather_frame()
+    assert state.frame_good.tolist() == [1, 0]  # msg carries text: not good for the detector
+    assert state.take_text_in_detector() == ["msg"] and state.take_text_in_detector() == []
+    rows = {r["tag"]: r for r in state.snapshot()}
+    assert rows["name"]["text"] == "PUMP-7" and rows["name"]["value"] is None
+    assert rows["a"]["text"] is None and rows["a"]["value"] == 1.0
+    state.apply(plc, batch([1], [2.0], [Quality.GOOD]))  # a numeric batch leaves the text alone
+    state.apply(plc, text)  # the same tag again: reported once only
+    assert state.take_text_in_detector() == [] and state.snapshot()[0]["text"] == "PUMP-7"
+    state.gather_frame()
+    assert state.frame_good.tolist() == [1, 0]
+    state.mark_lost(plc)  # lost: the last text is not shown as if current
+    assert all(r["text"] is None for r in state.snapshot())
