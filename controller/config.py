@@ -55,7 +55,8 @@ from models.spec import DetectorSpec, TagLimits
 Priority = Literal["critical", "high", "medium", "low"]
 PRIORITIES: tuple[str, ...] = get_args(Priority)
 TAG_FLAGS: tuple[str, ...] = tuple(FLAG_NAMES.values())  # invalid, limit, rate_of_change, ...
-MODEL_FREE_FLAGS = frozenset({"invalid", "limit"})  # the only per-tag flags that run without a model
+MODEL_FREE_FLAGS = frozenset({"invalid", "limit"})  # per-tag flags that run without a model
+# (and 'flatline' for the tags of [detector.flatline_s])
 SECRET_KEYS = {"password": "password_env", "token": "token_env", "secret": "secret_env"}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -82,6 +83,12 @@ MAX_DELAY_S = 86_400.0  # on/off delays, min_interval_s: a day
 MAX_SHELVE_S = 7 * 86_400.0  # a week
 MIN_PERIOD_S = 0.01  # watchdog periods, stale timeouts, readback deadlines
 MAX_PERIOD_S = 3_600.0
+FlatlineSeconds = Annotated[float, Field(gt=0.0, le=MAX_DELAY_S, allow_inf_nan=False)]
+
+
+def safe_state_alarm_name(plc: str) -> str:
+    """The alarm the controller adds for a PLC with on_comm_loss = 'safe_state' (reserved name)."""
+    return f"{plc}_safe_state_failed"
 
 
 def Seconds(lo: float, hi: float, *, default: Any, lo_open: bool = False) -> Any:  # noqa: N802
@@ -350,10 +357,13 @@ class LimitsEntry(_Strict):
 class DetectorSection(_Strict):
     """Which tags the detector watches, their units and limits, the model and its spec."""
 
-    model: Path | None = None  # model artifact; without one only 'invalid' and 'limit' flags run
+    model: Path | None = None  # model artifact; without one only 'invalid', 'limit' (and flatline_s) run
     tags: list[str] | None = None  # None: every non-writable tag except Modbus bits
     units: dict[str, str] = Field(default_factory=dict)
     limits: dict[str, LimitsEntry] = Field(default_factory=dict)
+    # Rules-only detector (no model): seconds a tag's value may stay unchanged before its flatline
+    # flag rises. With a model, flatline comes from the fit (flat_factor, flat_min_seconds).
+    flatline_s: dict[str, FlatlineSeconds] = Field(default_factory=dict)
     spec: dict[str, Any] = Field(default_factory=dict)  # models.DetectorSpec fields
 
     @field_validator("model", mode="before")
@@ -677,7 +687,11 @@ class _CrossCheck:
                     self.add(("detector", "tags", i), f"tag {name!r} is a Modbus string (text, for display "
                              "only), never a detector value; remove it from [detector] tags")
         det = set(det_tags)
-        for section in ("units", "limits"):
+        if d.flatline_s and d.model is not None:
+            self.add(("detector", "flatline_s"), "is for the rules-only detector (no [detector] model); "
+                     "with a model, flatline comes from the fit: remove [detector.flatline_s] or set "
+                     "flat_factor / flat_min_seconds in [detector.spec] before `linesentry fit`")
+        for section in ("units", "limits", "flatline_s"):
             for name in getattr(d, section):
                 if name not in self.tags:
                     self.tag(("detector", section, name), name)
@@ -700,15 +714,21 @@ class _CrossCheck:
             src = a.source
             if src.kind == "line" and cfg.detector.model is None:
                 self.add((*loc, "source"), "source 'line' needs a fitted model: set [detector] model = "
-                         "'<path to model artifact>' (without one only per-tag invalid/limit flags run)")
+                         "'<path to model artifact>' (without one only per-tag flags run)")
             elif src.kind == "tag":
                 if self.tag((*loc, "source"), src.tag) is not None:
                     if src.tag not in det:
                         self.add((*loc, "source"), f"tag {src.tag!r} is not a detector tag, so it has no "
                                  "flags; add it to [detector] tags")
+                    elif src.flag == "flatline" and cfg.detector.model is None:
+                        if src.tag not in cfg.detector.flatline_s:
+                            self.add((*loc, "source"), f"tag {src.tag!r} has no flatline time: without a "
+                                     f"model add [detector.flatline_s] {src.tag} = <seconds>, or set "
+                                     "[detector] model")
                     elif src.flag not in MODEL_FREE_FLAGS and cfg.detector.model is None:
                         self.add((*loc, "source"), f"flag {src.flag!r} needs a fitted model ([detector] "
-                                 "model); without one only 'invalid' and 'limit' run")
+                                 "model); without one only 'invalid', 'limit' and 'flatline' (with "
+                                 "[detector.flatline_s]) run")
                     elif src.flag == "limit" and src.tag not in cfg.detector.limits:
                         self.add((*loc, "source"), f"tag {src.tag!r} has no hard limits; add "
                                  f"[detector.limits.{src.tag}] with lo and/or hi")

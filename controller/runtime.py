@@ -195,13 +195,12 @@ class Controller:
     # ------------------------------------------------------------------ detector
     def _make_detector(self, given: StreamingDetector | None) -> StreamingDetector:
         """The model artifact's detector under the config's rules, or, without [detector] model,
-        the rules-only detector (invalid, limit and stale flags; no line score) for commissioning."""
+        the rules-only detector for commissioning: invalid, limit, and flatline for the tags of
+        [detector.flatline_s]; no statistical detector or model."""
         d = self.config.detector
         if given is None and d.model is None:
-            flat_s = d.spec.get("flat_min_seconds")  # flatline only where the config asks for it
-            return StreamingDetector.rules_only(
-                self.detector_tags, limits=self.config.detector_spec().limits, units=dict(d.units),
-                flatline_s={t: flat_s for t in self.detector_tags} if flat_s else None)
+            return StreamingDetector.rules_only(self.detector_tags, limits=self.config.detector_spec().limits,
+                                                flatline_s=dict(d.flatline_s), units=dict(d.units))
         det = given if given is not None else load_model(d.model, expected_tags=self.detector_tags)
         self._apply_config(det, d.model)
         return det
@@ -579,7 +578,7 @@ class Controller:
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             self.events.add("model", "controller", f"started: {len(self.plcs)} PLC(s), "
                             f"{len(self.tag_names)} tags, model "
-                            f"{self.model_path or 'none (rules only: invalid, limit and stale flags)'}")
+                            f"{self.model_path or 'none (rules only: invalid, limit, stale, flatline_s)'}")
             if on_ready is not None:
                 on_ready(self)
             await self._stop.wait()

@@ -383,6 +383,43 @@ async def test_without_a_model_the_limit_alarm_fires_and_its_action_writes(tmp_p
         await stop_controller(controller, task)
 
 
+def flatline_without_model(text: str) -> str:
+    """Commissioning with a stuck-sensor alarm: no model, [detector.flatline_s] for the vibration."""
+    text = re.sub(r"^model = .*\n", "", text, flags=re.M)
+    for name in ("line_anomaly", "motor_current_flatline", "hydraulic_pressure_flatline", "stop_line_failed"):
+        text, n = re.subn(rf'\[\[alarms\]\]\nname = "{name}"\n(?:.+\n)*\n', "", text)
+        assert n == 1, name
+    text, n = re.subn(r"\[\[actions\]\]\n(?:.+\n)*", "", text)
+    assert n == 1
+    anchor = "\n# --- alarms"
+    assert text.count(anchor) == 1
+    return text.replace(anchor, "\n  [detector.flatline_s]\n  vibration_rms = 2.0\n" + anchor)
+
+
+async def test_without_a_model_a_stuck_sensor_raises_its_flatline_alarm(tmp_path, rig):
+    """Commissioning: the rules-only detector runs flatline for the tags of [detector.flatline_s]."""
+    controller = make_controller(tmp_path, rig, None, flatline_without_model)
+    assert controller.model_path is None
+    task = await start_controller(controller)
+    try:
+        await live(controller)
+        await plant_seconds(rig, 3.0)  # longer than flatline_s: a live vibration never flatlines
+        assert controller.alarms.state("vibration_flatline") == "NORMAL", history(controller)
+        onset = time.monotonic()
+        rig.injector.faults.append(
+            FaultSpec(type="stuck", tag="vibration_rms", onset_s=rig.plant.t, duration_s=30.0)
+        )
+        await wait_for(
+            lambda: controller.alarms.state("vibration_flatline") == "UNACK",
+            timeout=20,
+            what="vibration_flatline without a model",
+        )
+        # flatline_s 2 s + on_delay_s 1 s, from the last change before the fault (not earlier)
+        assert time.monotonic() - onset >= 2.0, history(controller)
+    finally:
+        await stop_controller(controller, task)
+
+
 # ---- detection that stays sound -----------------------------------------------------------------
 
 
