@@ -703,6 +703,8 @@ class _CrossCheck:
     def _alarms(self, det: set[str]) -> None:
         cfg = self.cfg
         plc_names = {p.name for _, p in cfg.plcs()}
+        reserved = {safe_state_alarm_name(p.name): p.name for _, p in cfg.plcs()
+                    if p.on_comm_loss == "safe_state"}
         action_names = {a.name for a in cfg.actions}
         seen: dict[str, int] = {}
         for i, a in enumerate(cfg.alarms):
@@ -710,6 +712,9 @@ class _CrossCheck:
             if a.name in seen:
                 self.add((*loc, "name"), f"alarm name {a.name!r} is already used by alarms[{seen[a.name]}]; "
                          "alarm names must be unique")
+            if a.name in reserved:
+                self.add((*loc, "name"), f"alarm name {a.name!r} is reserved: the controller raises it when "
+                         f"a safe-state write of PLC {reserved[a.name]!r} fails; rename this alarm")
             seen.setdefault(a.name, i)
             src = a.source
             if src.kind == "line" and cfg.detector.model is None:

@@ -42,7 +42,7 @@ from controller.alarms import AlarmEngine
 from controller.api import ApiServer, Refused, create_app, reserved_fds
 from controller.clock import Clock
 from controller.conditions import ArrayTagView
-from controller.config import LineConfig, ModbusPlc, OpcUaPlc
+from controller.config import LineConfig, ModbusPlc, OpcUaPlc, safe_state_alarm_name
 from controller.events import EventLog
 from controller.linestate import LineState
 from controller.logs import alarm_transition_level
@@ -148,14 +148,11 @@ class Controller:
             if plc.polled:
                 self._stale_timeout[plc.binding] = plc.stale_timeout_s
 
-        self._builtin_alarms = {p.name: BuiltinAlarm(f"{p.name}_safe_state_failed",
+        # Their names are reserved: the config check refuses an [[alarms]] entry that takes one.
+        self._builtin_alarms = {p.name: BuiltinAlarm(safe_state_alarm_name(p.name),
                                                      f"Safe-state write after losing {p.name} failed: "
                                                      "bring the line to its safe state by hand")
                                 for p in self.plcs if p.config.on_comm_loss == "safe_state"}
-        taken = {a.name for a in config.alarms} & {b.name for b in self._builtin_alarms.values()}
-        if taken:
-            raise ValueError(f"alarm name(s) {', '.join(sorted(taken))} are reserved for the controller's "
-                             "safe-state failure alarms: rename them in [[alarms]]")
         self.alarms = AlarmEngine([*config.alarms, *self._builtin_alarms.values()])
         self.actions = ActionEngine(config.actions, shadow_global=c.shadow)
         self._compile_conditions()

@@ -414,12 +414,71 @@ def test_cross_reference_errors(tmp_path, old, new, key, needle):
     assert needle in msg, msg
 
 
-def test_flags_other_than_invalid_and_limit_need_a_model(tmp_path):
+def test_model_based_flags_need_a_model(tmp_path):
     text = BASE.replace('model = "model.npz"\n', "")
-    text = text.replace('source = "line"', 'source = "tag:speed:flatline"')
+    text = text.replace('source = "line"', 'source = "tag:speed:ewma_z"')
     msg = one_problem(tmp_path, text)
-    assert msg.startswith("alarms[0].source: flag 'flatline' needs a fitted model")
-    assert load_config(write(tmp_path, text.replace("tag:speed:flatline", "tag:speed:invalid")))
+    assert msg.startswith("alarms[0].source: flag 'ewma_z' needs a fitted model")
+    assert load_config(write(tmp_path, text.replace("tag:speed:ewma_z", "tag:speed:invalid")))
+
+
+NO_MODEL_FLATLINE = BASE.replace('model = "model.npz"\n', "").replace('source = "line"',
+                                                                      'source = "tag:speed:flatline"')
+
+
+def test_without_a_model_flatline_runs_for_the_tags_of_detector_flatline_s(tmp_path):
+    msg = one_problem(tmp_path, NO_MODEL_FLATLINE)
+    assert msg == ("alarms[0].source: tag 'speed' has no flatline time: without a model add "
+                   "[detector.flatline_s] speed = <seconds>, or set [detector] model")
+    text = NO_MODEL_FLATLINE.replace(DET, DET + "  [detector.flatline_s]\n  speed = 30.0\n", 1)
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.detector.flatline_s == {"speed": 30.0}
+    other = text.replace("speed = 30.0", "current = 30.0")  # flatline for another tag only
+    assert one_problem(tmp_path, other).startswith("alarms[0].source: tag 'speed' has no flatline time")
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ("speed = 0.0", "detector.flatline_s.speed: Input should be greater than 0"),
+    ("speed = -1.0", "detector.flatline_s.speed: Input should be greater than 0"),
+    ("speed = inf", "detector.flatline_s.speed: Input should be a finite number"),
+    ("speed = 100000.0", "detector.flatline_s.speed: Input should be less than or equal to 86400"),
+    ('speed = "30"', "detector.flatline_s.speed: Input should be a valid number"),
+    ("stop = 30.0", "detector.flatline_s.stop: tag 'stop' is not a detector tag"),
+    ("nope = 30.0", "detector.flatline_s.nope: unknown tag 'nope'"),
+])
+def test_detector_flatline_s_is_range_checked_and_names_detector_tags(tmp_path, entry, needle):
+    text = NO_MODEL_FLATLINE.replace(DET, DET + f"  [detector.flatline_s]\n  {entry}\n", 1)
+    found = problems(tmp_path, text)
+    assert any(f.startswith(needle) for f in found), found
+
+
+def test_detector_flatline_s_with_a_model_is_refused(tmp_path):
+    limits = "  pressure = { lo = 0, hi = 200 }\n"
+    msg = one_problem(tmp_path, BASE.replace(limits, limits + "  [detector.flatline_s]\n  speed = 30.0\n"))
+    assert msg.startswith("detector.flatline_s: is for the rules-only detector (no [detector] model)")
+
+
+def test_an_alarm_cannot_take_the_name_of_a_builtin_safe_state_alarm(tmp_path):
+    safe = PRESS + 'on_comm_loss = "safe_state"\nsafe_state = [{tag = "gate", value = true}]\n'
+    text = BASE.replace(PRESS, safe).replace('name = "pressure_limit"', 'name = "press_safe_state_failed"')
+    assert one_problem(tmp_path, text) == (
+        "alarms[1].name: alarm name 'press_safe_state_failed' is reserved: the controller raises it when "
+        "a safe-state write of PLC 'press' fails; rename this alarm")
+    # Only a PLC that goes to a safe state has that alarm: the name is free otherwise.
+    free = BASE.replace('name = "pressure_limit"', 'name = "press_safe_state_failed"')
+    assert load_config(write(tmp_path, free))
+
+
+def test_modbus_string_tags_are_display_only(tmp_path):
+    string = ('  [[modbus.tags]]\n  name = "recipe"\n  table = "holding_register"\n  address = 20\n'
+              '  dtype = "string"\n  length = 4\n')
+    text = BASE.replace("[detector]\n", string + "\n[detector]\n", 1)
+    cfg = load_config(write(tmp_path, text))
+    assert "recipe" in cfg.tags() and "recipe" not in cfg.detector_tags()  # not in the default list
+    listed = text.replace(DET, DET + 'tags = ["pressure", "recipe"]\n', 1)
+    assert one_problem(tmp_path, listed) == (
+        "detector.tags[1]: tag 'recipe' is a Modbus string (text, for display only), never a detector "
+        "value; remove it from [detector] tags")
 
 
 def test_action_cannot_be_triggered_by_its_own_failure(tmp_path):
