@@ -573,6 +573,7 @@ class Controller:
                 if plc.config.watchdog is not None:
                     self._tasks.append(asyncio.create_task(self._watchdog(plc), name=f"watchdog:{plc.name}"))
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+            self._warn_tight_timeouts()
             self.events.add("model", "controller", f"started: {len(self.plcs)} PLC(s), "
                             f"{len(self.tag_names)} tags, model "
                             f"{self.model_path or 'none (rules only: invalid, limit, stale, flatline_s)'}")
@@ -581,6 +582,18 @@ class Controller:
             await self._stop.wait()
         finally:
             await self._shutdown(runner)
+
+    def _warn_tight_timeouts(self) -> None:
+        """Say once when a PLC's stale_timeout_s is shorter than its driver's worst-case liveness gap."""
+        for plc in self.plcs:
+            gap = plc.driver.alive_interval_s
+            if plc.stale_timeout_s < gap:
+                message = (f"stale_timeout_s {plc.stale_timeout_s:g} is shorter than the driver's "
+                           f"worst-case gap between proofs of good data ({gap:g} s: poll interval and "
+                           "request timeouts); a PLC answering every request just under its timeout "
+                           "would be declared comm-lost: raise stale_timeout_s if this PLC is slow")
+                self.events.add("driver", plc.name, message)
+                log.info("%s: %s", plc.name, message)  # a worst case, not a fault: no warning noise
 
     def stop(self) -> None:
         self._stop.set()
