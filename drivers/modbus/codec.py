@@ -20,8 +20,9 @@ DCBA        BA              DC BA                   HG FE DC BA  (little-endian)
 Example: float32 123.456 is 0x42F6E979, so ABCD = [0x42F6, 0xE979], CDAB = [0xE979, 0x42F6],
 BADC = [0xF642, 0x79E9], DCBA = [0x79E9, 0xF642].
 
-Engineering value = raw * scale + offset on decode; encode inverts it, rounds integers to the
-nearest value (ties to even) and refuses values the raw type cannot hold.
+Engineering value = raw * scale + offset on decode; encode inverts it and refuses values the raw
+type cannot hold. An unscaled integer tag takes whole numbers only (1.5 is refused, not rounded);
+a scaled one rounds to the register's resolution (nearest, ties to even).
 """
 
 import math
@@ -143,6 +144,8 @@ def to_raw(value: float, dtype: str, scale: float = 1.0, offset: float = 0.0) ->
     info = np.iinfo(_NUMPY_BE[dtype].newbyteorder("="))
     if not math.isfinite(raw):
         raise ValueError(f"cannot write {value!r}: raw value {raw!r} is not finite")
+    if scale == 1 and float(offset).is_integer() and not raw.is_integer():
+        raise ValueError(f"cannot write {value!r}: {dtype} holds whole numbers only")
     r = round(raw)  # exact Python int, ties to even
     if not int(info.min) <= r <= int(info.max):
         raise ValueError(f"cannot write {value!r}: raw value {r} is outside {dtype} "

@@ -126,10 +126,18 @@ def test_encode_refuses_values_the_raw_type_cannot_hold(value, dtype, scale, off
         codec.encode(value, dtype, "ABCD", scale, offset)
 
 
-def test_encode_rounds_integers_to_nearest():
+def test_encode_rounds_scaled_integers_to_their_resolution():
     assert codec.encode(21.96, "int16", scale=0.1) == [220]
     assert codec.encode(-21.96, "int16", scale=0.1) == [(-220) & 0xFFFF]
     assert codec.encode(19.4, "uint16", offset=-0.2) == [20]
+
+
+@pytest.mark.parametrize(("value", "dtype", "offset"), [(1.5, "uint16", 0), (2.5, "int32", 0),
+                                                         (-0.25, "int16", 0), (10.5, "uint16", -40)])
+def test_encode_refuses_fractions_for_unscaled_integers(value, dtype, offset):
+    with pytest.raises(ValueError, match=f"cannot write {value!r}: {dtype} holds whole numbers only"):
+        codec.encode(value, dtype, "ABCD", 1.0, offset)
+    assert codec.encode(float(round(value)), dtype, "ABCD", 1.0, offset)  # a whole float is fine
 
 
 def test_nan_registers_decode_to_nan():
