@@ -10,11 +10,19 @@ Quality mapping per block read: a normal response -> GOOD (NaN/inf floats -> BAD
 response, a short or malformed response, or a timeout on a live connection -> BAD for that
 block's tags (and a read error is counted); a closed connection -> ConnectionLost.
 
-Liveness: `stats.last_alive` is refreshed by every read that returned at least one GOOD value,
-so a device that accepts the connection but answers only exceptions or nothing (wrong unit id,
-a dead device behind a gateway, every address illegal) never looks alive. When healthy, two
-refreshes are at most `alive_interval_s = poll_interval_s + timeout_s` apart (a poll that
-times out ends after one timeout; the next tick follows).
+A block that gets no answer makes only its own tags BAD: the other blocks of the poll are
+still read. On Modbus TCP a late answer cannot be taken for a later request (pymodbus matches
+transaction ids and skips the stray frame); RTU frames carry no transaction id, so every answer
+is checked for the requested function code and exact length, and only a late answer of the same
+shape could pass (keep timeout_s above the device's worst response time). A device whose requests
+all go unanswered is lost after max_consecutive_timeouts requests in a row (any answer resets it).
+
+Liveness: `stats.last_alive` is refreshed as soon as a block answers with a GOOD value, so a
+device that accepts the connection but answers only exceptions or nothing (wrong unit id, a dead
+device behind a gateway, every address illegal) never looks alive. When data flows, two refreshes
+are at most `alive_interval_s = poll_interval_s + blocks * timeout_s` apart: a full poll of a
+fixed-rate schedule takes at most one timeout per block, and the same block answers again one
+poll later.
 """
 
 import asyncio
@@ -52,6 +60,7 @@ _EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illega
                     11: "gateway target failed to respond"}
 _READ_METHODS = {"coil": "read_coils", "discrete_input": "read_discrete_inputs",
                  "holding_register": "read_holding_registers", "input_register": "read_input_registers"}
+_READ_FC = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,6 @@ class ModbusDriver:
         self._pos = {n: i for i, n in enumerate(self.tag_names)}
         self.state = ConnectionState.DISCONNECTED
         self.stats = DriverStats()
-        self.alive_interval_s = config.poll_interval_s + config.timeout_s
         self.missed_ticks = 0  # poll ticks skipped because a poll overran its interval
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._lost: asyncio.Future[None] | None = None
@@ -107,6 +115,7 @@ class ModbusDriver:
         self._block_errors: dict[tuple[str, int, int], str] = {}  # failing blocks, logged once each
         self._full_plan = self._compile(list(range(len(self.tags))))
         self._plans: dict[tuple[int, ...], _Plan] = {}
+        self.alive_interval_s = config.poll_interval_s + len(self._full_plan.blocks) * config.timeout_s
 
     @property
     def read_plan(self) -> list[ReadBlock]:
@@ -176,9 +185,15 @@ class ModbusDriver:
         lost = self._lost
         assert lost is not None
         task = asyncio.ensure_future(call(client))
-        # pymodbus times out by itself after timeout_s (retries=0); the margin is a safety net.
-        done, _ = await asyncio.wait({task, lost}, timeout=self.config.timeout_s * 1.5 + 0.05,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        try:
+            # pymodbus times out by itself after timeout_s (retries=0); the margin is a safety net.
+            done, _ = await asyncio.wait({task, lost}, timeout=self.config.timeout_s * 1.5 + 0.05,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (stop): collect the request, or its error is logged unretrieved
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
         if task not in done:
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -273,23 +288,29 @@ class ModbusDriver:
         finally:
             self.stats.record_latency(time.perf_counter() - t0)
         where = f"{block.table} {block.start}..{block.start + block.count - 1}"
+        fc = _READ_FC[block.table]
+        if response.function_code & 0x7F != fc:  # an answer to another request (a gateway mix-up)
+            return f"answer with function code {response.function_code} to a read of {where} (FC{fc})"
         if response.isError():
             code = getattr(response, "exception_code", 0)
             return f"exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')}) reading {where}"
-        data = response.bits if block.table in ("coil", "discrete_input") else response.registers
-        if data is None or len(data) < block.count:
-            return f"short response reading {where}: {0 if data is None else len(data)} of {block.count}"
-        if block.table in ("coil", "discrete_input"):
+        is_bits = block.table in ("coil", "discrete_input")
+        data = response.bits if is_bits else response.registers
+        # Bits come padded to whole bytes; anything else than exactly what was asked is not our answer.
+        expected = -(-block.count // 8) * 8 if is_bits else block.count
+        if data is None or len(data) != expected:
+            got = 0 if data is None else len(data)
+            kind, unit = "short" if got < expected else "oversized", "bits" if is_bits else "registers"
+            return f"{kind} response reading {where}: {got} of {expected} {unit}"
+        if is_bits:
             return np.asarray(data[: block.count], dtype=bool)
-        return np.asarray(data[: block.count], dtype=np.uint16)
+        return np.asarray(data, dtype=np.uint16)
 
     def _block_failed(self, cb: _CompiledBlock, index: np.ndarray, reason: str) -> None:
         """Record why a block's tags are BAD; log it once per block (and again only if it changes)."""
         for p in cb.pos:
             self.stats.tag_errors[self.tag_names[index[p]]] = reason
         key = (cb.block.table, cb.block.start, cb.block.count)
-        if reason.startswith("skipped"):
-            return  # not asked this poll: neither a new fault nor a recovery of this block
         if self._block_errors.get(key) != reason:
             self._block_errors[key] = reason
             log.warning("%s: %s; BAD: %s", self.name, reason, cb.names)
@@ -307,24 +328,21 @@ class ModbusDriver:
         quality = np.full(n, int(Quality.BAD), dtype=np.uint8)
         receive_ts = np.full(n, np.nan)
         text: list[str | None] | None = [None] * n if plan.has_text else None
-        skip_rest = ""
         for cb in plan.blocks:
-            data = skip_rest or await self._fetch(cb.block)
+            # Every block is asked even after one timed out: a silent block must not black out
+            # the others (a device where all are silent is lost through _note_timeout).
+            data = await self._fetch(cb.block)
             receive_ts[cb.pos] = time.time()
             if isinstance(data, str):
-                # One unanswered request in a poll: the rest would likely wait as long, so the
-                # poll ends on time and the rest of its blocks are BAD this round.
-                if not skip_rest:
-                    if data.startswith("no answer"):
-                        skip_rest = f"skipped: {data} earlier in this poll"
-                    self.stats.read_errors += 1
-                    self.stats.last_error = f"{self.name}: {data}"
+                self.stats.read_errors += 1
+                self.stats.last_error = f"{self.name}: {data}"
                 self._block_failed(cb, plan.index, data)
                 continue
             self._block_ok(cb)
             if data.dtype == bool:
                 values[cb.pos] = data[cb.bit_offsets]
                 quality[cb.pos] = Quality.GOOD
+                self.stats.last_alive = time.monotonic()
                 continue
             for g in cb.groups:
                 v = codec.decode(codec.gather(data, g.starts, codec.width(g.dtype)), g.dtype, g.order,
@@ -339,6 +357,8 @@ class ModbusDriver:
             for p, off, length, order in cb.strings:
                 text[p] = codec.decode_string(data[off:off + length], order)  # type: ignore[index]
                 quality[p] = Quality.GOOD
+            if (quality[cb.pos] == Quality.GOOD).any():
+                self.stats.last_alive = time.monotonic()  # now, not after the slow blocks behind it
         good = quality == Quality.GOOD
         errors = self.stats.tag_errors
         if errors or not good.all():
@@ -349,8 +369,6 @@ class ModbusDriver:
                 elif name not in errors or errors[name].startswith("value "):
                     errors[name] = "value is not a finite number (NaN or inf)"
         bad = int(n - np.count_nonzero(good))
-        if bad < n:
-            self.stats.last_alive = time.monotonic()
         self.stats.batches += 1
         self.stats.values += n
         self.stats.bad_values += bad

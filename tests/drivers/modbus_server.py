@@ -79,7 +79,8 @@ class SimServer:
 class RawServer:
     """A TCP server with a hand-written reply policy: `reply(request_bytes) -> bytes | None`.
 
-    None means never answer (a PLC that accepts connections and then hangs).
+    None means never answer (a PLC that accepts connections and then hangs). The policy may be
+    a coroutine function (a slow device: it answers after its own delay, requests queue meanwhile).
     """
 
     def __init__(self, port: int, reply: Callable[[bytes], bytes | None]) -> None:
@@ -98,6 +99,8 @@ class RawServer:
                 pdu = await reader.readexactly(length - 1)
                 self.requests += 1
                 answer = self.reply(header + pdu)
+                if asyncio.iscoroutine(answer):
+                    answer = await answer
                 if answer is not None:
                     writer.write(answer)
                     await writer.drain()
@@ -185,6 +188,20 @@ def independent_client(port: int):
     from pyModbusTCP.client import ModbusClient
 
     return ModbusClient(host="127.0.0.1", port=port, unit_id=1, timeout=2.0, auto_open=True)
+
+
+def register_reply(request: bytes, fc: int | None = None, extra: int = 0) -> bytes:
+    """Answer a register read with register k = address + k + 1 (so a misplaced answer shows);
+    `fc` answers with another function code, `extra` adds registers nobody asked for."""
+    tid, _pid, _len, unit = struct.unpack(">HHHB", request[:7])
+    req_fc, addr, count = struct.unpack(">BHH", request[7:12])
+    regs = [(addr + k + 1) & 0xFFFF for k in range(count + extra)]
+    pdu = struct.pack(f">BB{len(regs)}H", fc or req_fc, 2 * len(regs), *regs)
+    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+
+def request_address(request: bytes) -> int:
+    return struct.unpack(">H", request[8:10])[0]
 
 
 def exception_reply(code: int) -> Callable[[bytes], bytes]:

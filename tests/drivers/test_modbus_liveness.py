@@ -13,7 +13,16 @@ import time
 
 import pytest
 from conftest import free_port, wait_for
-from modbus_server import RawServer, SimServer, bits_at, device, exception_reply, registers_at
+from modbus_server import (
+    RawServer,
+    SimServer,
+    bits_at,
+    device,
+    exception_reply,
+    register_reply,
+    registers_at,
+    request_address,
+)
 
 from drivers.base import ConnectionLost, Quality, ReadingBatch
 from drivers.modbus import ModbusDeviceConfig, ModbusDriver
@@ -69,7 +78,7 @@ async def test_healthy_device_refreshes_liveness_every_cycle_wrong_unit_id_never
     alive = [t for _, t in good.seen]
     assert all(b.quality.tolist() == [Quality.GOOD] * 2 for b, _ in good.seen)
     assert all(later > earlier for earlier, later in zip(alive, alive[1:], strict=False))  # every cycle
-    assert healthy.alive_interval_s == pytest.approx(0.02 + 0.2)
+    assert healthy.alive_interval_s == pytest.approx(0.02 + 2 * 0.2)  # poll + a timeout per block
     assert all((b.quality == Quality.BAD).all() for b, _ in bad.seen) and len(bad.seen) >= 10
     assert wrong.stats.last_alive == -math.inf
     assert "exception" in wrong.stats.tag_errors["a"]
@@ -170,3 +179,123 @@ async def test_silent_device_connection_lost_names_the_unit_id():
     finally:
         await d.close()
         await server.stop()
+
+
+def spread_tags(*addresses: int) -> list[dict]:
+    """One uint16 tag per address, far enough apart to be one block each."""
+    return [{"name": f"r{a}", "table": "holding_register", "address": a, "dtype": "uint16"}
+            for a in addresses]
+
+
+async def test_a_silent_block_makes_only_its_tags_bad_and_late_answers_are_not_misplaced(port):
+    """Block 100 never answers in time (its answer comes after timeout_s, while the next request
+    waits): the blocks before and after it stay GOOD with their own values on every poll, the
+    late answer is not taken for block 200's (transaction ids), and the device is not lost."""
+    async def reply(request: bytes) -> bytes:
+        if request_address(request) == 100:
+            await asyncio.sleep(0.15)  # after the client gave up on it
+        return register_reply(request)
+
+    server = await RawServer(port, reply).start()
+    d = ModbusDriver(cfg(port, tags=spread_tags(0, 100, 200, 300), timeout_s=0.1,
+                         max_consecutive_timeouts=2))
+    try:
+        await d.connect()
+        watch = await poll(d, 6)
+    finally:
+        await d.close()
+        await server.stop()
+    for batch, _ in watch.seen:
+        assert batch.quality.tolist() == [Quality.GOOD, Quality.BAD, Quality.GOOD, Quality.GOOD]
+        assert batch.values[[0, 2, 3]].tolist() == [1.0, 201.0, 301.0]
+    assert d.stats.tag_errors == {"r100": "no answer within 0.1 s"}
+
+
+async def test_a_device_where_every_block_is_silent_is_still_lost(port):
+    server = await RawServer(port, lambda _req: None).start()
+    d = ModbusDriver(cfg(port, tags=spread_tags(0, 100, 200, 300), timeout_s=0.05,
+                         max_consecutive_timeouts=3))
+    try:
+        await d.connect()
+        with pytest.raises(ConnectionLost, match="no answer to 3 requests in a row"):
+            await asyncio.wait_for(d.subscribe(lambda b: None), timeout=5)
+    finally:
+        await d.close()
+        await server.stop()
+    assert server.requests == 3  # lost within the first poll, not after one request per poll
+
+
+async def watch_alive(driver: ModbusDriver, seconds_of_polls: int) -> list[float]:
+    """The gaps between successive refreshes of last_alive while the driver polls."""
+    refreshes: list[float] = []
+    task = asyncio.create_task(driver.subscribe(lambda b: None))
+
+    async def sample() -> None:
+        while True:
+            if not refreshes or driver.stats.last_alive != refreshes[-1]:
+                refreshes.append(driver.stats.last_alive)
+            await asyncio.sleep(0.002)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await wait_for(lambda: len(refreshes) > seconds_of_polls or task.done(), timeout=20, what="refreshes")
+    finally:
+        for t in (task, sampler):
+            t.cancel()
+        await asyncio.gather(task, sampler, return_exceptions=True)
+    return [b - a for a, b in zip(refreshes[2:], refreshes[3:], strict=False)]
+
+
+async def test_a_slow_healthy_device_refreshes_liveness_per_block_not_per_poll(port):
+    """Every answer 60 ms late, 6 blocks: a poll takes ~0.36 s but each GOOD block refreshes
+    last_alive at once, so on a device that answers every block two refreshes are at most
+    poll_interval_s + timeout_s apart (checked with a 2x margin; per poll it would be ~0.36 s)."""
+    async def reply(request: bytes) -> bytes:
+        await asyncio.sleep(0.06)
+        return register_reply(request)
+
+    server = await RawServer(port, reply).start()
+    d = ModbusDriver(cfg(port, tags=spread_tags(0, 100, 200, 300, 400, 500), timeout_s=0.1))
+    try:
+        await d.connect()
+        gaps = await watch_alive(d, 20)
+    finally:
+        await d.close()
+        await server.stop()
+    assert max(gaps) <= 2 * (0.02 + 0.1), gaps
+    assert d.alive_interval_s == pytest.approx(0.02 + 6 * 0.1)
+
+
+async def test_liveness_gaps_stay_within_alive_interval_with_a_silent_block(port):
+    """The documented bound poll_interval_s + blocks * timeout_s holds when one block never answers."""
+    def reply(request: bytes) -> bytes | None:
+        return None if request_address(request) == 100 else register_reply(request)
+
+    server = await RawServer(port, reply).start()
+    d = ModbusDriver(cfg(port, tags=spread_tags(0, 100, 200), timeout_s=0.1))
+    try:
+        await d.connect()
+        gaps = await watch_alive(d, 10)
+    finally:
+        await d.close()
+        await server.stop()
+    assert max(gaps) <= d.alive_interval_s, (gaps, d.alive_interval_s)
+
+
+@pytest.mark.parametrize(("kw", "reason"), [
+    ({"fc": 4}, "answer with function code 4 to a read of holding_register 0..1 (FC3)"),
+    ({"extra": 1}, "oversized response reading holding_register 0..1: 3 of 2 registers")])
+async def test_an_answer_of_another_shape_is_bad_not_good(port, kw, reason):
+    server = await RawServer(port, lambda req: register_reply(req, **kw)).start()
+    tags = [{"name": "a", "table": "holding_register", "address": 0, "dtype": "uint16"},
+            {"name": "b", "table": "holding_register", "address": 1, "dtype": "uint16"}]
+    d = ModbusDriver(cfg(port, tags=tags))
+    try:
+        await d.connect()
+        batch = await d.read()
+    finally:
+        await d.close()
+        await server.stop()
+    assert batch.quality.tolist() == [Quality.BAD, Quality.BAD]
+    assert d.stats.tag_errors == {"a": reason, "b": reason}
+    assert d.stats.last_alive == -math.inf
