@@ -14,7 +14,8 @@ the template: two different alarms are never merged into one line.
 (`register_secret`: API tokens, passwords and tokens read from the environment)
 and asyncua's `Password=b'...'` dumps with `***` in messages, tracebacks and
 extra fields, at every level. asyncua logs at WARNING unless `module_levels`
-names it: its INFO is 9 KB publish dumps and tracebacks on normal disconnects.
+names it: its INFO is 9 KB publish dumps and tracebacks on normal disconnects. pymodbus logs
+at CRITICAL unless named: its per-request ERRORs repeat what the Modbus driver reports once.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 _OURS = "_linesentry_handler"
 
 
-QUIET_BY_DEFAULT = {"asyncua": logging.WARNING}  # chatty libraries, unless module_levels names them
+# Chatty libraries, unless module_levels names them. pymodbus logs ERROR for every unanswered or
+# stray frame; the Modbus driver reports each failure itself (once per block), so only CRITICAL passes.
+QUIET_BY_DEFAULT = {"asyncua": logging.WARNING, "pymodbus": logging.CRITICAL}
 MIN_SECRET_CHARS = 4  # shorter values would scrub ordinary words
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
