@@ -32,12 +32,12 @@ def quality_of(status: ua.StatusCode | None) -> Quality:
 
 
 def numeric(value: Any) -> float | None:
-    """A scalar as float64 (bool as 0/1); None for anything a model cannot use (text, arrays, NaN)."""
+    """A scalar as float64 (bool as 0/1); None for anything a model cannot use (text, arrays, NaN, inf)."""
     if isinstance(value, bool | np.bool_):
         return float(value)
     if isinstance(value, int | float | np.integer | np.floating):
         f = float(value)
-        return None if math.isnan(f) else f
+        return f if math.isfinite(f) else None
     return None
 
 
@@ -106,12 +106,19 @@ def variant_type_of(datatype: ua.NodeId) -> ua.VariantType | None:
     return None
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def to_variant(value: float, vtype: ua.VariantType) -> ua.Variant:
     """`value` encoded as the node's type; ValueError when it does not fit (range, fraction, NaN)."""
+    if not math.isfinite(value):
+        raise ValueError(f"cannot write {value}: not a finite number")
     if vtype is ua.VariantType.Boolean:
         if value not in (0, 1):
             raise ValueError(f"{value} is not a boolean (0 or 1)")
         return ua.Variant(bool(value), vtype)
+    if vtype is ua.VariantType.Float and abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{value} does not fit Float (float32, |x| <= {FLOAT32_MAX:.4g})")
     if vtype in _FLOATS:
         return ua.Variant(float(value), vtype)
     if vtype in _INT_RANGES:

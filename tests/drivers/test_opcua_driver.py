@@ -232,3 +232,32 @@ async def test_a_bad_value_keeps_its_reason_in_stats_until_the_value_is_good_aga
     finally:
         task.cancel()
         await driver.close()
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+async def test_a_non_finite_value_with_good_status_is_bad(server, value):
+    await server.set_value("Temperature", value)
+    driver = OpcUaDriver(config(server.endpoint, [{"name": "temp", "node": nsu("Temperature")}]))
+    await driver.connect()
+    try:
+        b = await driver.read()
+        assert b.quality[0] == Quality.BAD and np.isnan(b.values[0])
+    finally:
+        await driver.close()
+
+
+async def test_non_finite_and_oversized_writes_are_refused_before_sending(server):
+    driver = OpcUaDriver(config(server.endpoint, [
+        {"name": "setpoint", "node": nsu("Setpoint"), "writable": True},
+        {"name": "press", "node": nsu("Pressure"), "writable": True}]))  # a Float node
+    await driver.connect()
+    try:
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            with pytest.raises(WriteFailed, match="not a finite number"):
+                await driver.write("setpoint", bad)
+        with pytest.raises(WriteFailed, match="does not fit Float"):
+            await driver.write("press", 1e300)
+        assert (await driver.read(["setpoint"])).values[0] == 50.0  # nothing reached the server
+        assert driver.stats.writes == 0
+    finally:
+        await driver.close()
