@@ -150,6 +150,7 @@ class OpcUaConfig(_Strict):
     name: str = Field(min_length=1)
     endpoint: str
     timeout_s: float = Field(default=5.0, gt=0)  # per request; a silent link is given up after this
+    # (answers slower than ~3/4 of it count as a dead link: docs/drivers.md)
     session_timeout_s: float = Field(default=60.0, ge=1)
     security: OpcUaSecurity = Field(default_factory=OpcUaSecurity)
     groups: list[OpcUaGroup] = Field(default_factory=_default_groups)
