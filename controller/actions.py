@@ -116,6 +116,24 @@ class _Action:
         self.failed = False
 
 
+_SAVED_FIELDS = {"latched": bool, "inhibited": bool, "failed": bool, "demand": bool, "served": bool,
+                 "latched_at": (float, int, type(None)), "inhibited_by": (str, type(None)),
+                 "last_fire": (float, int, type(None))}
+
+
+def _check_saved(name: str, s: Any) -> None:
+    """A saved action entry must have every field with its type (a hand-edited file may not)."""
+    if not isinstance(s, dict):
+        raise ActionError(f"saved action {name!r} is not an object")
+    for key, kind in _SAVED_FIELDS.items():
+        if key not in s or not isinstance(s[key], kind):
+            raise ActionError(f"saved action {name!r}: field {key!r} missing or of the wrong type")
+        if isinstance(s[key], float) and (not math.isfinite(s[key]) or abs(s[key]) > 1e11):
+            raise ActionError(f"saved action {name!r}: {key} {s[key]!r} is not a time")
+    if not isinstance(s.get("first_out", ""), str):
+        raise ActionError(f"saved action {name!r}: first_out is not text")
+
+
 class ActionEngine:
     """All actions of a line. `evaluate()` is the hot path; the rest are runtime/operator calls."""
 
@@ -327,6 +345,7 @@ class ActionEngine:
             if a is None:
                 skipped.append(name)
                 continue
+            _check_saved(name, s)
             a.latched, a.latched_at = bool(s["latched"]), s["latched_at"]
             a.inhibited, a.inhibited_by = bool(s["inhibited"]), s["inhibited_by"]
             a.failed, a.demand, a.served = bool(s["failed"]), bool(s["demand"]), bool(s["served"])

@@ -124,11 +124,29 @@ class _Alarm:
         return AlarmState.NORMAL if self.acked else AlarmState.RTN_UNACK
 
 
+_SAVED_FIELDS = {"active": bool, "acked": bool, "suppressed": bool, "oos": bool,
+                 "shelved_until": (float, int, type(None)), "shelved_by": (str, type(None)),
+                 "since": (float, int, type(None))}
+
+
+def _check_saved(name: str, s: Any) -> None:
+    """A saved alarm entry must have every field with its type (a hand-edited file may not)."""
+    if not isinstance(s, dict):
+        raise AlarmError(f"saved alarm {name!r} is not an object")
+    for key, kind in _SAVED_FIELDS.items():
+        if key not in s or not isinstance(s[key], kind):
+            raise AlarmError(f"saved alarm {name!r}: field {key!r} missing or of the wrong type")
+        if isinstance(s[key], float) and not math.isfinite(s[key]) or \
+                key in ("shelved_until", "since") and s[key] is not None and abs(s[key]) > 1e11:
+            raise AlarmError(f"saved alarm {name!r}: {key} {s[key]!r} is not a time")
+
+
 class AlarmEngine:
     """All alarms of a line. `update()` is the hot path; the rest are operator requests."""
 
     def __init__(self, alarm_configs: Iterable[AlarmSettings]) -> None:
         self._alarms: dict[str, _Alarm] = {}
+        self.refused_on_restore: list[str] = []  # non-shelvable alarms a snapshot had shelved / OOS
         for cfg in alarm_configs:
             if cfg.name in self._alarms:
                 raise AlarmError(f"alarm name {cfg.name!r} is used twice")
@@ -321,18 +339,23 @@ class AlarmEngine:
         if snapshot.get("version") != SNAPSHOT_VERSION:
             raise AlarmError(f"alarm snapshot version {snapshot.get('version')!r} is not "
                              f"{SNAPSHOT_VERSION}; delete the state file to start fresh")
-        skipped = []
+        skipped: list[str] = []
+        self.refused_on_restore.clear()
         for name, s in snapshot.get("alarms", {}).items():
             a = self._alarms.get(name)
             if a is None:
                 skipped.append(name)
                 continue
+            _check_saved(name, s)
             # A delay in progress was timed on the old process's monotonic clock: it restarts
             # from the live condition (raw = active until the first update says otherwise).
             a.active, a.acked = bool(s["active"]), bool(s["acked"])
             a.raw, a.pending_since = a.active, None
             a.shelved_until, a.shelved_by = s["shelved_until"], s["shelved_by"]
             a.suppressed, a.oos = bool(s["suppressed"]), bool(s["oos"])
+            if not getattr(a.cfg, "shelvable", True) and (a.shelved_until is not None or a.oos):
+                a.shelved_until, a.shelved_by, a.oos = None, None, False  # a safety alarm stays armed
+                self.refused_on_restore.append(name)
             a.since = math.nan if s["since"] is None else float(s["since"])
             a.state = a.implied()
             (self._pending.add if a.pending_since is not None else self._pending.discard)(name)

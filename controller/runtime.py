@@ -30,6 +30,7 @@ import gc
 import logging
 import math
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,12 +491,17 @@ class Controller:
         try:
             skipped = self.alarms.restore(state.get("alarms", {"version": 1}))
             skipped += self.actions.restore(state.get("actions", {"version": 1}))
-        except ValueError as exc:
-            log.warning("saved alarm/action state ignored: %s", exc)
+            heartbeats = {p.name: int(state.get("heartbeats", {}).get(p.name, 0)) for p in self.plcs}
+            reasons = state.get("reasons", {})
+            self._reasons = {k: v for k, v in reasons.items() if isinstance(v, str)}
+        except Exception as exc:  # a state file that parses but is malformed must not stop the service
+            self._start_clean(exc)
             return
         for plc in self.plcs:
-            plc.heartbeat = int(state.get("heartbeats", {}).get(plc.name, 0))
-        self._reasons = {k: v for k, v in state.get("reasons", {}).items() if isinstance(v, str)}
+            plc.heartbeat = heartbeats[plc.name]
+        for name in self.alarms.refused_on_restore:
+            self._restored_event("alarm", name, "was shelved or out of service in the saved state, but it is "
+                                 "not shelvable (shelvable = false): restored active instead")
         if skipped:
             log.info("saved state for removed alarms/actions ignored: %s", ", ".join(skipped))
         self._announce_restored()
@@ -503,6 +509,18 @@ class Controller:
             self._restore_summary(state["summary"])
             # Saved again at once without it: a second start must not resume the same window again.
             self.state_dir.save_state(self._durable_state())
+
+    def _start_clean(self, exc: Exception) -> None:
+        """Forget a malformed saved state, loudly: latches, shelves and inhibits of the last run are gone."""
+        self.alarms = AlarmEngine([*self.config.alarms, *self._builtin_alarms.values()])
+        self.actions = ActionEngine(self.config.actions, shadow_global=self.config.controller.shadow)
+        self._reasons = {}
+        aside = self.state_dir.set_aside()
+        text = (f"saved state unusable ({type(exc).__name__}: {exc}); kept as {aside}; started clean: "
+                "latched actions, shelves and inhibits of the last run are NOT restored, check the line")
+        self.restored.append(text)
+        self.events.add("model", "controller", text, result="restored")
+        log.error("%s", text)
 
     def _announce_restored(self) -> None:
         for a in self.alarms.status():
@@ -808,7 +826,7 @@ class Controller:
 
     @staticmethod
     def _require_reason(reason: str, what: str) -> None:
-        if not reason.strip():
+        if not any(c.isprintable() and not c.isspace() and unicodedata.category(c) != "Cf" for c in reason):
             raise ValueError(f"a reason is required to {what}: send \"reason\" (CLI: --reason TEXT)")
 
     def protections_disabled(self) -> list[dict]:

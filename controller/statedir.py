@@ -114,8 +114,15 @@ class StateDir:
                 raise ValueError("not a JSON object")
             return state
         except (OSError, ValueError) as exc:
-            aside = path.with_name(f"{STATE_FILE}.damaged-{int(time.time())}")
-            os.replace(path, aside)
+            aside = self.set_aside()
             log.warning("state file %s was unreadable (%s); starting clean, kept it as %s",
-                        path, exc, aside.name)
+                        path, exc, aside)
             return {}
+
+    def set_aside(self) -> str:
+        """Move a damaged state file out of the way (kept for a human) and return its new name."""
+        path = self.path / STATE_FILE
+        aside = path.with_name(f"{STATE_FILE}.damaged-{int(time.time())}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, aside)
+        return aside.name

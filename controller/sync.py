@@ -70,7 +70,8 @@ class SyncConfig(BaseModel):
     backoff_initial_s: float = Field(1.0, ge=0.01, le=3600, allow_inf_nan=False)
     backoff_cap_s: float = Field(300.0, ge=0.01, le=86_400, allow_inf_nan=False)
     # 20 GiB: a week-long outage at 1,000 tags and 10 s windows (~17 GB); lower it on small disks.
-    max_outbox_bytes: int = Field(20 << 30, ge=1 << 16, le=1 << 44, description="outbox cap (line protocol bytes)")
+    max_outbox_bytes: int = Field(20 << 30, ge=1 << 16, le=1 << 44,
+                                  description="outbox cap (line protocol bytes)")
     enabled: bool = True
 
     @field_validator("url")

@@ -1,0 +1,77 @@
+"""A saved state that parses but is malformed, or that shelves a non-shelvable alarm, never stops the
+service and never disables a safety alarm; a reason made only of invisible characters is no reason.
+
+The config is the demo's with PLCs on closed ports (restore and operator paths need no plant).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from controller.config import load_config
+from controller.runtime import Controller
+from controller.statedir import STATE_FILE
+from tests.controller_runtime.test_operator import line_config, model, running, stopped  # noqa: F401
+
+
+async def saved_state(tmp_path: Path, model: Path) -> tuple[Path, dict]:  # noqa: F811
+    """A real state file: stop_line inhibited, oil_temp_high shelved."""
+    path = line_config(tmp_path, model)
+    controller, task = await running(path)
+    try:
+        controller.inhibit_action("stop_line", "ann", True, "belt maintenance")
+        controller.shelve("oil_temp_high", "bob", 3600, "known drift")
+        await controller.persist()
+    finally:
+        await stopped(controller, task)
+    return path, json.loads((tmp_path / "state" / STATE_FILE).read_text())
+
+
+def oil(s: dict) -> dict:
+    return s["alarms"]["alarms"]["oil_temp_high"]
+
+
+MALFORMED = {
+    "missing field": lambda s: oil(s).pop("active"),
+    "entry is text": lambda s: s["alarms"]["alarms"].__setitem__("oil_temp_high", "x"),
+    "shelved_until text": lambda s: oil(s).__setitem__("shelved_until", "tomorrow"),
+    "shelved_until 1e300": lambda s: oil(s).__setitem__("shelved_until", 1e300),
+    "latched text": lambda s: s["actions"]["actions"]["stop_line"].__setitem__("latched", "yes"),
+    "heartbeat text": lambda s: s.__setitem__("heartbeats", {"press": "abc"}),
+    "reasons a list": lambda s: s.__setitem__("reasons", ["x"]),
+}
+
+
+@pytest.mark.parametrize("edit", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_a_malformed_state_file_starts_clean_loudly_and_is_kept(tmp_path, model, edit):  # noqa: F811
+    path, state = await saved_state(tmp_path, model)
+    edit(state)
+    (tmp_path / "state" / STATE_FILE).write_text(json.dumps(state))
+    again = Controller(load_config(path), api_port=0)  # must not raise
+    (note,) = again.restored
+    assert note.startswith("saved state unusable") and "NOT restored" in note
+    assert again.status()["protections_disabled"] == []  # a clean start: nothing inhibited
+    assert list((tmp_path / "state").glob(f"{STATE_FILE}.damaged-*"))  # kept for a human
+
+
+async def test_a_non_shelvable_alarm_is_never_restored_shelved(tmp_path, model):  # noqa: F811
+    path, state = await saved_state(tmp_path, model)
+    state["alarms"]["alarms"]["stop_line_failed"].update(shelved_until=4e9, shelved_by="edit", oos=True)
+    (tmp_path / "state" / STATE_FILE).write_text(json.dumps(state))
+    again = Controller(load_config(path), api_port=0)
+    states = {a["name"]: a["state"] for a in again.alarm_list()}
+    assert states["stop_line_failed"] not in ("SHELVED", "OUT_OF_SERVICE")
+    pattern = r"restored: stop_line_failed was shelved .* not shelvable"
+    assert any(re.match(pattern, r) for r in again.restored)
+    assert states["oil_temp_high"] == "SHELVED"  # a shelvable alarm keeps its shelve
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "\u200b\u200b", "\x00\x01\x7f", "\u2028\t"])
+async def test_a_reason_of_invisible_characters_is_refused(tmp_path, model, reason):  # noqa: F811
+    controller = Controller(load_config(line_config(tmp_path, model)), api_port=0)
+    with pytest.raises(ValueError, match="a reason is required"):
+        controller.shelve("oil_temp_high", "ann", 60, reason)
