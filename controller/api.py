@@ -26,7 +26,7 @@ cannot be shelved or taken out of service (409).
 
 Errors are JSON `{"error": "one line"}` with 400 (bad request), 401, 404
 (unknown alarm/action), 409 (refused in the current state), 413 (body too large),
-421 (Host header not a name of this controller) or 503 (connection limit).
+421 (Host header not a name of this controller) or 503 (connection or event-stream limit).
 
 Hardening (docs/operations.md, security): bound beyond loopback, reads need a token
 too (the read-only `api-read-token` or the operator `api-token`). The Host header
@@ -36,7 +36,11 @@ numbers become null. `ApiServer` caps the connections (a connection over the cap
 gets a 503 and is closed at once), closes idle and slow-header connections after
 `idle_timeout_s`, and sizes the cap to the open-file limit minus a reserve for
 PLC sessions, the outbox and the process, so the API can never take the
-descriptors the line needs.
+descriptors the line needs. The last connection slots are an operator reserve: a
+connection accepted there may only POST with the operator token (anything else
+gets a 503 and is closed; silent ones close after `RESERVE_IDLE_S`), so ack and
+reset get through while readers flood the API. At most `max_streams` event
+streams are open at once (503 beyond), so streams cannot take the slots either.
 """
 
 import asyncio
@@ -57,6 +61,7 @@ from aiohttp import ClientConnectionResetError, web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from controller.config import MAX_SHELVE_S
 from controller.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,9 @@ RESERVED_FDS_PER_PLC = 8
 RESERVED_FDS_SYNC = 32
 MIN_API_CONNECTIONS = 4
 REFUSAL_LOG_INTERVAL_S = 60.0
+MAX_EVENT_STREAMS = 16  # HMIs and dashboards; each holds a connection for as long as it is open
+OPERATOR_RESERVE = 8  # connection slots (out of the cap) only operator POSTs may use
+RESERVE_IDLE_S = 2.0  # a reserve connection that sends no request is closed after this
 
 
 class Refused(Exception):
@@ -187,12 +195,14 @@ def _no_constant(name: str) -> Any:
 
 def create_app(ops: Operations, token: str, *, read_token: str | None = None,
                reads_need_token: bool = False, allowed_hosts: set[str] | frozenset[str] = frozenset(),
-               body_timeout_s: float = 15.0) -> web.Application:
+               body_timeout_s: float = 15.0, max_streams: int = MAX_EVENT_STREAMS) -> web.Application:
     """The API. `allowed_hosts`: names accepted in the Host header besides IP literals,
-    loopback names and this host's name; reads need `read_token` or `token` if `reads_need_token`."""
+    loopback names and this host's name; reads need `read_token` or `token` if `reads_need_token`;
+    at most `max_streams` event streams at once."""
     names = {n.lower().rstrip(".") for n in allowed_hosts} | LOOPBACK_NAMES | {socket.gethostname().lower()}
-    app = web.Application(middlewares=[_host_check(frozenset(names)), _errors],
+    app = web.Application(middlewares=[_reserve_check(token), _host_check(frozenset(names)), _errors],
                           client_max_size=MAX_BODY_BYTES)
+    streams = 0
     r = app.router
 
     def reading(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
@@ -241,11 +251,18 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         return json_response(ops.events.since(_since(request)))
 
     async def stream(request: web.Request) -> web.StreamResponse:
+        nonlocal streams
+        if streams >= max_streams:
+            refusal = error(503, f"event stream limit ({max_streams}) reached: close another stream, or "
+                                 "poll /api/v1/events?since=ID")
+            refusal.force_close()  # a refused stream client reconnects: its slot is freed now
+            return refusal
+        last = _since(request)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        last = _since(request)
+        streams += 1
         try:
+            await response.prepare(request)
             while True:
                 batch = await ops.events.wait_newer(last, timeout=15.0)
                 if not batch:
@@ -256,6 +273,8 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
                     last = event["id"]
         except (ConnectionResetError, ClientConnectionResetError):
             return response  # the client went away: a normal end of a stream
+        finally:
+            streams -= 1
 
     def reason(body: dict) -> str:
         value = body.get("reason", "")
@@ -271,9 +290,10 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         return await durable(ops.ack(request.match_info["name"], user(body), reason(body)))
 
     async def shelve(request: web.Request, body: dict) -> dict:
-        seconds = body.get("seconds")
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
-            raise ValueError("'seconds' must be a positive number")
+        seconds = body.get("seconds")  # compared before float(): 10**400 is a valid JSON int
+        number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        if not number or not 0 < seconds <= MAX_SHELVE_S:
+            raise ValueError(f"'seconds' must be a positive number of seconds, at most {MAX_SHELVE_S:g}")
         return await durable(ops.shelve(request.match_info["name"], user(body), float(seconds),
                                         reason(body)))
 
@@ -349,6 +369,21 @@ def _host_check(names: frozenset[str]):
             return await handler(request)
         return error(421, f"Host {host!r} is not a name of this controller: add it to [controller] "
                           "api_allowed_hosts if it is one")
+    return check
+
+
+def _reserve_check(token: str):
+    """On a connection in the operator reserve (ApiServer), only an operator POST is served."""
+
+    @web.middleware
+    async def check(request: web.Request, handler) -> web.StreamResponse:
+        if getattr(request.protocol, "reserve", False) and not (
+                request.method == "POST" and _bearer_ok(request, token)):
+            response = error(503, "API connection limit reached: the remaining connections are kept for "
+                                  "operator commands (POST with the api-token)")
+            response.force_close()  # frees the reserve slot
+            return response
+        return await handler(request)
     return check
 
 
@@ -428,9 +463,10 @@ class _Busy(asyncio.Protocol):
 class _Counted(RequestHandler):
     """aiohttp's protocol, counted so the cap holds even within one accept burst."""
 
-    def __init__(self, guard: "ApiServer", *args: Any, **kwargs: Any) -> None:
+    def __init__(self, guard: "ApiServer", reserve: bool, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard = guard
+        self.reserve = reserve  # accepted in the operator reserve: operator POSTs only (_reserve_check)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         try:
@@ -440,13 +476,15 @@ class _Counted(RequestHandler):
 
 
 class ApiServer:
-    """The API's listening socket with a connection cap and idle/header timeouts."""
+    """The API's listening socket with a connection cap, an operator reserve within it, and
+    idle/header timeouts."""
 
     def __init__(self, app: web.Application, host: str, port: int, *, max_connections: int = 128,
                  idle_timeout_s: float = 15.0, reserved: int = RESERVED_FDS_BASE) -> None:
         self.app, self.host, self.port = app, host, port
         self.wanted, self.idle_timeout_s, self.reserved = max_connections, idle_timeout_s, reserved
         self.max_connections = max_connections
+        self.operator_reserve = 0  # set at start: the last slots of the cap
         self.refused = 0  # connections turned away at the cap, since start
         self._open = 0
         self._runner: web.AppRunner | None = None
@@ -460,6 +498,8 @@ class ApiServer:
 
     async def start(self) -> None:
         self.max_connections, soft = connection_budget(self.wanted, self.reserved)
+        self.operator_reserve = max(1, min(OPERATOR_RESERVE, self.max_connections // 4))
+        general = self.max_connections - self.operator_reserve
         self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.idle_timeout_s,
                                      shutdown_timeout=1.0)
         await self._runner.setup()
@@ -470,9 +510,10 @@ class ApiServer:
             if self._open >= self.max_connections:
                 self._refuse()
                 return _Busy()
+            reserve = self._open >= general
             self._open += 1
-            return _Counted(self, manager, loop=loop, keepalive_timeout=self.idle_timeout_s,
-                            access_log=None)
+            idle_s = min(RESERVE_IDLE_S, self.idle_timeout_s) if reserve else self.idle_timeout_s
+            return _Counted(self, reserve, manager, loop=loop, keepalive_timeout=idle_s, access_log=None)
 
         try:
             self._server = await loop.create_server(protocol, self.host, self.port, reuse_address=True,
@@ -481,9 +522,10 @@ class ApiServer:
             await self._runner.cleanup()
             raise OSError(_listen_error(self.host, self.port, exc)) from None
         self.port = self._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
-        log.info("API on %s:%d: at most %d connections, idle/header timeout %g s (open-file limit %d, "
-                 "%d kept for PLC sessions, the outbox and the process)", self.host, self.port,
-                 self.max_connections, self.idle_timeout_s, soft, self.reserved)
+        log.info("API on %s:%d: at most %d connections (the last %d for operator commands), idle/header "
+                 "timeout %g s (open-file limit %d, %d kept for PLC sessions, the outbox and the process)",
+                 self.host, self.port, self.max_connections, self.operator_reserve, self.idle_timeout_s,
+                 soft, self.reserved)
 
     def _refuse(self) -> None:
         self.refused += 1

@@ -1,5 +1,6 @@
 """The API against hostile clients, over real sockets: bad bodies, non-finite numbers, foreign Host
-headers, missing read tokens, idle and slow connections, more connections than the cap."""
+headers, missing read tokens, idle and slow connections, more connections than the cap, event-stream
+floods against the operator reserve."""
 
 import asyncio
 import contextlib
@@ -13,7 +14,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.api import ApiServer, connection_budget, create_app
+from controller.api import RESERVE_IDLE_S, ApiServer, connection_budget, create_app
 from controller.events import EventLog
 
 TOKEN = "operator-token-0123456789abcdefghijklmnop"
@@ -22,7 +23,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Ops:
-    """Only what these tests reach: reads with non-finite numbers and one mutating call."""
+    """Only what these tests reach: reads with non-finite numbers and a few mutating calls."""
 
     def __init__(self) -> None:
         self.events = EventLog()
@@ -44,6 +45,14 @@ class Ops:
         self.acks.append(user)
         return {"ok": True}
 
+    def shelve(self, name: str, user: str, seconds: float, reason: str) -> dict:
+        self.acks.append(f"shelve {seconds:g}")
+        return {"ok": True}
+
+    def reset_action(self, name: str, user: str, reason: str) -> dict:
+        self.acks.append(f"reset {name}")
+        return {"ok": True}
+
     async def persist(self) -> None:
         pass
 
@@ -61,7 +70,8 @@ def strict_json(text: str):
 
 async def serve(**kwargs) -> tuple[ApiServer, Ops]:
     ops = Ops()
-    app_kw = {k: kwargs.pop(k) for k in ("read_token", "reads_need_token", "allowed_hosts") if k in kwargs}
+    app_keys = ("read_token", "reads_need_token", "allowed_hosts", "max_streams")
+    app_kw = {k: kwargs.pop(k) for k in app_keys if k in kwargs}
     server = ApiServer(create_app(ops, TOKEN, **app_kw), "127.0.0.1", 0, **kwargs)
     await server.start()
     return server, ops
@@ -123,6 +133,26 @@ async def test_hostile_bodies_are_one_line_errors_and_no_traceback(api, caplog, 
     assert text in message and "\n" not in message
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert api.ops.acks == []
+
+
+@pytest.mark.parametrize("seconds", [10**400, -10**400, 1e308, 0, -1, 604_801, True, "60", None])
+async def test_out_of_range_numbers_are_a_400_not_a_500(api, caplog, seconds):
+    """10**400 is a valid JSON integer; float() of it overflows."""
+    async with aiohttp.ClientSession() as http:
+        with caplog.at_level(logging.DEBUG):
+            body = json.dumps({"user": "ann", "seconds": seconds, "reason": "maintenance"})
+            r = await http.post(url(api, "/api/v1/alarms/x/shelve"), data=body, headers=AUTH)
+            message = strict_json(await r.text())["error"]
+    assert r.status == 400, message
+    assert "'seconds' must be" in message and "604800" in message and "\n" not in message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR] and api.ops.acks == []
+
+
+async def test_a_shelve_within_range_passes(api):
+    async with aiohttp.ClientSession() as http:
+        r = await http.post(url(api, "/api/v1/alarms/x/shelve"), headers=AUTH,
+                            json={"user": "ann", "seconds": 604_800, "reason": "maintenance"})
+        assert r.status == 200 and api.ops.acks == ["shelve 604800"]
 
 
 async def test_foreign_host_headers_are_refused(api):
@@ -274,3 +304,66 @@ async def test_a_port_in_use_names_api_port(api):
     other = ApiServer(create_app(Ops(), TOKEN), "127.0.0.1", api.port)
     with pytest.raises(OSError, match="in use; set \\[controller\\] api_port to a free port"):
         await other.start()
+
+
+async def http_head(s: socket.socket) -> bytes:
+    """The status line, headers and (Content-Length) body of one response on a raw socket."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await asyncio.wait_for(loop.sock_recv(s, 4096), 5.0)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = [int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+    while length and len(body) < length[0]:
+        body += await asyncio.wait_for(loop.sock_recv(s, 4096), 5.0)
+    return head + b"\r\n\r\n" + body
+
+
+async def test_a_stream_and_idle_flood_leaves_operator_commands_through():
+    """D1: unauthenticated streams and idle connections fill every slot they may; ack and reset still
+    get through (the operator reserve), streams stop at their cap, and reads in the reserve are 503."""
+    server, ops = await serve(max_connections=12, max_streams=4, idle_timeout_s=30.0)
+    assert server.operator_reserve == 3  # 12 // 4: the last 3 slots; 9 for everyone
+    loop = asyncio.get_running_loop()
+    flood: list[socket.socket] = []
+    request = b"GET /api/v1/events/stream?since=999999 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    try:
+        replies = []
+        for _ in range(7):  # more streams than the stream cap
+            s = (await idle_sockets(server.port, 1))[0]
+            flood.append(s)
+            await loop.sock_sendall(s, request)
+            replies.append(await http_head(s))
+        assert [r.split(b" ", 2)[1] for r in replies] == [b"200"] * 4 + [b"503"] * 3
+        refusal = strict_json(replies[-1].split(b"\r\n\r\n", 1)[1].decode())["error"]
+        assert "event stream limit (4)" in refusal and "\n" not in refusal
+        await wait_for(lambda: all(closed_by_server(s) for s in flood[4:]) and server.open_connections == 4,
+                       what="the refused streams to be closed")
+        flood += await idle_sockets(server.port, 5)  # idle connections up to the general cap (9)
+        await wait_for(lambda: server.open_connections == 9, what="the flood to hold the general slots")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for method, path, headers in [("GET", "/api/v1/status", {}),
+                                          ("GET", "/api/v1/events/stream", AUTH),  # streams: never
+                                          ("POST", "/api/v1/alarms/x/ack", {})]:
+                r = await http.request(method, url(server, path), headers=headers, json={"user": "eve"})
+                assert r.status == 503, (method, path, r.status)
+                assert "kept for operator commands" in strict_json(await r.text())["error"]
+            r = await http.post(url(server, "/api/v1/alarms/press_comm_loss/ack"), headers=AUTH,
+                                json={"user": "ann"})
+            assert r.status == 200, await r.text()
+            r = await http.post(url(server, "/api/v1/actions/stop_line/reset"), headers=AUTH,
+                                json={"user": "ann", "reason": "jam cleared"})
+            assert r.status == 200, await r.text()
+        assert ops.acks == ["ann", "reset stop_line"]
+        assert server.open_connections <= 12 and not any(closed_by_server(s) for s in flood[:4])
+        silent = (await idle_sockets(server.port, 1))[0]  # in the reserve, sends nothing
+        await wait_for(lambda: closed_by_server(silent), timeout=10 * RESERVE_IDLE_S,
+                       what="a silent reserve connection to be closed")
+        silent.close()
+    finally:
+        for s in flood:
+            s.close()
+        await server.stop()
