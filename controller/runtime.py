@@ -227,8 +227,11 @@ class Controller:
                 checks.append((alarm.name, lambda: self.line_alarm))
             elif src.kind == "tag":
                 bit = FLAG_BITS[src.flag]  # config accepts exactly the detector's flag names
-                idx = det_index[src.tag]
-                checks.append((alarm.name, lambda i=idx, b=bit: bool(self.detector.tag_flags[i] & b)))
+                idx, pos, plc = det_index[src.tag], self.line.position[src.tag], self._plc_of_tag[src.tag]
+                # A tag of a PLC never heard from is "not heard yet", not a sensor fault: its PLC's
+                # comm loss (after stale_timeout_s) is the first cause, not the tag's bad alarm.
+                checks.append((alarm.name, lambda i=idx, b=bit, q=pos, p=plc: bool(
+                    self.detector.tag_flags[i] & b) and (p.delivered or self.line.quality[q] != COMM_LOST)))
             elif src.kind == "comm":
                 checks.append((alarm.name, lambda p=plc_by_name[src.plc]: p.comm_lost))
             elif src.kind == "action_failed":

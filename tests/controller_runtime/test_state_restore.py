@@ -6,6 +6,7 @@ The config is the demo's with PLCs on closed ports (restore and operator paths n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -75,3 +76,24 @@ async def test_a_reason_of_invisible_characters_is_refused(tmp_path, model, reas
     controller = Controller(load_config(line_config(tmp_path, model)), api_port=0)
     with pytest.raises(ValueError, match="a reason is required"):
         controller.shelve("oil_temp_high", "ann", 60, reason)
+
+
+async def test_with_no_plc_reachable_at_start_the_first_alarm_is_a_comm_loss(tmp_path, model):  # noqa: F811
+    """Tags never heard from are not sensor faults: their `_bad` alarms stay quiet until (and are
+    then suppressed by) their PLC's comm loss, which is the first out."""
+
+    def raised() -> list[str]:
+        return [e["source"] for e in controller.events.since()
+                if e["kind"] == "alarm" and e.get("state") == "UNACK"]
+
+    controller, task = await running(line_config(tmp_path, model))
+    try:
+        deadline = asyncio.get_running_loop().time() + 15
+        while sum(name.endswith("comm_loss") for name in raised()) < len(controller.plcs):
+            assert asyncio.get_running_loop().time() < deadline, f"no comm-loss alarms in 15 s: {raised()}"
+            await asyncio.sleep(0.05)
+    finally:
+        await stopped(controller, task)
+    names = raised()
+    assert names[0].endswith("comm_loss"), names  # the first out
+    assert all(n.endswith(("comm_loss", "safe_state_failed")) for n in names), names  # no tag alarm
