@@ -199,7 +199,8 @@ async def test_inhibit_and_reset_need_a_reason_and_inhibit_says_what_it_disables
     assert (await api.get("/status"))["protections_disabled"] == []
 
 
-async def test_a_restart_announces_what_the_saved_state_restores(tmp_path, model):
+async def with_saved_state(tmp_path: Path, model: Path) -> Path:
+    """Run the controller once to leave a real state file: stop_line inhibited, oil_temp_high shelved."""
     path = line_config(tmp_path, model)
     controller, task = await running(path)
     try:
@@ -208,7 +209,11 @@ async def test_a_restart_announces_what_the_saved_state_restores(tmp_path, model
         await controller.persist()
     finally:
         await stopped(controller, task)
+    return path
 
+
+async def test_a_restart_announces_what_the_saved_state_restores(tmp_path, model):
+    path = await with_saved_state(tmp_path, model)
     again = Controller(load_config(path), api_port=0)
     assert _matches(again.restored), again.restored
     events = [e for e in again.events.since() if e.get("result") == "restored"]

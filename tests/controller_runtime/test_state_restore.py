@@ -16,19 +16,17 @@ import pytest
 from controller.config import load_config
 from controller.runtime import Controller
 from controller.statedir import STATE_FILE
-from tests.controller_runtime.test_operator import line_config, model, running, stopped  # noqa: F401
+from tests.controller_runtime.test_operator import (  # noqa: F401
+    line_config,
+    model,
+    running,
+    stopped,
+    with_saved_state,
+)
 
 
 async def saved_state(tmp_path: Path, model: Path) -> tuple[Path, dict]:  # noqa: F811
-    """A real state file: stop_line inhibited, oil_temp_high shelved."""
-    path = line_config(tmp_path, model)
-    controller, task = await running(path)
-    try:
-        controller.inhibit_action("stop_line", "ann", True, "belt maintenance")
-        controller.shelve("oil_temp_high", "bob", 3600, "known drift")
-        await controller.persist()
-    finally:
-        await stopped(controller, task)
+    path = await with_saved_state(tmp_path, model)
     return path, json.loads((tmp_path / "state" / STATE_FILE).read_text())
 
 
