@@ -76,11 +76,13 @@ class Attacker:
                 alive.append(s)
         self.sockets = alive
 
+    PERIOD_S = 1.0  # how often the attacker re-opens what the server closed (an attack rate, not a wait)
+
     async def _run(self) -> None:
         while True:
             self._drop_closed()
             await self._top_up()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.PERIOD_S)
 
     async def __aenter__(self) -> "Attacker":
         await self._top_up()

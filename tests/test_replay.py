@@ -60,7 +60,7 @@ def faulty(tmp_path_factory, tags):
 
 
 def test_replay_writes_scores_and_a_plot_that_show_the_fault(tmp_path, model, faulty, tags):
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (dev extra; a missing one must fail, not skip)
     data, times, _ = faulty
     scores, png = tmp_path / "scores.csv", tmp_path / "out" / "replay.png"
     result = invoke("replay", DEMO, data, "--model", model, "-o", scores, "--plot", png)

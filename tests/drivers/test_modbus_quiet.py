@@ -62,9 +62,12 @@ async def test_pymodbus_per_request_errors_stay_out_of_the_service_log(port, ser
     assert ("No response received" in text) is pymodbus_shown
 
 
+REPLY_DELAY_S = 1.0  # the device answers after the driver's 0.5 s timeout: a request is in flight
+
+
 async def test_a_stop_in_the_middle_of_a_request_leaves_no_request_task(port):
     async def slow(request: bytes) -> bytes:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(REPLY_DELAY_S)
         return register_reply(request)
 
     server = await RawServer(port, slow).start()
