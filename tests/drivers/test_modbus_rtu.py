@@ -60,12 +60,9 @@ async def exercise(d: ModbusDriver) -> None:
     assert (await d.read(["run", "setpoint"])).values.tolist() == [1.0, -17.0]
 
 
-async def test_rtu_over_a_serial_line(pty_pair):
-    client_end, device_end = pty_pair
-    server = ModbusSerialServer(rtu_device(), framer=FramerType.RTU, port=device_end, baudrate=115200)
+async def exercise_through(server, config: ModbusDeviceConfig) -> None:
+    """Serve the RTU device with `server`, then read and write through a driver on `config`."""
     await server.serve_forever(background=True)
-    config = ModbusDeviceConfig(name="rtu", transport="serial", serial_port=client_end, baudrate=115200,
-                                device_id=UNIT, timeout_s=0.5, tags=TAGS)
     d = ModbusDriver(config)
     try:
         await d.connect()
@@ -73,6 +70,14 @@ async def test_rtu_over_a_serial_line(pty_pair):
     finally:
         await d.close()
         await server.shutdown()
+
+
+async def test_rtu_over_a_serial_line(pty_pair):
+    client_end, device_end = pty_pair
+    server = ModbusSerialServer(rtu_device(), framer=FramerType.RTU, port=device_end, baudrate=115200)
+    config = ModbusDeviceConfig(name="rtu", transport="serial", serial_port=client_end, baudrate=115200,
+                                device_id=UNIT, timeout_s=0.5, tags=TAGS)
+    await exercise_through(server, config)
     assert config.endpoint == f"{client_end} (115200 8N1)"
 
 
@@ -107,14 +112,7 @@ async def test_a_missing_serial_port_is_a_one_line_connect_error(tmp_path):
 
 async def test_rtu_framing_over_tcp_through_a_gateway(port):
     server = ModbusTcpServer(rtu_device(), framer=FramerType.RTU, address=("127.0.0.1", port))
-    await server.serve_forever(background=True)
     config = ModbusDeviceConfig(name="gw", transport="rtu_over_tcp", host="127.0.0.1", port=port,
                                 device_id=UNIT, timeout_s=0.5, tags=TAGS)
-    d = ModbusDriver(config)
-    try:
-        await d.connect()
-        await exercise(d)
-    finally:
-        await d.close()
-        await server.shutdown()
+    await exercise_through(server, config)
     assert config.endpoint == f"127.0.0.1:{port} (RTU over TCP)"
