@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hil_tests.conftest import start_controller, stop_controller, wait_for
-from hil_tests.servers import Rig
+from hil_tests.rig.servers import Rig
 from hil_tests.test_fault_matrix import conveyor_safe_state, live, make_controller, without_model
 
 

@@ -26,9 +26,9 @@ import numpy as np
 from controller.config import load_config
 from controller.runtime import Controller
 from drivers.base import ConnectionState
-from hil_tests.faults import FaultSpec
-from hil_tests.servers import Rig
-from hil_tests.training import simulated_normal
+from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.servers import Rig
+from hil_tests.rig.training import simulated_normal
 from models import StreamingDetector
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"

@@ -138,7 +138,7 @@ def demo(config: Path = typer.Option(None, help="line config (default: configs/d
          live: bool = typer.Option(True, help="live terminal view (--no-live: one line per event)"),
          fault_every: float = typer.Option(20.0, help="seconds between injected faults")) -> None:
     """The demo line: simulated plant + controller on configs/demo_line.toml, with injected faults."""
-    from controller.demo import DEMO_CONFIG, run_demo
+    from hil_tests.rig.demo import DEMO_CONFIG, run_demo
 
     _load(config or DEMO_CONFIG)  # a bad config is a one-line usage error, like everywhere else
     logging.basicConfig(level=logging.ERROR)
@@ -168,7 +168,7 @@ def sim(opcua_port: int = typer.Option(4840, help="OPC UA port on 127.0.0.1"),
         seed: int = typer.Option(0, help="noise seed of the simulated plant"),
         scenario: Path = typer.Option(None, help="play the faults of this scenario TOML")) -> None:
     """Serve the simulated plant (OPC UA 4840, Modbus 5020 on 127.0.0.1) until Ctrl-C."""
-    from hil_tests.plant import main as serve
+    from hil_tests.rig.plant import main as serve
 
     argv = ["--opcua-port", str(opcua_port), "--modbus-port", str(modbus_port), "--seed", str(seed)]
     if scenario is not None:
@@ -183,13 +183,13 @@ def sim(opcua_port: int = typer.Option(4840, help="OPC UA port on 127.0.0.1"),
 
 
 @app.command()
-def hil(scenario: Path = typer.Argument(..., help="scenario file (hil_tests/scenarios/*.toml)"),
+def hil(scenario: Path = typer.Argument(..., help="scenario file (hil_tests/rig/scenarios/*.toml)"),
         runs: int = typer.Option(None, help="repeat count (default: the scenario's `repeat`)"),
         json_out: Path = typer.Option(None, "--json", help="write the report as JSON")) -> None:
     """Run a HIL scenario against the simulated plant and the controller on the demo config."""
-    from controller.demo import DEMO_CONFIG, ensure_model
-    from hil_tests.controller_run import run_with_controller
-    from hil_tests.scenario import ScenarioError, load_scenario
+    from hil_tests.rig.controller_run import run_with_controller
+    from hil_tests.rig.demo import DEMO_CONFIG, ensure_model
+    from hil_tests.rig.scenario import ScenarioError, load_scenario
 
     try:
         sc = load_scenario(scenario)

@@ -15,7 +15,7 @@ from pathlib import Path
 from controller.outbox import Outbox
 from controller.sync import SyncConfig, SyncWorker
 from hil_tests.conftest import wait_for
-from hil_tests.servers import Rig
+from hil_tests.rig.servers import Rig
 from tests.cloud.lineproto import parse
 from tests.cloud.victoria import VictoriaMetrics
 

@@ -35,9 +35,9 @@ async def wait_for(
 @pytest.fixture(scope="session")
 def model(tmp_path_factory) -> Path:
     """The demo config's detector fitted once on ten simulated minutes of normal operation
-    (hil_tests.training: the plant wanders on time scales a short live recording misses)."""
+    (hil_tests.rig.training: the plant wanders on time scales a short live recording misses)."""
     from controller.config import load_config
-    from hil_tests.training import simulated_normal
+    from hil_tests.rig.training import simulated_normal
     from models import StreamingDetector
 
     tmp = tmp_path_factory.mktemp("model")
@@ -50,7 +50,7 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture
 async def rig():
     """The simulated plant and both PLCs on free 127.0.0.1 ports."""
-    from hil_tests.servers import Rig
+    from hil_tests.rig.servers import Rig
 
     async with Rig(opcua_port=0, modbus_port=0) as r:
         yield r

@@ -23,8 +23,8 @@ from pathlib import Path
 import aiohttp
 
 from hil_tests.conftest import free_port, wait_for
-from hil_tests.controller_run import config_for_rig
-from hil_tests.faults import FaultSpec
+from hil_tests.rig.controller_run import config_for_rig
+from hil_tests.rig.faults import FaultSpec
 
 ATTACK_CONNECTIONS = 1_100
 FD_LIMIT = 1_024

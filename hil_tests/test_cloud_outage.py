@@ -40,7 +40,7 @@ from hil_tests.cloud_support import (
 from hil_tests.conftest import start_controller as start
 from hil_tests.conftest import stop_controller as stop
 from hil_tests.conftest import wait_for
-from hil_tests.faults import FaultSpec
+from hil_tests.rig.faults import FaultSpec
 from tests.cloud.lineproto import parse
 
 

@@ -1,6 +1,6 @@
 """End to end over real sockets: the simulated plant and the real controller on the demo config.
 
-The model is fitted on ten simulated minutes of normal operation (hil_tests.training):
+The model is fitted on ten simulated minutes of normal operation (hil_tests.rig.training):
 the plant wanders on time scales a short live recording does not cover.
 """
 
@@ -15,10 +15,10 @@ from controller.runtime import Controller
 from hil_tests.conftest import start_controller as start
 from hil_tests.conftest import stop_controller as stop
 from hil_tests.conftest import wait_for
-from hil_tests.controller_run import config_for_rig, run_with_controller
-from hil_tests.faults import FaultSpec
-from hil_tests.scenario import parse_scenario
-from hil_tests.servers import Rig
+from hil_tests.rig.controller_run import config_for_rig, run_with_controller
+from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.scenario import parse_scenario
+from hil_tests.rig.servers import Rig
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 

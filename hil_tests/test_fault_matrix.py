@@ -19,10 +19,10 @@ from controller.config import load_config
 from controller.runtime import HOUSEKEEPING_S, Controller
 from drivers.opcua import create_client_certificate
 from hil_tests.conftest import start_controller, stop_controller, wait_for
-from hil_tests.controller_run import config_for_rig
-from hil_tests.faults import FaultSpec
-from hil_tests.plant import Plant
-from hil_tests.servers import OpcUaSecurityOptions, Rig
+from hil_tests.rig.controller_run import config_for_rig
+from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.plant import Plant
+from hil_tests.rig.servers import OpcUaSecurityOptions, Rig
 
 BOUND_MULTIPLE = 3.0  # timed asserts: documented bound x this (a loaded 2-core CI machine)
 STALE = {"conveyor": 1.0, "press": 0.5}  # the demo config's stale_timeout_s per PLC

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from hil_tests.faults import FaultInjector, FaultSpec
-from hil_tests.plant import INDEX, Plant
+from hil_tests.rig.faults import FaultInjector, FaultSpec
+from hil_tests.rig.plant import INDEX, Plant
 
 
 def trace(faults: list[dict], seconds: float, seed: int = 1) -> tuple[np.ndarray, np.ndarray, FaultInjector]:

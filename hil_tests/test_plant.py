@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from hil_tests.plant import INDEX, WATCHDOG_EXPIRED, WATCHDOG_RESTORED, Plant, PlantParams
+from hil_tests.rig.plant import INDEX, WATCHDOG_EXPIRED, WATCHDOG_RESTORED, Plant, PlantParams
 
 
 def run(plant: Plant, seconds: float, probe=lambda p: None) -> tuple[np.ndarray, list]:

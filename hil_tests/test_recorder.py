@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from hil_tests.faults import FaultSpec
-from hil_tests.recorder import Recorder, Report, judge, percentile
-from hil_tests.scenario import parse_scenario
+from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.recorder import Recorder, Report, judge, percentile
+from hil_tests.rig.scenario import parse_scenario
 
 
 class Clock:

@@ -12,14 +12,21 @@ from controller.runtime import Controller
 from drivers.modbus import ModbusDriver
 from drivers.opcua import OpcUaDriver
 from hil_tests.conftest import start_controller, stop_controller
-from hil_tests.controller_run import config_for_rig
-from hil_tests.endpoints import modbus_config, opcua_config
-from hil_tests.faults import FAULT_TYPES
-from hil_tests.plant import INDEX, Plant, PlantParams
-from hil_tests.recorder import Recorder, Report, judge
-from hil_tests.runner import run_scenario
-from hil_tests.scenario import Scenario, ScenarioError, load_scenario, parse_scenario, shipped_scenarios
-from hil_tests.servers import Rig
+from hil_tests.rig.controller_run import config_for_rig
+from hil_tests.rig.endpoints import modbus_config, opcua_config
+from hil_tests.rig.faults import FAULT_TYPES
+from hil_tests.rig.plant import INDEX, Plant, PlantParams
+from hil_tests.rig.recorder import Recorder, Report, judge
+from hil_tests.rig.runner import run_scenario
+from hil_tests.rig.scenario import (
+    SCENARIO_DIR,
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    parse_scenario,
+    shipped_scenarios,
+)
+from hil_tests.rig.servers import Rig
 
 REQUIRED = {
     "jam",
@@ -91,7 +98,7 @@ def test_missing_file_is_a_one_line_error(tmp_path):
 
 
 def test_a_scenario_drives_the_injector_on_plant_time():
-    sc = load_scenario(Path(__file__).parent / "scenarios" / "jam.toml")
+    sc = load_scenario(SCENARIO_DIR / "jam.toml")
     plant, inj = Plant(sc.seed), sc.injector()
     onsets: list[float] = []
     inj.listeners.append(lambda i, f, phase, t: onsets.append(t) if phase == "onset" else None)

@@ -12,11 +12,11 @@ from drivers.modbus import ModbusDriver
 from drivers.opcua import OpcUaDriver, create_client_certificate
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 from hil_tests.conftest import wait_for
-from hil_tests.endpoints import modbus_config, opcua_config
-from hil_tests.faults import FaultInjector, FaultSpec
-from hil_tests.plant import WATCHDOG_EXPIRED, Plant, PlantParams
-from hil_tests.recorder import Recorder
-from hil_tests.servers import OpcUaSecurityOptions, Rig
+from hil_tests.rig.endpoints import modbus_config, opcua_config
+from hil_tests.rig.faults import FaultInjector, FaultSpec
+from hil_tests.rig.plant import WATCHDOG_EXPIRED, Plant, PlantParams
+from hil_tests.rig.recorder import Recorder
+from hil_tests.rig.servers import OpcUaSecurityOptions, Rig
 
 
 class Collector:

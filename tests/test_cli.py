@@ -51,7 +51,7 @@ def test_status_of_a_controller_that_is_not_running_is_one_line_exit_1(tmp_path)
 
 def test_fit_writes_a_model_from_a_recorded_csv_and_refuses_bad_data(tmp_path):
     from controller.config import load_config
-    from hil_tests.training import simulated_normal
+    from hil_tests.rig.training import simulated_normal
 
     tags = load_config(DEMO).detector_tags()
     times, rows = simulated_normal(tags, seconds=120.0)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from controller import replay as rp
 from controller.cli import app
 from controller.config import load_config
-from hil_tests.training import simulated_normal
+from hil_tests.rig.training import simulated_normal
 from models import StreamingDetector
 
 DEMO = "configs/demo_line.toml"

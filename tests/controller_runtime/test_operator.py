@@ -33,7 +33,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     """A demo-line model fitted on one simulated minute (the operator paths need one, not a good one)."""
-    from hil_tests.training import simulated_normal
+    from hil_tests.rig.training import simulated_normal
     from models import StreamingDetector
 
     config = load_config(DEMO)
@@ -107,7 +107,7 @@ def live_view(controller: Controller) -> str:
     """The demo's live view of this controller, as text."""
     from rich.console import Console
 
-    from controller.demo import DemoLog, render
+    from hil_tests.rig.demo import DemoLog, render
 
     console = Console(width=160, record=True, file=io.StringIO())
     console.print(render(controller, DemoLog()))

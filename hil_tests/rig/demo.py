@@ -28,13 +28,13 @@ from controller.config import LineConfig, load_config
 from controller.runtime import Controller
 from controller.statedir import STATE_FILE
 from drivers.base import ConnectionState
-from hil_tests.faults import FaultSpec
-from hil_tests.plant import Plant
-from hil_tests.servers import Rig
-from hil_tests.training import simulated_normal
+from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.plant import Plant
+from hil_tests.rig.servers import Rig
+from hil_tests.rig.training import simulated_normal
 from models import ModelError, StreamingDetector, load_model
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
+DEMO_CONFIG = Path(__file__).with_name("demo_line.toml")  # configs/demo_line.toml, shipped in the wheel
 FAULTS = (
     FaultSpec(type="jam", onset_s=0, duration_s=4.0),
     FaultSpec(type="stuck", onset_s=0, duration_s=8.0, tag="vibration_rms"),
@@ -44,7 +44,7 @@ FAULTS = (
 )
 # The demo "operator" restarts a stopped line this long after the stop at the earliest (and only
 # once the fault is over and the alarm has cleared): about the stops the demo model was trained
-# on (hil_tests.training: 3 s). After longer stops the detector scores the restart of the
+# on (hil_tests.rig.training: 3 s). After longer stops the detector scores the restart of the
 # cooled-down line as an anomaly and the line is stopped again at once.
 OPERATOR_DELAY_S = 3.0
 

@@ -33,10 +33,10 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simutils import SimUtils
 
-from hil_tests.faults import FaultInjector, FaultSpec
-from hil_tests.gate import Gate
-from hil_tests.plant import INDEX, Plant, PlantParams, Snapshot
-from hil_tests.recorder import Recorder
+from hil_tests.rig.faults import FaultInjector, FaultSpec
+from hil_tests.rig.gate import Gate
+from hil_tests.rig.plant import INDEX, Plant, PlantParams, Snapshot
+from hil_tests.rig.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -487,7 +487,7 @@ def address_map() -> str:
 
 async def main(argv: list[str] | None = None) -> None:
     """Serve the simulated line until interrupted; optionally play a scenario's faults."""
-    ap = argparse.ArgumentParser(prog="python -m hil_tests.plant", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m hil_tests.rig.plant", description=main.__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--opcua-port", type=int, default=4840)
     ap.add_argument("--modbus-port", type=int, default=5020)
@@ -497,7 +497,9 @@ async def main(argv: list[str] | None = None) -> None:
         "--secure-dir", type=Path, help="serve Basic256Sha256 SignAndEncrypt, cert/key in this dir"
     )
     args = ap.parse_args(argv)
-    from hil_tests.scenario import load_scenario  # scenario -> recorder -> ... keep the import graph acyclic
+    from hil_tests.rig.scenario import (
+        load_scenario,  # scenario -> recorder -> ... keep the import graph acyclic
+    )
 
     injector, seed, params = FaultInjector(), args.seed, PlantParams()
     if args.scenario is not None:

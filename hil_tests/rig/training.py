@@ -8,7 +8,7 @@ quicker to simulate offline than to record live.
 
 import numpy as np
 
-from hil_tests.plant import INDEX, Plant
+from hil_tests.rig.plant import INDEX, Plant
 
 MODBUS_TAGS = frozenset({"hydraulic_pressure", "oil_temp", "cycle_count", "pump_flow",
                          "discharge_pressure"})

@@ -19,8 +19,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from hil_tests.faults import FaultSpec
-from hil_tests.scenario import Scenario
+from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.scenario import Scenario
 
 Clock = Literal["monotonic", "wall"]
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hil_tests.faults import FaultInjector, FaultSpec
+from hil_tests.rig.faults import FaultInjector, FaultSpec
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 

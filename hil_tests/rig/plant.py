@@ -5,7 +5,7 @@ steps it in real time, unit tests step it as fast as they like. Faults reach the
 through `Disturbance` (process faults) and the served values through `Snapshot` (sensor faults),
 so the plant itself never knows a scenario exists.
 
-`python -m hil_tests.plant` serves it on 127.0.0.1 (OPC UA :4840, Modbus :5020) and prints
+`python -m hil_tests.rig.plant` serves it on 127.0.0.1 (OPC UA :4840, Modbus :5020) and prints
 the address map (this becomes `linesentry sim`).
 """
 
@@ -300,12 +300,12 @@ class Plant:
 def main(argv: list[str] | None = None) -> None:
     """Serve the plant on 127.0.0.1 until Ctrl-C (imported lazily: the physics has no socket code).
 
-    `argv` are the server options (`python -m hil_tests.plant --help`); None reads the command
+    `argv` are the server options (`python -m hil_tests.rig.plant --help`); None reads the command
     line, so `linesentry sim` passes its own options instead of its `sim` argument."""
     import asyncio
     import contextlib
 
-    from hil_tests.servers import main as serve
+    from hil_tests.rig.servers import main as serve
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop the simulator
         asyncio.run(serve(argv))

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hil_tests.plant import INDEX, SENSOR_NAMES, Disturbance, Plant, Snapshot
+from hil_tests.rig.plant import INDEX, SENSOR_NAMES, Disturbance, Plant, Snapshot
 
 ProcessFault = Literal["jam", "bearing_wear", "leak", "cavitation"]
 SensorFault = Literal["spike", "stuck", "dropout", "drift", "noise_burst"]

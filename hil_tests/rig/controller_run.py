@@ -1,6 +1,6 @@
 """Run scenarios against the real controller on the demo config and judge them.
 
-    linesentry hil hil_tests/scenarios/jam.toml --runs 5 --json report.json
+    linesentry hil hil_tests/rig/scenarios/jam.toml --runs 5 --json report.json
 
 Each run starts the simulated plant (free ports), points a copy of the demo
 config at it, runs the controller for the scenario's duration and hands the
@@ -18,12 +18,12 @@ from pathlib import Path
 
 from controller.config import load_config
 from controller.runtime import Controller
-from hil_tests.recorder import Report
-from hil_tests.runner import run_scenario
-from hil_tests.scenario import Scenario
-from hil_tests.servers import Rig
+from hil_tests.rig.recorder import Report
+from hil_tests.rig.runner import run_scenario
+from hil_tests.rig.scenario import Scenario
+from hil_tests.rig.servers import Rig
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
+DEMO = Path(__file__).with_name("demo_line.toml")  # configs/demo_line.toml, shipped in the wheel
 
 
 def config_for_rig(rig: Rig, state_dir: Path, model: Path, path: Path, template: Path = DEMO) -> Path:

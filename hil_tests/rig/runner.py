@@ -11,10 +11,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from hil_tests.plant import Plant, PlantParams
-from hil_tests.recorder import Recorder
-from hil_tests.scenario import Scenario
-from hil_tests.servers import OpcUaSecurityOptions, Rig
+from hil_tests.rig.plant import Plant, PlantParams
+from hil_tests.rig.recorder import Recorder
+from hil_tests.rig.scenario import Scenario
+from hil_tests.rig.servers import OpcUaSecurityOptions, Rig
 
 
 @dataclass

@@ -10,7 +10,14 @@ from typing import Any
 
 from drivers.modbus import ModbusDeviceConfig
 from drivers.opcua import OpcUaConfig
-from hil_tests.servers import DEVICE_ID, MODBUS_COILS, MODBUS_HEARTBEAT, MODBUS_HOLDING, NS_URI, OPCUA_NODES
+from hil_tests.rig.servers import (
+    DEVICE_ID,
+    MODBUS_COILS,
+    MODBUS_HEARTBEAT,
+    MODBUS_HOLDING,
+    NS_URI,
+    OPCUA_NODES,
+)
 
 
 def opcua_tags() -> list[dict[str, Any]]:
