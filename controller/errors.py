@@ -1,0 +1,45 @@
+"""The product's error root: every error a user can cause or meet is a `LinesentryError`.
+
+The CLI prints one as a single line (never a traceback); the API answers its `status`.
+`drivers` and `models` depend on no project package, so their own roots (`drivers.errors.DriverError`,
+`models.errors.ModelError`) are translated where the controller meets them, keeping the original as
+``__cause__`` (``raise PlcError(...) from exc``).
+"""
+
+from __future__ import annotations
+
+
+class LinesentryError(Exception):
+    """Root of the product's errors. `status` is the HTTP status the local API answers with."""
+
+    status = 500
+
+
+class BadRequest(LinesentryError):
+    """The request itself is wrong (a missing reason, a bad duration)."""
+
+    status = 400
+
+
+class NotFound(LinesentryError):
+    """No alarm, action, PLC or tag of that name."""
+
+    status = 404
+
+
+class Refused(LinesentryError):
+    """Refused in the current state (e.g. shelving a suppressed-by-design alarm); documented as 409."""
+
+    status = 409
+
+
+class PlcError(LinesentryError):
+    """A PLC could not be reached, refused us, or answered with errors (cause: a `DriverError`)."""
+
+    status = 502
+
+
+class ModelLoadError(LinesentryError):
+    """A model artifact could not be loaded or does not fit the line (cause: a `ModelError`)."""
+
+    status = 422
