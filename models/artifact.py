@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from models.detector import MODEL_ARRAYS, StreamingDetector
+from models.errors import ModelError
 from models.kernels import TP_SIZE
 from models.spec import DetectorSpec
 
@@ -23,10 +24,6 @@ FORMAT = "linesentry-model"
 FORMAT_VERSION = 3
 REFIT = "refit with `linesentry fit`"
 META_KEY = "__meta__"
-
-
-class ModelError(ValueError):
-    """A model artifact that cannot be used; the message is one line naming the file and the fix."""
 
 
 def _version(dist: str) -> str:

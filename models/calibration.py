@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-METHODS = ("quantile", "pot")
+from models.names import CALIBRATION_METHODS as METHODS
 
 
 def calibrate_threshold(scores: np.ndarray, target_far: float, method: str = "pot",

@@ -23,6 +23,7 @@ import numpy as np
 from models import kernels
 from models.baseline import ewma, longest_flat_run, robust_scale, shifted_tags
 from models.calibration import calibrate_threshold
+from models.errors import NotFittedError
 from models.iforest import ForestArrays, fit_iforest, flatten_iforest
 from models.kernels import (
     C_IFOREST,
@@ -83,10 +84,6 @@ RULES_ONLY_THRESHOLD = 0.5  # line threshold without a model: only limit/flatlin
 # The fitted arrays (what a model artifact holds).
 MODEL_ARRAYS = ("tag_params", "pca_components", "pca_inv_eig", "f_nodes", "f_leaf_depth",
                 "f_roots", "decision_params")
-
-
-class NotFittedError(RuntimeError):
-    pass
 
 
 @dataclass

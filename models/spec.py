@@ -7,9 +7,7 @@ layer; the controller maps its validated TOML onto this.
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from models.calibration import METHODS
-
-LINE_FLAG_NAMES = ("limit", "rate_of_change", "flatline", "ewma_z", "cusum")
+from models.names import CALIBRATION_METHODS, LINE_FLAG_NAMES
 
 
 @dataclass(frozen=True)
@@ -124,7 +122,7 @@ class DetectorSpec:
         need(self.iforest_max_samples >= 2, "iforest_max_samples", "expected >= 2")
         need(0.0 < self.component_far < 0.5, "component_far", "expected 0 < value < 0.5")
         need(0.0 < self.target_far < 0.5, "target_far", "expected 0 < value < 0.5")
-        need(self.calibration in METHODS, "calibration", f"expected one of {METHODS}")
+        need(self.calibration in CALIBRATION_METHODS, "calibration", f"expected one of {CALIBRATION_METHODS}")
         need(self.threshold_margin > 0, "threshold_margin", "expected > 0")
         need(0.0 <= self.holdout_fraction < 0.9, "holdout_fraction", "expected 0 <= value < 0.9")
         need(self.debounce_n >= 1, "debounce_n", "expected >= 1")
