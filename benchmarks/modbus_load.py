@@ -28,7 +28,8 @@ import time
 import numpy as np
 
 from drivers.base import Quality, ReadingBatch
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from drivers.modbus import ModbusDeviceConfig
+from drivers.modbus.driver import ModbusDriver
 from drivers.supervisor import DriverSupervisor
 
 POLL_S = 0.1

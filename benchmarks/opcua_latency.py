@@ -142,7 +142,8 @@ def pct(a: np.ndarray, q: float) -> float:
 
 async def run(args: argparse.Namespace) -> None:
     from drivers.base import Quality, ReadingBatch
-    from drivers.opcua import OpcUaConfig, OpcUaDriver
+    from drivers.opcua import OpcUaConfig
+    from drivers.opcua.driver import OpcUaDriver
     from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
     from tests.drivers.conftest import free_port
 

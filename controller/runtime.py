@@ -54,8 +54,8 @@ from controller.statedir import READ_TOKEN_FILE, TOKEN_FILE, StateDir
 from controller.summaries import WindowSummarizer, WindowSummary
 from controller.sync import SyncWorker
 from drivers.base import ConnectionState, Driver, DriverError, Quality, ReadingBatch
-from drivers.modbus import ModbusDriver
-from drivers.opcua import OpcUaDriver
+from drivers.modbus.driver import ModbusDriver
+from drivers.opcua.driver import OpcUaDriver
 from drivers.supervisor import DriverSupervisor
 from models import ModelError, StreamingDetector, TagLimits, load_model, spec_differences
 from models.kernels import FLAG_BITS, FLAG_NAMES, O_ALARM, O_SCORE

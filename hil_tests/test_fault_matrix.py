@@ -17,7 +17,7 @@ import pytest
 from controller.clock import Clock
 from controller.config import load_config
 from controller.runtime import HOUSEKEEPING_S, Controller
-from drivers.opcua import create_client_certificate
+from drivers.opcua.security import create_client_certificate
 from hil_tests.conftest import start_controller, stop_controller, wait_for
 from hil_tests.rig.controller_run import config_for_rig
 from hil_tests.rig.faults import FaultSpec

@@ -9,8 +9,8 @@ import pytest
 
 from controller.config import load_config
 from controller.runtime import Controller
-from drivers.modbus import ModbusDriver
-from drivers.opcua import OpcUaDriver
+from drivers.modbus.driver import ModbusDriver
+from drivers.opcua.driver import OpcUaDriver
 from hil_tests.conftest import start_controller, stop_controller
 from hil_tests.rig.controller_run import config_for_rig
 from hil_tests.rig.endpoints import modbus_config, opcua_config

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from drivers.base import Quality, ReadingBatch
-from drivers.modbus import ModbusDriver
-from drivers.opcua import OpcUaDriver, create_client_certificate
+from drivers.modbus.driver import ModbusDriver
+from drivers.opcua.driver import OpcUaDriver
+from drivers.opcua.security import create_client_certificate
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 from hil_tests.conftest import wait_for
 from hil_tests.rig.endpoints import modbus_config, opcua_config

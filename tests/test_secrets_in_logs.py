@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from controller.logs import SCRUBBED
-from drivers.opcua import create_client_certificate
+from drivers.opcua.security import create_client_certificate
 from tests.drivers.opcua_server import NS_URI, SecureOptions, TestServer, make_server_certificate
 
 LINESENTRY = Path(sys.executable).with_name("linesentry")

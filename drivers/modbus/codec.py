@@ -26,32 +26,18 @@ a scaled one rounds to the register's resolution (nearest, ties to even).
 """
 
 import math
-from typing import Literal
 
 import numpy as np
 
-DType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64",
-                "string"]
-Order = Literal["ABCD", "DCBA", "BADC", "CDAB"]
+from drivers.modbus.tables import ORDERS
 
-# Big-endian numpy type of each register dtype; its itemsize / 2 is the register count.
+# Big-endian numpy type of each register dtype (its itemsize / 2 is its REGISTER_WIDTH).
 _NUMPY_BE: dict[str, np.dtype] = {
     "int16": np.dtype(">i2"), "uint16": np.dtype(">u2"),
     "int32": np.dtype(">i4"), "uint32": np.dtype(">u4"),
     "int64": np.dtype(">i8"), "uint64": np.dtype(">u8"),
     "float32": np.dtype(">f4"), "float64": np.dtype(">f8"),
 }
-REGISTER_DTYPES = frozenset(_NUMPY_BE)
-BIT_DTYPES = frozenset({"bool"})
-ORDERS = ("ABCD", "DCBA", "BADC", "CDAB")
-
-
-def width(dtype: str) -> int:
-    """Registers (or bits, for bool) one value occupies (strings: see their `length`)."""
-    if dtype == "bool":
-        return 1
-    return _NUMPY_BE[dtype].itemsize // 2
-
 
 def decode_string(regs: np.ndarray, order: str = "ABCD") -> str:
     """Registers -> text, two characters per register; ABCD = first character in the high byte,

@@ -11,24 +11,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drivers.modbus import codec
-
-Table = Literal["coil", "discrete_input", "holding_register", "input_register"]
-BIT_TABLES = frozenset({"coil", "discrete_input"})
-WRITABLE_TABLES = frozenset({"coil", "holding_register"})
-# Modicon reference ranges per table: (5-digit first, 6-digit first); the first one is address 0.
-MODICON_BASE = {"coil": (1, 1), "discrete_input": (10001, 100001), "input_register": (30001, 300001),
-                "holding_register": (40001, 400001)}
-
-
-def modicon_to_address(table: str, number: int) -> int | None:
-    """Zero-based address of a Modicon reference on `table`, or None if it is not one."""
-    five, six = MODICON_BASE[table]
-    if six <= number <= six + 65535 and table != "coil":
-        return number - six
-    if five <= number <= five + (65535 if table == "coil" else 9998):
-        return number - five
-    return None
+from drivers.modbus.tables import (
+    BIT_TABLES,
+    MODICON_BASE,
+    WRITABLE_TABLES,
+    DType,
+    Order,
+    Table,
+    modicon_to_address,
+    width,
+)
 
 
 class ModbusTag(BaseModel):
@@ -48,8 +40,8 @@ class ModbusTag(BaseModel):
     name: str = Field(min_length=1)
     table: Table
     address: int = Field(ge=0, le=65535)
-    dtype: codec.DType
-    order: codec.Order = "ABCD"
+    dtype: DType
+    order: Order = "ABCD"
     length: int | None = Field(default=None, ge=1, le=125)  # registers, strings only
     bit: int | None = Field(default=None, ge=0, le=15)  # bit inside a register, 0 = LSB
     scale: float = 1.0
@@ -63,7 +55,7 @@ class ModbusTag(BaseModel):
             return self.length or 0
         if self.bit is not None:
             return 1
-        return codec.width(self.dtype)
+        return width(self.dtype)
 
     @property
     def is_bit(self) -> bool:

@@ -51,16 +51,12 @@ from drivers.base import (
 from drivers.modbus import codec
 from drivers.modbus.config import ModbusDeviceConfig, ModbusTag
 from drivers.modbus.planner import ReadBlock, plan_reads
+from drivers.modbus.tables import BIT_TABLES, EXCEPTION_NAMES, READ_FUNCTION, width
 
 log = logging.getLogger(__name__)
 
-_EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
-                    4: "device failure", 5: "acknowledge", 6: "device busy",
-                    8: "memory parity error", 10: "gateway path unavailable",
-                    11: "gateway target failed to respond"}
 _READ_METHODS = {"coil": "read_coils", "discrete_input": "read_discrete_inputs",
                  "holding_register": "read_holding_registers", "input_register": "read_input_registers"}
-_READ_FC = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
 
 
 @dataclass(frozen=True)
@@ -288,13 +284,13 @@ class ModbusDriver:
         finally:
             self.stats.record_latency(time.perf_counter() - t0)
         where = f"{block.table} {block.start}..{block.start + block.count - 1}"
-        fc = _READ_FC[block.table]
+        fc = READ_FUNCTION[block.table]
         if response.function_code & 0x7F != fc:  # an answer to another request (a gateway mix-up)
             return f"answer with function code {response.function_code} to a read of {where} (FC{fc})"
         if response.isError():
             code = getattr(response, "exception_code", 0)
-            return f"exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')}) reading {where}"
-        is_bits = block.table in ("coil", "discrete_input")
+            return f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')}) reading {where}"
+        is_bits = block.table in BIT_TABLES
         data = response.bits if is_bits else response.registers
         # Bits come padded to whole bytes; anything else than exactly what was asked is not our answer.
         expected = -(-block.count // 8) * 8 if is_bits else block.count
@@ -345,7 +341,7 @@ class ModbusDriver:
                 self.stats.last_alive = time.monotonic()
                 continue
             for g in cb.groups:
-                v = codec.decode(codec.gather(data, g.starts, codec.width(g.dtype)), g.dtype, g.order,
+                v = codec.decode(codec.gather(data, g.starts, width(g.dtype)), g.dtype, g.order,
                                  g.scale, g.offset)
                 ok = np.isfinite(v)
                 values[g.pos] = np.where(ok, v, np.nan)
@@ -465,4 +461,4 @@ class ModbusDriver:
                     "write_function = 'single'" if code == 1 and tag.table != "coil"
                     and self.config.write_function == "multiple" else "")
             raise WriteFailed(f"{where}: device refused the write with exception {code} "
-                              f"({_EXCEPTION_NAMES.get(code, 'unknown')}){hint}")
+                              f"({EXCEPTION_NAMES.get(code, 'unknown')}){hint}")

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-TABLE_ORDER = ("coil", "discrete_input", "holding_register", "input_register")
-BIT_TABLES = frozenset({"coil", "discrete_input"})
+from drivers.modbus.tables import BIT_TABLES, TABLE_ORDER
 
 
 class Addressed(Protocol):

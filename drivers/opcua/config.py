@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.opcua.nodes import parse_browse_path, parse_node_ref
+from drivers.opcua.noderef import parse_browse_path, parse_node_ref
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus import codec
+from drivers.modbus import codec, tables
 
 STRUCT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
           "float32": "f", "float64": "d"}
@@ -71,7 +71,7 @@ def test_64_bit_integers_are_exact_at_the_extremes():
             assert int(codec.decode_raw(np.array([regs]), dtype, "BADC")[0]) == v
 
 
-@given(dtype=st.sampled_from(INT_TYPES), order=st.sampled_from(codec.ORDERS), data=st.data())
+@given(dtype=st.sampled_from(INT_TYPES), order=st.sampled_from(tables.ORDERS), data=st.data())
 def test_integer_raw_round_trip_matches_reference(dtype, order, data):
     lo, hi = int_range(dtype)
     v = data.draw(st.integers(lo, hi))
@@ -80,7 +80,7 @@ def test_integer_raw_round_trip_matches_reference(dtype, order, data):
     assert int(codec.decode_raw(np.array([regs]), dtype, order)[0]) == v
 
 
-@given(dtype=st.sampled_from(INT_TYPES), order=st.sampled_from(codec.ORDERS),
+@given(dtype=st.sampled_from(INT_TYPES), order=st.sampled_from(tables.ORDERS),
        scale=st.sampled_from([1.0, 0.1, 0.01, 2.5, -4.0, 1e-3]),
        offset=st.sampled_from([0.0, -40.0, 273.15, 1000.0]), data=st.data())
 def test_scaled_integer_round_trip(dtype, order, scale, offset, data):
@@ -92,7 +92,7 @@ def test_scaled_integer_round_trip(dtype, order, scale, offset, data):
     assert codec.encode(value, dtype, order, scale, offset) == [int(r) for r in regs[0]]
 
 
-@given(dtype=st.sampled_from(FLOAT_TYPES), order=st.sampled_from(codec.ORDERS),
+@given(dtype=st.sampled_from(FLOAT_TYPES), order=st.sampled_from(tables.ORDERS),
        scale=st.sampled_from([1.0, 0.1, 2.5, -4.0]), offset=st.sampled_from([0.0, -40.0, 273.15]),
        data=st.data())
 def test_float_round_trip(dtype, order, scale, offset, data):
@@ -106,7 +106,7 @@ def test_float_round_trip(dtype, order, scale, offset, data):
         assert regs == reference_registers(value, dtype, order)
 
 
-@given(order=st.sampled_from(codec.ORDERS),
+@given(order=st.sampled_from(tables.ORDERS),
        raws=st.lists(st.integers(0, 0xFFFF), min_size=8, max_size=8), n=st.integers(1, 6))
 def test_decode_many_at_once_equals_one_by_one(order, raws, n):
     block = np.array(raws * n, dtype=np.uint16)
@@ -145,5 +145,10 @@ def test_nan_registers_decode_to_nan():
 
 
 def test_widths():
-    assert [codec.width(t) for t in ("bool", "int16", "uint32", "float32", "int64", "float64")] == \
+    assert [tables.width(t) for t in ("bool", "int16", "uint32", "float32", "int64", "float64")] == \
         [1, 1, 2, 2, 4, 4]
+
+
+def test_declared_widths_match_the_codec():
+    for dtype, w in tables.REGISTER_WIDTH.items():
+        assert len(codec.encode(1, dtype)) == w, dtype

@@ -15,7 +15,8 @@ from conftest import free_port
 from modbus_server import PyModbusTcpServer, SimTablesServer, independent_client, wire_registers
 
 from drivers.base import Quality, WriteFailed
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver, codec
+from drivers.modbus import ModbusDeviceConfig, codec, tables
+from drivers.modbus.driver import ModbusDriver
 
 SIZE = 128  # entries per table; addresses >= SIZE are illegal on every server
 ORDERS = ("ABCD", "DCBA", "BADC", "CDAB")
@@ -104,7 +105,7 @@ async def test_registers_every_type_and_word_order(driver_for, table):
         np.testing.assert_allclose(batch.values, REG_EXPECTED, rtol=1e-12)
     else:
         raw = np.array(INPUTS, dtype=np.uint16)
-        want = [codec.decode(raw[t["address"]:t["address"] + codec.width(t["dtype"])][None, :],
+        want = [codec.decode(raw[t["address"]:t["address"] + tables.width(t["dtype"])][None, :],
                              t["dtype"], t["order"])[0] for t in REG_TAGS]
         np.testing.assert_allclose(batch.values, want, rtol=1e-12)
     assert d.stats.reads == 1  # 80 adjacent registers: one request
@@ -135,7 +136,7 @@ async def test_writes_with_readback(server, driver_for, write_function):
     tags = [{"name": f"w_{dtype}_{order}", "table": "holding_register", "address": 40 + 4 * i,
              "dtype": dtype, "order": order, "writable": True}
             for i, (dtype, order) in enumerate((d, o) for d in WRITE_TYPES for o in ORDERS)
-            if write_function == "multiple" or codec.width(dtype) == 1]
+            if write_function == "multiple" or tables.width(dtype) == 1]
     tags += [{"name": "run", "table": "coil", "address": 7, "dtype": "bool", "writable": True},
              {"name": "flag3", "table": "holding_register", "address": 120, "dtype": "bool", "bit": 3,
               "writable": True}]
@@ -144,7 +145,7 @@ async def test_writes_with_readback(server, driver_for, write_function):
     for t in tags[:-2]:
         await d.write(t["name"], value_of[t["dtype"]])
         got = await independently(server.port, "read_holding_registers", t["address"],
-                                  codec.width(t["dtype"]))
+                                  tables.width(t["dtype"]))
         assert got == wire_registers(value_of[t["dtype"]], t["dtype"], t["order"]), t["name"]
     await d.write("run", 1)
     assert await independently(server.port, "read_coils", 7, 1) == [True]

@@ -31,7 +31,8 @@ from drivers.base import (
     WriteFailed,
     WriteRefused,
 )
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from drivers.modbus import ModbusDeviceConfig
+from drivers.modbus.driver import ModbusDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 
 ORDERS = ("ABCD", "DCBA", "BADC", "CDAB")

@@ -25,7 +25,8 @@ from modbus_server import (
 )
 
 from drivers.base import ConnectionLost, Quality, ReadingBatch
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from drivers.modbus import ModbusDeviceConfig
+from drivers.modbus.driver import ModbusDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 
 TAGS = [{"name": "a", "table": "holding_register", "address": 0, "dtype": "uint16"},

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.modbus import ModbusDeviceConfig, ModbusTag
-from drivers.modbus.planner import BIT_TABLES, TABLE_ORDER, plan_reads
+from drivers.modbus.planner import plan_reads
+from drivers.modbus.tables import BIT_TABLES, TABLE_ORDER
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from conftest import wait_for
 from modbus_server import RawServer, register_reply, request_address
 
 from controller.logs import setup_logging
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from drivers.modbus import ModbusDeviceConfig
+from drivers.modbus.driver import ModbusDriver
 
 TAGS = [{"name": "a", "table": "holding_register", "address": 0, "dtype": "uint16"},
         {"name": "b", "table": "holding_register", "address": 100, "dtype": "uint16"}]

@@ -15,7 +15,8 @@ from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from drivers.base import ConnectionLost, Quality
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from drivers.modbus import ModbusDeviceConfig
+from drivers.modbus.driver import ModbusDriver
 
 UNIT = 17
 TAGS = [{"name": "temp", "table": "holding_register", "address": 0, "dtype": "float32", "order": "CDAB"},

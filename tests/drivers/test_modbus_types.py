@@ -7,7 +7,8 @@ from pydantic import ValidationError
 from pymodbus.constants import ExcCodes
 
 from drivers.base import WriteFailed
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver, codec
+from drivers.modbus import ModbusDeviceConfig, codec
+from drivers.modbus.driver import ModbusDriver
 
 
 def dev(tags: list[dict], **kw) -> ModbusDeviceConfig:

@@ -21,10 +21,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.base import AccessDenied, Quality, WriteFailed
-from drivers.opcua import OpcUaConfig, OpcUaDriver, create_client_certificate
-from drivers.opcua.driver import EURANGE_FIX
+from drivers.opcua import OpcUaConfig
+from drivers.opcua.driver import EURANGE_FIX, OpcUaDriver
 from drivers.opcua.limits import OperationLimits
-from drivers.opcua.security import fetch_server_certificate, fingerprint
+from drivers.opcua.security import create_client_certificate, fetch_server_certificate, fingerprint
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 from tests.drivers.conftest import free_port, wait_for
 from tests.drivers.opcua_server import (

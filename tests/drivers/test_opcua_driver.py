@@ -9,7 +9,8 @@ import pytest_asyncio
 from asyncua import ua
 
 from drivers.base import ConnectionLost, DriverError, Quality, WriteFailed, WriteRefused
-from drivers.opcua import OpcUaConfig, OpcUaDriver
+from drivers.opcua import OpcUaConfig
+from drivers.opcua.driver import OpcUaDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 from tests.drivers.conftest import free_port, wait_for
 from tests.drivers.opcua_server import LIMIT, NS_URI, Collector, TestServer

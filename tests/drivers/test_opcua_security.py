@@ -8,7 +8,9 @@ import pytest_asyncio
 from pydantic import ValidationError
 
 from drivers.base import DriverError
-from drivers.opcua import OpcUaConfig, OpcUaDriver, OpcUaSecurity, OpcUaTag, create_client_certificate
+from drivers.opcua import OpcUaConfig, OpcUaSecurity, OpcUaTag
+from drivers.opcua.driver import OpcUaDriver
+from drivers.opcua.security import create_client_certificate
 from tests.drivers.conftest import free_port
 from tests.drivers.opcua_server import NS_URI, SecureOptions, TestServer, make_server_certificate
 

@@ -11,7 +11,8 @@ from conftest import wait_for
 from modbus_server import SimServer, bits_at, device, registers_at
 
 from drivers.base import AccessDenied, ConnectionLost, DriverStats, Quality, ReadingBatch
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from drivers.modbus import ModbusDeviceConfig
+from drivers.modbus.driver import ModbusDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 
 

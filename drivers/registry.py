@@ -1,0 +1,92 @@
+"""The driver registry: which protocols exist, found by name, never by an isinstance switch.
+
+A driver is one folder under `drivers/` whose package exposes `PLUGIN = DriverPlugin(...)`, plus
+one registration: an entry point in the group `linesentry.drivers` (the built-ins, and any
+installed third-party package), or `register(plugin)` at run time (tests, embedding). The config
+schema takes each plugin's `config` model for the TOML tables named `[[<name>]]`; the runtime
+builds drivers with `create`; `linesentry validate --connect` uses `probe`.
+
+Loading is cheap by contract: a plugin package imports its config model only; `create` and
+`probe` import the protocol library (asyncua, pymodbus, ...) when first called.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+from drivers.errors import DriverError, UnknownDriver
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from drivers.base import Driver
+    from drivers.probe import ProbeReport
+
+GROUP = "linesentry.drivers"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a bare TOML key: [[opcua]], [[modbus]], [[toy]]
+
+
+@dataclass(frozen=True)
+class DriverPlugin:
+    """Everything the controller needs of one protocol, without naming it."""
+
+    name: str  # the TOML table of its PLCs: [[opcua]], [[modbus]], [[toy]]
+    config: type[BaseModel]  # ONE PLC's driver keys; its module imports no protocol library
+    create: Callable[[BaseModel], Driver]  # builds the Driver; imports the protocol library lazily
+    probe: Callable[[BaseModel], Awaitable[ProbeReport]] | None = None  # connect, read each tag, close
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"driver plugin name {self.name!r} must be lower-case letters, digits and _ "
+                             "(it is the TOML table name of its PLCs)")
+
+
+_registered: dict[str, DriverPlugin] = {}
+_loaded: dict[str, DriverPlugin] | None = None  # from entry points, loaded once
+
+
+def _load_entry_points() -> dict[str, DriverPlugin]:
+    found: dict[str, DriverPlugin] = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken third-party plugin is named, not a bare traceback
+            raise DriverError(f"driver plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        if not isinstance(plugin, DriverPlugin) or plugin.name != ep.name:
+            raise DriverError(f"entry point {ep.name!r} = {ep.value!r} in group {GROUP!r} is not a "
+                              f"DriverPlugin named {ep.name!r}")
+        found.setdefault(ep.name, plugin)  # the same package seen twice on sys.path
+    return found
+
+
+def plugins() -> dict[str, DriverPlugin]:
+    """Every driver plugin by name: the installed entry points, then those registered at run time."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _load_entry_points()
+    return {**_loaded, **_registered}
+
+
+def register(plugin: DriverPlugin) -> None:
+    """Add a driver plugin at run time; a name that is already taken is refused (ValueError)."""
+    if plugin.name in plugins():
+        raise ValueError(f"a driver plugin named {plugin.name!r} is already registered")
+    _registered[plugin.name] = plugin
+
+
+def unregister(name: str) -> None:
+    """Remove a plugin added with `register` (tests that register a driver clean up with this)."""
+    _registered.pop(name, None)
+
+
+def plugin(name: str) -> DriverPlugin:
+    """The plugin for TOML table `name`; UnknownDriver listing the registered names otherwise."""
+    found = plugins()
+    if name not in found:
+        raise UnknownDriver(f"no driver named {name!r}; registered drivers: {', '.join(sorted(found))}")
+    return found[name]
