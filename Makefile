@@ -25,7 +25,7 @@ test: $(STAMP) system-deps node-opcua
 	$(BIN)/python -m pytest
 
 # The node-opcua server the OPC UA interoperability tests start (needs node >= 18 with npm).
-NODE_OPCUA := tests/drivers/node_opcua
+NODE_OPCUA := hil_tests/rig/node_opcua
 node-opcua: $(NODE_OPCUA)/node_modules/.installed
 $(NODE_OPCUA)/node_modules/.installed: $(NODE_OPCUA)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js >= 18 with npm"; exit 1; }

@@ -19,9 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from hil_tests.conftest import start_controller, stop_controller, wait_for
+from hil_tests.rig.controller_run import (
+    conveyor_safe_state,
+    live,
+    make_controller,
+    start_controller,
+    stop_controller,
+    without_model,
+)
+from hil_tests.rig.net import wait_for
 from hil_tests.rig.servers import Rig
-from hil_tests.test_fault_matrix import conveyor_safe_state, live, make_controller, without_model
 
 
 async def one(target: str, tmp: Path) -> tuple[float, float]:

@@ -112,13 +112,13 @@ class ServerProcess:
 
 
 class NodeServerProcess:
-    """The node-opcua test server (tests/drivers/node_opcua) behind ServerProcess's interface.
+    """The node-opcua test server (hil_tests/rig/node_opcua) behind ServerProcess's interface.
 
     It has no timestamped change generator: with it, only the frozen and restart phases run.
     """
 
     def __init__(self, port: int) -> None:
-        from tests.drivers.opcua_server import NodeOpcuaServer
+        from hil_tests.rig.node_opcua_server import NodeOpcuaServer
 
         self.handle = NodeOpcuaServer(port)
 
@@ -145,7 +145,7 @@ async def run(args: argparse.Namespace) -> None:
     from drivers.opcua import OpcUaConfig
     from drivers.opcua.driver import OpcUaDriver
     from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
-    from tests.drivers.conftest import free_port
+    from hil_tests.rig.net import free_port
 
     port = free_port()
     node = args.server == "node-opcua"

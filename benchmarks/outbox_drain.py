@@ -31,7 +31,7 @@ from controller.outbox import Outbox
 from controller.points import Identity, TagInfo, to_lines, window_points
 from controller.summaries import WindowSummarizer
 from controller.sync import SyncConfig, SyncWorker
-from tests.cloud.victoria import VictoriaMetrics
+from hil_tests.rig.victoria import VictoriaMetrics
 
 WINDOW_S = 10
 

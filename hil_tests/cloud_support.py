@@ -1,7 +1,7 @@
 """Shared pieces of the cloud end-to-end tests (outage, kill -9): configs, fixtures, exactly-once checks.
 
 The controller runs on the demo config with a `[sync]` section pointing at a fault-injecting
-proxy in front of VictoriaMetrics (tests/cloud/victoria.py: dedup on, so a resend overwrites
+proxy in front of VictoriaMetrics (hil_tests/rig/victoria.py: dedup on, so a resend overwrites
 like in InfluxDB), with 1 s summary windows so a dozen windows fit in seconds.
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 from controller.outbox import Outbox
 from controller.sync import SyncConfig, SyncWorker
-from hil_tests.conftest import wait_for
+from hil_tests.rig.controller_run import DEMO
+from hil_tests.rig.lineproto import parse
+from hil_tests.rig.net import wait_for
 from hil_tests.rig.servers import Rig
-from tests.cloud.lineproto import parse
-from tests.cloud.victoria import VictoriaMetrics
+from hil_tests.rig.victoria import VictoriaMetrics
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 TOKEN_ENV = "LINESENTRY_TEST_TOKEN"
 WINDOW_S = 1.0
 WINDOW_MS = int(WINDOW_S * 1000)

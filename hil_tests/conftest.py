@@ -1,35 +1,14 @@
-"""Shared helpers for the HIL tests: free ports on 127.0.0.1 and condition waits with deadlines."""
+"""Fixtures of the HIL tests: the fitted demo model, the rig, its cloud (VictoriaMetrics + fault proxy).
 
-import asyncio
-import socket
-import time
-from collections.abc import Callable
+The helpers they use (free ports, deadline waits, starting the controller) live in the rig
+(hil_tests/rig/net.py, controller_run.py) so benchmarks use them without importing test code.
+"""
+
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_for(
-    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "condition"
-) -> Any:
-    """Poll `predicate` until truthy or fail after `timeout` seconds (tests never sleep blindly)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+from hil_tests.rig.controller_run import DEMO
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +38,7 @@ async def rig():
 @pytest.fixture
 def victoria(tmp_path):
     """A fresh VictoriaMetrics on a free port; FAILS (never skips) if the binary is missing."""
-    from tests.cloud.victoria import running_victoria
+    from hil_tests.rig.victoria import running_victoria
 
     with running_victoria(tmp_path / "vm-data") as vm:
         yield vm
@@ -67,28 +46,7 @@ def victoria(tmp_path):
 
 @pytest.fixture
 async def proxy(victoria):
-    from tests.cloud.fault_proxy import FaultProxy
+    from hil_tests.rig.fault_proxy import FaultProxy
 
     async with FaultProxy(victoria.url) as p:
         yield p
-
-
-async def start_controller(controller) -> asyncio.Task:
-    """Run `controller` in a task and wait until every PLC is connected (or raise its start-up error)."""
-    from drivers.base import ConnectionState
-
-    task = asyncio.create_task(controller.run())
-    await wait_for(lambda: all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs)
-                   or task.done(), timeout=15, what="every PLC connected")
-    if task.done():
-        task.result()
-    return task
-
-
-async def stop_controller(controller, task: asyncio.Task) -> None:
-    """Stop it the way SIGTERM does and check that no task of it is left behind."""
-    controller.stop()
-    await asyncio.wait_for(task, 15)
-    names = ("driver:", "watchdog:", "housekeeping", "linesentry-sync")
-    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(names)]
-    assert leftovers == [], f"tasks left behind: {leftovers}"

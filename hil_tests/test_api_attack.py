@@ -22,9 +22,9 @@ from pathlib import Path
 
 import aiohttp
 
-from hil_tests.conftest import free_port, wait_for
 from hil_tests.rig.controller_run import config_for_rig
 from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.net import free_port, wait_for
 
 ATTACK_CONNECTIONS = 1_100
 FD_LIMIT = 1_024

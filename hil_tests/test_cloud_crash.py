@@ -40,8 +40,8 @@ from hil_tests.cloud_support import (
     exported_samples,
     line_ends,
 )
-from hil_tests.conftest import free_port, wait_for
-from tests.cloud.fault_proxy import FaultProxy
+from hil_tests.rig.fault_proxy import FaultProxy
+from hil_tests.rig.net import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -37,11 +37,11 @@ from hil_tests.cloud_support import (
     line_ends,
     tag_series,
 )
-from hil_tests.conftest import start_controller as start
-from hil_tests.conftest import stop_controller as stop
-from hil_tests.conftest import wait_for
+from hil_tests.rig.controller_run import start_controller as start
+from hil_tests.rig.controller_run import stop_controller as stop
 from hil_tests.rig.faults import FaultSpec
-from tests.cloud.lineproto import parse
+from hil_tests.rig.lineproto import parse
+from hil_tests.rig.net import wait_for
 
 
 # ---------------------------------------------------------------------------- the outage test

@@ -22,8 +22,9 @@ from controller.outbox import Outbox, _as_lines
 from controller.runtime import Controller
 from controller.statedir import STATE_FILE
 from hil_tests.cloud_support import TOKEN_ENV, cloud_config, exported_samples
-from hil_tests.conftest import start_controller, stop_controller, wait_for
-from tests.cloud.lineproto import parse
+from hil_tests.rig.controller_run import start_controller, stop_controller
+from hil_tests.rig.lineproto import parse
+from hil_tests.rig.net import wait_for
 
 WINDOW_S = 6.0
 MS = 1_000_000

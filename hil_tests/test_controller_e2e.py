@@ -12,15 +12,13 @@ import numpy as np
 from controller.config import load_config
 from controller.record import record
 from controller.runtime import Controller
-from hil_tests.conftest import start_controller as start
-from hil_tests.conftest import stop_controller as stop
-from hil_tests.conftest import wait_for
 from hil_tests.rig.controller_run import config_for_rig, run_with_controller
+from hil_tests.rig.controller_run import start_controller as start
+from hil_tests.rig.controller_run import stop_controller as stop
 from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.net import wait_for
 from hil_tests.rig.scenario import parse_scenario
 from hil_tests.rig.servers import Rig
-
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 
 
 def rig_config(tmp_path: Path, rig: Rig, *, model: Path | None) -> Path:

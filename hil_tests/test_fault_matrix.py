@@ -15,12 +15,18 @@ from pathlib import Path
 import pytest
 
 from controller.clock import Clock
-from controller.config import load_config
 from controller.runtime import HOUSEKEEPING_S, Controller
 from drivers.opcua.security import create_client_certificate
-from hil_tests.conftest import start_controller, stop_controller, wait_for
-from hil_tests.rig.controller_run import config_for_rig
+from hil_tests.rig.controller_run import (
+    conveyor_safe_state,
+    live,
+    make_controller,
+    start_controller,
+    stop_controller,
+    without_model,
+)
 from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.net import wait_for
 from hil_tests.rig.plant import Plant
 from hil_tests.rig.servers import OpcUaSecurityOptions, Rig
 
@@ -36,38 +42,6 @@ def comm_bound(plc: str) -> float:
 # ---- configs ------------------------------------------------------------------------------------
 
 
-def conveyor_safe_state(text: str) -> str:
-    """Losing the conveyor (OPC UA) also stops the line, through the press's coil (Modbus)."""
-    old = 'on_comm_loss = "alarm"\nwatchdog = { tag = "conveyor_heartbeat"'
-    assert old in text
-    return text.replace(
-        old,
-        'on_comm_loss = "safe_state"\nsafe_state = [{ tag = "line_stop", value = true }]\n'
-        'watchdog = { tag = "conveyor_heartbeat"',
-    )
-
-
-def without_model(text: str) -> str:
-    """The commissioning config: no [detector] model, so no line or model-based alarms; the line
-    stop is bound to the motor current's hard limit instead."""
-    text = re.sub(r"^model = .*\n", "", text, flags=re.M)
-    for name in (
-        "line_anomaly",
-        "motor_current_flatline",
-        "vibration_flatline",
-        "hydraulic_pressure_flatline",
-        "stop_line_failed",
-    ):
-        text, n = re.subn(rf'\[\[alarms\]\]\nname = "{name}"\n(?:.+\n)*\n', "", text)
-        assert n == 1, name
-    text, n = re.subn(r"\[\[actions\]\]\n(?:.+\n)*", "", text)
-    assert n == 1
-    return text + (
-        '\n[[actions]]\nname = "stop_on_overcurrent"\nalarm = "motor_current_limit"\n'
-        'write = { tag = "conveyor_line_stop", value = true }\nlatch = true\n'
-    )
-
-
 def secured(text: str, certs: Path, security: OpcUaSecurityOptions) -> str:
     """The conveyor over Basic256Sha256 SignAndEncrypt with a pinned server certificate."""
     cert, key = certs / "client.der", certs / "client_key.pem"
@@ -79,18 +53,6 @@ def secured(text: str, certs: Path, security: OpcUaSecurityOptions) -> str:
     anchor = "\n  [[opcua.groups]]"
     assert text.count(anchor) == 1
     return text.replace(anchor, block + anchor)
-
-
-def make_controller(
-    tmp_path: Path, rig: Rig, model: Path | None, *edits, clock: Clock | None = None
-) -> Controller:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = config_for_rig(rig, tmp_path / "state", model or tmp_path / "none.npz", tmp_path / "line.toml")
-    text = path.read_text()
-    for edit in edits:
-        text = edit(text)
-    path.write_text(text)
-    return Controller(load_config(path), api_port=0, clock=clock)
 
 
 def plc(controller: Controller, name: str):
@@ -144,15 +106,6 @@ def fired(controller: Controller, action: str) -> list[dict]:
 
 def events_with(controller: Controller, text: str) -> list[dict]:
     return [e for e in controller.events.since() if text in e["message"]]
-
-
-async def live(controller: Controller) -> None:
-    """Every PLC delivered good data after the controller started."""
-    await wait_for(
-        lambda: all(p.driver.stats.last_alive > controller._started_mono for p in controller.plcs),
-        timeout=15,
-        what="good data from every PLC",
-    )
 
 
 async def plant_seconds(rig: Rig, seconds: float) -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import aiohttp
 
-from hil_tests.conftest import free_port, wait_for
 from hil_tests.rig.controller_run import config_for_rig
 from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.net import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-c", "from controller.cli import app; app(prog_name='linesentry')"]

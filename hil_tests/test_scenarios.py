@@ -11,8 +11,7 @@ from controller.config import load_config
 from controller.runtime import Controller
 from drivers.modbus.driver import ModbusDriver
 from drivers.opcua.driver import OpcUaDriver
-from hil_tests.conftest import start_controller, stop_controller
-from hil_tests.rig.controller_run import config_for_rig
+from hil_tests.rig.controller_run import config_for_rig, start_controller, stop_controller
 from hil_tests.rig.endpoints import modbus_config, opcua_config
 from hil_tests.rig.faults import FAULT_TYPES
 from hil_tests.rig.plant import INDEX, Plant, PlantParams

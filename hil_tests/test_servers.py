@@ -12,9 +12,9 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.security import create_client_certificate
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
-from hil_tests.conftest import wait_for
 from hil_tests.rig.endpoints import modbus_config, opcua_config
 from hil_tests.rig.faults import FaultInjector, FaultSpec
+from hil_tests.rig.net import wait_for
 from hil_tests.rig.plant import WATCHDOG_EXPIRED, Plant, PlantParams
 from hil_tests.rig.recorder import Recorder
 from hil_tests.rig.servers import OpcUaSecurityOptions, Rig

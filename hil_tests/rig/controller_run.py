@@ -11,13 +11,18 @@ false alarms and missed faults.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from controller.clock import Clock
 from controller.config import load_config
 from controller.runtime import Controller
+from drivers.base import ConnectionState
+from hil_tests.rig.net import wait_for
 from hil_tests.rig.recorder import Report
 from hil_tests.rig.runner import run_scenario
 from hil_tests.rig.scenario import Scenario
@@ -36,6 +41,74 @@ def config_for_rig(rig: Rig, state_dir: Path, model: Path, path: Path, template:
     text = text.replace('model = "../state/demo_line/model.npz"', f'model = "{model}"')
     path.write_text(text)
     return path
+
+
+def make_controller(tmp_path: Path, rig: Rig, model: Path | None, *edits: Callable[[str], str],
+                    clock: Clock | None = None) -> Controller:
+    """A Controller on the demo config pointed at `rig`, with each of `edits` applied to its TOML text
+    (e.g. `without_model`), its state and config in `tmp_path`, its API on a free port."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = config_for_rig(rig, tmp_path / "state", model or tmp_path / "none.npz", tmp_path / "line.toml")
+    text = path.read_text()
+    for edit in edits:
+        text = edit(text)
+    path.write_text(text)
+    return Controller(load_config(path), api_port=0, clock=clock)
+
+
+def conveyor_safe_state(text: str) -> str:
+    """Demo config edit: losing the conveyor (OPC UA) also stops the line, by the press's coil (Modbus)."""
+    old = 'on_comm_loss = "alarm"\nwatchdog = { tag = "conveyor_heartbeat"'
+    assert old in text
+    return text.replace(
+        old,
+        'on_comm_loss = "safe_state"\nsafe_state = [{ tag = "line_stop", value = true }]\n'
+        'watchdog = { tag = "conveyor_heartbeat"',
+    )
+
+
+def without_model(text: str) -> str:
+    """Demo config edit, the commissioning config: no [detector] model, so no line or model-based
+    alarms; the line stop is bound to the motor current's hard limit instead."""
+    text = re.sub(r"^model = .*\n", "", text, flags=re.M)
+    for name in ("line_anomaly", "motor_current_flatline", "vibration_flatline",
+                 "hydraulic_pressure_flatline", "stop_line_failed"):
+        text, n = re.subn(rf'\[\[alarms\]\]\nname = "{name}"\n(?:.+\n)*\n', "", text)
+        assert n == 1, name
+    text, n = re.subn(r"\[\[actions\]\]\n(?:.+\n)*", "", text)
+    assert n == 1
+    return text + (
+        '\n[[actions]]\nname = "stop_on_overcurrent"\nalarm = "motor_current_limit"\n'
+        'write = { tag = "conveyor_line_stop", value = true }\nlatch = true\n'
+    )
+
+
+async def start_controller(controller: Controller) -> asyncio.Task:
+    """Run `controller` in a task and wait until every PLC is connected (or raise its start-up error)."""
+    task = asyncio.create_task(controller.run())
+    await wait_for(lambda: all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs)
+                   or task.done(), timeout=15, what="every PLC connected")
+    if task.done():
+        task.result()
+    return task
+
+
+async def stop_controller(controller: Controller, task: asyncio.Task) -> None:
+    """Stop it the way SIGTERM does and check that no task of it is left behind."""
+    controller.stop()
+    await asyncio.wait_for(task, 15)
+    names = ("driver:", "watchdog:", "housekeeping", "linesentry-sync")
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(names)]
+    assert leftovers == [], f"tasks left behind: {leftovers}"
+
+
+async def live(controller: Controller) -> None:
+    """Every PLC delivered good data after the controller started."""
+    await wait_for(
+        lambda: all(p.driver.stats.last_alive > controller._started_mono for p in controller.plcs),
+        timeout=15,
+        what="good data from every PLC",
+    )
 
 
 async def run_with_controller(scenario: Scenario, model: Path, runs: int | None = None,

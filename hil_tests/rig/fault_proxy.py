@@ -1,4 +1,4 @@
-"""A fault-injecting HTTP proxy (aiohttp) between the sync worker and VictoriaMetrics.
+"""A fault-injecting HTTP proxy (aiohttp) in front of VictoriaMetrics: the rig's cloud outages.
 
 Modes, switchable at runtime with `set(mode, ...)`, optionally for the next `count` requests only
 (then back to pass-through):
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from tests.cloud.victoria import free_port
+from hil_tests.rig.net import free_port
 
 MODES = ("pass", "refuse", "reset", "reset_after", "status", "slow")
 _HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}

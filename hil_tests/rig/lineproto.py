@@ -1,4 +1,6 @@
-"""A small line-protocol reader for tests: (measurement, tags, fields, timestamp) from one line."""
+"""A small InfluxDB line-protocol reader: (measurement, tags, fields, timestamp) from one line.
+
+For checking what reached the rig's cloud (cloud-sync and HIL tests); the product only writes it."""
 
 from __future__ import annotations
 

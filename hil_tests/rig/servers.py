@@ -35,6 +35,7 @@ from pymodbus.simulator.simutils import SimUtils
 
 from hil_tests.rig.faults import FaultInjector, FaultSpec
 from hil_tests.rig.gate import Gate
+from hil_tests.rig.net import free_port
 from hil_tests.rig.plant import INDEX, Plant, PlantParams, Snapshot
 from hil_tests.rig.recorder import Recorder
 
@@ -69,12 +70,6 @@ MODBUS_COILS: dict[int, str] = {0: "line_stop", 1: "reject_gate"}
 DEVICE_ID = 1
 READ_FCS = {1, 2, 3, 4}
 COIL_FCS = {1, 5, 15}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ---- OPC UA ---------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """A throwaway VictoriaMetrics server (Debian's `victoria-metrics`) as a stand-in for InfluxDB.
 
+The rig's cloud: the cloud-sync tests, the HIL outage tests and benchmarks/outbox_drain.py start it.
+
 It accepts InfluxDB line protocol on /api/v2/write; `{measurement}_{field}` becomes the metric
 name and tags become labels (string fields are stored as 0). Started with:
 
@@ -18,7 +20,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,20 +28,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from hil_tests.rig.net import free_port
 
 ENV_BINARY = "LINESENTRY_VICTORIA_BIN"
 FLAGS = ("-dedup.minScrapeInterval=1ms", "-retentionPeriod=100y", "-loggerLevel=ERROR")
 
 
 class VictoriaMissing(RuntimeError):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """The binary is not installed; the message says how to install it."""
 
 
 def find_binary() -> str:
@@ -128,11 +123,8 @@ class VictoriaMetrics:
 
 @contextlib.contextmanager
 def running_victoria(data_dir: Path) -> Iterator[VictoriaMetrics]:
-    """A started VictoriaMetrics for one test; the test FAILS (never skips) if the binary is missing."""
-    try:
-        find_binary()
-    except VictoriaMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
+    """A started VictoriaMetrics, stopped on exit; VictoriaMissing (a test using it FAILS, never
+    skips) if the binary is not installed."""
     vm = VictoriaMetrics(data_dir).start()
     try:
         yield vm

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 
-from tests.cloud.fault_proxy import FaultProxy
-from tests.cloud.victoria import running_victoria
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
-                   what: str = "condition") -> Any:
-    """Poll `predicate` until true or fail after `timeout` seconds (tests never sleep blindly)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+from hil_tests.rig.fault_proxy import FaultProxy
+from hil_tests.rig.net import wait_for as wait_for  # the tests' one deadline wait
+from hil_tests.rig.victoria import running_victoria
 
 
 @pytest.fixture

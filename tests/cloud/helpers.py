@@ -6,7 +6,7 @@ import time
 
 from influxdb_client import Point, WritePrecision
 
-from tests.cloud.victoria import VictoriaMetrics
+from hil_tests.rig.victoria import VictoriaMetrics
 
 NS = 1_000_000_000
 

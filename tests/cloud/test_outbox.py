@@ -9,7 +9,7 @@ from influxdb_client import Point, WritePrecision
 
 from controller.outbox import Outbox
 from controller.points import Identity
-from tests.cloud.lineproto import parse
+from hil_tests.rig.lineproto import parse
 
 ID = Identity("s", "l", "c")
 

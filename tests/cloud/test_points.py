@@ -16,7 +16,7 @@ from controller.points import (
     window_points,
 )
 from controller.summaries import NS, WindowSummarizer
-from tests.cloud.lineproto import parse
+from hil_tests.rig.lineproto import parse
 
 ID = Identity(site="plant 1", line="L,2", controller="ctl=a")
 T0 = 1_700_000_000.0

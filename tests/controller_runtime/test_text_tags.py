@@ -13,7 +13,8 @@ import aiohttp
 
 from controller.config import load_config
 from controller.runtime import Controller
-from hil_tests.conftest import start_controller, stop_controller, wait_for
+from hil_tests.rig.controller_run import start_controller, stop_controller
+from hil_tests.rig.net import wait_for
 from models.kernels import FLAG_INVALID
 from tests.drivers.conftest import free_port
 from tests.drivers.opcua_server import NS_URI, TestServer

@@ -1,28 +1,9 @@
 """Shared fixtures for driver tests: every server runs on 127.0.0.1 on a free port."""
 
-import asyncio
-import socket
-import time
-
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
-    """Poll `predicate` until true or fail after `timeout` seconds (tests never sleep blindly)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+from hil_tests.rig.net import free_port
+from hil_tests.rig.net import wait_for as wait_for  # the one deadline wait, used by the driver tests
 
 
 @pytest.fixture

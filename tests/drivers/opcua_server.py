@@ -6,14 +6,12 @@ BadTooManyOperations above them), optional Basic256Sha256 SignAndEncrypt with a 
 certificate, optional username/password, and stop/restart on the same port (optionally with
 extra namespaces registered first, so indexes shift).
 
-`NodeOpcuaServer`: the same address space served by node-opcua (tests/drivers/node_opcua) in a
-subprocess, an independent stack; it can be frozen with SIGSTOP.
+`NodeOpcuaServer` (re-exported from hil_tests/rig/node_opcua_server.py, where benchmarks use it too):
+the same address space served by node-opcua in a subprocess, an independent stack; it can be frozen
+with SIGSTOP.
 """
 
 import asyncio
-import json
-import os
-import signal
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,8 +29,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from hil_tests.rig.node_opcua_server import SERVER_URI
+from hil_tests.rig.node_opcua_server import NodeOpcuaServer as NodeOpcuaServer  # TestServer's twin
+
 NS_URI = "urn:linesentry:test"
-SERVER_URI = "urn:linesentry:test-server"
 
 # name -> (initial value, variant type, writable)
 VARIABLES: dict[str, tuple[Any, ua.VariantType, bool]] = {
@@ -51,7 +51,6 @@ VARIABLES: dict[str, tuple[Any, ua.VariantType, bool]] = {
     **{f"N{i}": (float(i), ua.VariantType.Double, False) for i in range(12)},  # for operation limits
 }
 LIMIT = 100.0
-NODE_OPCUA_DIR = Path(__file__).parent / "node_opcua"
 
 _LIMIT_IDS = (ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
               ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerWrite,
@@ -287,64 +286,3 @@ class Collector:
             if len(b) and np.all(b.quality == 4):  # Quality.COMM_LOST
                 return n
         return None
-
-
-class NodeOpcuaServer:
-    """The node-opcua test server (tests/drivers/node_opcua/server.js) in a subprocess, same address space.
-
-    Needs `npm ci --prefix tests/drivers/node_opcua` (make test runs it); start() FAILS when node
-    or the package is missing, it never skips.
-    """
-
-    __test__ = False
-    name = "node-opcua"
-
-    def __init__(self, port: int, limits: int = 0, secure: dict | None = None) -> None:
-        self.port = port
-        self.endpoint = f"opc.tcp://127.0.0.1:{port}/linesentry/"
-        self.limits, self.secure = limits, secure
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> "NodeOpcuaServer":
-        opts = {"port": self.port, "limits": self.limits, "applicationUri": SERVER_URI}
-        if self.secure is not None:
-            opts["secure"] = self.secure
-        self.proc = await asyncio.create_subprocess_exec(
-            "node", str(NODE_OPCUA_DIR / "server.js"), json.dumps(opts), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            async with asyncio.timeout(60):
-                while not (line := await self.proc.stdout.readline()).startswith(b"READY"):
-                    if not line:
-                        err = (await self.proc.stderr.read()).decode(errors="replace")
-                        raise RuntimeError(f"node-opcua test server did not start (did `npm ci --prefix "
-                                           f"{NODE_OPCUA_DIR}` run?): {err.strip()[-2000:]}")
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def set_value(self, name: str, value: Any) -> None:
-        self.proc.stdin.write(json.dumps({"set": name, "value": value}).encode() + b"\n")
-        await self.proc.stdin.drain()
-        while (line := await self.proc.stdout.readline()) != b"OK\n":
-            if not line:
-                raise RuntimeError("node-opcua test server exited")
-
-    def freeze(self) -> None:
-        """SIGSTOP: the process keeps its sockets open and answers nothing (a hung PLC)."""
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-    async def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.returncode is None:
-            os.kill(proc.pid, signal.SIGCONT)
-            proc.kill()
-            await proc.wait()
-
-    async def restart(self) -> "NodeOpcuaServer":
-        await self.stop()
-        return await self.start()
