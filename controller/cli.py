@@ -784,7 +784,7 @@ def certs_fetch(endpoint: str = typer.Argument(..., help="opc.tcp://host:port[/p
     """Get a PLC's server certificate (GetEndpoints) and print its SHA-256 fingerprint for pinning."""
     from urllib.parse import urlparse
 
-    from drivers.base import DriverError
+    from drivers.errors import DriverError
     from drivers.opcua.security import fetch_server_certificate, fingerprint
 
     if urlparse(endpoint).scheme != "opc.tcp" or not urlparse(endpoint).hostname:

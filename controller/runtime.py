@@ -53,7 +53,8 @@ from controller.points import EventClock, Identity, TagInfo, event_point, window
 from controller.statedir import READ_TOKEN_FILE, TOKEN_FILE, StateDir
 from controller.summaries import WindowSummarizer, WindowSummary
 from controller.sync import SyncWorker
-from drivers.base import ConnectionState, Driver, DriverError, Quality, ReadingBatch
+from drivers.base import ConnectionState, Driver, Quality, ReadingBatch
+from drivers.errors import DriverError
 from drivers.modbus.driver import ModbusDriver
 from drivers.opcua.driver import OpcUaDriver
 from drivers.supervisor import DriverSupervisor

@@ -1,4 +1,4 @@
-"""What every protocol driver shares: quality codes, reading batches, connection state, errors.
+"""What every protocol driver shares: quality codes, reading batches, connection state, the interface.
 
 A driver owns one PLC connection and a fixed, ordered list of tags. Readings
 travel as `ReadingBatch` arrays indexed by tag position, so the controller can
@@ -31,30 +31,6 @@ class ConnectionState(enum.Enum):
     CONNECTED = "connected"
     BACKOFF = "backoff"  # waiting before the next reconnect attempt
     CLOSED = "closed"
-
-
-class DriverError(Exception):
-    """A driver failure with a one-line message fit for an operator."""
-
-
-class ConnectionLost(DriverError):
-    """The PLC connection broke; the supervisor reconnects."""
-
-
-class AccessDenied(DriverError):
-    """The PLC refused our identity (credentials, client certificate) or we refused its certificate.
-
-    Retrying cannot help until the config or the PLC's trust list changes: a supervisor may stop
-    retrying (or retry slowly) and must show the message.
-    """
-
-
-class WriteRefused(DriverError):
-    """A write to a tag the configuration does not mark writable, or to an unknown tag."""
-
-
-class WriteFailed(DriverError):
-    """The PLC rejected a write, or the readback did not confirm it."""
 
 
 @dataclass

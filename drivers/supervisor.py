@@ -25,15 +25,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from drivers.base import (
-    AccessDenied,
-    ConnectionState,
-    Driver,
-    DriverError,
-    OnBatch,
-    Quality,
-    ReadingBatch,
-)
+from drivers.base import ConnectionState, Driver, OnBatch, Quality, ReadingBatch
+from drivers.errors import AccessDenied, DriverError
 
 log = logging.getLogger(__name__)
 

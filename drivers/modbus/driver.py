@@ -37,17 +37,8 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.base import (
-    ConnectionLost,
-    ConnectionState,
-    DriverError,
-    DriverStats,
-    OnBatch,
-    Quality,
-    ReadingBatch,
-    WriteFailed,
-    WriteRefused,
-)
+from drivers.base import ConnectionState, DriverStats, OnBatch, Quality, ReadingBatch
+from drivers.errors import ConnectionLost, DriverError, WriteFailed, WriteRefused
 from drivers.modbus import codec
 from drivers.modbus.config import ModbusDeviceConfig, ModbusTag
 from drivers.modbus.planner import ReadBlock, plan_reads

@@ -22,18 +22,8 @@ from asyncua import Client, ua
 from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent, Subscription
 from asyncua.ua import uaerrors
 
-from drivers.base import (
-    AccessDenied,
-    ConnectionLost,
-    ConnectionState,
-    DriverError,
-    DriverStats,
-    OnBatch,
-    Quality,
-    ReadingBatch,
-    WriteFailed,
-    WriteRefused,
-)
+from drivers.base import ConnectionState, DriverStats, OnBatch, Quality, ReadingBatch
+from drivers.errors import AccessDenied, ConnectionLost, DriverError, WriteFailed, WriteRefused
 from drivers.opcua import asyncua_log
 from drivers.opcua.config import OpcUaConfig, OpcUaGroup, OpcUaTag
 from drivers.opcua.convert import same_value, to_batch, to_variant, variant_type_of

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from drivers.base import AccessDenied, DriverError
+from drivers.errors import AccessDenied, DriverError
 from drivers.opcua.config import OpcUaSecurity
 
 POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {

@@ -14,7 +14,8 @@ import pytest
 from conftest import free_port
 from modbus_server import PyModbusTcpServer, SimTablesServer, independent_client, wire_registers
 
-from drivers.base import Quality, WriteFailed
+from drivers.base import Quality
+from drivers.errors import WriteFailed
 from drivers.modbus import ModbusDeviceConfig, codec, tables
 from drivers.modbus.driver import ModbusDriver
 

@@ -22,15 +22,8 @@ from modbus_server import (
 )
 from pymodbus.simulator import DataType, SimData
 
-from drivers.base import (
-    ConnectionLost,
-    ConnectionState,
-    DriverError,
-    Quality,
-    ReadingBatch,
-    WriteFailed,
-    WriteRefused,
-)
+from drivers.base import ConnectionState, Quality, ReadingBatch
+from drivers.errors import ConnectionLost, DriverError, WriteFailed, WriteRefused
 from drivers.modbus import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter

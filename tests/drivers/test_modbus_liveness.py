@@ -24,7 +24,8 @@ from modbus_server import (
     request_address,
 )
 
-from drivers.base import ConnectionLost, Quality, ReadingBatch
+from drivers.base import Quality, ReadingBatch
+from drivers.errors import ConnectionLost
 from drivers.modbus import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter

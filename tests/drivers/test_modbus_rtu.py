@@ -14,7 +14,8 @@ from modbus_server import bits_at, device, registers_at, wire_registers
 from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
-from drivers.base import ConnectionLost, Quality
+from drivers.base import Quality
+from drivers.errors import ConnectionLost
 from drivers.modbus import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
 

@@ -6,7 +6,7 @@ from modbus_server import RequestLog, SimServer, bits_at, device, registers_at
 from pydantic import ValidationError
 from pymodbus.constants import ExcCodes
 
-from drivers.base import WriteFailed
+from drivers.errors import WriteFailed
 from drivers.modbus import ModbusDeviceConfig, codec
 from drivers.modbus.driver import ModbusDriver
 

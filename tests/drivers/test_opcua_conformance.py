@@ -20,7 +20,8 @@ import pytest_asyncio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from drivers.base import AccessDenied, Quality, WriteFailed
+from drivers.base import Quality
+from drivers.errors import AccessDenied, WriteFailed
 from drivers.opcua import OpcUaConfig
 from drivers.opcua.driver import EURANGE_FIX, OpcUaDriver
 from drivers.opcua.limits import OperationLimits

@@ -8,7 +8,8 @@ import pytest
 import pytest_asyncio
 from asyncua import ua
 
-from drivers.base import ConnectionLost, DriverError, Quality, WriteFailed, WriteRefused
+from drivers.base import Quality
+from drivers.errors import ConnectionLost, DriverError, WriteFailed, WriteRefused
 from drivers.opcua import OpcUaConfig
 from drivers.opcua.driver import OpcUaDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter

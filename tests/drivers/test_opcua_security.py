@@ -7,7 +7,7 @@ import pytest
 import pytest_asyncio
 from pydantic import ValidationError
 
-from drivers.base import DriverError
+from drivers.errors import DriverError
 from drivers.opcua import OpcUaConfig, OpcUaSecurity, OpcUaTag
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.security import create_client_certificate

@@ -10,7 +10,8 @@ import pytest
 from conftest import wait_for
 from modbus_server import SimServer, bits_at, device, registers_at
 
-from drivers.base import AccessDenied, ConnectionLost, DriverStats, Quality, ReadingBatch
+from drivers.base import DriverStats, Quality, ReadingBatch
+from drivers.errors import AccessDenied, ConnectionLost
 from drivers.modbus import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
