@@ -1,4 +1,4 @@
-"""Store-and-forward outbox: every point for the cloud is committed to SQLite before it is sent.
+"""Store-and-forward outbox: every record for the cloud is committed to SQLite before any sink sends it.
 
 One SQLite file (``outbox.sqlite3`` in the given directory), WAL journal, ``synchronous=FULL``:
 in WAL mode NORMAL is already safe against a process crash (kill -9) but can lose the last
@@ -6,25 +6,31 @@ commits on power loss, and the design promises nothing is lost on either. FULL c
 per commit, and we commit once per window (every ~10 s) plus once per confirmed send, so the
 price is negligible.
 
-Tables:
+Tables (schema version in ``PRAGMA user_version``, see `_MIGRATIONS`):
 
-- ``outbox``: one row per `append` (one window, or a handful of events): the line protocol text,
-  its point count and byte size. Rows are sent oldest first and deleted only after the server
-  confirmed them (`delete`).
-- ``dead_letter``: batches the server rejected as malformed (HTTP 400), with the status and the
-  server's message, kept for inspection instead of being retried forever.
+- ``outbox``: one row per `append` (one window, or a handful of events): the records as
+  sink-neutral JSON (`controller.records.encode`, ``encoding = 'records'``), their count and byte
+  size. Rows written by the version before records (``encoding = 'lineproto'``, InfluxDB line
+  protocol) are kept as they are and delivered, as they are, to the InfluxDB sink only.
+- ``sinks`` and ``pending``: each sink that drains the outbox (`subscribe`) and the rows it has not
+  yet delivered. Sinks drain independently (one can be down while another sends); a row is
+  deleted once no sink has it pending. `ack` takes any rows, not only the oldest, so a sink may
+  send live records before its backlog.
+- ``dead_letter``: batches a sink rejected as malformed, with the sink, status and message, kept
+  for inspection instead of being retried forever.
 
 Failure behaviour, none of which raises into the caller:
 
-- Size cap (``max_bytes``, on the stored line protocol bytes; the file itself is larger, see
-  docs/cloud-sync.md): after an append, the oldest rows are deleted until the backlog fits; the
-  dropped points are counted and an ``outbox`` event point records the drop in the same
-  transaction (with a running total, since an older drop event can itself be dropped later).
+- Size cap (``max_bytes``, on the stored body bytes; the file itself is larger, see
+  docs/cloud-sync.md): after an append, the oldest rows are deleted until the backlog fits,
+  whichever sinks still had them; the dropped records are counted and an ``outbox`` event records
+  the drop in the same transaction (with a running total, since an older drop event can itself
+  be dropped later).
 - Disk full / I/O error (`sqlite3.OperationalError`, e.g. "database or disk is full"): the append
-  is rolled back, returns ``AppendResult(ok=False, ...)``, and its points are counted as dropped.
-  Fetch/delete errors return None/False and are counted; data stays in the outbox.
+  is rolled back, returns ``AppendResult(ok=False, ...)``, and its records are counted as dropped.
+  Fetch/ack errors return None/False and are counted; data stays in the outbox.
 
-Thread safety: one connection guarded by a lock, so the sync worker can run blocking calls in a
+Thread safety: one connection guarded by a lock, so sync workers can run blocking calls in a
 thread (`asyncio.to_thread`) while the controller appends; the event loop never waits on fsync.
 """
 
@@ -35,18 +41,22 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from influxdb_client import Point
-
-from controller.points import EventClock, Identity, event_point, to_lines
+from controller.points import EventClock, Identity, event_point
+from controller.records import Record, decode, encode
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "outbox.sqlite3"
-_SCHEMA = """
+RECORDS, LINE_PROTOCOL = "records", "lineproto"  # outbox.encoding
+LEGACY_SINK = "influxdb"  # the only sink before records: it inherits the line-protocol rows
+# The first schema (line protocol rows, one implicit sink), then each migration in order; the
+# index of a migration + 1 is the user_version after it. A file of any version opens in one
+# transaction per step, so an interrupted upgrade leaves the previous version intact.
+_BASE = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_ns INTEGER NOT NULL,
@@ -64,21 +74,38 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     body TEXT NOT NULL
 );
 """
+_MIGRATIONS = (
+    f"""
+    ALTER TABLE outbox ADD COLUMN encoding TEXT NOT NULL DEFAULT '{LINE_PROTOCOL}';
+    ALTER TABLE dead_letter ADD COLUMN encoding TEXT NOT NULL DEFAULT '{LINE_PROTOCOL}';
+    ALTER TABLE dead_letter ADD COLUMN sink TEXT NOT NULL DEFAULT '{LEGACY_SINK}';
+    CREATE TABLE sinks (name TEXT PRIMARY KEY, subscribed_ns INTEGER NOT NULL);
+    CREATE TABLE pending (sink TEXT NOT NULL, row_id INTEGER NOT NULL, PRIMARY KEY (sink, row_id))
+        WITHOUT ROWID;
+    CREATE INDEX pending_row ON pending (row_id);
+    INSERT INTO sinks (name, subscribed_ns) SELECT '{LEGACY_SINK}', 0 WHERE EXISTS (SELECT 1 FROM outbox);
+    INSERT INTO pending (sink, row_id) SELECT '{LEGACY_SINK}', id FROM outbox;
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 @dataclass(frozen=True)
 class AppendResult:
     ok: bool
-    points: int
+    points: int  # records (one record is one point in InfluxDB)
     error: str = ""
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Oldest rows of the outbox, to be sent as one write request."""
+    """The oldest rows one sink has pending, to be sent as one request: either records, or the
+    line protocol of rows from before records (never both)."""
 
+    sink: str
     ids: tuple[int, ...]
-    body: str  # line protocol, one point per line
+    records: tuple[Record, ...]
+    legacy_lines: tuple[str, ...]  # only for LEGACY_SINK, only from an outbox written before records
     n_points: int
     n_bytes: int
 
@@ -86,11 +113,13 @@ class Batch:
 @dataclass(frozen=True)
 class DeadLetter:
     id: int
+    sink: str
     outbox_ids: str
     moved_ns: int
     status: int
     message: str
     n_points: int
+    encoding: str
     body: str
 
 
@@ -105,16 +134,19 @@ class OutboxStats:
     dropped_points_cap: int = 0  # stored, then deleted by the size cap
     dropped_rows_cap: int = 0
     dead_lettered_points: int = 0
-    io_errors: int = 0  # any sqlite error, including fetch/delete
+    io_errors: int = 0  # any sqlite error, including fetch/ack
     last_error: str = field(default="")
 
 
+Sizes = tuple[int, int, int]  # rows, points, bytes
+
+
 class Outbox:
-    """Durable, size-capped FIFO of line-protocol rows in SQLite (see module docstring)."""
+    """Durable, size-capped store of record rows in SQLite, drained per sink (see module docstring)."""
 
     def __init__(self, directory: str | Path, max_bytes: int = 1 << 30,
                  identity: Identity | None = None, max_page_count: int | None = None) -> None:
-        """Open or create the outbox in `directory`.
+        """Open or create the outbox in `directory`, upgrading a file of an older schema.
 
         `identity` tags the drop events (without it drops are only counted). `max_page_count`
         is SQLite's hard limit on the file size in pages; a last-resort guard, and how tests
@@ -136,152 +168,209 @@ class Outbox:
         self._conn.execute("PRAGMA synchronous=FULL")
         if max_page_count is not None:
             self._conn.execute(f"PRAGMA max_page_count={int(max_page_count)}")
-        self._conn.executescript(_SCHEMA)
-        rows, points, nbytes = self._conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(n_points), 0), COALESCE(SUM(n_bytes), 0) FROM outbox").fetchone()
-        self._rows, self._points, self._bytes = rows, points, nbytes
+        self._migrate()
+        self._sinks = [name for (name,) in self._conn.execute("SELECT name FROM sinks ORDER BY name")]
+        self._total = self._sizes("SELECT COUNT(*), COALESCE(SUM(n_points), 0), COALESCE(SUM(n_bytes), 0) "
+                                  "FROM outbox")
+        self._pending = {name: self._pending_sizes(name) for name in self._sinks}
+
+    def _migrate(self) -> None:
+        self._conn.executescript(_BASE)
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} has outbox schema {version}, newer than this linesentry "
+                               f"({SCHEMA_VERSION}); upgrade linesentry or move the file away")
+        for step in range(version, SCHEMA_VERSION):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, _MIGRATIONS[step].split(";")):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={step + 1}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            log.info("outbox %s upgraded to schema %d", self.path, step + 1)
 
     # -- writing -----------------------------------------------------------------------------
 
-    def append(self, records: Sequence[str] | Sequence[Point]) -> AppendResult:
-        """Commit one window's points (line protocol strings or `Point`s) in one transaction."""
-        lines = _as_lines(records)
-        if not lines:
+    def append(self, records: Sequence[Record]) -> AppendResult:
+        """Commit one window's records (and/or events) as one row, in one transaction."""
+        if not records:
             return AppendResult(True, 0)
-        body = "\n".join(lines)
-        n_bytes = len(body.encode())
+        body = encode(records)
+        n, n_bytes = len(records), len(body.encode())
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                cur = self._conn.execute(
-                    "INSERT INTO outbox (created_ns, n_points, n_bytes, body) VALUES (?, ?, ?, ?)",
-                    (time.time_ns(), len(lines), n_bytes, body))
-                dropped = self._enforce_cap(self._bytes + n_bytes, cur.lastrowid)
+                row_id = self._insert(n, n_bytes, body)
+                dropped = self._enforce_cap(self._total[2] + n_bytes, row_id)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 self.stats.append_failures += 1
-                self.stats.dropped_points_io += len(lines)
+                self.stats.dropped_points_io += n
                 self._io_error("append", exc)
-                return AppendResult(False, len(lines), str(exc))
-            self._rows += 1
-            self._points += len(lines)
-            self._bytes += n_bytes
+                return AppendResult(False, n, str(exc))
+            self._added((1, n, n_bytes))
             if dropped is not None:
-                d_rows, d_points, d_bytes, ev_points, ev_bytes = dropped
-                self._rows += -d_rows + (1 if ev_points else 0)
-                self._points += -d_points + ev_points
-                self._bytes += -d_bytes + ev_bytes
-                self.stats.dropped_rows_cap += d_rows
-                self.stats.dropped_points_cap += d_points
+                removed, per_sink, event = dropped
+                self._removed(removed, per_sink)
+                if event is not None:
+                    self._added(event)
+                self.stats.dropped_rows_cap += removed[0]
+                self.stats.dropped_points_cap += removed[1]
             self.stats.appended_rows += 1
-            self.stats.appended_points += len(lines)
-        return AppendResult(True, len(lines))
+            self.stats.appended_points += n
+        return AppendResult(True, n)
 
-    async def append_async(self, records: Sequence[str] | Sequence[Point]) -> AppendResult:
+    async def append_async(self, records: Sequence[Record]) -> AppendResult:
         """`append` in a worker thread: the caller's event loop never waits on the fsync."""
         return await asyncio.to_thread(self.append, records)
 
-    def _enforce_cap(self, total: int, new_id: int | None) -> tuple[int, int, int, int, int] | None:
+    def _insert(self, n: int, n_bytes: int, body: str) -> int:
+        """Inside a transaction: one records row, pending for every subscribed sink."""
+        cur = self._conn.execute("INSERT INTO outbox (created_ns, n_points, n_bytes, body, encoding) "
+                                 "VALUES (?, ?, ?, ?, ?)", (time.time_ns(), n, n_bytes, body, RECORDS))
+        row_id = int(cur.lastrowid)
+        self._conn.execute("INSERT INTO pending (sink, row_id) SELECT name, ? FROM sinks", (row_id,))
+        return row_id
+
+    def _enforce_cap(self, total: int, new_id: int) -> tuple[Sizes, dict[str, Sizes], Sizes | None] | None:
         """Inside the append transaction: delete the oldest rows (never the one just appended)
         until the backlog fits, and record an `outbox` drop event (the event row may exceed the
         cap by its own few hundred bytes)."""
         if total <= self.max_bytes:
             return None
         excess = total - self.max_bytes
-        ids, d_points, d_bytes = [], 0, 0
-        cur = self._conn.execute("SELECT id, n_points, n_bytes FROM outbox WHERE id < ? ORDER BY id",
-                                 (new_id,))
-        for row_id, n_points, n_bytes in cur:
+        ids, d_bytes = [], 0
+        cur = self._conn.execute("SELECT id, n_bytes FROM outbox WHERE id < ? ORDER BY id", (new_id,))
+        for row_id, n_bytes in cur:
             ids.append(row_id)
-            d_points += n_points
             d_bytes += n_bytes
             if d_bytes >= excess:
                 break
         cur.close()
         if not ids:
             return None
-        self._conn.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(ids))})", ids)
-        ev_points = ev_bytes = 0
+        per_sink = self._pending_of(ids)
+        removed = self._delete_rows(ids)
+        self._conn.execute(f"DELETE FROM pending WHERE row_id IN ({_marks(ids)})", ids)
+        event = None
         if self.identity is not None:
-            ev = to_lines([event_point(
+            body = encode([event_point(
                 self.identity, self._events, "outbox", "size_cap",
-                f"outbox over {self.max_bytes} bytes: dropped {d_points} oldest points",
-                result="dropped", dropped_points=d_points, dropped_bytes=d_bytes,
-                dropped_points_total=self.stats.dropped_points_cap + d_points)])
-            body = "\n".join(ev)
-            ev_points, ev_bytes = len(ev), len(body.encode())
-            self._conn.execute("INSERT INTO outbox (created_ns, n_points, n_bytes, body) VALUES (?, ?, ?, ?)",
-                               (time.time_ns(), ev_points, ev_bytes, body))
-        log.warning("outbox size cap %d bytes: dropped %d oldest points", self.max_bytes, d_points)
-        return len(ids), d_points, d_bytes, ev_points, ev_bytes
+                f"outbox over {self.max_bytes} bytes: dropped {removed[1]} oldest points",
+                result="dropped", dropped_points=removed[1], dropped_bytes=removed[2],
+                dropped_points_total=self.stats.dropped_points_cap + removed[1])])
+            event = (1, 1, len(body.encode()))
+            self._insert(1, event[2], body)
+        log.warning("outbox size cap %d bytes: dropped %d oldest points", self.max_bytes, removed[1])
+        return removed, per_sink, event
 
-    # -- reading and acknowledging -------------------------------------------------------------
+    # -- sinks: subscribing, reading and acknowledging -----------------------------------------
 
-    def fetch_batch(self, max_points: int) -> Batch | None:
-        """The oldest rows up to `max_points` (always at least one row), or None if empty."""
+    def subscribe(self, sink: str) -> None:
+        """Have `sink` drain this outbox from now on (durable). The first time, every records row
+        still stored becomes pending for it; later calls change nothing."""
+        with self._lock:
+            if sink in self._sinks:
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("INSERT INTO sinks (name, subscribed_ns) VALUES (?, ?)",
+                                   (sink, time.time_ns()))
+                self._conn.execute("INSERT INTO pending (sink, row_id) SELECT ?, id FROM outbox "
+                                   "WHERE encoding = ?", (sink, RECORDS))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            self._sinks.append(sink)
+            self._pending[sink] = self._pending_sizes(sink)
+
+    def fetch_batch(self, sink: str, max_points: int) -> Batch | None:
+        """The oldest rows `sink` has pending, up to `max_points` (always at least one row) and of
+        one encoding, or None if it has nothing pending."""
         with self._lock:
             try:
-                cur = self._conn.execute("SELECT id, n_points, n_bytes, body FROM outbox ORDER BY id")
-                ids, bodies, points, nbytes = [], [], 0, 0
-                for row_id, n_points, n_bytes, body in cur:
-                    if ids and points + n_points > max_points:
+                cur = self._conn.execute(
+                    "SELECT o.id, o.n_points, o.n_bytes, o.encoding, o.body FROM pending p "
+                    "JOIN outbox o ON o.id = p.row_id WHERE p.sink = ? ORDER BY p.row_id", (sink,))
+                ids, bodies, points, nbytes, encoding = [], [], 0, 0, ""
+                for row_id, n_points, n_bytes, enc, body in cur:
+                    if ids and (points + n_points > max_points or enc != encoding):
                         break
                     ids.append(row_id)
                     bodies.append(body)
                     points += n_points
                     nbytes += n_bytes
+                    encoding = enc
                 cur.close()
             except sqlite3.Error as exc:
                 self._io_error("fetch", exc)
                 return None
         if not ids:
             return None
-        return Batch(tuple(ids), "\n".join(bodies), points, nbytes)
+        if encoding == LINE_PROTOCOL:
+            lines = tuple(line for body in bodies for line in body.splitlines() if line)
+            return Batch(sink, tuple(ids), (), lines, points, nbytes)
+        records = tuple(r for body in bodies for r in decode(body))
+        return Batch(sink, tuple(ids), records, (), points, nbytes)
 
-    def delete(self, batch: Batch) -> bool:
-        """Forget a batch the server confirmed (2xx). False if SQLite failed; it will be resent."""
+    def ack(self, batch: Batch) -> bool:
+        """`batch.sink` delivered the batch: no longer pending for it; rows no sink has pending are
+        deleted. False if SQLite failed; the batch stays pending and will be resent."""
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                removed = self._delete_rows(batch.ids)
+                done = self._settle(batch)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                self._io_error("delete", exc)
+                self._io_error("ack", exc)
                 return False
-            self._account_removed(removed)
+            self._removed(*done)
         return True
 
     def dead_letter(self, batch: Batch, status: int, message: str) -> bool:
-        """Move a batch the server rejected as malformed into `dead_letter`, in one transaction."""
+        """Move a batch `batch.sink` rejected as malformed into `dead_letter`, in one transaction
+        (other sinks still get those rows)."""
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
+                body = "\n".join(batch.legacy_lines) if batch.legacy_lines else encode(batch.records)
                 self._conn.execute(
-                    "INSERT INTO dead_letter (outbox_ids, moved_ns, status, message, n_points, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (",".join(map(str, batch.ids)), time.time_ns(), int(status), message, batch.n_points,
-                     batch.body))
-                removed = self._delete_rows(batch.ids)
+                    "INSERT INTO dead_letter (sink, outbox_ids, moved_ns, status, message, n_points, "
+                    "encoding, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (batch.sink, ",".join(map(str, batch.ids)), time.time_ns(), int(status), message,
+                     batch.n_points, LINE_PROTOCOL if batch.legacy_lines else RECORDS, body))
+                done = self._settle(batch)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 self._io_error("dead_letter", exc)
                 return False
-            self._account_removed(removed)
+            self._removed(*done)
             self.stats.dead_lettered_points += batch.n_points
         return True
 
     def dead_letters(self) -> list[DeadLetter]:
         with self._lock:
-            rows = self._conn.execute("SELECT id, outbox_ids, moved_ns, status, message, n_points, body "
-                                      "FROM dead_letter ORDER BY id").fetchall()
+            rows = self._conn.execute("SELECT id, sink, outbox_ids, moved_ns, status, message, n_points, "
+                                      "encoding, body FROM dead_letter ORDER BY id").fetchall()
         return [DeadLetter(*r) for r in rows]
 
-    def backlog(self) -> tuple[int, int, int]:
-        """(rows, points, bytes) waiting to be sent; kept in memory, no query."""
-        return self._rows, self._points, self._bytes
+    def backlog(self, sink: str | None = None) -> Sizes:
+        """(rows, points, bytes) stored (`sink` None: not yet delivered to every sink) or pending for
+        `sink`; kept in memory, no query."""
+        if sink is None:
+            return self._total
+        return self._pending.get(sink, (0, 0, 0))
+
+    def sinks(self) -> list[str]:
+        """The subscribed sinks, by name."""
+        return list(self._sinks)
 
     def file_bytes(self) -> int:
         """Size on disk of the database and its WAL."""
@@ -299,19 +388,52 @@ class Outbox:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _delete_rows(self, ids: Iterable[int]) -> tuple[int, int, int]:
-        ids = list(ids)
-        marks = ",".join("?" * len(ids))
-        rows, points, nbytes = self._conn.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(n_points), 0), COALESCE(SUM(n_bytes), 0) FROM outbox "
-            f"WHERE id IN ({marks})", ids).fetchone()
-        self._conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
-        return rows, points, nbytes
+    def _settle(self, batch: Batch) -> tuple[Sizes, dict[str, Sizes]]:
+        """Inside a transaction: the batch is no longer pending for its sink; delete the rows no
+        sink has pending. Rows the size cap removed since the fetch count for nothing."""
+        ids = list(batch.ids)
+        mine = self._pending_of(ids, batch.sink)
+        marks = _marks(ids)
+        self._conn.execute(f"DELETE FROM pending WHERE sink = ? AND row_id IN ({marks})", [batch.sink, *ids])
+        cur = self._conn.execute(f"SELECT row_id FROM pending WHERE row_id IN ({marks})", ids)
+        still = {row_id for (row_id,) in cur}
+        return self._delete_rows([i for i in ids if i not in still]), mine
 
-    def _account_removed(self, removed: tuple[int, int, int]) -> None:
-        self._rows -= removed[0]
-        self._points -= removed[1]
-        self._bytes -= removed[2]
+    def _delete_rows(self, ids: list[int]) -> Sizes:
+        if not ids:
+            return 0, 0, 0
+        removed = self._sizes(f"SELECT COUNT(*), COALESCE(SUM(n_points), 0), COALESCE(SUM(n_bytes), 0) "
+                              f"FROM outbox WHERE id IN ({_marks(ids)})", ids)
+        self._conn.execute(f"DELETE FROM outbox WHERE id IN ({_marks(ids)})", ids)
+        return removed
+
+    def _pending_of(self, ids: list[int], sink: str | None = None) -> dict[str, Sizes]:
+        """Per sink: what of rows `ids` it has pending (only `sink`, if given)."""
+        where = f"o.id IN ({_marks(ids)})" + (" AND p.sink = ?" if sink is not None else "")
+        rows = self._conn.execute(
+            "SELECT p.sink, COUNT(*), SUM(o.n_points), SUM(o.n_bytes) FROM pending p "
+            f"JOIN outbox o ON o.id = p.row_id WHERE {where} GROUP BY p.sink",
+            [*ids, sink] if sink is not None else ids).fetchall()
+        return {name: (int(r), int(p), int(b)) for name, r, p, b in rows}
+
+    def _pending_sizes(self, sink: str) -> Sizes:
+        return self._sizes("SELECT COUNT(*), COALESCE(SUM(o.n_points), 0), COALESCE(SUM(o.n_bytes), 0) "
+                           "FROM pending p JOIN outbox o ON o.id = p.row_id WHERE p.sink = ?", [sink])
+
+    def _sizes(self, sql: str, args: Sequence[object] = ()) -> Sizes:
+        rows, points, nbytes = self._conn.execute(sql, args).fetchone()
+        return int(rows), int(points), int(nbytes)
+
+    def _added(self, sizes: Sizes) -> None:
+        """A row was inserted: it counts in the total and for every subscribed sink."""
+        self._total = _plus(self._total, sizes)
+        for name in self._sinks:
+            self._pending[name] = _plus(self._pending[name], sizes)
+
+    def _removed(self, rows: Sizes, per_sink: dict[str, Sizes]) -> None:
+        self._total = _plus(self._total, rows, -1)
+        for name, sizes in per_sink.items():
+            self._pending[name] = _plus(self._pending[name], sizes, -1)
 
     def _rollback(self) -> None:
         try:
@@ -326,10 +448,9 @@ class Outbox:
         log.error("outbox %s failed: %s", what, exc)
 
 
-def _as_lines(records: Sequence[str] | Sequence[Point]) -> list[str]:
-    lines = []
-    for r in records:
-        line = r.to_line_protocol() if isinstance(r, Point) else str(r).strip()
-        if line:
-            lines.append(line)
-    return lines
+def _marks(ids: Sequence[int]) -> str:
+    return ",".join("?" * len(ids))
+
+
+def _plus(a: Sizes, b: Sizes, sign: int = 1) -> Sizes:
+    return a[0] + sign * b[0], a[1] + sign * b[1], a[2] + sign * b[2]
