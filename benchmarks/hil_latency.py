@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import logging
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -26,23 +25,18 @@ import numpy as np
 from controller.config import load_config
 from controller.runtime import Controller
 from drivers.base import ConnectionState
+from hil_tests.rig.demo_config import DEMO_CONFIG, demo_text
 from hil_tests.rig.faults import FaultSpec
 from hil_tests.rig.servers import Rig
 from hil_tests.rig.training import simulated_normal
 from models import StreamingDetector
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
 TARGET_TAG = {"opcua": "conveyor_line_stop", "modbus": "line_stop"}
 
 
 def bench_config(tmp: Path, rig: Rig, model: Path, protocol: str) -> Path:
-    text = DEMO.read_text()
-    text = text.replace('endpoint = "opc.tcp://127.0.0.1:4840/linesentry/"',
-                        f'endpoint = "{rig.opcua_endpoint}"')
-    text = re.sub(r"^port = 5020$", f"port = {rig.modbus_port}", text, flags=re.M)
+    text = demo_text(tmp / protocol, model, opcua_endpoint=rig.opcua_endpoint, modbus_port=rig.modbus_port)
     text = text.replace("poll_interval_s = 0.05", "poll_interval_s = 0.01")
-    text = text.replace('state_dir = "../state/demo_line"', f'state_dir = "{tmp / protocol}"')
-    text = text.replace('model = "../state/demo_line/model.npz"', f'model = "{model}"')
     text = text.replace('write = { tag = "conveyor_line_stop", value = true }',
                         f'write = {{ tag = "{TARGET_TAG[protocol]}", value = true }}')
     path = tmp / f"{protocol}.toml"
@@ -113,7 +107,7 @@ def _line_alarm_raises(controller: Controller) -> int:
 
 
 async def main_async(args) -> list[dict]:
-    config = load_config(DEMO)
+    config = load_config(DEMO_CONFIG)
     tags = config.detector_tags()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -9,12 +9,11 @@ like in InfluxDB), with 1 s summary windows so a dozen windows fit in seconds.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 from controller.outbox import Outbox
 from controller.sync import SyncConfig, SyncWorker
-from hil_tests.rig.controller_run import DEMO
+from hil_tests.rig.demo_config import demo_text
 from hil_tests.rig.lineproto import parse
 from hil_tests.rig.net import wait_for
 from hil_tests.rig.servers import Rig
@@ -37,17 +36,8 @@ def cloud_config(tmp_path: Path, rig: Rig, model: Path, sync_url: str, *, batch_
     subprocess test; in-process tests pass api_port=0 to Controller) and a
     `[sync]` section for `sync_url` (token from TOKEN_ENV, short backoff so a restored cloud is used
     within 0.5 s)."""
-    text = DEMO.read_text()
-    state = tmp_path / "state"
-    subs = [(re.escape('endpoint = "opc.tcp://127.0.0.1:4840/linesentry/"'),
-             f'endpoint = "{rig.opcua_endpoint}"'),
-            (r"^port = 5020$", f"port = {rig.modbus_port}"),
-            (re.escape('state_dir = "../state/demo_line"'), f'state_dir = "{state}"'),
-            (r"^api_port = 8470$", f"api_port = {api_port or 8470}"),
-            (re.escape('model = "../state/demo_line/model.npz"'), f'model = "{model}"')]
-    for pattern, replacement in subs:
-        text, n = re.subn(pattern, replacement, text, flags=re.M)
-        assert n == 1, f"the demo config no longer matches {pattern!r}"
+    text = demo_text(tmp_path / "state", model, opcua_endpoint=rig.opcua_endpoint,
+                     modbus_port=rig.modbus_port, api_port=api_port)
     assert "[sync]" not in text
     text += (f'\n[sync]\nurl = "{sync_url}"\norg = "demo"\nbucket = "linesentry"\ntoken_env = "{TOKEN_ENV}"\n'
              f"batch_size = {batch_size}\ntimeout_s = 2.0\nbackoff_initial_s = 0.05\nbackoff_cap_s = 0.5\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.rig.controller_run import DEMO
+from hil_tests.rig.demo_config import DEMO_CONFIG as DEMO
 
 
 @pytest.fixture(scope="session")

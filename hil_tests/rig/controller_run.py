@@ -22,24 +22,18 @@ from controller.clock import Clock
 from controller.config import load_config
 from controller.runtime import Controller
 from drivers.base import ConnectionState
+from hil_tests.rig.demo_config import DEMO_CONFIG, demo_text
 from hil_tests.rig.net import wait_for
 from hil_tests.rig.recorder import Report
 from hil_tests.rig.runner import run_scenario
 from hil_tests.rig.scenario import Scenario
 from hil_tests.rig.servers import Rig
 
-DEMO = Path(__file__).with_name("demo_line.toml")  # configs/demo_line.toml, shipped in the wheel
 
-
-def config_for_rig(rig: Rig, state_dir: Path, model: Path, path: Path, template: Path = DEMO) -> Path:
-    """A copy of the demo config pointed at this rig's ports, a private state dir and `model`."""
-    text = template.read_text()
-    text = text.replace('endpoint = "opc.tcp://127.0.0.1:4840/linesentry/"',
-                        f'endpoint = "{rig.opcua_endpoint}"')
-    text = re.sub(r"^port = 5020$", f"port = {rig.modbus_port}", text, flags=re.M)
-    text = text.replace('state_dir = "../state/demo_line"', f'state_dir = "{state_dir}"')
-    text = text.replace('model = "../state/demo_line/model.npz"', f'model = "{model}"')
-    path.write_text(text)
+def config_for_rig(rig: Rig, state_dir: Path, model: Path, path: Path, template: Path = DEMO_CONFIG) -> Path:
+    """A copy of the demo config at `path`, pointed at this rig's ports, a private state dir and `model`."""
+    path.write_text(demo_text(state_dir, model, opcua_endpoint=rig.opcua_endpoint,
+                              modbus_port=rig.modbus_port, template=template))
     return path
 
 

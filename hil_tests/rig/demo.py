@@ -1,4 +1,4 @@
-"""The demo line: the simulated plant and the real controller on configs/demo_line.toml.
+"""The demo line: the simulated plant and the real controller on the demo config (demo_config.py).
 
 Starts the plant's OPC UA and Modbus servers on 127.0.0.1 (4840 and 5020),
 fits the demo model on simulated normal operation if there is none yet, runs
@@ -28,13 +28,13 @@ from controller.config import LineConfig, load_config
 from controller.runtime import Controller
 from controller.statedir import STATE_FILE
 from drivers.base import ConnectionState
+from hil_tests.rig.demo_config import DEMO_CONFIG
 from hil_tests.rig.faults import FaultSpec
 from hil_tests.rig.plant import Plant
 from hil_tests.rig.servers import Rig
 from hil_tests.rig.training import simulated_normal
 from models import ModelError, StreamingDetector, load_model
 
-DEMO_CONFIG = Path(__file__).with_name("demo_line.toml")  # configs/demo_line.toml, shipped in the wheel
 FAULTS = (
     FaultSpec(type="jam", onset_s=0, duration_s=4.0),
     FaultSpec(type="stuck", onset_s=0, duration_s=8.0, tag="vibration_rms"),
@@ -90,8 +90,9 @@ async def run_demo(config_path: Path = DEMO_CONFIG, seconds: float | None = None
     if saved.exists():  # a demo starts clean: a latch or shelve left by the last run must not linger
         saved.unlink()
         console.print(f"demo: starting from a clean state (removed {saved})")
-    port = int(config.opcua[0].driver.endpoint.rsplit(":", 1)[1].split("/")[0])
-    rig = Rig(Plant(seed=7), opcua_port=port, modbus_port=config.modbus[0].driver.port)
+    drivers = {protocol: plc.driver for (protocol, _), plc in config.plcs()}
+    port = int(drivers["opcua"].endpoint.rsplit(":", 1)[1].split("/")[0])
+    rig = Rig(Plant(seed=7), opcua_port=port, modbus_port=drivers["modbus"].port)
     log = DemoLog()
     async with rig:
         controller = Controller(config)

@@ -5,8 +5,8 @@ steps it in real time, unit tests step it as fast as they like. Faults reach the
 through `Disturbance` (process faults) and the served values through `Snapshot` (sensor faults),
 so the plant itself never knows a scenario exists.
 
-`python -m hil_tests.rig.plant` serves it on 127.0.0.1 (OPC UA :4840, Modbus :5020) and prints
-the address map (this becomes `linesentry sim`).
+`linesentry sim` serves it on 127.0.0.1 (OPC UA :4840, Modbus :5020) and prints the address map
+(hil_tests/rig/simulator.py; the plant imports nothing of the rig).
 """
 
 from __future__ import annotations
@@ -295,21 +295,3 @@ class Plant:
         return Snapshot(
             self.t, self._values.copy(), np.zeros(len(SENSORS), dtype=bool), self.line_stop, self.reject_gate
         )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Serve the plant on 127.0.0.1 until Ctrl-C (imported lazily: the physics has no socket code).
-
-    `argv` are the server options (`python -m hil_tests.rig.plant --help`); None reads the command
-    line, so `linesentry sim` passes its own options instead of its `sim` argument."""
-    import asyncio
-    import contextlib
-
-    from hil_tests.rig.servers import main as serve
-
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop the simulator
-        asyncio.run(serve(argv))
-
-
-if __name__ == "__main__":
-    main()

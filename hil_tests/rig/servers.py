@@ -9,7 +9,6 @@ against (docs/hil.md); change it only together with that config.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -36,7 +35,7 @@ from pymodbus.simulator.simutils import SimUtils
 from hil_tests.rig.faults import FaultInjector, FaultSpec
 from hil_tests.rig.gate import Gate
 from hil_tests.rig.net import free_port
-from hil_tests.rig.plant import INDEX, Plant, PlantParams, Snapshot
+from hil_tests.rig.plant import INDEX, Plant, Snapshot
 from hil_tests.rig.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -478,41 +477,3 @@ def address_map() -> str:
     for addr, name in MODBUS_COILS.items():
         lines.append(f"  coil    {addr:<5} {name:<20} bool     writable")
     return "\n".join(lines)
-
-
-async def main(argv: list[str] | None = None) -> None:
-    """Serve the simulated line until interrupted; optionally play a scenario's faults."""
-    ap = argparse.ArgumentParser(prog="python -m hil_tests.rig.plant", description=main.__doc__)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--opcua-port", type=int, default=4840)
-    ap.add_argument("--modbus-port", type=int, default=5020)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scenario", type=Path, help="a scenario TOML whose faults to play")
-    ap.add_argument(
-        "--secure-dir", type=Path, help="serve Basic256Sha256 SignAndEncrypt, cert/key in this dir"
-    )
-    args = ap.parse_args(argv)
-    from hil_tests.rig.scenario import (
-        load_scenario,  # scenario -> recorder -> ... keep the import graph acyclic
-    )
-
-    injector, seed, params = FaultInjector(), args.seed, PlantParams()
-    if args.scenario is not None:
-        sc = load_scenario(args.scenario)
-        injector, seed = sc.injector(), sc.seed
-        params = PlantParams(watchdog_timeout_s=sc.watchdog_timeout_s)
-    security = OpcUaSecurityOptions(args.secure_dir) if args.secure_dir else None
-    rig = Rig(
-        Plant(seed, params),
-        injector,
-        host=args.host,
-        opcua_port=args.opcua_port,
-        modbus_port=args.modbus_port,
-        security=security,
-    )
-    async with rig:
-        print(f"OPC UA  {rig.opcua_endpoint}" + ("  (Basic256Sha256 SignAndEncrypt)" if security else ""))
-        print(f"Modbus  {args.host}:{rig.modbus_port}  device_id {DEVICE_ID}")
-        print(address_map(), flush=True)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.Event().wait()

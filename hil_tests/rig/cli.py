@@ -1,0 +1,119 @@
+"""The rig's commands in the `linesentry` CLI: `demo`, `sim`, `hil`.
+
+Registered through the entry-point group `linesentry.cli` (pyproject.toml:
+`rig = "hil_tests.rig.cli:register"`), so the product's CLI never imports the rig. Loading this
+module costs only typer: everything else is imported inside the command that needs it, which keeps
+operator commands such as `linesentry status` fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+STATE_DIR_HELP = ("where the demo keeps its state and fitted model "
+                  "(default: $XDG_STATE_HOME/linesentry/demo, i.e. ~/.local/state/linesentry/demo)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the rig's commands to `app`."""
+    app.command()(demo)
+    app.command()(sim)
+    app.command()(hil)
+
+
+def demo(config: Path = typer.Option(None, help="line config (default: the shipped demo config, with its "
+                                     "state in --state-dir)"),
+         state_dir: Path = typer.Option(None, help=STATE_DIR_HELP),
+         seconds: float = typer.Option(None, help="stop after this many seconds (default: Ctrl-C)"),
+         live: bool = typer.Option(True, help="live terminal view (--no-live: one line per event)"),
+         fault_every: float = typer.Option(20.0, help="seconds between injected faults")) -> None:
+    """The demo line: simulated plant + controller on the demo config, with injected faults."""
+    import asyncio
+    import logging
+
+    from rich.table import Table
+
+    from controller.cli import EXIT_RUNTIME, console, fail, load_or_exit
+    from hil_tests.rig.demo import run_demo
+    from hil_tests.rig.demo_config import default_state_dir, write_demo_config
+
+    if config is None:
+        config = write_demo_config(state_dir or default_state_dir())
+        console.print(f"demo state and model in {config.parent} (--state-dir to change)")
+    load_or_exit(config)  # a bad config is a one-line usage error, like everywhere else
+    logging.basicConfig(level=logging.ERROR)
+    try:
+        log = asyncio.run(run_demo(config, seconds=seconds, live=live, fault_every_s=fault_every,
+                                   console=console))
+    except KeyboardInterrupt:
+        return
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: is another demo or simulator using ports 4840/5020?",
+                   EXIT_RUNTIME) from None
+    table = Table(title="demo summary", caption="demo loop resolution 0.1 s; "
+                  "python -m benchmarks.hil_latency measures onset -> write precisely")
+    for col in ("fault injected", "first alarm", "line stopped after"):
+        table.add_column(col)
+    for i, (t, what) in enumerate(log.faults):
+        until = log.faults[i + 1][0] if i + 1 < len(log.faults) else float("inf")
+        stop, first = log.first_after(t, until), log.first_alarm_after(t, until)
+        table.add_row(what, "-" if first is None else f"{first[1]} after {(first[0] - t) * 1000:.0f} ms",
+                      "-" if stop is None else f"{(stop - t) * 1000:.0f} ms")
+    console.print(table)
+
+
+def sim(opcua_port: int = typer.Option(4840, help="OPC UA port on 127.0.0.1"),
+        modbus_port: int = typer.Option(5020, help="Modbus TCP port on 127.0.0.1"),
+        seed: int = typer.Option(0, help="noise seed of the simulated plant"),
+        scenario: Path = typer.Option(None, help="play the faults of this scenario TOML"),
+        secure_dir: Path = typer.Option(None, help="serve OPC UA Basic256Sha256 SignAndEncrypt only, "
+                                        "with a certificate generated into this directory")) -> None:
+    """Serve the simulated plant (OPC UA 4840, Modbus 5020 on 127.0.0.1) until Ctrl-C."""
+    import asyncio
+    import contextlib
+
+    from controller.cli import EXIT_RUNTIME, fail
+    from hil_tests.rig.scenario import ScenarioError
+    from hil_tests.rig.simulator import serve
+
+    if scenario is not None and not scenario.is_file():
+        raise fail(f"--scenario {scenario}: no such file")
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop the simulator
+            asyncio.run(serve(opcua_port=opcua_port, modbus_port=modbus_port, seed=seed, scenario=scenario,
+                              secure_dir=secure_dir))
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: is another demo or simulator using ports "
+                   f"{opcua_port}/{modbus_port}?", EXIT_RUNTIME) from None
+
+
+def hil(scenario: Path = typer.Argument(..., help="scenario file (hil_tests/rig/scenarios/*.toml)"),
+        runs: int = typer.Option(None, help="repeat count (default: the scenario's `repeat`)"),
+        json_out: Path = typer.Option(None, "--json", help="write the report as JSON"),
+        state_dir: Path = typer.Option(None, help=STATE_DIR_HELP)) -> None:
+    """Run a HIL scenario against the simulated plant and the controller on the demo config."""
+    import asyncio
+    import logging
+
+    from controller.cli import console, fail, load_or_exit
+    from hil_tests.rig.controller_run import run_with_controller
+    from hil_tests.rig.demo import ensure_model
+    from hil_tests.rig.demo_config import default_state_dir, write_demo_config
+    from hil_tests.rig.scenario import ScenarioError, load_scenario
+
+    try:
+        sc = load_scenario(scenario)
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    config = load_or_exit(write_demo_config(state_dir or default_state_dir()))
+    ensure_model(config, console)
+    logging.basicConfig(level=logging.ERROR)
+    with console.status(f"running {sc.name}: {runs or sc.repeat} x {sc.duration_s:g} s"):
+        report = asyncio.run(run_with_controller(sc, config.detector.model, runs))
+    report.print(console)
+    if json_out is not None:
+        report.to_json(json_out)
