@@ -13,10 +13,10 @@ Loading is cheap by contract: a plugin package imports its config model only; `c
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from drivers.errors import DriverError, UnknownDriver
 
@@ -28,6 +28,37 @@ if TYPE_CHECKING:
 
 GROUP = "linesentry.drivers"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a bare TOML key: [[opcua]], [[modbus]], [[toy]]
+
+
+ValueKind = Literal["number", "bit", "text"]
+
+
+class TagConfig(Protocol):
+    name: str
+    writable: bool
+
+
+class DriverConfig(Protocol):
+    """What the controller asks of one PLC's driver config (a strict pydantic model), by method.
+
+    Its durations and counts carry their own ranges (Field ge/le); relative file paths are
+    resolved against the validation context's "base_dir" (the TOML file's directory). It must not
+    define the controller's per-PLC keys (stale_timeout_s, on_comm_loss, safe_state, watchdog).
+    """
+
+    name: str
+    tags: Sequence[TagConfig]
+
+    @property
+    def endpoint(self) -> str: ...  # where the PLC is, for messages and `validate`
+
+    def acquisition_interval_s(self) -> float: ...  # the slowest poll/publish interval
+
+    def write_problem(self, tag: str, value: bool | int | float) -> str | None: ...
+
+    def counter_problem(self, tag: str, wrap: int) -> str | None: ...  # a watchdog heartbeat counter
+
+    def value_kind(self, tag: str) -> ValueKind | None: ...  # None: known only once connected
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,14 @@ DCBA        BA              DC BA                   HG FE DC BA  (little-endian)
 Example: float32 123.456 is 0x42F6E979, so ABCD = [0x42F6, 0xE979], CDAB = [0xE979, 0x42F6],
 BADC = [0xF642, 0x79E9], DCBA = [0x79E9, 0xF642].
 
-Engineering value = raw * scale + offset on decode; encode inverts it and refuses values the raw
-type cannot hold. An unscaled integer tag takes whole numbers only (1.5 is refused, not rounded);
-a scaled one rounds to the register's resolution (nearest, ties to even).
+Engineering value = raw * scale + offset on decode; encode inverts it with
+drivers.modbus.scaling.to_raw, which refuses values the raw type cannot hold.
 """
 
-import math
 
 import numpy as np
 
+from drivers.modbus.scaling import to_raw
 from drivers.modbus.tables import ORDERS
 
 # Big-endian numpy type of each register dtype (its itemsize / 2 is its REGISTER_WIDTH).
@@ -103,40 +102,6 @@ def encode_raw(raw: np.ndarray, dtype: str, order: str = "ABCD") -> np.ndarray:
     w = be.itemsize // 2
     r = np.asarray(raw).astype(be).reshape(-1).view(">u2").reshape(-1, w).astype(np.uint16)
     return np.ascontiguousarray(_reorder(r, order))
-
-
-def to_raw(value: float, dtype: str, scale: float = 1.0, offset: float = 0.0) -> int | float:
-    """Invert scale/offset and check the raw type can hold the result (ValueError if not)."""
-    if (isinstance(value, int | np.integer) and dtype not in ("bool", "float32", "float64")
-            and scale == 1 and float(offset).is_integer()):
-        v_int = int(value) - int(offset)  # exact for 64-bit integers, which float64 cannot hold
-        info = np.iinfo(_NUMPY_BE[dtype].newbyteorder("="))
-        if not int(info.min) <= v_int <= int(info.max):
-            raise ValueError(f"cannot write {value!r}: raw value {v_int} is outside {dtype} "
-                             f"[{info.min}, {info.max}]")
-        return v_int
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"cannot write {value!r}: not a finite number")
-    raw = (v - offset) / scale
-    if dtype == "bool":
-        if raw not in (0.0, 1.0):
-            raise ValueError(f"cannot write {value!r} to a bool: use 0 or 1")
-        return int(raw)
-    if dtype.startswith("float"):
-        if not math.isfinite(raw) or (dtype == "float32" and abs(raw) > float(np.finfo(np.float32).max)):
-            raise ValueError(f"cannot write {value!r}: raw value {raw!r} overflows {dtype}")
-        return raw
-    info = np.iinfo(_NUMPY_BE[dtype].newbyteorder("="))
-    if not math.isfinite(raw):
-        raise ValueError(f"cannot write {value!r}: raw value {raw!r} is not finite")
-    if scale == 1 and float(offset).is_integer() and not raw.is_integer():
-        raise ValueError(f"cannot write {value!r}: {dtype} holds whole numbers only")
-    r = round(raw)  # exact Python int, ties to even
-    if not int(info.min) <= r <= int(info.max):
-        raise ValueError(f"cannot write {value!r}: raw value {r} is outside {dtype} "
-                         f"[{info.min}, {info.max}] (check scale={scale} and offset={offset})")
-    return r
 
 
 def encode(value: float, dtype: str, order: str = "ABCD", scale: float = 1.0,

@@ -11,8 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drivers.modbus.scaling import to_raw
 from drivers.modbus.tables import (
     BIT_TABLES,
+    COUNTER_LIMIT,
     MODICON_BASE,
     WRITABLE_TABLES,
     DType,
@@ -112,7 +114,11 @@ class ModbusTag(BaseModel):
 
 
 class ModbusDeviceConfig(BaseModel):
-    """One Modbus device (unit id) polled by one driver: over TCP, RTU over TCP, or a serial line."""
+    """One Modbus device (unit id) polled by one driver: over TCP, RTU over TCP, or a serial line.
+
+Besides its keys it answers what the controller asks of every driver config (drivers.registry
+.DriverConfig): the acquisition interval, and whether a value or a counter fits a tag.
+"""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -128,8 +134,8 @@ class ModbusDeviceConfig(BaseModel):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     device_id: int = Field(default=1, ge=0, le=255)  # the unit id (slave address on a serial line)
-    timeout_s: float = Field(default=1.0, gt=0, le=60)  # per request (and per connect)
-    poll_interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=1.0, ge=0.01, le=60, allow_inf_nan=False)  # per request (and connect)
+    poll_interval_s: float = Field(default=1.0, ge=0.001, le=3600, allow_inf_nan=False)
     max_registers_per_read: int = Field(default=125, ge=1, le=125)
     max_bits_per_read: int = Field(default=2000, ge=1, le=2000)
     max_gap: int = Field(default=0, ge=0, le=2000)  # unused addresses a block read may span
@@ -139,8 +145,52 @@ class ModbusDeviceConfig(BaseModel):
     readback: bool = True
     # A half-open TCP connection never reports a close; after this many unanswered requests in
     # a row the driver declares the connection lost so the supervisor opens a fresh session.
-    max_consecutive_timeouts: int = Field(default=3, ge=1)
+    max_consecutive_timeouts: int = Field(default=3, ge=1, le=1000)
     tags: list[ModbusTag] = Field(min_length=1)
+
+    def acquisition_interval_s(self) -> float:
+        return self.poll_interval_s
+
+    def write_problem(self, tag: str, value: bool | int | float) -> str | None:
+        """Why `value` cannot be written to `tag` (the driver would refuse it), or None."""
+        t = self._tag(tag)
+        if t is None:
+            return None
+        if t.dtype == "string":
+            return f"tag {tag!r} is a string, read for display only"
+        if t.dtype == "bool":
+            if value in (0, 1):
+                return None
+            kind = "coil" if t.is_bit else "bit"
+            return f"tag {tag!r} is a {kind}; expected true/false (or 1/0), got {value!r}"
+        try:
+            to_raw(value, t.dtype, t.scale, t.offset)
+        except ValueError as exc:
+            return f"tag {tag!r} ({t.dtype}): {exc}"
+        return None
+
+    def counter_problem(self, tag: str, wrap: int) -> str | None:
+        """Why `tag` cannot hold a heartbeat counter running 0 .. wrap-1, or None."""
+        t = self._tag(tag)
+        if t is None:
+            return None
+        if t.dtype in ("bool", "string"):
+            what = "a coil" if t.is_bit else f"a {t.dtype} tag"
+            return (f"watchdog tag {tag!r} is {what}; the heartbeat is a counter: use a holding_register "
+                    "(e.g. dtype = 'uint16')")
+        if wrap > COUNTER_LIMIT[t.dtype]:
+            return f"{wrap} does not fit {t.dtype} tag {tag!r}; expected <= {COUNTER_LIMIT[t.dtype]}"
+        return None
+
+    def value_kind(self, tag: str) -> Literal["number", "bit", "text"] | None:
+        """bit: a coil or discrete input; text: a string tag; number: anything else (register bits too)."""
+        t = self._tag(tag)
+        if t is None:
+            return None
+        return "bit" if t.is_bit else "text" if t.dtype == "string" else "number"
+
+    def _tag(self, name: str) -> ModbusTag | None:
+        return next((t for t in self.tags if t.name == name), None)
 
     @property
     def endpoint(self) -> str:

@@ -42,6 +42,7 @@ from drivers.errors import ConnectionLost, DriverError, WriteFailed, WriteRefuse
 from drivers.modbus import codec
 from drivers.modbus.config import ModbusDeviceConfig, ModbusTag
 from drivers.modbus.planner import ReadBlock, plan_reads
+from drivers.modbus.scaling import to_raw
 from drivers.modbus.tables import BIT_TABLES, EXCEPTION_NAMES, READ_FUNCTION, width
 
 log = logging.getLogger(__name__)
@@ -393,7 +394,7 @@ class ModbusDriver:
                                "(set writable = true in its config to allow writes)")
         try:
             if tag.dtype == "bool":
-                expected: list[int] = [codec.to_raw(value, "bool")]
+                expected: list[int] = [to_raw(value, "bool")]
             else:
                 expected = codec.encode(value, tag.dtype, tag.order, tag.scale, tag.offset)
         except ValueError as exc:

@@ -25,6 +25,9 @@ ORDERS: tuple[str, ...] = ("ABCD", "DCBA", "BADC", "CDAB")
 # Registers one value of each numeric dtype occupies (bool: one bit or one bit of a register).
 REGISTER_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4,
                   "float32": 2, "float64": 4}
+INT_RANGE = {"int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
+             "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1),
+             "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1)}
 # The largest counter an integer-valued dtype holds exactly (the watchdog heartbeat's wrap).
 COUNTER_LIMIT = {"int16": 1 << 15, "uint16": 1 << 16, "int32": 1 << 31, "uint32": 1 << 32,
                  "int64": 1 << 63, "uint64": 1 << 64, "float32": 1 << 24, "float64": 1 << 53}

@@ -1,11 +1,19 @@
-"""OPC UA driver configuration: pydantic models whose errors name the key and the fix."""
+"""OPC UA driver configuration: pydantic models whose errors name the key and the fix.
 
+Durations are seconds (`*_s`) like everywhere in linesentry, except the subscription
+parameters the OPC UA specification itself defines in milliseconds (`sampling_interval_ms`,
+`publishing_interval_ms`), which keep the spec's unit and name. The client-side polling period is
+`poll_interval_s`; the older spelling `poll_interval_ms` is still accepted.
+"""
+
+import math
+import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from drivers.opcua.noderef import parse_browse_path, parse_node_ref
 
@@ -35,7 +43,7 @@ class OpcUaTag(_Strict):
     browse_path: list[str] | None = None  # ["0:Objects", "urn:linesentry:plant:Plant", ...] from Root
     group: str = "default"
     writable: bool = False
-    deadband_abs: float | None = Field(default=None, ge=0)  # overrides the group's deadband
+    deadband_abs: float | None = Field(default=None, ge=0, le=1e300)  # overrides the group's deadband
     deadband_pct: float | None = Field(default=None, ge=0, le=100)
     index: int | None = Field(default=None, ge=0)  # element of an array node (0-based)
 
@@ -68,12 +76,29 @@ class OpcUaGroup(_Strict):
 
     name: str = Field(min_length=1)
     mode: Literal["subscription", "polling"] = "subscription"
-    sampling_interval_ms: float = Field(default=100.0, ge=0)
-    publishing_interval_ms: float = Field(default=100.0, gt=0)
-    queue_size: int = Field(default=1, ge=0)
+    sampling_interval_ms: float = Field(default=100.0, ge=0, le=3_600_000)
+    publishing_interval_ms: float = Field(default=100.0, ge=1, le=3_600_000)
+    queue_size: int = Field(default=1, ge=0, le=10_000)
     deadband_type: Literal["none", "absolute", "percent"] = "none"
-    deadband_value: float = Field(default=0.0, ge=0)
-    poll_interval_ms: float = Field(default=1000.0, gt=0)
+    deadband_value: float = Field(default=0.0, ge=0, le=1e300)
+    poll_interval_s: float = Field(default=1.0, ge=0.001, le=3600, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _poll_interval_ms(cls, data: Any) -> Any:
+        """The older key `poll_interval_ms` = milliseconds, taken as poll_interval_s = ms / 1000."""
+        if not isinstance(data, dict) or "poll_interval_ms" not in data:
+            return data
+        data = dict(data)
+        ms = data.pop("poll_interval_ms")
+        if "poll_interval_s" in data:
+            raise ValueError("set poll_interval_s (seconds) or the older poll_interval_ms, not both")
+        if isinstance(ms, bool) or not isinstance(ms, int | float) or not (
+                math.isfinite(ms) and 1 <= ms <= 3_600_000):
+            raise ValueError(f"poll_interval_ms: {ms!r} is out of range; expected 1 <= value <= 3600000 "
+                             "(or poll_interval_s in seconds, 0.001 .. 3600)")
+        data["poll_interval_s"] = ms / 1000
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "OpcUaGroup":
@@ -92,6 +117,7 @@ class OpcUaSecurity(_Strict):
 
     policy: Literal["None", "Basic256Sha256"] = "None"
     mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    # Paths: relative ones are relative to the config file (validation context "base_dir").
     client_certificate: Path | None = None  # DER or PEM; its URI SAN becomes the client's application URI
     client_private_key: Path | None = None
     server_certificate: Path | None = None  # the trusted server certificate (DER or PEM)
@@ -101,6 +127,17 @@ class OpcUaSecurity(_Strict):
     password_env: str | None = None  # name of the environment variable holding the password
     allow_plaintext_password: bool = False  # send a password over policy None (readable on the wire)
     allow_insecure_key_permissions: bool = False  # accept a private key readable by group/others
+
+    @field_validator("client_certificate", "client_private_key", "server_certificate", mode="before")
+    @classmethod
+    def _relative_to_config(cls, v: Any, info: ValidationInfo) -> Any:
+        """TOML has only strings; a relative path means relative to the TOML file, not to the cwd."""
+        if isinstance(v, str):
+            v = Path(v)
+        base = (info.context or {}).get("base_dir")
+        if isinstance(v, Path) and base is not None and not v.is_absolute():
+            v = Path(os.path.normpath(Path(base) / v))
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "OpcUaSecurity":
@@ -149,9 +186,10 @@ class OpcUaConfig(_Strict):
 
     name: str = Field(min_length=1)
     endpoint: str
-    timeout_s: float = Field(default=5.0, gt=0)  # per request; a silent link is given up after this
-    # (answers slower than ~3/4 of it count as a dead link: docs/drivers.md)
-    session_timeout_s: float = Field(default=60.0, ge=1)
+    # per request; a silent link is given up after this (answers slower than ~3/4 of it count as a
+    # dead link: docs/drivers.md)
+    timeout_s: float = Field(default=5.0, ge=0.01, le=600, allow_inf_nan=False)
+    session_timeout_s: float = Field(default=60.0, ge=1, le=86_400, allow_inf_nan=False)
     security: OpcUaSecurity = Field(default_factory=OpcUaSecurity)
     groups: list[OpcUaGroup] = Field(default_factory=_default_groups)
     tags: list[OpcUaTag] = Field(min_length=1)
@@ -185,3 +223,20 @@ class OpcUaConfig(_Strict):
 
     def group(self, name: str) -> OpcUaGroup:
         return next(g for g in self.groups if g.name == name)
+
+    def acquisition_interval_s(self) -> float:
+        """The slowest group's publishing (subscription) or polling interval."""
+        return max(g.publishing_interval_ms / 1000 if g.mode == "subscription" else g.poll_interval_s
+                   for g in self.groups)
+
+    def write_problem(self, tag: str, value: bool | int | float) -> str | None:
+        """None: a node's data type is known only once connected (the driver checks it then)."""
+        return None
+
+    def counter_problem(self, tag: str, wrap: int) -> str | None:
+        """None: a node's data type is known only once connected (the driver checks it then)."""
+        return None
+
+    def value_kind(self, tag: str) -> None:
+        """None: number or text is known only once connected (the node's DataType)."""
+        return None

@@ -453,7 +453,7 @@ class OpcUaDriver:
 
     async def _poll(self, group: OpcUaGroup, index: list[int], on_batch: OnBatch) -> None:
         """Batched reads on a fixed schedule (no drift; a late read skips the missed ticks)."""
-        period = group.poll_interval_ms / 1000
+        period = group.poll_interval_s
         next_at = time.monotonic()
         while True:
             self._deliver(on_batch, await self._read_index(index))
