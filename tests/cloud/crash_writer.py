@@ -14,7 +14,7 @@ import sys
 
 from controller.outbox import Outbox
 from controller.sync import SyncConfig, SyncWorker
-from tests.cloud.helpers import window_lines
+from tests.cloud.helpers import window_records
 
 
 async def main(directory: str, url: str, base_ns: int, start: int, end: int, tags: int) -> None:
@@ -23,7 +23,7 @@ async def main(directory: str, url: str, base_ns: int, start: int, end: int, tag
     with Outbox(directory) as ob:
         async with SyncWorker(cfg, ob) as worker:
             for i in range(start, end):
-                result = await ob.append_async(window_lines(base_ns, i, tags))
+                result = await ob.append_async(window_records(base_ns, i, tags))
                 assert result.ok, result.error
                 print(f"committed {i}", flush=True)
                 worker.wake()

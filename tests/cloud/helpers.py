@@ -1,11 +1,10 @@
-"""Known windows of points for the end-to-end tests, and the exactly-once check against VictoriaMetrics."""
+"""Known windows of records for the end-to-end tests, and the exactly-once check against VictoriaMetrics."""
 
 from __future__ import annotations
 
 import time
 
-from influxdb_client import Point, WritePrecision
-
+from controller.records import Record
 from hil_tests.rig.victoria import VictoriaMetrics
 
 NS = 1_000_000_000
@@ -17,12 +16,11 @@ def base_end_ns(windows: int, window_s: int = 10) -> int:
     return (now - window_s * windows) * NS
 
 
-def window_lines(base_ns: int, i: int, n_tags: int, window_s: int = 10) -> list[str]:
-    """Window i: one `linesentry_tag` point per tag with a value that encodes (window, tag)."""
+def window_records(base_ns: int, i: int, n_tags: int, window_s: int = 10) -> list[Record]:
+    """Window i: one `linesentry_tag` record per tag with a value that encodes (window, tag)."""
     t = base_ns + i * window_s * NS
-    return [Point("linesentry_tag").tag("site", "s").tag("line", "l").tag("controller", "c")
-            .tag("tag", f"t{j}").field("mean", float(i * 1000 + j)).field("count", i)
-            .time(t, WritePrecision.NS).to_line_protocol()
+    return [Record("linesentry_tag", {"site": "s", "line": "l", "controller": "c", "tag": f"t{j}"},
+                   {"mean": float(i * 1000 + j), "count": i}, t, "window")
             for j in range(n_tags)]
 
 

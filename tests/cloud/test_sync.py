@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from controller.outbox import Outbox
 from controller.sync import SyncConfig, SyncConfigError, SyncWorker
 from tests.cloud.conftest import wait_for
-from tests.cloud.helpers import assert_exactly_once, base_end_ns, expected, window_lines
+from tests.cloud.helpers import assert_exactly_once, base_end_ns, expected, window_records
 
 WINDOWS, TAGS = 12, 5
 
@@ -26,7 +26,7 @@ def filled(tmp_path):
     ob = Outbox(tmp_path)
     base = base_end_ns(WINDOWS)
     for i in range(WINDOWS):
-        assert ob.append(window_lines(base, i, TAGS)).ok
+        assert ob.append(window_records(base, i, TAGS)).ok
     yield ob, base
     ob.close()
 
@@ -133,7 +133,7 @@ async def test_new_data_is_picked_up_and_metrics_report_backlog(tmp_path, proxy,
     with Outbox(tmp_path) as ob:
         async with SyncWorker(config(proxy.url, token_env), ob) as w:
             for i in range(4):
-                await ob.append_async(window_lines(base, i, TAGS))
+                await ob.append_async(window_records(base, i, TAGS))
                 w.wake()
             await wait_for(lambda: ob.backlog()[0] == 0, 10, what="drain")
             m = w.metrics()
