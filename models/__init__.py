@@ -10,7 +10,7 @@ import importlib
 
 _HOMES = {
     "BatchResult": "models.detector", "StreamingDetector": "models.detector",
-    "load_model": "models.artifact", "save_model": "models.artifact",
+    "load_model": "models.detector", "save_model": "models.detector",
     "ModelError": "models.errors", "NotFittedError": "models.errors",
     "DetectorSpec": "models.spec", "TagLimits": "models.spec", "spec_differences": "models.spec",
 }

@@ -1,8 +1,23 @@
 """Versioned model artifacts: one .npz holding the fitted arrays and a JSON metadata record.
 
-The metadata names the tags (in order) and units, the detector spec, the
-training window, thresholds, library versions, and a SHA-256 over all arrays
-and the metadata itself, so a truncated or edited file is refused on load.
+The metadata names the tags (in order) and units, the detector spec, the fit
+summary (training window, thresholds, the calibration report, the learned
+per-tag rules), library versions, and a SHA-256 over all arrays and the
+metadata itself, so a truncated or edited file is refused on load. This module
+reads and writes files only; the detector builds itself from what `read`
+returns (StreamingDetector.load), so neither reaches into the other.
+
+Format 4 (this version) adds the calibration report and the learned per-tag
+rules to the summary and changes how the defaults are fitted; a file of another
+version is refused with one line that says to refit (thresholds of format 3
+were calibrated by rules this version no longer uses).
+
+>>> import tempfile, numpy as np
+>>> path = Path(tempfile.mkdtemp()) / "m.npz"
+>>> write(path, {"a": np.arange(3.0)}, {"tags": ["x"]})
+>>> arrays, meta = read(path, ("a",))
+>>> arrays["a"].tolist(), meta["tags"], meta["format_version"]
+([0.0, 1.0, 2.0], ['x'], 4)
 """
 
 import hashlib
@@ -14,14 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from models.detector import MODEL_ARRAYS, StreamingDetector
 from models.errors import ModelError
-from models.kernels import TP_SIZE
-from models.spec import DetectorSpec
 
 FORMAT = "linesentry-model"
-# Bumped whenever the array layout (kernels.TP_*) changes: 3 added the usable range.
-FORMAT_VERSION = 3
+# Bumped whenever the array layout (kernels.TP_*) or the fitting rules change: 3 added the usable
+# range, 4 the adaptive defaults and the calibration report.
+FORMAT_VERSION = 4
 REFIT = "refit with `linesentry fit`"
 META_KEY = "__meta__"
 
@@ -44,21 +57,11 @@ def _checksum(arrays: dict[str, np.ndarray], meta: dict) -> str:
     return h.hexdigest()
 
 
-def save_model(det: StreamingDetector, path) -> None:
-    """Write atomically (temp file + rename), so a crash never leaves half a model behind."""
-    det._require_model()
-    if not det.fitted:
-        raise ValueError("a rules-only detector has nothing fitted to save")
-    arrays = {k: det.model[k] for k in MODEL_ARRAYS}
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "tags": det.tags,
-        "units": det.units,
-        "spec": det.spec.to_dict(),
-        "summary": det.summary,
-        "versions": {d: _version(d) for d in ("linesentry", "numpy", "numba", "scikit-learn")},
-    }
+def write(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write arrays + metadata atomically (temp file + rename): a crash never leaves half a model."""
+    arrays = dict(arrays)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta,
+            "versions": {d: _version(d) for d in ("linesentry", "numpy", "numba", "scikit-learn")}}
     meta["checksum"] = _checksum(arrays, meta)
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path = Path(path)
@@ -75,8 +78,8 @@ def save_model(det: StreamingDetector, path) -> None:
         raise
 
 
-def load_model(path, expected_tags: list[str] | None = None) -> StreamingDetector:
-    """Load and verify a model; refuse a corrupt file or one fitted for other tags."""
+def read(path, required: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict]:
+    """Read and verify an artifact: format, version, the `required` arrays and the checksum."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} not found: fit one with `linesentry fit` or fix the path")
@@ -94,31 +97,14 @@ def load_model(path, expected_tags: list[str] | None = None) -> StreamingDetecto
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"model file {path} has format version {meta.get('format_version')}, "
                          f"this linesentry reads version {FORMAT_VERSION}: {REFIT}")
-    missing = [k for k in MODEL_ARRAYS if k not in arrays]
+    missing = [k for k in required if k not in arrays]
     if missing or meta.get("checksum") != _checksum(arrays, meta):
         raise ModelError(f"model file {path} failed its checksum (corrupted or edited): "
                          "refit it or restore it from backup")
-    tags = meta["tags"]
-    if arrays["tag_params"].shape != (len(tags), TP_SIZE):
-        raise ModelError(f"model file {path} has tag parameters of shape {arrays['tag_params'].shape}, "
-                         f"expected ({len(tags)}, {TP_SIZE}): {REFIT}")
-    if expected_tags is not None and list(expected_tags) != tags:
-        raise ModelError(_tag_mismatch(path, tags, list(expected_tags)))
-    try:
-        spec = DetectorSpec.from_dict(meta["spec"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"model file {path} has detector settings this linesentry cannot use "
-                         f"({exc}): {REFIT}") from None
-    det = StreamingDetector(tags, spec, meta.get("units"))
-    det.model = {k: arrays[k] for k in MODEL_ARRAYS}
-    det.summary = meta.get("summary", {})
-    det.fitted = True
-    det.metadata = meta
-    det.reset()
-    return det
+    return {k: arrays[k] for k in required}, meta
 
 
-def _tag_mismatch(path: Path, model_tags: list[str], config_tags: list[str]) -> str:
+def tag_mismatch(path, model_tags: list[str], config_tags: list[str]) -> str:
     missing = [t for t in config_tags if t not in model_tags]
     extra = [t for t in model_tags if t not in config_tags]
     if not missing and not extra:

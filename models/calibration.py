@@ -1,4 +1,14 @@
-"""Threshold calibration on normal data for a target false-alarm rate.
+"""Fusion and calibration: component thresholds, the line threshold, and the truth about both.
+
+Every component score is normalised so 1.0 is its own threshold (the
+`component_far` quantile of its scores on the held-out tail of the training
+window); the line score is the weighted max of the components, so its
+threshold is never below 1.0 (the line never alarms on a component below its
+own threshold: a flat stream whose holdout scores are all 0 calibrates 1.0,
+not 0.0). Limit and flatline hits are certain facts with their own learned
+limits, not statistics: holdout rows where one fires are left out of the
+line's quantile and reported (which tag, which rows), so they cannot pin the
+threshold at the cap.
 
 Two estimators of the (1 - far) quantile of the score distribution:
 - ``quantile``: the empirical quantile. Honest when there are many more samples
@@ -7,13 +17,29 @@ Two estimators of the (1 - far) quantile of the score distribution:
   Pareto distribution to the excesses over a high initial quantile and
   extrapolate into the tail. Use it when the target rate is so small that few
   or no training samples lie beyond the wanted threshold.
+
+The realised holdout exceedance rate is reported with a one-sided 95 %
+Clopper-Pearson upper bound computed on the effective sample size
+n (1 - r) / (1 + r), r the lag-1 autocorrelation of the exceedances (or of the
+scores when none exceed): autocorrelated rows carry less evidence than
+independent ones.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> thr = calibrate_threshold(rng.exponential(size=5000), 0.01, "quantile")
+>>> round(thr, 1)
+4.7
+>>> bound = exceedance_bound(np.r_[np.zeros(990), np.ones(10)] > 0.5, np.zeros(1000))
+>>> bound["count"], round(bound["rate"], 3), bound["upper_95"] > bound["rate"]
+(10, 0.01, True)
 """
 
+import math
 import warnings
 
 import numpy as np
-from scipy import stats
 
+from models import kernels as K
 from models.names import CALIBRATION_METHODS as METHODS
 
 
@@ -34,6 +60,8 @@ def calibrate_threshold(scores: np.ndarray, target_far: float, method: str = "po
 
 
 def _pot_threshold(scores: np.ndarray, target_far: float, tail_fraction: float) -> float:
+    from scipy import stats
+
     if target_far >= tail_fraction:
         return float(np.quantile(scores, 1.0 - target_far))
     u = float(np.quantile(scores, 1.0 - tail_fraction))
@@ -52,3 +80,138 @@ def _pot_threshold(scores: np.ndarray, target_far: float, tail_fraction: float) 
         return float(np.quantile(scores, 1.0 - target_far))
     # Never below the empirical quantile at the same rate: the tail fit extrapolates, it must not undercut.
     return float(max(threshold, np.quantile(scores, 1.0 - target_far)))
+
+
+def lag1_autocorrelation(x: np.ndarray) -> float:
+    """Lag-1 autocorrelation of a series, clipped to [0, 0.999] (0 for a constant series)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size < 3:
+        return 0.0
+    a, b = x[:-1] - x[:-1].mean(), x[1:] - x[1:].mean()
+    denom = math.sqrt(float(a @ a) * float(b @ b))
+    return min(max(float(a @ b) / denom, 0.0), 0.999) if denom > 0 else 0.0
+
+
+def exceedance_bound(exceed: np.ndarray, scores: np.ndarray, confidence: float = 0.95) -> dict:
+    """Exceedance count and rate on the holdout, with a Clopper-Pearson upper bound at the effective size."""
+    from scipy import stats
+
+    exceed = np.asarray(exceed, dtype=bool)
+    n, count = int(exceed.size), int(exceed.sum())
+    r = lag1_autocorrelation(exceed if 0 < count < n else scores)
+    n_eff = max(1.0, n * (1.0 - r) / (1.0 + r))
+    k_eff = count * n_eff / n if n else 0.0
+    upper = 1.0 if k_eff >= n_eff else float(stats.beta.ppf(confidence, k_eff + 1.0, n_eff - k_eff))
+    return {"count": count, "rows": n, "rate": count / n if n else 0.0, "lag1_autocorrelation": r,
+            "effective_rows": n_eff, "upper_95": upper}
+
+
+def decision_params(spec, norm: tuple[np.ndarray, np.ndarray], threshold_on: float,
+                    forest_shape: tuple[float, int] = (0.0, 0)) -> np.ndarray:
+    """The fusion/decision parameter vector (kernels.D_*): weights, normalisation, threshold, debounce."""
+    dp = np.zeros(K.D_SIZE)
+    dp[K.D_SMOOTH_ALPHA] = spec.smooth_alpha
+    dp[K.D_THRESHOLD_ON] = threshold_on
+    dp[K.D_THRESHOLD_OFF] = threshold_on * spec.hysteresis
+    dp[K.D_K], dp[K.D_N], dp[K.D_CLEAR_N] = spec.debounce_k, spec.debounce_n, spec.clear_n
+    dp[K.D_W_TAGS:K.D_W_TAGS + K.C_SIZE] = spec.weights
+    dp[K.D_INPUT_ALPHA] = spec.input_alpha
+    dp[K.D_COMP_LOC:K.D_COMP_LOC + K.C_SIZE], dp[K.D_COMP_THR:K.D_COMP_THR + K.C_SIZE] = norm
+    dp[K.D_F_DENOMINATOR], dp[K.D_F_DEPTH] = forest_shape
+    return dp
+
+
+def component_normalisation(raw: np.ndarray, spec, pca, forest) -> tuple[np.ndarray, np.ndarray]:
+    """Per component (loc, threshold) so that (raw - loc) / (threshold - loc) is 1.0 at threshold."""
+    loc, thr = np.zeros(K.C_SIZE), np.ones(K.C_SIZE)
+    if pca is not None:
+        if spec.pca_limits == "theoretical":
+            thr[K.C_T2], thr[K.C_SPE] = pca.t2_limit, pca.spe_limit
+        else:
+            thr[K.C_T2] = calibrate_threshold(raw[:, K.C_T2], spec.component_far, spec.calibration)
+            thr[K.C_SPE] = calibrate_threshold(raw[:, K.C_SPE], spec.component_far, spec.calibration)
+        if not pca.has_residual:
+            thr[K.C_SPE] = np.inf  # every component kept: SPE is identically zero
+    if forest is not None:
+        loc[K.C_IFOREST] = float(np.median(raw[:, K.C_IFOREST]))
+        thr[K.C_IFOREST] = calibrate_threshold(raw[:, K.C_IFOREST], spec.component_far, spec.calibration)
+    return loc, np.maximum(thr, loc + 1e-12)
+
+
+# The most holdout rows the calibration report lists by index (the counts are always complete).
+REPORT_ROWS = 20
+
+
+def calibrate_line(spec, result, tags: list[str], first_row: int) -> tuple[float, dict]:
+    """Line threshold from a holdout replay (`result`, rows from training row `first_row`), and its report.
+
+    The fused score's `target_far` quantile over the holdout rows without a limit
+    or flatline hit, times `threshold_margin`, never below 1.0 (one component at
+    its own threshold) nor above the cap. The report says which component decided
+    it, which tags and rows, what was left out or saturated, and the realised
+    holdout exceedance with its confidence bound.
+    """
+    weights = np.asarray(spec.weights)
+    line = result.score
+    fused = line / (1.0 - line)  # undo the [0, 1) squashing
+    line_mask = sum(K.FLAG_BITS[name] for name in spec.line_flags)
+    binary_bits = line_mask & (K.FLAG_LIMIT | K.FLAG_FLAT)
+    binary = (result.tag_flags & binary_bits) != 0  # (rows, tags)
+    binary_rows = binary.any(axis=1) if weights[K.C_TAGS] > 0 else np.zeros(line.size, bool)
+    statistical = fused[~binary_rows]
+    report: dict = {"holdout_rows": int(line.size), "first_row": int(first_row), "warnings": []}
+    warn = report["warnings"].append
+    if binary_rows.any():
+        hit = {tags[i]: _rows(np.flatnonzero(binary[:, i]), first_row)
+               for i in np.flatnonzero(binary.any(axis=0))}
+        report["left_out"] = {"rows": int(binary_rows.sum()), "tags": hit}
+        warn(f"limit/flatline hits on {int(binary_rows.sum())} of {line.size} holdout rows (tags "
+             f"{', '.join(hit)}) left out of the line threshold: they alarm on their own")
+    if statistical.size < 10:
+        statistical = fused
+    q = calibrate_threshold(statistical, spec.target_far, spec.calibration)
+    wanted = spec.threshold_margin * q
+    fused_thr = min(max(wanted, 1.0), K.MAX_LINE_THRESHOLD / (1.0 - K.MAX_LINE_THRESHOLD))
+    threshold = fused_thr / (1.0 + fused_thr)
+    report["fused_quantile"] = float(q)
+    report["floored"] = bool(wanted < 1.0)
+    report["pinned_at_cap"] = bool(wanted > fused_thr)
+
+    weighted = result.components * weights
+    top = np.flatnonzero(~binary_rows & (fused >= q) & (fused > 0))
+    decider = np.argmax(weighted[top], axis=1) if top.size else np.zeros(0, int)
+    counts = {K.COMPONENT_NAMES[c]: int(np.sum(decider == c))
+              for c in range(K.C_SIZE) if np.any(decider == c)}
+    report["decided_by"] = counts
+    tag_rows = top[decider == K.C_TAGS]
+    if tag_rows.size:
+        top_tags = np.argmax(result.tag_scores[tag_rows], axis=1)
+        report["decided_by_tags"] = {tags[i]: int(np.sum(top_tags == i)) for i in np.unique(top_tags)}
+    report["decided_rows"] = _rows(top, first_row)
+    saturated = {K.COMPONENT_NAMES[c]: _rows(np.flatnonzero(weighted[:, c] >= K.SCORE_CAP * weights[c]),
+                                             first_row)
+                 for c in range(K.C_SIZE) if weights[c] > 0 and c != K.C_TAGS
+                 and np.any(result.components[:, c] >= K.SCORE_CAP)}
+    if saturated:
+        report["saturated"] = saturated
+        warn(f"component(s) {', '.join(saturated)} saturate (score cap) on holdout rows: a tag is far "
+             "outside its training spread there; check the training window")
+    if report["pinned_at_cap"]:
+        warn(f"line threshold pinned at the cap {K.MAX_LINE_THRESHOLD}: decided by "
+             f"{_decider_text(report)} on training rows {report['decided_rows'][:5]}")
+    elif len(counts) == 1 and top.size:
+        report["single_component"] = next(iter(counts))
+    report["designed_far"] = spec.target_far
+    report["holdout_exceedance"] = exceedance_bound(line > threshold, fused)
+    return float(threshold), report
+
+
+def _decider_text(report: dict) -> str:
+    parts = [f"{name} ({n} rows)" for name, n in report["decided_by"].items()]
+    if "decided_by_tags" in report:
+        parts.append("tags " + ", ".join(report["decided_by_tags"]))
+    return "; ".join(parts) or "no component"
+
+
+def _rows(index: np.ndarray, first_row: int) -> list[int]:
+    return [int(first_row + i) for i in index[:REPORT_ROWS]]

@@ -13,88 +13,48 @@ True
 
 Without training data, `StreamingDetector.rules_only(tags, limits=...)` runs the
 rule-based part alone (validity, hard limits, flatline).
+
+Scikit-learn's rules: the constructor only stores its arguments; the fitted
+attributes (`model`, `summary`, `fitted`, the output arrays) are set by `fit`,
+`rules_only` and `load` alone. Fitting imports scipy and scikit-learn inside
+`fit`: loading a model and stepping it needs numpy and numba only.
+
+Time rule (the same in fit, step and run_batch, see models.baseline.monotone_times):
+a frame whose time equals the latest time seen (a duplicate), or lies before it
+(backward), is processed at the latest time: its values update the held values
+and the baselines, but it adds no time to a flat run and gives no rate
+(dt = 0). Both are counted in `time_duplicates` and `time_backward`.
 """
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
-from models import kernels
-from models.baseline import ewma, longest_flat_run, robust_scale, shifted_tags
-from models.calibration import calibrate_threshold
-from models.errors import NotFittedError
-from models.iforest import ForestArrays, fit_iforest, flatten_iforest
+from models import artifact, kernels
+from models.baseline import monotone_times, rules_only_params, set_limits
+from models.calibration import decision_params
+from models.errors import ModelError, NotFittedError
 from models.kernels import (
-    C_IFOREST,
     C_SIZE,
-    C_SPE,
-    C_T2,
-    D_CLEAR_N,
-    D_COMP_LOC,
-    D_COMP_THR,
-    D_F_DENOMINATOR,
-    D_F_DEPTH,
-    D_INPUT_ALPHA,
-    D_K,
-    D_N,
-    D_SIZE,
-    D_SMOOTH_ALPHA,
-    D_THRESHOLD_OFF,
     D_THRESHOLD_ON,
-    D_W_TAGS,
-    DS_SIZE,
-    FLAG_BITS,
-    FLAG_FLAT,
-    FLAG_LIMIT,
-    MAX_LINE_THRESHOLD,
     O_ALARM,
     O_SCORE,
     O_SIZE,
-    RANGE_SCALES,
     STEP_BAD_LENGTH,
     TP_CENTER,
-    TP_CUSUM_H,
-    TP_CUSUM_K,
-    TP_EWMA_ALPHA,
-    TP_FLAT_EPS,
-    TP_FLAT_SECONDS,
     TP_HI,
-    TP_INV_SCALE,
-    TP_LINE_MASK,
     TP_LO,
-    TP_PCA_MEAN,
-    TP_RANGE_HI,
-    TP_RANGE_LO,
-    TP_ROC_MAX,
     TP_SIZE,
-    TP_STD0,
-    TP_WARMUP,
-    TP_Z_MAX,
-    TS_SIZE,
     VALUE_ABS_MAX,
-    cusum_peaks,
-    ewma_innovations,
 )
-from models.pca import PCAModel, fit_pca
+from models.runner import MODEL_ARRAYS, BatchResult, kernel_args, model_arrays, new_state, replay
 from models.spec import DetectorSpec, TagLimits
+
+__all__ = ["MODEL_ARRAYS", "BatchResult", "StreamingDetector", "load_model", "save_model"]
 
 MIN_FIT_ROWS = 50
 RULES_ONLY_THRESHOLD = 0.5  # line threshold without a model: only limit/flatline (10^4) feed it
-# The fitted arrays (what a model artifact holds).
-MODEL_ARRAYS = ("tag_params", "pca_components", "pca_inv_eig", "f_nodes", "f_leaf_depth",
-                "f_roots", "decision_params")
-
-
-@dataclass
-class BatchResult:
-    """Per-row outputs of a replay: line score and alarm, component scores, per-tag flags and scores."""
-
-    score: np.ndarray  # (rows,) float64 in [0, 1)
-    alarm: np.ndarray  # (rows,) bool
-    components: np.ndarray  # (rows, 4) normalised component scores
-    tag_flags: np.ndarray  # (rows, tags) int32 bitmask (models.kernels.FLAG_*)
-    tag_scores: np.ndarray  # (rows, tags) float64
 
 
 class StreamingDetector:
@@ -102,24 +62,9 @@ class StreamingDetector:
 
     def __init__(self, tags: list[str], spec: DetectorSpec | None = None,
                  units: dict[str, str] | None = None) -> None:
-        if not tags or len(set(tags)) != len(tags):
-            raise ValueError("tags must be a non-empty list of unique names")
-        unknown = set((spec or DetectorSpec()).limits) - set(tags)
-        if unknown:
-            raise ValueError(f"limits given for unknown tag(s): {', '.join(sorted(unknown))}")
-        self.tags = list(tags)
-        self.spec = spec or DetectorSpec()
-        self.units = dict(units or {})
-        self.n = len(tags)
-        self.model: dict[str, np.ndarray] | None = None
-        self.fitted = False  # True once fit (or loaded from an artifact); False for rules_only
-        self.summary: dict = {}
-        # Outputs of the latest live step (preallocated, overwritten every step).
-        self.tag_flags = np.zeros(self.n, dtype=np.int32)
-        self.tag_scores = np.zeros(self.n)
-        self.out = np.zeros(O_SIZE)  # components, line score, alarm (kernels.O_*)
-        self._args: tuple | None = None
-        self._forest_shape = (0.0, 0)  # IsolationForest denominator and depth
+        self.tags = tags
+        self.spec = spec
+        self.units = units
 
     # ----------------------------------------------------------------- fitting
     def fit(self, x: np.ndarray, times: np.ndarray | None = None) -> "StreamingDetector":
@@ -128,32 +73,15 @@ class StreamingDetector:
         Models are fitted on the first rows and thresholds calibrated on the held-out
         tail (`holdout_fraction`), replaying the whole window so stateful detectors are
         warm when the tail begins; with `refit` the models are then refitted on all rows.
+        The summary's `calibration` record says what decided the threshold; a cap,
+        a floor or a left-out limit/flatline hit also raises a CalibrationWarning.
         """
-        x, times = self._check_training(x, times)
-        spec = self.spec
-        rows = x.shape[0]
-        n_fit = rows - int(rows * spec.holdout_fraction)
-        cal = slice(n_fit if n_fit < rows else 0, None)
-        identity = (np.zeros(C_SIZE), np.ones(C_SIZE))
-        pca, forest = self._fit_models(x[:n_fit], times[:n_fit], identity, np.inf)
+        from models.fitting import fit_model
 
-        self.reset()
-        raw = self.run_batch(x, times).components[cal]
-        norm = self._component_normalisation(raw, pca, forest)
-        self._set_normalisation(norm, np.inf)
-        self.reset()
-        line = self.run_batch(x, times).score[cal]
-        fused = line / (1.0 - line)  # undo the [0, 1) squashing
-        margin_fused = spec.threshold_margin * calibrate_threshold(fused, spec.target_far, spec.calibration)
-        threshold = min(margin_fused / (1.0 + margin_fused), MAX_LINE_THRESHOLD)
-
-        if spec.refit and n_fit < rows:
-            pca, forest = self._fit_models(x, times, norm, threshold)
-        else:
-            self._set_normalisation(norm, threshold)
-        self.reset()
-        self.summary = self._summary(x, times, n_fit, line, threshold, norm, pca)
-        self.fitted = True
+        tags, spec, units = self._checked_params()
+        x, times = _check_training(x, times, tags)
+        fitted = fit_model(tags, spec, x, times)
+        self._install(tags, spec, units, fitted.arrays, fitted.summary, fitted=True)
         return self
 
     @classmethod
@@ -168,29 +96,48 @@ class StreamingDetector:
         off; a limit breach or a flatline raises the line alarm as in a fitted detector,
         and the outputs (tag_flags, tag_scores, out, threshold) mean the same.
         """
+        _check_tags(tags)
         spec = DetectorSpec(limits=_limits(tags, limits or {}), pca=False, iforest=False,
                             weights=(1.0, 0.0, 0.0, 0.0), line_flags=("limit", "flatline"))
-        det = cls(tags, spec, units)
         flat = {tag: float(seconds) for tag, seconds in (flatline_s or {}).items()}
-        unknown = sorted(set(flat) - set(det.tags))
+        unknown = sorted(set(flat) - set(tags))
         if unknown:
             raise ValueError(f"flatline_s given for unknown tag(s): {', '.join(unknown)}")
         for tag, seconds in flat.items():
             if not 0 < seconds < math.inf:
                 raise ValueError(f"flatline_s[{tag!r}] = {seconds:g}: expected seconds > 0")
-        tp = np.zeros((det.n, TP_SIZE))
-        det._set_tag_limits(tp)
-        tp[:, TP_FLAT_SECONDS] = [flat.get(tag, 0.0) for tag in det.tags]
-        tp[:, TP_ROC_MAX] = tp[:, TP_Z_MAX] = tp[:, TP_CUSUM_H] = np.inf
-        tp[:, TP_EWMA_ALPHA] = tp[:, TP_STD0] = tp[:, TP_WARMUP] = tp[:, TP_INV_SCALE] = 1.0
-        tp[:, TP_LINE_MASK] = FLAG_LIMIT | FLAG_FLAT
-        tp[:, TP_RANGE_LO], tp[:, TP_RANGE_HI] = -VALUE_ABS_MAX, VALUE_ABS_MAX
-        det._forest_shape = (0.0, 0)
-        det.model = det._model_arrays(tp)
-        det._set_normalisation((np.zeros(C_SIZE), np.ones(C_SIZE)), RULES_ONLY_THRESHOLD)
-        det.summary = {"rules_only": True, "threshold_on": RULES_ONLY_THRESHOLD}
-        det.reset()
+        model = model_arrays(rules_only_params(list(tags), spec.limits, flat))
+        model["decision_params"] = decision_params(spec, (np.zeros(C_SIZE), np.ones(C_SIZE)),
+                                                   RULES_ONLY_THRESHOLD)
+        det = cls(tags, spec, units)
+        det._install(list(tags), spec, dict(units or {}), model,
+                     {"rules_only": True, "threshold_on": RULES_ONLY_THRESHOLD}, fitted=False)
         return det
+
+    def _checked_params(self) -> tuple[list[str], DetectorSpec, dict[str, str]]:
+        """The constructor's arguments, validated (at fit time, as scikit-learn does)."""
+        tags = list(self.tags)
+        _check_tags(tags)
+        spec = self.spec if self.spec is not None else DetectorSpec()
+        unknown = set(spec.limits) - set(tags)
+        if unknown:
+            raise ValueError(f"limits given for unknown tag(s): {', '.join(sorted(unknown))}")
+        return tags, spec, dict(self.units or {})
+
+    def _install(self, tags, spec, units, model: dict[str, np.ndarray], summary: dict, fitted: bool,
+                 metadata: dict | None = None) -> None:
+        """Set every fitted attribute at once (fit, rules_only and load), then start from a fresh state."""
+        self.tags, self.spec, self.units = tags, spec, units
+        self.n = len(tags)
+        self.model = model
+        self.summary = summary
+        self.fitted = fitted  # True once fit (or loaded from an artifact); False for rules_only
+        self.metadata = metadata or {}
+        # Outputs of the latest live step (preallocated, overwritten every step).
+        self.tag_flags = np.zeros(self.n, dtype=np.int32)
+        self.tag_scores = np.zeros(self.n)
+        self.out = np.zeros(O_SIZE)  # components, line score, alarm (kernels.O_*)
+        self.reset()
 
     def set_limits(self, limits: dict) -> list[str]:
         """Override the hard limits of the tags in `limits` (tag -> (lo, hi) or TagLimits).
@@ -213,197 +160,40 @@ class StreamingDetector:
                     changes.append(f"{tag}: {', '.join(parts)} (config)")
         merged = {**self.spec.limits, **new}
         self.spec = replace(self.spec, limits={t: v for t, v in merged.items() if v != TagLimits()})
-        self._set_tag_limits(tp)
+        set_limits(tp, self.spec.limits, self.tags)
         return changes
-
-    def _set_tag_limits(self, tp: np.ndarray) -> None:
-        for i, tag in enumerate(self.tags):
-            lim = self.spec.limits.get(tag, TagLimits())
-            tp[i, TP_LO], tp[i, TP_HI] = lim.lo, lim.hi
-
-    def _check_training(self, x, times) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.n:
-            raise ValueError(f"training data must have shape (rows, {self.n}), got {x.shape}")
-        if x.shape[0] < MIN_FIT_ROWS:
-            raise ValueError(f"need at least {MIN_FIT_ROWS} training rows, got {x.shape[0]}")
-        bad = ~np.isfinite(x).all(axis=0)
-        if bad.any():
-            names = ", ".join(t for t, b in zip(self.tags, bad, strict=True) if b)
-            raise ValueError(f"training data has NaN/inf in tag(s) {names}: drop those rows first")
-        huge = (np.abs(x) > VALUE_ABS_MAX).any(axis=0)
-        if huge.any():
-            names = ", ".join(t for t, b in zip(self.tags, huge, strict=True) if b)
-            raise ValueError(f"training data has values beyond ±{VALUE_ABS_MAX:g} in tag(s) {names}: "
-                             "drop those rows first")
-        if times is None:
-            times = np.arange(x.shape[0], dtype=np.float64)
-        times = np.ascontiguousarray(times, dtype=np.float64)
-        if (times.shape != (x.shape[0],) or not np.isfinite(times).all()
-                or np.any(np.diff(times) <= 0)):
-            raise ValueError("times must be finite and strictly increasing, one per training row")
-        return x, times
-
-    def _fit_models(self, x, times, norm, threshold) -> tuple[PCAModel | None, ForestArrays | None]:
-        """Fit per-tag baselines, scaler, PCA and forest on x; install them with the given thresholds."""
-        spec = self.spec
-        smoothed = ewma(x, spec.input_alpha)
-        center, scale = robust_scale(smoothed)
-        z = (smoothed - center) / scale
-        tp = self._fit_tag_params(x, times)
-        tp[:, TP_CENTER], tp[:, TP_INV_SCALE] = center, 1.0 / scale
-        pca = forest = None
-        if spec.pca and self.n >= 2:
-            pca = fit_pca(z, spec.pca_variance, spec.pca_max_components)
-            tp[:, TP_PCA_MEAN] = pca.mean
-        if spec.iforest:
-            forest = flatten_iforest(fit_iforest(z, spec.iforest_trees,
-                                                 min(spec.iforest_max_samples, x.shape[0]), spec.seed))
-        self._forest_shape = (forest.denominator, forest.max_depth) if forest else (0.0, 0)
-        self.model = self._model_arrays(tp, pca, forest)
-        self._set_normalisation(norm, threshold)
-        return pca, forest
-
-    def _model_arrays(self, tp, pca: PCAModel | None = None,
-                      forest: ForestArrays | None = None) -> dict[str, np.ndarray]:
-        """The arrays `step` takes, C-contiguous (the only layout it is compiled for)."""
-        model = {"tag_params": tp, "pca_components": np.zeros((0, self.n)),
-                 "pca_inv_eig": np.zeros(0), "f_nodes": np.zeros((0, 3), dtype=np.int32),
-                 "f_leaf_depth": np.zeros(0), "f_roots": np.zeros(0, dtype=np.int32)}
-        if pca is not None:
-            model.update(pca_components=pca.components, pca_inv_eig=pca.inv_eigenvalues)
-        if forest is not None:
-            model.update(f_nodes=forest.nodes, f_leaf_depth=forest.leaf_depth, f_roots=forest.roots)
-        return {k: np.ascontiguousarray(v) for k, v in model.items()}
-
-    def _component_normalisation(self, raw, pca, forest) -> tuple[np.ndarray, np.ndarray]:
-        """Per component (loc, threshold) so that (raw - loc) / (threshold - loc) is 1.0 at threshold."""
-        spec = self.spec
-        loc, thr = np.zeros(C_SIZE), np.ones(C_SIZE)
-        if pca is not None:
-            if spec.pca_limits == "theoretical":
-                thr[C_T2], thr[C_SPE] = pca.t2_limit, pca.spe_limit
-            else:
-                thr[C_T2] = calibrate_threshold(raw[:, C_T2], spec.component_far, spec.calibration)
-                thr[C_SPE] = calibrate_threshold(raw[:, C_SPE], spec.component_far, spec.calibration)
-            if not pca.has_residual:
-                thr[C_SPE] = np.inf  # every component kept: SPE is identically zero
-        if forest is not None:
-            loc[C_IFOREST] = float(np.median(raw[:, C_IFOREST]))
-            thr[C_IFOREST] = calibrate_threshold(raw[:, C_IFOREST], spec.component_far,
-                                                 spec.calibration)
-        return loc, np.maximum(thr, loc + 1e-12)
-
-    def _set_normalisation(self, norm, threshold: float) -> None:
-        self.model["decision_params"] = self._decision_params(norm, threshold)
-
-    def _summary(self, x, times, n_fit, line, threshold, norm, pca) -> dict:
-        spec = self.spec
-        summary = {
-            "rows": int(x.shape[0]),
-            "fit_rows": int(n_fit),
-            "calibration_rows": int(line.shape[0]),
-            "time_start": float(times[0]),
-            "time_end": float(times[-1]),
-            "constant_tags": [t for t, c in zip(self.tags, np.ptp(x, axis=0) == 0, strict=True) if c],
-            "shifted_tags": shifted_tags(x, self.tags),
-            "threshold_on": float(threshold),
-            "threshold_off": float(threshold * spec.hysteresis),
-            "component_thresholds": {name: float(norm[1][c]) for c, name in
-                                     ((C_T2, "pca_t2"), (C_SPE, "pca_spe"), (C_IFOREST, "iforest"))},
-            "calibration_exceedance": float(np.mean(line > threshold)),
-        }
-        if pca is not None:
-            summary["pca"] = {
-                "components": int(pca.components.shape[0]),
-                "explained_variance": pca.explained_variance_ratio,
-                "t2_limit_theoretical": pca.t2_limit,
-                "spe_limit_theoretical": pca.spe_limit,
-            }
-        return summary
-
-    def _fit_tag_params(self, x, times) -> np.ndarray:
-        spec = self.spec
-        tp = np.zeros((self.n, TP_SIZE))
-        dt = np.diff(times)
-        line_mask = sum(FLAG_BITS[name] for name in spec.line_flags)
-        innovations = ewma_innovations(x, spec.ewma_alpha)
-        _, innovation_sigma = robust_scale(innovations)
-        # Real signals are autocorrelated, so their CUSUM wanders further than i.i.d. theory
-        # says: the decision interval is at least a margin over the largest excursion seen
-        # on normal data.
-        cusum_h = np.maximum(spec.cusum_h, spec.cusum_margin * cusum_peaks(
-            innovations, innovation_sigma, spec.cusum_k))
-        self._set_tag_limits(tp)
-        # Usable range: very wide around the robust centre, always holding every training value.
-        center, scale = robust_scale(x)
-        tp[:, TP_RANGE_LO] = np.maximum(np.minimum(center - RANGE_SCALES * scale, x.min(axis=0)),
-                                        -VALUE_ABS_MAX)
-        tp[:, TP_RANGE_HI] = np.minimum(np.maximum(center + RANGE_SCALES * scale, x.max(axis=0)),
-                                        VALUE_ABS_MAX)
-        for i in range(self.n):
-            max_rate = float(np.max(np.abs(np.diff(x[:, i])) / dt))
-            tp[i, TP_ROC_MAX] = spec.roc_factor * max_rate if max_rate > 0 else np.inf
-            run = longest_flat_run(x[:, i], times, spec.flat_eps)
-            constant_throughout = run >= times[-1] - times[0]
-            if spec.flat_factor > 0 and not constant_throughout:
-                tp[i, TP_FLAT_SECONDS] = max(spec.flat_min_seconds, spec.flat_factor * run)
-            tp[i, TP_FLAT_EPS] = spec.flat_eps
-            tp[i, TP_EWMA_ALPHA] = spec.ewma_alpha
-            tp[i, TP_Z_MAX] = spec.z_max
-            tp[i, TP_STD0] = innovation_sigma[i]
-            tp[i, TP_CUSUM_K] = spec.cusum_k
-            tp[i, TP_CUSUM_H] = cusum_h[i]
-            tp[i, TP_WARMUP] = spec.warmup
-            tp[i, TP_LINE_MASK] = line_mask
-        return tp
-
-    def _decision_params(self, norm, threshold_on: float) -> np.ndarray:
-        s = self.spec
-        dp = np.zeros(D_SIZE)
-        dp[D_SMOOTH_ALPHA] = s.smooth_alpha
-        dp[D_THRESHOLD_ON] = threshold_on
-        dp[D_THRESHOLD_OFF] = threshold_on * s.hysteresis
-        dp[D_K], dp[D_N], dp[D_CLEAR_N] = s.debounce_k, s.debounce_n, s.clear_n
-        dp[D_W_TAGS:D_W_TAGS + C_SIZE] = s.weights
-        dp[D_INPUT_ALPHA] = s.input_alpha
-        dp[D_COMP_LOC:D_COMP_LOC + C_SIZE], dp[D_COMP_THR:D_COMP_THR + C_SIZE] = norm
-        dp[D_F_DENOMINATOR], dp[D_F_DEPTH] = self._forest_shape
-        return dp
 
     # ------------------------------------------------------------- state
     def reset(self) -> None:
         """Forget everything seen since fit (baselines and thresholds stay)."""
         self._require_model()
-        self.state = {
-            "tag_state": np.zeros((self.n, TS_SIZE)),
-            "decision_state": np.zeros(DS_SIZE + int(self.model["decision_params"][D_N])),
-        }
-        self._bind()
+        self.state = new_state(self.model)
+        self._args = kernel_args(self.model, self.state)
+        self._last_t = -math.inf
+        self.time_duplicates = 0  # frames at the latest time seen (time rule: module docstring)
+        self.time_backward = 0  # frames before it
 
     def checkpoint(self) -> dict[str, np.ndarray]:
         """A copy of the running state; `restore` continues exactly where this left off."""
         self._require_model()
-        return {k: v.copy() for k, v in self.state.items()}
+        saved = {k: v.copy() for k, v in self.state.items()}
+        saved["clock"] = np.array([self._last_t, self.time_duplicates, self.time_backward], dtype=np.float64)
+        return saved
 
     def restore(self, checkpoint: dict[str, np.ndarray]) -> None:
         self._require_model()
-        for name, current in self.state.items():
+        clock = np.zeros(3)
+        for name, current in (*self.state.items(), ("clock", clock)):
             saved = checkpoint.get(name)
             if saved is None or saved.shape != current.shape or saved.dtype != current.dtype:
                 raise ValueError(f"checkpoint does not fit this detector: {name} has the wrong shape")
         for name, current in self.state.items():
             current[...] = checkpoint[name]
-
-    def _bind(self) -> None:
-        m, s = self.model, self.state
-        # Kernel arguments after (t, x, fresh, good), in the kernels' order.
-        self._args = (m["tag_params"], s["tag_state"], m["pca_components"], m["pca_inv_eig"],
-                      m["f_nodes"], m["f_leaf_depth"], m["f_roots"], m["decision_params"],
-                      s["decision_state"])
+        last, duplicates, backward = checkpoint["clock"]
+        self._last_t, self.time_duplicates, self.time_backward = float(last), int(duplicates), int(backward)
 
     def _require_model(self) -> None:
-        if self.model is None:
+        if getattr(self, "model", None) is None:
             raise NotFittedError("detector is not fitted: call fit() or load a model artifact")
 
     @property
@@ -419,18 +209,30 @@ class StreamingDetector:
         `tag_flags`, `tag_scores`, `components` and `score`. A frame of the wrong
         length, dtype or layout, or a non-finite t, raises ValueError and changes nothing;
         the checks cost nothing on a good frame (numba's dispatch and the kernel do them).
+        A duplicate or backward t is held at the latest time (the time rule) and counted.
         """
-        if self._args is None:
-            raise NotFittedError("detector is not fitted: call fit() or load a model artifact")
-        t = float(t)
         try:
-            status = kernels.step(t, x, fresh, good, *self._args, self.tag_flags, self.tag_scores,
-                                  self.out)
+            args = self._args
+        except AttributeError:
+            raise NotFittedError("detector is not fitted: call fit() or load a model artifact") from None
+        t = float(t)
+        last = self._last_t
+        held = t <= last and t > -math.inf  # -inf (and NaN) go on to be refused by the kernel
+        try:
+            status = kernels.step(last if held else t, x, fresh, good, *args, self.tag_flags,
+                                  self.tag_scores, self.out)
         except TypeError:  # no compiled version for these argument types
             raise ValueError(self._frame_problem(x, fresh, good)) from None
         if status:
             raise ValueError(self._frame_problem(x, fresh, good) if status == STEP_BAD_LENGTH
                              else f"step: t must be finite, got {t}")
+        if held:
+            if t == last:
+                self.time_duplicates += 1
+            else:
+                self.time_backward += 1
+        else:
+            self._last_t = t
         return bool(self.out[O_ALARM] != 0.0)
 
     def _frame_problem(self, x, fresh, good) -> str:
@@ -458,7 +260,7 @@ class StreamingDetector:
 
     def run_batch(self, x: np.ndarray, times: np.ndarray | None = None,
                   fresh: np.ndarray | None = None, good: np.ndarray | None = None) -> BatchResult:
-        """Replay rows through the live kernel, continuing from the current state."""
+        """Replay rows through the live kernel, continuing from the current state (and clock)."""
         self._require_model()
         x = np.ascontiguousarray(x, dtype=np.float64)
         rows = x.shape[0]
@@ -470,19 +272,20 @@ class StreamingDetector:
             fresh, dtype=np.uint8)
         good = np.ones((rows, self.n), np.uint8) if good is None else np.ascontiguousarray(
             good, dtype=np.uint8)
-        if not np.isfinite(times).all():
-            raise ValueError("times must be finite")
         # The kernel does not bounds-check: a short array would be read past its end.
         for name, arr, shape in (("times", times, (rows,)), ("fresh", fresh, x.shape),
                                  ("good", good, x.shape)):
             if arr.shape != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-        flags = np.zeros((rows, self.n), dtype=np.int32)
-        tag_scores = np.zeros((rows, self.n))
-        out = np.zeros((rows, O_SIZE))
-        kernels.run_batch(times, x, fresh, good, *self._args, flags, tag_scores, out)
-        return BatchResult(score=out[:, O_SCORE], alarm=out[:, O_ALARM] != 0.0,
-                           components=out[:, :C_SIZE], tag_flags=flags, tag_scores=tag_scores)
+        if not np.isfinite(times).all():
+            raise ValueError("times must be finite")
+        held, duplicates, backward = monotone_times(times, self._last_t)
+        result = replay(self.model, self.state, held, x, fresh, good)
+        if rows:
+            self._last_t = float(held[-1])
+        self.time_duplicates += duplicates
+        self.time_backward += backward
+        return result
 
     def warm_up(self) -> None:
         """Compile (or load from cache) both kernels now, without touching the running state."""
@@ -499,15 +302,77 @@ class StreamingDetector:
 
     # ------------------------------------------------------------ artifacts
     def save(self, path) -> None:
-        from models.artifact import save_model
-
-        save_model(self, path)
+        """Write the fitted model as a versioned artifact (models.artifact), atomically."""
+        self._require_model()
+        if not self.fitted:
+            raise ValueError("a rules-only detector has nothing fitted to save")
+        artifact.write(path, {k: self.model[k] for k in MODEL_ARRAYS},
+                       {"tags": self.tags, "units": self.units, "spec": self.spec.to_dict(),
+                        "summary": self.summary})
 
     @classmethod
     def load(cls, path, expected_tags: list[str] | None = None) -> "StreamingDetector":
-        from models.artifact import load_model
+        """Load and verify a model; refuse a corrupt file, an old format or one fitted for other tags."""
+        arrays, meta = artifact.read(path, MODEL_ARRAYS)
+        tags = meta["tags"]
+        if arrays["tag_params"].shape != (len(tags), TP_SIZE):
+            raise ModelError(f"model file {path} has tag parameters of shape {arrays['tag_params'].shape}, "
+                             f"expected ({len(tags)}, {TP_SIZE}): {artifact.REFIT}")
+        if expected_tags is not None and list(expected_tags) != tags:
+            raise ModelError(artifact.tag_mismatch(path, tags, list(expected_tags)))
+        try:
+            spec = DetectorSpec.from_dict(meta["spec"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model file {path} has detector settings this linesentry cannot use "
+                             f"({exc}): {artifact.REFIT}") from None
+        det = cls(tags, spec, meta.get("units"))
+        det._install(list(tags), spec, dict(meta.get("units") or {}), arrays, meta.get("summary", {}),
+                     fitted=True, metadata=meta)
+        return det
 
-        return load_model(path, expected_tags)
+
+def save_model(det: StreamingDetector, path) -> None:
+    """Write `det` atomically (temp file + rename), so a crash never leaves half a model behind."""
+    det.save(path)
+
+
+def load_model(path, expected_tags: list[str] | None = None) -> StreamingDetector:
+    """Load and verify a model; refuse a corrupt file or one fitted for other tags."""
+    return StreamingDetector.load(path, expected_tags)
+
+
+def _check_tags(tags) -> None:
+    if not tags or len(set(tags)) != len(tags):
+        raise ValueError("tags must be a non-empty list of unique names")
+
+
+def _check_training(x, times, tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    n = len(tags)
+    if x.ndim != 2 or x.shape[1] != n:
+        raise ValueError(f"training data must have shape (rows, {n}), got {x.shape}")
+    if x.shape[0] < MIN_FIT_ROWS:
+        raise ValueError(f"need at least {MIN_FIT_ROWS} training rows, got {x.shape[0]}")
+    bad = ~np.isfinite(x).all(axis=0)
+    if bad.any():
+        names = ", ".join(t for t, b in zip(tags, bad, strict=True) if b)
+        raise ValueError(f"training data has NaN/inf in tag(s) {names}: drop those rows first")
+    huge = (np.abs(x) > VALUE_ABS_MAX).any(axis=0)
+    if huge.any():
+        names = ", ".join(t for t, b in zip(tags, huge, strict=True) if b)
+        raise ValueError(f"training data has values beyond ±{VALUE_ABS_MAX:g} in tag(s) {names}: "
+                         "drop those rows first")
+    return x, _check_times(times, x.shape[0])
+
+
+def _check_times(times, rows: int) -> np.ndarray:
+    """Training times: finite, one per row (duplicates and backward steps follow the time rule)."""
+    if times is None:
+        return np.arange(rows, dtype=np.float64)
+    times = np.ascontiguousarray(times, dtype=np.float64)
+    if times.shape != (rows,) or not np.isfinite(times).all():
+        raise ValueError(f"times must be finite, one per training row ({rows}), got shape {times.shape}")
+    return times
 
 
 def _limits(tags: list[str], limits: dict) -> dict[str, TagLimits]:

@@ -1,6 +1,6 @@
 """The errors of models/: one root, `ModelError`, that the controller translates for the user.
 
->>> issubclass(NotFittedError, ModelError)
+>>> issubclass(NotFittedError, ModelError) and issubclass(CalibrationWarning, UserWarning)
 True
 """
 
@@ -11,3 +11,7 @@ class ModelError(ValueError):
 
 class NotFittedError(ModelError, RuntimeError):
     """The detector has no fitted (or loaded) model yet: call fit(), rules_only() or load()."""
+
+
+class CalibrationWarning(UserWarning):
+    """Fit calibrated, but a cap, a floor or one component decided it: read the calibration report."""

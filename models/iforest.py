@@ -3,6 +3,17 @@
 The score equals ``-IsolationForest.score_samples`` (higher = more anomalous,
 about 0.5 for ordinary points). Like sklearn, a sample is compared as float32
 against the split thresholds, so both take the same path and agree to rounding.
+
+>>> import numpy as np
+>>> from models import kernels
+>>> z = np.random.default_rng(0).normal(size=(300, 2))
+>>> forest = fit_iforest(z, n_estimators=10, max_samples=64)
+>>> arrays = flatten_iforest(forest)
+>>> u = np.array([4.0, -4.0])
+>>> ours = kernels.iforest_score(u, arrays.nodes, arrays.leaf_depth, arrays.roots,
+...                              arrays.denominator, arrays.max_depth)
+>>> bool(abs(ours + forest.score_samples(u[None, :])[0]) < 1e-9), ours > 0.6
+(True, True)
 """
 
 from dataclasses import dataclass

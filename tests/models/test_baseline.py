@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from models.baseline import ewma, longest_flat_run, robust_scale, shifted_tags
+from models.baseline import longest_flat_run, robust_scale, shifted_tags
+from models.fitting import ewma
 from models.synthetic import TAGS, generate
 
 

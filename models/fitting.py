@@ -1,0 +1,133 @@
+"""Fitting a whole detector: each family on the first rows, calibration on the held-out tail.
+
+Imported by `StreamingDetector.fit` only, so a running service that loads a
+model never imports scipy or scikit-learn. The families: per-tag rules
+(models.baseline), PCA T²/SPE (models.pca), IsolationForest (models.iforest),
+fusion and calibration (models.calibration). The window is replayed through
+the live kernel from a fresh state, so stateful detectors are warm when the
+tail begins and the calibration sees exactly what `step` would.
+
+>>> import numpy as np
+>>> from models.spec import DetectorSpec
+>>> x = np.random.default_rng(0).normal(size=(400, 2))
+>>> fitted = fit_model(["a", "b"], DetectorSpec(iforest_trees=10), x, np.arange(400.0))
+>>> sorted(fitted.arrays)[:3], 0.5 <= fitted.summary["threshold_on"] < 1.0
+(['decision_params', 'f_leaf_depth', 'f_nodes'], True)
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import signal
+
+from models import kernels as K
+from models.baseline import TagRules, fit_tag_rules, monotone_times, robust_scale, shifted_tags
+from models.calibration import calibrate_line, component_normalisation, decision_params
+from models.errors import CalibrationWarning
+from models.iforest import ForestArrays, fit_iforest, flatten_iforest
+from models.pca import PCAModel, fit_pca
+from models.runner import model_arrays, new_state, replay
+from models.spec import DetectorSpec
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    arrays: dict[str, np.ndarray]  # runner.MODEL_ARRAYS
+    summary: dict  # JSON-ready: what was fitted on what, and the calibration report
+
+
+@dataclass(frozen=True)
+class _Families:
+    rules: TagRules
+    pca: PCAModel | None
+    forest: ForestArrays | None
+
+    def arrays(self, spec: DetectorSpec, norm, threshold: float) -> dict[str, np.ndarray]:
+        arrays = model_arrays(self.rules.params, self.pca, self.forest)
+        shape = (self.forest.denominator, self.forest.max_depth) if self.forest else (0.0, 0)
+        arrays["decision_params"] = decision_params(spec, norm, threshold, shape)
+        return arrays
+
+
+def ewma(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Causal EWMA down the rows, started at the first row: what the kernel's input smoothing does."""
+    if alpha >= 1.0:
+        return x
+    zi = (1.0 - alpha) * x[:1]
+    return signal.lfilter([alpha], [1.0, alpha - 1.0], x, axis=0, zi=zi)[0]
+
+
+def fit_model(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.ndarray) -> FittedModel:
+    """Fit every family on normal rows x (checked, finite) at `times`, calibrate, and describe the fit."""
+    times, duplicates, backward = monotone_times(times)
+    if times[-1] <= times[0]:
+        raise ValueError("times never advance: give one increasing time stamp per training row")
+    rows = x.shape[0]
+    n_fit = rows - int(rows * spec.holdout_fraction)
+    first = n_fit if n_fit < rows else 0
+    identity = (np.zeros(K.C_SIZE), np.ones(K.C_SIZE))
+    families = _fit_families(tags, spec, x[:n_fit], times[:n_fit])
+
+    arrays = families.arrays(spec, identity, np.inf)
+    raw = replay(arrays, new_state(arrays), times, x).components[first:]
+    norm = component_normalisation(raw, spec, families.pca, families.forest)
+    arrays = families.arrays(spec, norm, np.inf)
+    result = replay(arrays, new_state(arrays), times, x)
+    holdout = _rows_from(result, first)
+    threshold, report = calibrate_line(spec, holdout, tags, first)
+    for line in report["warnings"]:
+        warnings.warn(line, CalibrationWarning, stacklevel=3)
+
+    if spec.refit and n_fit < rows:
+        families = _fit_families(tags, spec, x, times)
+    arrays = families.arrays(spec, norm, threshold)
+    summary = {
+        "rows": int(rows),
+        "fit_rows": int(n_fit),
+        "calibration_rows": int(rows - first),
+        "time_start": float(times[0]),
+        "time_end": float(times[-1]),
+        "time_duplicates": duplicates,
+        "time_backward": backward,
+        "constant_tags": [t for t, c in zip(tags, np.ptp(x, axis=0) == 0, strict=True) if c],
+        "shifted_tags": shifted_tags(x, tags),
+        "threshold_on": float(threshold),
+        "threshold_off": float(threshold * spec.hysteresis),
+        "component_thresholds": {K.COMPONENT_NAMES[c]: float(norm[1][c])
+                                 for c in (K.C_T2, K.C_SPE, K.C_IFOREST)},
+        "calibration_exceedance": float(np.mean(holdout.score > threshold)),
+        "calibration": report,
+        "tag_rules": families.rules.describe(tags),
+    }
+    if families.pca is not None:
+        summary["pca"] = {
+            "components": int(families.pca.components.shape[0]),
+            "explained_variance": families.pca.explained_variance_ratio,
+            "t2_limit_theoretical": families.pca.t2_limit,
+            "spe_limit_theoretical": families.pca.spe_limit,
+        }
+    return FittedModel(arrays=arrays, summary=summary)
+
+
+def _rows_from(result, first: int):
+    return type(result)(score=result.score[first:], alarm=result.alarm[first:],
+                        components=result.components[first:], tag_flags=result.tag_flags[first:],
+                        tag_scores=result.tag_scores[first:])
+
+
+def _fit_families(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.ndarray) -> _Families:
+    """Per-tag rules, scaler, PCA and forest fitted on x."""
+    rules = fit_tag_rules(x, times, spec, spec.limits, tags)
+    smoothed = ewma(x, spec.input_alpha)
+    center, scale = robust_scale(smoothed, rules.resolution)
+    z = (smoothed - center) / scale
+    rules.params[:, K.TP_CENTER], rules.params[:, K.TP_INV_SCALE] = center, 1.0 / scale
+    pca = forest = None
+    if spec.pca and len(tags) >= 2:
+        pca = fit_pca(z, spec.pca_variance, spec.pca_max_components)
+        rules.params[:, K.TP_PCA_MEAN] = pca.mean
+    if spec.iforest:
+        forest = flatten_iforest(fit_iforest(z, spec.iforest_trees,
+                                             min(spec.iforest_max_samples, x.shape[0]), spec.seed))
+    return _Families(rules, pca, forest)
