@@ -8,8 +8,21 @@ old thing. Keep every kernel and every layout constant here.
 
 The hot path is `step`: per-tag detectors, sample-and-hold of the last good
 values, robust scaling (+ optional input smoothing), PCA T²/SPE,
-IsolationForest, fusion and the alarm decision for one frame. `run_batch`
-calls `step` row by row inside numba, so replay equals live bit for bit.
+IsolationForest, fusion, the alarm decision and the adaptive baselines for one
+frame. `run_batch` calls `step` row by row inside numba, so replay equals live
+bit for bit.
+
+Adaptive baselines (drift without blindness): each tag keeps a slow exponentially
+weighted mean of its raw values and a slow EW mean square of its EWMA innovation
+(its short-term spread; a slow level change barely moves it, so a ramp is never
+learnt as a wider spread), both started at the fitted ones. The multivariate
+models see each value mapped from the current baseline onto the fitted one
+(shift the level, rescale the spread), and CUSUM and the rate limit scale with the
+current spread, so a slow drift of level or variance is followed instead of alarmed.
+The PCA loadings stay fixed: a slow change of the correlation
+between tags is exactly what SPE is there to catch, and a re-derived basis would
+need control limits nobody calibrated. Learning is frozen on every frame that is
+suspicious (see `adapt_baselines`), so a fault is never learnt as normal.
 
 Every output and every piece of state stays finite for every finite input: a
 value outside a tag's usable range (TP_RANGE_LO..TP_RANGE_HI, at most
@@ -21,6 +34,18 @@ import math
 
 import numpy as np
 from numba import njit
+
+from models.names import (  # noqa: F401  (re-exported: the kernels' flag contract)
+    COMPONENT_NAMES,
+    FLAG_BITS,
+    FLAG_CUSUM,
+    FLAG_EWMA,
+    FLAG_FLAT,
+    FLAG_INVALID,
+    FLAG_LIMIT,
+    FLAG_NAMES,
+    FLAG_ROC,
+)
 
 # Per-tag parameters: tag_params[N, TP_SIZE]
 TP_LO = 0  # hard low limit (-inf disables)
@@ -40,7 +65,9 @@ TP_INV_SCALE = 13
 TP_PCA_MEAN = 14  # PCA centre in scaled space
 TP_RANGE_LO = 15  # usable range: a fresh value outside it is flagged LIMIT and never used
 TP_RANGE_HI = 16
-TP_SIZE = 17
+TP_BASE_MEAN = 17  # fitted mean of the raw values: where the adaptive baseline starts
+TP_BASE_VAR = 18  # fitted mean square of the EWMA innovation (0: the spread is never adapted)
+TP_SIZE = 19
 
 # Per-tag state: tag_state[N, TS_SIZE]
 TS_HELD = 0  # last good value (sample-and-hold input of the multivariate models)
@@ -55,24 +82,18 @@ TS_CUSUM_POS = 8
 TS_CUSUM_NEG = 9
 TS_COND = 10  # FLAG_INVALID / FLAG_LIMIT while the latest fresh sample was unusable, else 0
 TS_U = 11  # scaled (and smoothed) held value: the multivariate models' input
-TS_SIZE = 12
+TS_BASE_MEAN = 12  # adaptive baseline: slow EW mean of the raw values
+TS_BASE_VAR = 13  # slow EW mean square of the EWMA innovation (the short-term spread)
+TS_BASE_GAIN = 14  # sqrt(TP_BASE_VAR / TS_BASE_VAR), clamped: maps today's spread onto the fitted one
+TS_INNOV = 15  # this sample's EWMA innovation (x - EWMA mean before x), for the adaptive spread
+TS_SIZE = 16
 
-# Flag bits in the per-tag output (int32 bitmask)
-FLAG_INVALID = 1  # latest fresh sample was NaN/inf or bad quality: not fed to any model
-FLAG_LIMIT = 2  # held value outside the hard limits, or latest fresh sample outside the usable range
-FLAG_ROC = 4
-FLAG_FLAT = 8
-FLAG_EWMA = 16
-FLAG_CUSUM = 32
-FLAG_NAMES = {
-    FLAG_INVALID: "invalid",
-    FLAG_LIMIT: "limit",
-    FLAG_ROC: "rate_of_change",
-    FLAG_FLAT: "flatline",
-    FLAG_EWMA: "ewma_z",
-    FLAG_CUSUM: "cusum",
-}
-FLAG_BITS = {name: bit for bit, name in FLAG_NAMES.items()}
+# Flag bits in the per-tag output (int32 bitmask): FLAG_* from models.names (imported above).
+# Flags that freeze the adaptive baselines for the whole line while any tag shows one. CUSUM
+# is left out: it flags every change of operating point (advisory), and a drift must be learnt.
+ADAPT_FREEZE_FLAGS = FLAG_INVALID | FLAG_LIMIT | FLAG_ROC | FLAG_FLAT | FLAG_EWMA
+# Bounds of TS_BASE_GAIN: the spread may drift 10x either way before the correction stops.
+ADAPT_GAIN_MAX = 10.0
 
 # Step outputs: out[O_SIZE] per frame (one row per frame in replay). The first C_SIZE
 # entries are the component scores, each normalised so 1.0 == its own threshold.
@@ -80,8 +101,7 @@ C_TAGS = 0  # max over tags of the per-tag normalised scores
 C_T2 = 1  # PCA Hotelling T²
 C_SPE = 2  # PCA squared prediction error (Q)
 C_IFOREST = 3
-C_SIZE = 4
-COMPONENT_NAMES = ("tags", "pca_t2", "pca_spe", "iforest")
+C_SIZE = 4  # in the order of models.names.COMPONENT_NAMES
 O_SCORE = C_SIZE  # line score in [0, 1)
 O_ALARM = C_SIZE + 1  # 1.0 while the line alarm is active
 O_SIZE = C_SIZE + 2
@@ -111,7 +131,9 @@ D_COMP_LOC = 11  # C_SIZE entries: per-component normalisation (raw - loc) / (th
 D_COMP_THR = D_COMP_LOC + C_SIZE
 D_F_DENOMINATOR = D_COMP_THR + C_SIZE  # trees x c(max_samples) of the IsolationForest
 D_F_DEPTH = D_F_DENOMINATOR + 1  # deepest tree of the IsolationForest
-D_SIZE = D_F_DEPTH + 1
+D_ADAPT_RATE = D_F_DEPTH + 1  # weight of a new sample in the adaptive baselines (0 = fixed baselines)
+D_ADAPT_RESUME = D_ADAPT_RATE + 1  # frames the alarm must have been off before learning resumes
+D_SIZE = D_ADAPT_RESUME + 1
 
 # Decision state: decision_state[DS_SIZE + max N]; the tail is the k-of-n ring buffer
 DS_SMOOTHED = 0
@@ -121,7 +143,11 @@ DS_RING_COUNT = 3  # exceedances currently in the ring
 DS_CLEAR_RUN = 4
 DS_STEPS = 5
 DS_MV_STEPS = 6  # frames the multivariate models have scored (input smoothing starts at 0)
-DS_SIZE = 7
+DS_BASE_READY = 7  # 1 once the adaptive baselines were started from the fitted ones
+DS_ADAPT_STEPS = 8  # frames the adaptive baselines learnt from
+DS_ADAPT_FROZEN = 9  # frames on which learning was frozen (suspicious or incomplete)
+DS_QUIET = 10  # frames since the alarm was last on (capped at D_ADAPT_RESUME)
+DS_SIZE = 11
 
 # Status returned by `step` (0 = done); on any other value nothing was touched.
 STEP_OK = 0
@@ -165,7 +191,8 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
 
     Scores are normalised so 1.0 is each detector's own threshold. score_out gets
     each tag's max over all its detectors; the return value is the max over the
-    detectors named in each tag's TP_LINE_MASK.
+    detectors named in each tag's TP_LINE_MASK. The rate limit and the CUSUM sigma
+    are divided by ts[:, TS_BASE_GAIN] (1.0 = the fitted spread; `start_baselines`).
     """
     best = 0.0
     for i in range(x.shape[0]):
@@ -181,12 +208,14 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
                 ts[i, TS_COND] = FLAG_LIMIT
             else:
                 ts[i, TS_COND] = 0.0
+                gain = ts[i, TS_BASE_GAIN]
                 if ts[i, TS_HAVE] > 0.0:
                     # No rate across a duplicate or backward time stamp (dt <= 0).
                     dt = t - ts[i, TS_LAST_T]
                     roc_max = tp[i, TP_ROC_MAX]
                     if dt > 0.0 and roc_max < math.inf:
-                        rate = min(abs(v - ts[i, TS_HELD]) / dt / roc_max, SCORE_CAP)
+                        # The rate limit grows with the adapted spread (gain < 1 when wider).
+                        rate = min(abs(v - ts[i, TS_HELD]) / dt / roc_max * gain, SCORE_CAP)
                         if rate > 1.0:
                             flags |= FLAG_ROC
                         score = max(score, rate)
@@ -207,6 +236,7 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
                     ts[i, TS_EW_VAR] = tp[i, TP_STD0] * tp[i, TP_STD0]
                 else:
                     dev = v - ts[i, TS_EW_MEAN]
+                    ts[i, TS_INNOV] = dev
                     var = ts[i, TS_EW_VAR]
                     if n_seen >= tp[i, TP_WARMUP] and var > 0.0:
                         z = min(abs(dev) / math.sqrt(var) / tp[i, TP_Z_MAX], SCORE_CAP)
@@ -217,7 +247,7 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
                             line = max(line, z)
                     # Two-sided CUSUM of the EWMA innovation, in fitted innovation sigmas:
                     # a sustained shift keeps the innovation biased until the EWMA catches up.
-                    zb = dev / tp[i, TP_STD0]
+                    zb = dev / tp[i, TP_STD0] * gain
                     k = tp[i, TP_CUSUM_K]
                     # Clamped at 2h so it recovers within 2h/k samples once a shift ends.
                     cap = 2.0 * tp[i, TP_CUSUM_H]
@@ -350,6 +380,37 @@ def iforest_score(u, nodes, leaf_depth, roots, denominator, max_depth):
     return 2.0 ** (-depth / denominator)
 
 
+# `iforest_path_credit` is compiled for exactly these types at import (no JIT when an alarm is explained).
+PATH_SIGNATURE = "void(float64[::1], int32[:, ::1], float64[::1], int32[::1], int64, float64[::1])"
+
+
+@njit(PATH_SIGNATURE, cache=True, nogil=True)
+def iforest_path_credit(u, nodes, leaf_depth, roots, max_depth, credit):
+    """Which features isolate sample u: credit[f] = sum over trees of (splits on f on u's path) / L.
+
+    L is the path length the tree gives u (its leaf_depth), so each tree shares about one
+    unit among the splits that isolated u, and a feature that does it near the root gets a
+    large part: a one-sample, depth-weighted split count in the spirit of DIFFI (Carletti
+    et al., 2020). For attribution on demand, never on the hot path.
+    """
+    thresholds = nodes.view(np.float32)
+    credit[:] = 0.0
+    path = np.empty(max(max_depth, 1), dtype=np.int32)  # features split on, root first
+    for r in range(roots.shape[0]):
+        node = roots[r]
+        splits = 0
+        for _ in range(max_depth):
+            if nodes[node, F_CHILD] == node:  # a leaf points to itself
+                break
+            feature = nodes[node, F_FEATURE]
+            path[splits] = feature
+            splits += 1
+            node = nodes[node, F_CHILD] + (np.float32(u[feature]) > thresholds[node, F_THRESHOLD])
+        weight = 1.0 / max(leaf_depth[node], 1.0)
+        for j in range(splits):
+            credit[path[j]] += weight
+
+
 # ----------------------------------------------------------------- fusion and decision
 @njit(cache=True, nogil=True)
 def fuse(components, dp, ds):
@@ -392,6 +453,75 @@ def decide(score, dp, ds):
     return int(ds[DS_ALARM])
 
 
+# ----------------------------------------------------------------- adaptive baselines
+# After an alarm, learning resumes once the alarm has been off for this many half-lives. In that
+# time learning would have moved a baseline only 1 - 2**-0.1 = 7 % of the way, so little normal
+# drift is lost, while a sustained fault whose alarm flickers off now and then is never learnt.
+ADAPT_RESUME_HALF_LIVES = 0.1
+
+
+def adaptation_params(half_life: float) -> tuple[float, float]:
+    """(D_ADAPT_RATE, D_ADAPT_RESUME) for a half-life in samples of each tag; 0 or inf: (0, 0), fixed."""
+    if not half_life > 0.0 or math.isinf(half_life):
+        return 0.0, 0.0
+    return 1.0 - 2.0 ** (-1.0 / half_life), float(math.ceil(ADAPT_RESUME_HALF_LIVES * half_life))
+
+
+@njit(cache=True, nogil=True)
+def start_baselines(tp, ts, dp, ds):
+    """Start every tag's adaptive baseline at its fitted level and spread (gain 1.0), ready to learn."""
+    for i in range(tp.shape[0]):
+        ts[i, TS_BASE_MEAN] = tp[i, TP_BASE_MEAN]
+        ts[i, TS_BASE_VAR] = tp[i, TP_BASE_VAR]
+        ts[i, TS_BASE_GAIN] = 1.0
+    ds[DS_QUIET] = dp[D_ADAPT_RESUME]
+    ds[DS_BASE_READY] = 1.0
+
+
+@njit(cache=True, nogil=True)
+def adapt_baselines(x, fresh, flags, ready, score, tp, ts, dp, ds):
+    """Learn this frame into the adaptive baselines unless anything about it is suspicious.
+
+    Runs after the decision, so a frame is judged against the baselines before it and
+    learnt only if it was judged normal. Frozen for the whole line while the alarm is
+    on and until it has been off for D_ADAPT_RESUME frames, while the line score is
+    above the clear threshold (also while debouncing), while any tag shows one of
+    ADAPT_FREEZE_FLAGS (invalid, limit, rate, flatline, z-score: the conditions persist
+    until a good sample), and until every tag has a value.
+    Only a tag's fresh samples are learnt, so a stale tag keeps its baseline; the spread
+    learns from the second sample on (the first has no innovation).
+    """
+    if ds[DS_ALARM] != 0.0:
+        ds[DS_QUIET] = 0.0
+    elif ds[DS_QUIET] < dp[D_ADAPT_RESUME]:
+        ds[DS_QUIET] += 1.0
+    frozen = not ready or ds[DS_QUIET] < dp[D_ADAPT_RESUME] or score > dp[D_THRESHOLD_OFF]
+    if not frozen:
+        for i in range(x.shape[0]):
+            if flags[i] & ADAPT_FREEZE_FLAGS:
+                frozen = True
+                break
+    if frozen:
+        ds[DS_ADAPT_FROZEN] += 1.0
+        return
+    rate = dp[D_ADAPT_RATE]
+    for i in range(x.shape[0]):
+        if fresh[i]:  # good and within the usable range: no freeze flag was set
+            ts[i, TS_BASE_MEAN] += rate * (x[i] - ts[i, TS_BASE_MEAN])
+            if ts[i, TS_EW_N] < 2.0:
+                continue
+            innov = ts[i, TS_INNOV]
+            var = ts[i, TS_BASE_VAR] + rate * (innov * innov - ts[i, TS_BASE_VAR])
+            ts[i, TS_BASE_VAR] = var
+            var0 = tp[i, TP_BASE_VAR]
+            gain = 1.0
+            if var0 > 0.0:
+                gain = math.sqrt(var0 / var) if var > 0.0 else ADAPT_GAIN_MAX
+                gain = min(max(gain, 1.0 / ADAPT_GAIN_MAX), ADAPT_GAIN_MAX)
+            ts[i, TS_BASE_GAIN] = gain
+    ds[DS_ADAPT_STEPS] += 1.0
+
+
 # ----------------------------------------------------------------- the step and replay
 @njit(STEP_SIGNATURE, cache=True, nogil=True)
 def step(t, x, fresh, good, tag_params, tag_state, pca_components, pca_inv_eig,
@@ -409,6 +539,8 @@ def step(t, x, fresh, good, tag_params, tag_state, pca_components, pca_inv_eig,
         return STEP_BAD_LENGTH
     if not math.isfinite(t):
         return STEP_BAD_TIME
+    if ds[DS_BASE_READY] == 0.0:
+        start_baselines(tp, ts, dp, ds)
     out[C_TAGS] = tag_step(t, x, fresh, good, tp, ts, tag_flags, tag_scores)
     out[C_T2] = 0.0
     out[C_SPE] = 0.0
@@ -421,10 +553,16 @@ def step(t, x, fresh, good, tag_params, tag_state, pca_components, pca_inv_eig,
         if ts[i, TS_HAVE] == 0.0:
             ready = False
             break
+    adapt = dp[D_ADAPT_RATE] > 0.0
     if ready and (use_pca or use_forest):
         alpha = 1.0 if ds[DS_MV_STEPS] == 0.0 else dp[D_INPUT_ALPHA]
         for i in range(n):
-            z = (ts[i, TS_HELD] - tp[i, TP_CENTER]) * tp[i, TP_INV_SCALE]
+            if adapt:  # the held value mapped from today's baseline onto the fitted one
+                held = ((ts[i, TS_HELD] - ts[i, TS_BASE_MEAN]) * ts[i, TS_BASE_GAIN]
+                        + tp[i, TP_BASE_MEAN])
+            else:
+                held = ts[i, TS_HELD]
+            z = (held - tp[i, TP_CENTER]) * tp[i, TP_INV_SCALE]
             ts[i, TS_U] = alpha * z + (1.0 - alpha) * ts[i, TS_U]
         ds[DS_MV_STEPS] += 1.0
         if use_pca:
@@ -439,6 +577,8 @@ def step(t, x, fresh, good, tag_params, tag_state, pca_components, pca_inv_eig,
     score = fuse(out, dp, ds)
     out[O_SCORE] = score
     out[O_ALARM] = decide(score, dp, ds)
+    if adapt:
+        adapt_baselines(x, fresh, tag_flags, ready, score, tp, ts, dp, ds)
     return STEP_OK
 
 

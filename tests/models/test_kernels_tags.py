@@ -15,10 +15,11 @@ class RefTag:
     """One tag's detectors, written from the documented semantics with plain floats."""
 
     def __init__(self, lo, hi, roc_max, flat_s, flat_eps, alpha, z_max, std0, k, h, warmup, mask,
-                 range_lo=-K.VALUE_ABS_MAX, range_hi=K.VALUE_ABS_MAX):
+                 range_lo=-K.VALUE_ABS_MAX, range_hi=K.VALUE_ABS_MAX, gain=1.0):
         self.p = dict(lo=lo, hi=hi, roc_max=roc_max, flat_s=flat_s, flat_eps=flat_eps, alpha=alpha,
                       z_max=z_max, std0=std0, k=k, h=h, warmup=warmup, mask=mask,
-                      range_lo=range_lo, range_hi=range_hi)
+                      range_lo=range_lo, range_hi=range_hi, gain=gain)
+        self.innov = 0.0  # the latest EWMA innovation
         self.unusable = 0  # INVALID / LIMIT while the latest fresh sample was unusable (stale, not flat)
         self.last_good = None  # (value, time) of the last good sample
         self.anchor = None  # (value, time) where the current flat run started
@@ -43,7 +44,8 @@ class RefTag:
                     prev, prev_t = self.last_good
                     dt = t - prev_t
                     if dt > 0 and p["roc_max"] < INF:
-                        rate = min(abs(v - prev) / dt / p["roc_max"], cap)
+                        # The adaptive baseline's gain (1 / today's spread ratio) scales the rate.
+                        rate = min(abs(v - prev) / dt / p["roc_max"] * p["gain"], cap)
                         if rate > 1.0:
                             flags |= K.FLAG_ROC
                         found[K.FLAG_ROC] = rate
@@ -53,12 +55,13 @@ class RefTag:
                     self.mean, self.var = v, p["std0"] ** 2
                 else:
                     innov = v - self.mean  # against the EWMA *before* this sample
+                    self.innov = innov
                     if self.n >= p["warmup"] and self.var > 0:
                         z = min(abs(innov) / math.sqrt(self.var) / p["z_max"], cap)
                         if z > 1.0:
                             flags |= K.FLAG_EWMA
                         found[K.FLAG_EWMA] = z
-                    zb = innov / p["std0"]
+                    zb = innov / p["std0"] * p["gain"]  # CUSUM sigmas follow the adapted spread
                     cusum_cap = 2.0 * p["h"]
                     self.pos = min(cusum_cap, max(0.0, self.pos + zb - p["k"]))
                     self.neg = min(cusum_cap, max(0.0, self.neg - zb - p["k"]))
@@ -101,6 +104,8 @@ class RefTag:
         row[K.TS_EW_N] = self.n
         row[K.TS_CUSUM_POS], row[K.TS_CUSUM_NEG] = self.pos, self.neg
         row[K.TS_COND] = float(self.unusable)
+        row[K.TS_BASE_GAIN] = self.p["gain"]
+        row[K.TS_INNOV] = self.innov
         return row
 
 
@@ -147,6 +152,7 @@ def tag_params(draw):
         mask=float(draw(st.integers(0, 63))),
         range_lo=draw(st.sampled_from([-K.VALUE_ABS_MAX, -15.0])),
         range_hi=draw(st.sampled_from([K.VALUE_ABS_MAX, 15.0])),
+        gain=draw(st.sampled_from([1.0, 1.0, 0.25, 3.0])),
     )
 
 
@@ -176,6 +182,7 @@ def test_tag_step_matches_reference(scenario):
     n = len(refs)
     tp = tag_param_rows(refs)
     ts = np.zeros((n, K.TS_SIZE))
+    ts[:, K.TS_BASE_GAIN] = [r.p["gain"] for r in refs]  # tag_step reads it, never writes it
     flags = np.zeros(n, dtype=np.int32)
     scores = np.zeros(n)
     for t, (x, fresh, good) in zip(times, frames, strict=True):
@@ -195,7 +202,9 @@ def _one_tag(**overrides):
              range_hi=K.VALUE_ABS_MAX)
     p.update(overrides)
     ref = RefTag(**p)
-    return tag_param_rows([ref]), np.zeros((1, K.TS_SIZE))
+    ts = np.zeros((1, K.TS_SIZE))
+    ts[:, K.TS_BASE_GAIN] = 1.0  # the fitted spread (step starts every baseline there)
+    return tag_param_rows([ref]), ts
 
 
 def _feed(tp, ts, t, v, fresh=1, good=1):
@@ -269,6 +278,7 @@ def test_line_mask_selects_which_detectors_feed_the_returned_score():
     for mask in (0, K.FLAG_LIMIT, K.FLAG_ROC, K.FLAG_LIMIT | K.FLAG_ROC):
         tp = np.vstack([_one_tag(hi=5.0, roc_max=1.0, mask=float(mask))[0]] * 2)
         ts = np.zeros((2, K.TS_SIZE))
+        ts[:, K.TS_BASE_GAIN] = 1.0
         K.tag_step(0.0, np.array([0.0, 0.0]), ones, ones, tp, ts, flags, scores)
         best = K.tag_step(1.0, np.array([6.0, 3.0]), ones, ones, tp, ts, flags, scores)
         assert flags.tolist() == [K.FLAG_LIMIT | K.FLAG_ROC, K.FLAG_ROC]
