@@ -104,7 +104,7 @@ def explain(tags: list[str], model: dict[str, np.ndarray], state: dict[str, np.n
         top.append(TagContribution(
             tag=tags[i], share=float(share[i]), value=float(value[i]), expected=exp, deviation=dev,
             percent=100.0 * dev / abs(exp) if exp != 0.0 and math.isfinite(exp) else math.nan,
-            sigmas=dev / base_sd[i],
+            sigmas=float(dev / base_sd[i]),
             flags=flag_names(int(tag_flags[i]))))
     return Attribution(component, ratios[component], ratios, tuple(top), flagged)
 
