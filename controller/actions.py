@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controller.conditions import Condition
+from controller.errors import BadRequest
 
 SNAPSHOT_VERSION = 1
 
 
-class ActionError(ValueError):
+class ActionError(BadRequest):
     """An operator request naming an unknown action, or a bad snapshot."""
 
 
@@ -228,6 +229,11 @@ class ActionEngine:
 
     def _emit(self, now: float, a: _Action, kind: str, detail: str) -> None:
         self._events.append(ActionEvent(now, a.name, kind, detail))
+
+    @property
+    def has_events(self) -> bool:
+        """Decisions are waiting for `take_events()` (a cheap check for the hot path)."""
+        return bool(self._events)
 
     def take_events(self) -> list[ActionEvent]:
         """The decisions `evaluate()` made since the last call, oldest first."""

@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from controller.errors import BadRequest, Refused
+
 PRIORITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 SNAPSHOT_VERSION = 1
 
@@ -53,8 +55,12 @@ HIDDEN = frozenset({AlarmState.SHELVED, AlarmState.SUPPRESSED, AlarmState.OUT_OF
 ANNUNCIATED_ACTIVE = frozenset({AlarmState.UNACK, AlarmState.ACKED})
 
 
-class AlarmError(ValueError):
+class AlarmError(BadRequest):
     """An operator request that cannot be done (unknown alarm, bad shelve duration, ...)."""
+
+
+class AlarmRefused(AlarmError, Refused):
+    """A request refused in the alarm's current state (shelving one that is out of service): 409."""
 
 
 class AlarmSettings(Protocol):
@@ -276,7 +282,7 @@ class AlarmEngine:
         """Hide the alarm until now + duration_s (at most the alarm's max_shelve_s); re-shelving extends."""
         a = self._get(name)
         if a.oos:
-            raise AlarmError(f"alarm {name!r} is out of service; return it to service before shelving")
+            raise AlarmRefused(f"alarm {name!r} is out of service; return it to service before shelving")
         if not 0 < duration_s <= a.cfg.max_shelve_s:
             raise AlarmError(f"shelve duration must be > 0 and <= {a.cfg.max_shelve_s:g} s for alarm "
                              f"{name!r}, got {duration_s!r}")

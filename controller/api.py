@@ -26,7 +26,9 @@ cannot be shelved or taken out of service (409).
 
 Errors are JSON `{"error": "one line"}` with 400 (bad request), 401, 404
 (unknown alarm/action), 409 (refused in the current state), 413 (body too large),
-421 (Host header not a name of this controller) or 503 (connection or event-stream limit).
+421 (Host header not a name of this controller), 422 (a model reload refused: the artifact
+does not load or does not fit the line) or 503 (connection or event-stream limit). The status
+of an operation's error is its `controller.errors.LinesentryError.status`.
 
 Hardening (docs/operations.md, security): bound beyond loopback, reads need a token
 too (the read-only `api-read-token` or the operator `api-token`). The Host header
@@ -62,6 +64,7 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from controller.config import MAX_SHELVE_S
+from controller.errors import BadRequest, LinesentryError
 from controller.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -80,10 +83,6 @@ REFUSAL_LOG_INTERVAL_S = 60.0
 MAX_EVENT_STREAMS = 16  # HMIs and dashboards; each holds a connection for as long as it is open
 OPERATOR_RESERVE = 8  # connection slots (out of the cap) only operator POSTs may use
 RESERVE_IDLE_S = 2.0  # a reserve connection that sends no request is closed after this
-
-
-class Refused(Exception):
-    """A valid request the controller refuses in its current state (HTTP 409)."""
 
 
 class Operations(Protocol):
@@ -166,7 +165,7 @@ def _depth(text: str) -> int:
 
 
 async def _json_body(request: web.Request, timeout_s: float) -> dict:
-    """The request body as a flat JSON object; ValueError (400) / HTTP errors otherwise."""
+    """The request body as a flat JSON object; BadRequest (400) / HTTP errors otherwise."""
     if not request.can_read_body:
         return {}
     try:
@@ -177,20 +176,20 @@ async def _json_body(request: web.Request, timeout_s: float) -> dict:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError("request body is not UTF-8 JSON") from None
+        raise BadRequest("request body is not UTF-8 JSON") from None
     if _depth(text) > MAX_BODY_DEPTH:
-        raise ValueError(f"request body is nested more than {MAX_BODY_DEPTH} levels; send a flat JSON object")
+        raise BadRequest(f"request body is nested more than {MAX_BODY_DEPTH} levels; send a flat JSON object")
     try:
         body = json.loads(text, parse_constant=_no_constant) if text.strip() else {}
     except (json.JSONDecodeError, RecursionError):
-        raise ValueError("request body is not valid JSON") from None
+        raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise ValueError("request body must be a JSON object")
+        raise BadRequest("request body must be a JSON object")
     return body
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"request body contains {name}, which is not JSON")
+    raise BadRequest(f"request body contains {name}, which is not JSON")
 
 
 def create_app(ops: Operations, token: str, *, read_token: str | None = None,
@@ -230,12 +229,12 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
     def user(body: dict) -> str:
         value = body.get("user", "operator")
         if not isinstance(value, str) or not value.strip():
-            raise ValueError("'user' must be a non-empty string")
+            raise BadRequest("'user' must be a non-empty string")
         return value.strip()
 
     def flag(body: dict, key: str = "enabled") -> bool:
         if not isinstance(body.get(key), bool):
-            raise ValueError(f"'{key}' must be true or false")
+            raise BadRequest(f"'{key}' must be true or false")
         return body[key]
 
     async def status(_: web.Request) -> web.Response:
@@ -279,7 +278,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
     def reason(body: dict) -> str:
         value = body.get("reason", "")
         if not isinstance(value, str):
-            raise ValueError("'reason' must be a string")
+            raise BadRequest("'reason' must be a string")
         return value.strip()
 
     async def durable(answer: dict) -> dict:
@@ -293,7 +292,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         seconds = body.get("seconds")  # compared before float(): 10**400 is a valid JSON int
         number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
         if not number or not 0 < seconds <= MAX_SHELVE_S:
-            raise ValueError(f"'seconds' must be a positive number of seconds, at most {MAX_SHELVE_S:g}")
+            raise BadRequest(f"'seconds' must be a positive number of seconds, at most {MAX_SHELVE_S:g}")
         return await durable(ops.shelve(request.match_info["name"], user(body), float(seconds),
                                         reason(body)))
 
@@ -314,7 +313,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
     async def reload_model(_: web.Request, body: dict) -> dict:
         path = body.get("path")
         if path is not None and not isinstance(path, str):
-            raise ValueError("'path' must be a string")
+            raise BadRequest("'path' must be a string")
         return await ops.reload_model(user(body), path)
 
     async def metrics(_: web.Request) -> web.Response:
@@ -389,15 +388,12 @@ def _reserve_check(token: str):
 
 @web.middleware
 async def _errors(request: web.Request, handler) -> web.StreamResponse:
-    """Operation errors become one-line JSON errors with the right status, never a traceback."""
+    """Operation errors become one-line JSON errors with their status, never a traceback; anything
+    else is a bug: a 500 and one log line."""
     try:
         return await handler(request)
-    except LookupError as exc:
-        return error(404, str(exc.args[0]) if exc.args else "not found")
-    except ValueError as exc:
-        return error(400, str(exc))
-    except Refused as exc:
-        return error(409, str(exc))
+    except LinesentryError as exc:  # the error's own status: 400, 404, 409, 422, 502
+        return error(exc.status, str(exc))
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body too large (at most {MAX_BODY_BYTES} bytes)")
     except web.HTTPException:

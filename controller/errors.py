@@ -1,6 +1,7 @@
 """The product's error root: every error a user can cause or meet is a `LinesentryError`.
 
-The CLI prints one as a single line (never a traceback); the API answers its `status`.
+The CLI prints one as a single line (never a traceback); the API answers its `status`
+(controller.api maps `status` alone: it never looks at the message or the class name).
 `drivers` and `models` depend on no project package, so their own roots (`drivers.errors.DriverError`,
 `models.errors.ModelError`) are translated where the controller meets them, keeping the original as
 ``__cause__`` (``raise PlcError(...) from exc``).
@@ -15,14 +16,15 @@ class LinesentryError(Exception):
     status = 500
 
 
-class BadRequest(LinesentryError):
-    """The request itself is wrong (a missing reason, a bad duration)."""
+class BadRequest(LinesentryError, ValueError):
+    """The request itself is wrong (a missing reason, a bad duration). Also a ValueError, so code
+    that validates input with `except ValueError` keeps catching it."""
 
     status = 400
 
 
-class NotFound(LinesentryError):
-    """No alarm, action, PLC or tag of that name."""
+class NotFound(LinesentryError, LookupError):
+    """No alarm, action, PLC or tag of that name (also a LookupError)."""
 
     status = 404
 

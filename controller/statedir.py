@@ -30,9 +30,15 @@ STATE_FILE = "state.json"
 
 
 class StateDir:
+    """The controller's state directory: API tokens and the state file. Creating the object does no
+    I/O; `create()` (the controller's start, or the first `token()`) makes the directory."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+
+    def create(self) -> None:
+        """Make the directory (mode 0700) if it does not exist; one clear OSError otherwise."""
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -46,6 +52,7 @@ class StateDir:
         edited by hand) is replaced by a new token, with a warning: an empty token would make
         every mutating call 401 forever, so a latched stop could never be reset.
         """
+        self.create()
         path = self.path / name
         try:
             existing = path.read_text(encoding="ascii", errors="replace").strip()

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from controller.api import Refused
 from controller.cli import app
+from controller.errors import NotFound, Refused
 from models import load_model
 
 DEMO = "configs/demo_line.toml"
@@ -152,7 +152,7 @@ class FakeOps:
 
     def _alarm(self, name: str) -> None:
         if name not in {a["name"] for a in self.ALARMS}:
-            raise LookupError(f"no alarm named {name!r}")
+            raise NotFound(f"no alarm named {name!r}")
 
     def ack(self, name, user, reason=""):
         self._alarm(name)
@@ -182,7 +182,7 @@ class FakeOps:
 
     def inhibit_action(self, name, user, enabled, reason=""):
         if name != "stop_line":
-            raise LookupError(f"no action named {name!r}")
+            raise NotFound(f"no action named {name!r}")
         self.calls.append(("inhibit", name, user, enabled, reason))
         return {"ok": True, "message": "", "warning": "inhibiting stop_line disables action stop_line"
                 if enabled else ""}
@@ -356,7 +356,7 @@ def test_events_follow_reads_the_stream_until_ctrl_c(service, monkeypatch):
 
     config, _ = service
     seen: list[dict] = []
-    real = cli._print_event
+    real = cli.print_event
 
     def printer(event, as_json):
         real(event, as_json)
@@ -364,7 +364,7 @@ def test_events_follow_reads_the_stream_until_ctrl_c(service, monkeypatch):
         if len(seen) == 3:
             raise KeyboardInterrupt  # what Ctrl-C does while the stream is read
 
-    monkeypatch.setattr(cli, "_print_event", printer)
+    monkeypatch.setattr(cli, "print_event", printer)
     result = invoke("events", str(config), "--follow", "--since", "0")
     assert result.exit_code == 0, result.output
     assert [e["id"] for e in seen] == [1, 2, 3]

@@ -10,7 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Counter
 
-from controller.api import Refused, create_app
+from controller.api import create_app
+from controller.errors import NotFound, Refused
 from controller.events import EventLog
 
 TOKEN = "s3cret-token"
@@ -35,7 +36,7 @@ class Ops:
 
     def _alarm(self, name: str) -> None:
         if name not in self.alarm_names:
-            raise LookupError(f"no alarm named {name!r}")
+            raise NotFound(f"no alarm named {name!r}")
 
     def ack(self, name, user, reason=""):
         self._alarm(name)

@@ -214,14 +214,14 @@ async def with_saved_state(tmp_path: Path, model: Path) -> Path:
 
 async def test_a_restart_announces_what_the_saved_state_restores(tmp_path, model):
     path = await with_saved_state(tmp_path, model)
-    again = Controller(load_config(path), api_port=0)
-    assert _matches(again.restored), again.restored
-    events = [e for e in again.events.since() if e.get("result") == "restored"]
-    assert [e["message"] for e in events] == again.restored
-    assert {e["kind"] for e in events} == {"alarm", "action"}
-    status = again.status()
-    assert status["restored"] == again.restored
-    assert [p["kind"] for p in status["protections_disabled"]] == ["inhibited"]
+    async with Controller(load_config(path), api_port=0) as again:  # the saved state is read at start
+        assert _matches(again.restored), again.restored
+        events = [e for e in again.events.since() if e.get("result") == "restored"]
+        assert [e["message"] for e in events] == again.restored
+        assert {e["kind"] for e in events} == {"alarm", "action"}
+        status = again.status()
+        assert status["restored"] == again.restored
+        assert [p["kind"] for p in status["protections_disabled"]] == ["inhibited"]
 
 
 def _matches(restored: list[str]) -> bool:

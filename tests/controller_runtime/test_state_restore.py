@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller.config import load_config
+from controller.errors import BadRequest
 from controller.runtime import Controller
 from controller.statedir import STATE_FILE
 from tests.controller_runtime.test_operator import (  # noqa: F401
@@ -50,29 +51,30 @@ async def test_a_malformed_state_file_starts_clean_loudly_and_is_kept(tmp_path, 
     path, state = await saved_state(tmp_path, model)
     edit(state)
     (tmp_path / "state" / STATE_FILE).write_text(json.dumps(state))
-    again = Controller(load_config(path), api_port=0)  # must not raise
-    (note,) = again.restored
-    assert note.startswith("saved state unusable") and "NOT restored" in note
-    assert again.status()["protections_disabled"] == []  # a clean start: nothing inhibited
-    assert list((tmp_path / "state").glob(f"{STATE_FILE}.damaged-*"))  # kept for a human
+    async with Controller(load_config(path), api_port=0) as again:  # must not raise
+        (note,) = again.restored
+        assert note.startswith("saved state unusable") and "NOT restored" in note
+        assert again.status()["protections_disabled"] == []  # a clean start: nothing inhibited
+        assert list((tmp_path / "state").glob(f"{STATE_FILE}.damaged-*"))  # kept for a human
 
 
 async def test_a_non_shelvable_alarm_is_never_restored_shelved(tmp_path, model):  # noqa: F811
     path, state = await saved_state(tmp_path, model)
     state["alarms"]["alarms"]["stop_line_failed"].update(shelved_until=4e9, shelved_by="edit", oos=True)
     (tmp_path / "state" / STATE_FILE).write_text(json.dumps(state))
-    again = Controller(load_config(path), api_port=0)
-    states = {a["name"]: a["state"] for a in again.alarm_list()}
+    async with Controller(load_config(path), api_port=0) as again:
+        states = {a["name"]: a["state"] for a in again.alarm_list()}
+        restored = again.restored
     assert states["stop_line_failed"] not in ("SHELVED", "OUT_OF_SERVICE")
     pattern = r"restored: stop_line_failed was shelved .* not shelvable"
-    assert any(re.match(pattern, r) for r in again.restored)
+    assert any(re.match(pattern, r) for r in restored)
     assert states["oil_temp_high"] == "SHELVED"  # a shelvable alarm keeps its shelve
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "\u200b\u200b", "\x00\x01\x7f", "\u2028\t"])
 async def test_a_reason_of_invisible_characters_is_refused(tmp_path, model, reason):  # noqa: F811
     controller = Controller(load_config(line_config(tmp_path, model)), api_port=0)
-    with pytest.raises(ValueError, match="a reason is required"):
+    with pytest.raises(BadRequest, match="a reason is required"):
         controller.shelve("oil_temp_high", "ann", 60, reason)
 
 

@@ -8,8 +8,16 @@ import pytest
 from controller.statedir import STATE_FILE, StateDir
 
 
+def test_creating_the_object_does_no_io_create_makes_the_directory(tmp_path):
+    sd = StateDir(tmp_path / "state")
+    assert not (tmp_path / "state").exists()
+    sd.create()
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
 def test_token_is_created_once_with_mode_0600(tmp_path):
     sd = StateDir(tmp_path / "state")
+    sd.create()
     token = sd.token()
     assert len(token) >= 32
     assert stat.S_IMODE((tmp_path / "state" / "api-token").stat().st_mode) == 0o600

@@ -1,0 +1,138 @@
+"""Housekeeping: everything time-based, every HOUSEKEEPING_S, off the hot path.
+
+One round: liveness (comm loss, safe state), per-tag staleness of polled PLCs, alarm delays and
+shelve expiry when no data arrives, readback deadlines; then the journal is flushed into events
+and log lines, new events and closed summary windows go to the outbox (when there is a cloud),
+and the state file is saved if an operator-visible fact changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from controller.actions import WriteRequest
+from controller.events import EventLog
+from controller.journal import Journal
+from controller.linestate import LineState
+from controller.persistence import StateKeeper
+from controller.pipeline import StepPipeline
+from controller.plc_health import Plc, PlcHealth
+from controller.summaries import WindowSummary
+
+if TYPE_CHECKING:  # the cloud modules are imported only when a [sync] section opens the feed
+    from controller.outbox import Outbox
+    from controller.points import Identity
+    from controller.sync import SyncWorker
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_S = 0.05
+TEXT_IN_DETECTOR = ("carries text, not a number: it is never fed to the detector (its invalid flag "
+                    "is raised); remove it from [detector] tags")
+
+
+def stale_timeouts(plcs: Sequence[Plc], n_tags: int) -> np.ndarray:
+    """Per line position: the PLC's stale_timeout_s for tags of polled PLCs, inf otherwise."""
+    out = np.full(n_tags, np.inf)
+    for plc in plcs:
+        if plc.polled:
+            out[plc.binding] = plc.stale_timeout_s
+    return out
+
+
+class CloudFeed:
+    """New events and closed summary windows into the outbox, as sink-neutral records."""
+
+    def __init__(self, identity: Identity, tags: list[str], units: dict[str, str]) -> None:
+        self.identity, self.tags, self.units = identity, tags, units
+        self.outbox: Outbox | None = None  # set by `open` at start when there is a [sync] section
+        self.sync: SyncWorker | None = None
+        self._last_event_id = 0
+
+    def open(self, outbox: Outbox) -> None:
+        from controller.points import EventClock, TagInfo
+
+        self.outbox, self._clock = outbox, EventClock()
+        self._tag_info = [TagInfo(t, self.units.get(t, "")) for t in self.tags]
+
+    async def feed(self, events: EventLog, windows: list[WindowSummary]) -> None:
+        new = events.since(self._last_event_id)
+        if new:
+            self._last_event_id = new[-1]["id"]
+        if self.outbox is not None and (new or windows):
+            await asyncio.to_thread(self._append, new, windows)
+            if self.sync is not None:
+                self.sync.wake()
+
+    def _append(self, events: list[dict], windows: list[WindowSummary]) -> None:
+        from controller.points import event_point, window_points
+
+        points = [event_point(self.identity, self._clock, e["kind"], e["source"], e["message"],
+                              time_ns=int(e["time"] * 1e9), result=e.get("result"),
+                              state=e.get("state")) for e in events]
+        for w in windows:
+            points += window_points(w, self.identity, self._tag_info)
+        self.outbox.append(points)
+
+    def status(self) -> dict:
+        """The outbox backlog and the sync counters (status, metrics)."""
+        if self.outbox is None:
+            outbox = {"rows": 0, "points": 0, "bytes": 0}
+        else:
+            rows, points, nbytes = self.outbox.backlog()
+            outbox = {"rows": rows, "points": points, "bytes": nbytes}
+        return {"outbox": outbox, "sync": self.sync.metrics() if self.sync else None}
+
+
+class Housekeeping:
+    """The periodic round and the final flush at shutdown."""
+
+    def __init__(self, *, pipeline: StepPipeline, health: PlcHealth, line: LineState, journal: Journal,
+                 events: EventLog, cloud: CloudFeed, keeper: StateKeeper,
+                 issue: Callable[[Sequence[WriteRequest]], None]) -> None:
+        self.pipeline, self.health, self.line, self.journal = pipeline, health, line, journal
+        self.events, self.cloud, self.keeper, self._issue = events, cloud, keeper, issue
+        self.stale_timeout = stale_timeouts(health.plcs, len(line.tags))
+        self.rounds = 0
+
+    async def run(self) -> None:
+        """Rounds until cancelled; a failing round (disk, a bug) is logged once per run of failures."""
+        failures = 0
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                await self.round()
+                failures = 0
+            except Exception as exc:  # a fault here must not end the loop silently
+                failures += 1
+                if failures == 1:  # no log flood at 20 Hz
+                    log.error("housekeeping failed, retrying every %g s: %s: %s",
+                              HOUSEKEEPING_S, type(exc).__name__, exc)
+
+    async def round(self) -> None:
+        clock = self.health.clock
+        mono, wall = clock.mono(), clock.wall()
+        self.rounds += 1
+        lost = self.health.check(mono)
+        stale = self.line.mark_stale(mono, self.stale_timeout)
+        if stale.size:
+            names = ", ".join(self.line.tags[i] for i in stale[:10])
+            self.events.add("driver", "stale", f"no fresh value within the timeout: {names}")
+        for tag in self.line.take_text_in_detector():  # each tag once per run
+            self.events.add("driver", tag, f"detector tag {tag!r} {TEXT_IN_DETECTOR}")
+            log.error("detector tag %r %s", tag, TEXT_IN_DETECTOR)
+        # Stale or comm-lost tags are fresh and not good: the detector must see them (invalid flags).
+        self._issue(self.pipeline.tick(mono, wall, restep=bool(stale.size or lost)))
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Journal -> events and logs; events and windows -> outbox; state file if it changed."""
+        self.journal.flush()
+        await self.cloud.feed(self.events, self.pipeline.take_windows())
+        if self.journal.dirty:
+            await self.keeper.save()
