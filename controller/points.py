@@ -13,7 +13,7 @@ ns since the epoch.
     fields: steps (int), score_max, score_mean, alarm_seconds (float)
 
 ``linesentry_event`` — one record per event, time = event time (ns, unique per controller), kind ``event``
-    tags:   site, line, controller, kind (alarm|action|driver|model|outbox), source
+    tags:   site, line, controller, kind (alarm|action|driver|model|outbox|controller), source
     fields: message (str), seq (int, per-process event counter), and optional
             state (str), result (str), plus any extra str/int/float/bool fields the caller gives
 
@@ -42,7 +42,7 @@ from controller.summaries import WindowSummary
 TAG_MEASUREMENT = "linesentry_tag"
 LINE_MEASUREMENT = "linesentry_line"
 EVENT_MEASUREMENT = "linesentry_event"
-EVENT_KINDS = ("alarm", "action", "driver", "model", "outbox")
+EVENT_KINDS = ("alarm", "action", "driver", "model", "outbox", "controller")  # controller: start/stop
 _RESERVED_EVENT_FIELDS = {"message", "seq"}
 
 

@@ -28,6 +28,8 @@ import pytest
 
 from controller.config import load_config
 from controller.outbox import DB_NAME, Outbox
+from controller.records import decode
+from controller.sinks.influxdb import line_protocol
 from hil_tests.cloud_support import (
     TOKEN_ENV,
     WINDOW_MS,
@@ -106,7 +108,7 @@ class OutboxFile:
 
 
 def lines_of(rows: list[tuple[int, str]]) -> list[str]:
-    return [line for _, body in rows for line in body.split("\n") if line]
+    return [line for _, body in rows for line in line_protocol(decode(body))]
 
 
 class ControllerProcess:

@@ -22,8 +22,9 @@ import pytest
 
 import controller.runtime as runtime
 from controller.config import load_config
-from controller.outbox import Outbox, _as_lines
+from controller.outbox import Outbox
 from controller.runtime import Controller
+from controller.sinks.influxdb import line_protocol
 from hil_tests.cloud_support import (
     TOKEN_ENV,
     WINDOW_MS,
@@ -55,7 +56,7 @@ class CommitSpy:
         def append(outbox: Outbox, records):
             result = original(outbox, records)
             if result.ok:  # runs in a worker thread; list.append is atomic
-                self.commits.append((time.time(), _as_lines(records)))
+                self.commits.append((time.time(), line_protocol(records)))
             return result
 
         monkeypatch.setattr(Outbox, "append", append)

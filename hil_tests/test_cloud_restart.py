@@ -18,8 +18,9 @@ import time
 
 import controller.runtime as runtime
 from controller.config import load_config
-from controller.outbox import Outbox, _as_lines
+from controller.outbox import Outbox
 from controller.runtime import Controller
+from controller.sinks.influxdb import line_protocol
 from controller.statedir import STATE_FILE
 from hil_tests.cloud_support import TOKEN_ENV, cloud_config, exported_samples
 from hil_tests.rig.controller_run import start_controller, stop_controller
@@ -42,7 +43,7 @@ class LineCommits:
         def append(outbox, records):
             result = original(outbox, records)
             if result.ok:
-                for line in _as_lines(records):
+                for line in line_protocol(records):
                     name, tags, fields, ts = parse(line)
                     if name == "linesentry_line":
                         self.steps.setdefault(ts // MS, []).append(int(fields["steps"]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from hil_tests.rig.fault_proxy import FaultProxy
-from hil_tests.rig.net import wait_for as wait_for  # the tests' one deadline wait
 from hil_tests.rig.victoria import running_victoria
 
 

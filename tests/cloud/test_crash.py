@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.cloud.conftest import wait_for
+from hil_tests.rig.net import wait_for
 from tests.cloud.helpers import assert_exactly_once, base_end_ns, expected
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,8 @@ from controller.records import decode
 from controller.sinks import plugin, register, unregister
 from controller.sinks.config import SyncConfig
 from controller.sync import SyncWorker
+from hil_tests.rig.net import wait_for
 from tests.cloud import jsonl_sink
-from tests.cloud.conftest import wait_for
 from tests.cloud.helpers import NS, assert_exactly_once, base_end_ns, expected, window_records
 
 WINDOWS, TAGS = 8, 5

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from controller.outbox import Outbox
 from controller.sync import SyncConfig, SyncConfigError, SyncWorker
-from tests.cloud.conftest import wait_for
+from hil_tests.rig.net import wait_for
 from tests.cloud.helpers import assert_exactly_once, base_end_ns, expected, window_records
 
 WINDOWS, TAGS = 12, 5
