@@ -1,83 +1,158 @@
-"""The `linesentry` command line (typer + rich).
+"""The `linesentry` command line (typer; rich only where a command draws a table).
 
-Exit codes: 0 success; 1 a runtime failure (service not reachable, PLC error);
-2 a user mistake (bad config, bad arguments, missing file). Errors are one line
-on stderr, never a traceback: `_App` turns anything no command handled into one
-line and exit 1 (LINESENTRY_DEBUG=1 shows the traceback, for bug reports).
+Exit codes: 0 success; 1 a runtime failure (service not reachable, PLC error); 2 a user mistake
+(bad config, bad arguments, missing file). Errors are one line on stderr, never a traceback:
+`_OneLineErrors` turns the product's errors (`LinesentryError`, and the `DriverError` / `ModelError` roots
+of drivers/ and models/) into one line, and anything else into one "internal error" line
+(LINESENTRY_DEBUG=1 shows the traceback, for bug reports).
+
+Startup cost is the point of the layout: the operator commands (status, alarms, ack, shelve,
+events, ...) read only the config's [controller] section and talk to the local API over
+http.client, so they import neither the schema of the whole line nor numba/scipy/sklearn or a
+protocol library; every other import sits inside the command that needs it. Commands of other
+packages (the rig's demo/sim/hil) plug in through the entry-point group `linesentry.cli`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 import os
-import signal
 import sys
+from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typer.core import TyperGroup
+
+from controller.errors import LinesentryError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from controller.config import ControllerSection, LineConfig
+    from drivers.probe import ProbeReport
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
+PLUGIN_GROUP = "linesentry.cli"  # entry points: register(app) adds commands (CONTRACTS.md 3)
 
 
-class _App(typer.Typer):
-    """The entry point: whatever escapes a command becomes one line on stderr, never a traceback."""
+class _OneLineErrors(TyperGroup):
+    """Whatever escapes a command becomes one line on stderr and its exit code, never a traceback
+    (here, not around `app()`, so typer's test runner and the console script behave the same)."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
-            return super().__call__(*args, **kwargs)
-        except KeyboardInterrupt:
-            sys.exit(130)
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):
+            raise
         except Exception as exc:
             if os.environ.get("LINESENTRY_DEBUG"):
                 raise
             code, message = describe_error(exc)
-            err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
-            sys.exit(code)
+            error_line(message)
+            raise typer.Exit(code) from None
 
 
 def describe_error(exc: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception no command handled."""
-    from controller.config import ConfigError
-    from controller.sync import SyncConfigError
+    from drivers.errors import DriverError
+    from models.errors import ModelError
 
-    if isinstance(exc, ConfigError | SyncConfigError):
-        return EXIT_USAGE, str(exc).splitlines()[0]
+    if isinstance(exc, LinesentryError | ModelError):
+        # 400 (a bad config, request or sync setting) and 422 (an unusable model) are the user's to fix
+        usage = isinstance(exc, ModelError) or exc.status in (400, 422)
+        return getattr(exc, "exit_code", EXIT_USAGE if usage else EXIT_RUNTIME), _first_line(exc)
+    if isinstance(exc, DriverError):
+        return EXIT_RUNTIME, _first_line(exc)
     if isinstance(exc, MemoryError):
         return EXIT_RUNTIME, "out of memory: lower the model sizes in [detector.spec] or use less data"
     if isinstance(exc, OSError):
         return EXIT_RUNTIME, (f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror
                               else str(exc) or type(exc).__name__)
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return EXIT_RUNTIME, (f"internal error: {type(exc).__name__}: {first[:300]} "
+    return EXIT_RUNTIME, (f"internal error: {type(exc).__name__}: {_first_line(exc)[:300]} "
                           "(run with LINESENTRY_DEBUG=1 for the traceback and report it)")
 
 
-app = _App(help="linesentry: industrial anomaly detection controller.", no_args_is_help=True,
-           add_completion=False, pretty_exceptions_enable=False)
-console = Console(emoji=False)  # ":ab:" in a fingerprint or a tag name is text, not an emoji
-err = Console(stderr=True, emoji=False)
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+app = typer.Typer(cls=_OneLineErrors, help="linesentry: industrial anomaly detection controller.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@cache
+def _consoles() -> tuple[Console, Console]:
+    from rich.console import Console
+
+    # emoji=False: ":ab:" in a fingerprint or a tag name is text, not an emoji
+    return Console(emoji=False), Console(stderr=True, emoji=False)
+
+
+def terminal() -> Console:
+    """The rich console on stdout, for tables, live views and progress bars."""
+    return _consoles()[0]
+
+
+def __getattr__(name: str) -> Any:
+    """`console` (stdout) and `err` (stderr): rich consoles, created on first use (rich costs startup)."""
+    if name in ("console", "err"):
+        return _consoles()[name == "err"]
+    raise AttributeError(f"module 'controller.cli' has no attribute {name!r}")
+
+
+def _styled(text: str, color: str, stream: Any) -> str:
+    """`text` in an ANSI colour on a terminal (and not with NO_COLOR), plain otherwise."""
+    if stream.isatty() and not os.environ.get("NO_COLOR"):
+        return f"\033[{color}m{text}\033[0m"
+    return text
+
+
+def say(text: str) -> None:
+    """One plain line on stdout (no markup, no wrapping, no rich import)."""
+    print(text, flush=True)
+
+
+def warn(text: str) -> None:
+    """A `warning:` line on stdout (what a request disables)."""
+    print(f"{_styled('warning:', '33', sys.stdout)} {text}", flush=True)
+
+
+def error_line(text: str) -> None:
+    """An `error:` line on stderr, never wrapped."""
+    print(f"{_styled('error:', '31', sys.stderr)} {text}", file=sys.stderr, flush=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    """Print `message` as an error line; return the typer.Exit to raise (exit `code`)."""
+    error_line(message)
     return typer.Exit(code)
 
 
-def _load(config: Path):
+def load_or_exit(config: Path) -> LineConfig:
+    """The whole line config, or every problem as an error line and exit 2."""
     from controller.config import ConfigError, load_config
 
     try:
         return load_config(config)
     except ConfigError as exc:
         for line in exc.problems:
-            err.print(f"[red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+            error_line(line)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def controller_section_or_exit(config: Path) -> ControllerSection:
+    """Only the [controller] section (API address, state directory), validated; exit 2 if it is bad."""
+    from controller.config.controller import load_controller_section
+    from controller.config.errors import ConfigError
+
+    try:
+        return load_controller_section(config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            error_line(line)
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -90,6 +165,9 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
         log_rate_limit: float = typer.Option(10.0, help="seconds between repeats of one log message "
                                                         "(0: no limit)")) -> None:
     """Run the controller service until SIGTERM or Ctrl-C."""
+    import asyncio
+    import signal
+
     from controller.logs import parse_level, parse_module_levels, setup_logging
     from controller.runtime import Controller
     from models import ModelError
@@ -102,9 +180,9 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
         raise fail(str(exc)) from None
     from controller.config import secret_values
     from controller.logs import register_secret
-    from controller.sync import SyncConfigError
+    from controller.sinks.config import SyncConfigError
 
-    cfg = _load(config)
+    cfg = load_or_exit(config)
     try:
         for value in secret_values(cfg):  # before the first log line: no level may print them
             register_secret(value)
@@ -121,7 +199,7 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, controller.stop)
-        await controller.run(on_ready=lambda c: console.print(
+        await controller.run(on_ready=lambda c: terminal().print(
             f"linesentry running: API http://{cfg.controller.api_host}:{c.api_port}"))
 
     try:
@@ -133,103 +211,33 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
 
 
 @app.command()
-def demo(config: Path = typer.Option(None, help="line config (default: configs/demo_line.toml)"),
-         seconds: float = typer.Option(None, help="stop after this many seconds (default: Ctrl-C)"),
-         live: bool = typer.Option(True, help="live terminal view (--no-live: one line per event)"),
-         fault_every: float = typer.Option(20.0, help="seconds between injected faults")) -> None:
-    """The demo line: simulated plant + controller on configs/demo_line.toml, with injected faults."""
-    from hil_tests.rig.demo import DEMO_CONFIG, run_demo
-
-    _load(config or DEMO_CONFIG)  # a bad config is a one-line usage error, like everywhere else
-    logging.basicConfig(level=logging.ERROR)
-    try:
-        log = asyncio.run(run_demo(config or DEMO_CONFIG, seconds=seconds, live=live,
-                                   fault_every_s=fault_every, console=console))
-    except KeyboardInterrupt:
-        return
-    except OSError as exc:
-        raise fail(f"{exc.strerror or exc}: is another demo or simulator using ports 4840/5020?",
-                   EXIT_RUNTIME) from None
-    table = Table(title="demo summary", caption="demo loop resolution 0.1 s; "
-                  "python -m benchmarks.hil_latency measures onset -> write precisely")
-    for col in ("fault injected", "first alarm", "line stopped after"):
-        table.add_column(col)
-    for i, (t, what) in enumerate(log.faults):
-        until = log.faults[i + 1][0] if i + 1 < len(log.faults) else float("inf")
-        stop, first = log.first_after(t, until), log.first_alarm_after(t, until)
-        table.add_row(what, "-" if first is None else f"{first[1]} after {(first[0] - t) * 1000:.0f} ms",
-                      "-" if stop is None else f"{(stop - t) * 1000:.0f} ms")
-    console.print(table)
-
-
-@app.command()
-def sim(opcua_port: int = typer.Option(4840, help="OPC UA port on 127.0.0.1"),
-        modbus_port: int = typer.Option(5020, help="Modbus TCP port on 127.0.0.1"),
-        seed: int = typer.Option(0, help="noise seed of the simulated plant"),
-        scenario: Path = typer.Option(None, help="play the faults of this scenario TOML")) -> None:
-    """Serve the simulated plant (OPC UA 4840, Modbus 5020 on 127.0.0.1) until Ctrl-C."""
-    from hil_tests.rig.plant import main as serve
-
-    argv = ["--opcua-port", str(opcua_port), "--modbus-port", str(modbus_port), "--seed", str(seed)]
-    if scenario is not None:
-        if not scenario.is_file():
-            raise fail(f"--scenario {scenario}: no such file")
-        argv += ["--scenario", str(scenario)]
-    try:
-        serve(argv)
-    except OSError as exc:
-        raise fail(f"{exc.strerror or exc}: is another demo or simulator using ports "
-                   f"{opcua_port}/{modbus_port}?", EXIT_RUNTIME) from None
-
-
-@app.command()
-def hil(scenario: Path = typer.Argument(..., help="scenario file (hil_tests/rig/scenarios/*.toml)"),
-        runs: int = typer.Option(None, help="repeat count (default: the scenario's `repeat`)"),
-        json_out: Path = typer.Option(None, "--json", help="write the report as JSON")) -> None:
-    """Run a HIL scenario against the simulated plant and the controller on the demo config."""
-    from hil_tests.rig.controller_run import run_with_controller
-    from hil_tests.rig.demo import DEMO_CONFIG, ensure_model
-    from hil_tests.rig.scenario import ScenarioError, load_scenario
-
-    try:
-        sc = load_scenario(scenario)
-    except ScenarioError as exc:
-        raise fail(str(exc)) from None
-    config = _load(DEMO_CONFIG)
-    ensure_model(config, console)
-    logging.basicConfig(level=logging.ERROR)
-    with console.status(f"running {sc.name}: {runs or sc.repeat} x {sc.duration_s:g} s"):
-        report = asyncio.run(run_with_controller(sc, config.detector.model, runs))
-    report.print(console)
-    if json_out is not None:
-        report.to_json(json_out)
-
-
-@app.command()
 def validate(config: Path = typer.Argument(..., help="line config (TOML)"),
              connect: bool = typer.Option(False, "--connect", help="also open a session to every PLC and "
                                           "read every tag once (exit 1 if a PLC or a tag fails)")) -> None:
     """Check a line config and print what it describes; with --connect, reach every PLC too."""
-    cfg = _load(config)
-    probes = asyncio.run(_probe(cfg)) if connect else {}
+    import asyncio
+
+    from rich.table import Table
+
+    cfg = load_or_exit(config)
+    probes = asyncio.run(probe_plcs(cfg)) if connect else {}
     table = Table(title=f"{config}: OK")
     for col in ("PLC", "protocol", "endpoint", "tags", "writable", *(("reachable",) if connect else ())):
         table.add_column(col)
-    for (proto, _), plc in cfg.plcs():
+    for _, plc in cfg.plcs():
         d = plc.driver
-        row = [plc.name, proto, d.endpoint, str(len(d.tags)), str(sum(t.writable for t in d.tags))]
+        row = [plc.name, plc.protocol, d.endpoint, str(len(d.tags)), str(sum(t.writable for t in d.tags))]
         table.add_row(*row, *((probes[plc.name].summary,) if connect else ()))
-    console.print(table)
-    console.print(f"detector: {len(cfg.detector_tags())} tags, model {cfg.detector.model or 'none'}; "
-                  f"{len(cfg.alarms)} alarms, {len(cfg.actions)} actions; "
-                  f"cloud sync {'on' if cfg.sync and cfg.sync.enabled else 'off'}")
+    terminal().print(table)
+    say(f"detector: {len(cfg.detector_tags())} tags, model {cfg.detector.model or 'none'}; "
+        f"{len(cfg.alarms)} alarms, {len(cfg.actions)} actions; "
+        f"cloud sync {'on' if cfg.sync and cfg.sync.enabled else 'off'}")
     # One line per bad tag, never wrapped or cut (piped output is 80 columns wide otherwise).
-    lines = [f"cannot reach {name}: {p.error}" for name, p in probes.items() if p.error]
     for name, probe in probes.items():
-        lines += [f"bad tag {name}.{tag}: {reason}" for tag, reason in probe.bad]
-        lines += [f"hint: {probe.hint}"] if probe.hint else []
-    for line in lines:
-        console.print(line, soft_wrap=True, highlight=False, markup=False)
+        for line in ([f"cannot reach {name}: {probe.error}"] if probe.error else []) + [
+                f"bad tag {name}.{tag}: {reason}" for tag, reason in probe.bad] + (
+                [f"hint: {probe.hint}"] if probe.hint else []):
+            say(line)
     unreachable = [name for name, probe in probes.items() if not probe.reached]
     if unreachable:
         raise fail(f"cannot reach PLC(s) {', '.join(unreachable)}: see the lines above", EXIT_RUNTIME)
@@ -239,46 +247,25 @@ def validate(config: Path = typer.Argument(..., help="line config (TOML)"),
         raise fail(f"{bad} tag(s) not good on PLC(s) {plcs}: see the lines above", EXIT_RUNTIME)
 
 
-class _Probe:
-    """What `validate --connect` found on one PLC."""
+async def probe_plcs(cfg: LineConfig) -> dict[str, ProbeReport]:
+    """Probe every PLC at once through its driver plugin: connect, read each tag once, close."""
+    import asyncio
+    import logging
 
-    def __init__(self, summary: str, reached: bool, bad: list[tuple[str, str]] | None = None,
-                 hint: str = "", error: str = "") -> None:
-        self.summary, self.reached, self.bad, self.hint, self.error = summary, reached, bad or [], hint, error
-
-
-async def _probe(cfg) -> dict[str, _Probe]:
-    """Connect to every PLC at once and read all its tags once, through the driver interface."""
-    from controller.runtime import make_driver
-    from drivers.base import Quality
+    from drivers import registry
+    from drivers.probe import ProbeReport
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the drivers report every failure themselves
 
-    async def one(proto: str, plc) -> tuple[str, _Probe]:
-        driver = make_driver(plc)
-        try:
-            await asyncio.wait_for(driver.connect(), plc.driver.timeout_s + 5)
-            batch = await asyncio.wait_for(driver.read(), plc.driver.timeout_s + 5)
-        except Exception as exc:  # any failure to reach a PLC is a finding to report, not a crash
-            return plc.name, _Probe("no", reached=False, bad=[], hint="",
-                                    error=(str(exc) or type(exc).__name__).removeprefix(f"{plc.name}: "))
-        finally:
-            with contextlib.suppress(Exception):
-                await driver.close()
-        reasons = driver.stats.tag_errors
-        bad = [(driver.tag_names[i], reasons.get(driver.tag_names[i]) or f"quality {Quality(q).name}")
-               for i, q in zip(batch.index.tolist(), batch.quality.tolist(), strict=True)
-               if q != Quality.GOOD]
-        hint = ""
-        if proto == "modbus" and bad and len(bad) == len(batch):
-            hint = (f"no tag of {plc.name} could be read: check device_id (the unit id, now "
-                    f"{plc.driver.device_id}; behind a gateway or on a serial line it is the device's own "
-                    "address) and that addresses are zero-based (a manual's 40001 is holding_register "
-                    "address 0; modicon_addresses = true converts such numbers)")
-        good = len(batch) - len(bad)
-        return plc.name, _Probe(f"yes ({good} of {len(batch)} tags good)", reached=True, bad=bad, hint=hint)
+    async def one(plc) -> ProbeReport:
+        probe = registry.plugin(plc.protocol).probe
+        if probe is None:
+            return ProbeReport(reached=False, error=f"the {plc.protocol} driver cannot probe a PLC")
+        return await probe(plc.driver)
 
-    return dict(await asyncio.gather(*(one(proto, p) for (proto, _), p in cfg.plcs())))
+    plcs = [p for _, p in cfg.plcs()]
+    reports = await asyncio.gather(*(one(p) for p in plcs))
+    return {p.name: r for p, r in zip(plcs, reports, strict=True)}
 
 
 @app.command()
@@ -286,21 +273,22 @@ def record(config: Path = typer.Argument(..., help="line config (TOML)"),
            minutes: float = typer.Option(10.0, help="how long to record"),
            out: Path = typer.Option(..., "-o", "--out", help="CSV file to write")) -> None:
     """Record live detector-tag values from the PLCs (normal operation, for `fit`)."""
+    import asyncio
+
     from controller.record import Gaps, write_csv
     from controller.record import record as do_record
 
-    cfg = _load(config)
+    cfg = load_or_exit(config)
     gaps = Gaps()
-    with console.status(f"recording {minutes:g} min from {len(list(cfg.plcs()))} PLC(s)..."):
+    with terminal().status(f"recording {minutes:g} min from {len(list(cfg.plcs()))} PLC(s)..."):
         times, values, tags = asyncio.run(do_record(cfg, minutes * 60.0, gaps=gaps))
     if len(times) == 0:
         why = f"incomplete because of {gaps.summary()}" if gaps.rows else "no data arrived"
         raise fail(f"no complete rows recorded: {why}", EXIT_RUNTIME)
     write_csv(out, times, values, tags)
-    console.print(f"wrote {len(times)} rows x {len(tags)} tags to {out}")
+    say(f"wrote {len(times)} rows x {len(tags)} tags to {out}")
     if gaps.dropped:
-        console.print(f"left out {gaps.dropped} incomplete rows, because of {gaps.summary()}",
-                      soft_wrap=True, highlight=False, markup=False)
+        say(f"left out {gaps.dropped} incomplete rows, because of {gaps.summary()}")
 
 
 @app.command()
@@ -309,10 +297,11 @@ def fit(config: Path = typer.Argument(..., help="line config (TOML)"),
         out: Path = typer.Option(None, "-o", "--out", help="model file (default: [detector] model)")) -> None:
     """Fit the detector's models and thresholds on normal data and write the model artifact."""
     import numpy as np
+    from rich.table import Table
 
     from models import StreamingDetector
 
-    cfg = _load(config)
+    cfg = load_or_exit(config)
     target = out or cfg.detector.model
     if target is None:
         raise fail("no model path: pass -o model.npz or set [detector] model in the config")
@@ -339,12 +328,12 @@ def fit(config: Path = typer.Argument(..., help="line config (TOML)"),
     for key in ("constant_tags", "shifted_tags"):
         if s[key]:
             table.add_row(key.replace("_", " "), ", ".join(s[key]), style="yellow")
-    console.print(table)
+    terminal().print(table)
     if not np.isfinite(s["threshold_on"]):
         raise fail("the calibrated threshold is not finite: the data is too short or constant")
 
 
-def _read_csv(path: Path, tags: list[str]):
+def _read_csv(path: Path, tags: list[str]) -> Any:
     from controller.replay import ReplayError, read_csv
 
     try:
@@ -354,68 +343,19 @@ def _read_csv(path: Path, tags: list[str]):
 
 
 # ---------------------------------------------------------------- talking to a running service
-class ApiError(Exception):
-    """A failed API call: a one-line message and the exit code it maps to."""
+def _api(config: Path, method: str, path: str, body: dict | None = None) -> Any:
+    """One API call for `config`'s controller (ApiError, a LinesentryError, ends the command in one line)."""
+    from controller.client import call
 
-    def __init__(self, message: str, code: int = EXIT_RUNTIME) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _request(cfg, method: str, path: str, body: dict | None = None, timeout: float = 5.0):
-    """Open an API request (a response object); ApiError for every failure, never a traceback."""
-    import urllib.error
-    import urllib.request
-
-    from controller.statedir import READ_TOKEN_FILE, TOKEN_FILE
-
-    c = cfg.controller
-    url = f"http://{c.api_host}:{c.api_port}/api/v1{path}"
-    headers = {"Content-Type": "application/json"}
-    if method == "POST" or c.reads_need_token:  # reads need a token on binds beyond loopback
-        names = (TOKEN_FILE,) if method == "POST" else (READ_TOKEN_FILE, TOKEN_FILE)
-        for name in names:
-            token_path = Path(c.state_dir) / name
-            with contextlib.suppress(OSError):
-                headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
-                break
-        else:
-            raise ApiError(f"cannot read the API token {token_path}: run this on the controller host "
-                           "as the service user", EXIT_USAGE)
-    request = urllib.request.Request(url, method=method, headers=headers,
-                                     data=None if body is None else json.dumps(body).encode())
-    try:
-        return urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        message = f"{url}: HTTP {exc.code}"
-        with contextlib.suppress(Exception):  # the API's one-line {"error": ...} when it sent one
-            message = str(json.loads(exc.read())["error"])
-        raise ApiError(message) from None
-    except (urllib.error.URLError, OSError):
-        raise ApiError(f"the controller is not running (nothing answers on {c.api_host}:{c.api_port})"
-                       ) from None
-
-
-def _call(cfg, method: str, path: str, body: dict | None = None):
-    try:
-        with _request(cfg, method, path, body) as response:
-            return json.loads(response.read())
-    except ApiError:
-        raise
-    except (OSError, ValueError) as exc:  # a reset connection or a reply that is not JSON
-        raise ApiError(f"bad reply from the controller on {path}: {exc}") from None
-
-
-def _api(config: Path, method: str, path: str, body: dict | None = None):
-    cfg = _load(config)
-    try:
-        return _call(cfg, method, path, body)
-    except ApiError as exc:
-        raise fail(str(exc), exc.code) from None
+    return call(controller_section_or_exit(config), method, path, body)
 
 
 def parse_duration(text: str) -> float:
-    """'90s', '30m', '2h', '1h30m', '45' (seconds) -> seconds; ValueError when not a positive duration."""
+    """'90s', '30m', '2h', '1h30m', '45' (seconds) -> seconds; ValueError when not a positive duration.
+
+    >>> parse_duration("1h30m"), parse_duration("90s"), parse_duration("45")
+    (5400.0, 90.0, 45.0)
+    """
     import re
 
     t = text.strip().lower()
@@ -431,8 +371,9 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _status_view(s: dict):
+def _status_view(s: dict) -> Any:
     from rich.console import Group
+    from rich.table import Table
     from rich.text import Text
 
     table = Table(title=f"{s['controller']['line']} / {s['controller']['name']}")
@@ -444,8 +385,7 @@ def _status_view(s: dict):
     line = Text(f"line score {d['score']:.3f} (alarm: {d['alarm']}); step p99 {d['step_p99_us']:.1f} µs; "
                 f"active alarms: {', '.join(s['alarms']['active']) or 'none'}; "
                 f"outbox {s['outbox']['points']} points")
-    parts = [table, line, *_protection_lines(s)]
-    return Group(*parts)
+    return Group(table, line, *_protection_lines(s))
 
 
 def _protection_lines(s: dict) -> list:
@@ -477,29 +417,25 @@ def status(config: Path = typer.Argument(..., help="line config (TOML)"),
     if not watch:
         s = _api(config, "GET", "/status")
         if as_json:
-            console.print_json(data=s)
+            say(json.dumps(s, indent=2))
         else:
-            console.print(_status_view(s))
+            terminal().print(_status_view(s))
         return
     import time
 
     from rich.live import Live
 
-    cfg = _load(config)
+    from controller.client import call
+
+    section = controller_section_or_exit(config)
     try:
-        view = _status_view(_call(cfg, "GET", "/status"))
-        with Live(view, console=console, auto_refresh=False) as live:
+        with Live(_status_view(call(section, "GET", "/status")), console=terminal(),
+                  auto_refresh=False) as live:
             while True:
                 time.sleep(1.0)
-                live.update(_status_view(_call(cfg, "GET", "/status")), refresh=True)
+                live.update(_status_view(call(section, "GET", "/status")), refresh=True)
     except KeyboardInterrupt:
         return
-    except ApiError as exc:
-        raise fail(str(exc), exc.code) from None
-
-
-ALARM_STATES = ("NORMAL", "UNACK", "ACKED", "RTN_UNACK", "SHELVED", "SUPPRESSED", "OUT_OF_SERVICE")
-PRIORITIES = ("critical", "high", "medium", "low")
 
 
 def _choices(value: str | None, allowed: tuple[str, ...], option: str, upper: bool) -> set[str] | None:
@@ -520,20 +456,28 @@ def alarms(config: Path = typer.Argument(..., help="line config (TOML)"),
            priority: str = typer.Option(None, "--priority", help="only these priorities, e.g. critical")
            ) -> None:
     """Every alarm of a running controller and its ISA-18.2 state."""
-    states = _choices(state, ALARM_STATES, "--state", upper=True)
-    priorities = _choices(priority, PRIORITIES, "--priority", upper=False)
+    from controller.alarms import AlarmState
+
+    states = _choices(state, tuple(AlarmState), "--state", upper=True)
+    priorities = None
+    if priority is not None:
+        from controller.config.alarms import PRIORITIES
+
+        priorities = _choices(priority, PRIORITIES, "--priority", upper=False)
     rows = [a for a in _api(config, "GET", "/alarms")
             if (states is None or str(a.get("state", "")).upper() in states)
             and (priorities is None or str(a.get("priority", "")).lower() in priorities)]
     if as_json:
-        console.print_json(data=rows)
+        say(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
     table = Table()
     for col in ("alarm", "state", "priority", "message"):
         table.add_column(col)
     for a in rows:
         table.add_row(a["name"], a["state"], a["priority"], a["message"])
-    console.print(table)
+    terminal().print(table)
 
 
 REASON_HELP = "why (required; kept with the change and shown in status and events)"
@@ -545,7 +489,7 @@ def ack(config: Path = typer.Argument(..., help="line config (TOML)"),
         user: str = typer.Option("operator", help="who acknowledges")) -> None:
     """Acknowledge an alarm."""
     _api(config, "POST", f"/alarms/{alarm}/ack", {"user": user})
-    console.print(f"{alarm} acknowledged")
+    say(f"{alarm} acknowledged")
 
 
 @app.command()
@@ -571,13 +515,17 @@ def _need_reason(reason: str | None, what: str) -> None:
 
 
 def _done(text: str, answer: dict) -> None:
-    """What the request did, then (yellow) what protection it disables, if any."""
-    console.print(text, highlight=False)
+    """What the request did, then what protection it disables, if any."""
+    say(text)
     if answer.get("warning"):
-        console.print(f"[yellow]warning:[/] {escape(answer['warning'])}", soft_wrap=True, highlight=False)
+        warn(answer["warning"])
 
 
 def _human(seconds: float) -> str:
+    """
+    >>> _human(7200), _human(5400), _human(90)
+    ('2 h', '90 min', '90 s')
+    """
     if seconds >= 3600 and seconds % 3600 == 0:
         return f"{seconds / 3600:g} h"
     if seconds >= 60 and seconds % 60 == 0:
@@ -591,7 +539,7 @@ def unshelve(config: Path = typer.Argument(..., help="line config (TOML)"),
              user: str = typer.Option("operator", help="who unshelves")) -> None:
     """Return a shelved alarm to service now."""
     _api(config, "POST", f"/alarms/{alarm}/unshelve", {"user": user})
-    console.print(f"{alarm} unshelved")
+    say(f"{alarm} unshelved")
 
 
 @app.command()
@@ -625,18 +573,16 @@ def _when(e: dict) -> str:
     return dt.datetime.fromtimestamp(float(e.get("time", 0))).isoformat(sep=" ", timespec="milliseconds")
 
 
-def _event_line(e: dict) -> str:
-    when = _when(e)
+def event_line(e: dict) -> str:
+    """One event as one text line: id, local time, kind, source, message, [other fields]."""
     extra = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("id", "time", "kind", "source", "message"))
-    return f"{e.get('id')} {when} {e.get('kind')} {e.get('source')}: {e.get('message')}" + (
+    return f"{e.get('id')} {_when(e)} {e.get('kind')} {e.get('source')}: {e.get('message')}" + (
         f" [{extra}]" if extra else "")
 
 
-def _print_event(e: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(e), flush=True)  # one compact object per line (jq-friendly)
-    else:
-        console.print(_event_line(e), highlight=False, markup=False, soft_wrap=True)
+def print_event(e: dict, as_json: bool) -> None:
+    """One event on stdout: compact JSON (jq-friendly) or `event_line`."""
+    say(json.dumps(e) if as_json else event_line(e))
 
 
 @app.command()
@@ -645,38 +591,37 @@ def events(config: Path = typer.Argument(..., help="line config (TOML)"),
            since: int = typer.Option(0, "--since", min=0, help="only events after this id"),
            as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
     """Alarm, action, driver and model events of a running controller (one page, or --follow)."""
-    cfg = _load(config)
     if not follow:
-        try:
-            page = _call(cfg, "GET", f"/events?since={since}")
-        except ApiError as exc:
-            raise fail(str(exc), exc.code) from None
+        page = _api(config, "GET", f"/events?since={since}")
         if as_json:
             for e in page:
-                _print_event(e, True)
+                print_event(e, True)
             return
+        from rich.table import Table
+
         table = Table()
         for col in ("id", "time", "kind", "source", "message"):
             table.add_column(col)
         for e in page:
             table.add_row(str(e["id"]), _when(e), e["kind"], e["source"], e["message"])
-        console.print(table)
+        terminal().print(table)
         return
+    from controller.client import request
+
+    section = controller_section_or_exit(config)
     try:
         # The server sends a keep-alive every 15 s: 60 s of silence means it is gone.
-        with _request(cfg, "GET", f"/events/stream?since={since}", timeout=60.0) as response:
+        with request(section, "GET", f"/events/stream?since={since}", timeout=60.0) as response:
             data: list[str] = []
             for raw in response:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 if line.startswith("data:"):
                     data.append(line[5:].lstrip())
                 elif not line and data:
-                    _print_event(json.loads("\n".join(data)), as_json)
+                    print_event(json.loads("\n".join(data)), as_json)
                     data = []
     except KeyboardInterrupt:
         return
-    except ApiError as exc:
-        raise fail(str(exc), exc.code) from None
     except (OSError, ValueError) as exc:
         raise fail(f"lost the event stream: {exc}", EXIT_RUNTIME) from None
     raise fail("the controller closed the event stream (stopped?)", EXIT_RUNTIME)
@@ -692,6 +637,7 @@ def replay(config: Path = typer.Argument(..., help="line config (TOML)"),
            ) -> None:
     """Replay recorded data through a fitted model offline: scores, flags, alarms and a plot."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
 
     from controller import replay as rp
     from models import ModelError, load_model
@@ -701,7 +647,7 @@ def replay(config: Path = typer.Argument(..., help="line config (TOML)"),
             import matplotlib  # noqa: F401
         except ImportError:
             raise fail(rp.PLOT_EXTRA_HINT) from None
-    cfg = _load(config)
+    cfg = load_or_exit(config)
     path = model or cfg.detector.model
     if path is None:
         raise fail("no model: pass --model model.npz or set [detector] model in the config")
@@ -712,7 +658,7 @@ def replay(config: Path = typer.Argument(..., help="line config (TOML)"),
         raise fail(str(exc)) from None
     times, values = _read_csv(data, tags)
     with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+                  TimeRemainingColumn(), console=terminal(), transient=True) as progress:
         task = progress.add_task("replay", total=len(times))
         result = rp.replay(det, times, values, progress=lambda n: progress.advance(task, n))
     s = rp.summarize(times, result, tags)
@@ -733,10 +679,10 @@ def replay(config: Path = typer.Argument(..., help="line config (TOML)"),
                                     f"(threshold {det.threshold:.4f})")
     flagged = [f"{t} {n}" for t, n in s.flagged_rows.items() if n]
     table.add_row("flagged rows per tag", ", ".join(flagged) or "none")
-    console.print(table)
+    terminal().print(table)
     for what, target in (("scores", out), ("plot", plot_to)):
         if target is not None:
-            console.print(f"{what} written to {target}")
+            say(f"{what} written to {target}")
 
 
 certs_app = typer.Typer(help="OPC UA client certificates.", no_args_is_help=True)
@@ -771,10 +717,10 @@ def certs_create(out: Path = typer.Option(..., "--out", help="directory for the 
         create_client_certificate(cert, key, uri, host, days=days)
     except OSError as exc:
         raise fail(f"cannot write to {out}: {exc.strerror}", EXIT_RUNTIME) from None
-    console.print(f"certificate {cert}\nprivate key {key} (mode 0600)\napplication URI {uri}, host {host}, "
-                  f"valid {days} days", highlight=False)
-    console.print("set security.client_certificate / client_private_key to these paths and trust the "
-                  "certificate on the PLC", highlight=False)
+    say(f"certificate {cert}\nprivate key {key} (mode 0600)\napplication URI {uri}, host {host}, "
+        f"valid {days} days")
+    say("set security.client_certificate / client_private_key to these paths and trust the "
+        "certificate on the PLC")
 
 
 @certs_app.command("fetch")
@@ -782,6 +728,7 @@ def certs_fetch(endpoint: str = typer.Argument(..., help="opc.tcp://host:port[/p
                 out: Path = typer.Option(None, "--out", help="write the server certificate here (DER)"),
                 timeout: float = typer.Option(5.0, min=0.1, help="seconds to wait for the server")) -> None:
     """Get a PLC's server certificate (GetEndpoints) and print its SHA-256 fingerprint for pinning."""
+    import asyncio
     from urllib.parse import urlparse
 
     from drivers.errors import DriverError
@@ -809,11 +756,10 @@ def certs_fetch(endpoint: str = typer.Argument(..., help="opc.tcp://host:port[/p
             out.write_bytes(der)
         except OSError as exc:
             raise fail(f"cannot write {out}: {exc.strerror}", EXIT_RUNTIME) from None
-    console.print(f"sha256 Fingerprint={fingerprint(der)}", highlight=False, soft_wrap=True)
+    say(f"sha256 Fingerprint={fingerprint(der)}")
     if out is not None:
-        console.print(f"written to {out}: set security.server_certificate = \"{out}\" (or "
-                      "security.server_certificate_sha256 to the fingerprint) after checking it on the PLC",
-                      highlight=False, soft_wrap=True)
+        say(f"written to {out}: set security.server_certificate = \"{out}\" (or "
+            "security.server_certificate_sha256 to the fingerprint) after checking it on the PLC")
 
 
 @app.command()
@@ -821,4 +767,17 @@ def version() -> None:
     """Print the installed version."""
     from importlib.metadata import version as dist_version
 
-    console.print(dist_version("linesentry"))
+    say(dist_version("linesentry"))
+
+
+def load_plugins() -> None:
+    """Add the commands of every `linesentry.cli` entry point (the rig's demo/sim/hil). Cheap by
+    contract: a plugin's `register` imports only typer, its commands import the rest when run."""
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()(app)
+        except Exception as exc:  # a broken plugin must not take the product's own commands down
+            error_line(f"CLI plugin {ep.name!r} ({ep.value}) failed to load: {_first_line(exc)}")
+
+
+load_plugins()

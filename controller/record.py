@@ -16,7 +16,7 @@ import numpy as np
 
 from controller.config import LineConfig
 from controller.linestate import LineState
-from controller.runtime import make_driver
+from drivers import registry
 from drivers.base import Quality, ReadingBatch
 from drivers.supervisor import DriverSupervisor
 
@@ -72,7 +72,7 @@ async def record(config: LineConfig, seconds: float, *, min_interval_s: float = 
 
     supervisors = []
     for _, plc in config.plcs():
-        driver = make_driver(plc)
+        driver = registry.plugin(plc.protocol).create(plc.driver)
         names = [t.name for t in plc.driver.tags]
         driver_of.update(dict.fromkeys(names, driver))
         binding = line.binding(names)

@@ -155,8 +155,8 @@ async def test_an_interlock_blocks_the_stop_when_the_line_is_not_running(tmp_pat
 
 
 async def test_validate_connect_reaches_both_simulated_plcs(tmp_path, rig):
-    from controller.cli import _probe
+    from controller.cli import probe_plcs
 
-    reached = await _probe(load_config(rig_config(tmp_path, rig, model=tmp_path / "m.npz")))
+    reached = await probe_plcs(load_config(rig_config(tmp_path, rig, model=tmp_path / "m.npz")))
     assert {name: (p.summary, p.reached, p.bad) for name, p in reached.items()} == {
         "conveyor": ("yes (7 of 7 tags good)", True, []), "press": ("yes (8 of 8 tags good)", True, [])}

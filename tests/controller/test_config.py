@@ -9,14 +9,14 @@ import pytest
 
 from controller.config import (
     ConfigError,
-    LineConfig,
-    ModbusPlc,
-    OpcUaPlc,
+    Plc,
     PlcSettings,
+    line_model,
     load_config,
 )
 from drivers.modbus import ModbusDeviceConfig
 from drivers.opcua import OpcUaConfig
+from drivers.registry import plugins
 from models import DetectorSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,7 +190,7 @@ def test_secure_config_uses_signandencrypt_and_an_env_password():
     assert (sec.policy, sec.mode) == ("Basic256Sha256", "SignAndEncrypt")
     assert sec.client_certificate and sec.client_private_key and sec.server_certificate
     assert sec.password_env and sec.username
-    assert cfg.sync is not None and cfg.sync.token_env
+    assert cfg.sync is not None and cfg.sync.options.token_env
 
 
 def test_modbus_only_has_no_opcua_and_default_detector_tags():
@@ -227,10 +227,9 @@ def test_stale_timeout_default_is_three_intervals_but_at_least_two_seconds(tmp_p
     assert cfg.modbus[0].effective_stale_timeout_s() == 0.4
 
 
-def test_plc_settings_never_collide_with_driver_keys():
-    settings = set(PlcSettings.model_fields)
-    assert not settings & set(OpcUaConfig.model_fields)
-    assert not settings & set(ModbusDeviceConfig.model_fields)
+@pytest.mark.parametrize("name", sorted(plugins()))
+def test_plc_settings_never_collide_with_driver_keys(name):
+    assert not set(PlcSettings.model_fields) & set(plugins()[name].config.model_fields)
 
 
 def test_plc_settings_sit_in_the_driver_table(tmp_path):
@@ -239,7 +238,7 @@ def test_plc_settings_sit_in_the_driver_table(tmp_path):
                         'safe_state = [{tag = "gate", value = true}]\n'
                         'watchdog = {tag = "hb", period_s = 0.5}\n')
     plc = load_config(write(tmp_path, text)).opcua[0]
-    assert isinstance(plc, OpcUaPlc)
+    assert isinstance(plc, Plc) and plc.protocol == "opcua"
     assert (plc.stale_timeout_s, plc.on_comm_loss, plc.watchdog.tag, plc.watchdog.period_s) == (
         0.5, "safe_state", "hb", 0.5)
     assert plc.safe_state[0].tag == "gate" and plc.name == "conv"
@@ -247,9 +246,9 @@ def test_plc_settings_sit_in_the_driver_table(tmp_path):
 
 def test_dumped_config_validates_again(tmp_path):
     cfg = load_config(write(tmp_path, BASE))
-    again = LineConfig.model_validate(cfg.model_dump())
+    again = line_model().model_validate(cfg.model_dump())
     assert again == cfg
-    assert isinstance(again.modbus[0], ModbusPlc)
+    assert isinstance(again.modbus[0], Plc) and again.modbus[0].protocol == "modbus"
 
 
 def test_relative_certificate_paths_resolve_against_the_config_file(tmp_path):
@@ -477,7 +476,7 @@ def test_modbus_string_tags_are_display_only(tmp_path):
     assert "recipe" in cfg.tags() and "recipe" not in cfg.detector_tags()  # not in the default list
     listed = text.replace(DET, DET + 'tags = ["pressure", "recipe"]\n', 1)
     assert one_problem(tmp_path, listed) == (
-        "detector.tags[1]: tag 'recipe' is a Modbus string (text, for display only), never a detector "
+        "detector.tags[1]: tag 'recipe' carries text (for display only), never a detector "
         "value; remove it from [detector] tags")
 
 
@@ -490,7 +489,7 @@ def test_action_cannot_be_triggered_by_its_own_failure(tmp_path):
 
 def test_no_plc_is_an_error(tmp_path):
     text = '[controller]\nsite = "s"\nline = "l"\n'
-    assert one_problem(tmp_path, text).startswith("opcua: no PLC defined")
+    assert one_problem(tmp_path, text).startswith("(top level): no PLC defined; add at least one ")
 
 
 def test_cross_reference_problems_are_all_reported(tmp_path):

@@ -1,0 +1,169 @@
+"""How fast the `linesentry` command answers and how much memory it takes (a measurement, printed).
+
+    .venv/bin/python -m benchmarks.cli_timing [--runs 7] [--json out.json]
+
+Issue 13's targets on this machine: the operator commands (status, alarms, ack, shelve, events)
+<= 0.35 s wall, `validate` <= 1 s. Each command is the installed console script run as a user runs
+it (a new process each time); the figures are the median (and max) wall time and peak RSS
+(`ru_maxrss` of that process) over N runs. The operator commands talk to a real controller
+(`linesentry run`) that this script starts on free ports with a throw-away config whose one Modbus
+PLC answers nowhere: its comm-loss alarm is active, so `ack` and `shelve` have an alarm to act on.
+Then the 10 modules that cost the most import time (self time, `python -X importtime`) of
+`import controller.config` and `import controller.cli`. The load average is printed: the machine is
+shared, so compare figures taken under similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the `linesentry` console script runs, in a new interpreter whose first import path is the
+# checkout being measured (--root: e.g. an exported older commit, for before/after figures).
+CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'linesentry'; from controller.cli import app; "
+       "sys.exit(app())"]
+HEAVY = ("numba", "scipy", "sklearn", "asyncua", "pymodbus", "influxdb_client")
+
+BENCH_CONFIG = """\
+[controller]
+site = "bench"
+line = "bench-line"
+state_dir = "{state}"
+api_port = {api_port}
+
+[[modbus]]
+name = "press"
+host = "127.0.0.1"
+port = {plc_port}
+timeout_s = 0.2
+poll_interval_s = 0.5
+
+  [[modbus.tags]]
+  name = "pressure"
+  table = "input_register"
+  address = 0
+  dtype = "uint16"
+
+[[alarms]]
+name = "press_comm"
+source = "comm:press"
+priority = "high"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_once(argv: list[str], root: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB, exit code) of one process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024.0, proc.returncode
+
+
+def measure(argv: list[str], runs: int, root: Path) -> dict:
+    samples = [run_once(argv, root) for _ in range(runs)]
+    walls, rss, codes = zip(*samples, strict=True)
+    return {"wall_s_median": statistics.median(walls), "wall_s_max": max(walls),
+            "rss_mib_median": statistics.median(rss), "exit_codes": sorted(set(codes))}
+
+
+def import_offenders(module: str, root: Path, top: int = 10) -> dict:
+    """Total import time of `module` and its `top` most expensive modules by self time."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}, sys; "
+                           f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"],
+                          capture_output=True, text=True, cwd=root, check=True)
+    rows = []
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, cumulative_us, name = line.removeprefix("import time:").split("|")
+        rows.append((int(self_us), int(cumulative_us), name.strip()))
+    total = next(cum for _, cum, name in rows if name == module)
+    return {"total_s": total / 1e6, "heavy_loaded": [m for m in proc.stdout.strip().split(",") if m],
+            "top_self": [(name, us / 1e6) for us, _, name in sorted(rows, reverse=True)[:top]]}
+
+
+def wait_api(port: int, service: subprocess.Popen, log, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"`linesentry run` exited: {log.read().strip()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/status", timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the controller did not answer on port {port} within {timeout:g} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="runs per command (median reported)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--root", type=Path, default=ROOT, help="checkout to measure (default: this one)")
+    args = parser.parse_args()
+    root = args.root.resolve()
+
+    results: dict = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "runs": args.runs,
+                     "commands": {}, "imports": {}}
+    cmds = results["commands"]
+    cmds["version"] = measure([*CLI, "version"], args.runs, root)
+    cmds["validate demo_line"] = measure([*CLI, "validate", "configs/demo_line.toml"], args.runs, root)
+    with tempfile.TemporaryDirectory() as tmp:
+        api_port = free_port()
+        config = Path(tmp) / "bench.toml"
+        config.write_text(BENCH_CONFIG.format(state=Path(tmp) / "state", api_port=api_port,
+                                              plc_port=free_port()))
+        log = (Path(tmp) / "service.log").open("w+")
+        service = subprocess.Popen([*CLI, "run", str(config), "--log-level", "ERROR"],
+                                   stdout=subprocess.DEVNULL, stderr=log, cwd=root)
+        try:
+            wait_api(api_port, service, log)
+            c = str(config)
+            for name, argv in (("status", ["status", c]), ("alarms", ["alarms", c]),
+                               ("events", ["events", c]), ("ack", ["ack", c, "press_comm"]),
+                               ("shelve", ["shelve", c, "press_comm", "--for", "1h", "--reason", "bench"]),
+                               ("validate bench", ["validate", c])):
+                cmds[name] = measure([*CLI, *argv], args.runs, root)
+        finally:
+            service.terminate()
+            service.wait(timeout=30)
+            log.close()
+    for module in ("controller.config", "controller.cli"):
+        results["imports"][module] = import_offenders(module, root)
+
+    load = ", ".join(f"{x:.2f}" for x in results["load_average"])
+    print(f"linesentry CLI timing: {args.runs} runs per command, {results['cpus']} CPUs, load {load}")
+    print(f"{'command':<18} {'wall median':>12} {'wall max':>9} {'RSS median':>11}  exit")
+    for name, r in cmds.items():
+        print(f"{name:<18} {r['wall_s_median']:>10.3f} s {r['wall_s_max']:>7.3f} s "
+              f"{r['rss_mib_median']:>7.1f} MiB  {','.join(map(str, r['exit_codes']))}")
+    for module, r in results["imports"].items():
+        print(f"\npython -X importtime -c 'import {module}': {r['total_s']:.3f} s; heavy modules loaded: "
+              f"{', '.join(r['heavy_loaded']) or 'none'}")
+        for name, seconds in r["top_self"]:
+            print(f"  {seconds * 1000:8.1f} ms  {name}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
