@@ -26,10 +26,15 @@ def register(app: typer.Typer) -> None:
 def demo(config: Path = typer.Option(None, help="line config (default: the shipped demo config, with its "
                                      "state in --state-dir)"),
          state_dir: Path = typer.Option(None, help=STATE_DIR_HELP),
+         opcua_port: int = typer.Option(None, help="OPC UA port of the simulated conveyor (default 4840)"),
+         modbus_port: int = typer.Option(None, help="Modbus TCP port of the simulated press (default 5020)"),
+         api_port: int = typer.Option(None, help="the controller's HTTP API port (default 8470)"),
          seconds: float = typer.Option(None, help="stop after this many seconds (default: Ctrl-C)"),
          live: bool = typer.Option(True, help="live terminal view (--no-live: one line per event)"),
          fault_every: float = typer.Option(20.0, help="seconds between injected faults")) -> None:
-    """The demo line: simulated plant + controller on the demo config, with injected faults."""
+    """The demo line: simulated plant + controller on the demo config, with injected faults.
+
+    The port options apply to the shipped demo config only (with --config, its ports are used)."""
     import asyncio
     import logging
 
@@ -40,7 +45,8 @@ def demo(config: Path = typer.Option(None, help="line config (default: the shipp
     from hil_tests.rig.demo_config import default_state_dir, write_demo_config
 
     if config is None:
-        config = write_demo_config(state_dir or default_state_dir())
+        config = write_demo_config(state_dir or default_state_dir(), opcua_port=opcua_port,
+                                   modbus_port=modbus_port, api_port=api_port)
         console.print(f"demo state and model in {config.parent} (--state-dir to change)")
     load_or_exit(config)  # a bad config is a one-line usage error, like everywhere else
     logging.basicConfig(level=logging.ERROR)
@@ -50,8 +56,8 @@ def demo(config: Path = typer.Option(None, help="line config (default: the shipp
     except KeyboardInterrupt:
         return
     except OSError as exc:
-        raise fail(f"{exc.strerror or exc}: is another demo or simulator using ports 4840/5020?",
-                   EXIT_RUNTIME) from None
+        raise fail(f"{exc.strerror or exc}: is another demo or simulator using its ports? "
+                   "(--opcua-port, --modbus-port, --api-port)", EXIT_RUNTIME) from None
     table = Table(title="demo summary", caption="demo loop resolution 0.1 s; "
                   "python -m benchmarks.hil_latency measures onset -> write precisely")
     for col in ("fault injected", "first alarm", "line stopped after"):

@@ -49,10 +49,14 @@ def demo_text(state_dir: Path, model: Path, *, opcua_endpoint: str | None = None
     return text
 
 
-def write_demo_config(state_dir: Path) -> Path:
-    """A copy of the demo config in `state_dir` (created) keeping its state and model there; its path."""
+def write_demo_config(state_dir: Path, *, opcua_port: int | None = None, modbus_port: int | None = None,
+                      api_port: int | None = None) -> Path:
+    """A copy of the demo config in `state_dir` (created) keeping its state and model there, optionally
+    on other ports than 4840 (OPC UA), 5020 (Modbus) and 8470 (API) of 127.0.0.1; its path."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
+    endpoint = None if opcua_port is None else f"opc.tcp://127.0.0.1:{opcua_port}/linesentry/"
     path = state_dir / "demo_line.toml"
-    path.write_text(demo_text(state_dir, state_dir / "model.npz"))
+    path.write_text(demo_text(state_dir, state_dir / "model.npz", opcua_endpoint=endpoint,
+                              modbus_port=modbus_port, api_port=api_port))
     return path
