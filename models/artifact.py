@@ -7,9 +7,10 @@ metadata itself, so a truncated or edited file is refused on load. This module
 reads and writes files only; the detector builds itself from what `read`
 returns (StreamingDetector.load), so neither reaches into the other.
 
-Format 4 (this version) adds the calibration report and the learned per-tag
-rules to the summary and changes how the defaults are fitted; a file of another
-version is refused with one line that says to refit (thresholds of format 3
+Format 5 (this version) adds the adaptive baselines' parameters to the arrays,
+the calibration report and the learned per-tag rules to the summary, and changes
+how the defaults are fitted; a file of another version is refused with one line
+that says to refit (format 3 arrays have another layout, and their thresholds
 were calibrated by rules this version no longer uses).
 
 >>> import tempfile, numpy as np
@@ -17,7 +18,7 @@ were calibrated by rules this version no longer uses).
 >>> write(path, {"a": np.arange(3.0)}, {"tags": ["x"]})
 >>> arrays, meta = read(path, ("a",))
 >>> arrays["a"].tolist(), meta["tags"], meta["format_version"]
-([0.0, 1.0, 2.0], ['x'], 4)
+([0.0, 1.0, 2.0], ['x'], 5)
 """
 
 import hashlib
@@ -33,8 +34,8 @@ from models.errors import ModelError
 
 FORMAT = "linesentry-model"
 # Bumped whenever the array layout (kernels.TP_*) or the fitting rules change: 3 added the usable
-# range, 4 the adaptive defaults and the calibration report.
-FORMAT_VERSION = 4
+# range, 4 the adaptive defaults and the calibration report, 5 the adaptive baselines (TP/TS sizes).
+FORMAT_VERSION = 5
 REFIT = "refit with `linesentry fit`"
 META_KEY = "__meta__"
 

@@ -186,6 +186,10 @@ def fit_tag_rules(x: np.ndarray, times: np.ndarray, spec: DetectorSpec,
     tp[:, K.TP_CUSUM_H] = cusum_h
     tp[:, K.TP_WARMUP] = spec.warmup
     tp[:, K.TP_LINE_MASK] = line_mask
+    # Where the adaptive baselines start (kernels.start_baselines): the fitted level, and the
+    # spread of the EWMA innovation (not of x: a slow ramp must never be learnt as a wider spread).
+    tp[:, K.TP_BASE_MEAN] = x.mean(axis=0)
+    tp[:, K.TP_BASE_VAR] = np.mean(innovations ** 2, axis=0)
     return TagRules(params=tp, interval_s=interval, resolution=res, repeat_fraction=repeat,
                     longest_flat_s=runs, flat_seconds=flat, max_rate=max_rate)
 

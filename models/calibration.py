@@ -107,8 +107,10 @@ def exceedance_bound(exceed: np.ndarray, scores: np.ndarray, confidence: float =
 
 
 def decision_params(spec, norm: tuple[np.ndarray, np.ndarray], threshold_on: float,
-                    forest_shape: tuple[float, int] = (0.0, 0)) -> np.ndarray:
-    """The fusion/decision parameter vector (kernels.D_*): weights, normalisation, threshold, debounce."""
+                    forest_shape: tuple[float, int] = (0.0, 0), training_rows: int = 0) -> np.ndarray:
+    """The fusion/decision parameter vector (kernels.D_*): weights, normalisation, threshold, debounce,
+    and the adaptive baselines' rate (half-life `drift_half_life`, by default the training rows;
+    0 training rows, as for a rules-only detector, keeps the baselines fixed)."""
     dp = np.zeros(K.D_SIZE)
     dp[K.D_SMOOTH_ALPHA] = spec.smooth_alpha
     dp[K.D_THRESHOLD_ON] = threshold_on
@@ -118,6 +120,8 @@ def decision_params(spec, norm: tuple[np.ndarray, np.ndarray], threshold_on: flo
     dp[K.D_INPUT_ALPHA] = spec.input_alpha
     dp[K.D_COMP_LOC:K.D_COMP_LOC + K.C_SIZE], dp[K.D_COMP_THR:K.D_COMP_THR + K.C_SIZE] = norm
     dp[K.D_F_DENOMINATOR], dp[K.D_F_DEPTH] = forest_shape
+    half_life = spec.drift_half_life if spec.drift_half_life is not None else training_rows
+    dp[K.D_ADAPT_RATE], dp[K.D_ADAPT_RESUME] = K.adaptation_params(float(half_life))
     return dp
 
 
@@ -178,7 +182,11 @@ def calibrate_line(spec, result, tags: list[str], first_row: int) -> tuple[float
     report["pinned_at_cap"] = bool(wanted > fused_thr)
 
     weighted = result.components * weights
-    top = np.flatnonzero(~binary_rows & (fused >= q) & (fused > 0))
+    # The rows that decide the quantile: the highest ones, as many as the designed rate allows (>= 3).
+    ranked = np.flatnonzero(~binary_rows)
+    k = max(3, math.ceil(spec.target_far * ranked.size))
+    top = ranked[np.argsort(-fused[ranked], kind="stable")[:k]]
+    top = np.sort(top[fused[top] > 0])
     decider = np.argmax(weighted[top], axis=1) if top.size else np.zeros(0, int)
     counts = {K.COMPONENT_NAMES[c]: int(np.sum(decider == c))
               for c in range(K.C_SIZE) if np.any(decider == c)}
@@ -199,8 +207,10 @@ def calibrate_line(spec, result, tags: list[str], first_row: int) -> tuple[float
     if report["pinned_at_cap"]:
         warn(f"line threshold pinned at the cap {K.MAX_LINE_THRESHOLD}: decided by "
              f"{_decider_text(report)} on training rows {report['decided_rows'][:5]}")
-    elif len(counts) == 1 and top.size:
+    elif len(counts) == 1 and top.size > 1:
         report["single_component"] = next(iter(counts))
+        warn(f"line threshold decided by {_decider_text(report)} alone, on training rows "
+             f"{report['decided_rows'][:5]}")
     report["designed_far"] = spec.target_far
     report["holdout_exceedance"] = exceedance_bound(line > threshold, fused)
     return float(threshold), report

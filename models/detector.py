@@ -31,21 +31,26 @@ from dataclasses import replace
 
 import numpy as np
 
-from models import artifact, kernels
+from models import artifact, attribution, kernels
 from models.baseline import monotone_times, rules_only_params, set_limits
 from models.calibration import decision_params
 from models.errors import ModelError, NotFittedError
 from models.kernels import (
     C_SIZE,
     D_THRESHOLD_ON,
+    DS_ADAPT_FROZEN,
+    DS_ADAPT_STEPS,
     O_ALARM,
     O_SCORE,
     O_SIZE,
     STEP_BAD_LENGTH,
+    TP_BASE_MEAN,
     TP_CENTER,
     TP_HI,
     TP_LO,
     TP_SIZE,
+    TS_BASE_GAIN,
+    TS_BASE_MEAN,
     VALUE_ABS_MAX,
 )
 from models.runner import MODEL_ARRAYS, BatchResult, kernel_args, model_arrays, new_state, replay
@@ -195,6 +200,25 @@ class StreamingDetector:
     def _require_model(self) -> None:
         if getattr(self, "model", None) is None:
             raise NotFittedError("detector is not fitted: call fit() or load a model artifact")
+
+    @property
+    def adaptation(self) -> dict:
+        """How far the adaptive baselines moved since reset, and how often learning was frozen."""
+        self._require_model()
+        ds, ts, tp = self.state["decision_state"], self.state["tag_state"], self.model["tag_params"]
+        return {"learnt_frames": int(ds[DS_ADAPT_STEPS]), "frozen_frames": int(ds[DS_ADAPT_FROZEN]),
+                "level_shift": dict(zip(self.tags, (ts[:, TS_BASE_MEAN] - tp[:, TP_BASE_MEAN]).tolist(),
+                                        strict=True)),
+                "spread_gain": dict(zip(self.tags, ts[:, TS_BASE_GAIN].tolist(), strict=True))}
+
+    def explain(self, top_k: int = 3, component: str | None = None) -> attribution.Attribution:
+        """Why the latest step scored what it did: driving component, its ratio to its limit, top tags.
+
+        Computed on demand from the latest step's outputs and state (nothing is added to step).
+        """
+        self._require_model()
+        return attribution.explain(self.tags, self.model, self.state, self.out, self.tag_flags,
+                                   self.tag_scores, top_k=top_k, component=component, fitted=self.fitted)
 
     @property
     def threshold(self) -> float:

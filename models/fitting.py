@@ -16,7 +16,7 @@ tail begins and the calibration sees exactly what `step` would.
 """
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import signal
@@ -43,10 +43,12 @@ class _Families:
     pca: PCAModel | None
     forest: ForestArrays | None
 
+    training_rows: int  # rows of the whole fit window: the adaptive baselines' default half-life
+
     def arrays(self, spec: DetectorSpec, norm, threshold: float) -> dict[str, np.ndarray]:
         arrays = model_arrays(self.rules.params, self.pca, self.forest)
         shape = (self.forest.denominator, self.forest.max_depth) if self.forest else (0.0, 0)
-        arrays["decision_params"] = decision_params(spec, norm, threshold, shape)
+        arrays["decision_params"] = decision_params(spec, norm, threshold, shape, self.training_rows)
         return arrays
 
 
@@ -65,26 +67,29 @@ def fit_model(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.ndar
         raise ValueError("times never advance: give one increasing time stamp per training row")
     rows = x.shape[0]
     n_fit = rows - int(rows * spec.holdout_fraction)
-    first = n_fit if n_fit < rows else 0
-    identity = (np.zeros(K.C_SIZE), np.ones(K.C_SIZE))
-    families = _fit_families(tags, spec, x[:n_fit], times[:n_fit])
+    if spec.holdout_fraction == 0 or n_fit == rows:
+        final, folds, first = _fit_families(tags, spec, x, times), [], 0  # calibrated in-sample
+    elif spec.refit:
+        final, first = _fit_families(tags, spec, x, times), 0
+        folds = _cross_fit(tags, spec, x, times, final.rules)
+    else:  # the models fitted on the first rows run as they are, calibrated on the tail
+        final, first = _fit_families(tags, spec, x[:n_fit], times[:n_fit], training_rows=rows), n_fit
+        folds = [(n_fit, rows, final)]
+    folds = folds or [(0, rows, final)]
 
-    arrays = families.arrays(spec, identity, np.inf)
-    raw = replay(arrays, new_state(arrays), times, x).components[first:]
-    norm = component_normalisation(raw, spec, families.pca, families.forest)
-    arrays = families.arrays(spec, norm, np.inf)
-    result = replay(arrays, new_state(arrays), times, x)
-    holdout = _rows_from(result, first)
+    identity = (np.zeros(K.C_SIZE), np.ones(K.C_SIZE))
+    raw = _out_of_fold(spec, folds, times, x, identity, np.inf).components[first:]
+    norm = component_normalisation(raw, spec, final.pca, final.forest)
+    holdout = _rows_from(_out_of_fold(spec, folds, times, x, norm, np.inf), first)
     threshold, report = calibrate_line(spec, holdout, tags, first)
+    report["folds"] = len(folds) if folds[0][2] is not final else 0
     for line in report["warnings"]:
         warnings.warn(line, CalibrationWarning, stacklevel=3)
-
-    if spec.refit and n_fit < rows:
-        families = _fit_families(tags, spec, x, times)
+    families = final
     arrays = families.arrays(spec, norm, threshold)
     summary = {
         "rows": int(rows),
-        "fit_rows": int(n_fit),
+        "fit_rows": int(n_fit if first else rows),
         "calibration_rows": int(rows - first),
         "time_start": float(times[0]),
         "time_end": float(times[-1]),
@@ -116,9 +121,43 @@ def _rows_from(result, first: int):
                         tag_scores=result.tag_scores[first:])
 
 
-def _fit_families(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.ndarray) -> _Families:
-    """Per-tag rules, scaler, PCA and forest fitted on x."""
-    rules = fit_tag_rules(x, times, spec, spec.limits, tags)
+def _cross_fit(tags, spec: DetectorSpec, x: np.ndarray, times: np.ndarray, rules: TagRules) -> list:
+    """Blocked cross-fitting: round(1 / holdout_fraction) consecutive blocks, each scored by the
+    scaler, PCA and forest fitted on the other blocks, so every training row gets an
+    out-of-sample score and the calibration sees the whole window, not just its tail.
+    The per-tag rules are the final ones (learned on every row)."""
+    rows = x.shape[0]
+    k = max(2, round(1.0 / spec.holdout_fraction))
+    edges = np.linspace(0, rows, k + 1).astype(int)
+    folds = []
+    for start, end in zip(edges[:-1], edges[1:], strict=True):
+        keep = np.r_[0:start, end:rows]
+        folds.append((int(start), int(end), _fit_families(tags, spec, x[keep], times[keep], rules, rows)))
+    return folds
+
+
+def _out_of_fold(spec: DetectorSpec, folds: list, times, x, norm, threshold: float):
+    """Replay the whole window through each fold's models; keep each fold's own rows."""
+    pooled = None
+    for start, end, families in folds:
+        arrays = families.arrays(spec, norm, threshold)
+        result = replay(arrays, new_state(arrays), times, x)
+        if pooled is None:
+            pooled = result
+        else:
+            for name in ("score", "alarm", "components", "tag_flags", "tag_scores"):
+                getattr(pooled, name)[start:end] = getattr(result, name)[start:end]
+    return pooled
+
+
+def _fit_families(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.ndarray,
+                  rules: TagRules | None = None, training_rows: int | None = None) -> _Families:
+    """Per-tag rules (learned here unless given), scaler, PCA and forest fitted on x."""
+    training_rows = x.shape[0] if training_rows is None else training_rows
+    if rules is None:
+        rules = fit_tag_rules(x, times, spec, spec.limits, tags)
+    else:
+        rules = replace(rules, params=rules.params.copy())
     smoothed = ewma(x, spec.input_alpha)
     center, scale = robust_scale(smoothed, rules.resolution)
     z = (smoothed - center) / scale
@@ -130,4 +169,4 @@ def _fit_families(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.
     if spec.iforest:
         forest = flatten_iforest(fit_iforest(z, spec.iforest_trees,
                                              min(spec.iforest_max_samples, x.shape[0]), spec.seed))
-    return _Families(rules, pca, forest)
+    return _Families(rules, pca, forest, training_rows)

@@ -50,8 +50,9 @@ def fit_pca(z: np.ndarray, variance: float = 0.9, max_components: int | None = N
     Control limits: T² from the F distribution, Q from Jackson & Mudholkar (1979).
     """
     n_rows, n_tags = z.shape
-    full = PCA().fit(z)
-    ratios = np.cumsum(full.explained_variance_ratio_)
+    with np.errstate(invalid="ignore", divide="ignore"):  # no variance at all: ratios are 0/0
+        full = PCA().fit(z)
+    ratios = np.nan_to_num(np.cumsum(full.explained_variance_ratio_), nan=1.0)
     k = int(np.searchsorted(ratios, variance) + 1)
     k = max(1, min(k, n_tags, max_components or n_tags, n_rows - 2))
     eig = np.maximum(full.explained_variance_, 1e-12)

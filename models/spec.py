@@ -61,6 +61,9 @@ class DetectorSpec:
     clear_n: int = 1
     hysteresis: float = 0.9  # off-threshold = hysteresis x on-threshold
     weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # tags, T², SPE, iforest
+    # drift adaptation: half-life of the adaptive baselines in samples of each tag. None = as many
+    # samples as the training window has rows; 0 or inf = fixed baselines (no adaptation).
+    drift_half_life: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,6 +103,10 @@ class DetectorSpec:
         if not all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
                    for w in self.weights):
             problems.append(f"weights={self.weights!r} (expected four finite numbers)")
+        h = self.drift_half_life
+        if h is not None and (not isinstance(h, int | float) or isinstance(h, bool) or math.isnan(h)
+                              or not (h == 0 or math.isinf(h) and h > 0 or 1 <= h <= 1e12)):
+            problems.append(f"drift_half_life={h!r} (expected None, 0, inf or 1 <= value <= 1e12)")
         if problems:
             raise ValueError("invalid detector spec: " + "; ".join(problems))
 

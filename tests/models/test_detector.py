@@ -1,6 +1,7 @@
 """StreamingDetector: live == batch, checkpoint/restore, input hygiene, fitting and detection."""
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -152,8 +153,13 @@ def test_restore_rejects_a_checkpoint_that_does_not_fit(fitted, fitted_stateful)
 
 # ----------------------------------------------------------------- bad inputs never reach models
 @pytest.mark.parametrize("which", DETECTORS)
-def test_invalid_samples_are_held_at_the_last_good_value(which, request):
-    det = request.getfixturevalue(which)
+def test_invalid_samples_are_held_at_the_last_good_value(which, request, train_line):
+    """With fixed baselines an invalid sample is exactly a stale one. (With adaptation on, an
+    invalid sample also freezes the baselines' learning for that frame: tests/models/test_drift.py.)"""
+    fixture = request.getfixturevalue(which)
+    rows = fixture.summary["rows"]
+    det = StreamingDetector(TAGS, replace(fixture.spec, drift_half_life=0)).fit(
+        train_line.values[:rows], train_line.times[:rows])
     line = generate(900, seed=33)
     times, x = line.times, line.values.copy()
     fresh = np.ones_like(line.good)
@@ -280,7 +286,9 @@ def test_fit_is_deterministic(train_line):
 def test_fit_summary_describes_the_fit(fitted, train_line):
     s = fitted.summary
     assert s["rows"] == train_line.values.shape[0]
-    assert s["fit_rows"] + s["calibration_rows"] == s["rows"]
+    # Blocked cross-fitting: every row is scored out of sample, the final models see every row.
+    assert s["fit_rows"] == s["calibration_rows"] == s["rows"] and s["calibration"]["folds"] == 4
+    assert s["time_duplicates"] == s["time_backward"] == 0
     assert s["threshold_off"] <= s["threshold_on"] == pytest.approx(fitted.threshold)
 
 

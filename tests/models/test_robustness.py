@@ -1,7 +1,7 @@
 """Hostile inputs: any finite value, persistent per-tag conditions, wrong frames, bad time stamps."""
 
-import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,11 +18,17 @@ RULES_LIMITS = {"motor_current": (5.0, 40.0), "oil_temp": (30.0, 80.0)}
 
 
 @pytest.fixture(scope="module")
-def detectors(fitted, fitted_stateful):
+def detectors(fitted, fitted_stateful, train_line):
+    """The session's detectors refitted with fixed baselines (drift_half_life=0): these tests compare
+    unusable values with stale ones bit for bit, and an unusable value also (rightly) freezes the
+    adaptive baselines' learning (tests/models/test_drift.py)."""
     rules = StreamingDetector.rules_only(TAGS, limits=RULES_LIMITS, flatline_s={"vibration_rms": 30.0})
-    # Copies: some tests change limits, and the session's detectors are shared.
-    return {"fitted": copy.deepcopy(fitted), "fitted_stateful": copy.deepcopy(fitted_stateful),
-            "rules_only": rules}
+    fixed = {}
+    for name, det in (("fitted", fitted), ("fitted_stateful", fitted_stateful)):
+        rows = det.summary["rows"]
+        fixed[name] = StreamingDetector(TAGS, replace(det.spec, drift_half_life=0)).fit(
+            train_line.values[:rows], train_line.times[:rows])
+    return {**fixed, "rules_only": rules}
 
 
 @pytest.fixture(scope="module")
