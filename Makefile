@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench skab clean system-deps node-opcua
+.PHONY: run test imports lint bench skab clean system-deps node-opcua
 
 # Servers and tools the tests start themselves (InfluxDB line-protocol endpoint; socat pty pairs for
 # Modbus RTU over a serial line), from Debian's packages.
@@ -22,7 +22,12 @@ run: $(STAMP)
 	$(BIN)/linesentry demo
 
 test: $(STAMP) system-deps node-opcua
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
+
+# The import contract alone (.importlinter: layers, no test code in the product, a light config schema).
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 
 # The node-opcua server the OPC UA interoperability tests start (needs node >= 18 with npm).
 NODE_OPCUA := hil_tests/rig/node_opcua
