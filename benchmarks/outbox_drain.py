@@ -4,11 +4,13 @@
 
 Starts Debian's victoria-metrics on 127.0.0.1 (a free port, temp storage), then prints:
 
-1. outbox append cost per window of `--tags` tag points (µs; one SQLite transaction, WAL,
-   synchronous=FULL, i.e. including the fsync), and the cost of building those points with
-   `Point` (µs), both as the median over the windows;
-2. outbox bytes per point: line-protocol payload, and the SQLite file (db + WAL) after the fill;
-3. drain rate against the local server (points/s), one request in flight, `--batch` points each;
+1. outbox append cost per window of `--tags` tag records (µs; JSON encoding plus one SQLite
+   transaction, WAL, synchronous=FULL, i.e. including the fsync), the cost of building those
+   records, and of rendering them as line protocol with `Point` (what the InfluxDB sink does at
+   send time), each as the median over the windows;
+2. outbox bytes per record: stored JSON payload, and the SQLite file (db + WAL) after the fill;
+3. drain rate against the local server (records/s: one record is one InfluxDB point), one request
+   in flight, `--batch` records each;
 4. the time to drain a 24 h outage backlog at `--tags` tags and 10 s windows at that rate.
 
 Figures depend on the disk (fsync) and the machine, and the local server is far faster than a
@@ -28,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from controller.outbox import Outbox
-from controller.points import Identity, TagInfo, to_lines, window_points
+from controller.points import Identity, TagInfo, window_points
+from controller.records import Record
+from controller.sinks.influxdb import line_protocol
 from controller.summaries import WindowSummarizer
 from controller.sync import SyncConfig, SyncWorker
 from hil_tests.rig.victoria import VictoriaMetrics
@@ -36,8 +40,8 @@ from hil_tests.rig.victoria import VictoriaMetrics
 WINDOW_S = 10
 
 
-def windows(n_tags: int, count: int, base_s: int) -> list[list[str]]:
-    """`count` closed windows of realistic points (every statistic set) and the time to build each."""
+def windows(n_tags: int, count: int, base_s: int) -> list[list[Record]]:
+    """`count` closed windows of realistic records (every statistic set) and the time to build each."""
     rng = np.random.default_rng(1)
     s = WindowSummarizer(n_tags, WINDOW_S)
     ident = Identity("site-1", "line-1", "ctl-1")
@@ -50,7 +54,7 @@ def windows(n_tags: int, count: int, base_s: int) -> list[list[str]]:
             w = s.update(t, rng.normal(50, 5, n_tags), fresh, good, 0.3, False, rng.random(n_tags))
             if w is not None:
                 t0 = time.perf_counter_ns()
-                out.append(to_lines(window_points(w, ident, infos)))
+                out.append(window_points(w, ident, infos))
                 build_us.append((time.perf_counter_ns() - t0) / 1e3)
     windows.build_us = build_us  # type: ignore[attr-defined]
     return out
@@ -81,11 +85,16 @@ def main() -> None:
             box.mkdir()
             base_s = (int(time.time()) // WINDOW_S - args.windows - 2) * WINDOW_S
             data = windows(args.tags, args.windows, base_s)
+            render_us = []
+            for records in data[:20]:
+                t0 = time.perf_counter_ns()
+                line_protocol(records)
+                render_us.append((time.perf_counter_ns() - t0) / 1e3)
             with Outbox(box, max_bytes=1 << 40) as ob:
                 append_us = []
-                for lines in data:
+                for records in data:
                     t0 = time.perf_counter_ns()
-                    assert ob.append(lines).ok
+                    assert ob.append(records).ok
                     append_us.append((time.perf_counter_ns() - t0) / 1e3)
                 rows, points, payload = ob.backlog()
                 file_bytes = ob.file_bytes()
@@ -95,16 +104,17 @@ def main() -> None:
     rate = sent / seconds
     per_window = args.tags + 1  # tag points + the line point
     backlog_points = per_window * (24 * 3600 // WINDOW_S)
-    print(f"victoria-metrics: {vm.url}, {args.windows} windows x {args.tags} tags ({points} points)")
-    print(f"outbox append per window ({args.tags} tags, 1 txn, fsync): "
+    print(f"victoria-metrics: {vm.url}, {args.windows} windows x {args.tags} tags ({points} records)")
+    print(f"outbox append per window ({args.tags} tags, JSON + 1 txn, fsync): "
           f"median {statistics.median(append_us):.0f} us, max {max(append_us):.0f} us")
     build_us = windows.build_us  # type: ignore[attr-defined]
-    print(f"building the window's points with Point:  median {statistics.median(build_us):.0f} us")
-    print(f"outbox bytes per point: {payload / points:.1f} payload, "
+    print(f"building the window's records:            median {statistics.median(build_us):.0f} us")
+    print(f"rendering them as line protocol (Point):  median {statistics.median(render_us):.0f} us")
+    print(f"outbox bytes per record: {payload / points:.1f} payload, "
           f"{file_bytes / points:.1f} on disk (db+wal)")
-    print(f"drain rate to local server (batch {args.batch}): {rate:,.0f} points/s "
-          f"({sent} points in {seconds:.2f} s)")
-    print(f"24 h outage backlog at {args.tags} tags / {WINDOW_S} s windows: {backlog_points:,} points, "
+    print(f"drain rate to local server (batch {args.batch}): {rate:,.0f} records/s "
+          f"({sent} records in {seconds:.2f} s)")
+    print(f"24 h outage backlog at {args.tags} tags / {WINDOW_S} s windows: {backlog_points:,} records, "
           f"{backlog_points * payload / points / 1e6:,.0f} MB payload, "
           f"{backlog_points * file_bytes / points / 1e6:,.0f} MB on disk, "
           f"drains in {backlog_points / rate:,.0f} s ({backlog_points / rate / 60:.1f} min) at this rate")
