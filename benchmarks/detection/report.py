@@ -1,0 +1,110 @@
+"""The evaluation's tables, as rows shared by the console and the markdown file."""
+
+from benchmarks.detection.evaluate import METHODS
+
+SHOWN = ("detector", "pca")  # the set tables; the per-fault tables also show T² and Q alone
+METHOD_NAMES = {"detector": "detector", "pca": "PCA T²/Q", "pca_t2": "PCA T² only", "pca_q": "PCA Q only"}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def _num(v: float | None, fmt: str = ".0f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _delay(p: dict) -> list[str]:
+    return [_num(p["median_delay_rows"]), _num(p["median_delay_s"])]
+
+
+def set_table(summary: dict) -> tuple[str, list[str], list[list[str]]]:
+    header = ["set", "method", "faults", "detection (rows)", "faults detected", "delay (rows)",
+              "delay (s)", "FAR", "designed", "FAR / designed"]
+    rows = []
+    for name, by_method in summary["sets"].items():
+        for m in SHOWN:
+            p = by_method[m]
+            rows.append([name, METHOD_NAMES[m], str(p["faults"]), _pct(p["detection_rate"]),
+                         _pct(p["faults_detected"]), *_delay(p), f"{100 * p['far']:.2f} %",
+                         f"{100 * p['designed_far']:.2f} %", f"{p['far_ratio']:.1f}x"])
+    return "Per set: detection rate is the mean over faults of the share of faulty rows flagged; " \
+           "FAR the share of normal scored rows flagged", header, rows
+
+
+def kind_table(summary: dict) -> tuple[str, list[str], list[list[str]]]:
+    header = ["set", "kind", "faults"] + [f"{METHOD_NAMES[m]} {col}" for m in SHOWN
+                                          for col in ("detection", "detected", "delay (s)")]
+    rows = []
+    for name, by_method in summary["kinds"].items():
+        for kind, p0 in by_method["detector"].items():
+            row = [name, kind, str(p0["faults"])]
+            for m in SHOWN:
+                p = by_method[m][kind]
+                row += [_pct(p["detection_rate"]), _pct(p["faults_detected"]), _num(p["median_delay_s"])]
+            rows.append(row)
+    return "Per fault kind", header, rows
+
+
+def process_table(summary: dict) -> tuple[str, list[str], list[list[str]]] | None:
+    runs = summary["runs"].get("process")
+    if not runs:
+        return None
+    header = ["fault", "kind"] + [METHOD_NAMES[m] for m in METHODS] + ["detector delay (s)", "PCA delay (s)"]
+    rows = []
+    for i, run in enumerate(runs["detector"]):
+        if not run["faults"]:
+            far = [f"FAR {100 * runs[m][i]['false_alarms'] / run['normal_rows']:.2f} %" for m in METHODS]
+            rows.append([run["run"], "-", *far, "-", "-"])
+            continue
+        rates = [runs[m][i]["faults"][0] for m in METHODS]
+        rows.append([run["run"], rates[0]["kind"], *(_pct(f["flagged"] / f["rows"]) for f in rates),
+                     _num(rates[0]["delay_s"]), _num(rates[1]["delay_s"])])
+    return "Process set, per fault run (share of faulty rows flagged; the normal run shows its FAR)", \
+        header, rows
+
+
+def skab_table(summary: dict) -> tuple[str, list[str], list[list[str]]] | None:
+    if "skab" not in summary["sets"]:
+        return None
+    header = ["method", "F1", "FAR", "MAR", "TP", "FP", "FN", "TN"]
+    rows = []
+    for m in SHOWN:
+        p = summary["sets"]["skab"][m]
+        rows.append([METHOD_NAMES[m], f"{p['f1']:.3f}", _pct(p["far"]), _pct(p["mar"]),
+                     *(str(p["counts"][k]) for k in ("tp", "fp", "fn", "tn"))])
+    return "SKAB, pooled over files (fit on the first 400 rows of each)", header, rows
+
+
+def nab_table(summary: dict) -> tuple[str, list[str], list[list[str]]] | None:
+    if "univariate" not in summary["sets"]:
+        return None
+    header = ["method", "NAB-style score", "never alarms", "perfect", "windows detected",
+              "false alarm onsets / 1000 rows"]
+    rows = []
+    for m in SHOWN:
+        p = summary["sets"]["univariate"][m]
+        rows.append([METHOD_NAMES[m], f"{p['nab']['score']:.1f}", "0.0", "100.0",
+                     _pct(p["faults_detected"]), f"{p['false_alarm_onsets_per_1000']:.1f}"])
+    return "Univariate set, NAB-style score (standard profile, normalised)", header, rows
+
+
+def tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    made = [set_table(summary), kind_table(summary), process_table(summary), skab_table(summary),
+            nab_table(summary)]
+    return [t for t in made if t is not None]
+
+
+def markdown(summary: dict) -> str:
+    run = summary["run"]
+    lines = [f"# Detection evaluation ({run['when']})", "",
+             f"`{run['command']}` — detector {run['detector_version']}, designed FAR "
+             f"{100 * run['designed_far']:.2f} %, spec {run['spec_file'] or 'DetectorSpec() defaults'}", ""]
+    for title, header, rows in tables(summary):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
+                  "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    if summary["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
+    return "\n".join(lines)
