@@ -360,6 +360,9 @@ def iforest_score(u, nodes, leaf_depth, roots, denominator, max_depth):
     """
     thresholds = nodes.view(np.float32)
     cursor = np.empty(F_LOCKSTEP, dtype=np.int32)
+    u32 = np.empty(u.shape[0], dtype=np.float32)  # converted once, not at every node
+    for i in range(u.shape[0]):
+        u32[i] = u[i]
     depth = 0.0
     trees = roots.shape[0]
     first = 0
@@ -370,7 +373,7 @@ def iforest_score(u, nodes, leaf_depth, roots, denominator, max_depth):
         for _ in range(max_depth):
             for j in range(k):
                 node = cursor[j]
-                go_right = np.float32(u[nodes[node, F_FEATURE]]) > thresholds[node, F_THRESHOLD]
+                go_right = u32[nodes[node, F_FEATURE]] > thresholds[node, F_THRESHOLD]
                 cursor[j] = nodes[node, F_CHILD] + go_right
         for j in range(k):
             depth += leaf_depth[cursor[j]]

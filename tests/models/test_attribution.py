@@ -29,18 +29,13 @@ def det():
     return StreamingDetector(TAGS, spec).fit(process(2000, seed=1))
 
 
-def explain(det, **kw):
-    return attribution.explain(det.tags, det.model, det.state, det.out, det.tag_flags, det.tag_scores,
-                               fitted=det.fitted, **kw)
-
-
 def run(det, rows):
     """Step through rows; return the explanation of the last one."""
     det.reset()
     ones = np.ones(len(TAGS), np.uint8)
     for r, x in enumerate(rows):
         det.step(float(r), np.ascontiguousarray(x), ones, ones)
-    return explain(det)
+    return det.explain()
 
 
 def test_a_tag_that_breaks_the_correlation_is_named_under_spe(det):
@@ -67,11 +62,11 @@ def test_a_large_step_on_one_tag_is_named_by_every_multivariate_component(det):
     run(det, rows)
     assert det.out[K.O_ALARM] == 1.0
     for component in ("pca_spe", "iforest"):
-        why = explain(det, component=component)
+        why = det.explain(component=component)
         assert why.component == component
         assert why.top[0].tag == "temp", component
         assert why.top[0].deviation > 0, component
-    t2 = explain(det, component="pca_t2")
+    t2 = det.explain(component="pca_t2")
     assert "temp" in [c.tag for c in t2.top]
 
 
@@ -95,10 +90,10 @@ def test_contributions_sum_to_the_statistics_the_kernel_computed(det):
         loc, thr = dp[K.D_COMP_LOC + c], dp[K.D_COMP_THR + c]
         assert math.isclose(det.out[c], (raw - loc) / (thr - loc), rel_tol=1e-9)
     for name in ("pca_t2", "pca_spe", "iforest"):
-        why = explain(det, component=name, top_k=len(TAGS))
+        why = det.explain(component=name, top_k=len(TAGS))
         shares = [c.share for c in why.top]
         assert sum(shares) <= 1.0 + 1e-9 and shares == sorted(shares, reverse=True)
-    spe_all = explain(det, component="pca_spe", top_k=len(TAGS))
+    spe_all = det.explain(component="pca_spe", top_k=len(TAGS))
     assert math.isclose(sum(c.share for c in spe_all.top), 1.0, rel_tol=1e-9)
     # SPE's expected values are the PCA reconstruction: mapped into the model's input space they
     # lie in the model plane (no residual), and the shares are the squared residuals over SPE.
@@ -123,7 +118,7 @@ def test_explaining_changes_nothing_and_is_json_ready(det):
     run(det, rows)
     saved = det.checkpoint()
     outputs = (det.out.copy(), det.tag_flags.copy(), det.tag_scores.copy())
-    why = explain(det, top_k=2)
+    why = det.explain(top_k=2)
     assert len(why.top) <= 2
     json.dumps(why.to_dict())
     for name, arr in det.checkpoint().items():
@@ -139,7 +134,7 @@ def test_nothing_scored_gives_no_component(det):
                               np.zeros(n))
     assert why.component is None and why.top == () and why.flagged == {}
     with pytest.raises(ValueError, match="expected one of"):
-        explain(det, component="nope")
+        det.explain(component="nope")
 
 
 def test_iforest_path_credit_goes_to_the_only_feature_that_splits():
@@ -152,3 +147,14 @@ def test_iforest_path_credit_goes_to_the_only_feature_that_splits():
     K.iforest_path_credit(np.array([5.0, 1.0, -2.0]), nodes, np.array([0.0, 2.0, 2.0]),
                           np.zeros(1, dtype=np.int32), 1, credit)
     assert credit.tolist() == [0.0, 0.5, 0.0]
+
+
+def test_a_rules_only_detector_names_the_tag_without_inventing_a_normal_level():
+    det = StreamingDetector.rules_only(TAGS, limits={"level": (0.5, 3.5)})
+    ones = np.ones(len(TAGS), np.uint8)
+    frame = OFFSET.copy()
+    frame[4] = 0.1
+    assert det.step(0.0, frame, ones, ones)
+    why = det.explain()
+    assert why.component == "tags" and why.top[0].tag == "level" and why.top[0].flags == ("limit",)
+    assert math.isnan(why.top[0].deviation) and why.to_dict()["top"][0]["deviation"] is None
