@@ -1,11 +1,11 @@
-"""Smoke test of the latency benchmark: it runs and writes its figures. No timing thresholds."""
+"""Smoke test of benchmarks/latency.py: it runs and writes its figures. No timing thresholds."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _positive(value) -> bool:
