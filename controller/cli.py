@@ -125,6 +125,24 @@ def error_line(text: str) -> None:
     print(f"{_styled('error:', '31', sys.stderr)} {text}", file=sys.stderr, flush=True)
 
 
+def print_table(headers: tuple[str, ...], rows: list[list[str]], title: str = "") -> None:
+    """Aligned plain-text columns for the operator commands: greppable, never wrapped, and no
+    rich import on their path (rich draws the tables of validate, fit and replay).
+
+    >>> print_table(("alarm", "state"), [["oil_temp_high", "UNACK"]], title="alarms")
+    alarms
+    alarm          state
+    -------------  -----
+    oil_temp_high  UNACK
+    """
+    cells = [[" ".join(str(c).split()) for c in row] for row in rows]  # one line per row
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    if title:
+        say(title)
+    for row in (list(headers), ["-" * w for w in widths], *cells):
+        say("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print `message` as an error line; return the typer.Exit to raise (exit `code`)."""
     error_line(message)
@@ -371,39 +389,57 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def status_lines(s: dict) -> list[tuple[str, str]]:
+    """The status below the PLC table as (text, style) lines: the detector line, then the standing
+    indication of every protection that will not act now and what the last start restored (older
+    services without these keys show none of it)."""
+    d = s["detector"]
+    p99 = "-" if d.get("step_p99_us") is None else f"{d['step_p99_us']:.1f} µs"  # None: no step yet
+    lines = [(f"line score {d['score']:.3f} (alarm: {d['alarm']}); step p99 {p99}; "
+              f"active alarms: {', '.join(s['alarms']['active']) or 'none'}; "
+              f"outbox {s['outbox']['points']} points", "")]
+    if "protections_disabled" in s:
+        disabled = s["protections_disabled"]
+        if disabled:
+            lines.append((f"PROTECTIONS DISABLED: {len(disabled)}", "bold red"))
+            lines += [(f"  {p['message']}", "red") for p in disabled]
+        else:
+            lines.append(("protections: all armed", "green"))
+        lines += [(r, "yellow") for r in s.get("restored") or []]
+    return lines
+
+
+PLC_COLUMNS = ("PLC", "state", "reads", "errors", "last error")
+
+
+def _plc_rows(s: dict) -> list[list[str]]:
+    return [[p["name"], p["state"], str(p["reads"]), str(p["read_errors"]), p["last_error"]]
+            for p in s["plcs"]]
+
+
+def _status_title(s: dict) -> str:
+    return f"{s['controller']['line']} / {s['controller']['name']}"
+
+
+def _print_status(s: dict) -> None:
+    print_table(PLC_COLUMNS, _plc_rows(s), title=_status_title(s))
+    for text, style in status_lines(s):
+        color = {"bold red": "1;31", "red": "31", "green": "32", "yellow": "33"}.get(style)
+        say(_styled(text, color, sys.stdout) if color else text)
+
+
 def _status_view(s: dict) -> Any:
+    """The same status as a rich renderable, for `status --watch`."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{s['controller']['line']} / {s['controller']['name']}")
-    for col in ("PLC", "state", "reads", "errors", "last error"):
+    table = Table(title=_status_title(s))
+    for col in PLC_COLUMNS:
         table.add_column(col)
-    for p in s["plcs"]:
-        table.add_row(p["name"], p["state"], str(p["reads"]), str(p["read_errors"]), p["last_error"])
-    d = s["detector"]
-    line = Text(f"line score {d['score']:.3f} (alarm: {d['alarm']}); step p99 {d['step_p99_us']:.1f} µs; "
-                f"active alarms: {', '.join(s['alarms']['active']) or 'none'}; "
-                f"outbox {s['outbox']['points']} points")
-    return Group(table, line, *_protection_lines(s))
-
-
-def _protection_lines(s: dict) -> list:
-    """The standing indication: every protection that will not act now, and what the last start
-    restored (older services without these keys show nothing)."""
-    from rich.text import Text
-
-    if "protections_disabled" not in s:
-        return []
-    disabled = s["protections_disabled"]
-    lines = []
-    if disabled:
-        lines.append(Text(f"PROTECTIONS DISABLED: {len(disabled)}", style="bold red"))
-        lines += [Text(f"  {p['message']}", style="red") for p in disabled]
-    else:
-        lines.append(Text("protections: all armed", style="green"))
-    lines += [Text(r, style="yellow") for r in s.get("restored") or []]
-    return lines
+    for row in _plc_rows(s):
+        table.add_row(*row)
+    return Group(table, *(Text(text, style=style) for text, style in status_lines(s)))
 
 
 @app.command()
@@ -419,7 +455,7 @@ def status(config: Path = typer.Argument(..., help="line config (TOML)"),
         if as_json:
             say(json.dumps(s, indent=2))
         else:
-            terminal().print(_status_view(s))
+            _print_status(s)
         return
     import time
 
@@ -470,14 +506,8 @@ def alarms(config: Path = typer.Argument(..., help="line config (TOML)"),
     if as_json:
         say(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
-
-    table = Table()
-    for col in ("alarm", "state", "priority", "message"):
-        table.add_column(col)
-    for a in rows:
-        table.add_row(a["name"], a["state"], a["priority"], a["message"])
-    terminal().print(table)
+    print_table(("alarm", "state", "priority", "message"),
+                [[a["name"], a["state"], a["priority"], a["message"]] for a in rows])
 
 
 REASON_HELP = "why (required; kept with the change and shown in status and events)"
@@ -597,14 +627,8 @@ def events(config: Path = typer.Argument(..., help="line config (TOML)"),
             for e in page:
                 print_event(e, True)
             return
-        from rich.table import Table
-
-        table = Table()
-        for col in ("id", "time", "kind", "source", "message"):
-            table.add_column(col)
-        for e in page:
-            table.add_row(str(e["id"]), _when(e), e["kind"], e["source"], e["message"])
-        terminal().print(table)
+        print_table(("id", "time", "kind", "source", "message"),
+                    [[str(e["id"]), _when(e), e["kind"], e["source"], e["message"]] for e in page])
         return
     from controller.client import request
 

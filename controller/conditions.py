@@ -18,8 +18,10 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # the config schema parses conditions: it must not pay for numpy
+    import numpy as np
 
 OPS = ("==", "!=", "<=", ">=", "<", ">")
 ORDERED_OPS = frozenset({"<", "<=", ">", ">="})

@@ -9,7 +9,6 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from controller.config.base import Loc, fmt_loc
-from controller.config.plcs import Plc
 from controller.errors import LinesentryError
 
 
@@ -97,9 +96,10 @@ def _allowed_keys(loc: Loc, schema: type[BaseModel]) -> list[str]:
 
 
 def _fields(model: Any) -> dict[str, Any]:
-    """A model's fields; a PLC table offers its settings and its driver's keys as one table."""
+    """A model's fields; a PLC table (a model with a `protocol`) offers its settings and its
+    driver's keys as one table."""
     fields = dict(getattr(model, "model_fields", {}))
-    if isinstance(model, type) and issubclass(model, Plc):
+    if getattr(model, "protocol", None) is not None and "driver" in fields:
         fields.update(fields.pop("driver").annotation.model_fields)
     return fields
 
