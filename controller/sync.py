@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -114,6 +115,7 @@ class SyncWorker:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._subscribed = False
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -121,7 +123,9 @@ class SyncWorker:
         if self.sink is None or self._task is not None:
             return
         self._stop.clear()
-        await asyncio.to_thread(self.outbox.subscribe, self.sink.name)
+        with contextlib.suppress(sqlite3.Error):  # e.g. a full disk: the loop retries it like any error
+            await asyncio.to_thread(self.outbox.subscribe, self.sink.name)
+            self._subscribed = True
         self._task = asyncio.create_task(self._run(), name=f"linesentry-sync-{self.sink.name}")
 
     async def stop(self) -> None:
@@ -173,6 +177,9 @@ class SyncWorker:
 
     async def _round(self) -> None:
         assert self.sink is not None
+        if not self._subscribed:
+            await asyncio.to_thread(self.outbox.subscribe, self.sink.name)
+            self._subscribed = True
         batch = await asyncio.to_thread(self.outbox.fetch_batch, self.sink.name, self._max_points)
         if batch is None:
             self._wake.clear()

@@ -233,3 +233,22 @@ async def test_a_send_that_never_answers_times_out_and_is_retried(tmp_path):
             w.wake()
             await wait_for(lambda: ob.backlog()[0] == 0, 5, what="the retry after the timeout")
         assert w.schedule[0].reason == "backoff" and "no answer within 0.1 s" in w.stats.last_error
+
+
+async def test_an_outbox_error_at_start_delays_the_subscription_but_loses_nothing(jsonl, tmp_path):
+    with Outbox(tmp_path) as ob:
+        sent = [window_records(0, i, 3) for i in range(3)]
+        for records in sent:
+            ob.append(records)
+        with contextlib.closing(sqlite3.connect(ob.path, isolation_level=None)) as other:
+            other.execute("BEGIN EXCLUSIVE")  # another process holds the database (5 s busy timeout)
+            w = SyncWorker(jsonl_config(tmp_path / "out.jsonl"), ob)
+            await w.start()  # does not raise
+            assert ob.sinks() == []
+            other.execute("ROLLBACK")
+        try:
+            await wait_for(lambda: ob.sinks() == ["jsonl"] and ob.backlog()[0] == 0, 10,
+                           what="the subscription to be retried and the rows sent")
+        finally:
+            await w.stop()
+    assert read_jsonl(tmp_path / "out.jsonl") == [r for records in sent for r in records]
