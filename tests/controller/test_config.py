@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from controller.config import (
     ConfigError,
@@ -512,3 +513,90 @@ def test_minimal_example_in_the_reference_loads(tmp_path):
     block = re.search(r"## A minimal line\n\n```toml\n(.*?)```", doc, re.S).group(1)
     cfg = load_config(write(tmp_path, block))
     assert cfg.detector_tags() == ["pressure"] and cfg.action("stop_press").latch
+
+
+# --- PLC tables come from the driver registry --------------------------------------------------
+
+def test_an_unknown_top_level_table_names_the_sections_and_the_installed_drivers(tmp_path):
+    msg = one_problem(tmp_path, BASE + '\n[[profinett]]\nname = "x"\n')
+    assert msg.startswith("profinett: unknown section; expected one of: controller, detector, alarms, "
+                          "actions, sync, or a PLC table of an installed driver: "), msg
+    assert "[[modbus]]" in msg and "[[opcua]]" in msg
+    assert one_problem(tmp_path, BASE + '\n[[modbuss]]\nname = "x"\n').startswith(
+        "modbuss: unknown section; did you mean 'modbus'?")
+
+
+class ToyTag(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str
+    writable: bool = False
+
+
+class ToyConfig(BaseModel):
+    """A third protocol the schema has never heard of: only the registry knows it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str
+    endpoint: str = "toy://here"
+    period_s: float = Field(default=0.5, ge=0.01, le=10.0)
+    tags: list[ToyTag]
+
+    def acquisition_interval_s(self) -> float:
+        return self.period_s
+
+    def write_problem(self, tag: str, value: bool | int | float) -> str | None:
+        return None if value in (0, 1) else f"tag {tag!r} takes 0 or 1, got {value!r}"
+
+    def counter_problem(self, tag: str, wrap: int) -> str | None:
+        return None
+
+    def value_kind(self, tag: str) -> str | None:
+        return "number"
+
+
+@pytest.fixture
+def toy_driver():
+    from drivers import registry
+
+    registry.register(registry.DriverPlugin(name="toy", config=ToyConfig, create=lambda cfg: None))
+    yield
+    registry.unregister("toy")
+
+
+TOY = '''
+[[toy]]
+name = "bench"
+period_s = 2.0
+stale_timeout_s = 7.0
+  [[toy.tags]]
+  name = "level"
+  [[toy.tags]]
+  name = "valve"
+  writable = true
+'''
+
+
+def test_a_registered_driver_gets_its_own_plc_table(tmp_path, toy_driver):
+    cfg = load_config(write(tmp_path, BASE + TOY))
+    plc = cfg.plc("bench")
+    assert plc.protocol == "toy" and isinstance(plc.driver, ToyConfig) and plc.stale_timeout_s == 7.0
+    assert [loc for loc, _ in cfg.plcs()] == [("opcua", 0), ("modbus", 0), ("toy", 0)]
+    assert cfg.tags()["level"].protocol == "toy" and "level" in cfg.detector_tags()
+    default = load_config(write(tmp_path, BASE + TOY.replace("stale_timeout_s = 7.0\n", "")))
+    assert default.plc("bench").effective_stale_timeout_s() == 6.0  # 3 x the driver's 2 s
+    # the driver's ranges and its write check, with the exact key path
+    assert one_problem(tmp_path, BASE + TOY.replace("period_s = 2.0", "period_s = 99.0")).startswith(
+        "toy[0].period_s: Input should be less than or equal to 10")
+    bad_write = BASE + TOY.replace('name = "bench"\n', 'name = "bench"\non_comm_loss = "safe_state"\n'
+                                   'safe_state = [{tag = "valve", value = 5}]\n')
+    assert one_problem(tmp_path, bad_write) == "toy[0].safe_state[0].value: tag 'valve' takes 0 or 1, got 5"
+
+
+def test_plc_tables_keep_the_order_of_the_file(tmp_path):
+    head, rest = BASE.split("[[opcua]]", 1)
+    opcua, modbus_and_more = rest.split("[[modbus]]", 1)
+    swapped = head + "[[modbus]]" + modbus_and_more.replace("[detector]", f"[[opcua]]{opcua}[detector]", 1)
+    assert [loc[0] for loc, _ in load_config(write(tmp_path, BASE)).plcs()] == ["opcua", "modbus"]
+    cfg = load_config(write(tmp_path, swapped))
+    assert [loc[0] for loc, _ in cfg.plcs()] == ["modbus", "opcua"]
+    assert [loc[0] for loc, _ in line_model().model_validate(cfg.model_dump()).plcs()] == ["modbus", "opcua"]
