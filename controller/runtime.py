@@ -67,9 +67,10 @@ __all__ = ["HOUSEKEEPING_S", "SUMMARY_WINDOW_S", "Controller", "make_driver"]
 SHUTDOWN_SYNC_S = 2.0
 
 
-def make_driver(protocol: str, plc: Any) -> Driver:
-    """The PLC's driver, built by the plugin registered for its TOML table (`[[<protocol>]]`)."""
-    return registry.plugin(protocol).create(plc.driver)
+def make_driver(plc: Any) -> Driver:
+    """The PLC's driver, built by the plugin registered for its TOML table (`[[<plc.protocol>]]`);
+    the plugin imports its protocol library only now."""
+    return registry.plugin(plc.protocol).create(plc.driver)
 
 
 def _forward(name: str) -> property:
@@ -99,9 +100,9 @@ class Controller:
         self.line = LineState(self.tag_names, self.detector_tags)
         self.events = EventLog()
         self.journal = Journal(self.events)
-        self.plcs = [Plc(p, make_driver(getattr(p, "protocol", key[0]), p),
-                         self.line.binding([t.name for t in p.driver.tags]), p.effective_stale_timeout_s())
-                     for key, p in config.plcs()]
+        self.plcs = [Plc(p, make_driver(p), self.line.binding([t.name for t in p.driver.tags]),
+                         p.effective_stale_timeout_s())
+                     for _, p in config.plcs()]
         # Their names are reserved: the config check refuses an [[alarms]] entry that takes one.
         builtin = [BuiltinAlarm(safe_state_alarm_name(p.name), f"Safe-state write after losing {p.name} "
                                 "failed: bring the line to its safe state by hand", plc=p.name)
