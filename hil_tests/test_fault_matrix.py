@@ -143,7 +143,7 @@ async def test_twenty_healthy_starts_with_a_slow_secured_opcua_plc_write_nothing
             try:
                 await live(controller)
                 connect_s.append(
-                    plc(controller, "conveyor").driver.stats.last_alive - controller._started_mono
+                    plc(controller, "conveyor").driver.stats.last_alive - controller.started_mono
                 )
                 rounds = controller.housekeeping_rounds
                 await wait_for(
@@ -183,7 +183,7 @@ async def test_a_dead_modbus_device_is_comm_loss_and_safe_state_without_flapping
     press = plc(controller, "press")
     try:
         await wait_for(lambda: press.comm_lost or task.done(), timeout=10, what="press comm loss")
-        raised_after = time.monotonic() - controller._started_mono
+        raised_after = time.monotonic() - controller.started_mono
         assert STALE["press"] <= raised_after <= BOUND_MULTIPLE * comm_bound("press"), raised_after
         await wait_for(lambda: rig.plant.line_stop, timeout=5, what="the safe-state line stop at the PLC")
         assert "press_comm_loss" in controller.alarms.active()
