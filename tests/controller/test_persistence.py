@@ -17,7 +17,7 @@ from controller.config import load_config
 from controller.errors import BadRequest
 from controller.runtime import Controller
 from controller.statedir import STATE_FILE
-from tests.controller_runtime.test_operator import (  # noqa: F401
+from tests.controller.test_operations import (  # noqa: F401
     line_config,
     model,
     running,
