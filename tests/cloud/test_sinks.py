@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from controller.outbox import DB_NAME, SCHEMA_VERSION, Outbox
 from controller.records import decode
-from controller.sinks import plugin, register, unregister
+from controller.sinks import UnknownSink, plugin, register, unregister
 from controller.sinks.config import SyncConfig
 from controller.sync import SyncWorker
 from hil_tests.rig.net import wait_for
@@ -104,6 +104,21 @@ def test_the_config_picks_the_sink_by_name_and_validates_its_own_keys(jsonl, tmp
     old = SyncConfig.model_validate(tomllib.loads('url = "http://h:8086"\norg = "o"\nbucket = "b"\n'))
     assert old.sink == "influxdb" and old.options.url == "http://h:8086"
     assert plugin("influxdb").name == "influxdb"
+
+
+def test_an_installed_package_adds_a_sink_with_an_entry_point(tmp_path, monkeypatch):
+    dist = tmp_path / "toy_sinks-1.0.dist-info"  # what `pip install` of a sink package leaves behind
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-sinks\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[linesentry.sinks]\njsonl = tests.cloud.jsonl_sink:PLUGIN\n"
+                                           "broken = tests.cloud.jsonl_sink:JsonlConfig\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = SyncConfig(sink="jsonl", path=tmp_path / "x.jsonl")  # no register() call
+    assert plugin("jsonl") is jsonl_sink.PLUGIN and isinstance(cfg.options, jsonl_sink.JsonlConfig)
+    with pytest.raises(UnknownSink, match="'tests.cloud.jsonl_sink:JsonlConfig' .* is not a SinkPlugin"):
+        plugin("broken")
+    with pytest.raises(ValueError, match="already registered"):
+        register(jsonl_sink.PLUGIN)
 
 
 def test_validating_influxdb_config_imports_no_influxdb_client():
