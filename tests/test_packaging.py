@@ -10,9 +10,12 @@ processed from there), and run from an empty temp directory. Fails (never skips)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,8 +23,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from hil_tests.rig.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPS = {"controller", "drivers", "models", "hil_tests"}
@@ -37,6 +38,22 @@ def _copy_tree(dest: Path) -> None:
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / rel, follow_symlinks=False)
+
+
+def _ports_below_the_ephemeral_range(n: int) -> list[int]:
+    """`n` distinct free ports in 20000-29999 for the demo's public ports. Not from the OS's ephemeral
+    range: the rig picks its servers' internal ports there with bind-to-0-and-release, and could be
+    handed one of ours again before the demo's controller binds it."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for port in random.sample(range(20000, 30000), 200):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            with contextlib.suppress(OSError):
+                s.bind(("127.0.0.1", port))
+                ports.append(port)
+                if len(ports) == n:
+                    return ports
+    raise AssertionError(f"no {n} free ports in 20000-29999")
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +99,10 @@ def test_an_installed_wheel_runs_the_demo_from_any_directory(wheel, tmp_path):
                            cwd=run_dir, env=env, check=True, capture_output=True, text=True).stdout.split()
     assert all(Path(p).is_relative_to(site) for p in where), where  # the wheel's code, not the checkout's
 
+    opcua, modbus, api = _ports_below_the_ephemeral_range(3)
     demo = subprocess.run(
         [venv / "bin" / "linesentry", "demo", "--seconds", "12", "--no-live", "--fault-every", "4",
-         "--opcua-port", str(free_port()), "--modbus-port", str(free_port()), "--api-port", str(free_port())],
+         "--opcua-port", str(opcua), "--modbus-port", str(modbus), "--api-port", str(api)],
         cwd=run_dir, env=env, capture_output=True, text=True, timeout=600)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "injected fault" in demo.stdout and "demo summary" in demo.stdout, demo.stdout[-3000:]
