@@ -57,7 +57,7 @@ async def measure(protocol: str, model: Path, tmp: Path, runs: int, normal_s: fl
     async with Rig(opcua_port=0, modbus_port=0) as rig:
         controller = Controller(load_config(bench_config(tmp, rig, model, protocol)), api_port=0)
         task = asyncio.create_task(controller.run())
-        await wait(lambda: all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs), 15)
+        await wait(lambda: all(p.state is ConnectionState.CONNECTED for p in controller.plcs), 15)
         await wait(lambda: False, 3.0)  # let subscriptions and the detector settle
         alarm_events_before = _line_alarm_raises(controller)
         t_normal = rig.plant.t

@@ -17,7 +17,7 @@ import numpy as np
 from controller.config import LineConfig
 from controller.linestate import LineState
 from drivers import registry
-from drivers.base import Quality, ReadingBatch
+from drivers.base import ConnectionState, Quality, ReadingBatch
 from drivers.supervisor import DriverSupervisor
 
 
@@ -70,13 +70,18 @@ async def record(config: LineConfig, seconds: float, *, min_interval_s: float = 
             why = driver.stats.tag_errors.get(tag) if driver is not None else None
             gaps.reason[tag] = f"{Quality(int(quality[k])).name}" + (f", {why}" if why else "")
 
+    def on_state(binding: np.ndarray, state: ConnectionState) -> None:
+        if state in (ConnectionState.BACKOFF, ConnectionState.FAILED):
+            line.mark_lost(binding)  # its values are unknown until it delivers again
+
     supervisors = []
     for _, plc in config.plcs():
         driver = registry.plugin(plc.protocol).create(plc.driver)
         names = [t.name for t in plc.driver.tags]
         driver_of.update(dict.fromkeys(names, driver))
         binding = line.binding(names)
-        supervisors.append(DriverSupervisor(driver, lambda b, m=binding: on_batch(m, b)))
+        supervisors.append(DriverSupervisor(driver, lambda b, m=binding: on_batch(m, b),
+                                            on_state=lambda s, _d, m=binding: on_state(m, s)))
     for s in supervisors:
         s.start()
     try:

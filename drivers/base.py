@@ -26,10 +26,13 @@ class Quality(enum.IntEnum):
 
 
 class ConnectionState(enum.Enum):
+    """A PLC connection as its supervisor (drivers.supervisor, the only writer) reports it."""
+
     DISCONNECTED = "disconnected"
     CONNECTING = "connecting"
     CONNECTED = "connected"
-    BACKOFF = "backoff"  # waiting before the next reconnect attempt
+    BACKOFF = "backoff"  # lost or refused; waiting before the next reconnect attempt
+    FAILED = "failed"  # a permanent error (drivers.errors): no more attempts until restarted
     CLOSED = "closed"
 
 
@@ -53,7 +56,7 @@ class ReadingBatch:
     @classmethod
     def empty_for(cls, index: Sequence[int], quality: Quality, now: float | None = None
                   ) -> "ReadingBatch":
-        """A batch with no values, only a quality: what subscribers see when a PLC is lost."""
+        """A batch with no values, only a quality (e.g. tags a driver cannot use this session)."""
         n = len(index)
         now = time.time() if now is None else now
         return cls(index=np.asarray(index, dtype=np.int32), values=np.full(n, np.nan),
@@ -103,12 +106,16 @@ class Driver(Protocol):
 
     name: str
     tag_names: list[str]
-    state: ConnectionState
     stats: DriverStats
     alive_interval_s: float  # the longest gap between two refreshes of stats.last_alive when healthy
 
     async def connect(self) -> None:
-        """Open a new session (a fresh client object every time); raise DriverError on failure."""
+        """Open a new session (a fresh client object every time).
+
+        Raises ConnectionLost when the PLC cannot be reached, a permanent DriverError
+        (CredentialsRejected, CertificateUntrusted) when it refuses us, DriverError otherwise;
+        each with the library's exception as __cause__.
+        """
 
     async def close(self) -> None:
         """Close the session; safe to call at any time, twice, or on a broken connection."""

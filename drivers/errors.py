@@ -21,19 +21,17 @@ class ConnectionLost(DriverError):
 
 
 class AccessDenied(DriverError):
-    """The PLC refused an operation for our identity; the session itself may stay usable."""
+    """The PLC and we do not accept each other's identity: permanent (see the two kinds below)."""
+
+    permanent = True
 
 
 class CredentialsRejected(AccessDenied):
     """The PLC refused our user identity (user name/password, identity token)."""
 
-    permanent = True
-
 
 class CertificateUntrusted(AccessDenied):
     """The PLC does not trust our client certificate, or its certificate is not the one we trust."""
-
-    permanent = True
 
 
 class WriteRefused(DriverError):

@@ -1,9 +1,14 @@
 """Keeps one driver connected in its own task: backoff with jitter, bounded session rate.
 
 One supervisor per PLC, so a dead, slow or misbehaving PLC never stalls
-another. When a connection breaks, every tag of that PLC is reported as
-COMM_LOST at once, then the supervisor waits (exponential backoff with jitter,
-capped) and reconnects with a fresh driver session. A sliding-window limit on
+another. It is the only writer of the PLC's ConnectionState and reports every
+change through `on_state(state, detail)` (the controller marks the PLC's tags
+COMM_LOST on BACKOFF; batches carry data quality only). When a connection
+breaks, the supervisor waits (exponential backoff with jitter, capped) and
+reconnects with a fresh driver session. A permanent error (drivers.errors:
+CredentialsRejected, CertificateUntrusted) ends the retries: the state becomes
+FAILED with the cause, because the PLC will refuse every attempt until the
+configuration or its trust list changes. A sliding-window limit on
 established sessions makes reconnect storms impossible even if connects succeed
 and then fail immediately (an anchor system once sent >6,000 CreateSession
 requests in two minutes). Failed connect attempts are not sessions and do not
@@ -25,8 +30,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from drivers.base import ConnectionState, Driver, OnBatch, Quality, ReadingBatch
-from drivers.errors import AccessDenied, DriverError
+from drivers.base import ConnectionState, Driver, OnBatch, ReadingBatch
+from drivers.errors import ConnectionLost, DriverError
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +104,10 @@ class DriverSupervisor:
         self.limiter = limiter or SessionRateLimiter()
         self.on_state = on_state
         self.stable_after = stable_after
+        self.state = ConnectionState.DISCONNECTED
         self.failures = 0  # consecutive failed connects or lost sessions
         self.last_error = ""
+        self.failure: DriverError | None = None  # the permanent error that ended the retries
         self._task: asyncio.Task | None = None
 
     def start(self) -> asyncio.Task:
@@ -117,7 +124,7 @@ class DriverSupervisor:
         self._set_state(ConnectionState.CLOSED, "stopped")
 
     async def run(self) -> None:
-        all_tags = range(len(self.driver.tag_names))
+        """Connect, stream, reconnect; returns only on a permanent error (state FAILED)."""
         while True:
             await self.limiter.wait()
             self._set_state(ConnectionState.CONNECTING, "")
@@ -129,27 +136,29 @@ class DriverSupervisor:
                 self.limiter.record()
                 self._set_state(ConnectionState.CONNECTED, "")
                 await self.driver.subscribe(self._watch(self.on_batch, alive_before))
-                raise DriverError("subscription ended without an error")
+                raise ConnectionLost("subscription ended without an error")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of one PLC must never escape its own task
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 self.failures += 1  # back to 0 only once a session proved good data (_watch)
-                # One warning per outage, then quiet: a flapping PLC must not flood the log.
-                level = logging.WARNING if self.failures == 1 else logging.DEBUG
-                if isinstance(exc, AccessDenied):
-                    # Retrying cannot help until the config or the PLC's trust list changes: retry
-                    # at the backoff cap only, and say so as an error.
-                    self.backoff.attempt = max(self.backoff.attempt, 64)
-                    level = logging.ERROR if self.failures == 1 else logging.DEBUG
-                log.log(level, "%s: connection failed or lost (%s)", self.driver.name, self.last_error)
+                if isinstance(exc, DriverError) and exc.permanent:
+                    self.failure = exc
+                else:
+                    # One warning per outage, then quiet: a flapping PLC must not flood the log.
+                    level = logging.WARNING if self.failures == 1 else logging.DEBUG
+                    log.log(level, "%s: connection failed or lost (%s)", self.driver.name, self.last_error)
             finally:
                 with contextlib.suppress(Exception):
                     await self.driver.close()
+            if self.failure is not None:
+                log.error("%s: %s; not retrying: fix the configuration or the PLC's trust list, then restart",
+                          self.driver.name, self.last_error)
+                self._set_state(ConnectionState.FAILED, self.last_error)
+                return
             if (connected_at is not None and self.driver.stats.last_alive > alive_before
                     and time.monotonic() - connected_at >= self.stable_after):
                 self.backoff.reset()
-            self.on_batch(ReadingBatch.empty_for(all_tags, Quality.COMM_LOST))
             self._set_state(ConnectionState.BACKOFF, self.last_error)
             await asyncio.sleep(self.backoff.next_delay())
 
@@ -163,6 +172,6 @@ class DriverSupervisor:
         return deliver
 
     def _set_state(self, state: ConnectionState, detail: str) -> None:
-        self.driver.state = state
+        self.state = state
         if self.on_state is not None:
             self.on_state(state, detail)

@@ -37,7 +37,7 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.base import ConnectionState, DriverStats, OnBatch, Quality, ReadingBatch
+from drivers.base import DriverStats, OnBatch, Quality, ReadingBatch
 from drivers.errors import ConnectionLost, DriverError, WriteFailed, WriteRefused
 from drivers.modbus import codec
 from drivers.modbus.config import ModbusDeviceConfig, ModbusTag
@@ -94,7 +94,6 @@ class ModbusDriver:
         self.tags: list[ModbusTag] = list(config.tags)
         self.tag_names = [t.name for t in self.tags]
         self._pos = {n: i for i, n in enumerate(self.tag_names)}
-        self.state = ConnectionState.DISCONNECTED
         self.stats = DriverStats()
         self.missed_ticks = 0  # poll ticks skipped because a poll overran its interval
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
@@ -134,32 +133,27 @@ class ModbusDriver:
                 lost.set_result(None)
 
         self.stats.sessions_created += 1
-        self.state = ConnectionState.CONNECTING
         why = ("the port is missing, in use or not permitted" if cfg.transport == "serial"
                else f"refused or no answer within {cfg.timeout_s} s")
-        client = None
+        client, cause = None, None
         try:
             client = self._new_client(on_connect_change)
             ok = await client.connect()
         except Exception as exc:  # e.g. an unresolvable host name, a missing serial port
-            ok, why = False, str(exc) or type(exc).__name__
+            ok, why, cause = False, str(exc) or type(exc).__name__, exc
         if not ok or client is None or not client.connected:
             if client is not None:
                 client.close()
-            self.state = ConnectionState.DISCONNECTED
             self.stats.last_error = f"cannot connect to {cfg.endpoint} ({why})"
-            raise DriverError(f"{self.name}: {self.stats.last_error}")
+            raise ConnectionLost(f"{self.name}: {self.stats.last_error}") from cause
         self._client, self._lost = client, lost
         self._consecutive_timeouts = 0
-        self.state = ConnectionState.CONNECTED
 
     async def close(self) -> None:
         client, self._client, self._lost = self._client, None, None
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
-        if self.state != ConnectionState.CLOSED:
-            self.state = ConnectionState.DISCONNECTED
 
     def _live_client(self):
         client, lost = self._client, self._lost
@@ -192,14 +186,14 @@ class ModbusDriver:
         try:
             response = task.result()
         except ConnectionException as exc:
-            raise ConnectionLost(f"{self.name}: connection lost ({exc})") from None
+            raise ConnectionLost(f"{self.name}: connection lost ({exc})") from exc
         except ModbusException as exc:
             if lost.done() or not client.connected:
-                raise ConnectionLost(f"{self.name}: connection to {self.config.endpoint} closed") from None
+                raise ConnectionLost(f"{self.name}: connection to {self.config.endpoint} closed") from exc
             # pymodbus raises ModbusIOException when no valid answer came for this request
             # (none in time, or one for another unit/transaction id): the device is not answering.
             if isinstance(exc, ModbusIOException):
-                raise _Timeout() from None
+                raise _Timeout() from exc
             raise
         self._consecutive_timeouts = 0
         return response
@@ -251,7 +245,7 @@ class ModbusDriver:
         try:
             positions = tuple(self._pos[n] for n in names)
         except KeyError as exc:
-            raise DriverError(f"{self.name}: no tag named {exc.args[0]!r}") from None
+            raise DriverError(f"{self.name}: no tag named {exc.args[0]!r}") from exc
         plan = self._plans.get(positions)
         if plan is None:
             plan = self._plans[positions] = self._compile(list(positions))
@@ -398,7 +392,7 @@ class ModbusDriver:
             else:
                 expected = codec.encode(value, tag.dtype, tag.order, tag.scale, tag.offset)
         except ValueError as exc:
-            raise WriteRefused(f"{self.name}.{name}: {exc}") from None
+            raise WriteRefused(f"{self.name}.{name}: {exc}") from exc
         self.stats.writes += 1
         try:
             if tag.bit is not None:
@@ -442,11 +436,11 @@ class ModbusDriver:
             call = lambda c: c.write_registers(addr, registers, device_id=dev)  # noqa: E731
         try:
             response = await self._request(call)
-        except _Timeout:
+        except _Timeout as exc:
             raise WriteFailed(f"{where}: no answer to the write within {self.config.timeout_s} s; "
-                              "the value may or may not be set") from None
+                              "the value may or may not be set") from exc
         except ModbusException as exc:
-            raise WriteFailed(f"{where}: malformed write response ({exc})") from None
+            raise WriteFailed(f"{where}: malformed write response ({exc})") from exc
         if response.isError():
             code = getattr(response, "exception_code", 0)
             hint = ("; if the device does not support FC16 (write multiple registers), set "

@@ -7,7 +7,9 @@ inspects every node. A tag that cannot be used (unknown node, namespace or brows
 unusable DataType, percent deadband without EURange, refused monitored item) is BAD with
 its reason in `stats.tag_errors`; the session and every other tag go on. subscribe() runs
 one task per group plus a watchdog and raises ConnectionLost as soon as any of them sees
-the link break, so the supervisor can report COMM_LOST and reconnect.
+the link break, so the supervisor can report the loss and reconnect. Errors are typed by
+asyncua's exception class (its StatusCode), never by message text: a refused identity is
+CredentialsRejected, a certificate either side does not trust is CertificateUntrusted.
 """
 
 import asyncio
@@ -22,8 +24,15 @@ from asyncua import Client, ua
 from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent, Subscription
 from asyncua.ua import uaerrors
 
-from drivers.base import ConnectionState, DriverStats, OnBatch, Quality, ReadingBatch
-from drivers.errors import AccessDenied, ConnectionLost, DriverError, WriteFailed, WriteRefused
+from drivers.base import DriverStats, OnBatch, Quality, ReadingBatch
+from drivers.errors import (
+    CertificateUntrusted,
+    ConnectionLost,
+    CredentialsRejected,
+    DriverError,
+    WriteFailed,
+    WriteRefused,
+)
 from drivers.opcua import asyncua_log
 from drivers.opcua.config import OpcUaConfig, OpcUaGroup, OpcUaTag
 from drivers.opcua.convert import same_value, to_batch, to_variant, variant_type_of
@@ -35,9 +44,16 @@ log = logging.getLogger(__name__)
 
 _CREDENTIAL_ERRORS = (uaerrors.BadUserAccessDenied, uaerrors.BadIdentityTokenInvalid,
                       uaerrors.BadIdentityTokenRejected)
-_CERTIFICATE_ERRORS = (uaerrors.BadCertificateUntrusted, uaerrors.BadCertificateInvalid,
-                       uaerrors.BadSecurityChecksFailed, uaerrors.BadCertificateUriInvalid,
-                       uaerrors.BadCertificateTimeInvalid, uaerrors.BadSecurityPolicyRejected)
+# Every certificate validation failure a server can answer with, and a refused security check.
+_CERTIFICATE_ERRORS = (
+    uaerrors.BadCertificateUntrusted, uaerrors.BadCertificateInvalid, uaerrors.BadCertificateUriInvalid,
+    uaerrors.BadCertificateTimeInvalid, uaerrors.BadCertificateHostNameInvalid,
+    uaerrors.BadCertificateChainIncomplete, uaerrors.BadCertificateRevoked,
+    uaerrors.BadCertificateRevocationUnknown, uaerrors.BadCertificateUseNotAllowed,
+    uaerrors.BadCertificatePolicyCheckFailed, uaerrors.BadCertificateIssuerRevoked,
+    uaerrors.BadCertificateIssuerRevocationUnknown, uaerrors.BadCertificateIssuerTimeInvalid,
+    uaerrors.BadCertificateIssuerUseNotAllowed, uaerrors.BadNoValidCertificates,
+    uaerrors.BadSecurityChecksFailed, uaerrors.BadSecurityPolicyRejected)
 _FILTER_ERRORS = {ua.StatusCodes.BadMonitoredItemFilterUnsupported, ua.StatusCodes.BadFilterNotAllowed,
                   ua.StatusCodes.BadDeadbandFilterInvalid, ua.StatusCodes.BadMonitoredItemFilterInvalid}
 _SUBSCRIPTION_QUEUE = 10_000  # notifications buffered per subscription before forcing a reconnect
@@ -66,7 +82,6 @@ class OpcUaDriver:
         self.name = config.name
         self.tags: list[OpcUaTag] = list(config.tags)
         self.tag_names = [t.name for t in self.tags]
-        self.state = ConnectionState.DISCONNECTED
         self.stats = DriverStats()
         # The watchdog reads the server clock this often, keep-alives come at least this often,
         # so stats.last_alive is refreshed at least every alive_interval_s on a healthy link, and a
@@ -129,9 +144,12 @@ class OpcUaDriver:
                 client.disconnect_socket()
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
                 raise
-            err = exc if isinstance(exc, DriverError) else self._connect_error(exc)
+            if isinstance(exc, DriverError):
+                self.stats.last_error = str(exc)
+                raise
+            err = self._connect_error(exc)
             self.stats.last_error = str(err)
-            raise err from None
+            raise err from exc
         self._client, self._node_ids, self._vtypes, self.limits = client, node_ids, vtypes, limits
         self.text_tags = {self.tag_names[i] for i in text}
         self._errors, self.stats.tag_errors, self._value_errors = {}, {}, set()
@@ -143,23 +161,21 @@ class OpcUaDriver:
     def _connect_error(self, exc: BaseException) -> DriverError:
         ep, sec = self.config.endpoint, self.config.security
         if isinstance(exc, TimeoutError):
-            return DriverError(f"{ep}: no answer within {self.config.timeout_s:g} s")
+            return ConnectionLost(f"{ep}: no answer within {self.config.timeout_s:g} s")
         if isinstance(exc, _CREDENTIAL_ERRORS):
             who = f"user {sec.username!r}" if sec.username else "anonymous access"
-            return AccessDenied(f"{ep}: bad credentials: the server refused {who} ({_describe(exc)})")
+            return CredentialsRejected(f"{ep}: bad credentials: the server refused {who} ({_describe(exc)})")
         if isinstance(exc, _CERTIFICATE_ERRORS) or (sec.is_secure and channel_refused(exc)):
             why = "it refused the secure channel" if channel_refused(exc) else _describe(exc)
-            return AccessDenied(f"{ep}: the server does not trust our client certificate "
-                                f"{sec.client_certificate} ({why}); add it to the server's trusted list "
-                                "(on many servers: move it from the rejected to the trusted certificates)")
+            return CertificateUntrusted(
+                f"{ep}: the server does not trust our client certificate {sec.client_certificate} ({why}); "
+                "add it to the server's trusted list (on many servers: move it from the rejected to the "
+                "trusted certificates)")
         if isinstance(exc, ConnectionRefusedError):
-            return DriverError(f"{ep}: connection refused (server down or wrong port)")
+            return ConnectionLost(f"{ep}: connection refused (server down or wrong port)")
         if isinstance(exc, OSError):
-            return DriverError(f"{ep}: cannot connect: {exc.strerror or exc}")
-        if isinstance(exc, ua.UaError) and "certificate mismatch" in str(exc):
-            return AccessDenied(f"{ep}: untrusted server certificate: the session presented a different "
-                                "certificate")
-        return DriverError(f"{ep}: connect failed: {_describe(exc)}")
+            return ConnectionLost(f"{ep}: cannot connect: {exc.strerror or exc}")
+        return ConnectionLost(f"{ep}: connect failed: {_describe(exc)}")
 
     async def _inspect(self, client: Client, node_ids: list[ua.NodeId | None], errors: dict[int, str],
                        limits: OperationLimits) -> tuple[dict[int, ua.VariantType], set[int]]:
@@ -280,7 +296,7 @@ class OpcUaDriver:
             self._silent = isinstance(exc, TimeoutError)
             why = (f"no answer within {self.config.timeout_s:g} s" if self._silent else _describe(exc))
             self.stats.last_error = f"read failed: {why}"
-            raise ConnectionLost(f"{self.config.endpoint}: read failed: {why}") from None
+            raise ConnectionLost(f"{self.config.endpoint}: read failed: {why}") from exc
         self.stats.record_latency(time.perf_counter() - t0)
         self.stats.reads += 1
         dvs = [got.get(i, _UNUSABLE) for i in index]
@@ -340,7 +356,7 @@ class OpcUaDriver:
             why = (f"no answer within {self.config.timeout_s:g} s" if isinstance(exc, TimeoutError)
                    else _describe(exc))
             self.stats.last_error = f"subscribe failed: {why}"
-            raise ConnectionLost(f"{self.config.endpoint}: subscribe failed ({why})") from None
+            raise ConnectionLost(f"{self.config.endpoint}: subscribe failed ({why})") from exc
         finally:
             for t in tasks:
                 t.cancel()
@@ -481,14 +497,14 @@ class OpcUaDriver:
             try:
                 async with asyncio.timeout(max(0.0, self._last_answer + timeout - time.monotonic())):
                     await node.read_value()
-            except TimeoutError:
+            except TimeoutError as exc:
                 self._silent = True
-                raise ConnectionLost(f"{self.config.endpoint}: no answer within {timeout:g} s") from None
+                raise ConnectionLost(f"{self.config.endpoint}: no answer within {timeout:g} s") from exc
             except Exception as exc:
                 if self._lost.is_set():
-                    raise ConnectionLost(f"{self.config.endpoint}: {self._lost_reason}") from None
+                    raise ConnectionLost(f"{self.config.endpoint}: {self._lost_reason}") from exc
                 raise ConnectionLost(f"{self.config.endpoint}: server not answering "
-                                     f"({_describe(exc)})") from None
+                                     f"({_describe(exc)})") from exc
             self._alive()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(period):
@@ -511,7 +527,7 @@ class OpcUaDriver:
             variant = to_variant(float(value), self._vtypes[i])
         except ValueError as exc:
             self.stats.write_errors += 1
-            raise WriteFailed(f"{self.name}: tag {name!r}: {exc}") from None
+            raise WriteRefused(f"{self.name}: tag {name!r}: {exc}") from exc
         node_id = self._node_ids[i]
         try:
             async with asyncio.timeout(self.config.timeout_s):
@@ -520,7 +536,7 @@ class OpcUaDriver:
                     back = (await client.read_attributes([client.get_node(node_id)]))[0]
         except Exception as exc:
             self.stats.write_errors += 1
-            raise WriteFailed(f"{self.name}: tag {name!r}: write failed ({_describe(exc)})") from None
+            raise WriteFailed(f"{self.name}: tag {name!r}: write failed ({_describe(exc)})") from exc
         self.stats.writes += 1
         if not status.is_good():
             self.stats.write_errors += 1

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from drivers.errors import AccessDenied, DriverError
+from drivers.errors import CertificateUntrusted, DriverError
 from drivers.opcua.config import OpcUaSecurity
 
 POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
@@ -51,12 +51,12 @@ def load_certificate_der(path: Path, what: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise DriverError(f"{what}: cannot read {path}: {exc.strerror}") from None
+        raise DriverError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     try:
         cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
                 else x509.load_der_x509_certificate(data))
-    except ValueError:
-        raise DriverError(f"{what}: {path} is not a DER or PEM certificate") from None
+    except ValueError as exc:
+        raise DriverError(f"{what}: {path} is not a DER or PEM certificate") from exc
     return cert.public_bytes(Encoding.DER)
 
 
@@ -90,7 +90,7 @@ def check_key_permissions(sec: OpcUaSecurity) -> None:
         mode = stat.S_IMODE(sec.client_private_key.stat().st_mode)
     except OSError as exc:
         raise DriverError(f"security.client_private_key: cannot read {sec.client_private_key}: "
-                          f"{exc.strerror}") from None
+                          f"{exc.strerror}") from exc
     if mode & 0o077 and not sec.allow_insecure_key_permissions:
         raise DriverError(f"security.client_private_key {sec.client_private_key} is readable by group/others "
                           f"(mode {mode:04o}): run chmod 600 on it, or set "
@@ -147,23 +147,25 @@ async def apply_security(client: Client, sec: OpcUaSecurity, endpoint: str) -> N
     if sec.server_certificate is not None:
         trusted = load_certificate_der(sec.server_certificate, "security.server_certificate")
         if presented != trusted:
-            raise AccessDenied(f"{endpoint}: untrusted server certificate: it does not match "
-                               f"security.server_certificate {sec.server_certificate} (server sha256 "
-                               f"{fingerprint(presented)}, trusted sha256 {fingerprint(trusted)})")
+            raise CertificateUntrusted(
+                f"{endpoint}: untrusted server certificate: it does not match security.server_certificate "
+                f"{sec.server_certificate} (server sha256 {fingerprint(presented)}, trusted sha256 "
+                f"{fingerprint(trusted)})")
     elif sec.server_certificate_sha256 is not None:
         if hashlib.sha256(presented).hexdigest() != sec.server_certificate_sha256:
-            raise AccessDenied(f"{endpoint}: untrusted server certificate: its sha256 "
-                               f"{fingerprint(presented)} is not security.server_certificate_sha256")
+            raise CertificateUntrusted(f"{endpoint}: untrusted server certificate: its sha256 "
+                                       f"{fingerprint(presented)} is not security.server_certificate_sha256")
     elif not sec.trust_server_certificate:
-        raise AccessDenied(f"{endpoint}: untrusted server certificate (sha256 {fingerprint(presented)}): "
-                           f"pin it with `linesentry certs fetch {endpoint}` and security.server_certificate "
-                           "(or server_certificate_sha256), or set trust_server_certificate = true")
+        raise CertificateUntrusted(
+            f"{endpoint}: untrusted server certificate (sha256 {fingerprint(presented)}): pin it with "
+            f"`linesentry certs fetch {endpoint}` and security.server_certificate (or "
+            "server_certificate_sha256), or set trust_server_certificate = true")
     check_key_permissions(sec)
     try:
         key = sec.client_private_key.read_bytes()
     except OSError as exc:
         raise DriverError(f"security.client_private_key: cannot read {sec.client_private_key}: "
-                          f"{exc.strerror}") from None
+                          f"{exc.strerror}") from exc
     key_format = "pem" if b"-----BEGIN" in key else "der"  # by content: asyncua would guess by file suffix
     try:
         await client.set_security(policy, uacrypto.CertProperties(own, "der"),
@@ -171,7 +173,7 @@ async def apply_security(client: Client, sec: OpcUaSecurity, endpoint: str) -> N
                                   server_certificate=uacrypto.CertProperties(presented, "der"), mode=mode)
     except (ValueError, TypeError) as exc:
         raise DriverError(f"security.client_private_key {sec.client_private_key}: cannot load it "
-                          f"({type(exc).__name__})") from None
+                          f"({type(exc).__name__})") from exc
 
 
 def channel_refused(exc: BaseException) -> bool:

@@ -80,7 +80,7 @@ def without_model(text: str) -> str:
 async def start_controller(controller: Controller) -> asyncio.Task:
     """Run `controller` in a task and wait until every PLC is connected (or raise its start-up error)."""
     task = asyncio.create_task(controller.run())
-    await wait_for(lambda: all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs)
+    await wait_for(lambda: all(p.state is ConnectionState.CONNECTED for p in controller.plcs)
                    or task.done(), timeout=15, what="every PLC connected")
     if task.done():
         task.result()

@@ -99,7 +99,7 @@ async def run_demo(config_path: Path = DEMO_CONFIG, seconds: float | None = None
         run = asyncio.create_task(controller.run())
         try:
             deadline = time.monotonic() + 15
-            while not all(p.driver.state is ConnectionState.CONNECTED for p in controller.plcs):
+            while not all(p.state is ConnectionState.CONNECTED for p in controller.plcs):
                 if run.done():
                     run.result()
                 if time.monotonic() > deadline:

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.base import Quality
-from drivers.errors import AccessDenied, WriteFailed
+from drivers.errors import CertificateUntrusted, WriteFailed, WriteRefused
 from drivers.opcua import OpcUaConfig
 from drivers.opcua.driver import EURANGE_FIX, OpcUaDriver
 from drivers.opcua.limits import OperationLimits
@@ -37,6 +37,7 @@ from tests.drivers.opcua_server import (
     TestServer,
     make_server_certificate,
 )
+from tests.drivers.state_watch import Losses
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 KINDS = ["asyncua", "node-opcua"]
@@ -237,7 +238,7 @@ async def test_writes_use_the_node_type_and_confirm_by_readback(shared):
         await driver.write("setpoint", 12.5)
         await driver.write("mode", 3)
         assert list((await driver.read(["setpoint", "mode"])).values) == [12.5, 3.0]
-        with pytest.raises(WriteFailed, match="does not fit Int32"):
+        with pytest.raises(WriteRefused, match="does not fit Int32"):
             await driver.write("mode", 2.5)
         with pytest.raises(WriteFailed, match="server refused the write"):
             await driver.write("count", 1)
@@ -253,7 +254,8 @@ async def test_a_frozen_server_is_reported_comm_lost_within_the_timeout(shared):
         endpoint = f"opc.tcp://127.0.0.1:{await proxy.start()}/linesentry/"
     driver = OpcUaDriver(config(endpoint, [{"name": "temp", "node": nsu("Temperature")}]))
     got = Collector()
-    sup = supervisor(driver, got)
+    losses = Losses(got)
+    sup = supervisor(driver, got, losses)
     sup.start()
     try:
         await wait_for(lambda: got.saw(0, 21.5), what="initial value")
@@ -262,7 +264,7 @@ async def test_a_frozen_server_is_reported_comm_lost_within_the_timeout(shared):
             proxy.frozen = True
         else:
             shared.freeze()
-        await wait_for(lambda: got.comm_lost(), timeout=5, what="COMM_LOST batch")
+        await wait_for(lambda: losses.at, timeout=5, what="the loss reported")
         elapsed = time.monotonic() - t0
         assert "no answer within 1 s" in sup.last_error
         assert elapsed <= 1.5 * driver.config.timeout_s, elapsed  # documented: timeout_s of silence
@@ -274,9 +276,9 @@ async def test_a_frozen_server_is_reported_comm_lost_within_the_timeout(shared):
             shared.thaw()
 
 
-def supervisor(driver: OpcUaDriver, on_batch) -> DriverSupervisor:
+def supervisor(driver: OpcUaDriver, on_batch, on_state=None) -> DriverSupervisor:
     return DriverSupervisor(driver, on_batch, backoff=Backoff(initial=0.05, factor=2.0, cap=0.2),
-                            limiter=SessionRateLimiter(per_minute=600))
+                            limiter=SessionRateLimiter(per_minute=600), on_state=on_state)
 
 
 async def test_a_restart_under_the_supervisor_reports_comm_lost_then_data_flows(shared):
@@ -286,12 +288,14 @@ async def test_a_restart_under_the_supervisor_reports_comm_lost_then_data_flows(
         groups=[{"name": "default", "publishing_interval_ms": 20},
                 {"name": "slow", "mode": "polling", "poll_interval_ms": 50}]))
     got = Collector()
-    sup = supervisor(driver, got)
+    losses = Losses(got)
+    sup = supervisor(driver, got, losses)
     sup.start()
     try:
         await wait_for(lambda: got.saw(0, 21.5) and got.saw(1, 3.0), what="data before the restart")
         await shared.stop()
-        lost_at = await wait_for(lambda: got.comm_lost(), timeout=5, what="COMM_LOST batch")
+        await wait_for(lambda: losses.at, timeout=5, what="the loss reported")
+        lost_at = losses.at[0]
         await shared.restart()
         await shared.set_value("N3", 33.0)
         await wait_for(lambda: got.saw(0, 21.5, lost_at) and got.saw(1, 33.0, lost_at), timeout=10,
@@ -350,7 +354,7 @@ async def test_sign_and_encrypt_reads_with_a_trusted_client_certificate(secure, 
 
 async def test_an_untrusted_client_certificate_gets_the_documented_message(secure, pki):
     driver = OpcUaDriver(secure_config(secure.endpoint, pki, who="stranger"))
-    with pytest.raises(AccessDenied) as info:
+    with pytest.raises(CertificateUntrusted) as info:
         await driver.connect()
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(secure.endpoint)
@@ -370,7 +374,7 @@ async def test_the_fetched_server_certificate_pins_by_fingerprint(secure, pki):
         await driver.connect()
         await driver.close()
     wrong = "00" + fp[2:]
-    with pytest.raises(AccessDenied, match="is not security.server_certificate_sha256"):
+    with pytest.raises(CertificateUntrusted, match="is not security.server_certificate_sha256"):
         await OpcUaDriver(secure_config(secure.endpoint, pki, server_certificate=None,
                                         server_certificate_sha256=wrong)).connect()
 

@@ -15,6 +15,7 @@ from drivers.opcua.driver import OpcUaDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
 from tests.drivers.conftest import free_port, wait_for
 from tests.drivers.opcua_server import LIMIT, NS_URI, Collector, TestServer
+from tests.drivers.state_watch import Losses
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -152,7 +153,7 @@ async def test_writes_use_the_node_type_confirm_by_readback_and_refuse_non_writa
         await driver.write("mode", 3)
         dv = await server.nodes["Mode"].read_data_value()
         assert dv.Value.Value == 3 and dv.Value.VariantType == ua.VariantType.Int32
-        with pytest.raises(WriteFailed, match="does not fit Int32"):
+        with pytest.raises(WriteRefused, match="does not fit Int32"):
             await driver.write("mode", 2.5)
         await driver.write("limited", LIMIT - 1)
         with pytest.raises(WriteFailed, match="readback 100.0 .* does not confirm the written 150.0"):
@@ -169,9 +170,9 @@ async def test_writes_use_the_node_type_confirm_by_readback_and_refuse_non_writa
         await driver.close()
 
 
-def _supervisor(driver: OpcUaDriver, on_batch) -> DriverSupervisor:
+def _supervisor(driver: OpcUaDriver, on_batch, on_state=None) -> DriverSupervisor:
     return DriverSupervisor(driver, on_batch, backoff=Backoff(initial=0.05, factor=2.0, cap=0.2),
-                            limiter=SessionRateLimiter(per_minute=600))
+                            limiter=SessionRateLimiter(per_minute=600), on_state=on_state)
 
 
 async def test_a_dead_plc_does_not_stall_a_live_one(shared):
@@ -180,15 +181,16 @@ async def test_a_dead_plc_does_not_stall_a_live_one(shared):
     live = OpcUaDriver(config(shared.endpoint, [{"name": "t", "node": nsu("Temperature"), "group": "poll"}],
                               groups=[{"name": "poll", "mode": "polling", "poll_interval_ms": 20}]))
     dead_got, live_got = Collector(), Collector()
-    sups = [_supervisor(dead, dead_got), _supervisor(live, live_got)]
+    live_losses = Losses(live_got)
+    sups = [_supervisor(dead, dead_got), _supervisor(live, live_got, live_losses)]
     for s in sups:
         s.start()
     try:
         await wait_for(lambda: sups[0].failures >= 3, what="three failed connects to the dead PLC")
         mark = len(live_got.batches)
         await wait_for(lambda: len(live_got.batches) >= mark + 5, what="live PLC still delivering")
-        assert all(np.all(b.quality == Quality.COMM_LOST) for b in dead_got.batches)
-        assert live_got.comm_lost() is None
+        assert dead_got.batches == []  # batches carry data only; the loss goes through on_state
+        assert live_losses.at == []
         assert "connection refused" in sups[0].last_error and dead.config.endpoint in sups[0].last_error
         assert dead.stats.sessions_created == 0 and dead.connect_attempts >= 3
     finally:
@@ -202,13 +204,15 @@ async def test_an_ordinary_server_restart_logs_no_asyncua_traceback(server, capl
     driver = OpcUaDriver(config(server.endpoint, [{"name": "temp", "node": nsu("Temperature")}],
                                 groups=[{"name": "default", "publishing_interval_ms": 20}]))
     got = Collector()
-    sup = _supervisor(driver, got)
+    losses = Losses(got)
+    sup = _supervisor(driver, got, losses)
     caplog.set_level(logging.INFO)
     sup.start()
     try:
         await wait_for(lambda: got.saw(0, 21.5), what="data before the restart")
         await server.stop()
-        lost_at = await wait_for(lambda: got.comm_lost(), what="COMM_LOST batch")
+        await wait_for(lambda: losses.at, what="the loss reported")
+        lost_at = losses.at[0]
         await server.restart()
         await wait_for(lambda: got.saw(0, 21.5, lost_at), what="data after the restart")
     finally:
@@ -255,9 +259,9 @@ async def test_non_finite_and_oversized_writes_are_refused_before_sending(server
     await driver.connect()
     try:
         for bad in (float("inf"), float("-inf"), float("nan")):
-            with pytest.raises(WriteFailed, match="not a finite number"):
+            with pytest.raises(WriteRefused, match="not a finite number"):
                 await driver.write("setpoint", bad)
-        with pytest.raises(WriteFailed, match="does not fit Float"):
+        with pytest.raises(WriteRefused, match="does not fit Float"):
             await driver.write("press", 1e300)
         assert (await driver.read(["setpoint"])).values[0] == 50.0  # nothing reached the server
         assert driver.stats.writes == 0

@@ -5,9 +5,10 @@ import stat
 
 import pytest
 import pytest_asyncio
+from asyncua.ua import uaerrors
 from pydantic import ValidationError
 
-from drivers.errors import DriverError
+from drivers.errors import CertificateUntrusted, CredentialsRejected, DriverError
 from drivers.opcua import OpcUaConfig, OpcUaSecurity, OpcUaTag
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.security import create_client_certificate
@@ -54,11 +55,15 @@ def secure_config(endpoint: str, certs: dict, **security) -> OpcUaConfig:
     return OpcUaConfig(name="secure", endpoint=endpoint, timeout_s=2.0, security=sec, tags=TAGS)
 
 
-async def connect_error(driver: OpcUaDriver) -> str:
-    with pytest.raises(DriverError) as info:
+async def connect_error(driver: OpcUaDriver, kind: type[DriverError] = DriverError,
+                        cause: type[BaseException] | None = None) -> str:
+    """The one-line message of the `kind` error connect() raises (with a `cause` of that type)."""
+    with pytest.raises(kind) as info:
         await driver.connect()
     msg = str(info.value)
     assert "\n" not in msg and driver._client is None
+    if cause is not None:
+        assert isinstance(info.value.__cause__, cause), repr(info.value.__cause__)
     return msg
 
 
@@ -88,7 +93,7 @@ async def test_unknown_server_certificate_is_accepted_only_when_explicitly_trust
                                                                                  monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, "s3cret")
     untrusting = secure_config(secure_server.endpoint, certs, server_certificate=None)
-    msg = await connect_error(OpcUaDriver(untrusting))
+    msg = await connect_error(OpcUaDriver(untrusting), CertificateUntrusted)
     assert "untrusted server certificate (sha256 " in msg and "trust_server_certificate" in msg
     trusting = OpcUaDriver(secure_config(secure_server.endpoint, certs, server_certificate=None,
                                          trust_server_certificate=True))
@@ -101,7 +106,7 @@ async def test_a_server_whose_certificate_differs_from_the_configured_one_is_ref
                                                                                    monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, "s3cret")
     driver = OpcUaDriver(secure_config(secure_server.endpoint, certs, server_certificate=certs["rogue_cert"]))
-    msg = await connect_error(driver)
+    msg = await connect_error(driver, CertificateUntrusted)
     assert msg.startswith(secure_server.endpoint) and "untrusted server certificate" in msg
     assert "does not match security.server_certificate" in msg
     assert driver.stats.sessions_created == 0
@@ -111,7 +116,8 @@ async def test_a_server_whose_certificate_differs_from_the_configured_one_is_ref
 async def test_wrong_password_or_missing_variable_or_untrusted_client_give_clear_errors(secure_server, certs,
                                                                                        monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, "wrong")
-    msg = await connect_error(OpcUaDriver(secure_config(secure_server.endpoint, certs)))
+    msg = await connect_error(OpcUaDriver(secure_config(secure_server.endpoint, certs)), CredentialsRejected,
+                              uaerrors.BadUserAccessDenied)
     assert "bad credentials" in msg and "'operator'" in msg and "BadUserAccessDenied" in msg
     assert "wrong" not in msg
     monkeypatch.delenv(PASSWORD_ENV)
@@ -120,7 +126,7 @@ async def test_wrong_password_or_missing_variable_or_untrusted_client_give_clear
     monkeypatch.setenv(PASSWORD_ENV, "s3cret")
     stranger = secure_config(secure_server.endpoint, certs, client_certificate=certs["stranger_cert"],
                              client_private_key=certs["stranger_key"])
-    msg = await connect_error(OpcUaDriver(stranger))
+    msg = await connect_error(OpcUaDriver(stranger), CertificateUntrusted, uaerrors.BadCertificateUntrusted)
     assert "does not trust our client certificate" in msg and "BadCertificateUntrusted" in msg
     assert "add it to the server's trusted list" in msg
 

@@ -1,5 +1,5 @@
-"""Backoff, session-rate limit and the supervisor's backoff reset (pure logic with a stand-in driver),
-and recovery after a long outage against a real pymodbus server."""
+"""Backoff, session-rate limit, the supervisor's state channel and backoff reset (pure logic with a
+stand-in driver), permanent errors, and recovery after a long outage against a real pymodbus server."""
 
 import asyncio
 import logging
@@ -10,8 +10,8 @@ import pytest
 from conftest import wait_for
 from modbus_server import SimServer, bits_at, device, registers_at
 
-from drivers.base import DriverStats, Quality, ReadingBatch
-from drivers.errors import AccessDenied, ConnectionLost
+from drivers.base import ConnectionState, DriverStats, Quality, ReadingBatch
+from drivers.errors import CertificateUntrusted, ConnectionLost, CredentialsRejected
 from drivers.modbus import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
 from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
@@ -55,7 +55,6 @@ class FlappingDriver:
 
     def __init__(self, lifetime: float, alive: bool = False) -> None:
         self.name, self.tag_names = "flappy", ["a", "b"]
-        self.state = None
         self.stats = DriverStats()
         self.lifetime, self.alive = lifetime, alive
         self.connects = 0
@@ -74,11 +73,12 @@ class FlappingDriver:
         raise ConnectionLost("dropped")
 
 
-async def run_until_connects(driver, stable_after: float, connects: int):
+async def run_until_connects(driver, stable_after: float, connects: int, states: list | None = None):
     batches = []
     sup = DriverSupervisor(driver, batches.append,
                            backoff=Backoff(initial=0.001, factor=2.0, cap=0.05, jitter=0.0),
-                           limiter=SessionRateLimiter(per_minute=10_000), stable_after=stable_after)
+                           limiter=SessionRateLimiter(per_minute=10_000), stable_after=stable_after,
+                           on_state=None if states is None else lambda s, d: states.append((s, d)))
     sup.start()
     await wait_for(lambda: driver.connects >= connects, what=f"{connects} connects")
     await sup.stop()
@@ -86,11 +86,23 @@ async def run_until_connects(driver, stable_after: float, connects: int):
 
 
 async def test_a_plc_that_drops_sessions_at_once_keeps_backing_off():
+    states = []
     sup, batches = await run_until_connects(FlappingDriver(lifetime=0.0, alive=True), stable_after=1.0,
-                                            connects=6)
+                                            connects=6, states=states)
     assert sup.backoff.attempt >= 5  # never reset: sessions did not last `stable_after`
-    assert all(b.quality.tolist() == [Quality.COMM_LOST] * 2 for b in batches
-               if not (b.quality == Quality.GOOD).all())
+    assert all((b.quality == Quality.GOOD).all() for b in batches)  # batches carry data quality only
+
+
+async def test_every_state_change_goes_through_on_state_and_only_the_supervisor_holds_it():
+    states = []
+    sup, _ = await run_until_connects(FlappingDriver(lifetime=0.0, alive=True), stable_after=1.0,
+                                      connects=3, states=states)
+    kinds = [s for s, _ in states]
+    assert kinds[:4] == [ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.BACKOFF,
+                         ConnectionState.CONNECTING]
+    assert states[2][1] == "ConnectionLost: dropped"  # the cause travels with the state
+    assert kinds[-1] is ConnectionState.CLOSED and sup.state is ConnectionState.CLOSED
+    assert not hasattr(sup.driver, "state")
 
 
 async def test_a_session_that_stayed_up_with_good_data_resets_the_backoff():
@@ -107,7 +119,7 @@ async def test_a_silent_device_does_not_flap_between_connected_and_lost(caplog):
     assert sup.failures >= 5 and sup.backoff.attempt >= 5
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "connection failed or lost" in warnings[0]
-    assert all((b.quality == Quality.COMM_LOST).all() for b in batches)
+    assert batches == []
 
 
 async def test_good_data_ends_the_outage_once(caplog):
@@ -137,14 +149,14 @@ async def test_recovery_after_a_long_outage_is_bounded_by_the_backoff_cap_plus_o
     sup = DriverSupervisor(driver, lambda b: stamps.append((time.monotonic(), b)),
                            backoff=Backoff(initial=0.05, factor=2.0, cap=cap, jitter=0.5),
                            limiter=SessionRateLimiter(per_minute=3))
+    lost = lambda: sup.state in (ConnectionState.BACKOFF, ConnectionState.CONNECTING)  # noqa: E731
     server = await SimServer(_small_device, port).start()
     sup.start()
     try:
         await wait_for(lambda: any((b.quality == Quality.GOOD).all() for _, b in stamps), timeout=5,
                        what="first good value")
         await server.stop()
-        await wait_for(lambda: (stamps[-1][1].quality == Quality.COMM_LOST).all(), timeout=5,
-                       what="COMM_LOST")
+        await wait_for(lost, timeout=5, what="the loss reported")
         attempts = driver.stats.sessions_created
         await wait_for(lambda: driver.stats.sessions_created >= attempts + 3 + 2, timeout=10,
                        what="more failed attempts than the per-minute session limit")
@@ -163,24 +175,35 @@ async def test_recovery_after_a_long_outage_is_bounded_by_the_backoff_cap_plus_o
 
 
 class RefusingDriver(FlappingDriver):
-    """A PLC that refuses our identity on every connect."""
+    """A PLC that refuses us on every connect, with a permanent error."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(lifetime=0.0)
+        self.error = error
 
     async def connect(self) -> None:
         self.connects += 1
-        raise AccessDenied("opc.tcp://plc: the server does not trust our client certificate")
+        raise self.error
 
 
-async def test_access_denied_retries_only_at_the_backoff_cap_with_one_error(caplog):
+@pytest.mark.parametrize("error", [
+    CertificateUntrusted("opc.tcp://plc: the server does not trust our client certificate"),
+    CredentialsRejected("opc.tcp://plc: bad credentials: the server refused user 'op'"),
+])
+async def test_a_permanent_error_stops_the_retries_and_reports_failed_with_the_cause(caplog, error):
     caplog.set_level(logging.DEBUG, logger="drivers.supervisor")
-    driver = RefusingDriver(lifetime=0.0)
-    sup = DriverSupervisor(driver, lambda b: None, backoff=Backoff(initial=0.001, factor=2.0, cap=0.02,
-                                                                   jitter=0.0),
-                           limiter=SessionRateLimiter(per_minute=10_000))
-    sup.start()
-    t0 = time.monotonic()
-    await wait_for(lambda: driver.connects >= 4, what="4 refused connects")
-    await sup.stop()
-    assert time.monotonic() - t0 >= 3 * 0.02  # every retry waited the cap, none the 1 ms initial delay
+    driver = RefusingDriver(error)
+    states = []
+    sup = DriverSupervisor(driver, lambda b: None, backoff=Backoff(initial=0.001, factor=2.0, cap=0.002),
+                           limiter=SessionRateLimiter(per_minute=10_000),
+                           on_state=lambda s, d: states.append((s, d)))
+    task = sup.start()
+    await asyncio.wait_for(task, 5)  # run() returns: no backoff loop
+    assert driver.connects == 1
+    assert sup.state is ConnectionState.FAILED and sup.failure is error
+    assert states[-1] == (ConnectionState.FAILED, f"{type(error).__name__}: {error}")
     loud = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(loud) == 1 and loud[0][0] == logging.ERROR
-    assert "does not trust our client certificate" in loud[0][1]
+    assert len(loud) == 1 and loud[0][0] == logging.ERROR and str(error) in loud[0][1]
+    assert "not retrying" in loud[0][1]
+    await sup.stop()
+    assert sup.state is ConnectionState.CLOSED
