@@ -3,7 +3,7 @@
 Works with InfluxDB 2.x / Cloud, 3.x (v2 write endpoint) and 1.8+ (v2 compatibility endpoints);
 docs/cloud-sync.md has the keys for each. Line protocol is built only with influxdb_client's
 `Point` (never by hand), so escaping and number formatting are the client's. influxdb_client is
-imported when the sink is created or renders records, never when its config is validated.
+imported when the sink is created (at start), never when its config is validated.
 
 HTTP outcome -> typed error for the shared worker (controller/sync.py):
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import math
 import os
 import time
@@ -101,6 +102,9 @@ class InfluxDBSink:
     def __init__(self, config: InfluxDBConfig, sync: SyncConfig) -> None:
         self.config = config
         self._token = config.token()
+        # The client library is imported here, at start, so that the first send does not stall the
+        # event loop for the ~0.3-1 s the import takes; later imports in the methods are lookups.
+        importlib.import_module("influxdb_client.client.influxdb_client_async")
         self._timeout_ms = int(sync.timeout_s * 1000)  # the client takes whole ms; 0 would mean none
         self._client: Any = None
         self._write_api: Any = None
