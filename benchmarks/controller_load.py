@@ -23,10 +23,12 @@
    the window of --seconds measures: process CPU per wall second (time.process_time and
    getrusage), peak RSS (ru_maxrss) and VmRSS at the end of the window, batches per second,
    controller.step_latency (the hot path the controller times itself: line state, detector,
-   alarms, actions; not the summarizer) and the whole `_on_batch` call (timed by a thin wrapper
-   this benchmark puts on the instance), driver reads and missed ticks, and the server
-   subprocess's CPU (psutil if installed, else /proc/<pid>/stat).
-5. Then, if --profile > 0, cProfile over `_on_batch` calls for that many seconds (after the
+   alarms, actions; not the summarizer) and the whole `handle_batch` call (timed by a wrapper this
+   benchmark puts in `Controller.batch_handler`, the public per-batch hook), driver reads and
+   missed ticks, the server subprocess's CPU (psutil if installed, else /proc/<pid>/stat), and
+   which heavy libraries the running service imported (scikit-learn, scipy beyond what numba
+   loads itself, asyncua, influxdb_client: none is needed for a Modbus line without [sync]).
+5. Then, if --profile > 0, cProfile over `handle_batch` calls for that many seconds (after the
    window, so it does not perturb it), and last, with the controller stopped, the detector's own
    step cost at 1,000 tags: StreamingDetector.step on --frames frames, all tags fresh, and as the
    controller feeds it (one PLC's 100 tags fresh per step).
@@ -65,8 +67,8 @@ BOTTLENECK_PIECES = {  # (file suffix, function) -> label, for the profile break
     ("controller/linestate.py", "apply"): "LineState.apply",
     ("controller/linestate.py", "gather_frame"): "LineState.gather_frame",
     ("models/detector.py", "step"): "StreamingDetector.step",
-    ("controller/runtime.py", "_decide"): "Controller._decide (alarms, actions)",
-    ("controller/runtime.py", "_summarize"): "Controller._summarize",
+    ("controller/pipeline.py", "decide"): "StepPipeline.decide (alarms, actions)",
+    ("controller/pipeline.py", "_summarize"): "StepPipeline._summarize",
 }
 
 
@@ -260,15 +262,16 @@ def child_cpu_s(pid: int) -> float:
 
 
 class BatchTimer:
-    """Wraps Controller._on_batch on the instance: times each whole call; optionally profiles it."""
+    """Put in `Controller.batch_handler` (the public hook the supervisors call for every batch):
+    times each whole `handle_batch` call; optionally profiles it."""
 
     def __init__(self, controller) -> None:
         self.controller = controller
-        self.inner = controller._on_batch
+        self.inner = controller.handle_batch
         self.seconds: list[float] = []
         self.alarm_batches = 0
         self.profiler: cProfile.Profile | None = None
-        controller._on_batch = self  # the supervisors look `_on_batch` up at every batch
+        controller.batch_handler = self
 
     def __call__(self, plc, batch) -> None:
         t0 = time.perf_counter()
@@ -278,6 +281,24 @@ class BatchTimer:
             self.profiler.runcall(self.inner, plc, batch)
         self.seconds.append(time.perf_counter() - t0)
         self.alarm_batches += self.controller.line_alarm
+
+
+def heavy_modules() -> dict[str, int]:
+    """Modules of the libraries the service should not need here, by library (count of modules).
+    numba itself imports the bare `scipy` package and `scipy.linalg` (its BLAS bridge) whenever
+    scipy is installed; those are counted apart as "scipy (numba's own)"."""
+    out: dict[str, int] = {}
+    for name in list(sys.modules):
+        top, _, rest = name.partition(".")
+        if top == "scipy":
+            own = rest == "" or rest.startswith(("_", "version", "linalg"))
+            key = "scipy (numba's own)" if own else "scipy"
+        elif top in ("sklearn", "asyncua", "influxdb_client"):
+            key = top
+        else:
+            continue
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def lat_summary(seconds: np.ndarray) -> dict:
@@ -343,6 +364,7 @@ async def run_controller(config_path: Path, args: argparse.Namespace, server_pid
         s1 = snapshot(controller, timer, server_pid)
         mem = rss_mb()
         maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        heavy = heavy_modules()
 
         ring = controller.step_latency
         if s1["written"] - s0["written"] > ring.ring.shape[0]:
@@ -379,13 +401,14 @@ async def run_controller(config_path: Path, args: argparse.Namespace, server_pid
         "rusage_sys_s_per_wall_s": (s1["stime"] - s0["stime"]) / wall,
         "context_switches_per_s": {"voluntary": (s1["nvcsw"] - s0["nvcsw"]) / wall,
                                    "involuntary": (s1["nivcsw"] - s0["nivcsw"]) / wall},
+        "heavy_modules_loaded": heavy,
         "rss_mb": {"after_imports_and_config": rss_before, "controller_running_before_warmup": rss_started,
                    "end_of_window_VmRSS": mem["VmRSS"], "peak_ru_maxrss": maxrss_mb,
                    "peak_VmHWM": mem["VmHWM"]},
         "batches_per_s": batches / wall,
         "expected_batches_per_s": DEVICES / POLL_S,
         "step_latency": lat_summary(step),
-        "whole_on_batch": lat_summary(full),
+        "whole_handle_batch": lat_summary(full),
         "hot_path_share_of_process_cpu": float(full.sum()) / max(s1["cpu"] - s0["cpu"], 1e-9),
         "line_alarm_batch_fraction": (s1["alarm_batches"] - s0["alarm_batches"]) / max(batches, 1),
         "events_in_window": dict(Counter(f"{e['kind']}:{e['source']}" for e in events)),
@@ -455,15 +478,19 @@ def report(res: dict) -> None:
           f"peak {r['peak_ru_maxrss']:.0f} MB (ru_maxrss; VmHWM {r['peak_VmHWM']:.0f} MB); "
           f"{r['after_imports_and_config']:.0f} MB "
           f"before Controller(), {r['controller_running_before_warmup']:.0f} MB once running")
+    print(f"  service RSS at {DEVICES * TAGS:,} Modbus tags: {r['end_of_window_VmRSS']:.0f} MB")
+    heavy = c["heavy_modules_loaded"]
+    print("  heavy imports:          " + (", ".join(f"{k} ({v} modules)" for k, v in sorted(heavy.items()))
+                                          or "none"))
     print(f"  batches received:       {c['batches_per_s']:.1f}/s "
           f"(expected {c['expected_batches_per_s']:.0f}/s)")
     for label, key in (("hot path (step_latency)", "step_latency"),
-                       ("whole _on_batch call", "whole_on_batch")):
+                       ("whole handle_batch call", "whole_handle_batch")):
         s = c[key]
         print(f"  {label + ':':<25}p50 {s['p50_us']:6.1f} us  p90 {s['p90_us']:6.1f} us  "
               f"p99 {s['p99_us']:6.1f} us  max {s['max_us']:7.1f} us  mean {s['mean_us']:6.1f} us  "
               f"(n={s['n']})")
-    print(f"  _on_batch share of process CPU: {c['hot_path_share_of_process_cpu'] * 100:.1f} %")
+    print(f"  handle_batch share of process CPU: {c['hot_path_share_of_process_cpu'] * 100:.1f} %")
     print(f"  line alarm on in {c['line_alarm_batch_fraction'] * 100:.2f} % of batches; tags with a flag at "
           f"end: {c['flagged_tags_at_end']}; active alarms at end: {c['active_alarms_at_end'] or 'none'}")
     events = ", ".join(f"{k} x{v}" for k, v in sorted(c["events_in_window"].items())) or "none"
@@ -483,7 +510,7 @@ def report(res: dict) -> None:
               f"in {s['alarm_fraction'] * 100:.1f} % of frames)")
     p = c["profile"]
     if p:
-        print(f"cProfile over {p['batches']} _on_batch calls ({res['args']['profile']:g} s, after the "
+        print(f"cProfile over {p['batches']} handle_batch calls ({res['args']['profile']:g} s, after the "
               f"window; profiling inflates Python-level calls, the numba kernel is one call): "
               f"{p['total_us_per_batch']:.1f} us per batch")
         for label, s in p["pieces"].items():
@@ -500,7 +527,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="measurement window")
     p.add_argument("--warmup", type=float, default=5.0,
                    help="seconds after every PLC delivers, before the window")
-    p.add_argument("--profile", type=float, default=10.0, help="seconds of cProfile over _on_batch (0: none)")
+    p.add_argument("--profile", type=float, default=10.0,
+                   help="seconds of cProfile over handle_batch (0: none)")
     p.add_argument("--fit-rows", type=int, default=3000)
     p.add_argument("--frames", type=int, default=10_000, help="frames for the detector step cost")
     p.add_argument("--json", dest="json_path", default=None, help="write all figures to this file")

@@ -2,8 +2,9 @@
 
 Two inputs, one owner:
 - the supervisor's `on_state(state, detail)` callback (the only channel for connection changes,
-  drivers.supervisor): a lost session (BACKOFF) makes the PLC's tags COMM_LOST in LineState at
-  once, so their alarms are suppressed as consequences and the detector sees them as not good;
+  drivers.supervisor): a lost session (BACKOFF) or a permanent failure (FAILED: credentials or
+  certificate refused) makes the PLC's tags COMM_LOST in LineState at once, so their alarms are
+  suppressed as consequences and the detector sees them as not good;
 - the liveness age, checked by housekeeping, the fallback for a silent link that never breaks:
   a PLC is live while good data arrives, i.e. `mono - max(driver.stats.last_alive, start) <=
   stale_timeout_s`; one that never delivered counts from the controller's start.
@@ -90,8 +91,13 @@ class PlcHealth:
         plc.state = state
         if state is ConnectionState.CONNECTED:
             self.events.add("driver", plc.name, "connected", state=state.value)
-        elif state is ConnectionState.BACKOFF:
-            self.events.add("driver", plc.name, f"connection lost: {detail}", state=state.value)
+        elif state in (ConnectionState.BACKOFF, ConnectionState.FAILED):
+            if state is ConnectionState.BACKOFF:
+                message = f"connection lost: {detail}"
+            else:  # permanent (credentials, certificate): the supervisor stopped retrying
+                message = f"connection failed, no more attempts until the controller restarts: {detail}"
+                log.error("%s: %s", plc.name, message)
+            self.events.add("driver", plc.name, message, state=state.value)
             self.line.mark_lost(plc.binding)  # its values are unknown from now on
             self._restep()
 

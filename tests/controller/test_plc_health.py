@@ -106,6 +106,15 @@ def test_a_lost_session_marks_the_plcs_tags_comm_lost_at_once(rig):
     assert [m for _, m in rig.events()] == ["connected", "connection lost: ConnectionLost: reset by peer"]
 
 
+def test_a_permanent_failure_marks_the_tags_lost_and_says_no_more_attempts(rig, caplog):
+    rig.line.quality[:] = GOOD
+    rig.health.on_state(rig.plc, ConnectionState.FAILED, "CredentialsRejected: BadUserAccessDenied")
+    assert np.all(rig.line.quality[rig.plc.binding] == COMM_LOST) and rig.resteps == 1
+    (message,) = [m for _, m in rig.events()]
+    assert "no more attempts" in message and "BadUserAccessDenied" in message
+    assert any(r.levelname == "ERROR" and "no more attempts" in r.getMessage() for r in caplog.records)
+
+
 def test_a_plc_that_never_delivers_is_comm_lost_after_its_timeout_from_the_start(rig):
     rig.clock.now += 0.9
     assert not rig.health.check(rig.clock.now) and not rig.plc.comm_lost
