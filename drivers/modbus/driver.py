@@ -44,6 +44,7 @@ from drivers.modbus.config import ModbusDeviceConfig, ModbusTag
 from drivers.modbus.planner import ReadBlock, plan_reads
 from drivers.modbus.scaling import to_raw
 from drivers.modbus.tables import BIT_TABLES, EXCEPTION_NAMES, READ_FUNCTION, width
+from drivers.polling import poll_at_fixed_rate
 
 log = logging.getLogger(__name__)
 
@@ -358,23 +359,19 @@ class ModbusDriver:
                             source_ts=np.full(n, np.nan), receive_ts=receive_ts, text=text)
     async def subscribe(self, on_batch: OnBatch) -> None:
         """Poll every poll_interval_s on a fixed-rate schedule; overruns skip (and count) ticks."""
-        period = self.config.poll_interval_s
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time()
-        while True:
+
+        async def poll() -> None:
             self._live_client()
             batch = await self.read()
             try:
                 on_batch(batch)
             except Exception:  # a consumer bug must not tear down the PLC session
                 log.exception("%s: on_batch raised", self.name)
-            next_tick += period
-            now = loop.time()
-            if now > next_tick:
-                missed = int((now - next_tick) // period) + 1
-                self.missed_ticks += missed
-                next_tick += missed * period
-            await asyncio.sleep(next_tick - now)
+
+        await poll_at_fixed_rate(self.config.poll_interval_s, poll, self._count_missed)
+
+    def _count_missed(self, ticks: int) -> None:
+        self.missed_ticks += ticks
 
     # ------------------------------------------------------------------ writing
 

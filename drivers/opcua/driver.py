@@ -39,6 +39,7 @@ from drivers.opcua.convert import same_value, to_batch, to_variant, variant_type
 from drivers.opcua.limits import OperationLimits, chunks, read_operation_limits
 from drivers.opcua.nodes import missing_eurange, resolve_node_ids
 from drivers.opcua.security import apply_security, channel_refused
+from drivers.polling import poll_at_fixed_rate
 
 log = logging.getLogger(__name__)
 
@@ -469,15 +470,11 @@ class OpcUaDriver:
 
     async def _poll(self, group: OpcUaGroup, index: list[int], on_batch: OnBatch) -> None:
         """Batched reads on a fixed schedule (no drift; a late read skips the missed ticks)."""
-        period = group.poll_interval_s
-        next_at = time.monotonic()
-        while True:
+
+        async def poll() -> None:
             self._deliver(on_batch, await self._read_index(index))
-            next_at += period
-            now = time.monotonic()
-            if next_at < now:
-                next_at = now + period - (now - next_at) % period
-            await asyncio.sleep(next_at - now)
+
+        await poll_at_fixed_rate(group.poll_interval_s, poll)
 
     async def _watchdog(self, client: Client, subs: list[Subscription]) -> None:
         """Give the link up `timeout_s` after the server's last answer; refresh liveness meanwhile.

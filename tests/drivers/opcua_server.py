@@ -281,8 +281,3 @@ class Collector:
     def saw(self, i: int, value: float, since: int = 0) -> bool:
         return any(v == value and q <= 1 for v, q in self.values_of(i, since))  # GOOD or UNCERTAIN
 
-    def comm_lost(self, since: int = 0) -> int | None:
-        for n, b in enumerate(self.batches[since:], start=since):
-            if len(b) and np.all(b.quality == 4):  # Quality.COMM_LOST
-                return n
-        return None
