@@ -124,9 +124,10 @@ def _season(style: StreamStyle, t: np.ndarray, phase_s: float = 0.0) -> np.ndarr
     return style.daily * daily * np.where(weekend, style.weekend, 1.0)
 
 
-def make_stream(style_name: str, rows: int, kind: str | None, n_anomalies: int, seed: int,
+def make_stream(style_name: str, rows: int, kinds: tuple[str, ...], seed: int,
                 duplicates: int = 0) -> tuple[np.ndarray, np.ndarray, list[Fault]]:
-    """One stream (times, values, faults). `kind=None` makes a normal stream; 'flat' a constant one."""
+    """One stream (times, values, faults) with one anomaly per entry of `kinds`, in order along the
+    scored rows; no kinds make a normal stream, style 'flat' a constant one."""
     rng = np.random.default_rng(seed)
     n_fit = int(rows * FIT_SHARE)
     grid = np.arange(rows + int(rows * DROPPED_SHARE) + 1) * UNIVARIATE_INTERVAL_S
@@ -143,24 +144,22 @@ def make_stream(style_name: str, rows: int, kind: str | None, n_anomalies: int, 
     noise = _noise(style.noise, rows, rng)
 
     faults = []
-    if kind is not None:
-        length = ANOMALY_ROWS[kind]
-        bands = np.linspace(0.3, 0.92, n_anomalies + 1)
-        for a in range(n_anomalies):
-            start = int(rows * rng.uniform(bands[a], bands[a + 1] - 0.06))
-            if kind == "contextual":  # start 03:00 so the flipped window covers the 06:00 peak
-                start += int(((3 * 3600 - t[start]) % DAY_S) // UNIVARIATE_INTERVAL_S)
-            faults.append(Fault(kind, start, min(start + length, rows)))
+    bands = np.linspace(0.3, 0.92, len(kinds) + 1)
+    for a, kind in enumerate(kinds):
+        start = int(rows * rng.uniform(bands[a], bands[a + 1] - 0.06))
+        if kind == "contextual":  # start 03:00 so the flipped window covers the 06:00 peak
+            start += int(((3 * 3600 - t[start]) % DAY_S) // UNIVARIATE_INTERVAL_S)
+        faults.append(Fault(kind, start, min(start + ANOMALY_ROWS[kind], rows)))
     sign = rng.choice([-1.0, 1.0], size=len(faults))
     for f, s in zip(faults, sign, strict=True):
         span = slice(f.start, f.end)
-        if kind == "level_shift" or kind == "spike":
-            level[span] += s * ANOMALY_SIGMAS[kind] * sigma[span]
-        elif kind == "trend_change":
-            level[span] += s * ANOMALY_SIGMAS[kind] * sigma[span] * np.linspace(0, 1, f.end - f.start)
-        elif kind == "variance_change":
-            noise[span] *= ANOMALY_SIGMAS[kind]
-        elif kind == "contextual":  # the daily pattern runs half a day out of phase
+        if f.kind == "level_shift" or f.kind == "spike":
+            level[span] += s * ANOMALY_SIGMAS[f.kind] * sigma[span]
+        elif f.kind == "trend_change":
+            level[span] += s * ANOMALY_SIGMAS[f.kind] * sigma[span] * np.linspace(0, 1, f.end - f.start)
+        elif f.kind == "variance_change":
+            noise[span] *= ANOMALY_SIGMAS[f.kind]
+        elif f.kind == "contextual":  # the daily pattern runs half a day out of phase
             season[span] = _season(style, t[span], DAY_S / 2)
     values = level + sigma * (season + noise)
     values = np.round(values / style.resolution) * style.resolution
@@ -174,21 +173,23 @@ def make_stream(style_name: str, rows: int, kind: str | None, n_anomalies: int, 
 
 
 def univariate_set(quick: bool = False, seed: int = 0) -> list[Group]:
-    """Every anomaly kind on every style (quick: one style per kind); normal, flat, duplicate-time streams."""
+    """Two anomalies of each kind on every style, normal streams, a flat one and one with duplicate
+    timestamps; quick: three streams holding two kinds each, the flat and the duplicate-time one."""
     rows = 1152 if quick else 4032  # 4 or 14 days of 5-min samples
     styles = list(STYLES)
-    plan = []  # (name, style, kind, anomalies, duplicates)
-    for k, kind in enumerate(UNIVARIATE_KINDS):
-        for style in ([styles[k % len(styles)]] if quick else styles):
-            plan.append((f"{kind}/{style}", style, kind, 2, 0))
-    plan.append(("normal/flat", "flat", None, 0, 0))
-    plan.append(("level_shift/duplicate_times", "daily", "level_shift", 2, DUPLICATE_TIMES))
-    if not quick:
-        plan += [("normal/weekly", "weekly", None, 0, 0),
-                 ("normal/variance_drift", "variance_drift", None, 0, 0)]
+    plan = []  # (name, style, kinds, duplicates)
+    if quick:
+        for k in range(0, len(UNIVARIATE_KINDS), 2):
+            kinds = UNIVARIATE_KINDS[k:k + 2]
+            plan.append((f"{'+'.join(kinds)}/{styles[k // 2]}", styles[k // 2], kinds, 0))
+    else:
+        plan += [(f"{kind}/{style}", style, (kind, kind), 0) for kind in UNIVARIATE_KINDS for style in styles]
+        plan += [("normal/weekly", "weekly", (), 0), ("normal/variance_drift", "variance_drift", (), 0)]
+    plan.append(("normal/flat", "flat", (), 0))
+    plan.append(("level_shift/duplicate_times", "daily", ("level_shift", "level_shift"), DUPLICATE_TIMES))
     groups = []
-    for i, (name, style, kind, anomalies, duplicates) in enumerate(plan):
-        t, v, faults = make_stream(style, rows, kind, anomalies, seed * 1000 + i, duplicates)
+    for i, (name, style, kinds, duplicates) in enumerate(plan):
+        t, v, faults = make_stream(style, rows, kinds, seed * 1000 + i, duplicates)
         n_fit = int(rows * FIT_SHARE)
         x = v[:, None]
         groups.append(Group("univariate", name, ["value"], x[:n_fit], t[:n_fit],

@@ -2,9 +2,11 @@
 
 The detector is fitted exactly as a new user would: `StreamingDetector(tags, spec).fit(x, times)`
 on the normal rows, then `run_batch(x, times)` over each run from a fresh state. A fit the
-detector refuses is recorded (with its message) and scored as a detector that never alarms.
+detector refuses is recorded (with its message) and scored as a detector that never alarms;
+warnings the fit gives (e.g. a threshold decided by one component) are recorded as notes.
 """
 
+import warnings
 from dataclasses import asdict
 
 import numpy as np
@@ -46,11 +48,14 @@ def evaluate_group(group: Group, spec: DetectorSpec) -> dict:
     """Fit both methods on the group's normal rows and score every run."""
     diag: dict = {"group": group.name, "fit_error": None, "threshold": None}
     det = None
-    try:
-        det = StreamingDetector(group.tags, spec).fit(group.fit_x, group.fit_t)
-        diag["threshold"] = det.threshold
-    except ValueError as exc:  # the detector refused the training data: say so, score as never alarming
-        diag["fit_error"] = str(exc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            det = StreamingDetector(group.tags, spec).fit(group.fit_x, group.fit_t)
+            diag["threshold"] = det.threshold
+        except ValueError as exc:  # the detector refused the training data: say so, score as never alarming
+            diag["fit_error"] = str(exc)
+    diag["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
     pca = PCAMonitor.fit(group.fit_x, spec.target_far, UNIVARIATE_LAGS if len(group.tags) == 1 else 0)
     runs = {m: [] for m in METHODS}
     for run in group.runs:
@@ -130,4 +135,5 @@ def summarise(results: dict[str, dict], designed_far: float) -> dict:
                                     f"{len(diags)} fits: {', '.join(pinned)}")
         if zero:
             summary["notes"].append(f"{name}: line threshold exactly 0 on {', '.join(zero)}")
+        summary["notes"] += [f"{name}: fit of {d['group']} warned: {w}" for d in diags for w in d["warnings"]]
     return summary
