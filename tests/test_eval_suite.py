@@ -157,3 +157,22 @@ def test_suite_rejects_a_folder_that_is_not_skab(tmp_path, capsys):
     assert main(["--quick", "--skab", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "does not look like SKAB data" in err and err.count("\n") == 1
+
+
+def test_suite_rejects_a_bad_spec_file_in_one_line(tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"target_far": 2.0}')
+    assert main(["--quick", "--spec", str(spec), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "target_far" in err and err.count("\n") == 1
+
+
+def test_suite_runs_one_set_with_a_spec_file(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"target_far": 0.01, "iforest": false}')
+    out = tmp_path / "out"
+    assert main(["--quick", "--only", "process", "--spec", str(spec), "--out", str(out)]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert list(summary["sets"]) == ["process"]
+    assert summary["run"]["spec"]["iforest"] is False
+    assert summary["sets"]["process"]["pca"]["designed_far"] == 0.01

@@ -23,6 +23,8 @@ from benchmarks.detection.evaluate import evaluate_set, summarise
 from benchmarks.detection.report import markdown, tables
 from models import DetectorSpec
 
+SETS = ("univariate", "process", "skab")
+
 
 def detector_version() -> str:
     """The commit the run used, with '+modified' when models/ has uncommitted changes."""
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spec", type=Path, help="JSON detector spec to evaluate instead of DetectorSpec()")
     ap.add_argument("--quick", action="store_true", help="small generated sets (CI smoke)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the generated sets")
+    ap.add_argument("--only", default="", help="comma-separated sets to run (univariate, process, skab)")
     args = ap.parse_args(argv)
     err = Console(stderr=True)
     if args.skab is not None and not all((args.skab / f).is_dir() for f in skab.FOLDERS):
@@ -63,10 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]error:[/] --spec {args.spec}: {exc}", soft_wrap=True)
         return 2
 
-    sets = {"univariate": datasets.univariate_set(args.quick, args.seed),
-            "process": datasets.process_set(args.quick, args.seed)}
-    if args.skab is not None:
-        sets["skab"] = datasets.skab_set(args.skab)
+    only = [s for s in args.only.split(",") if s] or list(SETS)
+    unknown = sorted(set(only) - set(SETS))
+    if unknown:
+        err.print(f"[red]error:[/] --only {','.join(unknown)}: expected some of {', '.join(SETS)}",
+                  soft_wrap=True)
+        return 2
+    makers = {"univariate": lambda: datasets.univariate_set(args.quick, args.seed),
+              "process": lambda: datasets.process_set(args.quick, args.seed),
+              "skab": lambda: datasets.skab_set(args.skab)}
+    sets = {name: makers[name]() for name in only if name != "skab" or args.skab is not None}
     results, timings = {}, {}
     for name, groups in sets.items():
         started = time.perf_counter()
