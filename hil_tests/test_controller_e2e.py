@@ -77,9 +77,13 @@ async def test_a_jam_is_detected_and_stops_the_line_through_opcua(tmp_path, rig,
                        what="the acknowledgement in the event log")
     finally:
         await stop(controller, task)
-    # The latch survives a restart: the new controller does not write again, it stays latched.
+    # The latch survives a restart (the saved state is restored at start, not by the constructor).
     again = Controller(load_config(rig_config(tmp_path, rig, model=model)), api_port=0)
-    assert next(a for a in again.actions.status() if a["name"] == "stop_line")["latched"] is True
+    task = await start(again)
+    try:
+        assert next(a for a in again.actions.status() if a["name"] == "stop_line")["latched"] is True
+    finally:
+        await stop(again, task)
 
 
 async def test_press_loss_drives_the_safe_state_and_heartbeats_flow(tmp_path, rig, model):

@@ -99,7 +99,7 @@ async def stop_controller(controller: Controller, task: asyncio.Task) -> None:
 async def live(controller: Controller) -> None:
     """Every PLC delivered good data after the controller started."""
     await wait_for(
-        lambda: all(p.driver.stats.last_alive > controller._started_mono for p in controller.plcs),
+        lambda: all(p.driver.stats.last_alive > controller.started_mono for p in controller.plcs),
         timeout=15,
         what="good data from every PLC",
     )
