@@ -301,7 +301,7 @@ def simulate_process(layout: ProcessLayout, rows: int, seed: int, fault: str | N
     # Valves follow their command; the flow behind each valve lags its position by two samples.
     command = drive[:, N_PROCESS:N_PROCESS + N_VALVES].copy()
     if fault == "valve_oscillation":
-        command[after, 3] += 1.5 * np.sin(2 * np.pi * np.arange(after.sum()) / 8.0)
+        command[after, 3] += 3.0 * np.sin(2 * np.pi * np.arange(after.sum()) / 8.0)
     position = command.copy()
     if fault == "valve_sticking":  # stick-slip: the valve moves only when the command is 0.6 away
         for i in np.flatnonzero(after):
