@@ -3,6 +3,7 @@
     python -m benchmarks.detection --skab ../shared/data/skab --out out/detection
     python -m benchmarks.detection --quick --out out/detection-quick     # small sizes, no SKAB
     python -m benchmarks.detection --skab ... --spec recipe.json          # compare a recipe
+    python -m benchmarks.detection --skab ... --spec skab                 # the SKAB recipe
 
 Prints the tables and writes `results.md` and `results.json` (every figure) to --out.
 """
@@ -40,8 +41,11 @@ def detector_version() -> str:
 
 
 def load_spec(path: Path | None) -> DetectorSpec:
+    """DetectorSpec() without a path; 'skab' names the SKAB recipe of benchmarks.skab; else a JSON file."""
     if path is None:
         return DetectorSpec()
+    if str(path) == "skab":
+        return skab.SKAB_SPEC
     return DetectorSpec.from_dict(json.loads(path.read_text()))
 
 
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skab", type=Path, help="SKAB data folder (holds valve1/, valve2/, other/); "
                                               "SKAB is left out without it")
     ap.add_argument("--out", type=Path, default=Path("out/detection"), help="folder for results.md/json")
-    ap.add_argument("--spec", type=Path, help="JSON detector spec to evaluate instead of DetectorSpec()")
+    ap.add_argument("--spec", type=Path, help="JSON detector spec to evaluate instead of DetectorSpec() "
+                                              "('skab': the SKAB recipe of benchmarks.skab)")
     ap.add_argument("--quick", action="store_true", help="small generated sets (CI smoke)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the generated sets")
     ap.add_argument("--only", default="", help="comma-separated sets to run (univariate, process, skab)")
