@@ -6,6 +6,7 @@ detector refuses is recorded (with its message) and scored as a detector that ne
 warnings the fit gives (e.g. a threshold decided by one component) are recorded as notes.
 """
 
+import json
 import warnings
 from dataclasses import asdict
 
@@ -18,6 +19,11 @@ from models import DetectorSpec, StreamingDetector
 
 METHODS = ("detector", "pca", "pca_t2", "pca_q")  # pca = T² or Q; the parts shown for insight
 THRESHOLD_CAP = 0.99  # the detector's line-threshold cap; a threshold there means calibration pinned
+
+
+def json_safe(value):
+    """The detector's fit summary as plain JSON (numpy scalars and arrays become numbers and lists)."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def score_run(run: Run, pred: np.ndarray) -> dict:
@@ -53,6 +59,7 @@ def evaluate_group(group: Group, spec: DetectorSpec) -> dict:
         try:
             det = StreamingDetector(group.tags, spec).fit(group.fit_x, group.fit_t)
             diag["threshold"] = det.threshold
+            diag["fit_summary"] = json_safe(det.summary)
         except ValueError as exc:  # the detector refused the training data: say so, score as never alarming
             diag["fit_error"] = str(exc)
     diag["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
@@ -125,7 +132,9 @@ def summarise(results: dict[str, dict], designed_far: float) -> dict:
         diags = res["diagnostics"]
         summary["diagnostics"][name] = diags
         refused = [d for d in diags if d["fit_error"]]
-        pinned = [d["group"] for d in diags if d["threshold"] is not None and d["threshold"] >= THRESHOLD_CAP]
+        pinned = [d["group"] for d in diags if d["threshold"] is not None and (
+            d["threshold"] >= THRESHOLD_CAP
+            or d["fit_summary"].get("calibration", {}).get("pinned_at_cap", False))]
         zero = [d["group"] for d in diags if d["threshold"] == 0.0]
         for d in refused:
             summary["notes"].append(f"{name}: fit refused {d['group']} (scored as never alarming): "
