@@ -1,0 +1,37 @@
+"""Conformance adapter of the toy plugin (tests/drivers/test_conformance.py runs it like the others)."""
+
+import math
+
+from drivers.errors import CredentialsRejected
+from tests.drivers.adapters import PermanentCase
+from tests.drivers.toy.server import ToyServer
+
+VALUES = {"speed": 12.5, "load": -3.0, "count": 7.0, "broken": math.nan, "setpoint": 50.0}
+
+
+class ToyAdapter:
+    plugin = "toy"
+    servers = ("toy",)
+    expected = {"speed": 12.5, "load": -3.0, "count": 7.0}
+    bad_tag = "broken"
+    write = ("setpoint", 61.5)
+    read_only_tag = "count"
+
+    async def start(self, kind: str) -> ToyServer:
+        return await ToyServer(VALUES, writable={"setpoint", "count"}, token="t0k").start()
+
+    def config(self, server: ToyServer) -> dict:
+        tags = [{"name": n} for n in ("speed", "load", "count", "broken")] + [{"name": "setpoint",
+                                                                                 "writable": True}]
+        return {"name": "dut", "port": server.port, "token": "t0k", "poll_interval_s": 0.05, "tags": tags}
+
+    def dead_config(self, port: int) -> dict:
+        return {"name": "dead", "port": port, "timeout_s": 0.5, "tags": [{"name": "x"}]}
+
+    async def read_independently(self, server: ToyServer, tag: str) -> float:
+        return server.values[tag]
+
+    async def permanent_cases(self, tmp_path) -> list[PermanentCase]:
+        server = await ToyServer(VALUES, writable=set(), token="right").start()
+        return [PermanentCase(server, {"name": "dut", "port": server.port, "token": "wrong",
+                                       "tags": [{"name": "speed"}]}, CredentialsRejected)]
