@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from benchmarks import skab
 from benchmarks.detection import datasets, metrics
 from benchmarks.detection.__main__ import main
 from benchmarks.detection.datasets import Fault
+from benchmarks.detection.evaluate import evaluate_group
 from benchmarks.detection.pca_baseline import PCAMonitor, lagged
 
 PRED = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1, 0], dtype=bool)
@@ -176,3 +178,11 @@ def test_suite_runs_one_set_with_a_spec_file(tmp_path):
     assert list(summary["sets"]) == ["process"]
     assert summary["run"]["spec"]["iforest"] is False
     assert summary["sets"]["process"]["pca"]["designed_far"] == 0.01
+
+
+def test_skab_set_scores_as_the_skab_benchmark_does(tmp_path):
+    write_skab_like(tmp_path, np.random.default_rng(1))
+    group = datasets.skab_set(tmp_path)[0]
+    suite = evaluate_group(group, skab.SKAB_SPEC)["runs"]["detector"][0]["counts"]
+    _, reference = skab.evaluate(skab.load_skab(tmp_path)[0], skab.SKAB_SPEC, [])
+    assert suite == {k: reference[k] for k in ("tp", "fp", "fn", "tn")}
