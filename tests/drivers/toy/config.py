@@ -1,4 +1,4 @@
-"""One toy PLC: where it listens, its token, how often to poll, its tags."""
+"""One toy PLC: where it listens, the environment variable of its token, how often to poll, its tags."""
 
 from typing import Literal
 
@@ -18,7 +18,7 @@ class ToyConfig(BaseModel):
     name: str = Field(min_length=1)
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
-    token: str = ""
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the token's variable
     poll_interval_s: float = Field(default=0.1, ge=0.01, le=60, allow_inf_nan=False)
     timeout_s: float = Field(default=1.0, ge=0.01, le=60, allow_inf_nan=False)
     tags: list[ToyTag] = Field(min_length=1)

@@ -3,13 +3,14 @@
 import asyncio
 import contextlib
 import math
+import os
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from drivers.base import DriverStats, OnBatch, Quality, ReadingBatch
-from drivers.errors import ConnectionLost, CredentialsRejected, WriteFailed, WriteRefused
+from drivers.errors import ConnectionLost, CredentialsRejected, DriverError, WriteFailed, WriteRefused
 from drivers.polling import poll_at_fixed_rate
 from tests.drivers.toy.config import ToyConfig
 
@@ -34,7 +35,11 @@ class ToyDriver:
         except (OSError, TimeoutError) as exc:
             raise ConnectionLost(f"{self.name}: cannot connect to {cfg.endpoint} ({exc})") from exc
         self.stats.sessions_created += 1
-        answer = await self._ask(f"HELLO {cfg.token}")
+        token = os.environ.get(cfg.token_env, None) if cfg.token_env else ""
+        if token is None:
+            await self.close()
+            raise DriverError(f"{self.name}: environment variable {cfg.token_env} (token_env) is not set")
+        answer = await self._ask(f"HELLO {token}")
         if answer != "OK":
             await self.close()
             raise CredentialsRejected(f"{self.name}: {cfg.endpoint} refused the token ({answer})")
