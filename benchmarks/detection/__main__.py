@@ -25,6 +25,7 @@ from benchmarks.detection.report import markdown, tables
 from models import DetectorSpec
 
 SETS = ("univariate", "process", "skab")
+LABEL_COLUMNS = ("set", "method", "kind", "fault", "stream")
 
 
 def detector_version() -> str:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for title, header, rows in tables(summary):
         table = Table(title=title)
         for col in header:
-            table.add_column(col, justify="left" if col in ("set", "method", "kind", "fault") else "right")
+            table.add_column(col, justify="left" if col in LABEL_COLUMNS else "right")
         for row in rows:
             table.add_row(*row)
         console.print(table)

@@ -64,6 +64,24 @@ def process_table(summary: dict) -> tuple[str, list[str], list[list[str]]] | Non
         header, rows
 
 
+def stream_table(summary: dict) -> tuple[str, list[str], list[list[str]]] | None:
+    runs = summary["runs"].get("univariate")
+    if not runs:
+        return None
+    header = ["stream"] + [f"{METHOD_NAMES[m]} {col}" for m in SHOWN
+                           for col in ("FAR", "detected", "NAB raw")]
+    rows = []
+    for i, run in enumerate(runs["detector"]):
+        row = [run["run"]]
+        for m in SHOWN:
+            r = runs[m][i]
+            found = sum(1 for f in r["faults"] if f["flagged"])
+            row += [f"{100 * r['false_alarms'] / r['normal_rows']:.2f} %", f"{found}/{len(r['faults'])}",
+                    f"{r['nab']['raw']:.1f}"]
+        rows.append(row)
+    return "Univariate set, per stream (NAB raw: never alarming scores -1 per anomaly)", header, rows
+
+
 def skab_table(summary: dict) -> tuple[str, list[str], list[list[str]]] | None:
     if "skab" not in summary["sets"]:
         return None
@@ -91,7 +109,7 @@ def nab_table(summary: dict) -> tuple[str, list[str], list[list[str]]] | None:
 
 def tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     made = [set_table(summary), kind_table(summary), process_table(summary), skab_table(summary),
-            nab_table(summary)]
+            nab_table(summary), stream_table(summary)]
     return [t for t in made if t is not None]
 
 
