@@ -70,5 +70,7 @@ def encode(records: Iterable[Record]) -> str:
 
 def decode(body: str) -> list[Record]:
     """The records of an outbox body written by `encode`."""
-    rows = json.loads(f"[{body.replace(chr(10), ',')}]")  # one parse: JSON escapes every newline in a string
+    # one parse for the whole body; split on "\n" only: JSON escapes it inside strings, while
+    # str.splitlines() would also split on U+2028 and U+0085, which ensure_ascii=False leaves raw
+    rows = json.loads("[" + ",".join(line for line in body.split("\n") if line) + "]")
     return [Record(measurement, tags, fields, t, kind) for kind, measurement, t, tags, fields in rows]

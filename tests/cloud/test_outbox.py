@@ -63,6 +63,15 @@ def test_wal_full_and_json_bodies(tmp_path):
         assert ob._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL (per connection)
 
 
+def test_any_text_survives_the_outbox(tmp_path):
+    text = "line\nbreak \u2028 sep \u0085 nel \x1c fs \"quoted\" \\ back ünïcødé ✓ \x00"
+    records = [Record("m", {"tag": text}, {"message": text}, 1, "event"), *window(1)]
+    with opened(tmp_path) as ob:
+        ob.append(records)
+        ob.append(window(2))
+        assert list(ob.fetch_batch(SINK, 100).records) == records + window(2)
+
+
 def test_rows_are_kept_until_a_sink_subscribes(tmp_path):
     with Outbox(tmp_path) as ob:  # [sync] enabled = false: the outbox fills, nothing drains it
         ob.append(window(0))
