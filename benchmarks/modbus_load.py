@@ -10,8 +10,8 @@ stops one server for --outage seconds, then restarts it on the same port; phase 
 SIGSTOPs the whole server process (every device goes silent with its TCP connection open), then
 SIGCONTs it.
 Printed: cycle rate per device, read latency p50/p99, missed ticks, driver-process CPU seconds
-per wall second, server stopped -> COMM_LOST, time from server restart to first good value,
-sessions created per minute while the server was down; frozen -> COMM_LOST per device (half-open
+per wall second, server stopped -> loss reported, time from server restart to first good value,
+sessions created per minute while the server was down; frozen -> loss reported per device (half-open
 detection: max_consecutive_timeouts x timeout_s) and thawed -> first good value.
 """
 
@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from drivers.base import Quality, ReadingBatch
+from drivers.base import ConnectionState, Quality, ReadingBatch
 from drivers.modbus import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
 from drivers.supervisor import DriverSupervisor
@@ -97,14 +97,16 @@ class Device:
         self.driver = ModbusDriver(cfg)
         self.good = 0
         self.last_good_at = 0.0
-        self.lost_at = 0.0  # monotonic time of the latest COMM_LOST batch
-        self.supervisor = DriverSupervisor(self.driver, self.on_batch)
+        self.lost_at = 0.0  # monotonic time of the latest loss the supervisor reported (-> COMM_LOST)
+        self.supervisor = DriverSupervisor(self.driver, self.on_batch, on_state=self.on_state)
 
     def on_batch(self, b: ReadingBatch) -> None:
         if len(b) and (b.quality == Quality.GOOD).all():
             self.good += 1
             self.last_good_at = time.monotonic()
-        elif len(b) and (b.quality == Quality.COMM_LOST).all():
+
+    def on_state(self, state: ConnectionState, _detail: str) -> None:
+        if state is ConnectionState.BACKOFF:
             self.lost_at = time.monotonic()
 
 
@@ -176,7 +178,7 @@ async def measure(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.01)
         recovered = victim.last_good_at - t_up if victim.good > good_before else float("nan")
         print(f"phase 2: plc0's server down for {down_s:.1f} s (default Backoff, SessionRateLimiter)")
-        print(f"  server stopped -> COMM_LOST: {detected * 1e3:.0f} ms")
+        print(f"  server stopped -> loss reported: {detected * 1e3:.0f} ms")
         print(f"  sessions created while down: {sessions} = {sessions * 60 / down_s:.1f} per minute")
         if others_rate:
             print(f"  other devices meanwhile: min {min(others_rate):.2f}, "
@@ -210,7 +212,7 @@ async def freeze(proc: subprocess.Popen, devices: list[Device], seconds: float) 
     cfg = devices[0].driver.config
     print(f"phase 3: all servers frozen (SIGSTOP) for {seconds:g} s, timeout_s {cfg.timeout_s:g}, "
           f"max_consecutive_timeouts {cfg.max_consecutive_timeouts}")
-    print(f"  frozen -> COMM_LOST: min {np.nanmin(lost):.2f} s, max {np.nanmax(lost):.2f} s "
+    print(f"  frozen -> loss reported: min {np.nanmin(lost):.2f} s, max {np.nanmax(lost):.2f} s "
           f"(devices detected: {int(np.isfinite(lost).sum())} of {len(devices)})")
     print(f"  thawed -> first good value: min {np.nanmin(back):.2f} s, max {np.nanmax(back):.2f} s")
 

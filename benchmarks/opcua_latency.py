@@ -10,7 +10,7 @@ every `--gap-ms`, writing time.time() as the value (and as SourceTimestamp), so 
 callback's receive time minus the value is the change -> callback latency on one clock.
 
 Then a frozen server, `--freezes` times: the server process is stopped with SIGSTOP (its
-sockets stay open, nothing answers) and the time to the COMM_LOST batch and its reason are
+sockets stay open, nothing answers) and the time until the supervisor reports the loss (and its reason) are
 printed; after SIGCONT, the time to the first GOOD value.
 
 Then the reconnect path under a DriverSupervisor with the DEFAULT Backoff and
@@ -141,7 +141,7 @@ def pct(a: np.ndarray, q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from drivers.base import Quality, ReadingBatch
+    from drivers.base import ConnectionState, Quality, ReadingBatch
     from drivers.opcua import OpcUaConfig
     from drivers.opcua.driver import OpcUaDriver
     from drivers.supervisor import Backoff, DriverSupervisor, SessionRateLimiter
@@ -168,11 +168,12 @@ async def run(args: argparse.Namespace) -> None:
     events: dict[str, float] = {}
     measuring = False
 
+    def on_state(state: ConnectionState, _detail: str) -> None:
+        if state is ConnectionState.BACKOFF:  # the loss, as the controller's PLC health sees it
+            events.setdefault("comm_lost", time.monotonic())
+
     def on_batch(b: ReadingBatch) -> None:
         now = time.time()
-        if len(b) and np.all(b.quality == Quality.COMM_LOST):
-            events.setdefault("comm_lost", time.monotonic())
-            return
         good = b.quality == Quality.GOOD
         if "restarted" in events and "first_good" not in events and good.any():
             events["first_good"] = time.monotonic()
@@ -203,7 +204,7 @@ async def run(args: argparse.Namespace) -> None:
                   f"p99 {pct(src, 99):.2f} ms, max {src.max() * 1000:.2f} ms")
 
     backoff, limiter = Backoff(), SessionRateLimiter()
-    sup = DriverSupervisor(driver, on_batch, backoff=backoff, limiter=limiter)
+    sup = DriverSupervisor(driver, on_batch, backoff=backoff, limiter=limiter, on_state=on_state)
     sup.start()
     try:
         t0 = time.monotonic()
@@ -237,7 +238,7 @@ async def run(args: argparse.Namespace) -> None:
             lost, back = np.asarray(lost_s), np.asarray(back_s)
             print(f"Frozen server (SIGSTOP), {len(lost)} times, timeout_s {args.timeout_s:g}, "
                   f"alive_interval_s {driver.alive_interval_s:g}")
-            print(f"  frozen -> COMM_LOST batch: min {lost.min():.3f} s, median {np.median(lost):.3f} s, "
+            print(f"  frozen -> loss reported: min {lost.min():.3f} s, median {np.median(lost):.3f} s, "
                   f"max {lost.max():.3f} s")
             print(f"  reason: {reasons[-1]}")
             print(f"  SIGCONT -> first good value: min {back.min():.3f} s, median {np.median(back):.3f} s, "
@@ -261,7 +262,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"Reconnect: default Backoff(initial {backoff.initial:g} s, x{backoff.factor:g}, "
               f"cap {backoff.cap:g} s, jitter {backoff.jitter:g}), "
               f"SessionRateLimiter({limiter.per_minute}/min), timeout_s {args.timeout_s:g}")
-        print(f"  server killed -> COMM_LOST batch: {lost_after:.3f} s")
+        print(f"  server killed -> loss reported: {lost_after:.3f} s")
         print(f"  server down {args.down_s:g} s: {attempts} connect attempts "
               f"({attempts * 60 / args.down_s:.1f}/min), {sessions} sessions created "
               f"({sessions * 60 / args.down_s:.1f}/min)")
