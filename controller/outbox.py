@@ -105,7 +105,9 @@ class Batch:
     sink: str
     ids: tuple[int, ...]
     records: tuple[Record, ...]
-    legacy_lines: tuple[str, ...]  # only for LEGACY_SINK, only from an outbox written before records
+    # only for LEGACY_SINK, from an outbox written before records: each row's line protocol as
+    # stored (its lines joined by newlines; a string field may hold a raw newline, so never split)
+    line_protocol: tuple[str, ...]
     n_points: int
     n_bytes: int
 
@@ -313,8 +315,7 @@ class Outbox:
         if not ids:
             return None
         if encoding == LINE_PROTOCOL:
-            lines = tuple(line for body in bodies for line in body.splitlines() if line)
-            return Batch(sink, tuple(ids), (), lines, points, nbytes)
+            return Batch(sink, tuple(ids), (), tuple(bodies), points, nbytes)
         records = tuple(r for body in bodies for r in decode(body))
         return Batch(sink, tuple(ids), records, (), points, nbytes)
 
@@ -339,12 +340,12 @@ class Outbox:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                body = "\n".join(batch.legacy_lines) if batch.legacy_lines else encode(batch.records)
+                body = "\n".join(batch.line_protocol) if batch.line_protocol else encode(batch.records)
                 self._conn.execute(
                     "INSERT INTO dead_letter (sink, outbox_ids, moved_ns, status, message, n_points, "
                     "encoding, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (batch.sink, ",".join(map(str, batch.ids)), time.time_ns(), int(status), message,
-                     batch.n_points, LINE_PROTOCOL if batch.legacy_lines else RECORDS, body))
+                     batch.n_points, LINE_PROTOCOL if batch.line_protocol else RECORDS, body))
                 done = self._settle(batch)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:

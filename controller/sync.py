@@ -201,10 +201,10 @@ class SyncWorker:
 
     async def _send(self, batch: Batch) -> None:
         assert self.sink is not None
-        if not batch.legacy_lines:
+        if not batch.line_protocol:
             await self.sink.send(batch.records)
         elif isinstance(self.sink, LineProtocolSink):
-            await self.sink.send_line_protocol(batch.legacy_lines)
+            await self.sink.send_line_protocol(batch.line_protocol)
         else:  # cannot happen: only the InfluxDB sink inherits line-protocol rows
             raise Rejected(f"sink {self.sink.name} cannot send line-protocol rows from an older outbox")
 

@@ -114,7 +114,8 @@ class InfluxDBSink:
         await self.send_line_protocol(await asyncio.to_thread(line_protocol, records))
 
     async def send_line_protocol(self, lines: Sequence[str]) -> None:
-        """Write ready line protocol (also the rows an outbox from before records holds, as they are)."""
+        """Write ready line protocol texts, joined by newlines (also the rows an outbox from before
+        records holds, as they are)."""
         from influxdb_client import WritePrecision
         from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
         from influxdb_client.rest import ApiException

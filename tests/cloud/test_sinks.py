@@ -168,7 +168,7 @@ async def test_an_outbox_from_the_previous_version_loses_nothing(jsonl, tmp_path
         for i in range(WINDOWS, 2 * WINDOWS):  # the new version appends records behind the old rows
             assert ob.append(window_records(base, i, TAGS)).ok
         first = ob.fetch_batch("influxdb", 10**6)  # the old rows come first, as they were written
-        assert first.legacy_lines == tuple("\n".join(bodies).splitlines()) and not first.records
+        assert first.line_protocol == tuple(bodies) and not first.records
         ob.subscribe("jsonl")  # a sink added later gets the records rows, not the line protocol
         assert ob.backlog("jsonl")[:2] == (WINDOWS, WINDOWS * TAGS)
         (old_dl,) = ob.dead_letters()
@@ -181,6 +181,19 @@ async def test_an_outbox_from_the_previous_version_loses_nothing(jsonl, tmp_path
     assert len(read_jsonl(tmp_path / "out.jsonl")) == WINDOWS * TAGS
     with contextlib.closing(sqlite3.connect(tmp_path / DB_NAME)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_old_line_protocol_rows_are_sent_as_stored(tmp_path):
+    """Point leaves a newline in a string field raw, and U+2028 too: a row is never split into lines."""
+    odd = (Point("linesentry_event").tag("source", "a\u2028b").field("message", "x\u2028y\u0085z\nw")
+           .time(5, WritePrecision.NS).to_line_protocol())
+    write_old_outbox(tmp_path, 0, range(1))
+    with contextlib.closing(sqlite3.connect(tmp_path / DB_NAME)) as db:
+        db.execute("INSERT INTO outbox (created_ns, n_points, n_bytes, body) VALUES (1, 1, 1, ?)", (odd,))
+        db.commit()
+    with Outbox(tmp_path) as ob:
+        stored = ob.fetch_batch("influxdb", 10**6).line_protocol
+    assert stored == ("\n".join(old_window_lines(0, 0, TAGS)), odd)
 
 
 def test_an_upgrade_interrupted_by_a_crash_leaves_the_old_file_intact(tmp_path):
