@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from drivers.errors import DriverError, UnknownDriver
@@ -82,6 +81,8 @@ _loaded: dict[str, DriverPlugin] | None = None  # from entry points, loaded once
 
 
 def _load_entry_points() -> dict[str, DriverPlugin]:
+    from importlib.metadata import entry_points  # ~20 ms: paid by plugins(), not by importing this module
+
     found: dict[str, DriverPlugin] = {}
     for ep in entry_points(group=GROUP):
         try:
