@@ -1,10 +1,11 @@
 """Actuator writes: scheduled as tasks (the step never waits for a PLC), one at a time per tag,
 confirmed by the driver's readback.
 
-Every result goes through the one path the step's decisions take, the `Journal`: an action's
-write is confirmed (or failed) by `ActionEngine.confirm`, a safe-state write reports as an
-`ActionEvent` of action `safe_state:<plc>`; a failed safe-state write also tells PLC health
-(its `<plc>_safe_state_failed` alarm).
+Every result goes through the one path the step's decisions take, the `Journal` (flushed at once,
+so a result is never seen after the alarm it raises): an action's write is confirmed (or failed)
+by `ActionEngine.confirm`, a safe-state write reports as an `ActionEvent` of action
+`safe_state:<plc>`; a failed safe-state write also tells PLC health (its
+`<plc>_safe_state_failed` alarm).
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ class Writes:
         mono, wall = self._clock.mono(), self._clock.wall()
         if not write.action.startswith(SAFE_STATE):
             self._journal.put(self._actions.confirm(write.action, mono, ok, detail, wall=wall))
-            return
-        what = f"safe-state write {write.tag}={write.value}"
-        if not ok:
-            self._on_safe_state_failed(write.action.removeprefix(SAFE_STATE))
-        self._journal.put([ActionEvent(wall, write.action, "confirmed" if ok else "failed",
-                                       f"{what} confirmed" if ok else f"{what} failed: {detail}")])
+        else:
+            what = f"safe-state write {write.tag}={write.value}"
+            self._journal.put([ActionEvent(wall, write.action, "confirmed" if ok else "failed",
+                                           f"{what} confirmed" if ok else f"{what} failed: {detail}")])
+            if not ok:
+                self._on_safe_state_failed(write.action.removeprefix(SAFE_STATE))
+        # Recorded now (this task is off the hot path), after what was queued before it: the result is
+        # in the event log before any alarm it raises can be seen, and still after its "fired".
+        self._journal.flush()

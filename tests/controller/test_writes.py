@@ -70,7 +70,6 @@ def fire(actions: ActionEngine, journal: Journal) -> list[WriteRequest]:
 
 
 def results(journal: Journal) -> list[tuple[str, str]]:
-    journal.flush()
     return [(e["source"], e["result"]) for e in journal.events.since()]
 
 
@@ -89,12 +88,12 @@ async def test_a_refused_write_fails_the_action_with_the_drivers_reason():
     writes.issue(fire(actions, journal))
     await writes.finish()
     assert actions.has_failed("stop_line")
-    journal.flush()
     last = journal.events.since()[-1]
     assert last["result"] == "failed" and "readback 0" in last["message"]
 
 
 async def test_a_failed_safe_state_write_tells_plc_health_and_is_an_action_event():
+    """Recorded by the write task itself: in the event log before the alarm it raises is seen."""
     actions, journal, writes, failed = parts(FakeDriver(fail=frozenset({"valve"})))
     writes.issue([WriteRequest("safe_state:press", "valve", False, 1.0, None),
                   WriteRequest("safe_state:press", "stop", True, 1.0, None)])
