@@ -125,28 +125,54 @@ def decision_params(spec, norm: tuple[np.ndarray, np.ndarray], threshold_on: flo
     return dp
 
 
-def component_normalisation(raw: np.ndarray, spec, pca, forest) -> tuple[np.ndarray, np.ndarray]:
+def blockwise_threshold(scores: np.ndarray, blocks: list[slice] | None, far: float, method: str) -> float:
+    """The largest of the blocks' calibrated thresholds: the rate must hold in every block.
+
+    Blocks are the cross-fitting folds (consecutive stretches of the training window,
+    each scored by models that never saw it). Taking the worst block instead of the
+    pooled quantile accounts for a process that moves within the window: new data
+    is at least as different from the models as the most different training block.
+    """
+    parts = [scores[b] for b in blocks or []]
+    parts = [p for p in parts if np.isfinite(p).sum() >= 10]
+    if not parts:
+        return calibrate_threshold(scores, far, method)
+    return max(calibrate_threshold(p, far, method) for p in parts)
+
+
+# The smallest span between a component's typical score and its threshold (tags, T², SPE, forest).
+# T² is in component sigmas squared: a threshold below one sigma along one component is no threshold
+# (chi² with 1 degree of freedom has its 99th percentile at 6.6). SPE is in squared robust scales:
+# 1e-6 is a deviation of a thousandth of a scale, which no statistic can tell from rounding (a tag
+# constant in training has a scale at its precision floor: a wiggle in the 9th digit is not a fault).
+MIN_COMPONENT_SPAN = np.array([0.0, 1.0, 1e-6, 1e-6])
+
+
+def component_normalisation(raw: np.ndarray, spec, pca, forest,
+                            blocks: list[slice] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per component (loc, threshold) so that (raw - loc) / (threshold - loc) is 1.0 at threshold."""
     loc, thr = np.zeros(K.C_SIZE), np.ones(K.C_SIZE)
     if pca is not None:
         if spec.pca_limits == "theoretical":
             thr[K.C_T2], thr[K.C_SPE] = pca.t2_limit, pca.spe_limit
         else:
-            thr[K.C_T2] = calibrate_threshold(raw[:, K.C_T2], spec.component_far, spec.calibration)
-            thr[K.C_SPE] = calibrate_threshold(raw[:, K.C_SPE], spec.component_far, spec.calibration)
+            for c in (K.C_T2, K.C_SPE):
+                thr[c] = blockwise_threshold(raw[:, c], blocks, spec.component_far, spec.calibration)
         if not pca.has_residual:
             thr[K.C_SPE] = np.inf  # every component kept: SPE is identically zero
     if forest is not None:
         loc[K.C_IFOREST] = float(np.median(raw[:, K.C_IFOREST]))
-        thr[K.C_IFOREST] = calibrate_threshold(raw[:, K.C_IFOREST], spec.component_far, spec.calibration)
-    return loc, np.maximum(thr, loc + 1e-12)
+        thr[K.C_IFOREST] = blockwise_threshold(raw[:, K.C_IFOREST], blocks, spec.component_far,
+                                               spec.calibration)
+    return loc, np.maximum(thr, loc + MIN_COMPONENT_SPAN)
 
 
 # The most holdout rows the calibration report lists by index (the counts are always complete).
 REPORT_ROWS = 20
 
 
-def calibrate_line(spec, result, tags: list[str], first_row: int) -> tuple[float, dict]:
+def calibrate_line(spec, result, tags: list[str], first_row: int,
+                   blocks: list[slice] | None = None) -> tuple[float, dict]:
     """Line threshold from a holdout replay (`result`, rows from training row `first_row`), and its report.
 
     The fused score's `target_far` quantile over the holdout rows without a limit
@@ -162,7 +188,7 @@ def calibrate_line(spec, result, tags: list[str], first_row: int) -> tuple[float
     binary_bits = line_mask & (K.FLAG_LIMIT | K.FLAG_FLAT)
     binary = (result.tag_flags & binary_bits) != 0  # (rows, tags)
     binary_rows = binary.any(axis=1) if weights[K.C_TAGS] > 0 else np.zeros(line.size, bool)
-    statistical = fused[~binary_rows]
+    statistical = np.where(binary_rows, np.nan, fused)
     report: dict = {"holdout_rows": int(line.size), "first_row": int(first_row), "warnings": []}
     warn = report["warnings"].append
     if binary_rows.any():
@@ -171,9 +197,9 @@ def calibrate_line(spec, result, tags: list[str], first_row: int) -> tuple[float
         report["left_out"] = {"rows": int(binary_rows.sum()), "tags": hit}
         warn(f"limit/flatline hits on {int(binary_rows.sum())} of {line.size} holdout rows (tags "
              f"{', '.join(hit)}) left out of the line threshold: they alarm on their own")
-    if statistical.size < 10:
+    if np.isfinite(statistical).sum() < 10:
         statistical = fused
-    q = calibrate_threshold(statistical, spec.target_far, spec.calibration)
+    q = blockwise_threshold(statistical, blocks, spec.target_far, spec.calibration)
     wanted = spec.threshold_margin * q
     fused_thr = min(max(wanted, 1.0), K.MAX_LINE_THRESHOLD / (1.0 - K.MAX_LINE_THRESHOLD))
     threshold = fused_thr / (1.0 + fused_thr)

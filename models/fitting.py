@@ -79,9 +79,10 @@ def fit_model(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.ndar
 
     identity = (np.zeros(K.C_SIZE), np.ones(K.C_SIZE))
     raw = _out_of_fold(spec, folds, times, x, identity, np.inf).components[first:]
-    norm = component_normalisation(raw, spec, final.pca, final.forest)
+    blocks = [slice(start - first, end - first) for start, end, _ in folds]
+    norm = component_normalisation(raw, spec, final.pca, final.forest, blocks)
     holdout = _rows_from(_out_of_fold(spec, folds, times, x, norm, np.inf), first)
-    threshold, report = calibrate_line(spec, holdout, tags, first)
+    threshold, report = calibrate_line(spec, holdout, tags, first, blocks)
     report["folds"] = len(folds) if folds[0][2] is not final else 0
     for line in report["warnings"]:
         warnings.warn(line, CalibrationWarning, stacklevel=3)

@@ -25,6 +25,8 @@ import numpy as np
 from scipy import stats
 from sklearn.decomposition import PCA
 
+EIGENVALUE_FLOOR = 1e-6
+
 
 @dataclass(frozen=True)
 class PCAModel:
@@ -55,7 +57,8 @@ def fit_pca(z: np.ndarray, variance: float = 0.9, max_components: int | None = N
     ratios = np.nan_to_num(np.cumsum(full.explained_variance_ratio_), nan=1.0)
     k = int(np.searchsorted(ratios, variance) + 1)
     k = max(1, min(k, n_tags, max_components or n_tags, n_rows - 2))
-    eig = np.maximum(full.explained_variance_, 1e-12)
+    # Directions with less than a thousandth of a robust scale of spread: rounding, not signal.
+    eig = np.maximum(full.explained_variance_, EIGENVALUE_FLOOR)
     components = np.ascontiguousarray(full.components_[:k], dtype=np.float64)
 
     f_crit = stats.f.ppf(confidence, k, n_rows - k)
