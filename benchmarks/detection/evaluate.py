@@ -122,11 +122,19 @@ def by_kind(runs: list[dict], designed_far: float) -> dict[str, dict]:
     return out
 
 
+def fit_far_bound(diags: list[dict]) -> float | None:
+    """Median over fits of the false-alarm bound the detector's own fit reports (upper 95 %), if it does."""
+    bounds = [d["fit_summary"].get("calibration", {}).get("holdout_exceedance", {}).get("upper_95")
+              for d in diags if d.get("fit_summary")]
+    return metrics.median_or_none([b for b in bounds if b is not None])
+
+
 def summarise(results: dict[str, dict], designed_far: float) -> dict:
     """Every figure, per set and method, per fault kind, per process fault; plus diagnostic notes."""
     summary: dict = {"sets": {}, "kinds": {}, "runs": {}, "diagnostics": {}, "notes": []}
     for name, res in results.items():
         summary["sets"][name] = {m: pool(res["runs"][m], designed_far) for m in METHODS}
+        summary["sets"][name]["detector"]["fit_far_bound"] = fit_far_bound(res["diagnostics"])
         summary["kinds"][name] = {m: by_kind(res["runs"][m], designed_far) for m in METHODS}
         summary["runs"][name] = res["runs"]
         diags = res["diagnostics"]
