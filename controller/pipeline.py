@@ -29,7 +29,6 @@ from controller.journal import Journal
 from controller.linestate import COMM_LOST, LineState
 from controller.metrics import LatencyRing
 from controller.summaries import WindowSummarizer, WindowSummary
-from models.kernels import O_ALARM, O_SCORE
 from models.names import FLAG_BITS, FLAG_NAMES
 
 if TYPE_CHECKING:
@@ -102,9 +101,8 @@ class StepPipeline:
     def step_detector(self, mono: float) -> None:
         line, det = self.line, self.detector
         line.gather_frame()
-        det.step(mono, line.frame_values, line.frame_fresh, line.frame_good)
-        self.line_score = det.out[O_SCORE]
-        self.line_alarm = det.out[O_ALARM] != 0.0
+        self.line_alarm = det.step(mono, line.frame_values, line.frame_fresh, line.frame_good)
+        self.line_score = det.score
 
     def tick(self, mono: float, wall: float, *, restep: bool) -> Sequence[WriteRequest]:
         """Time-based work without a batch (housekeeping): alarm delays, shelve expiry, deadlines.

@@ -63,3 +63,11 @@ def test_a_modbus_line_with_a_fitted_model_imports_no_fitting_library(tmp_path):
     config = line(tmp_path)
     config.write_text(config.read_text() + f'\n[detector]\nmodel = "{model}"\n')
     assert heavy_after_start(config) == []
+
+
+def test_importing_the_runtime_loads_no_protocol_model_or_cloud_library():
+    """`import controller.runtime` (the CLI's `run`, the rig) is cheap: everything heavy comes at start."""
+    code = ("import sys, controller.runtime; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'numba', 'scipy', 'sklearn', 'asyncua', 'pymodbus', 'influxdb_client', 'aiohttp'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
