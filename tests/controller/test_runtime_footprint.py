@@ -69,5 +69,6 @@ def test_importing_the_runtime_loads_no_protocol_model_or_cloud_library():
     """`import controller.runtime` (the CLI's `run`, the rig) is cheap: everything heavy comes at start."""
     code = ("import sys, controller.runtime; print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'numba', 'scipy', 'sklearn', 'asyncua', 'pymodbus', 'influxdb_client', 'aiohttp'}))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          check=True)
     assert done.stdout.strip() == "[]"
