@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.base import Quality, ReadingBatch
+from drivers.base import ConnectionState, Quality, ReadingBatch
 from drivers.modbus.driver import ModbusDriver
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.security import create_client_certificate
@@ -21,13 +21,21 @@ from hil_tests.rig.servers import OpcUaSecurityOptions, Rig
 
 
 class Collector:
-    """on_batch target keeping every batch; answers "latest (value, quality) of tag i"."""
+    """on_batch target keeping every batch; answers "latest (value, quality) of tag i".
+
+    As on_state target it puts each loss the supervisor reports into the same timeline, as an
+    all-COMM_LOST entry (where the controller marks the PLC's tags COMM_LOST).
+    """
 
     def __init__(self) -> None:
         self.batches: list[ReadingBatch] = []
 
     def __call__(self, batch: ReadingBatch) -> None:
         self.batches.append(batch)
+
+    def on_state(self, state: ConnectionState, _detail: str) -> None:
+        if state is ConnectionState.BACKOFF:
+            self.batches.append(ReadingBatch.empty_for([0], Quality.COMM_LOST))
 
     def first(self, quality: Quality, since: int = 0) -> int | None:
         for n, b in enumerate(self.batches[since:], start=since):
@@ -36,12 +44,13 @@ class Collector:
         return None
 
 
-def fast_supervisor(driver, on_batch) -> DriverSupervisor:
+def fast_supervisor(driver, on_batch: Collector) -> DriverSupervisor:
     return DriverSupervisor(
         driver,
         on_batch,
         backoff=Backoff(initial=0.05, factor=2.0, cap=0.3),
         limiter=SessionRateLimiter(per_minute=600),
+        on_state=on_batch.on_state,
     )
 
 
