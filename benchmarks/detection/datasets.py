@@ -199,6 +199,7 @@ def univariate_set(quick: bool = False, seed: int = 0) -> list[Group]:
 
 # ------------------------------------------------------------------ multivariate process
 PROCESS_INTERVAL_S = 180.0
+PLANTS = 3  # independent draws of the plant layout in the full set
 N_LATENT = 6
 N_PROCESS, N_VALVES, N_ANALYSERS = 30, 5, 3
 ANALYSER_HOLD = 5  # analysers report every 5 samples (15 min) and hold the value in between
@@ -347,17 +348,23 @@ def simulate_process(layout: ProcessLayout, rows: int, seed: int, fault: str | N
 
 
 def process_set(quick: bool = False, seed: int = 0) -> list[Group]:
-    """One group: fitted on a normal training run, replayed over a normal test run and every fault run."""
+    """One group per plant (PLANTS draws of the layout; quick: one): fitted on a normal training run,
+    replayed over a normal test run and every fault run. Several plants keep one lucky draw of
+    loadings and storage precisions from deciding the figures."""
     train_rows, run_rows, fault_start = (300, 400, 100) if quick else (500, 960, 160)
-    layout = process_layout(seed)
     times = np.arange(run_rows) * PROCESS_INTERVAL_S
-    train = simulate_process(layout, train_rows, seed * 1000)
-    runs = [Run("normal", simulate_process(layout, run_rows, seed * 1000 + 1), times, 0)]
-    for i, (name, kind) in enumerate(PROCESS_FAULTS.items()):
-        x = simulate_process(layout, run_rows, seed * 1000 + 2 + i, name, fault_start)
-        runs.append(Run(name, x, times, 0, [Fault(kind, fault_start, run_rows)]))
-    return [Group("process", "process", layout.tags, train, np.arange(train_rows) * PROCESS_INTERVAL_S,
-                  runs, PROCESS_INTERVAL_S)]
+    groups = []
+    for plant in range(1 if quick else PLANTS):
+        plant_seed = seed * 100 + plant
+        layout = process_layout(plant_seed)
+        train = simulate_process(layout, train_rows, plant_seed * 1000)
+        runs = [Run("normal", simulate_process(layout, run_rows, plant_seed * 1000 + 1), times, 0)]
+        for i, (name, kind) in enumerate(PROCESS_FAULTS.items()):
+            x = simulate_process(layout, run_rows, plant_seed * 1000 + 2 + i, name, fault_start)
+            runs.append(Run(name, x, times, 0, [Fault(kind, fault_start, run_rows)]))
+        groups.append(Group("process", f"plant{plant}", layout.tags, train,
+                            np.arange(train_rows) * PROCESS_INTERVAL_S, runs, PROCESS_INTERVAL_S))
+    return groups
 
 
 # ------------------------------------------------------------------ SKAB

@@ -1,5 +1,6 @@
 """The evaluation's tables, as rows shared by the console and the markdown file."""
 
+from benchmarks.detection import metrics
 from benchmarks.detection.evaluate import METHODS
 
 SHOWN = ("detector", "pca")  # the set tables; the per-fault tables also show T² and Q alone
@@ -54,16 +55,22 @@ def process_table(summary: dict) -> tuple[str, list[str], list[list[str]]] | Non
         return None
     header = ["fault", "kind"] + [METHOD_NAMES[m] for m in METHODS] + ["detector delay (s)", "PCA delay (s)"]
     rows = []
-    for i, run in enumerate(runs["detector"]):
-        if not run["faults"]:
-            far = [f"FAR {100 * runs[m][i]['false_alarms'] / run['normal_rows']:.2f} %" for m in METHODS]
-            rows.append([run["run"], "-", *far, "-", "-"])
+    names = list(dict.fromkeys(r["run"] for r in runs["detector"]))
+    plants = len(runs["detector"]) // len(names)
+    for name in names:
+        same = {m: [r for r in runs[m] if r["run"] == name] for m in METHODS}
+        if not same["detector"][0]["faults"]:
+            far = [sum(r["false_alarms"] for r in same[m]) / sum(r["normal_rows"] for r in same[m])
+                   for m in METHODS]
+            rows.append([name, "-", *(f"FAR {100 * f:.2f} %" for f in far), "-", "-"])
             continue
-        rates = [runs[m][i]["faults"][0] for m in METHODS]
-        rows.append([run["run"], rates[0]["kind"], *(_pct(f["flagged"] / f["rows"]) for f in rates),
-                     _num(rates[0]["delay_s"]), _num(rates[1]["delay_s"])])
-    return "Process set, per fault run (share of faulty rows flagged; the normal run shows its FAR)", \
-        header, rows
+        faults = {m: [r["faults"][0] for r in same[m]] for m in METHODS}
+        rates = [sum(f["flagged"] / f["rows"] for f in faults[m]) / len(faults[m]) for m in METHODS]
+        delays = [metrics.median_or_none([f["delay_s"] for f in faults[m] if f["flagged"]])
+                  for m in ("detector", "pca")]
+        rows.append([name, faults["detector"][0]["kind"], *map(_pct, rates), *map(_num, delays)])
+    return (f"Process set, per fault (share of faulty rows flagged, mean over {plants} plant(s); "
+            "the normal run shows its FAR)"), header, rows
 
 
 def stream_table(summary: dict) -> tuple[str, list[str], list[list[str]]] | None:
