@@ -212,6 +212,17 @@ async def with_saved_state(tmp_path: Path, model: Path) -> Path:
     return path
 
 
+async def test_a_refused_model_reload_is_a_422_and_the_running_model_stays(api, tmp_path, model):
+    before = api.controller.detector
+    status, body = await api.post("/model/reload", {"user": "ann", "path": str(tmp_path / "missing.npz")})
+    assert status == 422 and "missing.npz" in body["error"], body
+    assert api.controller.detector is before
+    status, body = await api.post("/model/reload", {"user": "ann", "path": str(model)})
+    assert status == 200 and body["model"] == str(model)
+    assert api.controller.detector is not before
+    assert f"model reloaded from {model}" in [e["message"] for e in api.controller.events.since()]
+
+
 async def test_a_restart_announces_what_the_saved_state_restores(tmp_path, model):
     path = await with_saved_state(tmp_path, model)
     async with Controller(load_config(path), api_port=0) as again:  # the saved state is read at start
