@@ -220,9 +220,11 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
         await controller.run(on_ready=lambda c: terminal().print(
             f"linesentry running: API http://{cfg.controller.api_host}:{c.api_port}"))
 
+    from controller.errors import LinesentryError
+
     try:
         asyncio.run(main())
-    except SyncConfigError as exc:
+    except LinesentryError as exc:  # e.g. a model refused at start (ModelLoadError), a sync setting
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(str(exc), EXIT_RUNTIME) from None
