@@ -89,6 +89,8 @@ class _Timeout(Exception):
 class ModbusDriver:
     """Driver protocol implementation for one Modbus device (TCP, RTU over TCP or serial RTU)."""
 
+    polled = True  # every poll cycle reads every tag: a tag's own age is its staleness (controller)
+
     def __init__(self, config: ModbusDeviceConfig) -> None:
         self.config = config
         self.name = config.name

@@ -78,6 +78,8 @@ def _describe(exc: BaseException) -> str:
 class OpcUaDriver:
     """Reads, subscribes to and writes the tags of one OPC UA server."""
 
+    polled = False  # subscriptions report on change: a quiet tag is not a stale one (controller)
+
     def __init__(self, config: OpcUaConfig) -> None:
         self.config = config
         self.name = config.name

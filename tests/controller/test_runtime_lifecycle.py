@@ -123,3 +123,11 @@ async def test_run_returns_after_stop_and_a_second_start_is_refused_while_runnin
 
     await asyncio.wait_for(c.run(on_ready=lambda ctl: asyncio.ensure_future(ready(ctl))), 20)
     assert refusals == ["the controller is already running"]
+
+
+def test_a_modbus_plcs_tags_have_their_own_stale_timeout(tmp_path):
+    """Modbus polls every tag every cycle (driver.polled): its tags go STALE on their own age."""
+    c = Controller(load_config(line(tmp_path)), api_port=0)
+    (plc,) = c.plcs
+    assert plc.polled
+    assert c.housekeeping.stale_timeout.tolist() == [plc.stale_timeout_s]
