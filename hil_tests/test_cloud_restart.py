@@ -84,8 +84,8 @@ async def test_a_restart_inside_a_window_commits_it_once_with_both_parts(
 
     # restart inside the same window: it continues
     second = Controller(load_config(cloud_config(tmp_path, rig, model, victoria.url)), api_port=0)
+    task = await start_controller(second)  # the saved window is taken at start (the constructor does no I/O)
     assert "summary" not in json.loads((state / STATE_FILE).read_text()), "kept for a second resume"
-    task = await start_controller(second)
     assert time.time() * 1000 < resumed, "the restart took longer than the rest of the window"
     await wait_for(lambda: resumed in commits.steps, 2 * WINDOW_S, what="the resumed window committed")
     # stop again inside a window, restart only after it has closed: committed whole at start
