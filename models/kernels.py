@@ -19,15 +19,15 @@ learnt as a wider spread), both started at the fitted ones. The multivariate
 models see each value mapped from the current baseline onto the fitted one
 (shift the level, rescale the spread), and CUSUM and the rate limit scale with the
 current spread, so a slow drift of level or variance is followed instead of alarmed.
-The PCA loadings stay fixed: a slow change of the correlation
-between tags is exactly what SPE is there to catch, and a re-derived basis would
-need control limits nobody calibrated. Learning is frozen on every frame that is
-suspicious (see `adapt_baselines`), so a fault is never learnt as normal.
+The PCA loadings stay fixed: a slow change of the correlation between tags is
+exactly what SPE is there to catch, and a re-derived basis would need control
+limits nobody calibrated. Learning is frozen on every frame that is suspicious
+(see `adapt_baselines`), so a fault is never learnt as normal.
 
 Every output and every piece of state stays finite for every finite input: a
 value outside a tag's usable range (TP_RANGE_LO..TP_RANGE_HI, at most
 ±VALUE_ABS_MAX) is flagged and never folded into any state, so no square can
-overflow, and every normalised score is capped at SCORE_CAP.
+overflow, and every normalised score is capped (SCORE_CAP, BINARY_CAP).
 """
 
 import math
@@ -168,14 +168,20 @@ STEP_SIGNATURE = ("int64(float64, float64[::1], uint8[::1], uint8[::1], float64[
 # and a held value beyond the hard limits, persist until the tag's next fresh
 # sample; rate, z-score and CUSUM judge a sample, so they are set on fresh steps only.
 
-# Normalised score of a hard-limit breach or a flatline. Both are certain facts, not
-# statistics, so the score is large enough to raise the line alarm on its own: even
-# smoothed with alpha 0.01 it stays above MAX_LINE_THRESHOLD.
+# Normalised score of a hard-limit breach or a flatline, at least. Both are certain facts,
+# not statistics, so the score is large enough to raise the line alarm on its own: even
+# smoothed with alpha 0.01 it stays above MAX_LINE_THRESHOLD. They are graded by how bad
+# they are, so they rank among themselves (BINARY_SCORE x grade, grade 1..BINARY_GRADES):
+# a breach of a hard limit by 1 + its excess in robust scales, a value outside the usable
+# range at the top grade, a flatline by its length in flatline limits.
 BINARY_SCORE = 1e4
+BINARY_GRADES = 100.0
 MAX_LINE_THRESHOLD = 0.99  # line threshold cap (a fused score of 99 x the component thresholds)
-# No evidence is more certain than a limit breach: every normalised score is capped here,
-# which also lets a smoothed line score recover in bounded time after an extreme sample.
+# No statistic is more certain than a limit breach: every statistical score (rate, z-score,
+# CUSUM, T², SPE, forest) is capped at the lowest grade of a binary finding, and the graded
+# findings at BINARY_CAP, which also lets a smoothed line score recover in bounded time.
 SCORE_CAP = BINARY_SCORE
+BINARY_CAP = BINARY_SCORE * BINARY_GRADES
 # Usable range of a fitted tag: centre ± RANGE_SCALES robust scales (widened to hold every
 # training value), never beyond ±VALUE_ABS_MAX. Not a plausibility check (hard limits are):
 # it keeps values the arithmetic cannot use out of the state. Squares of differences of
@@ -282,9 +288,14 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
                 ts[i, TS_ANCHOR_T] = t  # time went backwards: the flat run restarts now
         flags |= cond
         if cond & FLAG_LIMIT:
-            score = max(score, BINARY_SCORE)
+            grade = BINARY_GRADES  # outside the usable range
+            if unusable == 0:  # the held value beyond a hard limit: by its excess in robust scales
+                held = ts[i, TS_HELD]
+                excess = max(held - tp[i, TP_HI], tp[i, TP_LO] - held) * tp[i, TP_INV_SCALE]
+                grade = 1.0 + min(excess, BINARY_GRADES - 1.0)
+            score = max(score, BINARY_SCORE * grade)
             if mask & FLAG_LIMIT:
-                line = max(line, BINARY_SCORE)
+                line = max(line, BINARY_SCORE * grade)
 
         # Flatline is judged on time, so a subscription that stops reporting
         # because the value no longer changes is caught too.
@@ -292,9 +303,10 @@ def tag_step(t, x, fresh, good, tp, ts, flags_out, score_out):
         if (flat > 0.0 and ts[i, TS_HAVE] > 0.0 and unusable == 0
                 and t - ts[i, TS_ANCHOR_T] >= flat):
             flags |= FLAG_FLAT
-            score = max(score, BINARY_SCORE)
+            grade = min((t - ts[i, TS_ANCHOR_T]) / flat, BINARY_GRADES)  # >= 1: in flatline limits
+            score = max(score, BINARY_SCORE * grade)
             if mask & FLAG_FLAT:
-                line = max(line, BINARY_SCORE)
+                line = max(line, BINARY_SCORE * grade)
 
         flags_out[i] = flags
         score_out[i] = score

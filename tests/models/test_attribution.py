@@ -74,7 +74,7 @@ def test_a_limit_flag_is_attributed_to_its_tag(det):
     rows = process(100, seed=4)
     rows[-1, 4] = 3.9  # level above its hard limit 3.5
     why = run(det, rows)
-    assert why.component == "tags" and why.ratio == K.BINARY_SCORE
+    assert why.component == "tags" and why.ratio >= K.BINARY_SCORE  # graded by the excess
     assert why.top[0].tag == "level" and "limit" in why.top[0].flags
     assert why.flagged["level"] == ("limit",) or "limit" in why.flagged["level"]
 

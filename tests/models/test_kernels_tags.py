@@ -15,10 +15,10 @@ class RefTag:
     """One tag's detectors, written from the documented semantics with plain floats."""
 
     def __init__(self, lo, hi, roc_max, flat_s, flat_eps, alpha, z_max, std0, k, h, warmup, mask,
-                 range_lo=-K.VALUE_ABS_MAX, range_hi=K.VALUE_ABS_MAX, gain=1.0):
+                 range_lo=-K.VALUE_ABS_MAX, range_hi=K.VALUE_ABS_MAX, gain=1.0, inv_scale=1.0):
         self.p = dict(lo=lo, hi=hi, roc_max=roc_max, flat_s=flat_s, flat_eps=flat_eps, alpha=alpha,
                       z_max=z_max, std0=std0, k=k, h=h, warmup=warmup, mask=mask,
-                      range_lo=range_lo, range_hi=range_hi, gain=gain)
+                      range_lo=range_lo, range_hi=range_hi, gain=gain, inv_scale=inv_scale)
         self.innov = 0.0  # the latest EWMA innovation
         self.unusable = 0  # INVALID / LIMIT while the latest fresh sample was unusable (stale, not flat)
         self.last_good = None  # (value, time) of the last good sample
@@ -83,12 +83,19 @@ class RefTag:
             if t < self.anchor[1]:  # time went backwards: the flat run restarts now
                 self.anchor = (self.anchor[0], t)
         flags |= cond
+        # Binary findings are graded: a hard-limit breach by 1 + its excess in robust scales, an
+        # unusable value at the top grade, a flatline by its length in flatline limits.
         if cond & K.FLAG_LIMIT:
-            found[K.FLAG_LIMIT] = K.BINARY_SCORE
+            grade = K.BINARY_GRADES
+            if not self.unusable:
+                held = self.last_good[0]
+                excess = max(held - p["hi"], p["lo"] - held) * p["inv_scale"]
+                grade = 1.0 + min(excess, K.BINARY_GRADES - 1.0)
+            found[K.FLAG_LIMIT] = K.BINARY_SCORE * grade
         if (p["flat_s"] > 0 and self.last_good is not None and not self.unusable
                 and t - self.anchor[1] >= p["flat_s"]):
             flags |= K.FLAG_FLAT
-            found[K.FLAG_FLAT] = K.BINARY_SCORE
+            found[K.FLAG_FLAT] = K.BINARY_SCORE * min((t - self.anchor[1]) / p["flat_s"], K.BINARY_GRADES)
         score = max(found.values(), default=0.0)
         line = max((s for bit, s in found.items() if bit & int(p["mask"])), default=0.0)
         return flags, score, line
@@ -121,6 +128,7 @@ def tag_param_rows(refs):
         tp[i, K.TP_WARMUP] = p["warmup"]
         tp[i, K.TP_LINE_MASK] = p["mask"]
         tp[i, K.TP_RANGE_LO], tp[i, K.TP_RANGE_HI] = p["range_lo"], p["range_hi"]
+        tp[i, K.TP_INV_SCALE] = p["inv_scale"]
     return tp
 
 
@@ -153,6 +161,7 @@ def tag_params(draw):
         range_lo=draw(st.sampled_from([-K.VALUE_ABS_MAX, -15.0])),
         range_hi=draw(st.sampled_from([K.VALUE_ABS_MAX, 15.0])),
         gain=draw(st.sampled_from([1.0, 1.0, 0.25, 3.0])),
+        inv_scale=draw(st.sampled_from([1.0, 0.5, 40.0])),
     )
 
 
@@ -224,9 +233,9 @@ def test_unusable_samples_flag_and_never_touch_state():
     for t, (v, good, flag, score) in enumerate([
             (math.nan, 1, K.FLAG_INVALID, 0.0), (math.inf, 1, K.FLAG_INVALID, 0.0),
             (-math.inf, 1, K.FLAG_INVALID, 0.0), (1.0, 0, K.FLAG_INVALID, 0.0),
-            (1e9, 0, K.FLAG_INVALID, 0.0), (50.5, 1, K.FLAG_LIMIT, K.BINARY_SCORE),
-            (-1.7976931348623157e308, 1, K.FLAG_LIMIT, K.BINARY_SCORE),
-            (1e155, 1, K.FLAG_LIMIT, K.BINARY_SCORE)], start=10):
+            (1e9, 0, K.FLAG_INVALID, 0.0), (50.5, 1, K.FLAG_LIMIT, K.BINARY_CAP),  # unusable: top grade
+            (-1.7976931348623157e308, 1, K.FLAG_LIMIT, K.BINARY_CAP),
+            (1e155, 1, K.FLAG_LIMIT, K.BINARY_CAP)], start=10):
         assert _feed(tp, ts, t, v, good=good) == (flag, score)
         np.testing.assert_array_equal(ts[:, stats], before[:, stats])
         # Not fresh: the condition persists, and nothing is used whatever the value.
@@ -238,13 +247,16 @@ def test_unusable_samples_flag_and_never_touch_state():
 def test_a_held_value_beyond_the_hard_limits_stays_flagged_until_a_new_value():
     tp, ts = _one_tag(hi=90.0, mask=float(K.FLAG_LIMIT))
     _feed(tp, ts, 0.0, 80.0)
-    assert _feed(tp, ts, 1.0, 95.0) == (K.FLAG_LIMIT, K.BINARY_SCORE)
+    # Graded by the excess: 5 robust scales (inv_scale 1) above the limit is grade 1 + 5.
+    assert _feed(tp, ts, 1.0, 95.0) == (K.FLAG_LIMIT, 6 * K.BINARY_SCORE)
     for t in np.arange(1.5, 12.0, 0.5):  # only other tags' batches: this one is not fresh
-        assert _feed(tp, ts, t, 0.0, fresh=0) == (K.FLAG_LIMIT, K.BINARY_SCORE)
+        assert _feed(tp, ts, t, 0.0, fresh=0) == (K.FLAG_LIMIT, 6 * K.BINARY_SCORE)
     assert _feed(tp, ts, 12.0, 89.0) == (0, 0.0)
     # Limits are judged on the held value every step, so new limits apply without a new sample.
     tp[0, K.TP_HI] = 85.0
-    assert _feed(tp, ts, 13.0, 0.0, fresh=0) == (K.FLAG_LIMIT, K.BINARY_SCORE)
+    assert _feed(tp, ts, 13.0, 0.0, fresh=0) == (K.FLAG_LIMIT, 5 * K.BINARY_SCORE)
+    tp[0, K.TP_HI] = -1e9  # far beyond: the grade stops at the top
+    assert _feed(tp, ts, 14.0, 0.0, fresh=0) == (K.FLAG_LIMIT, K.BINARY_CAP)
 
 
 def test_backward_or_duplicate_time_never_gives_a_rate_and_never_fires_flatline_early():
@@ -282,10 +294,10 @@ def test_line_mask_selects_which_detectors_feed_the_returned_score():
         K.tag_step(0.0, np.array([0.0, 0.0]), ones, ones, tp, ts, flags, scores)
         best = K.tag_step(1.0, np.array([6.0, 3.0]), ones, ones, tp, ts, flags, scores)
         assert flags.tolist() == [K.FLAG_LIMIT | K.FLAG_ROC, K.FLAG_ROC]
-        assert scores.tolist() == [max(K.BINARY_SCORE, 6.0), 3.0]  # per-tag scores ignore the mask
+        assert scores.tolist() == [2 * K.BINARY_SCORE, 3.0]  # per-tag scores ignore the mask
         results[mask] = best
-    assert results == {0: 0.0, K.FLAG_LIMIT: K.BINARY_SCORE, K.FLAG_ROC: 6.0,
-                       K.FLAG_LIMIT | K.FLAG_ROC: max(K.BINARY_SCORE, 6.0)}
+    assert results == {0: 0.0, K.FLAG_LIMIT: 2 * K.BINARY_SCORE, K.FLAG_ROC: 6.0,
+                       K.FLAG_LIMIT | K.FLAG_ROC: 2 * K.BINARY_SCORE}
 
 
 def test_rate_of_change_uses_last_good_value_across_invalid_samples():
@@ -306,6 +318,7 @@ def test_flatline_is_judged_on_time_even_without_fresh_samples():
     assert _feed(tp, ts, 4.9, 0.0, fresh=0)[0] == 0
     flags, score = _feed(tp, ts, 5.0, 0.0, fresh=0)  # no sample at all, 5 s since the run began
     assert flags & K.FLAG_FLAT and score == K.BINARY_SCORE
+    assert _feed(tp, ts, 12.5, 0.0, fresh=0)[1] == 2.5 * K.BINARY_SCORE  # graded by its length
     assert _feed(tp, ts, 6.0, 1.5)[0] == 0  # moved: a new run starts
 
 
