@@ -124,8 +124,11 @@ class ControllerProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
 
-    async def wait_ready(self, api_port: int, timeout: float = 20.0) -> None:
-        """Until /api/v1/status answers with both PLCs connected (fails at once if the process died)."""
+    async def wait_ready(self, api_port: int, timeout: float = 60.0) -> None:
+        """Until /api/v1/status answers with both PLCs connected (fails at once if the process died).
+
+        Not a bound under test: a process start (imports, kernels from numba's cache, two sessions)
+        took > 20 s on a 2-core box at load 10."""
         url = f"http://127.0.0.1:{api_port}/api/v1/status"
         state: dict = {}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
