@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from controller.cli import app
 from controller.errors import NotFound, Refused
+from hil_tests.rig.net import free_port
 from models import load_model
 
 DEMO = "configs/demo_line.toml"
@@ -80,12 +81,6 @@ def test_fit_writes_a_model_from_a_recorded_csv_and_refuses_bad_data(tmp_path):
 def test_unknown_command_is_a_usage_error():
     result = invoke("frobnicate")
     assert result.exit_code == 2 and "Traceback" not in result.output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_demo_detects_an_injected_jam_and_stops_the_line(tmp_path):

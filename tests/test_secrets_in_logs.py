@@ -22,15 +22,10 @@ import aiohttp
 
 from controller.logs import SCRUBBED
 from drivers.opcua.security import create_client_certificate
+from hil_tests.rig.net import free_port
 from tests.drivers.opcua_server import NS_URI, SecureOptions, TestServer, make_server_certificate
 
 LINESENTRY = Path(sys.executable).with_name("linesentry")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config_text(tmp: Path, secure: TestServer, plain: TestServer, certs: dict, api_port: int) -> str:

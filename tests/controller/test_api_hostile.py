@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.api import RESERVE_IDLE_S, ApiServer, connection_budget, create_app
 from controller.events import EventLog
+from hil_tests.rig.net import wait_for
 
 TOKEN = "operator-token-0123456789abcdefghijklmnop"
 READ = "read-only-token-0123456789abcdefghijklmnop"
@@ -87,14 +88,6 @@ async def api():
 
 def url(server: ApiServer, path: str) -> str:
     return f"http://127.0.0.1:{server.port}{path}"
-
-
-async def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_non_finite_numbers_become_null_and_every_response_is_valid_json(api):

@@ -11,7 +11,6 @@ import asyncio
 import io
 import json
 import re
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -20,14 +19,9 @@ import pytest
 from controller.config import load_config
 from controller.runtime import Controller
 from controller.statedir import STATE_FILE
+from hil_tests.rig.net import free_port
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_line.toml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
