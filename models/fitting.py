@@ -167,7 +167,9 @@ def _fit_families(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.
     if spec.pca and len(tags) >= 2:
         pca = fit_pca(z, spec.pca_variance, spec.pca_max_components)
         rules.params[:, K.TP_PCA_MEAN] = pca.mean
-    if spec.iforest:
+    # Like PCA, the forest is a multivariate model: on one tag it is only a density of that tag's
+    # values, which the per-tag rules judge already, and which a drifting or seasonal tag leaves.
+    if spec.iforest and len(tags) >= 2:
         forest = flatten_iforest(fit_iforest(z, spec.iforest_trees,
                                              min(spec.iforest_max_samples, x.shape[0]), spec.seed))
     return _Families(rules, pca, forest, training_rows)
