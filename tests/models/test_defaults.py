@@ -161,3 +161,18 @@ def _limits(lo, hi):
     from models import TagLimits
 
     return TagLimits(lo, hi)
+
+
+def test_symptom_no_isolation_forest_on_one_drifting_tag():
+    """Before: on a univariate stream with drift and seasonality (fitted on its first 15 %) the
+    IsolationForest sat over its own threshold on ~10 % of rows and raised nearly every false alarm.
+    A one-tag forest is only a density of values the stream later leaves: like PCA, it needs two tags."""
+    rng = np.random.default_rng(3)
+    t = np.arange(4032) * 300.0  # two weeks, one sample every 5 min
+    x = (np.sin(2 * np.pi * t / 86400.0) + t / t[-1] * 2.0 + rng.normal(0.0, 0.2, t.size))[:, None]
+    fit = int(0.15 * t.size)
+    det = fit_quietly(StreamingDetector(["level"]), x[:fit], t[:fit])
+    assert det.model["f_roots"].size == 0 and det.model["pca_components"].size == 0
+    assert det.run_batch(x[fit:], t[fit:]).alarm.mean() <= 0.01
+    two = fit_quietly(StreamingDetector(["a", "b"]), np.hstack([x, x + rng.normal(0, 0.2, x.shape)])[:fit])
+    assert two.model["f_roots"].size > 0
