@@ -293,31 +293,50 @@ class Outbox:
 
     def fetch_batch(self, sink: str, max_points: int) -> Batch | None:
         """The oldest rows `sink` has pending, up to `max_points` (always at least one row) and of
-        one encoding, or None if it has nothing pending."""
+        one encoding, or None if it has nothing pending. A row that does not decode (not written
+        by `encode`: a newer version's record kind, a hand edit) is moved to the dead letters for
+        `sink` instead of stalling the rows behind it forever; a batch stops before such a row."""
+        while True:
+            rows, encoding = self._pending_rows(sink, max_points)
+            if not rows:
+                return None
+            if encoding == LINE_PROTOCOL:
+                return _batch(sink, rows, (), tuple(body for *_, body in rows))
+            records: list[Record] = []
+            for i, (row_id, n_points, _, body) in enumerate(rows):
+                try:
+                    records.extend(decode(body))
+                except (ValueError, TypeError) as exc:
+                    if i:
+                        return _batch(sink, rows[:i], tuple(records), ())
+                    self._quarantine(sink, row_id, n_points, body, exc)
+                    break
+            else:
+                return _batch(sink, rows, tuple(records), ())
+
+    def _pending_rows(self, sink: str, max_points: int) -> tuple[list[tuple[int, int, int, str]], str]:
+        """(id, points, bytes, body) of the oldest rows `sink` has pending, and their encoding."""
         with self._lock:
             try:
                 cur = self._conn.execute(
                     "SELECT o.id, o.n_points, o.n_bytes, o.encoding, o.body FROM pending p "
                     "JOIN outbox o ON o.id = p.row_id WHERE p.sink = ? ORDER BY p.row_id", (sink,))
-                ids, bodies, points, nbytes, encoding = [], [], 0, 0, ""
+                rows, points, encoding = [], 0, ""
                 for row_id, n_points, n_bytes, enc, body in cur:
-                    if ids and (points + n_points > max_points or enc != encoding):
+                    if rows and (points + n_points > max_points or enc != encoding):
                         break
-                    ids.append(row_id)
-                    bodies.append(body)
+                    rows.append((row_id, n_points, n_bytes, body))
                     points += n_points
-                    nbytes += n_bytes
                     encoding = enc
                 cur.close()
             except sqlite3.Error as exc:
                 self._io_error("fetch", exc)
-                return None
-        if not ids:
-            return None
-        if encoding == LINE_PROTOCOL:
-            return Batch(sink, tuple(ids), (), tuple(bodies), points, nbytes)
-        records = tuple(r for body in bodies for r in decode(body))
-        return Batch(sink, tuple(ids), records, (), points, nbytes)
+                return [], ""
+        return rows, encoding
+
+    def _quarantine(self, sink: str, row_id: int, n_points: int, body: str, exc: Exception) -> None:
+        log.error("outbox row %d does not decode (%s): dead-lettered for sink %s", row_id, exc, sink)
+        self._dead_letter(sink, (row_id,), n_points, 0, f"unreadable row: {exc}", RECORDS, body)
 
     def ack(self, batch: Batch) -> bool:
         """`batch.sink` delivered the batch: no longer pending for it; rows no sink has pending are
@@ -325,7 +344,7 @@ class Outbox:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                done = self._settle(batch)
+                done = self._settle(batch.sink, batch.ids)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -337,23 +356,30 @@ class Outbox:
     def dead_letter(self, batch: Batch, status: int, message: str) -> bool:
         """Move a batch `batch.sink` rejected as malformed into `dead_letter`, in one transaction
         (other sinks still get those rows)."""
+        if batch.line_protocol:
+            encoding, body = LINE_PROTOCOL, "\n".join(batch.line_protocol)
+        else:
+            encoding, body = RECORDS, encode(batch.records)
+        return self._dead_letter(batch.sink, batch.ids, batch.n_points, status, message, encoding, body)
+
+    def _dead_letter(self, sink: str, ids: Sequence[int], n_points: int, status: int, message: str,
+                     encoding: str, body: str) -> bool:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                body = "\n".join(batch.line_protocol) if batch.line_protocol else encode(batch.records)
                 self._conn.execute(
                     "INSERT INTO dead_letter (sink, outbox_ids, moved_ns, status, message, n_points, "
                     "encoding, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (batch.sink, ",".join(map(str, batch.ids)), time.time_ns(), int(status), message,
-                     batch.n_points, LINE_PROTOCOL if batch.line_protocol else RECORDS, body))
-                done = self._settle(batch)
+                    (sink, ",".join(map(str, ids)), time.time_ns(), int(status), message, n_points,
+                     encoding, body))
+                done = self._settle(sink, ids)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 self._io_error("dead_letter", exc)
                 return False
             self._removed(*done)
-            self.stats.dead_lettered_points += batch.n_points
+            self.stats.dead_lettered_points += n_points
         return True
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -389,13 +415,13 @@ class Outbox:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _settle(self, batch: Batch) -> tuple[Sizes, dict[str, Sizes]]:
-        """Inside a transaction: the batch is no longer pending for its sink; delete the rows no
+    def _settle(self, sink: str, row_ids: Sequence[int]) -> tuple[Sizes, dict[str, Sizes]]:
+        """Inside a transaction: rows `row_ids` are no longer pending for `sink`; delete the rows no
         sink has pending. Rows the size cap removed since the fetch count for nothing."""
-        ids = list(batch.ids)
-        mine = self._pending_of(ids, batch.sink)
+        ids = list(row_ids)
+        mine = self._pending_of(ids, sink)
         marks = _marks(ids)
-        self._conn.execute(f"DELETE FROM pending WHERE sink = ? AND row_id IN ({marks})", [batch.sink, *ids])
+        self._conn.execute(f"DELETE FROM pending WHERE sink = ? AND row_id IN ({marks})", [sink, *ids])
         cur = self._conn.execute(f"SELECT row_id FROM pending WHERE row_id IN ({marks})", ids)
         still = {row_id for (row_id,) in cur}
         return self._delete_rows([i for i in ids if i not in still]), mine
@@ -447,6 +473,12 @@ class Outbox:
         self.stats.io_errors += 1
         self.stats.last_error = f"{what}: {exc}"
         log.error("outbox %s failed: %s", what, exc)
+
+
+def _batch(sink: str, rows: list[tuple[int, int, int, str]], records: tuple[Record, ...],
+           line_protocol: tuple[str, ...]) -> Batch:
+    return Batch(sink, tuple(r[0] for r in rows), records, line_protocol, sum(r[1] for r in rows),
+                 sum(r[2] for r in rows))
 
 
 def _marks(ids: Sequence[int]) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +36,7 @@ KINDS = ("window", "event")
 FieldValue = str | int | float | bool
 
 _FIELD_TYPES = (str, int, float)  # bool is an int; a tuple, as isinstance is much slower with a union
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
@@ -64,8 +66,17 @@ class Record:
 
 
 def encode(records: Iterable[Record]) -> str:
-    """The outbox body for `records`: one JSON array per line (see module docstring)."""
-    return "\n".join(_ENCODER.encode([r.kind, r.measurement, r.time_ns, r.tags, r.fields]) for r in records)
+    """The outbox body for `records`: one JSON array per line (see module docstring).
+
+    Always valid UTF-8: a lone surrogate (a str decoded with ``surrogateescape``, a broken
+    UTF-16 string from a device) becomes U+FFFD, as SQLite and every sink would refuse it.
+    """
+    body = "\n".join(_ENCODER.encode([r.kind, r.measurement, r.time_ns, r.tags, r.fields]) for r in records)
+    try:
+        body.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", body)
+    return body
 
 
 def decode(body: str) -> list[Record]:

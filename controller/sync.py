@@ -6,13 +6,17 @@ Each round it fetches the oldest batch that sink has pending (in a thread, so th
 waits on SQLite), sends it within ``timeout_s``, and then:
 
 ==========================  ================================================================
-delivered                   acknowledged in the outbox, backoff reset, next batch immediately
+delivered                   acknowledged in the outbox, backoff reset, next batch immediately;
+                            if the acknowledgement fails (disk full), backoff before the resend
 `Rejected`                  the batch goes to the dead-letter table with the sink's message
 `AuthFailed`                ``on_alarm("sync_auth", message)`` once per episode; data KEPT;
                             retried with backoff (a fixed token starts flowing again)
 `Misconfigured`             ``on_alarm("sync_config", ...)`` once per episode; data kept
-`TooLarge`                  the batch is split: the record budget per send is halved
-`Retryable` + retry_after   wait exactly retry_after (the sink caps it)
+`TooLarge`                  the batch is split: the record budget per send is halved, also
+                            within one row (a window); one record too large alone: dead-lettered.
+                            The budget is back to ``batch_size`` after the batch is delivered
+`Retryable` + retry_after   wait retry_after (the sink caps it), never less than
+                            ``backoff_initial_s`` (a "Retry-After: 0" is no licence to hammer)
 `Retryable`, timeout,       exponential backoff with jitter: a delay drawn uniformly from
 anything unexpected         [d/2, d], d = min(cap, initial * 2**attempt); unexpected errors are
                             also logged with their traceback
@@ -79,7 +83,7 @@ class SyncStats:
 class Wait:
     """One scheduled pause: why, after which status, for how long, and what the server asked."""
 
-    reason: str  # "retry_after" | "backoff" | "auth"
+    reason: str  # "retry_after" | "backoff" | "auth" | "ack"
     status: int
     delay_s: float
     retry_after_s: float | None
@@ -138,7 +142,8 @@ class SyncWorker:
             self._task = None
         if self.sink is not None:
             try:
-                await self.sink.close()
+                async with asyncio.timeout(self.config.timeout_s):  # a hung close must not hang shutdown
+                    await self.sink.close()
             except Exception:
                 log.exception("closing sink %s failed", self.sink.name)
 
@@ -187,8 +192,7 @@ class SyncWorker:
                 await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
             return
         try:
-            async with asyncio.timeout(self.config.timeout_s):
-                await self._send(batch)
+            await self._send(batch)
         except SinkError as exc:
             await self._on_failure(batch, exc)
         except TimeoutError:
@@ -200,11 +204,17 @@ class SyncWorker:
             await self._on_success(batch)
 
     async def _send(self, batch: Batch) -> None:
+        """Send the batch, each sink call within ``timeout_s``. A row holds a whole window, so
+        records are sent in chunks of the current budget: a row larger than the destination
+        accepts is split instead of being refused (413) forever."""
         assert self.sink is not None
         if not batch.line_protocol:
-            await self.sink.send(batch.records)
+            for start in range(0, len(batch.records), self._max_points):
+                async with asyncio.timeout(self.config.timeout_s):
+                    await self.sink.send(batch.records[start:start + self._max_points])
         elif isinstance(self.sink, LineProtocolSink):
-            await self.sink.send_line_protocol(batch.line_protocol)
+            async with asyncio.timeout(self.config.timeout_s):
+                await self.sink.send_line_protocol(batch.line_protocol)
         else:  # cannot happen: only the InfluxDB sink inherits line-protocol rows
             raise Rejected(f"sink {self.sink.name} cannot send line-protocol rows from an older outbox")
 
@@ -219,9 +229,18 @@ class SyncWorker:
             if await asyncio.to_thread(self.outbox.dead_letter, batch, status, message):
                 self.stats.dead_lettered_points += batch.n_points
             return
-        if isinstance(exc, TooLarge) and len(batch.ids) > 1:
-            self._max_points = max(1, batch.n_points // 2)
-            log.warning("%s: request too large, now at most %d points per send", name, self._max_points)
+        if isinstance(exc, TooLarge):
+            # records go in chunks of the budget; rows from before records only whole, several per send
+            per_send = batch.n_points if batch.line_protocol else min(self._max_points, len(batch.records))
+            if per_send > 1 and (len(batch.ids) > 1 or not batch.line_protocol):
+                self._max_points = max(1, per_send // 2)
+                log.warning("%s: request too large, now at most %d points per send", name, self._max_points)
+                return
+            # one record (or one old row) is more than the destination takes: it never will
+            log.error("%s: %d points too large to send even alone, dead-lettered: %s",
+                      name, batch.n_points, message)
+            if await asyncio.to_thread(self.outbox.dead_letter, batch, status, f"too large: {message}"):
+                self.stats.dead_lettered_points += batch.n_points
             return
         if isinstance(exc, AuthFailed):
             self.stats.auth_failures += 1
@@ -234,7 +253,10 @@ class SyncWorker:
             self._config_alarm_raised = True
             self._alarm("sync_config", f"{message}; data is kept in the outbox")
         if isinstance(exc, Retryable) and exc.retry_after is not None:
-            await self._wait("retry_after", status, exc.retry_after, exc.retry_after)
+            # never sooner than backoff_initial_s: a server answering "Retry-After: 0" (or a date
+            # in the past) would otherwise get the batch rendered and resent in a tight loop
+            delay = max(exc.retry_after, self.config.backoff_initial_s)
+            await self._wait("retry_after", status, delay, exc.retry_after)
             return
         await self._backoff(status, "backoff")
 
@@ -243,10 +265,15 @@ class SyncWorker:
         self.stats.sent_points += batch.n_points
         self.stats.sent_batches += 1
         self.stats.last_success_unix = time.time()
-        self._attempt = 0
         self._auth_alarm_raised = self._config_alarm_raised = False
-        if not await asyncio.to_thread(self.outbox.ack, batch):
-            self.stats.delete_failures += 1  # sent but still pending: it will be resent and overwrite
+        self._max_points = self.config.batch_size  # a budget cut for one large batch is not kept forever
+        if await asyncio.to_thread(self.outbox.ack, batch):
+            self._attempt = 0
+            return
+        # sent but still pending (a full disk, a locked file): it will be resent and overwrite,
+        # after a backoff, not at once in a loop that resends the same batch as fast as it can
+        self.stats.delete_failures += 1
+        await self._backoff(0, "ack")
 
     async def _backoff(self, status: int, reason: str) -> None:
         d = min(self.config.backoff_cap_s, self.config.backoff_initial_s * 2.0 ** min(self._attempt, 60))

@@ -131,7 +131,11 @@ def plugin(name: str) -> SinkPlugin:
     from importlib.metadata import entry_points  # only for a sink that is not built in: ~10 ms
 
     for ep in entry_points(group=GROUP, name=name):
-        found = ep.load()
+        try:
+            found = ep.load()
+        except Exception as exc:  # a broken plugin package: one line naming it, not a traceback
+            raise UnknownSink(f"sink plugin {name!r} ({ep.value}, entry point group {GROUP!r}) failed to "
+                              f"load: {type(exc).__name__}: {exc}; reinstall or remove that package") from exc
         if not isinstance(found, SinkPlugin) or found.name != name:
             raise UnknownSink(f"entry point {name!r} = {ep.value!r} in group {GROUP!r} is not a SinkPlugin "
                               f"named {name!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from controller.errors import LinesentryError
 from controller.sinks import plugin
@@ -37,16 +37,25 @@ class SyncConfig(BaseModel):
     max_outbox_bytes: int = Field(20 << 30, ge=1 << 16, le=1 << 44,
                                   description="outbox cap (stored record bytes)")
     enabled: bool = True
-    options: BaseModel = Field(description="the sink's own keys, validated by its plugin's config model")
+    # SerializeAsAny: a dump holds the sink's keys, not those of the bare BaseModel annotation (none)
+    options: SerializeAsAny[BaseModel] = Field(description="the sink's own keys, validated by its plugin")
 
     @model_validator(mode="before")
     @classmethod
     def _sink_keys(cls, data: Any) -> Any:
         """Split the flat table: the worker's keys stay, the rest go to the sink's config model."""
-        if not isinstance(data, dict) or "options" in data:
+        if not isinstance(data, dict):
             return data
-        own = {k: v for k, v in data.items() if k not in cls.model_fields}
         sink = plugin(str(data.get("sink", "influxdb")))
+        own = {k: v for k, v in data.items() if k not in cls.model_fields}
+        given = data.get("options")
+        if isinstance(given, sink.config) and not own:  # built in code, or a copy of a SyncConfig
+            return data
+        if given is not None:  # a dump of a SyncConfig; never a second way past the sink's model
+            if own or not isinstance(given, dict):
+                raise ValueError(f"sync.options: not a key; write the {sink.name} sink's keys directly "
+                                 f"in [sync] (e.g. url = \"...\")")
+            own = given
         try:
             options = sink.config.model_validate(own)
         except ValidationError as exc:  # one line per problem, named by its key in [sync]

@@ -1,0 +1,270 @@
+"""A hostile network, server, disk and operator against the outbox and the sinks.
+
+Each test is one way the cloud path was broken (it failed before its fix): a server that says
+"Retry-After: 0", a window larger than the server accepts, a row that does not decode, an
+acknowledgement that cannot be written, a lone surrogate in an event, a broken sink package,
+a `[sync]` key that slipped past the sink's model, a sink that hangs on close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pydantic import ValidationError
+
+from controller.outbox import Outbox
+from controller.records import Record, decode
+from controller.sinks import UnknownSink, plugin, register, unregister
+from controller.sinks.config import SyncConfig
+from controller.sinks.influxdb import InfluxDBConfig, line_protocol
+from controller.sync import SyncWorker
+from hil_tests.rig.net import free_port, wait_for
+from tests.cloud import jsonl_sink
+from tests.cloud.helpers import NS, assert_exactly_once, base_end_ns, expected, window_records
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def influx(url: str, token_env: str, **kw) -> SyncConfig:
+    base = dict(url=url, org="o", bucket="b", token_env=token_env, batch_size=5000, timeout_s=5.0,
+                backoff_initial_s=0.01, backoff_cap_s=0.05)
+    return SyncConfig(**(base | kw))
+
+
+@pytest.fixture
+async def limited(victoria):
+    """A reverse proxy in front of VictoriaMetrics that, like nginx's default client_max_body_size,
+    answers 413 to a body over 1 MiB (aiohttp's default client_max_size)."""
+    async with aiohttp.ClientSession() as session:
+        async def forward(request: web.Request) -> web.Response:
+            body = await request.read()  # raises 413 past client_max_size
+            async with session.post(victoria.url + request.path_qs, data=body,
+                                    headers={"Content-Type": "text/plain"}) as r:
+                return web.Response(status=r.status, body=await r.read())
+
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_post("/api/v2/write", forward)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            await runner.cleanup()
+
+
+@pytest.fixture
+def jsonl():
+    register(jsonl_sink.PLUGIN)
+    yield jsonl_sink.PLUGIN
+    unregister("jsonl")
+
+
+def jsonl_config(path: Path, **kw) -> SyncConfig:
+    return SyncConfig(**({"sink": "jsonl", "path": path, "batch_size": 100, "backoff_initial_s": 0.2,
+                          "backoff_cap_s": 0.4} | kw))
+
+
+async def test_retry_after_zero_is_not_a_licence_to_hammer(tmp_path, proxy, victoria, token_env):
+    """A proxy answering 429 with "Retry-After: 0" got the batch rendered and resent in a tight loop
+    (hundreds of requests a second, a core burnt on line protocol); now at most one per backoff_initial_s."""
+    base = base_end_ns(2)
+    with Outbox(tmp_path) as ob:
+        ob.append(window_records(base, 0, 3))
+        await proxy.set("status", status=429, retry_after="0")
+        cfg = influx(proxy.url, token_env, backoff_initial_s=0.25, backoff_cap_s=0.5)
+        async with SyncWorker(cfg, ob) as w:
+            w.wake()
+            await asyncio.sleep(1.0)
+            hammered = proxy.stats.requests
+            await proxy.set("pass")
+            await wait_for(lambda: ob.backlog()[0] == 0, 10, what="the batch after the throttling")
+    assert hammered <= 6, f"{hammered} requests in 1 s against Retry-After: 0"
+    assert all(x.delay_s >= 0.25 and x.retry_after_s == 0.0 for x in w.schedule)
+    assert_exactly_once(victoria, expected(base, [0], 3))
+
+
+def wide_window(base_ns: int, i: int, n_tags: int) -> list[Record]:
+    """One window whose line protocol is > 1 MiB: many tags, each with a long unit."""
+    t = base_ns + i * 10 * NS
+    tags = {"site": "s", "line": "l", "controller": "c"}
+    return [Record("linesentry_tag", tags | {"tag": f"t{j}", "unit": "u" * 300},
+                   {"mean": float(i * 1000 + j), "count": i}, t, "window") for j in range(n_tags)]
+
+
+async def test_a_window_larger_than_the_server_accepts_is_split_not_retried_forever(
+        tmp_path, limited, victoria, token_env):
+    """A proxy refusing bodies over 1 MiB with 413 (nginx's default). A window of 4,000 tags is
+    one outbox row of ~1.4 MiB: the worker halved a budget that could not go below one row and
+    retried that row forever, and nothing behind it was ever sent. Now the row is sent in pieces."""
+    base = base_end_ns(3)
+    wide = wide_window(base, 0, 4000)
+    assert len("\n".join(line_protocol(wide)).encode()) > 1 << 20
+    with Outbox(tmp_path) as ob:
+        ob.append(wide)
+        ob.append(window_records(base, 1, 4000)[:5])  # a normal window behind it
+        async with SyncWorker(influx(limited, token_env, timeout_s=20.0), ob) as w:
+            w.wake()
+            await wait_for(lambda: ob.backlog()[0] == 0, 60, what="the wide window to go in pieces")
+    assert w.stats.failed_sends >= 1 and w.stats.sent_points == 4005
+    assert_exactly_once(victoria, expected(base, [0], 4000) | expected(base, [1], 5))
+
+
+async def test_a_record_too_large_even_alone_is_dead_lettered_not_retried_forever(
+        tmp_path, limited, victoria, token_env):
+    base = base_end_ns(2)
+    huge = Record("linesentry_event", {"site": "s", "kind": "driver", "source": "plc1"},
+                  {"message": "x" * (2 << 20), "seq": 1}, base, "event")
+    with Outbox(tmp_path) as ob:
+        ob.append([huge])
+        ob.append(window_records(base, 1, 3))
+        async with SyncWorker(influx(limited, token_env), ob) as w:
+            w.wake()
+            await wait_for(lambda: ob.backlog()[0] == 0, 20, what="the huge event to be dead-lettered")
+        (dl,) = ob.dead_letters()
+    assert (dl.status, dl.n_points, dl.sink) == (413, 1, "influxdb") and dl.message.startswith("too large")
+    assert decode(dl.body) == [huge]
+    assert_exactly_once(victoria, expected(base, [1], 3))
+
+
+async def test_a_row_that_does_not_decode_is_dead_lettered_and_the_rows_behind_it_flow(jsonl, tmp_path):
+    """A row no `encode` wrote (a newer version's record kind) raised in fetch_batch on every round:
+    the sink was stalled for good behind it, logging "sync round failed" forever."""
+    out = tmp_path / "out.jsonl"
+    sent = [window_records(0, i, 2) for i in range(3)]
+    with Outbox(tmp_path) as ob:
+        ob.subscribe("jsonl")
+        ob.append(sent[0])
+        future = '["state","linesentry_shadow",5,{},{"x":1}]'
+        with contextlib.closing(sqlite3.connect(ob.path)) as db:
+            row = db.execute("INSERT INTO outbox (created_ns, n_points, n_bytes, body, encoding) "
+                             "VALUES (1, 1, ?, ?, 'records')", (len(future), future)).lastrowid
+            db.execute("INSERT INTO pending (sink, row_id) VALUES ('jsonl', ?)", (row,))
+            db.commit()
+        ob.append(sent[1])
+        ob.append(sent[2])
+    with Outbox(tmp_path) as ob:
+        async with SyncWorker(jsonl_config(out), ob) as w:
+            w.wake()
+            await wait_for(lambda: ob.backlog()[0] == 0, 10, what="the rows behind the bad one")
+        (dl,) = ob.dead_letters()
+    assert dl.body == future and dl.sink == "jsonl" and "unreadable row" in dl.message
+    assert decode(out.read_text()) == [r for records in sent for r in records]
+
+
+async def test_an_ack_that_cannot_be_written_backs_off_instead_of_resending_in_a_loop(jsonl, tmp_path):
+    """With the outbox unable to record the acknowledgement (a full disk), the worker resent the same
+    batch as fast as the sink took it; now it backs off between resends."""
+    out = tmp_path / "out.jsonl"
+    with Outbox(tmp_path) as ob:
+        ob.subscribe("jsonl")
+        ob.append(window_records(0, 0, 2))
+        with contextlib.closing(sqlite3.connect(ob.path)) as db:  # every delete fails, like a full disk
+            db.execute("CREATE TRIGGER full BEFORE DELETE ON pending "
+                       "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+            db.commit()
+        async with SyncWorker(jsonl_config(out), ob) as w:
+            w.wake()
+            await asyncio.sleep(1.0)
+            resent = len(out.read_text().splitlines()) // 2  # two records per send
+            with contextlib.closing(sqlite3.connect(ob.path)) as db:
+                db.execute("DROP TRIGGER full")
+                db.commit()
+            await wait_for(lambda: ob.backlog()[0] == 0, 10, what="the ack once the disk has room")
+    assert resent <= 6, f"the same batch sent {resent} times in 1 s"
+    assert w.stats.delete_failures >= 2 and w.schedule[0].reason == "ack"
+
+
+def test_a_lone_surrogate_in_an_event_does_not_crash_the_append(tmp_path):
+    """A str with a lone surrogate (surrogateescape-decoded bytes, broken UTF-16 from a device)
+    made `append` raise UnicodeEncodeError into the housekeeping loop."""
+    odd = Record("linesentry_event", {"site": "s", "source": "plc\udcff"}, {"message": "bad \ud800 text"},
+                 1, "event")
+    with Outbox(tmp_path) as ob:
+        ob.subscribe("x")
+        result = ob.append([odd, *window_records(0, 0, 1)])
+        assert result.ok, result.error
+        (got, window) = ob.fetch_batch("x", 100).records
+    assert got.tags["source"] == "plc\ufffd" and got.fields["message"] == "bad \ufffd text"
+    assert window == window_records(0, 0, 1)[0]
+    "\n".join(line_protocol([got])).encode()  # and the InfluxDB sink can send it
+
+
+def broken_package(site: Path) -> None:
+    """An installed sink package whose entry point does not import (what a half-upgraded venv leaves)."""
+    dist = site / "bad_sinks-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-sinks\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[linesentry.sinks]\nbrokenep = no_such_module_xyz:PLUGIN\n"
+                                           "jsonl = tests.cloud.jsonl_sink:PLUGIN\n")
+
+
+def test_a_sink_package_that_fails_to_import_is_one_line_and_spares_the_other_sinks(tmp_path, monkeypatch):
+    broken_package(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(UnknownSink, match=r"sink plugin 'brokenep' \(no_such_module_xyz:PLUGIN.* failed to "
+                                          r"load: ModuleNotFoundError"):
+        plugin("brokenep")
+    with pytest.raises(ValidationError, match="failed to load"):
+        SyncConfig(sink="brokenep")
+    assert plugin("jsonl") is jsonl_sink.PLUGIN and plugin("influxdb").name == "influxdb"  # unaffected
+
+
+def test_validate_names_a_broken_sink_package_in_one_line(tmp_path):
+    broken_package(tmp_path / "site")
+    src = (REPO / "configs" / "secure_opcua.toml").read_text()
+    assert "\n[sync]\n" in src
+    cfg = tmp_path / "line.toml"
+    cfg.write_text(src.replace("\n[sync]\n", '\n[sync]\nsink = "brokenep"\n'))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tmp_path / 'site'}:{REPO}", "HOME": str(tmp_path)}
+    linesentry = str(Path(sys.executable).with_name("linesentry"))
+    run = subprocess.run([linesentry, "validate", str(cfg)], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert run.returncode != 0
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert len(lines) == 1 and "failed to load" in lines[0] and "internal error" not in lines[0], lines
+    assert "Traceback" not in run.stderr
+
+
+def test_options_is_no_way_around_the_sink_model_and_a_dump_keeps_the_sink_keys():
+    """`[sync] options = {...}` skipped the InfluxDB model entirely (validate passed, the first send
+    failed an assert); and model_dump() dropped url/org/bucket (the field was dumped as a bare BaseModel)."""
+    with pytest.raises(ValidationError, match="sync.url must start with http"):
+        SyncConfig.model_validate({"options": {"url": "ftp://x", "org": "o", "bucket": "b"}})
+    with pytest.raises(ValidationError, match="sync.options: not a key"):
+        SyncConfig.model_validate({"options": {"url": "http://x"}, "org": "o", "bucket": "b"})
+    cfg = SyncConfig(url="http://h:8086", org="o", bucket="b")
+    dumped = cfg.model_dump()
+    assert dumped["options"] == {"url": "http://h:8086", "org": "o", "bucket": "b",
+                                 "token_env": "LINESENTRY_INFLUX_TOKEN"}
+    again = SyncConfig.model_validate(dumped)
+    assert isinstance(again.options, InfluxDBConfig) and again == cfg
+
+
+async def test_a_sink_whose_close_hangs_does_not_hang_shutdown(tmp_path):
+    class HangsOnClose:
+        name = "hangs_on_close"
+
+        async def send(self, records):
+            pass
+
+        async def close(self):
+            await asyncio.Event().wait()
+
+    with Outbox(tmp_path) as ob:
+        cfg = SyncConfig(url="http://x", org="o", bucket="b", timeout_s=0.3)
+        w = SyncWorker(cfg, ob, sink=HangsOnClose())
+        await w.start()
+        t0 = time.monotonic()
+        await asyncio.wait_for(w.stop(), 5)  # before: waited forever
+    assert time.monotonic() - t0 < 2
