@@ -109,7 +109,8 @@ def exceedance_bound(exceed: np.ndarray, scores: np.ndarray, confidence: float =
 def decision_params(spec, norm: tuple[np.ndarray, np.ndarray], threshold_on: float,
                     forest_shape: tuple[float, int] = (0.0, 0), training_rows: int = 0) -> np.ndarray:
     """The fusion/decision parameter vector (kernels.D_*): weights, normalisation, threshold, debounce,
-    and the adaptive baselines' rate (half-life `drift_half_life`, by default the training rows;
+    and the adaptive baselines' rate (half-life `drift_half_life`, by default
+    kernels.DRIFT_HALF_LIFE_WINDOWS x the training rows;
     0 training rows, as for a rules-only detector, keeps the baselines fixed)."""
     dp = np.zeros(K.D_SIZE)
     dp[K.D_SMOOTH_ALPHA] = spec.smooth_alpha
@@ -120,8 +121,9 @@ def decision_params(spec, norm: tuple[np.ndarray, np.ndarray], threshold_on: flo
     dp[K.D_INPUT_ALPHA] = spec.input_alpha
     dp[K.D_COMP_LOC:K.D_COMP_LOC + K.C_SIZE], dp[K.D_COMP_THR:K.D_COMP_THR + K.C_SIZE] = norm
     dp[K.D_F_DENOMINATOR], dp[K.D_F_DEPTH] = forest_shape
-    half_life = spec.drift_half_life if spec.drift_half_life is not None else training_rows
-    dp[K.D_ADAPT_RATE], dp[K.D_ADAPT_RESUME] = K.adaptation_params(float(half_life))
+    half_life = (spec.drift_half_life if spec.drift_half_life is not None
+                 else K.DRIFT_HALF_LIFE_WINDOWS * training_rows)
+    dp[K.D_ADAPT_RATE], dp[K.D_ADAPT_RESUME] = K.adaptation_params(float(half_life), spec.target_far)
     return dp
 
 

@@ -469,17 +469,30 @@ def decide(score, dp, ds):
 
 
 # ----------------------------------------------------------------- adaptive baselines
-# After an alarm, learning resumes once the alarm has been off for this many half-lives. In that
-# time learning would have moved a baseline only 1 - 2**-0.1 = 7 % of the way, so little normal
-# drift is lost, while a sustained fault whose alarm flickers off now and then is never learnt.
+# Default half-life of the adaptive baselines, in training windows (DetectorSpec.drift_half_life
+# None = this many times the training rows). Much longer than the longest fault the training
+# window can tell from normal (one as long as the window): such a fault, if it never alarmed,
+# would be learnt at most 1 - 2**-0.25 = 16 % by its end; a drift of d per training window
+# lags the baseline by about 1.44 x 4 x d, so drifts up to ~0.25 sigma per training window are
+# followed within ~1.5 sigma, and a faster drift must be in the training window.
+DRIFT_HALF_LIFE_WINDOWS = 4.0
+# After an alarm, learning resumes once the alarm has been off for a while, so that a sustained
+# fault whose alarm flickers off now and then is never learnt; but not so long that the false
+# alarms of normal data keep it frozen. The wait is the shorter of a tenth of a half-life (learning
+# would have moved a baseline only 1 - 2**-0.1 = 7 % of the way in it, so little drift is lost)
+# and a tenth of the mean gap between false alarms at the designed rate (so normal data keeps
+# learning at least ~90 % of the time).
 ADAPT_RESUME_HALF_LIVES = 0.1
+ADAPT_RESUME_ALARM_GAPS = 0.1
 
 
-def adaptation_params(half_life: float) -> tuple[float, float]:
-    """(D_ADAPT_RATE, D_ADAPT_RESUME) for a half-life in samples of each tag; 0 or inf: (0, 0), fixed."""
+def adaptation_params(half_life: float, target_far: float) -> tuple[float, float]:
+    """(D_ADAPT_RATE, D_ADAPT_RESUME) for a half-life in samples of each tag and the designed
+    false-alarm rate per frame; a half-life of 0 or inf gives (0, 0): fixed baselines."""
     if not half_life > 0.0 or math.isinf(half_life):
         return 0.0, 0.0
-    return 1.0 - 2.0 ** (-1.0 / half_life), float(math.ceil(ADAPT_RESUME_HALF_LIVES * half_life))
+    resume = min(ADAPT_RESUME_HALF_LIVES * half_life, ADAPT_RESUME_ALARM_GAPS / target_far)
+    return 1.0 - 2.0 ** (-1.0 / half_life), float(math.ceil(resume))
 
 
 @njit(cache=True, nogil=True)

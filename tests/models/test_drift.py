@@ -3,7 +3,8 @@
 The process: two AR(1) latent factors mixed into six tags plus noise, in engineering
 units with different offsets and scales. Normal drift moves the first factor's level
 (slowly, with a seasonal swing) and the spread of every tag. The half-life is the
-default principle: as many samples as the training window has rows.
+default: kernels.DRIFT_HALF_LIFE_WINDOWS training windows; every length below is in
+half-lives.
 """
 
 import math
@@ -15,7 +16,7 @@ from models import DetectorSpec, StreamingDetector
 from models import kernels as K
 
 TRAIN_ROWS = 2000
-HALF_LIFE = TRAIN_ROWS
+HALF_LIFE = int(K.DRIFT_HALF_LIFE_WINDOWS * TRAIN_ROWS)
 DESIGNED_FAR = DetectorSpec().target_far
 TAGS = [f"t{i}" for i in range(6)]
 OFFSET = np.array([50.0, -20.0, 100.0, 3.0, 0.0, 7.0])
@@ -44,9 +45,9 @@ def train():
 
 @pytest.fixture(scope="module")
 def detector(train):
-    """The defaults: the half-life is the training window's length."""
+    """The defaults: the half-life is DRIFT_HALF_LIFE_WINDOWS training windows."""
     det = StreamingDetector(TAGS, DetectorSpec()).fit(train)
-    rate, _ = K.adaptation_params(HALF_LIFE)
+    rate, _ = K.adaptation_params(HALF_LIFE, DESIGNED_FAR)
     assert det.model["decision_params"][K.D_ADAPT_RATE] == rate
     return det
 
@@ -63,7 +64,8 @@ def fresh_run(det: StreamingDetector) -> StreamingDetector:
 
 def normal_drift(rows: int, seed: int) -> np.ndarray:
     t = np.arange(rows)
-    level = 6.0 * t / rows + 3.0 * np.sin(2 * np.pi * t / 40_000)  # 6 sigma of the factor, plus a season
+    # 6 sigma of the factor over 20 half-lives, plus a season of 20 half-lives
+    level = 6.0 * t / rows + 3.0 * np.sin(2 * np.pi * t / (20 * HALF_LIFE))
     spread = 1.0 + 0.5 * t / rows  # every tag's spread grows by half
     return process(rows, seed, level, spread)
 
@@ -76,14 +78,15 @@ def ramp(rows: int, start: int, duration: int, amplitude: float, end: int | None
 
 
 def test_half_life_is_one_knob_and_zero_or_inf_disables_it():
-    rate, resume = K.adaptation_params(HALF_LIFE)
+    rate, resume = K.adaptation_params(HALF_LIFE, DESIGNED_FAR)
     assert math.isclose((1.0 - rate) ** HALF_LIFE, 0.5, rel_tol=1e-9)
-    assert resume == math.ceil(K.ADAPT_RESUME_HALF_LIVES * HALF_LIFE)
-    assert K.adaptation_params(0.0) == K.adaptation_params(math.inf) == (0.0, 0.0)
+    assert resume == math.ceil(min(K.ADAPT_RESUME_HALF_LIVES * HALF_LIFE,
+                                   K.ADAPT_RESUME_ALARM_GAPS / DESIGNED_FAR))
+    assert K.adaptation_params(0.0, DESIGNED_FAR) == K.adaptation_params(math.inf, DESIGNED_FAR) == (0, 0)
 
 
 def test_slow_drift_of_level_spread_and_season_does_not_alarm(detector, fixed):
-    x = normal_drift(40_000, seed=2)
+    x = normal_drift(20 * HALF_LIFE, seed=2)
     assert fixed.model["decision_params"][K.D_ADAPT_RATE] == 0.0
     # The same drift floods fixed baselines with false alarms ...
     assert fresh_run(fixed).run_batch(x).alarm.mean() > 0.1
@@ -93,7 +96,7 @@ def test_slow_drift_of_level_spread_and_season_does_not_alarm(detector, fixed):
 
 def test_a_ramp_fault_freezes_learning_is_held_and_leaves_no_trace(detector):
     """A fault ramping in over one half-life is caught; its alarm stops the baselines learning it."""
-    rows, start, duration, end = 20_000, 5_000, HALF_LIFE, 12_000
+    rows, start, duration, end = 10 * HALF_LIFE, 2 * HALF_LIFE, HALF_LIFE, 6 * HALF_LIFE
     x = process(rows, seed=3, level=ramp(rows, start, duration, 8.0, end))
     det = fresh_run(detector)
     det.run_batch(x[:start + duration])
@@ -104,11 +107,11 @@ def test_a_ramp_fault_freezes_learning_is_held_and_leaves_no_trace(detector):
     fault_size = np.abs(8.0 * np.random.default_rng(99).normal(size=(2, 6))[0] * SCALE)
     assert plateau.alarm.mean() >= 0.95
     assert np.all(np.abs(moved) <= 0.01 * fault_size)  # nothing of the plateau was learnt
-    assert after.alarm[-2_000:].mean() <= 2 * DESIGNED_FAR  # back to normal: the alarm clears
+    assert after.alarm[-HALF_LIFE:].mean() <= 2 * DESIGNED_FAR  # back to normal: the alarm clears
 
 
 def test_the_same_ramp_ten_times_slower_is_drift_and_does_not_alarm(detector):
-    rows, start = 30_000, 2_000
+    rows, start = 15 * HALF_LIFE, HALF_LIFE
     x = process(rows, seed=3, level=ramp(rows, start, 10 * HALF_LIFE, 8.0))
     assert fresh_run(detector).run_batch(x).alarm.mean() <= 2 * DESIGNED_FAR
 
