@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the cloud modules are imported only when a [sync] section o
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_S = 0.05
+FEED_PAGE = 1000  # events per outbox append
 TEXT_IN_DETECTOR = ("carries text, not a number: it is never fed to the detector (its invalid flag "
                     "is raised); remove it from [detector] tags")
 
@@ -61,13 +62,19 @@ class CloudFeed:
         self._tag_info = [TagInfo(t, self.units.get(t, "")) for t in self.tags]
 
     async def feed(self, events: EventLog, windows: list[WindowSummary]) -> None:
-        new = events.since(self._last_event_id)
-        if new:
-            self._last_event_id = new[-1]["id"]
-        if self.outbox is not None and (new or windows):
-            await asyncio.to_thread(self._append, new, windows)
-            if self.sync is not None:
-                self.sync.wake()
+        """Everything new, page by page: a burst larger than one `since` page (the final flush at
+        stop has no next round) must not leave events behind."""
+        while True:
+            new = events.since(self._last_event_id, FEED_PAGE)
+            if new:
+                self._last_event_id = new[-1]["id"]
+            if self.outbox is not None and (new or windows):
+                await asyncio.to_thread(self._append, new, windows)
+                if self.sync is not None:
+                    self.sync.wake()
+            if len(new) < FEED_PAGE:
+                return
+            windows = []
 
     def _append(self, events: list[dict], windows: list[WindowSummary]) -> None:
         from controller.points import event_point, window_points

@@ -45,6 +45,7 @@ class StateKeeper:
         self.events, self.journal, self._wall = events, journal, wall
         self.restored: list[str] = []
         self._save_lock = asyncio.Lock()
+        self._summary_taken = False  # restore resumed the saved window: `forget_summary` drops it
 
     # ------------------------------------------------------------------ saving
     async def save(self, summary: bool = False) -> None:
@@ -87,10 +88,15 @@ class StateKeeper:
         self._announce()
         if "summary" not in state:
             return None
-        closed = self._restore_summary(state["summary"])
-        # Saved again at once without it: a second start must not resume the same window again.
-        self.state_dir.save_state(self.durable_state())
-        return closed
+        self._summary_taken = True
+        return self._restore_summary(state["summary"])
+
+    def forget_summary(self) -> None:
+        """Once the start can no longer fail: save the state without the resumed window, so a second
+        start does not resume it again (a start that failed before keeps it on disk for the next)."""
+        if self._summary_taken:
+            self._summary_taken = False
+            self.state_dir.save_state(self.durable_state())
 
     def _check(self, state: dict) -> tuple[dict[str, int], dict[str, str]]:
         """Everything the restore will apply, tried on throwaway engines (raises if malformed)."""

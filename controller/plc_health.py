@@ -89,6 +89,7 @@ class PlcHealth:
     def on_state(self, plc: Plc, state: ConnectionState, detail: str) -> None:
         """The supervisor's report of a connection change (the only channel for it)."""
         plc.state = state
+        self.journal.flush()  # the transitions of steps before this change are logged before it
         if state is ConnectionState.CONNECTED:
             self.events.add("driver", plc.name, "connected", state=state.value)
         elif state in (ConnectionState.BACKOFF, ConnectionState.FAILED):
@@ -104,6 +105,7 @@ class PlcHealth:
     # ------------------------------------------------------------------ liveness (housekeeping)
     def check(self, mono: float) -> bool:
         """Raise or clear each PLC's comm loss from the age of its last good data; True if one was raised."""
+        self.journal.flush()  # what the steps before this round did is logged before what it finds
         raised = False
         for plc in self.plcs:
             link = plc.link

@@ -247,6 +247,7 @@ class Controller:
         self.api_port = api.port  # the real port when 0 was asked
         self._undo(stack, "closing the API", api.stop)
         await self._start_cloud(stack)
+        self.keeper.forget_summary()
         self._undo(stack, "saving the state", self._final_save)
 
         self._undo(stack, "closing the PLC sessions", self._stop_supervisors)
@@ -310,6 +311,7 @@ class Controller:
                 await plc.supervisor.stop()  # closes the session; its task is already cancelled
 
     async def _final_save(self) -> None:
+        self.journal.flush()  # what happened before the stop is logged before it
         self.events.add("controller", "controller", "stopped")
         try:
             await self.housekeeping.flush()

@@ -50,9 +50,16 @@ class Writes:
         return len(self._in_flight)
 
     async def finish(self, timeout_s: float = FINISH_TIMEOUT_S) -> None:
-        """Let the writes in flight end (a stop must not cut an actuator write in half)."""
-        if self._in_flight:
-            await asyncio.wait(list(self._in_flight), timeout=timeout_s)
+        """Let the writes in flight end (a stop must not cut an actuator write in half); one still
+        waiting for its PLC after `timeout_s` is cancelled and recorded as failed, so no write task
+        outlives the controller and no action is left without a result."""
+        if not self._in_flight:
+            return
+        _, hanging = await asyncio.wait(list(self._in_flight), timeout=timeout_s)
+        for task in hanging:
+            task.cancel()
+        if hanging:
+            await asyncio.wait(hanging)
 
     async def _write(self, write: WriteRequest) -> None:
         lock = self._locks.setdefault(write.tag, asyncio.Lock())
@@ -60,8 +67,16 @@ class Writes:
             async with lock:
                 await self._driver_of_tag[write.tag].write(write.tag, float(write.value))
             ok, detail = True, ""
-        except (DriverError, OSError, TimeoutError) as exc:
-            ok, detail = False, str(exc) or type(exc).__name__
+        except asyncio.CancelledError:
+            self._record(write, False, "cancelled: the controller stopped before the PLC answered")
+            raise
+        except Exception as exc:  # a PLC's refusal, a lost session, or a bug: the action still gets a result
+            plc_said = isinstance(exc, DriverError | OSError | TimeoutError)
+            ok = False
+            detail = (str(exc) or type(exc).__name__) if plc_said else f"{type(exc).__name__}: {exc}"
+        self._record(write, ok, detail)
+
+    def _record(self, write: WriteRequest, ok: bool, detail: str) -> None:
         mono, wall = self._clock.mono(), self._clock.wall()
         if not write.action.startswith(SAFE_STATE):
             self._journal.put(self._actions.confirm(write.action, mono, ok, detail, wall=wall))

@@ -1,0 +1,141 @@
+"""Adversarial review of the split runtime: what a hostile plant or operator found, each a test that
+failed before its fix. The controller ones run the real service (API socket, state files, outbox)
+with the PLC on a closed port; the write ones drive `Writes` over a fake driver (pure logic)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from controller.actions import WriteRequest
+from controller.alarms import AlarmEvent
+from controller.config import load_config
+from controller.runtime import Controller
+from controller.statedir import STATE_FILE
+from drivers.base import ConnectionState
+from tests.controller.test_runtime_lifecycle import SYNC, line, listening, other_tasks
+from tests.controller.test_writes import FakeDriver, fire, parts, results
+
+
+def saved(tmp_path) -> dict:
+    return json.loads((tmp_path / "state" / STATE_FILE).read_text())
+
+
+def save_an_open_window(tmp_path) -> None:
+    """The state file a shutdown leaves: an open summary window with one step in it."""
+    c = Controller(load_config(line(tmp_path, SYNC)), api_port=0)
+    c.line.fresh[:] = 1
+    n = len(c.tag_names)
+    c.pipeline.summarizer.update(time.time(), c.line.values, c.line.fresh, c.line.quality, 0.1, False,
+                                 np.zeros(n))
+    c.state_dir.create()
+    c.state_dir.save_state(c.keeper.durable_state(summary=True))
+    assert "summary" in saved(tmp_path)
+
+
+async def test_a_start_that_fails_after_the_restore_keeps_the_saved_summary_window(tmp_path):
+    """Was: restore rewrote the state file without the window before the API bound; a taken port
+    then lost the window's samples for good (the next start had nothing to resume)."""
+    save_an_open_window(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        c = Controller(load_config(line(tmp_path, SYNC)), api_port=taken.getsockname()[1])
+        with pytest.raises(OSError):
+            await c.start()
+    assert "summary" in saved(tmp_path), "a failed start threw the saved window away"
+    assert other_tasks() == set()
+    async with Controller(load_config(line(tmp_path, SYNC)), api_port=0):
+        assert "summary" not in saved(tmp_path), "a started controller must take the window once"
+
+
+async def test_every_event_of_a_burst_just_before_stop_reaches_the_outbox(tmp_path):
+    """Was: the final flush fed one `EventLog.since` page (1,000 events): the rest of a burst of
+    alarm transitions, and the 'stopped' event, never reached the cloud."""
+    c = Controller(load_config(line(tmp_path, SYNC)), api_port=0)
+    await c.start()
+    outbox = c.cloud.outbox
+    sent: list[str] = []
+    append = outbox.append
+
+    def counting(records):
+        sent.extend(r.fields.get("message", "") for r in records if r.measurement == "linesentry_event")
+        return append(records)
+
+    outbox.append = counting  # observe what the feed hands over (an instance attribute, no patching)
+    await c.housekeeping.flush()
+    sent.clear()
+    c.journal.put([AlarmEvent(time.time(), f"a{k}", "NORMAL", "UNACK", "condition") for k in range(1500)])
+    await c.aclose()
+    burst = [m for m in sent if m == "NORMAL -> UNACK (condition)"]
+    assert len(burst) == 1500 and sent[-1] == "stopped", (len(burst), sent[-1:])
+
+
+async def test_a_connection_loss_is_logged_after_the_alarm_transitions_before_it(tmp_path):
+    """Was: PLC health added its events directly while the step's transitions still sat in the
+    journal: the event log read 'connection lost' before the alarm that happened first."""
+    c = Controller(load_config(line(tmp_path)), api_port=0)
+    (plc,) = c.plcs
+    c.journal.put([AlarmEvent(time.time(), "pressure_high", "NORMAL", "UNACK", "condition")])
+    c.health.on_state(plc, ConnectionState.BACKOFF, "reset by peer")
+    kinds = [e["kind"] for e in c.events.since()]
+    assert kinds == ["alarm", "driver"], kinds
+
+
+class BrokenDriver(FakeDriver):
+    """A driver whose write fails with something that is not a DriverError (a bug, a bad value)."""
+
+    async def write(self, tag: str, value: float) -> None:
+        raise ValueError(f"{tag}: cannot encode {value}")
+
+
+async def test_a_write_that_raises_an_unexpected_error_still_fails_the_action():
+    """Was: only DriverError/OSError/TimeoutError were caught; anything else ended the write task
+    unseen, and the action stayed 'fired' for ever (no confirmation, no failure, no event)."""
+    actions, journal, writes, _ = parts(BrokenDriver())
+    writes.issue(fire(actions, journal))
+    await writes.finish()
+    assert actions.has_failed("stop_line")
+    assert results(journal) == [("stop_line", "fired"), ("stop_line", "failed")]
+    assert "ValueError" in journal.events.since()[-1]["message"]
+
+
+async def test_a_write_still_hanging_at_stop_is_cancelled_and_recorded_as_failed():
+    """Was: `finish` waited its timeout and returned, leaving the write task running after the
+    controller had stopped, and the action without a result."""
+    driver = FakeDriver(delay=60)
+    actions, journal, writes, failed = parts(driver)
+    writes.issue(fire(actions, journal) + [WriteRequest("safe_state:press", "valve", False, 1.0, None)])
+    await asyncio.sleep(0.01)
+    await writes.finish(timeout_s=0.1)
+    assert writes.in_flight == 0 and other_tasks() == set()
+    assert sorted(results(journal)) == [("safe_state:press", "failed"), ("stop_line", "failed"),
+                                        ("stop_line", "fired")]
+    assert failed == ["press"]
+    assert "stopped" in journal.events.since()[-1]["message"]
+
+
+async def test_stop_twice_and_aclose_twice_are_harmless(tmp_path):
+    c = Controller(load_config(line(tmp_path)), api_port=0)
+    await c.start()
+    port = c.api_port
+    c.stop()
+    c.stop()
+    await c.aclose()
+    await c.aclose()
+    assert not listening(port) and other_tasks() == set()
+    assert [e["message"] for e in c.events.since()].count("stopped") == 1
+
+
+async def test_async_with_exit_on_an_exception_closes_everything_and_keeps_the_exception(tmp_path):
+    with pytest.raises(KeyError, match="operator"):
+        async with Controller(load_config(line(tmp_path)), api_port=0) as c:
+            port = c.api_port
+            raise KeyError("operator")
+    assert not listening(port) and other_tasks() == set()
+    assert "stopped" in [e["message"] for e in c.events.since()]
