@@ -235,7 +235,7 @@ def calibrate_line(spec, result, tags: list[str], first_row: int,
     if report["pinned_at_cap"]:
         warn(f"line threshold pinned at the cap {K.MAX_LINE_THRESHOLD}: decided by "
              f"{_decider_text(report)} on training rows {report['decided_rows'][:5]}")
-    elif len(counts) == 1 and top.size > 1 and np.count_nonzero(weights) > 1:
+    elif len(counts) == 1 and top.size > 1 and np.count_nonzero(weights * weighted.any(axis=0)) > 1:
         report["single_component"] = next(iter(counts))
         warn(f"line threshold decided by {_decider_text(report)} alone, on training rows "
              f"{report['decided_rows'][:5]}")
