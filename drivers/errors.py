@@ -5,8 +5,9 @@ the protocol library's exception as `__cause__` (`raise ConnectionLost(...) from
 controller can translate them into its own errors and a log keeps the full chain.
 
 `permanent` errors cannot heal by reconnecting: the PLC refused our identity or our certificate,
-or we refused its certificate. The supervisor stops retrying on them and reports FAILED with
-the cause, instead of backing off forever against a PLC that will say no every time.
+we refused its certificate, or a secret the config names is missing from our environment. The
+supervisor stops retrying on them and reports FAILED with the cause, instead of backing off
+forever against a PLC that will say no every time.
 """
 
 
@@ -32,6 +33,13 @@ class CredentialsRejected(AccessDenied):
 
 class CertificateUntrusted(AccessDenied):
     """The PLC does not trust our client certificate, or its certificate is not the one we trust."""
+
+
+class SecretMissing(DriverError):
+    """The environment variable the config names for a secret (a password) is not set: permanent,
+    as nothing outside can add it to a running process's environment."""
+
+    permanent = True
 
 
 class WriteRefused(DriverError):

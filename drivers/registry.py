@@ -12,6 +12,7 @@ Loading is cheap by contract: a plugin package imports its config model only; `c
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,8 +26,13 @@ if TYPE_CHECKING:
     from drivers.base import Driver
     from drivers.probe import ProbeReport
 
+log = logging.getLogger(__name__)
+
 GROUP = "linesentry.drivers"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a bare TOML key: [[opcua]], [[modbus]], [[toy]]
+# The controller's per-PLC settings, written in the same TOML table as the driver's keys: a driver
+# config must not define them (the controller's PlcSettings has exactly these fields; a test ties them).
+RESERVED_KEYS = frozenset({"stale_timeout_s", "on_comm_loss", "safe_state", "watchdog"})
 
 
 ValueKind = Literal["number", "bit", "text"]
@@ -74,30 +80,47 @@ class DriverPlugin:
         if not _NAME.match(self.name):
             raise ValueError(f"driver plugin name {self.name!r} must be lower-case letters, digits and _ "
                              "(it is the TOML table name of its PLCs)")
+        clash = RESERVED_KEYS & set(getattr(self.config, "model_fields", ()))
+        if clash:  # checked here, so a bad plugin is refused alone instead of breaking the whole schema
+            raise ValueError(f"driver plugin {self.name!r}: its config uses the reserved PLC setting key(s) "
+                             f"{', '.join(sorted(clash))}; rename them in the driver's config model")
 
 
 _registered: dict[str, DriverPlugin] = {}
 _loaded: dict[str, DriverPlugin] | None = None  # from entry points, loaded once
+_broken: dict[str, str] = {}  # entry point name -> why it cannot be used (one line)
 
 
 def _load_entry_points() -> dict[str, DriverPlugin]:
+    """The usable entry points. A broken one (does not import, is not a DriverPlugin of its name,
+    or two packages claim the name) is left out and named when asked for, so one bad third-party
+    package does not take the other drivers down with it."""
     from importlib.metadata import entry_points  # ~20 ms: paid by plugins(), not by importing this module
 
     found: dict[str, DriverPlugin] = {}
     for ep in entry_points(group=GROUP):
         try:
             plugin = ep.load()
-        except Exception as exc:  # a broken third-party plugin is named, not a bare traceback
-            raise DriverError(f"driver plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        except Exception as exc:
+            _broken[ep.name] = (f"driver plugin {ep.name!r} ({ep.value}) failed to load: "
+                                f"{type(exc).__name__}: {exc}; reinstall or remove that package")
+            continue
         if not isinstance(plugin, DriverPlugin) or plugin.name != ep.name:
-            raise DriverError(f"entry point {ep.name!r} = {ep.value!r} in group {GROUP!r} is not a "
-                              f"DriverPlugin named {ep.name!r}")
-        found.setdefault(ep.name, plugin)  # the same package seen twice on sys.path
+            _broken[ep.name] = (f"entry point {ep.name!r} = {ep.value!r} in group {GROUP!r} is not a "
+                                f"DriverPlugin named {ep.name!r}")
+        elif ep.name in found and found[ep.name] is not plugin:
+            _broken[ep.name] = (f"two installed packages register the driver {ep.name!r} (one is "
+                                f"{ep.value}); uninstall one of them")
+        else:
+            found[ep.name] = plugin
+    for name, why in _broken.items():
+        found.pop(name, None)
+        log.warning("%s; its [[%s]] tables cannot be used", why, name)
     return found
 
 
 def plugins() -> dict[str, DriverPlugin]:
-    """Every driver plugin by name: the installed entry points, then those registered at run time."""
+    """Every usable driver plugin by name: the installed entry points, then those registered at run time."""
     global _loaded
     if _loaded is None:
         _loaded = _load_entry_points()
@@ -119,6 +142,8 @@ def unregister(name: str) -> None:
 def plugin(name: str) -> DriverPlugin:
     """The plugin for TOML table `name`; UnknownDriver listing the registered names otherwise."""
     found = plugins()
+    if name not in found and name in _broken:
+        raise DriverError(_broken[name])
     if name not in found:
         raise UnknownDriver(f"no driver named {name!r}; registered drivers: {', '.join(sorted(found))}")
     return found[name]

@@ -6,7 +6,7 @@ change through `on_state(state, detail)` (the controller marks the PLC's tags
 COMM_LOST on BACKOFF; batches carry data quality only). When a connection
 breaks, the supervisor waits (exponential backoff with jitter, capped) and
 reconnects with a fresh driver session. A permanent error (drivers.errors:
-CredentialsRejected, CertificateUntrusted) ends the retries: the state becomes
+CredentialsRejected, CertificateUntrusted, SecretMissing) ends the retries: the state becomes
 FAILED with the cause, because the PLC will refuse every attempt until the
 configuration or its trust list changes. A sliding-window limit on
 established sessions makes reconnect storms impossible even if connects succeed

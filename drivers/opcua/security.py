@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from drivers.errors import CertificateUntrusted, DriverError
+from drivers.errors import CertificateUntrusted, DriverError, SecretMissing
 from drivers.opcua.config import OpcUaSecurity
 
 POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
@@ -112,7 +112,7 @@ def password_from_env(sec: OpcUaSecurity) -> str | None:
         return None
     password = os.environ.get(sec.password_env)
     if password is None:
-        raise DriverError(f"environment variable {sec.password_env} (security.password_env) is not set")
+        raise SecretMissing(f"environment variable {sec.password_env} (security.password_env) is not set")
     return password
 
 
