@@ -258,16 +258,20 @@ class Outbox:
         per_sink = self._pending_of(ids)
         removed = self._delete_rows(ids)
         self._conn.execute(f"DELETE FROM pending WHERE row_id IN ({_marks(ids)})", ids)
+        # the sinks that had those rows pending are the ones that lost them: a healthy sink that has
+        # sent them already reads in the event that the loss is another sink's (a dead or removed one)
+        lost_for = ",".join(sorted(per_sink)) or "no subscribed sink"
         event = None
         if self.identity is not None:
             body = encode([event_point(
                 self.identity, self._events, "outbox", "size_cap",
-                f"outbox over {self.max_bytes} bytes: dropped {removed[1]} oldest points",
-                result="dropped", dropped_points=removed[1], dropped_bytes=removed[2],
-                dropped_points_total=self.stats.dropped_points_cap + removed[1])])
+                f"outbox over {self.max_bytes} bytes: dropped {removed[1]} oldest points not yet sent to "
+                f"{lost_for}", result="dropped", dropped_points=removed[1], dropped_bytes=removed[2],
+                dropped_points_total=self.stats.dropped_points_cap + removed[1], lost_for=lost_for)])
             event = (1, 1, len(body.encode()))
             self._insert(1, event[2], body)
-        log.warning("outbox size cap %d bytes: dropped %d oldest points", self.max_bytes, removed[1])
+        log.warning("outbox size cap %d bytes: dropped %d oldest points not yet sent to %s", self.max_bytes,
+                    removed[1], lost_for)
         return removed, per_sink, event
 
     # -- sinks: subscribing, reading and acknowledging -----------------------------------------

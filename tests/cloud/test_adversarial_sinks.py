@@ -22,6 +22,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from controller.outbox import Outbox
+from controller.points import Identity
 from controller.records import Record, decode
 from controller.sinks import UnknownSink, plugin, register, unregister
 from controller.sinks.config import SyncConfig
@@ -268,3 +269,57 @@ async def test_a_sink_whose_close_hangs_does_not_hang_shutdown(tmp_path):
         t0 = time.monotonic()
         await asyncio.wait_for(w.stop(), 5)  # before: waited forever
     assert time.monotonic() - t0 < 2
+
+
+def test_at_the_cap_the_drop_event_names_the_sink_that_lost_the_rows(tmp_path):
+    """One sink dead for good (or removed from the config) holds every row until the cap drops them;
+    the drop event went to the healthy sink's cloud saying "dropped N points", which read as its own
+    loss. It now names the sinks that had the rows pending."""
+    with Outbox(tmp_path, max_bytes=3000, identity=Identity("s", "l", "c")) as ob:
+        ob.subscribe("healthy")
+        ob.subscribe("dead")
+        events = []
+        for i in range(20):
+            ob.append(window_records(0, i, 5))
+            while (batch := ob.fetch_batch("healthy", 10**6)) is not None:  # healthy keeps up
+                events += [r for r in batch.records if r.measurement == "linesentry_event"]
+                assert ob.ack(batch)
+        assert ob.stats.dropped_points_cap > 0 and ob.backlog("healthy")[0] == 0
+    assert events and all(e.fields["lost_for"] == "dead" for e in events)
+    assert all(e.fields["message"].endswith("oldest points not yet sent to dead") for e in events)
+
+
+DISK_FULL = """
+import resource, signal, sys, os
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+from controller.outbox import Outbox
+from controller.points import Identity
+from tests.cloud.helpers import window_records
+ob = Outbox(sys.argv[1])
+ob.subscribe("a")
+for i in range(3):
+    assert ob.append(window_records(0, i, 50)).ok
+files = [ob.path, ob.path.with_name(ob.path.name + "-wal")]
+resource.setrlimit(resource.RLIMIT_FSIZE, (max(os.path.getsize(f) for f in files), resource.RLIM_INFINITY))
+print("full", [ob.append(window_records(0, i, 50)).ok for i in range(3, 8)])
+batch = ob.fetch_batch("a", 10**6)
+print("fetch", len(batch.ids), "ack", ob.ack(batch))
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print("room", ob.append(window_records(0, 9, 50)).ok, ob.backlog("a")[:2])
+ob.close()
+ob = Outbox(sys.argv[1])
+print("reopened", ob.backlog("a")[:2], [r.fields["count"] for r in ob.fetch_batch("a", 10**6).records][::50])
+"""
+
+
+def test_a_full_disk_fails_appends_and_acks_without_raising_and_heals_when_room_is_back(tmp_path):
+    """A real write limit (RLIMIT_FSIZE, EFBIG on every write past it), in a subprocess."""
+    run = subprocess.run([sys.executable, "-c", DISK_FULL, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, cwd=REPO, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.splitlines()
+    assert out[0] == "full [False, False, False, False, False]"
+    assert out[1] == "fetch 3 ack False"  # the rows stay pending: resent later, never lost
+    assert out[2] == "room True (4, 200)"
+    assert out[3] == "reopened (4, 200) [0, 1, 2, 9]"
+    assert "Traceback" not in run.stderr
