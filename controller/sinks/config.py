@@ -59,7 +59,8 @@ class SyncConfig(BaseModel):
         try:
             options = sink.config.model_validate(own)
         except ValidationError as exc:  # one line per problem, named by its key in [sync]
-            raise ValueError("; ".join(_problem(e) for e in exc.errors())) from None
+            keys = sorted({*cls.model_fields, *sink.config.model_fields} - {"options"})
+            raise ValueError("; ".join(_problem(e, keys) for e in exc.errors())) from None
         return {k: v for k, v in data.items() if k in cls.model_fields} | {"options": options}
 
     @model_validator(mode="after")
@@ -77,8 +78,15 @@ class SyncConfig(BaseModel):
             check()
 
 
-def _problem(error: Any) -> str:
-    """One pydantic error of the sink's model as ``sync.<key>: <what is wrong>``."""
+def _problem(error: Any, keys: list[str]) -> str:
+    """One pydantic error of the sink's model as ``sync.<key>: <what is wrong and the TOML fix>``."""
     key = "sync." + ".".join(map(str, error["loc"]))
+    name = str(error["loc"][-1]) if error["loc"] else ""
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key; expected one of: {', '.join(keys)}"
+    if error["type"] == "missing":
+        return f'{key}: missing; add {name} = "..." to [sync]'
+    if error["type"] == "string_type":
+        return f'{key}: expected a string, got {error["input"]!r}; write it in quotes: {name} = "..."'
     message = error["msg"].removeprefix("Value error, ")
     return message if message.startswith(key) else f"{key}: {message}"

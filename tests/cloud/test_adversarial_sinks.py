@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 import subprocess
 import sys
@@ -323,3 +324,20 @@ def test_a_full_disk_fails_appends_and_acks_without_raising_and_heals_when_room_
     assert out[2] == "room True (4, 200)"
     assert out[3] == "reopened (4, 200) [0, 1, 2, 9]"
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"url": "http://x", "org": "o", "bucket": "b", "frobnicate": 1},
+     "sync.frobnicate: unknown key; expected one of: backoff_cap_s, .*, token_env, url$"),
+    ({"url": "http://x"}, 'sync.org: missing; add org = "..." to .sync.; sync.bucket: missing'),
+    ({"url": 5, "org": "o", "bucket": "b"},
+     'sync.url: expected a string, got 5; write it in quotes: url = "..."'),
+])
+def test_a_bad_sink_key_is_one_line_with_the_toml_fix(table, message):
+    """The sink's keys were reported in pydantic's words ("Extra inputs are not permitted", "Field
+    required") while the worker's keys got TOML hints."""
+    with pytest.raises(ValidationError) as info:
+        SyncConfig.model_validate(table)
+    (error,) = info.value.errors()
+    assert "\n" not in error["msg"]
+    assert re.search(message, error["msg"].removeprefix("Value error, ")), error["msg"]
