@@ -185,6 +185,10 @@ class Outbox:
         for step in range(version, SCHEMA_VERSION):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                # another process may have done this step while we waited for the lock
+                if self._conn.execute("PRAGMA user_version").fetchone()[0] > step:
+                    self._conn.execute("COMMIT")
+                    continue
                 for statement in filter(str.strip, _MIGRATIONS[step].split(";")):
                     self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version={step + 1}")

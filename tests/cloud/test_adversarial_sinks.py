@@ -14,6 +14,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -341,3 +342,31 @@ def test_a_bad_sink_key_is_one_line_with_the_toml_fix(table, message):
     (error,) = info.value.errors()
     assert "\n" not in error["msg"]
     assert re.search(message, error["msg"].removeprefix("Value error, ")), error["msg"]
+
+
+def test_two_openers_upgrading_one_old_outbox_at_once_both_succeed(tmp_path):
+    """Both read schema 0, both wait for the write lock; the second re-ran the first's ALTER TABLE
+    and failed with "duplicate column name: encoding" (a controller starting while a tool, or a
+    previous instance, still has the file open)."""
+    from tests.cloud.test_sinks import write_old_outbox
+
+    bodies = write_old_outbox(tmp_path, 0, range(3))
+    results: list = []
+
+    def open_outbox() -> None:
+        try:
+            with Outbox(tmp_path) as ob:
+                results.append(ob.backlog("influxdb")[0])
+        except Exception as exc:  # noqa: BLE001 -- the failure is what the test reports
+            results.append(repr(exc))
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)) as holder:
+        holder.execute("BEGIN IMMEDIATE")  # both openers read the version, then queue for the lock
+        threads = [threading.Thread(target=open_outbox) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        holder.execute("ROLLBACK")
+        for t in threads:
+            t.join(30)
+    assert results == [len(bodies), len(bodies)]
