@@ -53,7 +53,11 @@ class StateKeeper:
         save is never older on disk."""
         async with self._save_lock:
             self.journal.dirty = False
-            await asyncio.to_thread(self.state_dir.save_state, self.durable_state(summary))
+            try:
+                await asyncio.to_thread(self.state_dir.save_state, self.durable_state(summary))
+            except BaseException:
+                self.journal.dirty = True  # not on disk: the next housekeeping round tries again
+                raise
 
     def durable_state(self, summary: bool = False) -> dict:
         state = {"alarms": self.alarms.snapshot(), "actions": self.actions.snapshot(),

@@ -103,11 +103,16 @@ class StateDir:
         path = self.path / STATE_FILE
         with self._lock:
             fd, tmp = tempfile.mkstemp(dir=self.path, prefix=STATE_FILE, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(state, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(state, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:  # disk full, a folder in the way: no temp file left per failed try
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         self._fsync_dir()
 
     def load_state(self) -> dict:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -18,6 +20,12 @@ from controller.config import load_config
 from controller.runtime import Controller
 from controller.statedir import STATE_FILE
 from drivers.base import ConnectionState
+from tests.controller.test_operations import (
+    line_config,
+    model,  # noqa: F401  (its fixture)
+    running,
+    stopped,
+)
 from tests.controller.test_runtime_lifecycle import SYNC, line, listening, other_tasks
 from tests.controller.test_writes import FakeDriver, fire, parts, results
 
@@ -139,3 +147,71 @@ async def test_async_with_exit_on_an_exception_closes_everything_and_keeps_the_e
             raise KeyError("operator")
     assert not listening(port) and other_tasks() == set()
     assert "stopped" in [e["message"] for e in c.events.since()]
+
+
+# ---- the operations facade over the real API ----------------------------------------------------
+
+ENDPOINTS = ["alarms/{}/ack", "alarms/{}/shelve", "alarms/{}/unshelve", "alarms/{}/out-of-service",
+             "actions/{}/reset", "actions/{}/inhibit"]
+NAMES = ["oil_temp_high", "stop_line", "stop_line_failed", "no_such", "ünïcødé_ālarm", "x" * 5000, "%2F..%2F",
+         "press_safe_state_failed", "a b", "..", "%00"]
+BODIES = [{}, {"user": 5}, {"user": "ann", "reason": ["x"]}, {"user": "ann", "reason": "maintenance"},
+          {"user": "ann", "reason": "maintenance", "seconds": 60, "enabled": True},
+          {"user": "ann", "reason": "maintenance", "seconds": "60", "enabled": "yes"},
+          {"user": "ann", "reason": "maintenance", "enabled": False, "seconds": 1e-300},
+          {"user": "\u200b", "reason": "\u200b\u200b"}, {"user": "ann", "reason": "r" * 10_000},
+          {"user": "ann", "reason": "maintenance", "seconds": 60, "enabled": 1}]
+
+
+async def test_every_operator_request_answers_its_documented_status_never_a_500(
+        tmp_path, model, caplog):  # noqa: F811
+    """Every endpoint x name x body on the real controller: 200, 400 (bad request), 404 (unknown),
+    409 (refused in this state) or 422, always one line of JSON; never a 500 or a logged failure."""
+    controller, task = await running(line_config(tmp_path, model))
+    seen: dict[int, int] = {}
+    bad: list[str] = []
+    try:
+        auth = {"Authorization": f"Bearer {controller.token}"}
+        base = f"http://127.0.0.1:{controller.api_port}/api/v1/"
+        async with aiohttp.ClientSession() as http:
+            with caplog.at_level(logging.ERROR):
+                for endpoint in ENDPOINTS:
+                    for name in NAMES:
+                        for body in BODIES:
+                            async with http.post(base + endpoint.format(name), json=body, headers=auth) as r:
+                                text = await r.text()
+                            seen[r.status] = seen.get(r.status, 0) + 1
+                            error = json.loads(text).get("error", "") if text.startswith("{") else text
+                            if r.status not in (200, 400, 404, 409, 422) or "\n" in error:
+                                what = f"{endpoint.format(name[:20])} {str(body)[:80]}"
+                                bad.append(f"{r.status} {what}: {error[:200]}")
+    finally:
+        await stopped(controller, task)
+    assert bad == [], "\n".join(bad[:20])
+    assert not [r for r in caplog.records if r.name.startswith("controller.api")], caplog.text[:2000]
+    assert {200, 400, 404, 409} <= set(seen), seen
+
+
+async def test_a_state_save_that_failed_is_retried_by_the_next_round(tmp_path):
+    """Was: `save` cleared the dirty flag before writing; a failed write (disk full, a folder in
+    the way) left the change unsaved until some other change or the stop."""
+    from controller.housekeeping import HOUSEKEEPING_S
+    from hil_tests.rig.net import wait_for
+
+    c = Controller(load_config(line(tmp_path)), api_port=0)
+    await c.start()
+    try:
+        blocker = tmp_path / "state" / STATE_FILE
+        if blocker.exists():
+            blocker.unlink()
+        blocker.mkdir()
+        (blocker / "x").write_text("")
+        c.journal.put([AlarmEvent(time.time(), "pressure_high", "NORMAL", "UNACK", "condition")])
+        rounds = c.housekeeping_rounds
+        await wait_for(lambda: c.housekeeping_rounds > rounds + 2, 10, what="housekeeping rounds")
+        (blocker / "x").unlink()
+        blocker.rmdir()
+        assert not list(blocker.parent.glob("*.tmp")), "each failed save left a temp file behind"
+        await wait_for(lambda: blocker.is_file(), 20 * HOUSEKEEPING_S + 5, what="the state saved again")
+    finally:
+        await c.aclose()
