@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from controller.actions import ActionEngine
 from controller.alarms import AlarmEngine
 from controller.config import safe_state_alarm_name
-from controller.errors import Refused
+from controller.errors import PlcError, Refused
 from controller.events import EventLog
 from controller.housekeeping import HOUSEKEEPING_S, CloudFeed, Housekeeping
 from controller.journal import Journal
@@ -69,8 +69,13 @@ SHUTDOWN_SYNC_S = 2.0
 
 def make_driver(plc: Any) -> Driver:
     """The PLC's driver, built by the plugin registered for its TOML table (`[[<plc.protocol>]]`);
-    the plugin imports its protocol library only now."""
-    return registry.plugin(plc.protocol).create(plc.driver)
+    the plugin imports its protocol library only now. A plugin's failure is a PlcError that names
+    the PLC and the plugin (any exception: the plugin is not ours to trust)."""
+    try:
+        return registry.plugin(plc.protocol).create(plc.driver)
+    except Exception as exc:
+        raise PlcError(f"{plc.name}: the {plc.protocol} driver could not be built: "
+                       f"{type(exc).__name__}: {exc}") from exc
 
 
 def _forward(name: str) -> property:

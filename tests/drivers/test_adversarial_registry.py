@@ -145,8 +145,6 @@ def test_the_reserved_keys_are_the_controllers_plc_settings():
     assert registry.RESERVED_KEYS == SETTING_KEYS
 
 
-@pytest.mark.xfail(strict=True, reason="controller/runtime.py (R): make_driver lets a plugin's create() "
-                                       "error escape raw, naming neither the PLC nor the plugin")
 def test_a_driver_whose_create_raises_is_named_by_plc_and_plugin(tmp_path, monkeypatch):
     from controller.config import load_config
     from controller.runtime import Controller
