@@ -130,7 +130,11 @@ def plugin(name: str) -> SinkPlugin:
         return _registered[name]
     from importlib.metadata import entry_points  # only for a sink that is not built in: ~10 ms
 
-    for ep in entry_points(group=GROUP, name=name):
+    found_eps = list(entry_points(group=GROUP, name=name))
+    if len({ep.value for ep in found_eps}) > 1:  # never pick one silently by sys.path order
+        raise UnknownSink(f"two installed packages register the sink {name!r} "
+                          f"({', '.join(sorted(ep.value for ep in found_eps))}); uninstall one of them")
+    for ep in found_eps:
         try:
             found = ep.load()
         except Exception as exc:  # a broken plugin package: one line naming it, not a traceback

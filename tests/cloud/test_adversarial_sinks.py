@@ -370,3 +370,40 @@ def test_two_openers_upgrading_one_old_outbox_at_once_both_succeed(tmp_path):
         for t in threads:
             t.join(30)
     assert results == [len(bodies), len(bodies)]
+
+
+def test_two_packages_registering_one_sink_name_are_refused_not_picked_by_path_order(tmp_path, monkeypatch):
+    for pkg, value in (("one", "tests.cloud.jsonl_sink:PLUGIN"), ("two", "elsewhere.jsonl:PLUGIN")):
+        dist = tmp_path / f"{pkg}_sinks-1.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {pkg}-sinks\nVersion: 1.0\n")
+        (dist / "entry_points.txt").write_text(f"[linesentry.sinks]\njsonl = {value}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UnknownSink, match="two installed packages register the sink 'jsonl' .*uninstall one"):
+        plugin("jsonl")
+    assert plugin("influxdb").name == "influxdb"
+
+
+async def test_a_send_cut_short_by_stop_leaves_its_rows_pending(tmp_path):
+    """Acknowledged only after send returned: a stop (or a kill) during the send keeps every row."""
+    started = asyncio.Event()
+
+    class Slow:
+        name = "slow"
+
+        async def send(self, records):
+            started.set()
+            await asyncio.sleep(3600)
+
+        async def close(self):
+            pass
+
+    with Outbox(tmp_path) as ob:
+        ob.append(window_records(0, 0, 3))
+        w = SyncWorker(SyncConfig(url="http://x", org="o", bucket="b", timeout_s=600), ob, sink=Slow())
+        await w.start()
+        w.wake()
+        await asyncio.wait_for(started.wait(), 5)
+        await w.stop()
+    with Outbox(tmp_path) as ob:
+        assert ob.backlog("slow")[:2] == (1, 3) and w.stats.sent_points == 0
