@@ -61,8 +61,8 @@ class DetectorSpec:
     clear_n: int = 1
     hysteresis: float = 0.9  # off-threshold = hysteresis x on-threshold
     weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # tags, T², SPE, iforest
-    # drift adaptation: half-life of the adaptive baselines in samples of each tag. None = as many
-    # samples as the training window has rows; 0 or inf = fixed baselines (no adaptation).
+    # drift adaptation: half-life of the adaptive baselines in samples of each tag. None =
+    # kernels.DRIFT_HALF_LIFE_WINDOWS x the training window's rows; 0 or inf = fixed baselines.
     drift_half_life: float | None = None
 
     def __post_init__(self) -> None:

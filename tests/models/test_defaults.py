@@ -176,3 +176,12 @@ def test_symptom_no_isolation_forest_on_one_drifting_tag():
     assert det.run_batch(x[fit:], t[fit:]).alarm.mean() <= 0.01
     two = fit_quietly(StreamingDetector(["a", "b"]), np.hstack([x, x + rng.normal(0, 0.2, x.shape)])[:fit])
     assert two.model["f_roots"].size > 0
+
+
+def test_symptom_limit_hits_rank_by_how_bad_they_are_instead_of_tying():
+    """Before: every limit and flatline hit scored exactly 0.9999 and tied at the top of the ranking."""
+    x = ar_process(600, 2, 0.5, 8)
+    det = fit_quietly(StreamingDetector(["a", "b"], DetectorSpec(limits={"a": _limits(-50.0, 50.0)})), x)
+    frames = np.array([[51.0, 0.0], [0.0, 0.0], [80.0, 0.0]])
+    scores = det.run_batch(frames, np.array([0.0, 1.0, 2.0])).score
+    assert scores[0] > det.threshold and scores[2] > scores[0]
