@@ -149,6 +149,7 @@ class Controller:
         self._given_detector = detector
         self._stop = asyncio.Event()
         self._exit: AsyncExitStack | None = None
+        self._starting = False
 
     # ------------------------------------------------------------------ the hot path
     def handle_batch(self, plc: Plc, batch: ReadingBatch) -> None:
@@ -218,14 +219,17 @@ class Controller:
 
     async def start(self) -> None:
         """Bring every part up, in order; if a step fails, undo the steps done so far, then raise."""
-        if self._exit is not None:
+        if self._exit is not None or self._starting:  # also a start overlapping one under way
             raise Refused("the controller is already running")
+        self._starting = True
         stack = AsyncExitStack()
         try:
             await self._start(stack)
         except BaseException:
             await stack.aclose()  # each undo step logs its own failure and lets the others run
             raise
+        finally:
+            self._starting = False
         self._exit = stack
 
     async def aclose(self) -> None:

@@ -215,3 +215,31 @@ async def test_a_state_save_that_failed_is_retried_by_the_next_round(tmp_path):
         await wait_for(lambda: blocker.is_file(), 20 * HOUSEKEEPING_S + 5, what="the state saved again")
     finally:
         await c.aclose()
+
+
+async def test_a_stop_during_start_ends_the_run_cleanly(tmp_path):
+    """SIGTERM (stop) while start is still bringing parts up: run returns once they are up, then
+    tears everything down; nothing is left."""
+    c = Controller(load_config(line(tmp_path)), api_port=0)
+    task = asyncio.create_task(c.run())
+    await asyncio.sleep(0)  # start has begun
+    c.stop()
+    await asyncio.wait_for(task, 20)
+    assert other_tasks() == set()
+    assert not c.api_port or not listening(c.api_port)
+    assert [e["message"] for e in c.events.since()][-1] == "stopped"
+
+
+async def test_a_second_start_while_the_first_is_under_way_is_refused(tmp_path):
+    """Was: `start` marked the controller running only at its end, so two overlapping starts both
+    bound an API and started every PLC session twice."""
+    from controller.errors import Refused
+
+    c = Controller(load_config(line(tmp_path)), api_port=0)
+    first = asyncio.create_task(c.start())
+    await asyncio.sleep(0)
+    with pytest.raises(Refused):
+        await c.start()
+    await first
+    await c.aclose()
+    assert other_tasks() == set()
