@@ -299,6 +299,43 @@ class Outbox:
             self._sinks.append(sink)
             self._pending[sink] = self._pending_sizes(sink)
 
+    def unsubscribe(self, sink: str) -> Sizes:
+        """`sink` no longer drains this outbox (it was removed from the configuration): what it had
+        pending is no longer kept for it, and rows no other sink has pending are deleted, with an
+        ``outbox`` event. Without this, a removed sink holds every row until the size cap (or a
+        full disk, which then drops the newest data of the sinks still configured). Returns the
+        (rows, points, bytes) deleted."""
+        with self._lock:
+            if sink not in self._sinks:
+                return 0, 0, 0
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [i for (i,) in self._conn.execute("SELECT row_id FROM pending WHERE sink = ?", (sink,))]
+                done = self._settle(sink, ids) if ids else ((0, 0, 0), {})
+                self._conn.execute("DELETE FROM sinks WHERE name = ?", (sink,))
+                self._sinks.remove(sink)
+                event = None
+                if self.identity is not None and self._sinks:
+                    body = encode([event_point(
+                        self.identity, self._events, "outbox", "unsubscribe",
+                        f"sink {sink} is no longer configured: dropped {done[0][1]} points only it had "
+                        "pending",
+                        result="dropped", dropped_points=done[0][1], dropped_bytes=done[0][2], sink=sink)])
+                    event = (1, 1, len(body.encode()))
+                    self._insert(1, event[2], body)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                if sink not in self._sinks:
+                    self._sinks.append(sink)
+                raise
+            self._removed(*done)
+            self._pending.pop(sink, None)
+            if event is not None:
+                self._added(event)
+        log.warning("outbox: sink %s unsubscribed, %d points only it had pending dropped", sink, done[0][1])
+        return done[0]
+
     def fetch_batch(self, sink: str, max_points: int) -> Batch | None:
         """The oldest rows `sink` has pending, up to `max_points` (always at least one row) and of
         one encoding, or None if it has nothing pending. A row that does not decode (not written

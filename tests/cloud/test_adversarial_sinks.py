@@ -407,3 +407,46 @@ async def test_a_send_cut_short_by_stop_leaves_its_rows_pending(tmp_path):
         await w.stop()
     with Outbox(tmp_path) as ob:
         assert ob.backlog("slow")[:2] == (1, 3) and w.stats.sent_points == 0
+
+
+def test_unsubscribing_a_removed_sink_frees_what_only_it_held(tmp_path):
+    with Outbox(tmp_path, identity=Identity("s", "l", "c")) as ob:
+        ob.subscribe("kept")
+        ob.subscribe("removed")
+        for i in range(3):
+            ob.append(window_records(0, i, 4))
+        while (batch := ob.fetch_batch("kept", 10**6)) is not None:
+            ob.ack(batch)
+        assert ob.backlog()[:2] == (3, 12)  # held for "removed" alone
+        assert ob.unsubscribe("removed")[:2] == (3, 12) and ob.backlog("removed") == (0, 0, 0)
+    with Outbox(tmp_path) as ob:
+        assert ob.sinks() == ["kept"]
+        (event,) = ob.fetch_batch("kept", 10**6).records  # the stored rows are gone, the event is for "kept"
+        assert ob.backlog()[:2] == (1, 1)
+    assert event.fields["sink"] == "removed" and event.fields["dropped_points"] == 12
+    assert "sink removed is no longer configured" in event.fields["message"]
+
+
+@pytest.mark.xfail(strict=True, reason="controller/runtime.py (R): _start_cloud should call "
+                                       "outbox.unsubscribe() for each subscribed sink [sync] no longer names")
+async def test_a_sink_removed_from_the_config_stops_holding_rows_at_the_next_start(jsonl, tmp_path,
+                                                                                   monkeypatch):
+    from controller.config import load_config
+    from controller.runtime import Controller
+    from drivers import registry
+    from tests.drivers.toy import PLUGIN as TOY
+    from tests.drivers.toy.test_toy_line import line_config
+
+    monkeypatch.setenv("LINESENTRY_TEST_TOY_TOKEN", "t")
+    path = line_config(tmp_path, free_port())
+    path.write_text(path.read_text() + f'\n[sync]\nsink = "jsonl"\npath = "{tmp_path / "out.jsonl"}"\n')
+    (tmp_path / "state" / "outbox").mkdir(parents=True)
+    with Outbox(tmp_path / "state" / "outbox") as ob:  # the previous config sent to InfluxDB
+        ob.subscribe("influxdb")
+        ob.append(window_records(0, 0, 3))
+    registry.register(TOY)
+    try:
+        async with Controller(load_config(path), api_port=0) as controller:
+            assert controller.outbox.sinks() == ["jsonl"]
+    finally:
+        registry.unregister(TOY.name)
