@@ -173,3 +173,44 @@ async def test_a_plc_down_at_start_is_comm_loss_then_recovers_when_it_comes_up(t
     finally:
         await stop_controller(controller, task)
     assert runtime_tasks() == []
+
+
+# ---- writes -------------------------------------------------------------------------------------
+
+
+def stop_through_the_press(text: str) -> str:
+    """The over-current action writes the press's line_stop coil (Modbus) instead of the conveyor's."""
+    old = 'write = { tag = "conveyor_line_stop", value = true }'
+    assert text.count(old) == 1
+    return text.replace(old, 'write = { tag = "line_stop", value = true }')
+
+
+async def test_an_action_write_that_times_out_fails_after_its_alarm_and_its_fired(tmp_path, rig):
+    """The PLC the action writes to stops answering just before the alarm: the write times out, the
+    action is 'failed' (never left 'fired'), and the event log reads alarm -> fired -> failed."""
+    from controller.alarms import AlarmState
+    from hil_tests.rig.controller_run import without_model
+    from hil_tests.rig.faults import FaultSpec
+
+    controller = make_controller(tmp_path, rig, None, without_model, stop_through_the_press)
+    task = await start_controller(controller)
+    try:
+        await live(controller)
+        rig.modbus_gate.frozen = True
+        rig.injector.faults.append(
+            FaultSpec(type="spike", tag="motor_current", onset_s=rig.plant.t, duration_s=3.0, magnitude=40.0))
+        action = "stop_on_overcurrent"
+        done = lambda: [e for e in controller.events.since() if e["source"] == action  # noqa: E731
+                        and e.get("result") in ("confirmed", "failed")]
+        (result,) = await wait_for(done, timeout=30, what="the action's write result")
+        assert result["result"] == "failed", history(controller)
+        assert controller.actions.has_failed(action)
+        events = controller.events.since()
+        ids = {"alarm": next(e["id"] for e in events if e["source"] == "motor_current_limit"
+                             and e.get("state") == str(AlarmState.UNACK)),
+               "fired": fired(controller, action)[0]["id"], "failed": result["id"]}
+        assert ids["alarm"] < ids["fired"] < ids["failed"], (ids, history(controller))
+    finally:
+        rig.modbus_gate.thaw()
+        await stop_controller(controller, task)
+    assert runtime_tasks() == []
