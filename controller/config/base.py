@@ -35,6 +35,18 @@ def Seconds(lo: float, hi: float, *, default: Any, lo_open: bool = False) -> Any
     return Field(default=default, le=hi, allow_inf_nan=False, **bound)
 
 
+def printable(text: str) -> str:
+    """`text` with every invisible or control character (a terminal escape, a right-to-left
+    override, a newline) written as its Python escape, so a message shows what the file holds.
+
+    >>> printable("press\\u202e7 \\x1b[2J")
+    'press\\\\u202e7 \\\\x1b[2J'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def check_name(v: str) -> str:
     if not NAME.match(v):
         raise ValueError(f"expected letters, digits, '_', '.' or '-' only, got {v!r}")

@@ -41,7 +41,8 @@ class ControllerSection(Strict):
     api_port: int = Field(default=8470, ge=1, le=65535)
     # None: reads need no token on loopback and are forced to need one on any other bind.
     api_require_token_for_reads: bool | None = None
-    api_allowed_hosts: list[str] = Field(default_factory=list)  # extra Host header names (DNS names)
+    # extra Host header names (DNS names); a handful in practice
+    api_allowed_hosts: list[str] = Field(default_factory=list, max_length=256)
     api_max_connections: int = Field(default=128, ge=4, le=10_000)
     api_idle_timeout_s: float = Seconds(1.0, 600.0, default=15.0)  # idle or slow-header connections
     shadow: bool = False  # global shadow mode: every action only logs what it would write

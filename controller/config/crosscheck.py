@@ -61,6 +61,9 @@ class _CrossCheck:
         first_plc: dict[str, Loc] = {}
         first_tag: dict[str, Loc] = {}
         for loc, plc in plcs:
+            self._visible((*loc, "name"), "PLC", plc.name)
+            for j, t in enumerate(plc.driver.tags):  # type: ignore[attr-defined]
+                self._visible((*loc, "tags", j, "name"), "tag", t.name)
             if plc.name in first_plc:
                 self.add((*loc, "name"), f"PLC name {plc.name!r} is already used by "
                          f"{fmt_loc(first_plc[plc.name])}; PLC names must be unique")
@@ -86,6 +89,14 @@ class _CrossCheck:
                     self._value_fits((*loc, "safe_state", k, "value"), ref, w.value)
             if plc.watchdog is not None:
                 self._watchdog((*loc, "watchdog"), plc)
+
+    def _visible(self, loc: Loc, what: str, name: str) -> None:
+        """A name is shown in every log, status and event line: a terminal escape or a right-to-left
+        override in it would rewrite what the operator reads. Letters of any script are fine."""
+        hidden = sorted({f"U+{ord(c):04X}" for c in name if not c.isprintable()})
+        if hidden:
+            self.add(loc, f"{what} name {name!r} contains an invisible or control character "
+                          f"({', '.join(hidden)}); use visible characters only")
 
     def _watchdog(self, loc: Loc, plc: Plc) -> None:
         wd = plc.watchdog

@@ -8,7 +8,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from controller.config.base import Loc, fmt_loc
+from controller.config.base import Loc, fmt_loc, printable
 from controller.errors import LinesentryError
 
 
@@ -18,6 +18,7 @@ class ConfigError(LinesentryError, ValueError):
     status = 400
 
     def __init__(self, problems: list[str]) -> None:
+        problems = [printable(p) for p in problems]  # a name's escape codes must not reach a terminal
         super().__init__("\n".join(problems))
         self.problems = problems
 
@@ -57,8 +58,17 @@ def _message(err: dict[str, Any], loc: Loc, schema: type[BaseModel]) -> str:
         return f"unknown key; {hint}expected one of: {', '.join(allowed)}" if allowed else "unknown key"
     if kind == "missing":
         return "required key is missing"
-    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     value = err.get("input")
+    header = ".".join(str(p) for p in loc if isinstance(p, str))  # the TOML table header of this key
+    tables = bool(header) and bool(_allowed_keys(loc, schema))  # the key holds a table / tables
+    if kind == "list_type" and isinstance(value, dict):
+        if tables:
+            return (f"expected an array of tables: write [[{header}]] (one [[{header}]] table per item), "
+                    f"not [{header}]")
+        return f"expected an array: write {loc[-1]} = [...], not a table"
+    if kind in ("model_type", "dict_type") and isinstance(value, list) and tables:
+        return f"expected one table: write [{header}], not [[{header}]]"
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if kind != "value_error" and not isinstance(value, dict | list) and len(repr(value)) < 80:
         msg += f" (got {value!r})"
     if kind in ("int_type", "float_type", "bool_type") and isinstance(value, str):

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from controller.config.base import fmt_loc
 from controller.config.errors import ConfigError, format_errors
 from controller.config.line import LineConfig, line_model
+from controller.config.plcs import FROM_FILE
 from controller.config.secrets import secret_problems
 from controller.config.toml import read_toml
 
@@ -27,7 +28,8 @@ def load_config(path: str | Path) -> LineConfig:
     schema = line_model()
     try:
         # strict: no "8470" -> 8470 or "yes" -> true coercion anywhere, driver tables included
-        cfg = schema.model_validate(data, strict=True, context={"base_dir": path.resolve().parent})
+        cfg = schema.model_validate(data, strict=True, context={"base_dir": path.resolve().parent,
+                                                                FROM_FILE: True})
     except ValidationError as exc:
         problems += [f"{path}: {line}" for line in format_errors(exc, schema)]
         cfg = None

@@ -13,7 +13,17 @@ import math
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from controller.config.base import MAX_PERIOD_S, MIN_PERIOD_S, Seconds, Strict
 
@@ -54,6 +64,15 @@ class PlcSettings(Strict):
 
 
 SETTING_KEYS = frozenset(PlcSettings.model_fields)
+FROM_FILE = "from_file"  # validation context key: the data is a TOML file's, never a dump
+
+
+def plugin_failure(protocol: str, exc: BaseException) -> PydanticCustomError:
+    """The one-line problem for a driver plugin that raised where it should have answered."""
+    return PydanticCustomError(
+        "driver_plugin", "the {protocol} driver plugin failed on this table ({error}); report it to the "
+        "plugin's authors or remove the table",
+        {"protocol": protocol, "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"})
 
 
 def safe_state_alarm_name(plc: str) -> str:
@@ -70,10 +89,28 @@ class Plc(PlcSettings):
     @model_validator(mode="before")
     @classmethod
     def _split(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(data, dict) or "driver" in data and set(data) <= SETTING_KEYS | {"driver"}:
+        from_file = (info.context or {}).get(FROM_FILE, False)  # a TOML table is never split already
+        if not isinstance(data, dict) or (not from_file and "driver" in data
+                                          and set(data) <= SETTING_KEYS | {"driver"}):
             return data  # already split (e.g. model_validate of a dumped config)
         settings = {k: v for k, v in data.items() if k in SETTING_KEYS}
         return {**settings, "driver": {k: v for k, v in data.items() if k not in SETTING_KEYS}}
+
+    @field_validator("driver", mode="wrap")
+    @classmethod
+    def _plugin_must_not_crash(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A bug in a driver plugin's config model (it raises something other than ValueError) is
+        one problem at this table, not a traceback out of the whole load."""
+        try:
+            driver = handler(value)
+            driver.endpoint, driver.acquisition_interval_s()  # what the controller asks of every PLC
+            for t in driver.tags:
+                driver.value_kind(t.name)
+        except (ValidationError, PydanticCustomError):
+            raise
+        except Exception as exc:
+            raise plugin_failure(cls.protocol, exc) from None
+        return driver
 
     @property
     def name(self) -> str:
