@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from controller.errors import LinesentryError
 from controller.outbox import Batch, Outbox
 from controller.sinks import (
     AuthFailed,
@@ -108,7 +109,7 @@ class SyncWorker:
         self.stats = SyncStats()
         self.schedule: deque[Wait] = deque(maxlen=schedule_len)
         if sink is None and config.enabled:
-            sink = plugin(config.sink).create(config.options, config)
+            sink = _create(config)
         self.sink = sink
         self._rng = rng or random.Random()
         self._pause_fn = pause
@@ -136,10 +137,14 @@ class SyncWorker:
         """Stop and close the sink's connection. A send cut short is simply resent next time."""
         self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            task.cancel()
+            await asyncio.wait({task}, timeout=self.config.timeout_s)  # a sink may swallow the cancel
+            if not task.done():
+                log.error("sink %s ignored cancellation for %g s: left running", self.sink and self.sink.name,
+                          self.config.timeout_s)
+            elif not task.cancelled() and task.exception() is not None:
+                log.error("sync worker ended with %r", task.exception())
         if self.sink is not None:
             try:
                 async with asyncio.timeout(self.config.timeout_s):  # a hung close must not hang shutdown
@@ -297,3 +302,14 @@ class SyncWorker:
             self.on_alarm(kind, message)
         except Exception:
             log.exception("on_alarm callback failed")
+
+
+def _create(config: SyncConfig) -> Sink:
+    """The sink `config.sink` names. A plugin bug (anything but a LinesentryError, e.g. a missing
+    secret's SyncConfigError) becomes one SinkError line naming the sink, not an "internal error"."""
+    try:
+        return plugin(config.sink).create(config.options, config)
+    except LinesentryError:
+        raise
+    except Exception as exc:
+        raise SinkError(f"sink {config.sink!r} could not be created: {type(exc).__name__}: {exc}") from exc

@@ -450,3 +450,43 @@ async def test_a_sink_removed_from_the_config_stops_holding_rows_at_the_next_sta
             assert controller.outbox.sinks() == ["jsonl"]
     finally:
         registry.unregister(TOY.name)
+
+
+async def test_a_sink_that_swallows_cancellation_does_not_hang_shutdown(tmp_path, caplog):
+    release = asyncio.Event()
+
+    class Stubborn:
+        name = "stubborn"
+
+        async def send(self, records):
+            while not release.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await release.wait()
+
+        async def close(self):
+            pass
+
+    with Outbox(tmp_path) as ob:
+        ob.append(window_records(0, 0, 2))
+        w = SyncWorker(SyncConfig(url="http://x", org="o", bucket="b", timeout_s=0.3), ob, sink=Stubborn())
+        await w.start()
+        w.wake()
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(w.stop(), 5)  # before: waited for the task forever
+        assert "ignored cancellation" in caplog.text
+        release.set()
+        await asyncio.sleep(0.1)
+
+
+def test_a_sink_whose_create_raises_is_one_line_naming_it(tmp_path):
+    from controller.sinks import SinkError, SinkPlugin
+
+    def create(config, sync):
+        raise KeyError("bug in the plugin")
+
+    register(SinkPlugin("exploding", jsonl_sink.JsonlConfig, create))
+    try:
+        with pytest.raises(SinkError, match="sink 'exploding' could not be created: KeyError: 'bug in the"):
+            SyncWorker(SyncConfig(sink="exploding", path=tmp_path / "x"), None)  # type: ignore[arg-type]
+    finally:
+        unregister("exploding")
