@@ -490,3 +490,41 @@ def test_a_sink_whose_create_raises_is_one_line_naming_it(tmp_path):
             SyncWorker(SyncConfig(sink="exploding", path=tmp_path / "x"), None)  # type: ignore[arg-type]
     finally:
         unregister("exploding")
+
+
+HOSTILE_TAGS = ["a,b", "a=b", "a b", 'q"uote', "back\\slash", "u\u2028v\u0085w", "ü€😀", "#hash", " lead",
+                "=", ",", "trail\\", "nl\nx", "tab\tx", "cr\rx"]
+# Line protocol cannot carry these in a tag value: Point writes a newline, tab or CR as a backslash
+# escape InfluxDB stores literally, and pads a trailing backslash with a space. Each still gets its
+# own series (nothing merges), just under that spelling.
+AS_STORED = {"trail\\": "trail ", "nl\nx": "nl\\nx", "tab\tx": "tab\\tx", "cr\rx": "cr\\rx"}
+
+
+def export_raw(vm, match: str) -> list[dict]:
+    """VictoriaMetrics' export, split on newlines only (it leaves U+2028 raw inside JSON strings)."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    vm.export('{__name__="flush"}')  # flushes first
+    query = urllib.parse.urlencode({"match[]": match, "start": "0", "end": str(int(time.time()) + 3600)})
+    with urllib.request.urlopen(f"{vm.url}/api/v1/export?{query}", timeout=30) as r:
+        return [json.loads(line) for line in r.read().decode().split("\n") if line.strip()]
+
+
+async def test_hostile_tag_values_and_extreme_numbers_reach_the_server_each_in_its_own_series(
+        tmp_path, victoria, token_env):
+    base = base_end_ns(2)
+    records = [Record("linesentry_tag", {"site": "s", "tag": tag}, {"mean": float(i), "count": i}, base,
+                      "window") for i, tag in enumerate(HOSTILE_TAGS)]
+    records.append(Record("linesentry_tag", {"site": "s", "tag": "big"}, {"mean": 1e300, "count": 0}, base,
+                          "window"))
+    with Outbox(tmp_path) as ob:
+        ob.append(records)
+        async with SyncWorker(influx(victoria.url, token_env), ob) as w:
+            w.wake()
+            await wait_for(lambda: ob.backlog()[0] == 0, 10, what="the hostile window")
+    got = {s["metric"]["tag"]: [float(v) for v in s["values"]]  # VM writes 1e300 as 1000...0
+           for s in export_raw(victoria, '{__name__="linesentry_tag_mean"}')}
+    want = {AS_STORED.get(tag, tag): [float(i)] for i, tag in enumerate(HOSTILE_TAGS)} | {"big": [1e300]}
+    assert got == want
