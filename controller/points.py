@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.records import FieldValue, Record
+from controller.records import INT64_MAX, INT64_MIN, FieldValue, Record
 from controller.summaries import WindowSummary
 
 TAG_MEASUREMENT = "linesentry_tag"
@@ -143,5 +143,7 @@ def event_point(identity: Identity, clock: EventClock, kind: str, source: str, m
 
 
 def _finite(fields: dict[str, FieldValue]) -> dict[str, FieldValue]:
-    """`fields` without undefined (non-finite) floats: a missing statistic, never NaN."""
-    return {k: v for k, v in fields.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    """`fields` without undefined (non-finite) floats, a missing statistic, never NaN; and without
+    ints beyond 64 bits, which InfluxDB cannot store (see controller.records)."""
+    return {k: v for k, v in fields.items() if not (isinstance(v, float) and not math.isfinite(v))
+            and not (isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX)}

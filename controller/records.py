@@ -9,7 +9,7 @@ turns them into its own format (InfluxDB line protocol, Sparkplug metrics, ...).
 
 Field values are str, int, float or bool, and a field keeps its type from record to record
 (InfluxDB rejects a batch whose field type changes). Floats are finite: an undefined statistic
-is left out of the record, never stored as NaN.
+is left out of the record, never stored as NaN. Ints fit 64 bits (InfluxDB's integer).
 
 The encoding is JSON, one record per line, ``[kind, measurement, time_ns, {tags}, {fields}]``,
 compact and in the records' own key order, so the same records always give the same bytes and
@@ -35,6 +35,7 @@ Kind = Literal["window", "event"]
 KINDS = ("window", "event")
 FieldValue = str | int | float | bool
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # an integer field's range in InfluxDB
 _FIELD_TYPES = (str, int, float)  # bool is an int; a tuple, as isinstance is much slower with a union
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -63,6 +64,10 @@ class Record:
                                  "a str, int, float or bool")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"field {key!r} of {self.measurement!r} is {value}: leave it out instead")
+            if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+                # InfluxDB refuses the whole request (400: the batch would be dead-lettered)
+                raise ValueError(f"field {key!r} of {self.measurement!r} is {value}: beyond a 64-bit "
+                                 "integer; leave it out instead")
 
 
 def encode(records: Iterable[Record]) -> str:

@@ -528,3 +528,16 @@ async def test_hostile_tag_values_and_extreme_numbers_reach_the_server_each_in_i
            for s in export_raw(victoria, '{__name__="linesentry_tag_mean"}')}
     want = {AS_STORED.get(tag, tag): [float(i)] for i, tag in enumerate(HOSTILE_TAGS)} | {"big": [1e300]}
     assert got == want
+
+
+def test_an_integer_beyond_64_bits_is_refused_like_nan_and_left_out_of_events():
+    """2**70 became `1180591620717411303424i`, which InfluxDB refuses with a 400 for the whole request:
+    every good record in that batch went to the dead letters with it."""
+    from controller.points import EventClock, event_point
+
+    with pytest.raises(ValueError, match="beyond a 64-bit integer"):
+        Record("m", {}, {"count": 2**70}, 1, "window")
+    Record("m", {}, {"a": 2**63 - 1, "b": -(2**63)}, 1, "window")  # the limits themselves are fine
+    event = event_point(Identity("s", "l", "c"), EventClock(), "driver", "plc1", "odd counter",
+                        raw=2**64, ok=7)
+    assert "raw" not in event.fields and event.fields["ok"] == 7
