@@ -62,6 +62,8 @@ class AlarmError(BadRequest):
 class AlarmRefused(AlarmError, Refused):
     """A request refused in the alarm's current state (shelving one that is out of service): 409."""
 
+    status = Refused.status  # BadRequest's 400 comes first in the MRO: a refusal is a 409
+
 
 class AlarmSettings(Protocol):
     """What the engine needs of an alarm's config (controller.config.AlarmConfig has it)."""

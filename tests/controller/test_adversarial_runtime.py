@@ -243,3 +243,22 @@ async def test_a_second_start_while_the_first_is_under_way_is_refused(tmp_path):
     await first
     await c.aclose()
     assert other_tasks() == set()
+
+
+async def test_shelving_an_alarm_out_of_service_is_a_409_refusal(tmp_path, model):  # noqa: F811
+    """Was 400: AlarmRefused(AlarmError, Refused) took BadRequest's status first in its MRO, so the
+    API answered a refusal in the current state as if the request itself were malformed."""
+    controller, task = await running(line_config(tmp_path, model))
+    try:
+        auth = {"Authorization": f"Bearer {controller.token}"}
+        base = f"http://127.0.0.1:{controller.api_port}/api/v1/alarms/oil_temp_high/"
+        body = {"user": "ann", "reason": "maintenance"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "out-of-service", json={**body, "enabled": True}, headers=auth) as r:
+                assert r.status == 200, await r.text()
+            async with http.post(base + "shelve", json={**body, "seconds": 60}, headers=auth) as r:
+                answer = await r.json()
+        assert r.status == 409, answer
+        assert "out of service" in answer["error"]
+    finally:
+        await stopped(controller, task)
