@@ -44,6 +44,8 @@ class Attribution:
     components: dict[str, float]  # every component's normalised score
     top: tuple[TagContribution, ...]  # the component's top tags, largest share first
     flagged: dict[str, tuple[str, ...]]  # every tag with a flag on this frame
+    # Tags that never had a usable value since reset: until each has one, PCA and the forest stay off.
+    waiting: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-ready (nan -> None)."""
@@ -76,10 +78,11 @@ def explain(tags: list[str], model: dict[str, np.ndarray], state: dict[str, np.n
     tp, ts, dp = model["tag_params"], state["tag_state"], model["decision_params"]
     ratios = {name: float(out[c]) for c, name in enumerate(K.COMPONENT_NAMES)}
     flagged = {tag: flag_names(int(f)) for tag, f in zip(tags, tag_flags, strict=True) if f}
+    waiting = tuple(tag for tag, have in zip(tags, ts[:, K.TS_HAVE], strict=True) if have == 0.0)
     if component is None:
         weighted = dp[K.D_W_TAGS:K.D_W_TAGS + K.C_SIZE] * out[:K.C_SIZE]
         if not weighted.max() > 0.0:
-            return Attribution(None, 0.0, ratios, (), flagged)
+            return Attribution(None, 0.0, ratios, (), flagged, waiting)
         component = K.COMPONENT_NAMES[int(np.argmax(weighted))]
     c = K.COMPONENT_NAMES.index(component)
     adapted = dp[K.D_ADAPT_RATE] > 0.0 and state["decision_state"][K.DS_BASE_READY] != 0.0
@@ -106,7 +109,7 @@ def explain(tags: list[str], model: dict[str, np.ndarray], state: dict[str, np.n
             percent=100.0 * dev / abs(exp) if exp != 0.0 and math.isfinite(exp) else math.nan,
             sigmas=float(dev / base_sd[i]),
             flags=flag_names(int(tag_flags[i]))))
-    return Attribution(component, ratios[component], ratios, tuple(top), flagged)
+    return Attribution(component, ratios[component], ratios, tuple(top), flagged, waiting)
 
 
 def _contributions(c, model, tp, ts, dp, tag_scores):

@@ -174,6 +174,8 @@ class StreamingDetector:
         self._require_model()
         self.state = new_state(self.model)
         self._args = kernel_args(self.model, self.state)
+        for output in (self.tag_flags, self.tag_scores, self.out):  # no latest step to explain
+            output[...] = 0
         self._last_t = -math.inf
         self.time_duplicates = 0  # frames at the latest time seen (time rule: module docstring)
         self.time_backward = 0  # frames before it
@@ -374,17 +376,17 @@ def _check_training(x, times, tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
     x = np.ascontiguousarray(x, dtype=np.float64)
     n = len(tags)
     if x.ndim != 2 or x.shape[1] != n:
-        raise ValueError(f"training data must have shape (rows, {n}), got {x.shape}")
+        raise ModelError(f"training data must have shape (rows, {n}), got {x.shape}")
     if x.shape[0] < MIN_FIT_ROWS:
-        raise ValueError(f"need at least {MIN_FIT_ROWS} training rows, got {x.shape[0]}")
+        raise ModelError(f"need at least {MIN_FIT_ROWS} training rows, got {x.shape[0]}")
     bad = ~np.isfinite(x).all(axis=0)
     if bad.any():
         names = ", ".join(t for t, b in zip(tags, bad, strict=True) if b)
-        raise ValueError(f"training data has NaN/inf in tag(s) {names}: drop those rows first")
+        raise ModelError(f"training data has NaN/inf in tag(s) {names}: drop those rows first")
     huge = (np.abs(x) > VALUE_ABS_MAX).any(axis=0)
     if huge.any():
         names = ", ".join(t for t, b in zip(tags, huge, strict=True) if b)
-        raise ValueError(f"training data has values beyond ±{VALUE_ABS_MAX:g} in tag(s) {names}: "
+        raise ModelError(f"training data has values beyond ±{VALUE_ABS_MAX:g} in tag(s) {names}: "
                          "drop those rows first")
     return x, _check_times(times, x.shape[0])
 
@@ -395,7 +397,9 @@ def _check_times(times, rows: int) -> np.ndarray:
         return np.arange(rows, dtype=np.float64)
     times = np.ascontiguousarray(times, dtype=np.float64)
     if times.shape != (rows,) or not np.isfinite(times).all():
-        raise ValueError(f"times must be finite, one per training row ({rows}), got shape {times.shape}")
+        raise ModelError(f"times must be finite, one per training row ({rows}), got shape {times.shape}")
+    if times.max() <= times[0]:  # held at the latest time, every row would be at the first one
+        raise ModelError("times never advance: give one increasing time stamp per training row")
     return times
 
 

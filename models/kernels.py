@@ -94,6 +94,10 @@ TS_SIZE = 16
 ADAPT_FREEZE_FLAGS = FLAG_INVALID | FLAG_LIMIT | FLAG_ROC | FLAG_FLAT | FLAG_EWMA
 # Bounds of TS_BASE_GAIN: the spread may drift 10x either way before the correction stops.
 ADAPT_GAIN_MAX = 10.0
+# Bound of the level's drift, in the tag's robust scales from its fitted level: past it the
+# baseline stops following, so a fault crept in steps each too small to alarm (boiling frog)
+# is seen once the line has walked this far from where it was fitted (then refit).
+ADAPT_SHIFT_MAX = 10.0
 
 # Step outputs: out[O_SIZE] per frame (one row per frame in replay). The first C_SIZE
 # entries are the component scores, each normalised so 1.0 == its own threshold.
@@ -535,7 +539,9 @@ def adapt_baselines(x, fresh, flags, ready, score, tp, ts, dp, ds):
     rate = dp[D_ADAPT_RATE]
     for i in range(x.shape[0]):
         if fresh[i]:  # good and within the usable range: no freeze flag was set
-            ts[i, TS_BASE_MEAN] += rate * (x[i] - ts[i, TS_BASE_MEAN])
+            level = ts[i, TS_BASE_MEAN] + rate * (x[i] - ts[i, TS_BASE_MEAN])
+            reach = ADAPT_SHIFT_MAX / tp[i, TP_INV_SCALE]
+            ts[i, TS_BASE_MEAN] = min(max(level, tp[i, TP_BASE_MEAN] - reach), tp[i, TP_BASE_MEAN] + reach)
             if ts[i, TS_EW_N] < 2.0:
                 continue
             innov = ts[i, TS_INNOV]
