@@ -25,7 +25,7 @@ _WHERE = {
     "DetectorSection": "detector", "LimitsEntry": "detector", "MODEL_FREE_FLAGS": "detector",
     "TAG_FLAGS": "detector",
     "ConfigError": "errors", "format_errors": "errors",
-    "LineConfig": "line", "TagRef": "line", "line_model": "line",
+    "LineConfig": "line", "TagRef": "plcs", "line_model": "line",
     "load_config": "load", "load_controller_section": "controller",
     "Plc": "plcs", "PlcSettings": "plcs", "WatchdogConfig": "plcs", "WriteSpec": "plcs",
     "plc_model": "plcs", "safe_state_alarm_name": "plcs",
@@ -57,11 +57,12 @@ if TYPE_CHECKING:
     from controller.config.controller import ControllerSection, load_controller_section
     from controller.config.detector import MODEL_FREE_FLAGS, TAG_FLAGS, DetectorSection, LimitsEntry
     from controller.config.errors import ConfigError, format_errors
-    from controller.config.line import LineConfig, TagRef, line_model
+    from controller.config.line import LineConfig, line_model
     from controller.config.load import load_config
     from controller.config.plcs import (
         Plc,
         PlcSettings,
+        TagRef,
         WatchdogConfig,
         WriteSpec,
         plc_model,

@@ -6,23 +6,41 @@ the driver config's answer (`write_problem`, `counter_problem`), so no protocol 
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from controller.config.base import Loc, fmt_loc
 from controller.config.detector import MODEL_FREE_FLAGS
-from controller.config.plcs import Plc, safe_state_alarm_name
+from controller.config.plcs import Plc, TagRef, safe_state_alarm_name
 
 if TYPE_CHECKING:
-    from controller.config.line import LineConfig, TagRef
+    from controller.config.actions import ActionConfig
+    from controller.config.alarms import AlarmConfig
+    from controller.config.detector import DetectorSection
 
 
-def cross_check(cfg: LineConfig) -> list[tuple[Loc, str]]:
+class Line(Protocol):
+    """What the checks read of a `LineConfig` (typed here: line.py runs them, so it is not imported back)."""
+
+    plc_tables: tuple[str, ...]
+    detector: DetectorSection
+    alarms: list[AlarmConfig]
+    actions: list[ActionConfig]
+
+    def plcs(self) -> Iterator[tuple[tuple[str, int], Plc]]: ...
+
+    def tags(self) -> dict[str, TagRef]: ...
+
+    def detector_tags(self) -> list[str]: ...
+
+
+def cross_check(cfg: Line) -> list[tuple[Loc, str]]:
     """(key path, problem) for every cross-reference problem of a structurally valid config."""
     return _CrossCheck(cfg).run()
 
 
 class _CrossCheck:
-    def __init__(self, cfg: LineConfig) -> None:
+    def __init__(self, cfg: Line) -> None:
         self.cfg = cfg
         self.problems: list[tuple[Loc, str]] = []
         self.tags = cfg.tags()

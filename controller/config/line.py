@@ -8,7 +8,6 @@ follows `drivers.registry` and never names a protocol. Every loaded config is a 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from functools import cache
 from typing import Any, ClassVar
 
@@ -25,26 +24,14 @@ from pydantic_core import PydanticCustomError
 
 from controller.config.actions import ActionConfig
 from controller.config.alarms import AlarmConfig
-from controller.config.base import Loc, Strict
+from controller.config.base import Strict
 from controller.config.controller import ControllerSection
 from controller.config.crosscheck import cross_check
 from controller.config.detector import DetectorSection
-from controller.config.plcs import Plc, plc_model
+from controller.config.plcs import Plc, TagRef, plc_model
 from controller.sinks.config import SyncConfig
 from drivers.registry import DriverPlugin, plugins
 from models.spec import DetectorSpec, TagLimits
-
-
-@dataclass(frozen=True)
-class TagRef:
-    """Where a tag lives: which PLC (and its protocol), whether it is writable, what kind of value."""
-
-    name: str
-    plc: str
-    protocol: str  # the PLC table's name, a registered driver plugin
-    loc: Loc  # key path of the tag's table, for error messages
-    writable: bool
-    kind: str | None  # "number", "bit" (a coil, a discrete input), "text", or None: known once connected
 
 
 class LineConfig(Strict):

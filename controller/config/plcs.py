@@ -10,6 +10,7 @@ config model under ``.driver``, untouched, so a driver's sample pastes in unchan
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -25,10 +26,22 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from controller.config.base import MAX_PERIOD_S, MIN_PERIOD_S, Seconds, Strict
+from controller.config.base import MAX_PERIOD_S, MIN_PERIOD_S, Loc, Seconds, Strict
 
 if TYPE_CHECKING:
     from drivers.registry import DriverPlugin
+
+
+@dataclass(frozen=True)
+class TagRef:
+    """Where a tag lives: which PLC (and its protocol), whether it is writable, what kind of value."""
+
+    name: str
+    plc: str
+    protocol: str  # the PLC table's name, a registered driver plugin
+    loc: Loc  # key path of the tag's table, for error messages
+    writable: bool
+    kind: str | None  # "number", "bit" (a coil, a discrete input), "text", or None: known once connected
 
 
 class WriteSpec(Strict):
