@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from functools import cache
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,27 @@ PLUGIN_GROUP = "linesentry.cli"  # entry points: register(app) adds commands (CO
 class _OneLineErrors(TyperGroup):
     """Whatever escapes a command becomes one line on stderr and its exit code, never a traceback
     (here, not around `app()`, so typer's test runner and the console script behave the same)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """A usage mistake (unknown option, missing argument, unknown command) is one `error:` line
+        naming the command's --help, exit 2, instead of click's usage block in a rich box."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            error_line("aborted")
+            sys.exit(EXIT_RUNTIME)
+        except typer.TyperException as exc:  # click's ClickException / UsageError, as typer ships them
+            code = getattr(exc, "exit_code", EXIT_USAGE)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `linesentry` or `certs` alone: the help is
+                sys.exit(code)  # printed already (typer's own check, without importing its click copy)
+            ctx = getattr(exc, "ctx", None)
+            message = exc.format_message()  # type: ignore[attr-defined]
+            see = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            error_line(" ".join(message.split()) + see)
+            sys.exit(code)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -83,23 +105,30 @@ app = typer.Typer(cls=_OneLineErrors, help="linesentry: industrial anomaly detec
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
-@cache
-def _consoles() -> tuple[Console, Console]:
+UNWRAPPED_WIDTH = 100_000  # columns of a console that is not a terminal: nothing is wrapped or cut
+
+
+def _console(stderr: bool) -> Console:
+    """A rich console for the stream as it is now, created per use: a terminal gets its own width;
+    a pipe, a file or typer's test runner (which swaps sys.stdout per invoke) gets lines that are
+    never wrapped or cut, whatever COLUMNS says, and no colour codes (rich sees no terminal)."""
     from rich.console import Console
 
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else UNWRAPPED_WIDTH
     # emoji=False: ":ab:" in a fingerprint or a tag name is text, not an emoji
-    return Console(emoji=False), Console(stderr=True, emoji=False)
+    return Console(stderr=stderr, emoji=False, width=width)
 
 
 def terminal() -> Console:
     """The rich console on stdout, for tables, live views and progress bars."""
-    return _consoles()[0]
+    return _console(stderr=False)
 
 
 def __getattr__(name: str) -> Any:
-    """`console` (stdout) and `err` (stderr): rich consoles, created on first use (rich costs startup)."""
+    """`console` (stdout) and `err` (stderr): rich consoles, created on use (rich costs startup)."""
     if name in ("console", "err"):
-        return _consoles()[name == "err"]
+        return _console(stderr=name == "err")
     raise AttributeError(f"module 'controller.cli' has no attribute {name!r}")
 
 
@@ -135,7 +164,9 @@ def print_table(headers: tuple[str, ...], rows: list[list[str]], title: str = ""
     -------------  -----
     oil_temp_high  UNACK
     """
-    cells = [[" ".join(str(c).split()) for c in row] for row in rows]  # one line per row
+    from controller.client import one_line
+
+    cells = [[one_line(c, limit=None) for c in row] for row in rows]  # one line per row, no escape codes
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     if title:
         say(title)
@@ -370,6 +401,25 @@ def _api(config: Path, method: str, path: str, body: dict | None = None) -> Any:
     return call(controller_section_or_exit(config), method, path, body)
 
 
+def _segment(name: str) -> str:
+    """An alarm or action name as one URL path segment ('a/b?c' must not reach another endpoint)."""
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+@contextmanager
+def reply_of(path: str) -> Iterator[None]:
+    """Reading an API answer: one that lacks a key or has a wrong type (another version, a proxy,
+    not linesentry at all) is one line and exit 1, not an internal error."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        raise fail(f"unexpected reply from the controller on {path}: {type(exc).__name__}: "
+                   f"{_first_line(exc)[:200]} (is it a linesentry controller of this version?)",
+                   EXIT_RUNTIME) from None
+
+
 def parse_duration(text: str) -> float:
     """'90s', '30m', '2h', '1h30m', '45' (seconds) -> seconds; ValueError when not a positive duration.
 
@@ -425,7 +475,10 @@ def _status_title(s: dict) -> str:
 
 def _print_status(s: dict) -> None:
     print_table(PLC_COLUMNS, _plc_rows(s), title=_status_title(s))
+    from controller.client import one_line
+
     for text, style in status_lines(s):
+        text = " " * (len(text) - len(text.lstrip(" "))) + one_line(text, limit=None)  # keeps the indent
         color = {"bold red": "1;31", "red": "31", "green": "32", "yellow": "33"}.get(style)
         say(_styled(text, color, sys.stdout) if color else text)
 
@@ -454,10 +507,11 @@ def status(config: Path = typer.Argument(..., help="line config (TOML)"),
         raise fail("--watch and --json cannot be combined")
     if not watch:
         s = _api(config, "GET", "/status")
-        if as_json:
-            say(json.dumps(s, indent=2))
-        else:
-            _print_status(s)
+        with reply_of("/status"):
+            if as_json:
+                say(json.dumps(s, indent=2))
+            else:
+                _print_status(s)
         return
     import time
 
@@ -467,8 +521,8 @@ def status(config: Path = typer.Argument(..., help="line config (TOML)"),
 
     section = controller_section_or_exit(config)
     try:
-        with Live(_status_view(call(section, "GET", "/status")), console=terminal(),
-                  auto_refresh=False) as live:
+        with reply_of("/status"), Live(_status_view(call(section, "GET", "/status")), console=terminal(),
+                                       auto_refresh=False) as live:
             while True:
                 time.sleep(1.0)
                 live.update(_status_view(call(section, "GET", "/status")), refresh=True)
@@ -502,14 +556,16 @@ def alarms(config: Path = typer.Argument(..., help="line config (TOML)"),
         from controller.config.alarms import PRIORITIES
 
         priorities = _choices(priority, PRIORITIES, "--priority", upper=False)
-    rows = [a for a in _api(config, "GET", "/alarms")
-            if (states is None or str(a.get("state", "")).upper() in states)
-            and (priorities is None or str(a.get("priority", "")).lower() in priorities)]
-    if as_json:
-        say(json.dumps(rows, indent=2))
-        return
-    print_table(("alarm", "state", "priority", "message"),
-                [[a["name"], a["state"], a["priority"], a["message"]] for a in rows])
+    answer = _api(config, "GET", "/alarms")
+    with reply_of("/alarms"):
+        rows = [a for a in answer
+                if (states is None or str(a.get("state", "")).upper() in states)
+                and (priorities is None or str(a.get("priority", "")).lower() in priorities)]
+        if as_json:
+            say(json.dumps(rows, indent=2))
+            return
+        print_table(("alarm", "state", "priority", "message"),
+                    [[a["name"], a["state"], a["priority"], a["message"]] for a in rows])
 
 
 REASON_HELP = "why (required; kept with the change and shown in status and events)"
@@ -520,7 +576,7 @@ def ack(config: Path = typer.Argument(..., help="line config (TOML)"),
         alarm: str = typer.Argument(..., help="alarm name"),
         user: str = typer.Option("operator", help="who acknowledges")) -> None:
     """Acknowledge an alarm."""
-    _api(config, "POST", f"/alarms/{alarm}/ack", {"user": user})
+    _api(config, "POST", f"/alarms/{_segment(alarm)}/ack", {"user": user})
     say(f"{alarm} acknowledged")
 
 
@@ -536,7 +592,7 @@ def shelve(config: Path = typer.Argument(..., help="line config (TOML)"),
     except ValueError as exc:
         raise fail(str(exc)) from None
     _need_reason(reason, f"shelve {alarm}")
-    answer = _api(config, "POST", f"/alarms/{alarm}/shelve", {"user": user, "seconds": seconds,
+    answer = _api(config, "POST", f"/alarms/{_segment(alarm)}/shelve", {"user": user, "seconds": seconds,
                                                                "reason": reason})
     _done(f"{alarm} shelved for {_human(seconds)}", answer)
 
@@ -546,11 +602,12 @@ def _need_reason(reason: str | None, what: str) -> None:
         raise fail(f"a reason is required to {what}: add --reason TEXT")
 
 
-def _done(text: str, answer: dict) -> None:
+def _done(text: str, answer: Any) -> None:
     """What the request did, then what protection it disables, if any."""
     say(text)
-    if answer.get("warning"):
-        warn(answer["warning"])
+    warning = answer.get("warning") if isinstance(answer, dict) else None
+    if warning:
+        warn(str(warning))
 
 
 def _human(seconds: float) -> str:
@@ -570,7 +627,7 @@ def unshelve(config: Path = typer.Argument(..., help="line config (TOML)"),
              alarm: str = typer.Argument(..., help="alarm name"),
              user: str = typer.Option("operator", help="who unshelves")) -> None:
     """Return a shelved alarm to service now."""
-    _api(config, "POST", f"/alarms/{alarm}/unshelve", {"user": user})
+    _api(config, "POST", f"/alarms/{_segment(alarm)}/unshelve", {"user": user})
     say(f"{alarm} unshelved")
 
 
@@ -581,8 +638,9 @@ def reset(config: Path = typer.Argument(..., help="line config (TOML)"),
           reason: str = typer.Option(None, "--reason", help=REASON_HELP)) -> None:
     """Reset a latched or failed action (it can fire again on its alarm's next activation)."""
     _need_reason(reason, f"reset {action}")
-    answer = _api(config, "POST", f"/actions/{action}/reset", {"user": user, "reason": reason})
-    _done(answer.get("message") or f"{action} reset", answer)
+    answer = _api(config, "POST", f"/actions/{_segment(action)}/reset", {"user": user, "reason": reason})
+    message = answer.get("message") if isinstance(answer, dict) else None
+    _done(str(message or f"{action} reset"), answer)
 
 
 @app.command()
@@ -594,7 +652,7 @@ def inhibit(config: Path = typer.Argument(..., help="line config (TOML)"),
     """Inhibit an action (it decides but does not write), or lift the inhibit with --off."""
     if not off:
         _need_reason(reason, f"inhibit {action}")
-    answer = _api(config, "POST", f"/actions/{action}/inhibit",
+    answer = _api(config, "POST", f"/actions/{_segment(action)}/inhibit",
                   {"user": user, "enabled": not off, "reason": reason or ""})
     _done(f"{action} {'no longer inhibited' if off else 'inhibited'}", answer)
 
@@ -607,9 +665,11 @@ def _when(e: dict) -> str:
 
 def event_line(e: dict) -> str:
     """One event as one text line: id, local time, kind, source, message, [other fields]."""
+    from controller.client import one_line
+
     extra = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("id", "time", "kind", "source", "message"))
-    return f"{e.get('id')} {_when(e)} {e.get('kind')} {e.get('source')}: {e.get('message')}" + (
-        f" [{extra}]" if extra else "")
+    return one_line(f"{e.get('id')} {_when(e)} {e.get('kind')} {e.get('source')}: {e.get('message')}" + (
+        f" [{extra}]" if extra else ""), limit=None)
 
 
 def print_event(e: dict, as_json: bool) -> None:
@@ -625,21 +685,28 @@ def events(config: Path = typer.Argument(..., help="line config (TOML)"),
     """Alarm, action, driver and model events of a running controller (one page, or --follow)."""
     if not follow:
         page = _api(config, "GET", f"/events?since={since}")
-        if as_json:
-            for e in page:
-                print_event(e, True)
-            return
-        print_table(("id", "time", "kind", "source", "message"),
-                    [[str(e["id"]), _when(e), e["kind"], e["source"], e["message"]] for e in page])
+        with reply_of("/events"):
+            if as_json:
+                for e in page:
+                    print_event(e, True)
+                return
+            print_table(("id", "time", "kind", "source", "message"),
+                        [[str(e["id"]), _when(e), e["kind"], e["source"], e["message"]] for e in page])
         return
-    from controller.client import request
+    from http.client import HTTPException
+
+    from controller.client import MAX_REPLY_BYTES, request
 
     section = controller_section_or_exit(config)
     try:
         # The server sends a keep-alive every 15 s: 60 s of silence means it is gone.
-        with request(section, "GET", f"/events/stream?since={since}", timeout=60.0) as response:
+        with request(section, "GET", f"/events/stream?since={since}", timeout=60.0) as response, \
+                reply_of("/events/stream"):
             data: list[str] = []
-            for raw in response:
+            while raw := response.readline(MAX_REPLY_BYTES + 1):
+                if len(raw) > MAX_REPLY_BYTES or sum(map(len, data)) > MAX_REPLY_BYTES:
+                    raise fail(f"the event stream sent an event over {MAX_REPLY_BYTES >> 20} MiB",
+                               EXIT_RUNTIME)
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 if line.startswith("data:"):
                     data.append(line[5:].lstrip())
@@ -648,8 +715,8 @@ def events(config: Path = typer.Argument(..., help="line config (TOML)"),
                     data = []
     except KeyboardInterrupt:
         return
-    except (OSError, ValueError) as exc:
-        raise fail(f"lost the event stream: {exc}", EXIT_RUNTIME) from None
+    except (OSError, HTTPException) as exc:
+        raise fail(f"lost the event stream: {exc or type(exc).__name__}", EXIT_RUNTIME) from None
     raise fail("the controller closed the event stream (stopped?)", EXIT_RUNTIME)
 
 
@@ -796,14 +863,33 @@ def version() -> None:
     say(dist_version("linesentry"))
 
 
+def _names(commands: list[Any], groups: list[Any]) -> set[str]:
+    """The command names of typer's CommandInfo / TyperInfo entries (a function's name by default)."""
+    return {c.name or c.callback.__name__.replace("_", "-") for c in commands if c.callback is not None} | {
+        g.name for g in groups if g.name}
+
+
 def load_plugins() -> None:
     """Add the commands of every `linesentry.cli` entry point (the rig's demo/sim/hil). Cheap by
-    contract: a plugin's `register` imports only typer, its commands import the rest when run."""
+    contract: a plugin's `register` imports only typer, its commands import the rest when run.
+
+    A broken plugin (does not import, `register` raises, even SystemExit) adds nothing and is one
+    `warning:` line on stderr: the product's own commands keep working. Nor can a plugin replace a
+    command that exists already (a plugin's `status` would answer for the product)."""
     for ep in entry_points(group=PLUGIN_GROUP):
+        commands, groups = len(app.registered_commands), len(app.registered_groups)
+        taken = _names(app.registered_commands, app.registered_groups)
         try:
             ep.load()(app)
-        except Exception as exc:  # a broken plugin must not take the product's own commands down
-            error_line(f"CLI plugin {ep.name!r} ({ep.value}) failed to load: {_first_line(exc)}")
+        except (Exception, SystemExit) as exc:
+            problem = f"failed to load: {type(exc).__name__}: {_first_line(exc)[:200]}"
+        else:
+            clash = taken & _names(app.registered_commands[commands:], app.registered_groups[groups:])
+            problem = f"tried to replace the command(s) {', '.join(sorted(clash))}" if clash else ""
+        if problem:
+            del app.registered_commands[commands:], app.registered_groups[groups:]
+            print(f"{_styled('warning:', '33', sys.stderr)} CLI plugin {ep.name!r} ({ep.value}) {problem}; "
+                  "its commands are not available (reinstall or remove that package)", file=sys.stderr)
 
 
 load_plugins()

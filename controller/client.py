@@ -14,6 +14,9 @@ from controller.config.controller import ControllerSection
 from controller.errors import LinesentryError
 from controller.statedir import READ_TOKEN_FILE, TOKEN_FILE
 
+# The largest answer read: an events page or a status is kilobytes; anything beyond is not the API.
+MAX_REPLY_BYTES = 16 << 20
+
 
 class ApiError(LinesentryError):
     """A failed API call: a one-line message and the CLI exit code it maps to (1, or 2 when the
@@ -42,28 +45,59 @@ def request(section: ControllerSection, method: str, path: str, body: dict | Non
     if method == "POST" or section.reads_need_token:  # reads need a token on binds beyond loopback
         headers["Authorization"] = f"Bearer {_token(section, method)}"
     host, port = section.api_host, section.api_port
+    where = f"{host}:{port}"
     conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=timeout)
     try:
         conn.request(method, f"/api/v1{path}", body=None if body is None else json.dumps(body),
                      headers=headers)
         response = conn.getresponse()
-    except OSError:
+    except ConnectionRefusedError:
         conn.close()
-        raise ApiError(f"the controller is not running (nothing answers on {host}:{port})") from None
+        raise ApiError(f"the controller is not running (nothing answers on {where})") from None
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        raise ApiError(f"no usable answer from the controller on {where}: {_why(exc, timeout)}") from None
     if response.status >= 400:
-        message = f"http://{host}:{port}/api/v1{path}: HTTP {response.status}"
+        message = f"http://{where}/api/v1{path}: HTTP {response.status}"
         with contextlib.suppress(Exception):  # the API's one-line {"error": ...} when it sent one
-            message = str(json.loads(response.read())["error"])
+            message = one_line(json.loads(response.read(MAX_REPLY_BYTES))["error"])
         conn.close()
         raise ApiError(message)
     return response
 
 
-def call(section: ControllerSection, method: str, path: str, body: dict | None = None) -> Any:
+def _why(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s (overloaded or hung?)"
+    if isinstance(exc, http.client.HTTPException):
+        return f"not an HTTP answer ({type(exc).__name__})"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def one_line(value: Any, limit: int | None = 500) -> str:
+    """Text from the API as one printable line: whitespace folded, control characters (terminal
+    escape sequences) shown escaped, at most `limit` characters.
+
+    >>> one_line("a\\n b\\x1b[31m")
+    'a b\\\\x1b[31m'
+    """
+    text = " ".join(str(value).split())
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."
+
+
+def call(section: ControllerSection, method: str, path: str, body: dict | None = None,
+         timeout: float = 5.0) -> Any:
     """One request, its JSON answer; ApiError for every failure (also a reply that is not JSON)."""
-    response = request(section, method, path, body)
+    response = request(section, method, path, body, timeout)
     try:
         with response:
-            return json.loads(response.read())
-    except (OSError, ValueError) as exc:  # a reset connection or a reply that is not JSON
-        raise ApiError(f"bad reply from the controller on {path}: {exc}") from None
+            raw = response.read(MAX_REPLY_BYTES + 1)
+    except (OSError, http.client.HTTPException) as exc:  # a reset connection, a timeout, a cut body
+        raise ApiError(f"bad reply from the controller on {path}: {_why(exc, timeout)}") from None
+    if len(raw) > MAX_REPLY_BYTES:
+        raise ApiError(f"bad reply from the controller on {path}: larger than {MAX_REPLY_BYTES >> 20} MiB")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # not JSON (not UTF-8, or not the API at all)
+        raise ApiError(f"bad reply from the controller on {path}: not JSON ({one_line(exc, 120)})") from None
