@@ -436,8 +436,8 @@ def parse_duration(text: str) -> float:
         seconds = sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
     else:
         raise ValueError(f"bad duration {text!r}: use e.g. 90s, 30m, 2h or 1h30m")
-    if seconds <= 0:
-        raise ValueError(f"bad duration {text!r}: must be more than 0")
+    if not 0 < seconds < 1e9:  # 400 nines are inf, which JSON cannot carry
+        raise ValueError(f"bad duration {text[:40]!r}: must be more than 0 and less than 1e9 s")
     return seconds
 
 

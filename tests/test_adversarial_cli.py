@@ -119,6 +119,12 @@ def test_an_unknown_command_is_one_line_and_help_still_works():
     assert help_.exit_code == 0 and "status" in help_.output
 
 
+@pytest.mark.parametrize("duration", ["9" * 400, "9" * 400 + "h", "0s", "-5m", "1e3", "nan"])
+def test_a_shelve_duration_that_is_not_a_finite_positive_time_is_one_line(tmp_path, duration):
+    result = invoke(["shelve", str(config(tmp_path)), "a", "--for", duration, "--reason", "r"])
+    assert result.exit_code == 2 and one_line(result).startswith("error: bad duration "), result.output
+
+
 # ---------------------------------------------------------------- dead, slow and hostile APIs
 OPERATOR = [["status"], ["status", "--json"], ["alarms"], ["ack", "{cfg}", "a"], ["unshelve", "{cfg}", "a"],
             ["shelve", "{cfg}", "a", "--for", "1m", "--reason", "r"],
