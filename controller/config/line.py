@@ -7,6 +7,7 @@ follows `drivers.registry` and never names a protocol. Every loaded config is a 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any, ClassVar
@@ -32,6 +33,8 @@ from controller.config.plcs import Plc, TagRef, plc_model
 from controller.sinks.config import SyncConfig
 from drivers.registry import DriverPlugin, plugins
 from models.spec import DetectorSpec, TagLimits
+
+log = logging.getLogger(__name__)
 
 
 class LineConfig(Strict):
@@ -115,7 +118,14 @@ class LineConfig(Strict):
 
 @cache
 def _line_model(drivers: tuple[DriverPlugin, ...]) -> type[LineConfig]:
-    tables = {p.name: (list[plc_model(p)], Field(default_factory=list)) for p in drivers}
+    usable = []
+    for p in drivers:
+        if p.name in LineConfig.model_fields:  # a plugin named "alarms" must not replace [[alarms]]
+            log.warning("driver plugin %r is named like the [%s] section of the line config; its tables "
+                        "cannot be used: rename the plugin", p.name, p.name)
+        else:
+            usable.append(p)
+    tables = {p.name: (list[plc_model(p)], Field(default_factory=list)) for p in usable}
     model = create_model("LineConfig", __base__=LineConfig, **tables)  # type: ignore[call-overload]
     model.plc_tables = tuple(tables)
     return model

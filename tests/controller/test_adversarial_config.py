@@ -177,6 +177,17 @@ def test_a_driver_plugin_whose_methods_raise_is_one_line(tmp_path):
     assert "ZeroDivisionError" in lines[0]
 
 
+@pytest.mark.parametrize("section", ["alarms", "controller", "detector", "sync", "actions"])
+def test_a_driver_plugin_named_like_a_section_cannot_replace_it(section, caplog):
+    register(DriverPlugin(name=section, config=_Methods, create=lambda c: None))
+    try:
+        cfg = load_config(ROOT / "configs" / "modbus_only.toml")
+    finally:
+        unregister(section)
+    assert cfg.alarms and cfg.controller.line == "press-7" and section not in type(cfg).plc_tables
+    assert f"driver plugin {section!r} is named like the [{section}] section" in caplog.text
+
+
 def _numeric_leaves(data, path=()):
     if isinstance(data, dict):
         for k, v in data.items():
