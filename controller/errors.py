@@ -45,3 +45,10 @@ class ModelLoadError(LinesentryError):
     """A model artifact could not be loaded or does not fit the line (cause: a `ModelError`)."""
 
     status = 422
+
+
+class NotSaved(LinesentryError):
+    """An operator's change is in effect but the state file could not be written (disk full, the
+    state directory gone): it is not yet durable; housekeeping retries the save (cause: the OSError)."""
+
+    status = 503

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from controller.errors import BadRequest, NotFound, Refused
+from controller.errors import BadRequest, NotFound, NotSaved, Refused
 from controller.persistence import clock_text
 
 if TYPE_CHECKING:
@@ -203,7 +203,11 @@ class Operations:
     async def persist(self) -> None:
         """Write the state file now (fsync'd) and return when it is on disk: the API answers
         an operator request only after this, so an acknowledged change survives a kill -9."""
-        await self.keeper.save()
+        try:
+            await self.keeper.save()
+        except OSError as exc:
+            raise NotSaved(f"the change is in effect but not saved: {exc}; it is saved again every "
+                           "housekeeping round: free the disk or fix the state directory") from exc
 
     async def reload_model(self, user: str, path: str | None) -> dict:
         """Swap in a new model without a restart; the old one stays if the new one is refused."""

@@ -263,3 +263,29 @@ async def test_shelving_an_alarm_out_of_service_is_a_409_refusal(tmp_path, model
         assert "out of service" in answer["error"]
     finally:
         await stopped(controller, task)
+
+
+async def test_an_operator_change_that_cannot_be_saved_says_so_with_a_503(tmp_path, model, caplog):  # noqa: F811
+    """Was: a 500 'internal error: OSError' and an API failure in the log, although the change was
+    in effect: the operator could not tell it from a refused request."""
+    controller, task = await running(line_config(tmp_path, model))
+    blocker = tmp_path / "state" / STATE_FILE
+    try:
+        if blocker.exists():
+            blocker.unlink()
+        blocker.mkdir()
+        (blocker / "x").write_text("")
+        auth = {"Authorization": f"Bearer {controller.token}"}
+        url = f"http://127.0.0.1:{controller.api_port}/api/v1/actions/stop_line/inhibit"
+        async with aiohttp.ClientSession() as http:
+            with caplog.at_level(logging.ERROR, logger="controller.api"):
+                body = {"user": "ann", "reason": "belt work", "enabled": True}
+                async with http.post(url, json=body, headers=auth) as r:
+                    answer = await r.json()
+        assert r.status == 503 and "in effect but not saved" in answer["error"], answer
+        assert controller.actions.status()[0]["inhibited"] is True
+        assert not [rec for rec in caplog.records if rec.name == "controller.api"]
+    finally:
+        (blocker / "x").unlink()
+        blocker.rmdir()
+        await stopped(controller, task)
