@@ -56,11 +56,15 @@ def _message(err: dict[str, Any], loc: Loc, schema: type[BaseModel]) -> str:
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown key; {hint}expected one of: {', '.join(allowed)}" if allowed else "unknown key"
-    if kind == "missing":
-        return "required key is missing"
     value = err.get("input")
     header = ".".join(str(p) for p in loc if isinstance(p, str))  # the TOML table header of this key
     tables = bool(header) and bool(_allowed_keys(loc, schema))  # the key holds a table / tables
+    section = tables and len(loc) == 1  # a top-level [section]
+    if kind == "missing":
+        return f"required section is missing: add a [{header}] table" if section else \
+            "required key is missing"
+    if kind in ("model_type", "dict_type") and section and not isinstance(value, list):
+        return f"expected a table: write [{header}] with its keys below it, not {header} = {value!r}"
     if kind == "list_type" and isinstance(value, dict):
         if tables:
             return (f"expected an array of tables: write [[{header}]] (one [[{header}]] table per item), "

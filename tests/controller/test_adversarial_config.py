@@ -74,6 +74,12 @@ def test_controller_written_as_an_array_of_tables_says_single_brackets(tmp_path)
         "controller: expected one table: write [controller], not [[controller]]"]
 
 
+def test_a_missing_or_scalar_controller_section_says_how_to_write_it(tmp_path):
+    assert problems(tmp_path, PRESS) == ["controller: required section is missing: add a [controller] table"]
+    assert problems(tmp_path, "controller = 5\n" + PRESS) == [
+        "controller: expected a table: write [controller] with its keys below it, not controller = 5"]
+
+
 def test_a_typo_in_a_section_name_suggests_the_section(tmp_path):
     (line,) = problems(tmp_path, HEAD + PRESS + "\n[detectr]\nmodel = 'm.npz'\n")
     assert line.startswith("detectr: unknown section; did you mean 'detector'?")
