@@ -15,6 +15,7 @@ tail begins and the calibration sees exactly what `step` would.
 (['decision_params', 'f_leaf_depth', 'f_nodes'], True)
 """
 
+import math
 import warnings
 from dataclasses import dataclass, replace
 
@@ -79,7 +80,8 @@ def fit_model(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.ndar
 
     identity = (np.zeros(K.C_SIZE), np.ones(K.C_SIZE))
     raw = _out_of_fold(spec, folds, times, x, identity, np.inf).components[first:]
-    blocks = [slice(start - first, end - first) for start, end, _ in folds]
+    warm = warm_up_rows(spec)
+    blocks = [slice(max(start, warm) - first, end - first) for start, end, _ in folds]
     norm = component_normalisation(raw, spec, final.pca, final.forest, blocks)
     holdout = _rows_from(_out_of_fold(spec, folds, times, x, norm, np.inf), first)
     threshold, report = calibrate_line(spec, holdout, tags, first, blocks)
@@ -114,6 +116,27 @@ def fit_model(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.ndar
             "spe_limit_theoretical": families.pca.spe_limit,
         }
     return FittedModel(arrays=arrays, summary=summary)
+
+
+# The input smoothing has settled once its start value weighs less than this.
+SETTLED_WEIGHT = 0.01
+
+
+def warm_up_rows(spec: DetectorSpec) -> int:
+    """Rows a fresh state needs before its scores are what `step` gives once running.
+
+    The replay that scores the first cross-fitting block starts from a fresh state: the
+    EWMA z waits `warmup` samples, and the input EWMA starts at the first row, so its
+    output has the raw spread (not the smoothed one) until the start value's weight
+    (1 - input_alpha)^n falls below SETTLED_WEIGHT. Those rows are left out of every
+    threshold: they are the filters' start-up, not the process.
+
+    >>> warm_up_rows(DetectorSpec()), warm_up_rows(DetectorSpec(input_alpha=0.1))
+    (30, 44)
+    """
+    if spec.input_alpha >= 1.0:
+        return spec.warmup
+    return max(spec.warmup, math.ceil(math.log(SETTLED_WEIGHT) / math.log(1.0 - spec.input_alpha)))
 
 
 def _rows_from(result, first: int):
