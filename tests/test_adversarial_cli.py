@@ -125,6 +125,15 @@ def test_a_shelve_duration_that_is_not_a_finite_positive_time_is_one_line(tmp_pa
     assert result.exit_code == 2 and one_line(result).startswith("error: bad duration "), result.output
 
 
+@pytest.mark.parametrize("args", [["sim", "--opcua-port", "99999"], ["sim", "--modbus-port", "0"],
+                                  ["demo", "--api-port", "70000"], ["demo", "--fault-every", "0"],
+                                  ["hil", "x.toml", "--runs", "-1"]], ids=" ".join)
+def test_rig_options_out_of_range_are_one_line_before_anything_starts(args):
+    run = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert run.stderr.startswith("error: Invalid value for ") and run.stderr.count("\n") == 1, run.stderr
+
+
 # ---------------------------------------------------------------- dead, slow and hostile APIs
 OPERATOR = [["status"], ["status", "--json"], ["alarms"], ["ack", "{cfg}", "a"], ["unshelve", "{cfg}", "a"],
             ["shelve", "{cfg}", "a", "--for", "1m", "--reason", "r"],

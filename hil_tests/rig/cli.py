@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+PORT = {"min": 1, "max": 65535}  # a TCP port; 99999 is a usage error, not an OverflowError from bind()
 STATE_DIR_HELP = ("where the demo keeps its state and fitted model "
                   "(default: $XDG_STATE_HOME/linesentry/demo, i.e. ~/.local/state/linesentry/demo)")
 
@@ -26,12 +27,14 @@ def register(app: typer.Typer) -> None:
 def demo(config: Path = typer.Option(None, help="line config (default: the shipped demo config, with its "
                                      "state in --state-dir)"),
          state_dir: Path = typer.Option(None, help=STATE_DIR_HELP),
-         opcua_port: int = typer.Option(None, help="OPC UA port of the simulated conveyor (default 4840)"),
-         modbus_port: int = typer.Option(None, help="Modbus TCP port of the simulated press (default 5020)"),
-         api_port: int = typer.Option(None, help="the controller's HTTP API port (default 8470)"),
-         seconds: float = typer.Option(None, help="stop after this many seconds (default: Ctrl-C)"),
+         opcua_port: int = typer.Option(None, **PORT,
+                                        help="OPC UA port of the simulated conveyor (default 4840)"),
+         modbus_port: int = typer.Option(None, **PORT,
+                                         help="Modbus TCP port of the simulated press (default 5020)"),
+         api_port: int = typer.Option(None, **PORT, help="the controller's HTTP API port (default 8470)"),
+         seconds: float = typer.Option(None, min=0.0, help="stop after this many seconds (default: Ctrl-C)"),
          live: bool = typer.Option(True, help="live terminal view (--no-live: one line per event)"),
-         fault_every: float = typer.Option(20.0, help="seconds between injected faults")) -> None:
+         fault_every: float = typer.Option(20.0, min=1.0, help="seconds between injected faults")) -> None:
     """The demo line: simulated plant + controller on the demo config, with injected faults.
 
     The port options apply to the shipped demo config only (with --config, its ports are used)."""
@@ -70,8 +73,8 @@ def demo(config: Path = typer.Option(None, help="line config (default: the shipp
     console.print(table)
 
 
-def sim(opcua_port: int = typer.Option(4840, help="OPC UA port on 127.0.0.1"),
-        modbus_port: int = typer.Option(5020, help="Modbus TCP port on 127.0.0.1"),
+def sim(opcua_port: int = typer.Option(4840, **PORT, help="OPC UA port on 127.0.0.1"),
+        modbus_port: int = typer.Option(5020, **PORT, help="Modbus TCP port on 127.0.0.1"),
         seed: int = typer.Option(0, help="noise seed of the simulated plant"),
         scenario: Path = typer.Option(None, help="play the faults of this scenario TOML"),
         secure_dir: Path = typer.Option(None, help="serve OPC UA Basic256Sha256 SignAndEncrypt only, "
@@ -98,7 +101,7 @@ def sim(opcua_port: int = typer.Option(4840, help="OPC UA port on 127.0.0.1"),
 
 
 def hil(scenario: Path = typer.Argument(..., help="scenario file (hil_tests/rig/scenarios/*.toml)"),
-        runs: int = typer.Option(None, help="repeat count (default: the scenario's `repeat`)"),
+        runs: int = typer.Option(None, min=1, help="repeat count (default: the scenario's `repeat`)"),
         json_out: Path = typer.Option(None, "--json", help="write the report as JSON"),
         state_dir: Path = typer.Option(None, help=STATE_DIR_HELP)) -> None:
     """Run a HIL scenario against the simulated plant and the controller on the demo config."""
