@@ -36,6 +36,8 @@ LABELS = ("anomaly", "changepoint")
 # full-rank PCA T² (Mahalanobis distance),
 # threshold = margin x the 99th percentile of T² scored out of sample by blocked
 # cross-fitting (4 blocks of 100 rows, each scored by models fitted on the other 300), refitted on 0-399.
+# Fixed baselines: the recipe was found before adaptive baselines existed (drift_half_life=0 is what it
+# was fitted under, not a new knob tuned here).
 SKAB_SPEC = DetectorSpec(
     input_alpha=0.1,
     pca_variance=1.0,
@@ -47,6 +49,7 @@ SKAB_SPEC = DetectorSpec(
     target_far=0.01,
     threshold_margin=3.0,
     weights=(0.0, 1.0, 0.0, 0.0),
+    drift_half_life=0,
 )
 
 
