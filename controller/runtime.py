@@ -289,8 +289,10 @@ class Controller:
         outbox_dir = Path(self.state_dir.path) / "outbox"
         outbox_dir.mkdir(exist_ok=True)
         outbox = Outbox(outbox_dir, max_bytes=sync_cfg.max_outbox_bytes, identity=self.identity)
-        self.cloud.open(outbox)
         self._undo(stack, "closing the outbox", outbox.close)
+        for gone in set(outbox.sinks()) - {sync_cfg.sink}:  # a sink removed from [sync] holds no rows
+            await asyncio.to_thread(outbox.unsubscribe, gone)
+        self.cloud.open(outbox)
         if sync_cfg.enabled:
             from controller.sync import SyncWorker
 

@@ -427,8 +427,6 @@ def test_unsubscribing_a_removed_sink_frees_what_only_it_held(tmp_path):
     assert "sink removed is no longer configured" in event.fields["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="controller/runtime.py (R): _start_cloud should call "
-                                       "outbox.unsubscribe() for each subscribed sink [sync] no longer names")
 async def test_a_sink_removed_from_the_config_stops_holding_rows_at_the_next_start(jsonl, tmp_path,
                                                                                    monkeypatch):
     from controller.config import load_config
