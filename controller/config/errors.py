@@ -50,7 +50,7 @@ def _clean_loc(loc: tuple[Any, ...], schema: type[BaseModel]) -> Loc:
 def _message(err: dict[str, Any], loc: Loc, schema: type[BaseModel]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden" and len(loc) == 1:
-        return _unknown_section(str(loc[0]), schema)
+        return _unknown_section(str(loc[0]), schema, err.get("input"))
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], schema)
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
@@ -80,14 +80,26 @@ def _message(err: dict[str, Any], loc: Loc, schema: type[BaseModel]) -> str:
     return msg
 
 
-def _unknown_section(name: str, schema: type[BaseModel]) -> str:
-    """An unknown top-level table: the sections, and the driver tables installed here."""
+def _unknown_section(name: str, schema: type[BaseModel], value: Any) -> str:
+    """An unknown top-level table: the sections, and the driver tables installed here; [[name]]
+    tables of a driver that is not installed (or whose package is broken) say so."""
     drivers = getattr(schema, "plc_tables", ())
     sections = [k for k in schema.model_fields if k not in drivers]
     close = difflib.get_close_matches(name, [*sections, *drivers], n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return (f"unknown section; {hint}expected one of: {', '.join(sections)}, or a PLC table of an installed "
-            f"driver: {', '.join(f'[[{d}]]' for d in drivers) or '(none installed)'}")
+    msg = (f"unknown section; {hint}expected one of: {', '.join(sections)}, or a PLC table of an installed "
+           f"driver: {', '.join(f'[[{d}]]' for d in drivers) or '(none installed)'}")
+    if not close and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        from drivers.errors import DriverError, UnknownDriver
+        from drivers.registry import plugin
+
+        try:
+            plugin(name)
+        except UnknownDriver:
+            msg += f"; no driver named {name!r} is installed: install its package or remove these tables"
+        except DriverError as exc:  # installed, but its package is broken: the registry says how
+            msg += f"; {str(exc).splitlines()[0]}"
+    return msg
 
 
 def _allowed_keys(loc: Loc, schema: type[BaseModel]) -> list[str]:
