@@ -241,7 +241,7 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
                   rate_limit_s=log_rate_limit)
     try:
         controller = Controller(cfg)
-    except (ModelError, OSError, SyncConfigError) as exc:
+    except (LinesentryError, ModelError, OSError, SyncConfigError) as exc:  # e.g. a driver plugin's create()
         raise fail(str(exc)) from None
 
     async def main() -> None:
@@ -250,8 +250,6 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
             loop.add_signal_handler(sig, controller.stop)
         await controller.run(on_ready=lambda c: terminal().print(
             f"linesentry running: API http://{cfg.controller.api_host}:{c.api_port}"))
-
-    from controller.errors import LinesentryError
 
     try:
         asyncio.run(main())
