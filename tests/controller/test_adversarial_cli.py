@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from controller.cli import app
 from hil_tests.rig.net import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 CLI = [sys.executable, "-c", "from controller.cli import app; app(prog_name='linesentry')"]
 LONG = "press_" + "x" * 150  # longer than any terminal

@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from controller.cli import app
 from controller.config import ConfigError, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo_line.toml"
 LINESENTRY = Path(sys.executable).with_name("linesentry")
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
