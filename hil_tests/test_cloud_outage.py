@@ -1,7 +1,7 @@
 """Cloud outage end to end: simulated plant + the real controller + fault proxy + VictoriaMetrics.
 
 The controller runs on the demo config with a `[sync]` section pointing at a fault-injecting
-proxy in front of VictoriaMetrics (tests/cloud/victoria.py: dedup on, so a resend overwrites
+proxy in front of VictoriaMetrics (hil_tests/rig/victoria.py: dedup on, so a resend overwrites
 like in InfluxDB). The summary window is shortened to 1 s so a dozen windows fit in seconds.
 
 What is compared: every line of protocol the controller COMMITTED to its outbox (a spy on
