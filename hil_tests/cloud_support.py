@@ -61,7 +61,9 @@ def expected_samples(lines: list[str]) -> dict[Key, list[float]]:
 
 
 def exported_samples(vm: VictoriaMetrics) -> dict[Key, list[float]]:
-    """Every raw sample VictoriaMetrics exports, by series and ms."""
+    """Every raw sample VictoriaMetrics stores, by series and ms (restarts it first: see
+    VictoriaMetrics.restart; nothing may be sending meanwhile)."""
+    vm.restart()
     out: dict[Key, list[float]] = {}
     for s in vm.export():
         m = dict(s["metric"])

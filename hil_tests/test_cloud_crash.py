@@ -158,13 +158,6 @@ class ControllerProcess:
         self._log.close()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "OPEN DEFECT (2026-12-01, found at the end of the session, not yet understood): passed in one "
-    "fresh-clone CI run, then failed in the next and in 3 of 3 runs alone: a few fields of events "
-    "committed around the restart (e.g. "
-    "'result' of the second process's 'restored' alarm events, while 'message' and 'seq' of the same "
-    "line arrived) are missing from VictoriaMetrics. Whether rows are lost or the check misreads "
-    "VictoriaMetrics is the first thing to settle next session; see the closing note."))
 async def test_sigkill_while_syncing_then_restart_loses_and_duplicates_nothing(
         tmp_path, rig, model, proxy, victoria, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, "test-token")  # inherited by the controller processes
