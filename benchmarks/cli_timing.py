@@ -13,7 +13,10 @@ PLC answers nowhere: its comm-loss alarm is active, so `ack` and `shelve` have a
 Then the 10 modules that cost the most import time (self time, `python -X importtime`) of
 `from controller.config import load_config` (the whole schema, what `validate` loads) and
 `import controller.cli`.
-The load average is printed: the machine is shared, so compare figures taken under similar load.
+The load average is printed: the machine is shared, so compare figures taken under similar load;
+the runs are interleaved and two baselines run in the same rounds (an empty interpreter, and the
+floor every typer 0.29 command pays: typer plus the pydantic TypeAdapters it coerces parameters
+with), so the `/floor` ratio (CPU) is the figure to compare across runs.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # checkout being measured (--root: e.g. an exported older commit, for before/after figures).
 CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'linesentry'; from controller.cli import app; "
        "sys.exit(app())"]
+# Baselines run in the same rounds: an empty interpreter, and what any command of typer 0.29
+# imports before it parses an argument (typer coerces every parameter with pydantic TypeAdapters)
+BASELINES = {"python -c pass": "pass", "floor: typer + pydantic": "import typer, typer._adapters"}
 HEAVY = ("numba", "scipy", "sklearn", "asyncua", "pymodbus", "influxdb_client")
 
 BENCH_CONFIG = """\
@@ -89,13 +95,23 @@ def run_once(argv: list[str], root: Path, env: dict[str, str]) -> tuple[float, f
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, proc.returncode
 
 
-def measure(argv: list[str], runs: int, root: Path, env: dict[str, str]) -> dict:
-    run_once(argv, root, env)  # warm-up: fills the bytecode cache, as an install does
-    samples = [run_once(argv, root, env) for _ in range(runs)]
-    walls, cpus, rss, codes = zip(*samples, strict=True)
-    return {"wall_s_median": statistics.median(walls), "wall_s_max": max(walls),
-            "cpu_s_median": statistics.median(cpus), "rss_mib_median": statistics.median(rss),
-            "exit_codes": sorted(set(codes))}
+def measure(commands: dict[str, list[str]], runs: int, root: Path, env: dict[str, str]) -> dict:
+    """Figures per command. The runs are interleaved (round robin over the commands), so a change
+    of the machine's speed during the measurement (this shared box varies up to 2x within
+    minutes) weighs on every command alike and the ratios to the baselines stay meaningful."""
+    for argv in commands.values():
+        run_once(argv, root, env)  # warm-up: fills the bytecode cache, as an install does
+    samples: dict[str, list] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, argv in commands.items():
+            samples[name].append(run_once(argv, root, env))
+    out = {}
+    for name, rows in samples.items():
+        walls, cpus, rss, codes = zip(*rows, strict=True)
+        out[name] = {"wall_s_median": statistics.median(walls), "wall_s_max": max(walls),
+                     "cpu_s_median": statistics.median(cpus), "rss_mib_median": statistics.median(rss),
+                     "exit_codes": sorted(set(codes))}
+    return out
 
 
 def import_offenders(statement: str, root: Path, env: dict[str, str], top: int = 10) -> dict:
@@ -141,10 +157,7 @@ def main() -> None:
     env = child_env(pycache)
 
     results: dict = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "runs": args.runs,
-                     "commands": {}, "imports": {}}
-    cmds = results["commands"]
-    cmds["version"] = measure([*CLI, "version"], args.runs, root, env)
-    cmds["validate demo_line"] = measure([*CLI, "validate", "configs/demo_line.toml"], args.runs, root, env)
+                     "imports": {}}
     with tempfile.TemporaryDirectory() as tmp:
         api_port = free_port()
         config = Path(tmp) / "bench.toml"
@@ -156,11 +169,14 @@ def main() -> None:
         try:
             wait_api(api_port, service, log)
             c = str(config)
-            for name, argv in (("status", ["status", c]), ("alarms", ["alarms", c]),
-                               ("events", ["events", c]), ("ack", ["ack", c, "press_comm"]),
-                               ("shelve", ["shelve", c, "press_comm", "--for", "1h", "--reason", "bench"]),
-                               ("validate bench", ["validate", c])):
-                cmds[name] = measure([*CLI, *argv], args.runs, root, env)
+            commands = {name: [sys.executable, "-c", code] for name, code in BASELINES.items()}
+            commands |= {name: [*CLI, *argv] for name, argv in (
+                ("version", ["version"]), ("status", ["status", c]), ("alarms", ["alarms", c]),
+                ("events", ["events", c]), ("ack", ["ack", c, "press_comm"]),
+                ("shelve", ["shelve", c, "press_comm", "--for", "1h", "--reason", "bench"]),
+                ("validate bench", ["validate", c]),
+                ("validate demo_line", ["validate", "configs/demo_line.toml"]))}
+            results["commands"] = measure(commands, args.runs, root, env)
         finally:
             service.terminate()
             service.wait(timeout=30)
@@ -172,11 +188,14 @@ def main() -> None:
 
     load = ", ".join(f"{x:.2f}" for x in results["load_average"])
     print(f"linesentry CLI timing: {args.runs} runs per command, {results['cpus']} CPUs, load {load}")
-    print(f"{'command':<18} {'wall median':>12} {'wall max':>9} {'CPU median':>11} {'RSS median':>11}  exit")
-    for name, r in cmds.items():
+    print(f"{'command':<24} {'wall median':>12} {'wall max':>9} {'CPU median':>11} {'/floor':>7} "
+          f"{'RSS median':>11}  exit")
+    floor = results["commands"]["floor: typer + pydantic"]["cpu_s_median"]
+    for name, r in results["commands"].items():
         codes = ",".join(map(str, r["exit_codes"]))
-        print(f"{name:<18} {r['wall_s_median']:>10.3f} s {r['wall_s_max']:>7.3f} s "
-              f"{r['cpu_s_median']:>9.3f} s {r['rss_mib_median']:>7.1f} MiB  {codes}")
+        print(f"{name:<24} {r['wall_s_median']:>10.3f} s {r['wall_s_max']:>7.3f} s "
+              f"{r['cpu_s_median']:>9.3f} s {r['cpu_s_median'] / floor:>6.2f}x "
+              f"{r['rss_mib_median']:>7.1f} MiB  {codes}")
     for statement, r in results["imports"].items():
         print(f"\n{statement}: {r['total_s']:.3f} s; heavy modules loaded: "
               f"{', '.join(r['heavy_loaded']) or 'none'}; most self time (python -X importtime):")

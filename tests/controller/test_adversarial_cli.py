@@ -293,13 +293,16 @@ def test_broken_cli_plugins_leave_the_core_commands_working_with_one_warning_eac
     (tmp_path / "evil_cli.py").write_text(PLUGIN_MODULE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     cfg = config(tmp_path, free_port())
-    for args, code in ((["version"], 0), (["status", str(cfg)], 1), (["half-added"], 2)):
+    # linesentry's own commands do not look at plugins at all (nothing to warn about); an unknown
+    # command and --help load them: one warning per broken plugin, the core still answers
+    for args, code, n_warnings in ((["version"], 0, 0), (["status", str(cfg)], 1, 0),
+                                   (["half-added"], 2, 5), (["--help"], 0, 5)):
         run = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, cwd=ROOT)
         assert run.returncode == code, (args, run.stdout, run.stderr)
         assert "HIJACKED" not in run.stdout and "Traceback" not in run.stderr, run.stderr
         warnings = [line for line in run.stderr.splitlines() if line.startswith("warning: CLI plugin")]
-        assert len(warnings) == 5, run.stderr
-        for name in ("missing", "raises", "half", "hijack", "exits"):
+        assert len(warnings) == n_warnings, run.stderr
+        for name in ("missing", "raises", "half", "hijack", "exits") if n_warnings else ():
             assert sum(f"plugin {name!r}" in w for w in warnings) == 1, warnings
     help_ = subprocess.run([*CLI, "--help"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert "demo" in help_.stdout and "half-added" not in help_.stdout  # the rig's plugin still loads

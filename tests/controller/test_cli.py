@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from controller.cli import app
+from controller.cli import app, load_plugins
 from controller.errors import NotFound, Refused
 from hil_tests.rig.net import free_port
 from models import load_model
 
 DEMO = "configs/demo_line.toml"
 runner = CliRunner()
+load_plugins()  # what `app()` does for a command that is not its own (CliRunner bypasses app())
 
 
 def invoke(*args):
