@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test imports lint bench skab clean system-deps node-opcua
 
-# Servers and tools the tests start themselves (InfluxDB line-protocol endpoint; socat pty pairs for
-# Modbus RTU over a serial line), from Debian's packages.
-SYSTEM_DEPS := victoria-metrics socat
+# Servers and tools the tests start themselves, from Debian's packages: the InfluxDB line-protocol
+# endpoint; socat pty pairs for Modbus RTU over a serial line; the browser the HMI tests drive
+# (Playwright with /usr/bin/chromium); promtool (package prometheus) to check the metrics page.
+SYSTEM_DEPS := victoria-metrics socat chromium prometheus
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
