@@ -1,10 +1,13 @@
-"""CPU, memory and hot-path figures of the real controller at 1,000 tags polled every 100 ms
-(a measurement, not a pass/fail test).
+"""CPU, memory, disk and hot-path figures of the real controller at 1,000 tags (by default) polled
+every 100 ms (a measurement, not a pass/fail test).
 
-    .venv/bin/python -m benchmarks.controller_load [--seconds 60] [--warmup 5] [--profile 10]
-                                                   [--json out.json]
+    .venv/bin/python -m benchmarks.controller_load [--devices 10] [--seconds 60] [--warmup 5]
+                                                   [--profile 10] [--outbox] [--json out.json]
 
-1. A subprocess runs 10 pymodbus TCP servers on free 127.0.0.1 ports, 100 tags each (half float32,
+--devices sets the line's size: that many PLCs of 100 tags each (1: 100 tags, 50: 5,000 tags), for
+sizing a controller by tag count (docs/sizing.md).
+
+1. A subprocess runs --devices (10) pymodbus TCP servers on free 127.0.0.1 ports, 100 tags each (half float32,
    half int16 x 0.1, the layout of benchmarks.modbus_load). Every 100 ms it steps a simulated
    process: each tag is its set point plus a span times a few shared, wandering factors
    (mean-reverting random walks with 2-8 s time constants: 3 seen by every PLC, 2 per PLC) plus
@@ -14,11 +17,13 @@
    same process (same set points, spans and loadings; another random walk) read the way the
    driver decodes it, and saves the model. It runs apart so the controller's peak RSS is not the
    fit's.
-3. A line config (TOML, temp dir) is written and validated with load_config: 10 [[modbus]] PLCs
-   x 100 tags at poll_interval_s = 0.1, plus one writable register on plc0 for the only action
-   (shadow mode, on the line alarm); [detector] over the 1,000 read-only tags with the model;
+3. A line config (TOML, temp dir) is written and validated with load_config: --devices [[modbus]]
+   PLCs x 100 tags at poll_interval_s = 0.1, plus one writable register on plc0 for the only action
+   (shadow mode, on the line alarm); [detector] over all the read-only tags with the model;
    alarms: line anomaly, comm loss per PLC, one threshold with deadband. state_dir and a free
-   api_port in the temp dir / on 127.0.0.1. No watchdog, no [sync].
+   api_port in the temp dir / on 127.0.0.1. No watchdog. No [sync], unless --outbox: then a
+   [sync] table with `enabled = false`, so the outbox fills as it does while the cloud is
+   unreachable (nothing is sent), and the window measures its growth (bytes per hour on disk).
 4. controller.runtime.Controller runs in this process. After all PLCs deliver and --warmup s,
    the window of --seconds measures: process CPU per wall second (time.process_time and
    getrusage), peak RSS (ru_maxrss) and VmRSS at the end of the window, batches per second,
@@ -30,7 +35,7 @@
    loads itself, asyncua, influxdb_client: none is needed for a Modbus line without [sync]).
 5. Then, if --profile > 0, cProfile over `handle_batch` calls for that many seconds (after the
    window, so it does not perturb it), and last, with the controller stopped, the detector's own
-   step cost at 1,000 tags: StreamingDetector.step on --frames frames, all tags fresh, and as the
+   step cost at the line's tag count: StreamingDetector.step on --frames frames, all tags fresh, and as the
    controller feeds it (one PLC's 100 tags fresh per step).
 
 The servers, the controller and this process's timers share the machine; nothing here can tell
@@ -58,8 +63,8 @@ import numpy as np
 from benchmarks.latency import machine_facts, summarize_ns
 from benchmarks.modbus_load import free_ports, layout
 
-DEVICES = 10
-TAGS = 100
+DEVICES = 10  # PLCs on the line; main() sets it from --devices (the subprocesses get the flag too)
+TAGS = 100  # tags per PLC
 POLL_S = 0.1
 FIT_SEED, SERVER_SEED, BENCH_SEED = 1, 2, 3  # random walks; the structure (seed 0) is shared
 RESERVED_REGISTER = 2 * (TAGS // 2) + (TAGS - TAGS // 2)  # first register after the tags: 150
@@ -209,10 +214,10 @@ def fit(path: str, rows: int) -> None:
 
 # ---------------------------------------------------------------- the line config
 
-def write_config(directory: Path, ports: list[int], api_port: int, model: Path) -> Path:
+def write_config(directory: Path, ports: list[int], api_port: int, model: Path, outbox: bool) -> Path:
     proc = Process(FIT_SEED)
     lines = ["# written by benchmarks.controller_load", "[controller]", 'site = "bench"',
-             'line = "load-1000"', 'state_dir = "./state"', f"api_port = {api_port}", ""]
+             f'line = "load-{DEVICES * TAGS}"', 'state_dir = "./state"', f"api_port = {api_port}", ""]
     for d, port in enumerate(ports):
         lines += ["[[modbus]]", f'name = "plc{d}"', 'host = "127.0.0.1"', f"port = {port}",
                   "timeout_s = 1.0", f"poll_interval_s = {POLL_S}", ""]
@@ -233,6 +238,9 @@ def write_config(directory: Path, ports: list[int], api_port: int, model: Path) 
               f"deadband = {proc.span[0]:.3f}", 'priority = "medium"', "",
               "[[actions]]", 'name = "reject"', 'alarm = "line_anomaly"',
               'write = { tag = "plc0_reject", value = 1 }', "min_interval_s = 1.0", "shadow = true", ""]
+    if outbox:  # the outbox fills, nothing is sent: a cloud outage, as seen by the disk
+        lines += ["[sync]", 'url = "http://127.0.0.1:9"', 'org = "bench"', 'bucket = "bench"',
+                  "enabled = false", ""]
     path = directory / "line.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -315,6 +323,8 @@ def snapshot(controller, timer: BatchTimer, server_pid: int) -> dict:
             "server_cpu": child_cpu_s(server_pid), "written": controller.step_latency.written,
             "full": len(timer.seconds), "alarm_batches": timer.alarm_batches,
             "event_id": controller.events.last_id,
+            "outbox": None if controller.outbox is None else (controller.outbox.backlog(),
+                                                              controller.outbox.file_bytes()),
             "plcs": [(p.driver.stats.reads, p.driver.stats.read_errors, p.driver.stats.batches,
                       p.driver.missed_ticks) for p in controller.plcs]}
 
@@ -376,6 +386,7 @@ async def run_controller(config_path: Path, args: argparse.Namespace, server_pid
         det = controller.detector
         final = {"flagged_tags_at_end": int(np.count_nonzero(det.tag_flags)),
                  "active_alarms_at_end": list(controller.alarms.active())}
+        state_dir = Path(controller.state_dir.path)
 
         profile = None
         if args.profile > 0:
@@ -389,6 +400,15 @@ async def run_controller(config_path: Path, args: argparse.Namespace, server_pid
         await task
 
     wall = s1["wall"] - s0["wall"]
+    disk = {"state_dir_files_after_stop": {str(f.relative_to(state_dir)): f.stat().st_size
+                                           for f in sorted(state_dir.rglob("*")) if f.is_file()}}
+    if s0["outbox"] is not None:
+        (_, points0, bytes0), file0 = s0["outbox"]
+        (_, points1, bytes1), file1 = s1["outbox"]
+        disk["outbox"] = {"points_per_hour": (points1 - points0) / wall * 3600,
+                          "payload_bytes_per_hour": (bytes1 - bytes0) / wall * 3600,
+                          "file_bytes_per_hour": (file1 - file0) / wall * 3600,
+                          "file_bytes_at_end_of_window": file1}
     batches = s1["written"] - s0["written"]
     plcs = []
     for p, a, b in zip(controller.plcs, s0["plcs"], s1["plcs"], strict=True):
@@ -415,12 +435,14 @@ async def run_controller(config_path: Path, args: argparse.Namespace, server_pid
         **final,
         "plcs": plcs,
         "server_subprocess_cpu_s_per_wall_s": (s1["server_cpu"] - s0["server_cpu"]) / wall,
+        "disk": disk,
         "profile": profile,
     }
 
 
 def detector_step_cost(model_path: Path, frames: int) -> dict:
-    """StreamingDetector.step alone at 1,000 tags: all fresh (0.1 s apart) and as the controller feeds it."""
+    """StreamingDetector.step alone at the line's tag count: all fresh (0.1 s apart) and as the
+    controller feeds it."""
     from models import load_model
 
     det = load_model(model_path, expected_tags=[t["name"] for t in all_tags()])
@@ -501,9 +523,18 @@ def report(res: dict) -> None:
           f"{sum(p['read_errors'] for p in c['plcs'])}, "
           f"missed ticks {sum(p['missed_ticks'] for p in c['plcs'])}")
     print(f"server subprocess CPU:    {c['server_subprocess_cpu_s_per_wall_s']:.3f} CPU-s per wall-s "
-          f"(10 pymodbus servers + the process simulation)")
-    for label, key in (("all 1,000 tags fresh", "all_fresh"),
-                       ("one PLC's 100 fresh ", "one_plc_fresh_per_step")):
+          f"({DEVICES} pymodbus servers + the process simulation)")
+    disk = c["disk"]
+    if "outbox" in disk:
+        o = disk["outbox"]
+        print(f"outbox while nothing is sent: {o['points_per_hour']:,.0f} points/h, payload "
+              f"{o['payload_bytes_per_hour'] / 1e6:.1f} MB/h, SQLite files "
+              f"{o['file_bytes_per_hour'] / 1e6:.1f} MB/h "
+              f"({o['file_bytes_at_end_of_window'] / 1e6:.1f} MB at the end of the window)")
+    print("state dir after stop: " + (", ".join(f"{name} {size:,} B" for name, size in
+                                                disk["state_dir_files_after_stop"].items()) or "empty"))
+    for label, key in ((f"all {DEVICES * TAGS:,} tags fresh", "all_fresh"),
+                       (f"one PLC's {TAGS} fresh", "one_plc_fresh_per_step")):
         s = d[key]
         print(f"detector step alone, {label}: p50 {s['p50_us']:6.1f} us  p99 {s['p99_us']:6.1f} us  "
               f"max {s['max_us']:7.1f} us  mean {s['mean_us']:6.1f} us  (n={s['n']}; line alarm on "
@@ -523,7 +554,11 @@ def report(res: dict) -> None:
 
 
 def main() -> None:
+    global DEVICES
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=DEVICES, help="PLCs of 100 tags each (10: 1,000 tags)")
+    p.add_argument("--outbox", action="store_true",
+                   help="add [sync] with enabled = false and measure the outbox's growth on disk")
     p.add_argument("--seconds", type=float, default=60.0, help="measurement window")
     p.add_argument("--warmup", type=float, default=5.0,
                    help="seconds after every PLC delivers, before the window")
@@ -535,6 +570,9 @@ def main() -> None:
     p.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run the servers on these ports
     p.add_argument("--fit", help=argparse.SUPPRESS)  # internal: fit and save the model here
     args = p.parse_args()
+    if args.devices < 1:
+        p.error("--devices must be at least 1")
+    DEVICES = args.devices
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if args.serve:
@@ -550,15 +588,16 @@ def main() -> None:
         directory = Path(tmp)
         model = directory / "model.npz"
         done = subprocess.run([sys.executable, "-m", "benchmarks.controller_load", "--fit", str(model),
-                               "--fit-rows", str(args.fit_rows)], capture_output=True, text=True, check=False)
+                               "--fit-rows", str(args.fit_rows), "--devices", str(DEVICES)],
+                              capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"fitting failed:\n{done.stderr}")
         res["fit"] = json.loads(done.stdout.strip().splitlines()[-1])
         *ports, api_port = free_ports(DEVICES + 1)
-        config_path = write_config(directory, ports, api_port, model)
+        config_path = write_config(directory, ports, api_port, model, args.outbox)
         server = subprocess.Popen([sys.executable, "-m", "benchmarks.controller_load", "--serve",
-                                   ",".join(map(str, ports))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True)
+                                   ",".join(map(str, ports)), "--devices", str(DEVICES)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             if server.stdout.readline().strip() != "ready":
                 raise RuntimeError("server subprocess did not start")
