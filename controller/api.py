@@ -1,8 +1,15 @@
-"""The local HTTP API (aiohttp), bound to 127.0.0.1 by default.
+"""The local HTTP API (aiohttp), bound to 127.0.0.1 by default, and the operator's web HMI (GET /).
 
-Read calls are open to anyone who can reach the port; every call that changes
-something (ack, shelve, reset, inhibit, model reload) needs the bearer token
-from the state directory (`Authorization: Bearer <token>`), else 401.
+Roles (controller.roles): read calls are the viewer's, open to anyone who can reach a loopback
+port; ack / shelve / unshelve need the operator role, reset / inhibit / out of service / model
+reload the engineer role. A caller proves a role with that role's bearer token from the state
+directory (`Authorization: Bearer <token>`: api-read-token, api-token, api-engineer-token) or with
+an HMI session (controller.hmi.access): no valid credentials is 401, a role too low is 403.
+
+    GET  /                                   the HMI page (controller/hmi/static/)
+    GET  /api/v1/session                     this browser's session: user, role, CSRF token
+    POST /api/v1/session/login               {"user": "...", "token": "<a role's token>"}: sets the cookie
+    POST /api/v1/session/logout              ends this browser's session
 
     GET  /api/v1/status                      drivers, detector, alarms, outbox/sync
     GET  /api/v1/tags                        last value (or text), quality and timestamps per tag
@@ -24,14 +31,15 @@ cannot be shelved or taken out of service (409).
     POST /api/v1/model/reload                {"user": "...", "path": "optional/other.npz"}
     GET  /metrics                            Prometheus text format
 
-Errors are JSON `{"error": "one line"}` with 400 (bad request), 401, 404
+Errors are JSON `{"error": "one line"}` with 400 (bad request), 401 (no valid token or session),
+403 (a role too low, a session's change without its CSRF token, a cross-site request), 404
 (unknown alarm/action), 409 (refused in the current state), 413 (body too large),
 421 (Host header not a name of this controller), 422 (a model reload refused: the artifact
 does not load or does not fit the line) or 503 (connection or event-stream limit). The status
 of an operation's error is its `controller.errors.LinesentryError.status`.
 
 Hardening (docs/operations.md, security): bound beyond loopback, reads need a token
-too (the read-only `api-read-token` or the operator `api-token`). The Host header
+too (the viewer's `api-read-token` or a higher role's token, or an HMI login). The Host header
 must be an IP literal, a loopback name, this host's name, `api_host` or a name in
 `api_allowed_hosts` (DNS rebinding). Every response is valid JSON: non-finite
 numbers become null. `ApiServer` caps the connections (a connection over the cap
@@ -39,7 +47,7 @@ gets a 503 and is closed at once), closes idle and slow-header connections after
 `idle_timeout_s`, and sizes the cap to the open-file limit minus a reserve for
 PLC sessions, the outbox and the process, so the API can never take the
 descriptors the line needs. The last connection slots are an operator reserve: a
-connection accepted there may only POST with the operator token (anything else
+connection accepted there may only POST with the operator (or engineer) token (anything else
 gets a 503 and is closed; silent ones close after `RESERVE_IDLE_S`), so ack and
 reset get through while readers flood the API. At most `max_streams` event
 streams are open at once (503 beyond), so streams cannot take the slots either.
@@ -47,7 +55,6 @@ streams are open at once (503 beyond), so streams cannot take the slots either.
 
 import asyncio
 import errno
-import hmac
 import ipaddress
 import json
 import logging
@@ -66,6 +73,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from controller.config import MAX_SHELVE_S
 from controller.errors import BadRequest, LinesentryError
 from controller.events import EventLog
+from controller.hmi.access import COOKIE, Access, Caller, Unauthorized, refuse_other_sites
+from controller.hmi.page import add_page
+from controller.hmi.sessions import Session, SessionStore
+from controller.roles import Role, required_role
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +105,18 @@ class Operations(Protocol):
     def status(self) -> dict: ...
     def tags(self) -> list[dict]: ...
     def alarm_list(self) -> list[dict]: ...
-    def ack(self, name: str, user: str, reason: str = "") -> dict: ...
-    def shelve(self, name: str, user: str, seconds: float, reason: str) -> dict: ...
-    def unshelve(self, name: str, user: str, reason: str = "") -> dict: ...
-    def set_out_of_service(self, name: str, user: str, enabled: bool, reason: str = "") -> dict: ...
-    def reset_action(self, name: str, user: str, reason: str) -> dict: ...
-    def inhibit_action(self, name: str, user: str, enabled: bool, reason: str = "") -> dict: ...
+    # `role`: the acting role's value (controller.roles.Role), recorded with the change.
+    def ack(self, name: str, user: str, reason: str = "", *, role: str = "operator") -> dict: ...
+    def shelve(self, name: str, user: str, seconds: float, reason: str, *,
+               role: str = "operator") -> dict: ...
+    def unshelve(self, name: str, user: str, reason: str = "", *, role: str = "operator") -> dict: ...
+    def set_out_of_service(self, name: str, user: str, enabled: bool, reason: str = "", *,
+                           role: str = "operator") -> dict: ...
+    def reset_action(self, name: str, user: str, reason: str, *, role: str = "operator") -> dict: ...
+    def inhibit_action(self, name: str, user: str, enabled: bool, reason: str = "", *,
+                       role: str = "operator") -> dict: ...
     async def persist(self) -> None: ...  # the operator state is on disk when this returns
-    async def reload_model(self, user: str, path: str | None) -> dict: ...
+    async def reload_model(self, user: str, path: str | None, *, role: str = "operator") -> dict: ...
 
 
 def finite(obj: Any) -> Any:
@@ -136,15 +151,6 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 def error(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status=status)
-
-
-def _bearer_ok(request: web.Request, *tokens: str | None) -> bool:
-    given = request.headers.get("Authorization", "").encode()
-    ok = False
-    for token in tokens:
-        if token:  # every token is compared (constant time whatever matches)
-            ok |= hmac.compare_digest(given, f"Bearer {token}".encode())
-    return ok
 
 
 def _depth(text: str) -> int:
@@ -193,41 +199,46 @@ def _no_constant(name: str) -> Any:
 
 
 def create_app(ops: Operations, token: str, *, read_token: str | None = None,
+               engineer_token: str | None = None, sessions: SessionStore | None = None,
                reads_need_token: bool = False, allowed_hosts: set[str] | frozenset[str] = frozenset(),
                body_timeout_s: float = 15.0, max_streams: int = MAX_EVENT_STREAMS) -> web.Application:
-    """The API. `allowed_hosts`: names accepted in the Host header besides IP literals,
-    loopback names and this host's name; reads need `read_token` or `token` if `reads_need_token`;
-    at most `max_streams` event streams at once."""
+    """The API and the HMI. `token`, `read_token`, `engineer_token`: the operator's, the viewer's
+    and the engineer's bearer tokens (a role without one is reached only by a higher role);
+    `sessions`: the HMI's browser sessions; `allowed_hosts`: names accepted in the Host header
+    besides IP literals, loopback names and this host's name; reads need a token (or a login) if
+    `reads_need_token`; at most `max_streams` event streams at once."""
     names = {n.lower().rstrip(".") for n in allowed_hosts} | LOOPBACK_NAMES | {socket.gethostname().lower()}
-    app = web.Application(middlewares=[_reserve_check(token), _host_check(frozenset(names)), _errors],
+    access = Access({Role.VIEWER: read_token, Role.OPERATOR: token, Role.ENGINEER: engineer_token},
+                    sessions or SessionStore(), reads_need_token=reads_need_token)
+    app = web.Application(middlewares=[_reserve_check(access), _host_check(frozenset(names)), _errors],
                           client_max_size=MAX_BODY_BYTES)
     streams = 0
     r = app.router
 
     def reading(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        if not reads_need_token:
-            return handler
-
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            if not _bearer_ok(request, token, read_token):
-                return error(401, "this API is reachable beyond loopback, so reads need a token too: send "
-                                  "'Authorization: Bearer <token>' (api-read-token or api-token in the "
-                                  "state directory)")
+            access.require(request, Role.VIEWER)
             return await handler(request)
         return wrapped
 
-    def mutating(handler: Callable[[web.Request, dict], Awaitable[Any]]):
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            if not _bearer_ok(request, token):
-                return error(401, "missing or wrong API token: send 'Authorization: Bearer <token>' "
-                                  "with the token from the state directory")
-            body = await _json_body(request, body_timeout_s)
-            result = await handler(request, body)
-            return json_response(result if result is not None else {"ok": True})
-        return wrapped
+    def changing(path: str, handler: Callable[[web.Request, dict, dict], Awaitable[Any]]) -> None:
+        """POST `path` with the role the route table (controller.roles) gives it; `handler` gets the
+        body and who acts: {"user": ..., "role": ...} (a session's user, else the body's 'user')."""
+        needed = required_role("POST", path)
 
-    def user(body: dict) -> str:
-        value = body.get("user", "operator")
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            caller = access.require(request, needed)
+            body = await _json_body(request, body_timeout_s)
+            result = await handler(request, body, acting(caller, body))
+            return json_response(result if result is not None else {"ok": True})
+        r.add_post(path, wrapped)
+
+    def acting(caller: Caller, body: dict) -> dict:
+        assert caller.role is not None  # access.require identified the caller of every change
+        return {"user": caller.user or user(body), "role": caller.role.value}
+
+    def user(body: dict, default: str | None = "operator") -> str:
+        value = body.get("user", default)
         if not isinstance(value, str) or not value.strip():
             raise BadRequest("'user' must be a non-empty string")
         return value.strip()
@@ -285,53 +296,98 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         await ops.persist()  # 200 only once the change is on disk: it survives a kill -9
         return answer
 
-    async def ack(request: web.Request, body: dict) -> dict:
-        return await durable(ops.ack(request.match_info["name"], user(body), reason(body)))
+    async def ack(request: web.Request, body: dict, who: dict) -> dict:
+        return await durable(ops.ack(request.match_info["name"], who["user"], reason(body), role=who["role"]))
 
-    async def shelve(request: web.Request, body: dict) -> dict:
+    async def shelve(request: web.Request, body: dict, who: dict) -> dict:
         seconds = body.get("seconds")  # compared before float(): 10**400 is a valid JSON int
         number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
         if not number or not 0 < seconds <= MAX_SHELVE_S:
             raise BadRequest(f"'seconds' must be a positive number of seconds, at most {MAX_SHELVE_S:g}")
-        return await durable(ops.shelve(request.match_info["name"], user(body), float(seconds),
-                                        reason(body)))
+        return await durable(ops.shelve(request.match_info["name"], who["user"], float(seconds), reason(body),
+                                        role=who["role"]))
 
-    async def unshelve(request: web.Request, body: dict) -> dict:
-        return await durable(ops.unshelve(request.match_info["name"], user(body), reason(body)))
+    async def unshelve(request: web.Request, body: dict, who: dict) -> dict:
+        return await durable(ops.unshelve(request.match_info["name"], who["user"], reason(body),
+                                          role=who["role"]))
 
-    async def out_of_service(request: web.Request, body: dict) -> dict:
-        return await durable(ops.set_out_of_service(request.match_info["name"], user(body), flag(body),
-                                                    reason(body)))
+    async def out_of_service(request: web.Request, body: dict, who: dict) -> dict:
+        return await durable(ops.set_out_of_service(request.match_info["name"], who["user"], flag(body),
+                                                    reason(body), role=who["role"]))
 
-    async def reset(request: web.Request, body: dict) -> dict:
-        return await durable(ops.reset_action(request.match_info["name"], user(body), reason(body)))
+    async def reset(request: web.Request, body: dict, who: dict) -> dict:
+        return await durable(ops.reset_action(request.match_info["name"], who["user"], reason(body),
+                                              role=who["role"]))
 
-    async def inhibit(request: web.Request, body: dict) -> dict:
-        return await durable(ops.inhibit_action(request.match_info["name"], user(body), flag(body),
-                                                reason(body)))
+    async def inhibit(request: web.Request, body: dict, who: dict) -> dict:
+        return await durable(ops.inhibit_action(request.match_info["name"], who["user"], flag(body),
+                                                reason(body), role=who["role"]))
 
-    async def reload_model(_: web.Request, body: dict) -> dict:
+    async def reload_model(_: web.Request, body: dict, who: dict) -> dict:
         path = body.get("path")
         if path is not None and not isinstance(path, str):
             raise BadRequest("'path' must be a string")
-        return await ops.reload_model(user(body), path)
+        return await ops.reload_model(who["user"], path, role=who["role"])
 
     async def metrics(_: web.Request) -> web.Response:
         body = await asyncio.to_thread(generate_latest, ops.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def session_view(session: Session | None) -> web.Response:
+        """What the page needs to know of its session; never cached (it holds the CSRF token)."""
+        view = {"user": None, "role": None, "csrf": None, "expires_in_s": None,
+                "reads_need_login": reads_need_token}
+        if session is not None:
+            view.update(user=session.user, role=session.role.value, csrf=session.csrf,
+                        expires_in_s=access.sessions.remaining_s(session))
+        response = json_response(view)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def session(request: web.Request) -> web.Response:
+        return session_view(access.sessions.get(request.cookies.get(COOKIE)))
+
+    async def login(request: web.Request) -> web.Response:
+        refuse_other_sites(request)  # no login planted by another site's page
+        body = await _json_body(request, body_timeout_s)
+        given = body.get("token")
+        if not isinstance(given, str) or not given.strip():
+            raise BadRequest("'token' must be the token of a role (from the state directory)")
+        role = access.role_of(given.strip())
+        if role is None:
+            raise Unauthorized("wrong token: log in with the contents of api-read-token, api-token or "
+                               "api-engineer-token from the state directory")
+        opened = access.sessions.create(user(body, default=None), role)
+        log.info("HMI login: %s as %s", opened.user, role.value)
+        response = session_view(opened)
+        response.set_cookie(COOKIE, opened.id, path="/", max_age=int(access.sessions.lifetime_s),
+                            httponly=True, samesite="Strict", secure=request.secure)
+        return response
+
+    async def logout(request: web.Request) -> web.Response:
+        caller = access.require(request, Role.VIEWER)  # a session's logout needs its CSRF token too
+        if caller.session is not None:
+            access.sessions.end(caller.session.id)
+        response = session_view(None)
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    add_page(r)
+    r.add_get(f"{API}/session", session)
+    r.add_post(f"{API}/session/login", login)
+    r.add_post(f"{API}/session/logout", logout)
     r.add_get(f"{API}/status", reading(status))
     r.add_get(f"{API}/tags", reading(tags))
     r.add_get(f"{API}/alarms", reading(alarms))
     r.add_get(f"{API}/events", reading(events))
     r.add_get(f"{API}/events/stream", reading(stream))
-    r.add_post(f"{API}/alarms/{{name}}/ack", mutating(ack))
-    r.add_post(f"{API}/alarms/{{name}}/shelve", mutating(shelve))
-    r.add_post(f"{API}/alarms/{{name}}/unshelve", mutating(unshelve))
-    r.add_post(f"{API}/alarms/{{name}}/out-of-service", mutating(out_of_service))
-    r.add_post(f"{API}/actions/{{name}}/reset", mutating(reset))
-    r.add_post(f"{API}/actions/{{name}}/inhibit", mutating(inhibit))
-    r.add_post(f"{API}/model/reload", mutating(reload_model))
+    changing(f"{API}/alarms/{{name}}/ack", ack)
+    changing(f"{API}/alarms/{{name}}/shelve", shelve)
+    changing(f"{API}/alarms/{{name}}/unshelve", unshelve)
+    changing(f"{API}/alarms/{{name}}/out-of-service", out_of_service)
+    changing(f"{API}/actions/{{name}}/reset", reset)
+    changing(f"{API}/actions/{{name}}/inhibit", inhibit)
+    changing(f"{API}/model/reload", reload_model)
     r.add_get("/metrics", reading(metrics))
     return app
 
@@ -371,13 +427,17 @@ def _host_check(names: frozenset[str]):
     return check
 
 
-def _reserve_check(token: str):
-    """On a connection in the operator reserve (ApiServer), only an operator POST is served."""
+def _reserve_check(access: Access):
+    """On a connection in the operator reserve (ApiServer), only a POST with the operator's (or the
+    engineer's) token is served."""
+
+    def operator_post(request: web.Request) -> bool:
+        role = access.bearer_role(request) if request.method == "POST" else None
+        return role is not None and role.allows(Role.OPERATOR)
 
     @web.middleware
     async def check(request: web.Request, handler) -> web.StreamResponse:
-        if getattr(request.protocol, "reserve", False) and not (
-                request.method == "POST" and _bearer_ok(request, token)):
+        if getattr(request.protocol, "reserve", False) and not operator_post(request):
             response = error(503, "API connection limit reached: the remaining connections are kept for "
                                   "operator commands (POST with the api-token)")
             response.force_close()  # frees the reserve slot

@@ -1,6 +1,7 @@
 """The local HTTP API as the CLI's operator commands see it: one request to
-``[controller] api_host:api_port``, the bearer token read from the state directory, every failure
-one `ApiError` line. Standard library only (http.client), so `linesentry status` starts fast."""
+``[controller] api_host:api_port``, the bearer token of the role the request needs
+(controller.roles) read from the state directory, every failure one `ApiError` line. Standard
+library only (http.client), so `linesentry status` starts fast."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from controller.config.controller import ControllerSection
 from controller.errors import LinesentryError
-from controller.statedir import READ_TOKEN_FILE, TOKEN_FILE
+from controller.roles import TOKEN_FILES, Role, required_role
 
 # The largest answer read: an events page or a status is kilobytes; anything beyond is not the API.
 MAX_REPLY_BYTES = 16 << 20
@@ -27,23 +28,26 @@ class ApiError(LinesentryError):
         self.exit_code = exit_code
 
 
-def _token(section: ControllerSection, method: str) -> str:
-    """The bearer token: POSTs need the operator token, reads accept the read-only one."""
-    names = (TOKEN_FILE,) if method == "POST" else (READ_TOKEN_FILE, TOKEN_FILE)
-    for name in names:
-        path = Path(section.state_dir) / name
+def _token(section: ControllerSection, needed: Role) -> str:
+    """The bearer token of the lowest role that may send the request that needs `needed`, or of a
+    higher one when that file cannot be read (a reader with the operator's file may still read)."""
+    higher = [role for role in Role if role.allows(needed)]
+    for role in higher:
+        path = Path(section.state_dir) / TOKEN_FILES[role]
         with contextlib.suppress(OSError):
             return path.read_text().strip()
-    raise ApiError(f"cannot read the API token {path}: run this on the controller host as the service user",
-                   exit_code=2)
+    first = Path(section.state_dir) / TOKEN_FILES[needed]
+    raise ApiError(f"cannot read the API token {first} ({needed.value} role): run this on the controller "
+                   "host as the service user", exit_code=2)
 
 
 def request(section: ControllerSection, method: str, path: str, body: dict | None = None,
             timeout: float = 5.0) -> http.client.HTTPResponse:
     """Send one request and return the response (status < 400); ApiError for every failure."""
     headers = {"Content-Type": "application/json"}
-    if method == "POST" or section.reads_need_token:  # reads need a token on binds beyond loopback
-        headers["Authorization"] = f"Bearer {_token(section, method)}"
+    needed = required_role(method, f"/api/v1{path}")
+    if needed is not Role.VIEWER or section.reads_need_token:  # reads need a token beyond loopback
+        headers["Authorization"] = f"Bearer {_token(section, needed)}"
     host, port = section.api_host, section.api_port
     where = f"{host}:{port}"
     conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=timeout)

@@ -38,6 +38,7 @@ from controller.alarms import AlarmEngine
 from controller.config import safe_state_alarm_name
 from controller.errors import PlcError, Refused
 from controller.events import EventLog
+from controller.eventstore import journal_store
 from controller.housekeeping import HOUSEKEEPING_S, CloudFeed, Housekeeping
 from controller.journal import Journal
 from controller.linestate import LineState
@@ -48,7 +49,7 @@ from controller.persistence import StateKeeper
 from controller.pipeline import SUMMARY_WINDOW_S, BuiltinAlarm, StepPipeline
 from controller.plc_health import Plc, PlcHealth
 from controller.points import Identity
-from controller.statedir import READ_TOKEN_FILE, TOKEN_FILE, StateDir
+from controller.statedir import ENGINEER_TOKEN_FILE, READ_TOKEN_FILE, TOKEN_FILE, StateDir
 from controller.writes import Writes
 from drivers import registry
 from drivers.supervisor import DriverSupervisor
@@ -240,6 +241,8 @@ class Controller:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         self.state_dir.create()
+        self.events.open(journal_store(self.config.controller))  # before the first event of this start
+        self._undo(stack, "closing the event journal", self.events.close)
         self.token = self.state_dir.token()
         closed = self.keeper.restore()
         if closed is not None:
@@ -350,6 +353,7 @@ class Controller:
                         "token (%s or %s in %s)", c.api_host, READ_TOKEN_FILE, TOKEN_FILE,
                         self.state_dir.path)
         app = create_app(self.ops, self.token, read_token=self.state_dir.token(READ_TOKEN_FILE),
+                         engineer_token=self.state_dir.token(ENGINEER_TOKEN_FILE),
                          reads_need_token=c.reads_need_token,
                          allowed_hosts={c.api_host, *c.api_allowed_hosts},
                          body_timeout_s=c.api_idle_timeout_s)

@@ -1,4 +1,4 @@
-"""The controller's state directory: the API token and the durable operator state.
+"""The controller's state directory: the API tokens (one per role) and the durable operator state.
 
 Latched actions, shelving, acknowledgements and inhibits must survive a restart
 (an operator who shelved an alarm for an hour does not expect it back after a
@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 
 from controller.logs import register_secret
+from controller.roles import TOKEN_FILES, Role
 
 log = logging.getLogger(__name__)
 
-TOKEN_FILE = "api-token"  # operator token: every call, mutating ones included
-READ_TOKEN_FILE = "api-read-token"  # read-only token (dashboards, scrapers) when reads need one
+TOKEN_FILE = TOKEN_FILES[Role.OPERATOR]  # ack, shelve, unshelve (and every read)
+READ_TOKEN_FILE = TOKEN_FILES[Role.VIEWER]  # reads only (dashboards, scrapers) when reads need a token
+ENGINEER_TOKEN_FILE = TOKEN_FILES[Role.ENGINEER]  # reset, inhibit, out of service, model reload
 MIN_TOKEN_CHARS = 32
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+/=]+")
 STATE_FILE = "state.json"
@@ -74,6 +76,10 @@ class StateDir:
         self._write_atomic(path, token + "\n", mode=0o600)
         register_secret(token)
         return token
+
+    def tokens(self) -> dict[Role, str]:
+        """Every role's bearer token (each created at first start, mode 0600)."""
+        return {role: self.token(name) for role, name in TOKEN_FILES.items()}
 
     def _write_atomic(self, path: Path, text: str, mode: int) -> None:
         """Temp file (created with `mode`), fsync, rename, fsync of the directory: all or nothing."""

@@ -15,6 +15,7 @@ from controller.errors import NotFound, Refused
 from controller.events import EventLog
 
 TOKEN = "s3cret-token"
+ENGINEER = "engineer-s3cret"
 
 
 class Ops:
@@ -38,48 +39,49 @@ class Ops:
         if name not in self.alarm_names:
             raise NotFound(f"no alarm named {name!r}")
 
-    def ack(self, name, user, reason=""):
+    def ack(self, name, user, reason="", *, role="operator"):
         self._alarm(name)
-        self.calls.append(("ack", name, user))
+        self.calls.append(("ack", name, user, role))
         return {"ok": True}
 
-    def shelve(self, name, user, seconds, reason):
+    def shelve(self, name, user, seconds, reason, *, role="operator"):
         self._alarm(name)
         self.calls.append(("shelve", name, user, seconds, reason))
         return {"ok": True, "disables": ["stop_line"]}
 
-    def unshelve(self, name, user, reason=""):
+    def unshelve(self, name, user, reason="", *, role="operator"):
         self._alarm(name)
         return {"ok": True}
 
-    def set_out_of_service(self, name, user, enabled, reason=""):
+    def set_out_of_service(self, name, user, enabled, reason="", *, role="operator"):
         self._alarm(name)
         self.calls.append(("oos", name, enabled))
         return {"ok": True}
 
-    def reset_action(self, name, user, reason):
+    def reset_action(self, name, user, reason, *, role="operator"):
         raise Refused(f"action {name!r} is not latched")
 
-    def inhibit_action(self, name, user, enabled, reason=""):
-        self.calls.append(("inhibit", name, enabled, reason))
+    def inhibit_action(self, name, user, enabled, reason="", *, role="operator"):
+        self.calls.append(("inhibit", name, enabled, reason, role))
         return {"ok": True}
 
     async def persist(self):
         self.calls.append(("persist",))
 
-    async def reload_model(self, user, path):
+    async def reload_model(self, user, path, *, role="operator"):
         return {"model": path or "current.npz"}
 
 
 @pytest.fixture
 async def client():
     ops = Ops()
-    async with TestClient(TestServer(create_app(ops, TOKEN), host="127.0.0.1")) as c:
+    async with TestClient(TestServer(create_app(ops, TOKEN, engineer_token=ENGINEER), host="127.0.0.1")) as c:
         c.ops = ops
         yield c
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ENGINEER_AUTH = {"Authorization": f"Bearer {ENGINEER}"}
 
 
 async def test_reads_are_open_and_return_json(client):
@@ -96,7 +98,7 @@ async def test_mutations_need_the_token(client):
     assert client.ops.calls == []
     r = await client.post("/api/v1/alarms/line_anomaly/ack", json={"user": "ann"}, headers=AUTH)
     assert r.status == 200
-    assert client.ops.calls == [("ack", "line_anomaly", "ann"), ("persist",)]  # on disk before the 200
+    assert client.ops.calls == [("ack", "line_anomaly", "ann", "operator"), ("persist",)]  # on disk first
 
 
 async def test_errors_are_one_line_json_with_the_right_status(client):
@@ -109,7 +111,7 @@ async def test_errors_are_one_line_json_with_the_right_status(client):
         ("/api/v1/alarms/line_anomaly/shelve", {"seconds": 60, "reason": 5}, 400, "must be a string"),
     ]
     for path, body, status, text in cases:
-        r = await client.post(path, json=body, headers=AUTH)
+        r = await client.post(path, json=body, headers=ENGINEER_AUTH)  # the engineer may do everything
         assert r.status == status, path
         message = (await r.json())["error"]
         assert text in message and "\n" not in message
@@ -122,11 +124,12 @@ async def test_shelve_inhibit_and_model_reload_reach_the_controller(client):
                           json={"user": "bo", "seconds": 1800, "reason": " swap "}, headers=AUTH)
     assert (await r.json())["disables"] == ["stop_line"]  # the controller's answer, passed through
     await client.post("/api/v1/actions/stop_line/inhibit", json={"user": "bo", "enabled": True},
-                      headers=AUTH)
-    r = await client.post("/api/v1/model/reload", json={"user": "bo", "path": "new.npz"}, headers=AUTH)
+                      headers=ENGINEER_AUTH)
+    r = await client.post("/api/v1/model/reload", json={"user": "bo", "path": "new.npz"},
+                          headers=ENGINEER_AUTH)
     assert await r.json() == {"model": "new.npz"}
     assert ("shelve", "line_anomaly", "bo", 1800.0, "swap") in client.ops.calls
-    assert ("inhibit", "stop_line", True, "") in client.ops.calls
+    assert ("inhibit", "stop_line", True, "", "engineer") in client.ops.calls
 
 
 async def test_events_since_and_stream(client):

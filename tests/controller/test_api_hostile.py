@@ -20,7 +20,9 @@ from hil_tests.rig.net import wait_for
 
 TOKEN = "operator-token-0123456789abcdefghijklmnop"
 READ = "read-only-token-0123456789abcdefghijklmnop"
+ENGINEER = "engineer-token-0123456789abcdefghijklmnop"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ENGINEER_AUTH = {"Authorization": f"Bearer {ENGINEER}"}
 
 
 class Ops:
@@ -42,22 +44,22 @@ class Ops:
     def alarm_list(self) -> list[dict]:
         return []
 
-    def ack(self, name: str, user: str, *_: object) -> dict:
+    def ack(self, name: str, user: str, *_: object, role: str = "operator") -> dict:
         self.acks.append(user)
         return {"ok": True}
 
-    def shelve(self, name: str, user: str, seconds: float, reason: str) -> dict:
+    def shelve(self, name: str, user: str, seconds: float, reason: str, *, role: str = "operator") -> dict:
         self.acks.append(f"shelve {seconds:g}")
         return {"ok": True}
 
-    def reset_action(self, name: str, user: str, reason: str) -> dict:
+    def reset_action(self, name: str, user: str, reason: str, *, role: str = "operator") -> dict:
         self.acks.append(f"reset {name}")
         return {"ok": True}
 
     async def persist(self) -> None:
         pass
 
-    async def reload_model(self, user: str, path: str | None) -> dict:
+    async def reload_model(self, user: str, path: str | None, *, role: str = "operator") -> dict:
         self.acks.append(user)
         return {"model": "model.npz"}
 
@@ -73,7 +75,7 @@ async def serve(**kwargs) -> tuple[ApiServer, Ops]:
     ops = Ops()
     app_keys = ("read_token", "reads_need_token", "allowed_hosts", "max_streams")
     app_kw = {k: kwargs.pop(k) for k in app_keys if k in kwargs}
-    server = ApiServer(create_app(ops, TOKEN, **app_kw), "127.0.0.1", 0, **kwargs)
+    server = ApiServer(create_app(ops, TOKEN, engineer_token=ENGINEER, **app_kw), "127.0.0.1", 0, **kwargs)
     await server.start()
     return server, ops
 
@@ -191,10 +193,13 @@ async def test_reads_need_a_token_when_asked_and_the_read_token_cannot_mutate():
                 r = await http.get(url(server, "/api/v1/status"),
                                    headers={"Authorization": f"Bearer {token}"})
                 assert r.status == 200
-            r = await http.post(url(server, "/api/v1/model/reload"), json={"user": "eve"},
-                                headers={"Authorization": f"Bearer {READ}"})
-            assert r.status == 401 and ops.acks == []
-            r = await http.post(url(server, "/api/v1/model/reload"), json={"user": "ann"}, headers=AUTH)
+            for token in (READ, TOKEN):  # valid tokens, roles too low: 403, not 401
+                r = await http.post(url(server, "/api/v1/model/reload"), json={"user": "eve"},
+                                    headers={"Authorization": f"Bearer {token}"})
+                assert r.status == 403 and "engineer" in strict_json(await r.text())["error"]
+            assert ops.acks == []
+            r = await http.post(url(server, "/api/v1/model/reload"), json={"user": "ann"},
+                                headers=ENGINEER_AUTH)
             assert r.status == 200 and ops.acks == ["ann"]
     finally:
         await server.stop()
@@ -347,7 +352,7 @@ async def test_a_stream_and_idle_flood_leaves_operator_commands_through():
             r = await http.post(url(server, "/api/v1/alarms/press_comm_loss/ack"), headers=AUTH,
                                 json={"user": "ann"})
             assert r.status == 200, await r.text()
-            r = await http.post(url(server, "/api/v1/actions/stop_line/reset"), headers=AUTH,
+            r = await http.post(url(server, "/api/v1/actions/stop_line/reset"), headers=ENGINEER_AUTH,
                                 json={"user": "ann", "reason": "jam cleared"})
             assert r.status == 200, await r.text()
         assert ops.acks == ["ann", "reset stop_line"]
