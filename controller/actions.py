@@ -299,14 +299,17 @@ class ActionEngine:
             raise ActionError(f"unknown action {name!r}") from None
 
     def reset(self, name: str, user: str, now: float) -> list[ActionEvent]:
-        """Clear the latch and a failure. The current activation does not fire again; the next one can."""
+        """Clear the latch and a failure. The current activation does not fire again; the next one can.
+        Nothing latched, failed or waiting to fire: nothing to reset (no event, no change)."""
         a = self._get(name)
         was = [w for w, on in (("latched", a.latched), ("failed", a.failed)) if on]
+        if not was and not (a.demand and not a.served):
+            return []
         a.latched, a.latched_at, a.failed = False, None, False
         if a.demand:
             a.served = True  # reset re-arms for the NEXT activation only
         a.notice, a.notice_ref = "", None
-        detail = f"reset ({' and '.join(was)})" if was else "reset (was not latched)"
+        detail = f"reset ({' and '.join(was)})" if was else "reset (waiting demand dropped)"
         return [ActionEvent(now, name, "reset", detail, user)]
 
     def inhibit(self, name: str, user: str, now: float, on: bool) -> list[ActionEvent]:

@@ -88,6 +88,7 @@ class AlarmEvent:
     #             oos | return_to_service
     user: str = ""
     priority: str = ""
+    explanation: dict | None = None  # a line alarm's activation: why it fired (controller.explanation)
 
     def to_dict(self) -> dict[str, Any]:
         return {"time": self.time, "alarm": self.alarm, "from_state": str(self.from_state),
@@ -101,8 +102,8 @@ _NO_EVENTS: tuple[AlarmEvent, ...] = ()
 class _Alarm:
     """Mutable per-alarm facts (slots: the hot path touches these on every update)."""
 
-    __slots__ = ("acked", "active", "cfg", "name", "off_delay", "on_delay", "oos", "pending_since",
-                 "raw", "shelved_by", "shelved_until", "since", "state", "suppressed")
+    __slots__ = ("acked", "acked_by", "active", "cfg", "name", "off_delay", "on_delay", "oos",
+                 "pending_since", "raw", "shelved_by", "shelved_until", "since", "state", "suppressed")
 
     def __init__(self, cfg: AlarmSettings) -> None:
         self.cfg = cfg
@@ -112,6 +113,7 @@ class _Alarm:
         self.raw = False  # last raw condition given to update()
         self.active = False  # debounced condition
         self.acked = True
+        self.acked_by = ""  # who acknowledged the current activation ("" before an ack)
         self.pending_since: float | None = None  # raw != active since then
         self.shelved_until: float | None = None
         self.shelved_by = ""
@@ -207,7 +209,7 @@ class AlarmEngine:
                     a.active, a.pending_since = a.raw, None
                     self._debounced_on += 1 if a.active else -1
                     if a.active and a.state not in HIDDEN:
-                        a.acked = False  # a new activation is annunciated (NORMAL/RTN_UNACK -> UNACK)
+                        a.acked, a.acked_by = False, ""  # a new activation is annunciated (-> UNACK)
                     events = self._move(a, wall, "condition", "", events)
                     if done is None:
                         done = []
@@ -239,7 +241,7 @@ class AlarmEngine:
               events: list[AlarmEvent] | None) -> list[AlarmEvent] | None:
         """Re-derive the state; record an event if it changed."""
         if a.state in HIDDEN and not (a.oos or a.shelved_until is not None or a.suppressed):
-            a.acked = not a.active  # leaving a hidden state: the state the condition implies now
+            a.acked, a.acked_by = not a.active, ""  # leaving a hidden state: what the condition implies
         new = a.implied()
         if new is a.state:
             return events
@@ -277,7 +279,7 @@ class AlarmEngine:
         a = self._get(name)
         if a.state not in (AlarmState.UNACK, AlarmState.RTN_UNACK):
             return []
-        a.acked = True
+        a.acked, a.acked_by = True, user
         return self._move(a, now, "ack", user, None) or []
 
     def shelve(self, name: str, user: str, now: float, duration_s: float) -> list[AlarmEvent]:
@@ -328,12 +330,14 @@ class AlarmEngine:
         rows = sorted(self._alarms.values(), key=lambda a: (PRIORITY_ORDER.get(a.cfg.priority, 9), a.name))
         return [{"name": a.name, "state": str(a.state), "priority": a.cfg.priority, "active": a.active,
                  "since": None if math.isnan(a.since) else a.since, "shelved_until": a.shelved_until,
-                 "shelved_by": a.shelved_by, "message": getattr(a.cfg, "message", "")} for a in rows]
+                 "shelved_by": a.shelved_by, "acked_by": a.acked_by,
+                 "message": getattr(a.cfg, "message", "")} for a in rows]
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable facts of every alarm, for persistence across restarts."""
         return {"version": SNAPSHOT_VERSION, "alarms": {a.name: {
-            "raw": a.raw, "active": a.active, "acked": a.acked, "pending_since": a.pending_since,
+            "raw": a.raw, "active": a.active, "acked": a.acked, "acked_by": a.acked_by,
+            "pending_since": a.pending_since,
             "shelved_until": a.shelved_until, "shelved_by": a.shelved_by, "suppressed": a.suppressed,
             "oos": a.oos, "state": str(a.state), "since": None if math.isnan(a.since) else a.since,
         } for a in self._alarms.values()}}
@@ -358,6 +362,7 @@ class AlarmEngine:
             # A delay in progress was timed on the old process's monotonic clock: it restarts
             # from the live condition (raw = active until the first update says otherwise).
             a.active, a.acked = bool(s["active"]), bool(s["acked"])
+            a.acked_by = str(s.get("acked_by") or "")  # absent in snapshots of older versions
             a.raw, a.pending_since = a.active, None
             a.shelved_until, a.shelved_by = s["shelved_until"], s["shelved_by"]
             a.suppressed, a.oos = bool(s["suppressed"]), bool(s["oos"])

@@ -1,38 +1,138 @@
-"""The controller's event log: every alarm transition, action decision and driver state change.
+"""The controller's event log: every alarm transition, action decision, operator request and
+driver state change, numbered.
 
-Kept in memory (a bounded ring, numbered) for the local API and `linesentry
-events --follow`; the runtime also turns each event into a cloud point. Events
-are plain dicts so they serialise to JSON as they are.
+The newest events are kept in memory (a bounded ring) for the local API and `linesentry events
+--follow`; the runtime also turns each event into a cloud point. Once `open` has attached the
+journal (controller.eventstore, SQLite in the state directory), `flush` writes what was added since
+the last flush in one transaction: housekeeping calls it every round, never the hot path, so `add`
+does no I/O. Ids go on from the journal's last one after a restart, and `since` reads older events
+back from it. A journal that cannot be written is one error line; the events stay in memory.
+Events are plain dicts so they serialise to JSON as they are.
 """
+
+from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import sqlite3
 import time
 from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.eventstore import EventStore
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 5.0  # a journal that failed is tried again this often (not every 50 ms round)
+PRUNE_EVERY_S = 60.0
 
 
 class EventLog:
     def __init__(self, capacity: int = 10_000) -> None:
         self._events: deque[dict] = deque(maxlen=capacity)
+        self._unsaved: list[dict] = []  # added, not yet in the journal (at most `capacity`)
         self._ids = itertools.count(1)
+        self._last_id = 0
         self._changed = asyncio.Event()
+        self._store: EventStore | None = None
+        self._failing = False
+        self._retry_at = self._prune_at = 0.0
+        self._dropped = 0  # unsaved events pushed out of memory while the journal failed
+
+    def open(self, store: EventStore) -> bool:
+        """Continue the journal in `store`: ids after its last one, its newest events in memory.
+        One that cannot be opened is one error line, and this run keeps events in memory only."""
+        try:
+            store.open()
+            last, recent = store.last_id(), store.recent(self._events.maxlen or 0)
+        except (sqlite3.Error, OSError) as exc:
+            store.close()
+            log.error("event journal %s cannot be opened (%s): events are kept in memory only (the last "
+                      "%d) until a restart with a writable state directory", store.path, exc,
+                      self._events.maxlen)
+            return False
+        early = list(self._events)  # added before the journal was opened: numbered after it
+        self._events.clear()
+        self._events.extend(recent)
+        self._ids, self._last_id, self._store = itertools.count(last + 1), last, store
+        for e in early:
+            e["id"] = self._next_id()
+            self._events.append(e)
+        self._unsaved = list(early)
+        return True
+
+    def _next_id(self) -> int:
+        self._last_id = next(self._ids)
+        return self._last_id
 
     def add(self, kind: str, source: str, message: str, *, at: float | None = None, **fields) -> dict:
-        """Record one event: kind (alarm|action|driver|model|outbox), what it is about, and why."""
-        event = {"id": next(self._ids), "time": time.time() if at is None else at, "kind": kind,
+        """Record one event: kind (alarm|action|driver|model|outbox|controller), what it is about, and why."""
+        event = {"id": self._next_id(), "time": time.time() if at is None else at, "kind": kind,
                  "source": source, "message": message, **fields}
         self._events.append(event)
+        if self._store is not None:
+            if len(self._unsaved) >= (self._events.maxlen or 0):
+                del self._unsaved[0]
+                self._dropped += 1
+            self._unsaved.append(event)
         self._changed.set()
         return event
 
+    def flush(self) -> None:
+        """Write the events added since the last flush, in one transaction. A failure (full disk,
+        unwritable file) is one error line; the events wait in memory and are tried every RETRY_S."""
+        store = self._store
+        if store is None:
+            return
+        now = time.monotonic()
+        if self._unsaved and (not self._failing or now >= self._retry_at):
+            try:
+                store.append(self._unsaved)
+            except (sqlite3.Error, OSError) as exc:
+                if not self._failing:
+                    log.error("event journal %s: cannot write (%s): events are kept in memory (the last %d) "
+                              "and written when it works again; free the disk or fix the state directory",
+                              store.path, exc, self._events.maxlen)
+                self._failing, self._retry_at = True, now + RETRY_S
+                return
+            if self._failing:
+                log.warning("event journal %s: writing again (%d events written now%s)", store.path,
+                            len(self._unsaved), f", {self._dropped} older ones lost" if self._dropped else "")
+            self._unsaved, self._failing, self._dropped = [], False, 0
+        if now >= self._prune_at and not self._failing:
+            self._prune_at = now + PRUNE_EVERY_S
+            try:
+                store.prune(time.time())
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("event journal %s: cannot delete old events (%s)", store.path, exc)
+
+    def close(self) -> None:
+        """Flush and close the journal (the controller's stop)."""
+        self.flush()
+        if self._store is not None:
+            store, self._store = self._store, None
+            store.close()
+
     def since(self, last_id: int = 0, limit: int = 1000) -> list[dict]:
-        """Events newer than `last_id`, oldest first (at most `limit`)."""
-        out = [e for e in self._events if e["id"] > last_id]
-        return out[:limit]
+        """Events newer than `last_id`, oldest first (at most `limit`); older than the memory holds
+        come from the journal."""
+        first = self._events[0]["id"] if self._events else self._last_id + 1
+        out: list[dict] = []
+        if self._store is not None and last_id + 1 < first:
+            try:
+                out = self._store.read(last_id, first, limit)
+            except sqlite3.Error as exc:
+                log.warning("event journal %s: cannot read (%s): showing the events in memory",
+                            self._store.path, exc)
+        if len(out) < limit:
+            out += [e for e in self._events if e["id"] > last_id][:limit - len(out)]
+        return out
 
     @property
     def last_id(self) -> int:
-        return self._events[-1]["id"] if self._events else 0
+        return self._last_id
 
     async def wait_newer(self, last_id: int, timeout: float) -> list[dict]:
         """Wait up to `timeout` seconds for events newer than `last_id` (for streaming)."""

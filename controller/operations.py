@@ -74,12 +74,14 @@ class Operations:
             "detector": {"model": str(self.models.path) if self.models.path else None,
                          "tags": p.detector_tags, "score": float(p.line_score), "alarm": bool(p.line_alarm),
                          "threshold": p.detector.threshold if p.detector else None,
+                         "explanation": p.explanation,
                          "step_p50_us": p.step_latency.percentiles([50])[0] * 1e6,
                          "step_p99_us": p.step_latency.percentiles([99])[0] * 1e6},
             "alarms": {"active": list(self.alarms.active()), "first_out": p.first_out},
             "actions": self.actions.status(),
             "protections_disabled": self.protections_disabled(),
             "restored": list(self.keeper.restored),
+            "events": {"last_id": self.events.last_id},
             "outbox": cloud["outbox"],
             "sync": cloud["sync"],
         }
@@ -88,12 +90,11 @@ class Operations:
         return self.line.snapshot()
 
     def alarm_list(self) -> list[dict]:
-        return self.alarms.status()
+        """Every alarm; a line alarm with the explanation from when it last fired (else null)."""
+        why = self.pipeline.alarm_explanations
+        return [{**a, "explanation": why.get(a["name"])} for a in self.alarms.status()]
 
     def metrics_snapshot(self) -> dict:
-        states: dict[str, int] = {}
-        for a in self.alarms.status():
-            states[a["state"]] = states.get(a["state"], 0) + 1
         plcs = []
         for p in self.health.plcs:
             s = p.driver.stats
@@ -105,7 +106,8 @@ class Operations:
                          "read_latency": ({q: float(np.quantile(lat, float(q))) for q in ("0.5", "0.99")}
                                           if lat.size else {})})
         cloud = self._cloud()
-        return {"plcs": plcs, "alarm_states": states, "line_score": float(self.pipeline.line_score),
+        return {"plcs": plcs, "alarms": self.alarms.status(), "line_score": float(self.pipeline.line_score),
+                "line_threshold": self.pipeline.detector.threshold if self.pipeline.detector else None,
                 "action_counts": dict(self.journal.action_counts), "outbox": cloud["outbox"],
                 "protections_disabled": self.protections_disabled(), "sync": cloud["sync"] or {}}
 
@@ -143,96 +145,125 @@ class Operations:
         return out
 
     # ------------------------------------------------------------------ operator requests
-    def ack(self, name: str, user: str, reason: str = "") -> dict:
+    # Each takes the acting identity: `user` and `role` (a controller.roles value, given by the API)
+    # go into the event with the reason. A request that changes nothing answers "changed": false
+    # and says why (already acknowledged, not latched, ...); it records no event.
+    def ack(self, name: str, user: str, reason: str = "", *, role: str = "operator") -> dict:
         name = self._alarm_name(name)
-        self.journal.record_operator(self.alarms.ack(name, user, self._wall()), reason)
+        events = self.alarms.ack(name, user, self._wall())
+        if not events:
+            state = self.alarms.state(name)
+            why = "already acknowledged" if str(state) == "ACKED" else f"is {state}: nothing to acknowledge"
+            return self._answer(f"{name} {why}", alarm=name, changed=False)
+        self.journal.record_operator(events, reason, role)
         return self._answer(f"{name} acknowledged", alarm=name)
 
-    def shelve(self, name: str, user: str, seconds: float, reason: str) -> dict:
+    def shelve(self, name: str, user: str, seconds: float, reason: str, *, role: str = "operator") -> dict:
         alarm = self._alarm_settings(name)
         require_reason(reason, f"shelve {name}")
         if not alarm.shelvable:
             raise Refused(self._not_shelvable(alarm.name, "shelved"))
         if seconds > alarm.max_shelve_s:
             raise BadRequest(f"{name} can be shelved for at most {alarm.max_shelve_s:g} s")
-        self.journal.record_operator(self.alarms.shelve(name, user, self._wall(), seconds), reason)
+        self.journal.record_operator(self.alarms.shelve(name, user, self._wall(), seconds), reason, role)
         self.reasons[f"alarm:{name}"] = reason
         return self._answer(f"{name} shelved for {seconds:g} s", alarm=name,
                             disables=self._actions_of(name), doing=f"shelving {name}")
 
-    def unshelve(self, name: str, user: str, reason: str = "") -> dict:
+    def unshelve(self, name: str, user: str, reason: str = "", *, role: str = "operator") -> dict:
         name = self._alarm_name(name)
-        self.journal.record_operator(self.alarms.unshelve(name, user, self._wall()), reason)
+        events = self.alarms.unshelve(name, user, self._wall())
+        if not events:
+            return self._answer(f"{name} is not shelved: nothing to unshelve", alarm=name, changed=False)
+        self.journal.record_operator(events, reason, role)
         return self._answer(f"{name} unshelved", alarm=name)
 
-    def set_out_of_service(self, name: str, user: str, enabled: bool, reason: str = "") -> dict:
+    def set_out_of_service(self, name: str, user: str, enabled: bool, reason: str = "", *,
+                           role: str = "operator") -> dict:
         alarm = self._alarm_settings(name)
         if enabled:
             require_reason(reason, f"take {name} out of service")
             if not alarm.shelvable:
                 raise Refused(self._not_shelvable(name, "taken out of service"))
-        self.journal.record_operator(self.alarms.set_out_of_service(name, user, self._wall(), enabled),
-                                     reason)
+        events = self.alarms.set_out_of_service(name, user, self._wall(), enabled)
+        if not events:
+            return self._answer(f"{name} already {'out of' if enabled else 'in'} service", alarm=name,
+                                changed=False)
+        self.journal.record_operator(events, reason, role)
         if not enabled:
             return self._answer(f"{name} returned to service", alarm=name)
         self.reasons[f"alarm:{name}"] = reason
         return self._answer(f"{name} out of service", alarm=name, disables=self._actions_of(name),
                             doing=f"taking {name} out of service")
 
-    def reset_action(self, name: str, user: str, reason: str) -> dict:
+    def reset_action(self, name: str, user: str, reason: str, *, role: str = "operator") -> dict:
         name = self._action_name(name)
         require_reason(reason, f"reset {name}")
         events = self.actions.reset(name, user, self._wall())
-        self.journal.record_actions([dataclasses.replace(e, detail=f"{e.detail}: {reason}") for e in events])
+        if not events:
+            return self._answer(f"{name} is not latched: nothing to reset", action=name, changed=False)
+        self.journal.record_actions([dataclasses.replace(e, detail=f"{e.detail}: {reason}") for e in events],
+                                    reason, role)
         alarm = self.config.action(name).alarm
-        return self._answer(f"{name} {events[0].detail if events else 'reset'}; it fires again on the "
-                            f"next activation of {alarm}", action=name)
+        return self._answer(f"{name} {events[0].detail}; it fires again on the next activation of {alarm}",
+                            action=name)
 
-    def inhibit_action(self, name: str, user: str, enabled: bool, reason: str = "") -> dict:
+    def inhibit_action(self, name: str, user: str, enabled: bool, reason: str = "", *,
+                       role: str = "operator") -> dict:
         name = self._action_name(name)
         if enabled:
             require_reason(reason, f"inhibit {name}")
         events = self.actions.inhibit(name, user, self._wall(), enabled)
+        if not events:
+            return self._answer(f"{name} {'already' if enabled else 'is not'} inhibited", action=name,
+                                changed=False)
         self.journal.record_actions([dataclasses.replace(e, detail=f"{e.detail}: {reason}" if reason
-                                                         else e.detail) for e in events])
+                                                         else e.detail) for e in events], reason, role)
         if not enabled:
             return self._answer(f"{name} no longer inhibited", action=name)
         self.reasons[f"action:{name}"] = reason
         return self._answer(f"{name} inhibited", action=name, disables=[name], doing=f"inhibiting {name}")
 
     async def persist(self) -> None:
-        """Write the state file now (fsync'd) and return when it is on disk: the API answers
-        an operator request only after this, so an acknowledged change survives a kill -9."""
+        """Write the event journal and the state file (fsync'd) now and return when they are on disk:
+        the API answers an operator request only after this, so an acknowledged change and its
+        record survive a kill -9 (a journal that cannot be written is logged, not refused)."""
+        self.journal.flush()
         try:
             await self.keeper.save()
         except OSError as exc:
             raise NotSaved(f"the change is in effect but not saved: {exc}; it is saved again every "
                            "housekeeping round: free the disk or fix the state directory") from exc
 
-    async def reload_model(self, user: str, path: str | None) -> dict:
+    async def reload_model(self, user: str, path: str | None, reason: str = "", *,
+                           role: str = "operator") -> dict:
         """Swap in a new model without a restart; the old one stays if the new one is refused."""
         target = Path(path) if path else self.models.path
         if target is None:
             raise Refused("no model configured: pass a path or set [detector] model")
         new = await self.models.load(target, warm_up=True)  # ModelLoadError (422) if refused
         self.pipeline.detector, self.models.path = new, target
-        self.events.add("model", "detector", f"model reloaded from {target}", user=user)
-        return {"model": str(target), "threshold": new.threshold}
+        self.events.add("model", "detector", f"model reloaded from {target}", user=user, role=role,
+                        reason=reason)
+        self.journal.flush()
+        return {"ok": True, "changed": True, "model": str(target), "threshold": new.threshold}
 
     # ------------------------------------------------------------------ helpers
     def _wall(self) -> float:
         return self.health.clock.wall()
 
     def _answer(self, message: str, *, alarm: str | None = None, action: str | None = None,
-                disables: list[str] | None = None, doing: str = "") -> dict:
-        """The API's answer to an operator request: what happened and what it disables."""
+                disables: list[str] | None = None, doing: str = "", changed: bool = True) -> dict:
+        """The API's answer to an operator request: what happened (or why nothing did: changed
+        false) and what it disables."""
         disables = disables or []
         warning = ""
         if disables:
             what = ", ".join(f"action {a} ({self._action_text(a)})" for a in disables)
             warning = f"{doing} disables {what}"
             message += f"; {warning}"
-        answer: dict = {"ok": True, "message": message, "disables": disables, "warning": warning}
+        answer: dict = {"ok": True, "changed": changed, "message": message, "disables": disables,
+                        "warning": warning}
         if alarm is not None:
             answer["alarm"], answer["state"] = alarm, str(self.alarms.state(alarm))
         if action is not None:

@@ -46,6 +46,9 @@ class ControllerSection(Strict):
     api_max_connections: int = Field(default=128, ge=4, le=10_000)
     api_idle_timeout_s: float = Seconds(1.0, 600.0, default=15.0)  # idle or slow-header connections
     shadow: bool = False  # global shadow mode: every action only logs what it would write
+    # the event journal (state_dir/journal.sqlite): events older than this or beyond this many are deleted
+    events_max_age_days: float = Field(default=90.0, gt=0, le=36_500, allow_inf_nan=False)
+    events_max_rows: int = Field(default=1_000_000, ge=1000, le=1_000_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("log_level", mode="before")

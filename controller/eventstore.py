@@ -1,0 +1,153 @@
+"""The durable half of the event log: events appended to an SQLite file in the state directory,
+so ids go on after a restart and `events --since ID` finds what happened before it.
+
+WAL mode with synchronous=NORMAL: a commit is one append to the write-ahead log, no fsync on the
+event loop. A kill -9 loses nothing committed; a power cut at most the last commits; neither leaves
+a file SQLite cannot open. Retention is bounded by age and by row count, pruned in small batches.
+Every failure (full disk, unwritable file) is an `sqlite3.Error` / `OSError` for the caller
+(controller.events) to report once; a file SQLite says is damaged is set aside at open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.config.controller import ControllerSection
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.sqlite"
+SCHEMA_VERSION = 1
+PRUNE_BATCH = 10_000  # rows deleted per prune: a lowered limit never stalls a housekeeping round
+BASE_KEYS = ("id", "time", "kind", "source", "message")
+_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL,
+    message TEXT NOT NULL, fields TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+"""
+
+
+class DamagedJournal(Exception):
+    """SQLite reports the file as not a database or corrupt."""
+
+
+class EventStore:
+    """One SQLite connection, used from the event loop's thread only."""
+
+    def __init__(self, path: str | Path, *, max_age_s: float, max_rows: int) -> None:
+        self.path, self.max_age_s, self.max_rows = Path(path), max_age_s, max_rows
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        """Open (or create) the file; a damaged one is renamed aside with one warning and a new one
+        started. Raises sqlite3.Error / OSError when the file cannot be opened at all."""
+        try:
+            self._db = self._connect()
+        except DamagedJournal as exc:
+            aside = self._set_aside()
+            log.warning("event journal %s was damaged (%s); kept it as %s and started a new one",
+                        self.path, exc, aside.name)
+            self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        try:
+            db.execute("PRAGMA busy_timeout = 100")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise DamagedJournal(check)
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if exc.sqlite_errorcode in _DAMAGED:
+                raise DamagedJournal(str(exc)) from exc
+            raise
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _set_aside(self) -> Path:
+        aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):  # they belong to the damaged file, not to the new one
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        return aside
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    def last_id(self) -> int:
+        return self._need().execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+
+    def append(self, events: list[dict]) -> None:
+        """All of `events` in one transaction (or none of them)."""
+        rows = [(e["id"], e["time"], e["kind"], e["source"], e["message"],
+                 json.dumps({k: v for k, v in e.items() if k not in BASE_KEYS}, default=str))
+                for e in events]
+        db = self._need()
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    def read(self, after_id: int, before_id: int, limit: int) -> list[dict]:
+        """Stored events with after_id < id < before_id, oldest first."""
+        rows = self._need().execute(
+            "SELECT id, time, kind, source, message, fields FROM events WHERE id > ? AND id < ? "
+            "ORDER BY id LIMIT ?", (after_id, before_id, limit)).fetchall()
+        return [{"id": i, "time": t, "kind": k, "source": s, "message": m, **json.loads(f)}
+                for i, t, k, s, m, f in rows]
+
+    def recent(self, count: int) -> list[dict]:
+        """The newest `count` stored events, oldest first (the in-memory ring after a restart)."""
+        last = self.last_id()
+        return self.read(last - count, last + 1, count)
+
+    def prune(self, now: float) -> int:
+        """Delete (a batch of) events older than max_age_s or beyond the newest max_rows."""
+        db = self._need()
+        keep_from = self.last_id() - self.max_rows
+        cur = db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= ? OR time < ? "
+                         "ORDER BY id LIMIT ?)", (keep_from, now - self.max_age_s, PRUNE_BATCH))
+        return cur.rowcount
+
+    def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.close()
+
+    def _need(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.OperationalError(f"event journal {self.path} is not open")
+        return self._db
+
+
+def journal_store(section: ControllerSection) -> EventStore:
+    """The event journal of a [controller] section: journal.sqlite in its state directory."""
+    return EventStore(Path(section.state_dir) / JOURNAL_FILE, max_age_s=section.events_max_age_days * 86400.0,
+                      max_rows=section.events_max_rows)
