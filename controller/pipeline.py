@@ -9,12 +9,17 @@ transitions and decisions this step put in the `Journal`. Everything the step to
 preallocated (LineState arrays, the detector's buffers, the conditions' result dicts), so a live
 step and a replayed one compute the same numbers bit for bit.
 
+When the detector's line alarm rises, the step asks the detector why, once (models.attribution,
+~50 µs): `explanation` holds it while the line alarm lasts, and the line alarms' activations carry
+it into their events (controller.explanation). Steps without a rise only compare two booleans.
+
 What the step reads of each PLC's link (comm loss, data delivered yet, safe-state failure) is a
 `LinkFlags` object that controller.plc_health writes: the pipeline never learns about sockets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,8 +28,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from controller.actions import ActionEngine, WriteRequest
-from controller.alarms import AlarmEngine
+from controller.alarms import ANNUNCIATED_ACTIVE, AlarmEngine, AlarmEvent
 from controller.conditions import ArrayTagView
+from controller.explanation import explanation, for_alarm
 from controller.journal import Journal
 from controller.linestate import COMM_LOST, LineState
 from controller.metrics import LatencyRing
@@ -79,6 +85,14 @@ class StepPipeline:
         self.line_score = 0.0
         self.line_alarm = False
         self.first_out = ""  # the current alarm episode's first cause, described
+        # Why the detector's line alarm is on (controller.explanation's dict), None while it is off;
+        # per line alarm, the explanation from when it last became active (the API's alarm list).
+        self.explanation: dict | None = None
+        self.alarm_explanations: dict[str, dict | None] = {
+            a.name: None for a in config.alarms if a.source.kind == "line"}
+        self._units = dict(config.detector.units)
+        self._bits = frozenset(t for t, ref in config.tags().items() if ref.kind == "bit")
+        self._wall = 0.0  # wall time of the step in progress (the explanation's time stamp)
         self._first_out_seen: tuple[str, float] | None = None
         self._summaries = config.sync is not None  # summaries only exist for the cloud
         self.summarizer = WindowSummarizer(len(line.tags), window_s=summary_window_s)
@@ -91,6 +105,7 @@ class StepPipeline:
              ) -> Sequence[WriteRequest]:
         """One driver batch through the chain; returns the writes to issue now (usually none)."""
         t0 = time.perf_counter()
+        self._wall = wall
         self.line.apply(binding, batch, mono)
         self.step_detector(mono)
         writes = self.decide(mono, wall)
@@ -101,13 +116,23 @@ class StepPipeline:
     def step_detector(self, mono: float) -> None:
         line, det = self.line, self.detector
         line.gather_frame()
+        was = self.line_alarm
         self.line_alarm = det.step(mono, line.frame_values, line.frame_fresh, line.frame_good)
         self.line_score = det.score
+        if self.line_alarm != was:  # rare: the line alarm rose (explain it, once) or cleared
+            self.explanation = self.explain() if self.line_alarm else None
+
+    def explain(self, alarm: str | None = None) -> dict:
+        """Why the detector scores what it does now, as controller.explanation's dict (off the hot
+        path: on a rise of the line alarm, or on request)."""
+        name = alarm or next(iter(self.alarm_explanations), "line")
+        return explanation(name, self.detector.explain(), self._units, self._bits, at=self._wall)
 
     def tick(self, mono: float, wall: float, *, restep: bool) -> Sequence[WriteRequest]:
         """Time-based work without a batch (housekeeping): alarm delays, shelve expiry, deadlines.
         `restep`: tags went stale or comm-lost, so the detector must see them (fresh, not good)."""
         if restep:
+            self._wall = wall
             self.step_detector(mono)
             self.line.clear_fresh()
         writes = self.decide(mono, wall)
@@ -123,7 +148,10 @@ class StepPipeline:
         for name, check in self._suppress:
             suppressed[name] = check()
         alarms = self.alarms
-        self.journal.put(alarms.update(mono, conditions, suppressed, wall))
+        events = alarms.update(mono, conditions, suppressed, wall)
+        if events:  # rare: transitions (a line alarm's activation carries its explanation)
+            events = self._explained(events)
+        self.journal.put(events)
         if alarms.first_out is not self._first_out_seen:  # rare: a new episode began or ended
             self._first_out_seen = alarms.first_out
             self.first_out = self.describe_first_out(alarms.first_out)
@@ -131,6 +159,18 @@ class StepPipeline:
         if self.actions.has_events:  # decisions first: a write's confirmation always comes after
             self.journal.put(self.actions.take_events())
         return writes
+
+    def _explained(self, events: Sequence[AlarmEvent]) -> Sequence[AlarmEvent]:
+        """`events` with the explanation on each activation of a line alarm (recorded per alarm)."""
+        out = list(events)
+        for k, e in enumerate(out):
+            if (e.alarm in self.alarm_explanations and e.to_state in ANNUNCIATED_ACTIVE
+                    and e.from_state not in ANNUNCIATED_ACTIVE):
+                why = self.explanation or self.explain()  # off again before its on-delay ran out
+                why = for_alarm(why, e.alarm)
+                self.alarm_explanations[e.alarm] = why
+                out[k] = dataclasses.replace(e, explanation=why)
+        return out
 
     def take_windows(self) -> list[WindowSummary]:
         """Summary windows closed since the last call (for the outbox)."""
@@ -160,6 +200,9 @@ class StepPipeline:
             return name
         src = self.config.alarm(name).source
         if src.kind == "line":
+            why = self.alarm_explanations.get(name) or self.explanation
+            if why is not None:
+                return why["text"]
             flagged = [f"{t}: {'/'.join(n for b, n in FLAG_NAMES.items() if int(f) & b)}"
                        for t, f in zip(self.detector_tags, self.detector.tag_flags, strict=True) if f]
             return f"{name} ({', '.join(flagged) or 'multivariate score'})"

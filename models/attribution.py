@@ -47,6 +47,12 @@ class Attribution:
     # Tags that never had a usable value since reset: until each has one, PCA and the forest stay off.
     waiting: tuple[str, ...] = ()
 
+    @property
+    def rule_finding(self) -> bool:
+        """The ratio is a rule's grade (hard limit, flatline: kernels.BINARY_SCORE and up), not a
+        statistic over its limit: a fact, to be reported without a ratio."""
+        return self.component == "tags" and self.ratio >= K.BINARY_SCORE
+
     def to_dict(self) -> dict:
         """JSON-ready (nan -> None)."""
         def clean(v):
