@@ -209,7 +209,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
     `reads_need_token`; at most `max_streams` event streams at once."""
     names = {n.lower().rstrip(".") for n in allowed_hosts} | LOOPBACK_NAMES | {socket.gethostname().lower()}
     access = Access({Role.VIEWER: read_token, Role.OPERATOR: token, Role.ENGINEER: engineer_token},
-                    sessions or SessionStore(), reads_need_token=reads_need_token)
+                    SessionStore() if sessions is None else sessions, reads_need_token=reads_need_token)
     app = web.Application(middlewares=[_reserve_check(access), _host_check(frozenset(names)), _errors],
                           client_max_size=MAX_BODY_BYTES)
     streams = 0
