@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from controller.errors import LinesentryError
 
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
 PLUGIN_GROUP = "linesentry.cli"  # entry points: register(app) adds commands (CONTRACTS.md 3)
+CONFIG_ENV = "LINESENTRY_CONFIG"
+DEFAULT_CONFIG = Path("/etc/linesentry/line.toml")
+CONFIG_HELP = f"line config (TOML); default ${CONFIG_ENV}, else {DEFAULT_CONFIG}"
 
 
 class _OneLineErrors(TyperGroup):
@@ -77,6 +80,34 @@ class _OneLineErrors(TyperGroup):
             raise typer.Exit(code) from None
 
 
+def default_config() -> Path:
+    """The line config a command uses when none is given: $LINESENTRY_CONFIG, else the system one."""
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+class _ConfigFirst(TyperCommand):
+    """A command whose first argument, the line config, may be left out: `linesentry ack ALARM`
+    uses `default_config()`, and `linesentry ack line.toml ALARM` works as it always did. A command
+    line one positional argument short gets the default put in front (options may come anywhere)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if ctx.resilient_parsing or any(a in ctx.help_option_names for a in args):
+            return super().parse_args(ctx, args)
+        values = self.make_parser(ctx).parse_args(args=list(args))[0]  # options and arguments by name
+        names = [p.name for p in self.get_params(ctx) if p.param_type_name == "argument"]
+        given, wanted = [values[n] for n in names if values.get(n) is not None], len(names)
+        config_alone = wanted > 1 and len(given) == 1 and given[0].endswith(".toml") and Path(
+            given[0]).is_file()
+        if len(given) < wanted and not config_alone:  # config_alone: click names the missing argument
+            config = default_config()
+            if len(given) == wanted - 1 and not config.is_file():
+                where = f"{CONFIG_ENV}={config}" if os.environ.get(CONFIG_ENV) else f"the default {config}"
+                ctx.fail(f"no line config: {where} does not exist; pass the config file as the first "
+                         f"argument or set {CONFIG_ENV}")
+            args = [str(config), *args]
+        return super().parse_args(ctx, args)
+
+
 def describe_error(exc: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception no command handled."""
     from drivers.errors import DriverError
@@ -113,8 +144,10 @@ class _LinesentryTyper(typer.Typer):
         return super().__call__(*args, **kwargs)
 
 
+# rich_markup_mode=None: help is plain click text, so "[detector]" in a help string stays as written
 app = _LinesentryTyper(cls=_OneLineErrors, help="linesentry: industrial anomaly detection controller.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                       rich_markup_mode=None)
 
 
 UNWRAPPED_WIDTH = 100_000  # columns of a console that is not a terminal: nothing is wrapped or cut
@@ -217,8 +250,8 @@ def controller_section_or_exit(config: Path) -> ControllerSection:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-@app.command()
-def run(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def run(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
         log_level: str = typer.Option(None, help="override [controller] log_level"),
         log_json: bool = typer.Option(False, "--log-json", help="log one JSON object per line"),
         log_levels: str = typer.Option(None, "--log-levels",
@@ -271,8 +304,8 @@ def run(config: Path = typer.Argument(..., help="line config (TOML)"),
         raise fail(str(exc), EXIT_RUNTIME) from None
 
 
-@app.command()
-def validate(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def validate(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
              connect: bool = typer.Option(False, "--connect", help="also open a session to every PLC and "
                                           "read every tag once (exit 1 if a PLC or a tag fails)")) -> None:
     """Check a line config and print what it describes; with --connect, reach every PLC too."""
@@ -329,8 +362,8 @@ async def probe_plcs(cfg: LineConfig) -> dict[str, ProbeReport]:
     return {p.name: r for p, r in zip(plcs, reports, strict=True)}
 
 
-@app.command()
-def record(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def record(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
            minutes: float = typer.Option(10.0, help="how long to record"),
            out: Path = typer.Option(..., "-o", "--out", help="CSV file to write")) -> None:
     """Record live detector-tag values from the PLCs (normal operation, for `fit`)."""
@@ -352,8 +385,8 @@ def record(config: Path = typer.Argument(..., help="line config (TOML)"),
         say(f"left out {gaps.dropped} incomplete rows, because of {gaps.summary()}")
 
 
-@app.command()
-def fit(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def fit(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
         data: Path = typer.Argument(..., help="CSV of normal operation: time,<tag>,..."),
         out: Path = typer.Option(None, "-o", "--out", help="model file (default: [detector] model)")) -> None:
     """Fit the detector's models and thresholds on normal data and write the model artifact."""
@@ -404,11 +437,11 @@ def _read_csv(path: Path, tags: list[str]) -> Any:
 
 
 # ---------------------------------------------------------------- talking to a running service
-def _api(config: Path, method: str, path: str, body: dict | None = None) -> Any:
+def _api(config: Path, method: str, path: str, body: dict | None = None, timeout: float = 5.0) -> Any:
     """One API call for `config`'s controller (ApiError, a LinesentryError, ends the command in one line)."""
     from controller.client import call
 
-    return call(controller_section_or_exit(config), method, path, body)
+    return call(controller_section_or_exit(config), method, path, body, timeout=timeout)
 
 
 def _segment(name: str) -> str:
@@ -460,6 +493,8 @@ def status_lines(s: dict) -> list[tuple[str, str]]:
     lines = [(f"line score {d['score']:.3f} (alarm: {d['alarm']}); step p99 {p99}; "
               f"active alarms: {', '.join(s['alarms']['active']) or 'none'}; "
               f"outbox {s['outbox']['points']} points", "")]
+    if d.get("explanation"):  # why the line alarm is on (controller.explanation)
+        lines.append((f"why: {d['explanation']['text']}", "red"))
     if "protections_disabled" in s:
         disabled = s["protections_disabled"]
         if disabled:
@@ -507,8 +542,8 @@ def _status_view(s: dict) -> Any:
     return Group(table, *(Text(text, style=style) for text, style in status_lines(s)))
 
 
-@app.command()
-def status(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def status(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
            as_json: bool = typer.Option(False, "--json", help="print JSON"),
            watch: bool = typer.Option(False, "--watch", "-w", help="refresh every second until Ctrl-C")
            ) -> None:
@@ -523,19 +558,50 @@ def status(config: Path = typer.Argument(..., help="line config (TOML)"),
             else:
                 _print_status(s)
         return
+    _watch_status(controller_section_or_exit(config))
+
+
+def _watch_status(section: ControllerSection) -> None:
+    """`status --watch`: the status every second under the time it was fetched; a poll that fails
+    after the first keeps the last status on screen, marked "NOT UPDATED since". On a terminal
+    it redraws in place (rich Live); piped, each status is printed in turn as plain lines."""
     import time
 
-    from rich.live import Live
+    from controller.client import ApiError, call
 
-    from controller.client import call
+    last: dict = call(section, "GET", "/status")  # the first failure ends the command (one line)
+    updated = time.time()
 
-    section = controller_section_or_exit(config)
+    def poll() -> tuple[str, bool]:
+        nonlocal last, updated
+        try:
+            last, updated = call(section, "GET", "/status"), time.time()
+        except ApiError as exc:
+            return f"NOT UPDATED since {clock(updated)}: {exc}", False
+        return f"updated {clock(updated)}", True
+
+    note, fresh = f"updated {clock(updated)}", True
     try:
-        with reply_of("/status"), Live(_status_view(call(section, "GET", "/status")), console=terminal(),
-                                       auto_refresh=False) as live:
-            while True:
-                time.sleep(1.0)
-                live.update(_status_view(call(section, "GET", "/status")), refresh=True)
+        with reply_of("/status"):
+            if not sys.stdout.isatty():
+                while True:
+                    say(note)
+                    _print_status(last)
+                    say("")
+                    time.sleep(1.0)
+                    note, fresh = poll()
+            from rich.console import Group
+            from rich.live import Live
+            from rich.text import Text
+
+            def view() -> Any:
+                return Group(Text(note, style="" if fresh else "bold red"), _status_view(last))
+
+            with Live(view(), console=terminal(), auto_refresh=False) as live:
+                while True:
+                    time.sleep(1.0)
+                    note, fresh = poll()
+                    live.update(view(), refresh=True)
     except KeyboardInterrupt:
         return
 
@@ -551,8 +617,8 @@ def _choices(value: str | None, allowed: tuple[str, ...], option: str, upper: bo
     return picked
 
 
-@app.command()
-def alarms(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def alarms(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
            as_json: bool = typer.Option(False, "--json", help="print JSON"),
            state: str = typer.Option(None, "--state", help="only these states, e.g. UNACK or UNACK,ACKED"),
            priority: str = typer.Option(None, "--priority", help="only these priorities, e.g. critical")
@@ -574,24 +640,43 @@ def alarms(config: Path = typer.Argument(..., help="line config (TOML)"),
         if as_json:
             say(json.dumps(rows, indent=2))
             return
-        print_table(("alarm", "state", "priority", "message"),
-                    [[a["name"], a["state"], a["priority"], a["message"]] for a in rows])
+        print_table(("alarm", "state", "priority", "since", "acked by", "shelved until", "message"),
+                    [[a["name"], a["state"], a["priority"], clock(a.get("since")),
+                      (a.get("acked_by") or "-") if a["state"] == "ACKED" else "-",
+                      f"{clock(a['shelved_until'])} by {a.get('shelved_by') or '?'}"
+                      if a.get("shelved_until") else "-", a["message"] or "-"] for a in rows])
+
+
+def clock(wall: float | None, now: float | None = None) -> str:
+    """A wall time as an operator reads it: the local time of day, with the date when not today.
+
+    >>> import time
+    >>> t = time.time()
+    >>> clock(t) == time.strftime("%H:%M:%S", time.localtime(t)), clock(None), clock(t - 3 * 86400)[4]
+    (True, '-', '-')
+    """
+    import time
+
+    if wall is None:
+        return "-"
+    when, today = time.localtime(float(wall)), time.localtime(time.time() if now is None else now)
+    same_day = when[:3] == today[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", when)
 
 
 REASON_HELP = "why (required; kept with the change and shown in status and events)"
 
 
-@app.command()
-def ack(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def ack(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
         alarm: str = typer.Argument(..., help="alarm name"),
         user: str = typer.Option("operator", help="who acknowledges")) -> None:
-    """Acknowledge an alarm."""
-    _api(config, "POST", f"/alarms/{_segment(alarm)}/ack", {"user": user})
-    say(f"{alarm} acknowledged")
+    """Acknowledge an alarm (one that needs no acknowledgement says so, exit 0)."""
+    _done(f"{alarm} acknowledged", _api(config, "POST", f"/alarms/{_segment(alarm)}/ack", {"user": user}))
 
 
-@app.command()
-def shelve(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def shelve(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
            alarm: str = typer.Argument(..., help="alarm name"),
            duration: str = typer.Option(..., "--for", help="how long: 90s, 30m, 2h, 1h30m"),
            user: str = typer.Option("operator", help="who shelves"),
@@ -613,7 +698,11 @@ def _need_reason(reason: str | None, what: str) -> None:
 
 
 def _done(text: str, answer: Any) -> None:
-    """What the request did, then what protection it disables, if any."""
+    """What the request did, then what protection it disables, if any; or, when it changed
+    nothing ("changed": false), the controller's reason why (already acknowledged, not latched)."""
+    if isinstance(answer, dict) and answer.get("changed") is False:
+        say(str(answer.get("message") or f"{text}: nothing changed"))
+        return
     say(text)
     warning = answer.get("warning") if isinstance(answer, dict) else None
     if warning:
@@ -632,17 +721,32 @@ def _human(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-@app.command()
-def unshelve(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def unshelve(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
              alarm: str = typer.Argument(..., help="alarm name"),
              user: str = typer.Option("operator", help="who unshelves")) -> None:
     """Return a shelved alarm to service now."""
-    _api(config, "POST", f"/alarms/{_segment(alarm)}/unshelve", {"user": user})
-    say(f"{alarm} unshelved")
+    _done(f"{alarm} unshelved", _api(config, "POST", f"/alarms/{_segment(alarm)}/unshelve", {"user": user}))
 
 
-@app.command()
-def reset(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command("out-of-service", cls=_ConfigFirst)
+def out_of_service(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
+                   alarm: str = typer.Argument(..., help="alarm name"),
+                   off: bool = typer.Option(False, "--off", help="return it to service"),
+                   user: str = typer.Option("operator", help="who does it"),
+                   reason: str = typer.Option(None, "--reason", help=REASON_HELP + " (not with --off)")
+                   ) -> None:
+    """Take an alarm out of service (maintenance: it never annunciates nor drives its actions), or
+    return it to service with --off. Needs the engineer role."""
+    if not off:
+        _need_reason(reason, f"take {alarm} out of service")
+    answer = _api(config, "POST", f"/alarms/{_segment(alarm)}/out-of-service",
+                  {"user": user, "enabled": not off, "reason": reason or ""})
+    _done(f"{alarm} {'returned to service' if off else 'out of service'}", answer)
+
+
+@app.command(cls=_ConfigFirst)
+def reset(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
           action: str = typer.Argument(..., help="action name"),
           user: str = typer.Option("operator", help="who resets"),
           reason: str = typer.Option(None, "--reason", help=REASON_HELP)) -> None:
@@ -653,8 +757,8 @@ def reset(config: Path = typer.Argument(..., help="line config (TOML)"),
     _done(str(message or f"{action} reset"), answer)
 
 
-@app.command()
-def inhibit(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def inhibit(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
             action: str = typer.Argument(..., help="action name"),
             off: bool = typer.Option(False, "--off", help="lift the inhibit"),
             user: str = typer.Option("operator", help="who inhibits"),
@@ -667,10 +771,36 @@ def inhibit(config: Path = typer.Argument(..., help="line config (TOML)"),
     _done(f"{action} {'no longer inhibited' if off else 'inhibited'}", answer)
 
 
+model_app = typer.Typer(help="The detector model of a running controller.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+RELOAD_TIMEOUT_S = 120.0  # loading and warming up a model (JIT compilation) takes seconds, not 5 s
+
+
+@model_app.command("reload", cls=_ConfigFirst)
+def model_reload(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
+                 model: Path = typer.Option(None, "--model", help="load this model file instead "
+                                                                  "(default: the one in use)"),
+                 user: str = typer.Option("operator", help="who reloads")) -> None:
+    """Load the model file again, or another one, without a restart: the running model stays if
+    the new one is refused (exit 2). Needs the engineer role."""
+    body: dict = {"user": user}
+    if model is not None:
+        body["path"] = str(model.resolve())  # the service's working directory is not ours
+    answer = _api(config, "POST", "/model/reload", body, timeout=RELOAD_TIMEOUT_S)
+    with reply_of("/model/reload"):
+        say(f"model reloaded from {answer['model']} (threshold {float(answer['threshold']):.4f})")
+
+
 def _when(e: dict) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(float(e.get("time", 0))).isoformat(sep=" ", timespec="milliseconds")
+
+
+def _by(e: dict) -> str:
+    """Who caused an event: the user and role of an operator request, "-" for the controller's own."""
+    user = e.get("user") or ""
+    return (f"{user} ({e['role']})" if e.get("role") else user) or "-"
 
 
 def event_line(e: dict) -> str:
@@ -687,12 +817,19 @@ def print_event(e: dict, as_json: bool) -> None:
     say(json.dumps(e) if as_json else event_line(e))
 
 
-@app.command()
-def events(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def events(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
            follow: bool = typer.Option(False, "--follow", "-f", help="stream new events until Ctrl-C"),
-           since: int = typer.Option(0, "--since", min=0, help="only events after this id"),
+           since: int = typer.Option(None, "--since", min=0, help="the events after this id (ids go on "
+                                     "across restarts; 0: from the oldest kept)"),
+           last: int = typer.Option(50, "--last", min=1, help="without --since: the newest N events"),
            as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
-    """Alarm, action, driver and model events of a running controller (one page, or --follow)."""
+    """Alarm, action, operator, driver and model events of a running controller, from its durable
+    journal (one page, or --follow)."""
+    if since is None:  # like tail: the newest events (a service without ids in /status: from the oldest)
+        with reply_of("/status"):
+            newest = int((_api(config, "GET", "/status").get("events") or {}).get("last_id", 0))
+        since = max(0, newest - last)
     if not follow:
         page = _api(config, "GET", f"/events?since={since}")
         with reply_of("/events"):
@@ -700,8 +837,9 @@ def events(config: Path = typer.Argument(..., help="line config (TOML)"),
                 for e in page:
                     print_event(e, True)
                 return
-            print_table(("id", "time", "kind", "source", "message"),
-                        [[str(e["id"]), _when(e), e["kind"], e["source"], e["message"]] for e in page])
+            print_table(("id", "time", "kind", "source", "by", "message"),
+                        [[str(e["id"]), _when(e), e["kind"], e["source"], _by(e), e["message"]]
+                         for e in page])
         return
     from http.client import HTTPException
 
@@ -731,8 +869,8 @@ def events(config: Path = typer.Argument(..., help="line config (TOML)"),
 
 
 # ---------------------------------------------------------------- offline tools
-@app.command()
-def replay(config: Path = typer.Argument(..., help="line config (TOML)"),
+@app.command(cls=_ConfigFirst)
+def replay(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
            data: Path = typer.Argument(..., help="CSV time,<tag>,... (as written by `linesentry record`)"),
            out: Path = typer.Option(None, "-o", "--out", help="write time,score,alarm,<tag>_flags,... CSV"),
            plot_to: Path = typer.Option(None, "--plot", help="draw tags, line score and alarms to a PNG"),

@@ -150,12 +150,12 @@ class FakeOps:
         if name not in {a["name"] for a in self.ALARMS}:
             raise NotFound(f"no alarm named {name!r}")
 
-    def ack(self, name, user, reason=""):
+    def ack(self, name, user, reason="", role="operator"):
         self._alarm(name)
         self.calls.append(("ack", name, user))
         return {"ok": True, "message": f"{name} acknowledged", "warning": ""}
 
-    def shelve(self, name, user, seconds, reason):
+    def shelve(self, name, user, seconds, reason, role="operator"):
         self._alarm(name)
         if name == "stop_line_failed":
             raise Refused("stop_line_failed cannot be shelved: shelvable = false in its [[alarms]] table")
@@ -163,20 +163,20 @@ class FakeOps:
         warning = "shelving line_anomaly disables action stop_line" if name == "line_anomaly" else ""
         return {"ok": True, "message": "shelved", "warning": warning}
 
-    def unshelve(self, name, user, reason=""):
+    def unshelve(self, name, user, reason="", role="operator"):
         self._alarm(name)
         self.calls.append(("unshelve", name, user))
         return {"ok": True, "message": f"{name} unshelved", "warning": ""}
 
-    def set_out_of_service(self, name, user, enabled, reason=""):
+    def set_out_of_service(self, name, user, enabled, reason="", role="operator"):
         self.calls.append(("oos", name, user, enabled))
         return {"ok": True, "message": "", "warning": ""}
 
-    def reset_action(self, name, user, reason):
+    def reset_action(self, name, user, reason, role="operator"):
         self.calls.append(("reset", name, user, reason))
         return {"ok": True, "message": f"{name} reset (latched): {reason}", "warning": ""}
 
-    def inhibit_action(self, name, user, enabled, reason=""):
+    def inhibit_action(self, name, user, enabled, reason="", role="operator"):
         if name != "stop_line":
             raise NotFound(f"no action named {name!r}")
         self.calls.append(("inhibit", name, user, enabled, reason))
@@ -186,16 +186,17 @@ class FakeOps:
     async def persist(self):
         self.calls.append(("persist",))
 
-    async def reload_model(self, user, path):
+    async def reload_model(self, user, path, role="operator"):
         return {}
 
 
 def line_config(tmp_path, port: int) -> Path:
-    from controller.statedir import TOKEN_FILE
+    from controller.statedir import ENGINEER_TOKEN_FILE, TOKEN_FILE
 
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
     (state / TOKEN_FILE).write_text("secret-token\n")
+    (state / ENGINEER_TOKEN_FILE).write_text("engineer-token\n")
     text = Path(DEMO).read_text().replace("api_port = 8470", f"api_port = {port}")
     config = tmp_path / "line.toml"
     config.write_text(text.replace('state_dir = "../state/demo_line"', f'state_dir = "{state}"'))
@@ -221,7 +222,7 @@ def service(tmp_path):
     holder = {}
 
     async def start():
-        runner = web.AppRunner(create_app(ops, "secret-token"), access_log=None, shutdown_timeout=0.2)
+        runner = web.AppRunner(create_app(ops, "secret-token", engineer_token="engineer-token"), access_log=None, shutdown_timeout=0.2)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         holder["runner"] = runner
@@ -401,10 +402,11 @@ def test_operator_commands_with_the_service_down_are_one_line_exit_1(down, args)
 
 
 def test_post_without_a_readable_token_is_exit_2(tmp_path):
-    from controller.statedir import TOKEN_FILE
+    from controller.statedir import ENGINEER_TOKEN_FILE, TOKEN_FILE
 
     config = line_config(tmp_path, free_port())
-    (tmp_path / "state" / TOKEN_FILE).unlink()
+    for name in (TOKEN_FILE, ENGINEER_TOKEN_FILE):  # a higher role's token would do as well
+        (tmp_path / "state" / name).unlink()
     result = invoke("shelve", str(config), "line_anomaly", "--for", "30m", "--reason", "r")
     assert result.exit_code == 2 and "API token" in result.output
 
