@@ -175,23 +175,36 @@ def _operator_restart(controller: Controller, rig: Rig) -> None:
     controller.events.add("model", "demo", "operator restarted the line")
 
 
+def tag_value(row: dict, unit: str, bit: bool) -> str:
+    """A tag's value as an operator reads it: on/off for a bit (never 1.000), a number with its unit."""
+    if row["text"] is not None:
+        return row["text"]
+    if row["value"] is None:
+        return "-"
+    if bit:
+        return "on" if row["value"] else "off"
+    return f"{row['value']:.4g}" + (f" {unit}" if unit else "")
+
+
 def render(controller: Controller, log: DemoLog) -> Group:
     tags = Table(title="tags", expand=False)
     for col in ("tag", "value", "quality"):
         tags.add_column(col)
+    units, refs = controller.config.detector.units, controller.config.tags()
     for row in controller.tags():
-        value = "-" if row["value"] is None else f"{row['value']:.3f}"
-        value = row["text"] if row["text"] is not None else value
+        ref = refs.get(row["tag"])
+        value = tag_value(row, units.get(row["tag"], ""), ref is not None and ref.kind == "bit")
         style = "" if row["quality"] == "good" else "red"
         tags.add_row(row["tag"], value, row["quality"], style=style)
     det = controller.detector
     score = f"line score {controller.line_score:.3f}" + (f" / threshold {det.threshold:.3f}" if det else "")
     alarms = Table(title="alarms")
-    for col in ("alarm", "state", "priority"):
+    for col in ("alarm", "state", "priority", "why"):
         alarms.add_column(col)
-    for a in controller.alarms.status():
+    for a in controller.alarm_list():
         if a["state"] != "NORMAL":
-            alarms.add_row(a["name"], a["state"], a["priority"],
+            why = (a.get("explanation") or {}).get("why", "")
+            alarms.add_row(a["name"], a["state"], a["priority"], why,
                            style="bold red" if a["state"] == "UNACK" else "")
     events = Table(title="latest events")
     for col in ("time", "kind", "source", "message"):
@@ -200,7 +213,21 @@ def render(controller: Controller, log: DemoLog) -> Group:
         events.add_row(time.strftime("%H:%M:%S", time.localtime(e["time"])), e["kind"], e["source"],
                        e["message"][:70])
     counts = f"faults injected {len(log.faults)}, line stops {len(log.stops)}"
-    return Group(score, tags, alarms, events, *protections(controller), counts)
+    return Group(score, *why_line(controller), tags, alarms, events, *protections(controller), counts)
+
+
+def why_line(controller: Controller) -> list[Text]:
+    """Why the line alarm is on, or why it last fired (and when): it stays on screen, unlike the
+    events that scroll away."""
+    now = controller.pipeline.explanation
+    if now is not None:
+        return [Text(f"why: {now['text']}", style="bold red")]
+    last = max((e for e in controller.pipeline.alarm_explanations.values() if e), default=None,
+                key=lambda e: e["at"] or 0.0)
+    if last is None:
+        return []
+    at = time.strftime("%H:%M:%S", time.localtime(last["at"])) if last["at"] else "?"
+    return [Text(f"last line alarm {at}: {last['text']}", style="yellow")]
 
 
 def protections(controller: Controller) -> list[Text]:
