@@ -4,10 +4,11 @@
 "use strict";
 
 const RANK = { viewer: 0, operator: 1, engineer: 2 };
-const TREND_S = 300;  // the trend shows the last five minutes
+const TREND_S = 300;  // the trend keeps the last five minutes (fewer right after the page opens)
 const POLL_MS = 1000;
 const MAX_EVENTS = 200;
 const HIDDEN_STATES = new Set(["SHELVED", "SUPPRESSED", "OUT_OF_SERVICE"]);
+const ANNUNCIATED = new Set(["UNACK", "ACKED", "RTN_UNACK"]);  // only these get their priority colour
 const PRIORITY_NUMBER = { critical: 1, high: 2, medium: 3, low: 4 };
 
 const hmi = {
@@ -141,7 +142,8 @@ async function confirmRequest(event) {
   try {
     const answer = await api("POST", path, request);
     $("op-dialog").close();
-    notice([answer.message, answer.warning].filter(Boolean).join(" - ") || "done");
+    const warning = answer.warning && !(answer.message || "").includes(answer.warning) ? answer.warning : "";
+    notice([answer.message, warning].filter(Boolean).join(" - ") || "done");
     refresh();
   } catch (err) {
     $("op-error").textContent = err.message;
@@ -164,8 +166,11 @@ function showStatus(status) {
   $("where").textContent = `linesentry - ${[c.site, c.line, c.name].filter(Boolean).join(" / ")}`;
   const d = status.detector || {};
   const state = $("line-state");
-  state.textContent = d.alarm ? "ANOMALY" : "NORMAL";
-  state.className = d.alarm ? "state abnormal" : "state";
+  const abnormal = Boolean(d.alarm || d.explanation);  // the detector, or the line alarm's other causes
+  state.textContent = abnormal ? "ANOMALY" : "NORMAL";
+  state.className = abnormal ? "state abnormal" : "state";
+  const active = (status.alarms && status.alarms.active) || [];
+  $("active-count").textContent = active.length ? `${active.length} alarm${active.length > 1 ? "s" : ""} active` : "no alarm active";
   $("score").textContent = number(d.score);
   $("threshold").textContent = number(d.threshold);
   const top = Math.max(d.threshold || 1, d.score || 0) * 1.25 || 1;
@@ -192,14 +197,21 @@ function drawTrend(now) {
   const W = 600, H = 140;
   const ns = "http://www.w3.org/2000/svg";
   svg.replaceChildren();
+  // The span: whole minutes, at least one, up to TREND_S, as far back as the page has samples.
+  const seen = hmi.trend.length ? now - hmi.trend[0][0] : 0;
+  const minutes = Math.min(TREND_S / 60, Math.max(1, Math.ceil(seen / 60)));
+  const span = minutes * 60;
   const top = Math.max(1e-9, ...hmi.trend.map(([, s, t]) => Math.max(s || 0, t || 0))) * 1.15;
-  const x = (t) => W - (now - t) / TREND_S * W;
+  const x = (t) => W - (now - t) / span * W;
   const y = (v) => H - Math.min(v, top) / top * H;
-  for (let m = 1; m < 5; m++) {
+  const ticks = minutes === 1 ? [-60, -45, -30, -15] : Array.from({ length: minutes }, (_, i) => (i - minutes) * 60);
+  for (const t of ticks.slice(1)) {
     const grid = document.createElementNS(ns, "line");
-    for (const [k, v] of Object.entries({ x1: m * W / 5, x2: m * W / 5, y1: 0, y2: H, stroke: "#d0d0d0" })) grid.setAttribute(k, v);
+    for (const [k, v] of Object.entries({ x1: x(now + t), x2: x(now + t), y1: 0, y2: H, stroke: "#d0d0d0" })) grid.setAttribute(k, v);
     svg.append(grid);
   }
+  const label = (t) => (minutes === 1 ? `${t} s` : `${t / 60} min`);
+  $("trend-axis").replaceChildren(...ticks.map((t) => el("span", { text: label(t) })), el("span", { text: "now" }));
   const line = (points, attrs) => {
     const p = document.createElementNS(ns, "polyline");
     p.setAttribute("points", points.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" "));
@@ -234,7 +246,7 @@ function changed(panel, data) {
 function showAlarms(alarms) {
   if (!changed("alarms", alarms)) return;
   const rows = alarms.map((a) => {
-    const normal = a.state === "NORMAL";
+    const normal = !ANNUNCIATED.has(a.state);
     const cls = [normal ? "alarm-normal" : `p-${a.priority}`, a.state === "UNACK" || a.state === "RTN_UNACK" ? "unack" : "",
       HIDDEN_STATES.has(a.state) ? "hidden-state" : ""].join(" ");
     const ops = el("td", { class: "ops" });
@@ -249,12 +261,12 @@ function showAlarms(alarms) {
     const name = el("td", {}, el("div", { text: a.name }));
     const why = a.explanation && a.explanation.text;
     if (why && !normal) name.append(el("div", { class: "alarm-explanation", text: why }));
-    const ackedBy = a.acked_by || (a.state === "ACKED" ? hmi.ackedBy[a.name] : "") || "";
+    const ackedBy = a.state === "ACKED" ? a.acked_by || hmi.ackedBy[a.name] || "" : "";
     return el("tr", { class: cls, "data-alarm": a.name, "data-state": a.state },
       el("td", {}, el("span", { class: "pri", text: normal ? (a.priority || "") : `${PRIORITY_NUMBER[a.priority] || "?"} ${a.priority}` })),
       name,
       el("td", { class: "state-cell", text: a.state }),
-      el("td", { text: normal ? "" : clock(a.since) }),
+      el("td", { text: a.state === "NORMAL" ? "" : clock(a.since) }),
       el("td", { text: ackedBy }),
       el("td", { text: a.shelved_until ? `${clock(a.shelved_until)}${a.shelved_by ? ` (${a.shelved_by})` : ""}` : "" }),
       ops);
