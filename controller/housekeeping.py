@@ -101,14 +101,20 @@ class Housekeeping:
 
     def __init__(self, *, pipeline: StepPipeline, health: PlcHealth, line: LineState, journal: Journal,
                  events: EventLog, cloud: CloudFeed, keeper: StateKeeper,
-                 issue: Callable[[Sequence[WriteRequest]], None]) -> None:
+                 issue: Callable[[Sequence[WriteRequest]], None],
+                 alive: Callable[[], None] = lambda: None) -> None:
         self.pipeline, self.health, self.line, self.journal = pipeline, health, line, journal
         self.events, self.cloud, self.keeper, self._issue = events, cloud, keeper, issue
+        self._alive = alive  # after every round: the systemd watchdog ping (controller.systemd)
         self.stale_timeout = stale_timeouts(health.plcs, len(line.tags))
         self.rounds = 0
 
     async def run(self) -> None:
-        """Rounds until cancelled; a failing round (disk, a bug) is logged once per run of failures."""
+        """Rounds until cancelled; a failing round (disk, a bug) is logged once per run of failures.
+
+        `alive` is called after each round, failed or not: it says the event loop turns and the
+        time-based checks run. A blocked loop or a round that never returns stops it, and
+        systemd's watchdog restarts the service; a round that fails is logged, not restarted."""
         failures = 0
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
@@ -120,6 +126,7 @@ class Housekeeping:
                 if failures == 1:  # no log flood at 20 Hz
                     log.error("housekeeping failed, retrying every %g s: %s: %s",
                               HOUSEKEEPING_S, type(exc).__name__, exc)
+            self._alive()
 
     async def round(self) -> None:
         clock = self.health.clock

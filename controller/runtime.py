@@ -49,6 +49,7 @@ from controller.pipeline import SUMMARY_WINDOW_S, BuiltinAlarm, StepPipeline
 from controller.plc_health import Plc, PlcHealth
 from controller.points import Identity
 from controller.statedir import ENGINEER_TOKEN_FILE, READ_TOKEN_FILE, TOKEN_FILE, StateDir
+from controller.systemd import SystemdNotify
 from controller.writes import Writes
 from drivers import registry
 from drivers.supervisor import DriverSupervisor
@@ -132,9 +133,10 @@ class Controller:
                                   tag_names=self.tag_names, events=self.events, journal=self.journal,
                                   wall=self.clock.wall)
         self.cloud = CloudFeed(self.identity, self.tag_names, dict(config.detector.units))
+        self.systemd = SystemdNotify.from_environment()  # READY/STOPPING here, WATCHDOG from housekeeping
         self.housekeeping = Housekeeping(pipeline=self.pipeline, health=self.health, line=self.line,
                                          journal=self.journal, events=self.events, cloud=self.cloud,
-                                         keeper=self.keeper, issue=self._issue)
+                                         keeper=self.keeper, issue=self._issue, alive=self.systemd.watchdog)
         self.models = ModelLoader(config, self.events)
         self.registry = CollectorRegistry()
         self.ops = Operations(config, identity=self.identity, line=self.line, pipeline=self.pipeline,
@@ -231,11 +233,13 @@ class Controller:
         finally:
             self._starting = False
         self._exit = stack
+        self.systemd.ready()
 
     async def aclose(self) -> None:
         """Stop everything `start` started (in reverse order); each failing step is logged."""
         stack, self._exit = self._exit, None
         if stack is not None:
+            self.systemd.stopping()
             await stack.aclose()
 
     async def _start(self, stack: AsyncExitStack) -> None:

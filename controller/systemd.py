@@ -1,0 +1,80 @@
+"""systemd service notifications (sd_notify): READY=1, WATCHDOG=1, STOPPING=1.
+
+Under `Type=notify` systemd counts the service started only when it says READY=1 (API
+listening, drivers started), and with `WatchdogSec=` it kills and restarts a service that stops
+sending WATCHDOG=1: the housekeeping loop pings, so a stuck event loop (the one that runs every
+protection) ends in a restart instead of a line watched by nobody (configs/linesentry@.service).
+
+Without NOTIFY_SOCKET (not started by systemd, or a `Type=simple` unit) every call is a no-op.
+A notification that cannot be sent is logged once and never raised: the line's protection must
+not depend on systemd hearing from us.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+
+import sdnotify
+
+log = logging.getLogger(__name__)
+
+
+def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
+    """Seconds between WATCHDOG=1 pings: half of WATCHDOG_USEC, as sd_watchdog_enabled(3) advises,
+    or None when systemd asks for no watchdog (unset, unparsable, or meant for another pid)."""
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    owner = env.get("WATCHDOG_PID", "")
+    if usec <= 0 or (owner and owner != str(pid)):
+        return None
+    return usec / 2e6
+
+
+class SystemdNotify:
+    """The service's messages to systemd; a no-op object when there is no NOTIFY_SOCKET."""
+
+    def __init__(self, socket_path: str | None, watchdog_s: float | None) -> None:
+        self.socket_path, self.watchdog_s = socket_path, watchdog_s
+        self._notifier: sdnotify.SystemdNotifier | None = None  # connected at the first message
+        self._last_ping = -float("inf")
+        self._failed = False
+
+    @classmethod
+    def from_environment(cls) -> SystemdNotify:
+        """What systemd passed in the environment (reads it only: no socket until the first message)."""
+        return cls(os.environ.get("NOTIFY_SOCKET") or None, watchdog_interval(os.environ, os.getpid()))
+
+    def ready(self) -> None:
+        self._send("READY=1\nSTATUS=running")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1\nSTATUS=stopping")
+
+    def watchdog(self) -> None:
+        """Called every housekeeping round; pings at most every `watchdog_s` (WatchdogSec / 2)."""
+        if self.watchdog_s is None:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self.watchdog_s:
+            self._last_ping = now
+            self._send("WATCHDOG=1")
+
+    def _send(self, message: str) -> None:
+        if self.socket_path is None:
+            return
+        try:
+            if self._notifier is None:
+                self._notifier = sdnotify.SystemdNotifier(debug=True)  # debug: raise, so we can log it
+            self._notifier.notify(message)
+            self._failed = False
+        except Exception as exc:  # any failure: the controller runs on, systemd just hears nothing
+            self._notifier = None  # reconnect next time (systemd may have been restarted)
+            if not self._failed:
+                log.error("systemd notification %r to %s failed: %s: %s", message.split("\n")[0],
+                          self.socket_path, type(exc).__name__, exc)
+            self._failed = True

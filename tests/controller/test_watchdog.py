@@ -1,0 +1,169 @@
+"""systemd notifications over a REAL unix datagram NOTIFY_SOCKET bound by the test, as systemd
+binds it for a `Type=notify` unit (configs/linesentry@.service).
+
+- `linesentry run` (the console script the unit starts) says READY=1 once its API answers, then
+  WATCHDOG=1 every WATCHDOG_USEC / 2; a SIGSTOPped process sends none, after SIGCONT they
+  resume; SIGTERM brings STOPPING=1 and a clean exit.
+- The pings come from the event loop (the housekeeping round), not from a thread: while the
+  loop is blocked, none is sent. The test blocks the loop it shares with an in-process controller.
+- A notify socket that is gone is logged once and never stops the controller.
+
+The PLCs of the config point at closed ports: notifications do not need a plant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from controller.config import load_config
+from controller.runtime import Controller
+from controller.systemd import SystemdNotify, watchdog_interval
+from hil_tests.rig.controller_run import without_model
+from hil_tests.rig.demo_config import demo_text
+from hil_tests.rig.net import free_port, wait_for
+
+PING_USEC = 200_000  # systemd's WatchdogSec=0.2s: a ping every 0.1 s
+BLOCKED_S = 1.0  # five watchdog timeouts without a ping
+IN_FLIGHT_S = 0.05  # a ping sent just before the stop may be stamped just after it
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket and a thread stamping each message with its arrival time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.received: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.received.append((time.monotonic(), data.decode()))
+
+    def times(self, first_line: str) -> list[float]:
+        return [t for t, m in list(self.received) if m.split("\n")[0] == first_line]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def line_config(tmp_path: Path, api_port: int | None = None) -> Path:
+    """The commissioning demo config (no model), its PLCs on closed ports, its API on `api_port`
+    (None: the config's, for a Controller given its own)."""
+    text = demo_text(tmp_path / "state", tmp_path / "none.npz",
+                     opcua_endpoint=f"opc.tcp://127.0.0.1:{free_port()}/linesentry/",
+                     modbus_port=free_port(), api_port=api_port)
+    path = tmp_path / "line.toml"
+    path.write_text(without_model(text))
+    return path
+
+
+def test_the_service_says_ready_pings_not_while_stopped_and_says_stopping(tmp_path):
+    notify, api_port = NotifySocket(tmp_path / "notify"), free_port()
+    linesentry = Path(sys.executable).with_name("linesentry")
+    assert linesentry.exists(), "the linesentry console script is not installed in this venv"
+    log = tmp_path / "service.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(linesentry), "run", str(line_config(tmp_path, api_port))],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env=os.environ | {"NOTIFY_SOCKET": str(notify.path),
+                                                  "WATCHDOG_USEC": str(PING_USEC)})
+    try:
+        deadline = time.monotonic() + 60
+        while not notify.times("READY=1"):
+            assert proc.poll() is None, f"the controller exited:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no READY=1 in 60 s:\n{log.read_text()[-2000:]}"
+            time.sleep(0.02)
+        # READY=1 means the API answers now, with no retry.
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/api/v1/status", timeout=5) as r:
+            assert r.status == 200
+        ready = notify.times("READY=1")[0]
+        assert all(t >= ready for t in notify.times("WATCHDOG=1"))  # no ping before READY
+        asyncio.run(wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 3, timeout=10, what="3 pings"))
+
+        os.kill(proc.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        time.sleep(BLOCKED_S)  # observing an absence: there is no condition to wait for
+        resumed = time.monotonic()
+        os.kill(proc.pid, signal.SIGCONT)
+        assert [t for t in notify.times("WATCHDOG=1") if stopped + IN_FLIGHT_S < t < resumed] == []
+        asyncio.run(wait_for(lambda: any(t > resumed for t in notify.times("WATCHDOG=1")), timeout=10,
+                             what="a ping after SIGCONT"))
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+        assert len(notify.times("STOPPING=1")) == 1
+        assert notify.times("STOPPING=1")[0] > notify.times("WATCHDOG=1")[-1] - IN_FLIGHT_S
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+
+
+async def test_a_blocked_event_loop_sends_no_ping(tmp_path, monkeypatch):
+    notify = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", str(PING_USEC))
+    controller = Controller(load_config(line_config(tmp_path)), api_port=0)
+    task = asyncio.create_task(controller.run())
+    try:
+        await wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 3 or task.done(), timeout=30,
+                       what="READY and 3 pings")
+        assert not task.done() and len(notify.times("READY=1")) == 1
+        blocked = time.monotonic()
+        time.sleep(BLOCKED_S)  # noqa: ASYNC251 -- on purpose: this blocks the controller's event loop
+        unblocked = time.monotonic()
+        await wait_for(lambda: any(t > unblocked for t in notify.times("WATCHDOG=1")), timeout=5,
+                       what="a ping once the loop runs again")
+        assert [t for t in notify.times("WATCHDOG=1") if blocked + IN_FLIGHT_S < t < unblocked] == []
+    finally:
+        controller.stop()
+        await asyncio.wait_for(task, 15)
+        notify.close()
+    assert len(notify.times("STOPPING=1")) == 1
+
+
+def test_a_notify_socket_that_is_gone_is_logged_once_and_never_raised(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    monkeypatch.setenv("WATCHDOG_USEC", "2")  # a ping at every call
+    notifier = SystemdNotify.from_environment()
+    with caplog.at_level(logging.ERROR, logger="controller.systemd"):
+        notifier.ready()
+        notifier.watchdog()
+        notifier.watchdog()
+        notifier.stopping()
+    assert len(caplog.records) == 1 and "READY=1" in caplog.records[0].getMessage()
+
+
+def test_watchdog_interval_follows_what_systemd_passes():
+    assert watchdog_interval({"WATCHDOG_USEC": "10000000"}, 42) == 5.0
+    assert watchdog_interval({"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": "42"}, 42) == 5.0
+    assert watchdog_interval({"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": "7"}, 42) is None  # a parent's
+    assert watchdog_interval({}, 42) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "soon"}, 42) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}, 42) is None
+    silent = SystemdNotify(None, None)  # no NOTIFY_SOCKET: nothing is sent, nothing fails
+    silent.ready()
+    silent.watchdog()
+    silent.stopping()
