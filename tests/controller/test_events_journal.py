@@ -1,0 +1,170 @@
+"""EventLog over its SQLite journal (real files): ids across reopen, reads older than memory,
+retention, a damaged file set aside, a failing write kept in memory and written when it works."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.events import EventLog
+from controller.eventstore import EventStore
+
+
+def store(path: Path, *, max_age_s: float = 1e9, max_rows: int = 1_000_000) -> EventStore:
+    return EventStore(path, max_age_s=max_age_s, max_rows=max_rows)
+
+
+def stored(path: Path) -> list[tuple]:
+    """The rows as another process sees them (a second connection)."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT id, kind, source, message FROM events ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def test_add_does_no_io_flush_writes_one_batch_and_ids_go_on_after_reopen(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    log = EventLog()
+    assert log.open(store(path))
+    log.add("alarm", "a", "NORMAL -> UNACK (condition)", state="UNACK")
+    log.add("action", "stop", "fired", user="ann", role="engineer", reason="test")
+    assert stored(path) == []  # nothing written by add (the hot path's callers never wait for a disk)
+    log.flush()
+    assert stored(path) == [(1, "alarm", "a", "NORMAL -> UNACK (condition)"), (2, "action", "stop", "fired")]
+    log.close()
+
+    again = EventLog()
+    assert again.open(store(path))
+    assert again.last_id == 2 and again.add("driver", "press", "connected")["id"] == 3
+    assert [e["id"] for e in again.since(0)] == [1, 2, 3]
+    assert again.since(1)[0] == {**again.since(1)[0], "user": "ann", "role": "engineer", "reason": "test"}
+    again.close()
+
+
+def test_since_reads_events_older_than_the_memory_from_the_journal(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    log = EventLog(capacity=10)
+    log.open(store(path))
+    for i in range(35):
+        log.add("driver", "press", f"event {i + 1}")
+        log.flush()
+    assert [e["id"] for e in log.since(0, limit=1000)] == list(range(1, 36))
+    assert [e["id"] for e in log.since(3, limit=5)] == [4, 5, 6, 7, 8]
+    assert [e["id"] for e in log.since(22, limit=6)] == [23, 24, 25, 26, 27, 28]  # journal, then memory
+    assert log.since(35) == []
+    log.close()
+
+
+def test_retention_bounds_the_journal_by_rows_and_by_age(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    log = EventLog()
+    log.open(store(path, max_rows=1000, max_age_s=3600))
+    now = time.time()
+    for i in range(1500):
+        log.add("driver", "press", f"event {i}", at=now - 7200 if i < 100 else now)
+    log.flush()  # the first flush prunes too
+    ids = [row[0] for row in stored(path)]
+    assert ids == list(range(501, 1501))  # the newest 1000
+    log.close()
+    log = EventLog()
+    log.open(store(path, max_rows=1_000_000, max_age_s=3600))
+    db = sqlite3.connect(path)
+    db.execute("UPDATE events SET time = ? WHERE id <= 600", (now - 7200,))
+    db.commit()
+    db.close()
+    log.add("driver", "press", "new")
+    log.flush()
+    assert [row[0] for row in stored(path)][:2] == [601, 602]  # older than an hour: gone
+    log.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "torn page"])
+def test_a_damaged_journal_is_set_aside_with_one_warning_and_a_new_one_started(tmp_path, caplog, damage):
+    path = tmp_path / "journal.sqlite"
+    if damage == "garbage":
+        path.write_bytes(b"this is not an SQLite file at all\n" * 200)
+    else:
+        log = EventLog()
+        log.open(store(path))
+        for i in range(2000):
+            log.add("driver", "press", f"event {i} " + "x" * 100)
+        log.close()
+        raw = bytearray(path.read_bytes())
+        raw[8192:16384] = b"\xff" * 8192  # pages 3-4 overwritten
+        path.write_bytes(bytes(raw))
+    caplog.set_level(logging.WARNING)
+    log = EventLog()
+    assert log.open(store(path))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "damaged" in warnings[0], warnings
+    aside = list(tmp_path.glob("journal.sqlite.damaged-*"))
+    assert len(aside) == 1 and aside[0].name in warnings[0]
+    assert log.add("controller", "controller", "started")["id"] == 1
+    log.close()
+    assert stored(path) == [(1, "controller", "controller", "started")]
+
+
+def test_a_failing_write_is_one_error_line_then_written_when_it_works_again(tmp_path, caplog, monkeypatch):
+    """The kernel refuses the write (RLIMIT_FSIZE: EFBIG, as a full disk refuses one); the events
+    wait in memory, later flushes are silent, and the first that works writes them all."""
+    import controller.events as events_module
+
+    assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN  # Python ignores it: a write fails instead
+    path = tmp_path / "journal.sqlite"
+    log = EventLog()
+    log.open(store(path))
+    log.add("controller", "controller", "started")
+    log.flush()
+    monkeypatch.setattr(events_module, "RETRY_S", 0.0)
+    caplog.set_level(logging.WARNING)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    wal_size = Path(f"{path}-wal").stat().st_size
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (wal_size + 1, hard))
+        for i in range(3):
+            log.add("driver", "press", f"while full {i}")
+            log.flush()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "cannot write" in errors[0] and "kept in memory" in errors[0], errors
+    assert [e["message"] for e in log.since(1)] == ["while full 0", "while full 1", "while full 2"]
+    assert len(stored(path)) == 1
+    log.flush()
+    assert [row[3] for row in stored(path)] == ["started", "while full 0", "while full 1", "while full 2"]
+    assert any("writing again" in r.getMessage() for r in caplog.records)
+    log.close()
+
+
+def test_a_journal_that_cannot_be_opened_leaves_the_log_in_memory(tmp_path, caplog):
+    (tmp_path / "journal.sqlite").mkdir()  # a directory where the file should be: SQLite cannot open it
+    caplog.set_level(logging.ERROR)
+    log = EventLog()
+    assert not log.open(store(tmp_path / "journal.sqlite"))
+    assert len(caplog.records) == 1 and "kept in memory only" in caplog.records[0].getMessage()
+    log.add("controller", "controller", "started")
+    log.flush()
+    assert [e["id"] for e in log.since(0)] == [1]
+    log.close()
+
+
+def test_events_added_before_the_journal_opens_are_numbered_after_it(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    first = EventLog()
+    first.open(store(path))
+    first.add("controller", "controller", "started")
+    first.close()
+    log = EventLog()
+    log.add("driver", "press", "early")
+    log.open(store(path))
+    assert [(e["id"], e["message"]) for e in log.since(0)] == [(1, "started"), (2, "early")]
+    log.flush()
+    assert [row[0] for row in stored(path)] == [1, 2]
+    log.close()

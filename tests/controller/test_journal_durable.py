@@ -1,0 +1,281 @@
+"""The event journal of a real `linesentry run` process: ids and operator records survive kill -9
+and restarts, `events --since` reads across them, and a journal that cannot be written (a full disk,
+an unwritable file) is one log line while the controller keeps running on events in memory.
+
+The controller runs the demo config with its PLCs on closed ports (the comm-loss alarms give it
+something to report) and no model; the CLI commands run in this process (typer's runner) against
+its API. A full disk is a write the kernel refuses: the child's RLIMIT_FSIZE makes a write past the
+limit fail (EFBIG; SQLite reports a disk I/O error, as for some ENOSPC cases), with no tiny filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from controller.cli import app
+from controller.eventstore import JOURNAL_FILE
+from hil_tests.rig.controller_run import without_model
+from hil_tests.rig.net import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "configs" / "demo_line.toml"
+LAUNCH = [sys.executable, "-c", "from controller.cli import app; app(prog_name='linesentry')"]
+CANNOT_WRITE = "cannot write"
+runner = CliRunner()
+
+
+def cli(*args: str) -> str:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def line_config(tmp_path: Path) -> Path:
+    """The demo line without a model (the commissioning config), its PLCs on closed ports, a private
+    state dir and API port."""
+    text = without_model(DEMO.read_text())
+    subs = [(r"127\.0\.0\.1:4840", f"127.0.0.1:{free_port()}"), (r"^port = 5020$", f"port = {free_port()}"),
+            (r"^state_dir = .*$", f'state_dir = "{tmp_path / "state"}"'),
+            (r"^api_port = 8470$", f"api_port = {free_port()}")]
+    for pattern, replacement in subs:
+        text, n = re.subn(pattern, replacement, text, flags=re.M)
+        assert n == 1, pattern
+    path = tmp_path / "line.toml"
+    path.write_text(text)
+    return path
+
+
+class Service:
+    """`linesentry run CONFIG` as a child process; its output is collected from a pipe (a pipe is
+    not limited by RLIMIT_FSIZE, a log file would be)."""
+
+    def __init__(self, config: Path, file_limit: int | None = None) -> None:
+        self.config, self.file_limit = config, file_limit
+        self.port = int(re.search(r"^api_port = (\d+)$", config.read_text(), re.M).group(1))
+        self.output: list[str] = []
+        self.proc: subprocess.Popen | None = None
+
+    def _limit(self) -> None:
+        if self.file_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_limit, self.file_limit))
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([*LAUNCH, "run", str(self.config)], cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, preexec_fn=self._limit,
+                                     env=os.environ | {"PYTHONPATH": str(ROOT)})
+        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, f"the controller exited:\n{self.log()}"
+            try:
+                if self.get("/status")["controller"]["started_at"]:
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no API after 60 s:\n{self.log()}"
+            time.sleep(0.1)
+
+    def _drain(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.output.append(line)
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def events(self, since: int = 0) -> list[dict]:
+        out: list[dict] = []
+        while page := self.get(f"/events?since={since}"):
+            out += page
+            since = page[-1]["id"]
+        return out
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(10) == -signal.SIGKILL
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def service(tmp_path):
+    """Make the Service of this test (one config, one state dir); it is killed at the end."""
+    made: list[Service] = []
+
+    def make(file_limit: int | None = None) -> Service:
+        made.append(Service(line_config(tmp_path), file_limit))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def integrity(path: Path) -> str:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        db.close()
+
+
+def wait_alarm(service: Service, name: str, state: str) -> None:
+    deadline = time.monotonic() + 20
+    while next(a for a in service.get("/alarms") if a["name"] == name)["state"] != state:
+        assert time.monotonic() < deadline, f"{name} never became {state}"
+        time.sleep(0.05)
+
+
+def test_ids_and_operator_records_survive_kill_9_and_since_reads_across_restarts(service, tmp_path):
+    s = service()
+    s.start()
+    config = str(s.config)
+    wait_alarm(s, "press_comm_loss", "UNACK")
+    assert "acknowledged" in cli("ack", config, "press_comm_loss", "--user", "ann")
+    cli("shelve", config, "conveyor_comm_loss", "--for", "10m", "--user", "bob", "--reason", "cable swap")
+    before = s.events()
+    s.kill9()  # right after the answer: the request's record was written before it
+    killed_at = time.time()
+    journal = tmp_path / "state" / JOURNAL_FILE
+    assert integrity(journal) == "ok"
+
+    s.start()
+    after = s.events()
+    old = {e["id"]: e for e in after if e["id"] <= before[-1]["id"]}
+    # Everything the API showed up to a flush interval before the kill is in the journal, as it was
+    # (JSON-equal: the same id, time, kind, source, message and fields); the operator's two requests
+    # were written before their answers.
+    for e in before:
+        if e["time"] < killed_at - 1.0 or e.get("user") in ("ann", "bob"):
+            assert old.get(e["id"]) == e, e
+    shelved = next(e for e in after if e["source"] == "conveyor_comm_loss" and e.get("user") == "bob")
+    assert shelved["reason"] == "cable swap" and shelved["role"] == "operator"
+    assert "cable swap" in shelved["message"]
+    acked = next(e for e in after if e["source"] == "press_comm_loss" and e.get("user") == "ann")
+    assert acked["role"] == "operator" and acked["state"] == "ACKED"
+    new = [e for e in after if e["id"] > before[-1]["id"]]
+    assert any(e["kind"] == "controller" and e["message"].startswith("started") for e in new), new
+    ids = [e["id"] for e in after]
+    assert ids == sorted(set(ids)), "ids must go on after a restart, never repeat"
+
+    # `events --since` across the restart, through the CLI: the last 3 events before it and the new ones
+    boundary = before[-1]["id"] - 3
+    page = cli("events", config, "--since", str(boundary), "--json")
+    lines = [json.loads(line) for line in page.splitlines()]
+    assert [e["id"] for e in lines] == [i for i in ids if i > boundary]
+    table = cli("events", config, "--since", str(boundary))
+    assert "bob (operator)" in table or boundary >= shelved["id"]
+    assert s.stop() == 0
+
+
+def test_repeated_kill_9_during_a_burst_of_requests_never_damages_the_journal(service, tmp_path):
+    """Kill -9 while operator requests and their journal writes are under way, three times: every
+    restart opens the same file (no "damaged" warning), and ids only grow."""
+    s = service()
+    journal = tmp_path / "state" / JOURNAL_FILE
+    seen: list[int] = []
+    for _ in range(3):
+        s.start()
+        config, stop = str(s.config), threading.Event()
+
+        def churn(config=config, stop=stop) -> None:
+            while not stop.is_set():
+                runner.invoke(app, ["shelve", config, "conveyor_comm_loss", "--for", "1m", "--reason", "r"])
+                runner.invoke(app, ["unshelve", config, "conveyor_comm_loss"])
+
+        worker = threading.Thread(target=churn)
+        worker.start()
+        time.sleep(1.5)
+        s.kill9()
+        stop.set()
+        worker.join(30)
+        assert integrity(journal) == "ok"
+        s.start()
+        ids = [e["id"] for e in s.events()]
+        assert ids == sorted(set(ids)) and ids[-1] > (seen[-1] if seen else 0)
+        seen.append(ids[-1])
+        s.kill9()
+    assert "damaged" not in s.log(), s.log()
+    assert sum(1 for line in s.log().splitlines() if "event journal" in line) == 0, s.log()
+
+
+def test_a_full_disk_is_one_log_line_and_the_controller_keeps_running(service, tmp_path):
+    limit = 192 * 1024  # the write-ahead log reaches it after ~40 commits of one 4 KiB page
+    s = service(file_limit=limit)
+    s.start()
+    config = str(s.config)
+    for n in range(400):
+        cli("shelve", config, "conveyor_comm_loss", "--for", "1m", "--reason", f"full disk test {n}")
+        if CANNOT_WRITE in s.log():
+            break
+    else:
+        pytest.fail(f"the journal never filled {limit} bytes:\n{s.log()}")
+    wal = Path(f"{tmp_path / 'state' / JOURNAL_FILE}-wal")
+    assert wal.stat().st_size <= limit
+    first_lost = max(e["id"] for e in s.events())
+    # The controller goes on: requests are answered, their events are served from memory, ids go on;
+    # retries (every 5 s) fail without another line.
+    deadline = time.monotonic() + 6.5
+    while time.monotonic() < deadline:
+        cli("shelve", config, "conveyor_comm_loss", "--for", "1m", "--reason", "still full")
+        time.sleep(0.2)
+    events = s.events(first_lost - 1)
+    assert events[-1]["id"] > first_lost and events[-1]["reason"] == "still full"
+    assert "line score" in cli("status", config)
+    lines = [line for line in s.log().splitlines() if "event journal" in line]
+    assert len(lines) == 1 and CANNOT_WRITE in lines[0] and "kept in memory" in lines[0], lines
+    print(f"\nafter {n + 1} requests: {lines[0].strip()}")
+    assert "Traceback" not in s.log()
+    assert s.stop() == 0, s.log()
+    assert integrity(tmp_path / "state" / JOURNAL_FILE) == "ok"
+
+
+def test_an_unwritable_journal_file_is_one_log_line_and_events_stay_in_memory(service, tmp_path):
+    s = service()
+    s.start()
+    assert s.stop() == 0
+    journal = tmp_path / "state" / JOURNAL_FILE
+    journal.chmod(0o444)
+    immutable = os.geteuid() == 0  # root writes a 0444 file anyway: make it immutable instead
+    if immutable:
+        subprocess.run(["chattr", "+i", str(journal)], check=True)
+    try:
+        s.start()
+        config = str(s.config)
+        cli("shelve", config, "conveyor_comm_loss", "--for", "1m", "--reason", "read-only journal")
+        assert any(e.get("reason") == "read-only journal" for e in s.events())  # from memory
+        time.sleep(0.5)
+        lines = [line for line in s.log().splitlines() if "event journal" in line]
+        assert len(lines) == 1 and CANNOT_WRITE in lines[0], s.log()
+        print(f"\n{lines[0].strip()}")
+        assert s.stop() == 0, s.log()
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(journal)], check=True)
+    db = sqlite3.connect(journal)
+    assert not db.execute("SELECT count(*) FROM events WHERE fields LIKE '%read-only journal%'").fetchone()[0]
+    db.close()
