@@ -222,7 +222,8 @@ def service(tmp_path):
     holder = {}
 
     async def start():
-        runner = web.AppRunner(create_app(ops, "secret-token", engineer_token="engineer-token"), access_log=None, shutdown_timeout=0.2)
+        api = create_app(ops, "secret-token", engineer_token="engineer-token")
+        runner = web.AppRunner(api, access_log=None, shutdown_timeout=0.2)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         holder["runner"] = runner
