@@ -3,7 +3,8 @@
 One round: liveness (comm loss, safe state), per-tag staleness of polled PLCs, alarm delays and
 shelve expiry when no data arrives, readback deadlines; then the journal is flushed into events
 and log lines, new events and closed summary windows go to the outbox (when there is a cloud),
-and the state file is saved if an operator-visible fact changed.
+and the state file is saved if an operator-visible fact changed. After each round the systemd
+watchdog is pinged (controller.systemd): no round, no ping, a restart.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ The hot path only writes each step's duration into a preallocated ring
 the new ring entries into a cumulative histogram and reads every other figure
 (driver counters, alarm states, action counts, outbox backlog, sync counters)
 straight from the running controller.
+
+Prometheus conventions, checked by `promtool check metrics` on a live scrape
+(tests/controller/test_metrics_promtool.py): counters end in `_total`, units are in the
+names, no `quantile` label outside a summary, and series whose labels the config fixes are
+always present (docs/operations.md#monitoring lists them).
 """
 
 import functools
