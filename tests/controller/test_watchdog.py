@@ -132,7 +132,7 @@ async def test_a_blocked_event_loop_sends_no_ping(tmp_path, monkeypatch):
                        what="READY and 3 pings")
         assert not task.done() and len(notify.times("READY=1")) == 1
         blocked = time.monotonic()
-        time.sleep(BLOCKED_S)  # noqa: ASYNC251 -- on purpose: this blocks the controller's event loop
+        time.sleep(BLOCKED_S)  # on purpose: a blocking call in a coroutine blocks the controller's loop
         unblocked = time.monotonic()
         await wait_for(lambda: any(t > unblocked for t in notify.times("WATCHDOG=1")), timeout=5,
                        what="a ping once the loop runs again")
