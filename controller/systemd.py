@@ -53,6 +53,8 @@ class SystemdNotify:
         self._send("READY=1\nSTATUS=running")
 
     def stopping(self) -> None:
+        """Said once at stop; no ping after it (systemd stops the watchdog when the unit stops)."""
+        self.watchdog_s = None
         self._send("STOPPING=1\nSTATUS=stopping")
 
     def watchdog(self) -> None:
