@@ -907,7 +907,8 @@ def replay(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=Fa
         if out is not None:
             rp.write_scores(out, times, result, tags)
         if plot_to is not None:
-            rp.plot(plot_to, times, values, tags, result, det.threshold, dict(cfg.detector.units))
+            rp.plot(plot_to, times, values, tags, result, det.threshold, dict(cfg.detector.units),
+                    actuators=rp.read_actuators(data, rp.actuator_tags(cfg)))
     except OSError as exc:
         raise fail(f"cannot write {exc.filename}: {exc.strerror}", EXIT_RUNTIME) from None
     table = Table(title=f"replay of {data}", show_header=False)

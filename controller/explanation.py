@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 COMPONENT_LABELS = {"pca_spe": "SPE", "pca_t2": "T²", "iforest": "iforest", "tags": "baseline"}
 FLAG_LABELS = {"invalid": "bad value", "limit": "hard limit", "rate_of_change": "rate of change",
                "flatline": "flatline", "ewma_z": "EWMA z-score", "cusum": "CUSUM"}
+RULE_FLAGS = ("invalid", "limit", "flatline")  # findings graded as facts (models.kernels.BINARY_SCORE)
 MAX_TAGS = 3  # at most this many tags in the text (the dict keeps every top tag)
 MIN_SHARE = 0.15  # a tag with a smaller part of the component's statistic is left out of the text
 PERCENT_MAX = 1000.0  # past this the level is too close to zero for a percentage: units instead
@@ -59,8 +60,9 @@ def component_text(component: str, ratio: float, rule: bool, flags: tuple[str, .
     """'SPE 3.1× limit'; for the per-tag detectors the flag that fired ('EWMA z-score 2.4× limit');
     a rule finding without a ratio ('hard limit')."""
     label = COMPONENT_LABELS.get(component, component)
-    if component == "tags" and flags:
-        label = "/".join(FLAG_LABELS.get(f, f) for f in flags)
+    shown = [f for f in flags if f in RULE_FLAGS] if rule else flags  # the rule, not its side effects
+    if component == "tags" and shown:
+        label = "/".join(FLAG_LABELS.get(f, f) for f in shown)
     if rule:
         return label
     return f"{label} {format(ratio, '.0f' if ratio >= 100 else '.1f')}× limit"

@@ -2,21 +2,30 @@
 
 The CSV is the format `linesentry record` writes: a header `time,<tag>,...` then
 one numeric row per sample. Rows go through `StreamingDetector.run_batch`, the
-same kernel the service steps live, in chunks so a long recording shows progress.
+same kernel the service steps live, in chunks so a long recording shows progress,
+and are explained (models.attribution) at sampled rows and at every rise of the
+line alarm, for the plot's attribution panel and its alarm annotations.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models import attribution
+from models.attribution import Attribution
 from models.detector import BatchResult, StreamingDetector
 
+if TYPE_CHECKING:
+    from controller.config import LineConfig
+
 CHUNK_ROWS = 20_000
+EXPLAIN_SAMPLES = 400  # attribution samples over a replay (the plot's attribution panel), plus the rises
 PLOT_EXTRA_HINT = "install the plot extra: pip install 'linesentry[plot]'"
 
 
@@ -50,23 +59,63 @@ def read_csv(path: Path, tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return data[:, 0], data[:, 1:]
 
 
+@dataclass
+class ReplayResult(BatchResult):
+    """A replay's per-row outputs and why it scored what it did: the attribution (models.attribution)
+    after `explained_rows`: about EXPLAIN_SAMPLES rows spread over the replay plus every row where
+    the line alarm rose, as the live controller explains it."""
+
+    explained_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    explained: list[Attribution] = field(default_factory=list)
+
+    def explained_at(self, row: int) -> Attribution | None:
+        k = int(np.searchsorted(self.explained_rows, row))
+        return self.explained[k] if k < len(self.explained) and self.explained_rows[k] == row else None
+
+
 def replay(det: StreamingDetector, times: np.ndarray, values: np.ndarray, chunk_rows: int = CHUNK_ROWS,
-           progress: Callable[[int], None] | None = None) -> BatchResult:
-    """Score every row from a fresh detector state; `progress(rows_done)` after each chunk."""
+           progress: Callable[[int], None] | None = None, samples: int = EXPLAIN_SAMPLES) -> ReplayResult:
+    """Score every row from a fresh detector state; `progress(rows_done)` after each chunk.
+
+    Runs end at the chunks' ends and at the sampled rows, so the detector's state there is the one
+    after that row and `explain` sees exactly what the live step would; a run in which the line
+    alarm rises is run again up to the rise (from a checkpoint), so each rise is explained at its
+    own row.
+    """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
     det.reset()
+    rows = len(times)
+    every = max(1, -(-rows // max(samples, 1)))
     parts: list[BatchResult] = []
-    for start in range(0, len(times), chunk_rows):
-        stop = min(start + chunk_rows, len(times))
-        parts.append(det.run_batch(values[start:stop], times[start:stop]))
-        if progress is not None:
-            progress(stop - start)
-    return BatchResult(score=np.concatenate([p.score for p in parts]),
-                       alarm=np.concatenate([p.alarm for p in parts]),
-                       components=np.concatenate([p.components for p in parts]),
-                       tag_flags=np.concatenate([p.tag_flags for p in parts]),
-                       tag_scores=np.concatenate([p.tag_scores for p in parts]))
+    explained_rows: list[int] = []
+    explained: list[Attribution] = []
+    start, alarm_before, done = 0, False, 0
+    while start < rows:
+        stop = min((start // chunk_rows + 1) * chunk_rows, rows, (start // every + 1) * every)
+        saved = det.checkpoint()
+        part = det.run_batch(values[start:stop], times[start:stop])
+        rises = np.flatnonzero(part.alarm & ~np.concatenate(([alarm_before], part.alarm[:-1])))
+        if rises.size and rises[0] < stop - start - 1:  # redo up to the first rise: explained there
+            det.restore(saved)
+            stop = start + int(rises[0]) + 1
+            part = det.run_batch(values[start:stop], times[start:stop])
+        parts.append(part)
+        if rises.size or stop % every == 0 or stop == rows:
+            explained_rows.append(stop - 1)
+            explained.append(attribution.explain(det.tags, det.model, det.state, part.components[-1],
+                                                 part.tag_flags[-1], part.tag_scores[-1], top_k=len(det.tags),
+                                                 fitted=det.fitted))
+        if progress is not None and (stop % chunk_rows == 0 or stop == rows):
+            progress(stop - done)
+            done = stop
+        start, alarm_before = stop, bool(part.alarm[-1])
+    return ReplayResult(score=np.concatenate([p.score for p in parts]),
+                        alarm=np.concatenate([p.alarm for p in parts]),
+                        components=np.concatenate([p.components for p in parts]),
+                        tag_flags=np.concatenate([p.tag_flags for p in parts]),
+                        tag_scores=np.concatenate([p.tag_scores for p in parts]),
+                        explained_rows=np.asarray(explained_rows, dtype=np.int64), explained=explained)
 
 
 def intervals(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -105,49 +154,161 @@ def write_scores(path: Path, times: np.ndarray, result: BatchResult, tags: list[
                         *result.tag_flags[k].tolist()])
 
 
-def plot(path: Path, times: np.ndarray, values: np.ndarray, tags: list[str], result: BatchResult,
-         threshold: float, units: dict[str, str] | None = None) -> None:
-    """One stacked subplot per tag, then the line score against the threshold.
+def actuator_tags(config: LineConfig) -> list[str]:
+    """The tags the controller writes to act on the line: [[actions]] and safe-state writes."""
+    written = [a.write.tag for a in config.actions]
+    written += [w.tag for _, plc in config.plcs() for w in plc.safe_state]
+    return list(dict.fromkeys(written))
 
-    Line-alarm intervals are shaded red on every subplot; rows where a tag's own
-    flags are set are shaded orange on that tag's subplot. Raises ImportError
-    (with the install hint) when matplotlib is missing.
+
+def read_actuators(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The columns of `names` that the CSV has (a recording may hold the actuators' values too);
+    a row with a blank or non-numeric cell there reads NaN."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0] if rows else []
+    out = {}
+    for name in (n for n in names if n in header):
+        c = header.index(name)
+        out[name] = np.array([_number(r[c]) if c < len(r) else np.nan for r in rows[1:] if r])
+    return out
+
+
+def _number(cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        return np.nan
+
+
+# One colour per flag kind (shaded on the tag's panel), per component (the attribution panel's strip;
+# the tags' stack there takes matplotlib's tab10 colours).
+FLAG_COLOURS = {"invalid": "tab:gray", "limit": "tab:purple", "rate_of_change": "tab:pink",
+                "flatline": "tab:brown", "ewma_z": "tab:orange", "cusum": "tab:olive"}
+COMPONENT_COLOURS = {"tags": "dimgray", "pca_t2": "goldenrod", "pca_spe": "navy", "iforest": "teal"}
+ALARM_COLOUR = "tab:red"
+
+
+def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: ReplayResult, threshold: float,
+           units: Mapping[str, str] | None = None, actuators: Mapping[str, np.ndarray] | None = None):
+    """The replay as a matplotlib Figure (for `plot`, and for tests to inspect).
+
+    Top to bottom: one panel per tag (value, its flags shaded in their kind's colour), the
+    actuators the controller writes (when the recording has them), the line score against the
+    threshold with each line alarm's explanation at its rise, and the attribution panel: the
+    driving component and each tag's share of it over time. Line alarms are shaded red on every
+    panel; the time axis is wall-clock (UTC). Raises ImportError (with the install hint) when
+    matplotlib is missing.
     """
     try:
         import matplotlib
     except ImportError:
         raise ImportError(PLOT_EXTRA_HINT) from None
     matplotlib.use("Agg", force=True)
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from controller.explanation import explanation
+    from models.names import FLAG_NAMES
+
+    units, actuators = units or {}, actuators or {}
+    t = (np.asarray(times) * 1e6).astype("datetime64[us]")
+    alarms = intervals(result.alarm)
+    heights = [1.0] * len(tags) + [0.6] * bool(actuators) + [1.2, 1.2]
+    fig, axes = plt.subplots(len(heights), 1, sharex=True, figsize=(11, 1.05 * sum(heights) + 1.6),
+                             squeeze=False, gridspec_kw={"height_ratios": heights})
+    axes = list(axes[:, 0])
+    tag_axes = axes[:len(tags)]
+    act_ax = axes[len(tags)] if actuators else None
+    score_ax, why_ax = axes[-2], axes[-1]
+
+    def shade(ax, spans, colour, alpha):
+        for a, b in spans:
+            ax.axvspan(t[a], t[min(b, len(t) - 1)], color=colour, alpha=alpha, lw=0)
+
+    flag_kinds_seen: list[str] = []
+    for k, (ax, tag) in enumerate(zip(tag_axes, tags, strict=True)):
+        ax.plot(t, values[:, k], lw=0.7, color="black")
+        for bit, kind in sorted(FLAG_NAMES.items()):
+            spans = intervals(result.tag_flags[:, k] & bit != 0)
+            if spans:
+                shade(ax, spans, FLAG_COLOURS[kind], 0.35)
+                flag_kinds_seen.append(kind)
+        ax.set_ylabel(f"{tag}\n[{units[tag]}]" if tag in units else tag, fontsize=7)
+    if act_ax is not None:
+        for k, (name, series) in enumerate(actuators.items()):
+            act_ax.step(t, np.asarray(series, dtype=float) + 1.2 * k, where="post", lw=1.0, label=name)
+        act_ax.set_yticks([1.2 * k + v for k in range(len(actuators)) for v in (0, 1)],
+                          [f"{n} {v}" for n in actuators for v in ("off", "on")], fontsize=6)
+        act_ax.set_ylabel("actuators", fontsize=7)
+    score_ax.plot(t, result.score, lw=0.8, color="black", label="line score")
+    score_ax.axhline(threshold, color=ALARM_COLOUR, ls="--", lw=0.8, label=f"threshold {threshold:.3f}")
+    score_ax.set_ylabel("line score", fontsize=7)
+    score_ax.legend(loc="upper right", fontsize=6)
+    for n, (a, _) in enumerate(alarms):  # each line alarm's explanation, as the live event gives it
+        why = result.explained_at(a)
+        if why is not None:
+            score_ax.annotate(explanation(f"#{n + 1}", why, units)["text"], (t[a], 1.0), xytext=(2, -2),
+                              textcoords="offset points", xycoords=("data", "axes fraction"), fontsize=6,
+                              va="top", color=ALARM_COLOUR, rotation=0, clip_on=True)
+    _attribution_panel(why_ax, t, tags, result)
+    for ax in axes:
+        shade(ax, alarms, ALARM_COLOUR, 0.12)
+        ax.tick_params(labelsize=6)
+    why_ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(why_ax.xaxis.get_major_locator()))
+    why_ax.set_xlabel("time (UTC)", fontsize=7)
+    handles = [Patch(color=ALARM_COLOUR, alpha=0.3, label="line alarm")]
+    handles += [Patch(color=FLAG_COLOURS[k], alpha=0.5, label=f"flag: {k}")
+                for k in FLAG_COLOURS if k in flag_kinds_seen]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.985))
+    fig.suptitle(f"replay: {len(t)} rows, {len(alarms)} line alarm interval(s)", fontsize=9, y=0.998)
+    fig.tight_layout(rect=(0, 0, 1, 0.965))
+    return fig
+
+
+def _attribution_panel(ax, t: np.ndarray, tags: list[str], result: ReplayResult) -> None:
+    """Each tag's share of the driving component at the explained rows (stacked, one colour per
+    tag; the stack is as high as the component's ratio to its limit, at most 1), under a strip
+    naming the driving component (one colour per component)."""
+    import matplotlib
+    from matplotlib.patches import Patch
+
+    rows = result.explained_rows
+    if rows.size == 0:
+        return
+    index = {tag: k for k, tag in enumerate(tags)}
+    shares = np.zeros((len(tags), rows.size))
+    for j, a in enumerate(result.explained):
+        weight = min(a.ratio, 1.0)  # a component far below its limit drives little: a low stack
+        for c in a.top:
+            shares[index[c.tag], j] = c.share * weight
+    cmap = matplotlib.colormaps["tab10"]
+    colours = [cmap(k % 10) for k in range(len(tags))]
+    ax.stackplot(t[rows], shares, colors=colours, labels=tags, alpha=0.8, step="post")
+    edges = np.append(t[rows], t[-1])
+    seen = []
+    for j, a in enumerate(result.explained):
+        if a.component is not None:
+            ax.axvspan(edges[j], edges[j + 1], ymin=1.02, ymax=1.12, color=COMPONENT_COLOURS[a.component],
+                       clip_on=False, lw=0)
+            seen.append(a.component)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("attribution\nshare x min(1, ratio)", fontsize=6)
+    tag_legend = ax.legend(loc="upper left", fontsize=5, ncol=min(len(tags), 8), framealpha=0.6)
+    ax.add_artist(tag_legend)
+    ax.legend(handles=[Patch(color=COMPONENT_COLOURS[c], label=f"driver: {c}") for c in COMPONENT_COLOURS
+                       if c in seen], loc="lower left", fontsize=5, ncol=4, framealpha=0.6)
+
+
+def plot(path: Path, times: np.ndarray, values: np.ndarray, tags: list[str], result: ReplayResult,
+         threshold: float, units: Mapping[str, str] | None = None,
+         actuators: Mapping[str, np.ndarray] | None = None) -> None:
+    """Draw `figure(...)` to a PNG at `path`."""
+    fig = figure(times, values, tags, result, threshold, units, actuators)
     import matplotlib.pyplot as plt
 
-    units = units or {}
-    t = times - times[0]
-    alarms = intervals(result.alarm)
-    n = len(tags) + 1
-    fig, axes = plt.subplots(n, 1, sharex=True, figsize=(11, 1.6 * n + 1), squeeze=False)
-    axes = axes[:, 0]
-
-    def shade(ax, spans, color, alpha):
-        for a, b in spans:
-            ax.axvspan(t[a], t[min(b, len(t) - 1)], color=color, alpha=alpha, lw=0)
-
-    for k, tag in enumerate(tags):
-        ax = axes[k]
-        ax.plot(t, values[:, k], lw=0.7, color="tab:blue")
-        shade(ax, intervals(result.tag_flags[:, k] != 0), "tab:orange", 0.3)
-        shade(ax, alarms, "tab:red", 0.15)
-        ax.set_ylabel(f"{tag}\n[{units[tag]}]" if tag in units else tag, fontsize=8)
-        ax.tick_params(labelsize=7)
-    ax = axes[-1]
-    ax.plot(t, result.score, lw=0.8, color="black", label="line score")
-    ax.axhline(threshold, color="tab:red", ls="--", lw=0.8, label=f"threshold {threshold:.3f}")
-    shade(ax, alarms, "tab:red", 0.15)
-    ax.set_ylabel("line score", fontsize=8)
-    ax.set_xlabel(f"seconds since {times[0]:.3f}")
-    ax.legend(loc="upper left", fontsize=7)
-    ax.tick_params(labelsize=7)
-    fig.suptitle(f"replay: {len(t)} rows, {len(alarms)} line alarm interval(s)", fontsize=10)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -62,7 +62,7 @@ def test_a_level_near_zero_is_shown_in_units_not_percent():
 
 
 def test_a_rule_finding_gives_the_value_and_the_rule_not_a_ratio():
-    a = attribution("tags", 2.3e4, contribution("motor_current", 1.0, 31.25, 16.0, ["limit"]))
+    a = attribution("tags", 2.3e4, contribution("motor_current", 1.0, 31.25, 16.0, ["limit", "ewma_z"]))
     assert text(a) == "line_anomaly: motor_current 31.25 A (hard limit)"
     a = attribution("tags", 1.0e4, contribution("vibration_rms", 1.0, 2.3, 2.24, ["flatline"]))
     assert text(a) == "line_anomaly: vibration_rms 2.3 mm/s (flatline)"

@@ -163,3 +163,80 @@ def test_read_csv_errors(tmp_path):
     ok.write_text("time,b,a\n0,1,2\n\n1,3,4\n")
     times, values = rp.read_csv(ok, ["a", "b"])
     assert times.tolist() == [0, 1] and values.tolist() == [[2, 1], [4, 3]]
+
+
+# ------------------------------------------------------------------ the plot an engineer reads
+@pytest.fixture(scope="module")
+def replayed(model, faulty, tags):
+    from models import load_model
+
+    _, times, rows = faulty
+    det = load_model(model, expected_tags=tags)
+    return det, times, rows, rp.replay(det, times, rows)
+
+
+def test_every_rise_of_the_line_alarm_is_explained_as_the_live_step_explains_it(replayed, tags):
+    det, times, rows, result = replayed
+    rises = [a for a, _ in rp.intervals(result.alarm)]
+    assert rises and np.all(np.diff(result.explained_rows) > 0)
+    assert len(result.explained_rows) >= rp.EXPLAIN_SAMPLES // 2  # spread over the whole replay
+    ones = np.ones(len(tags), np.uint8)
+    det.reset()
+    for k in range(rises[0] + 1):  # the live path: one step per row, then explain()
+        det.step(times[k], np.ascontiguousarray(rows[k]), ones, ones)
+    live, replayed_why = det.explain(top_k=len(tags)), result.explained_at(rises[0])
+    assert replayed_why == live  # the same component, ratio and tags, bit for bit
+    assert live.top[0].tag == FAULT_TAG
+
+
+def test_the_plot_has_a_wall_clock_axis_a_legend_per_shading_and_an_attribution_panel(replayed, tags):
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    from models.names import FLAG_NAMES
+
+    det, times, rows, result = replayed
+    stop = np.where(np.arange(len(times)) >= FAULT[0] + 30, 1.0, 0.0)  # the line stop the alarm wrote
+    epoch = times + 1_796_108_716.195  # a recording's epoch seconds
+    fig = rp.figure(epoch, rows, tags, result, det.threshold, {"motor_current": "A"},
+                    actuators={"conveyor_line_stop": stop})
+    axes = fig.axes
+    bottom = axes[-1]
+    assert isinstance(bottom.xaxis.get_major_formatter(), mdates.ConciseDateFormatter)
+    first, last = (mdates.num2date(x).timestamp() for x in bottom.get_xlim())
+    assert first <= epoch[0] + 1 and last >= epoch[-1] - 1 and first > epoch[0] - 60  # not "seconds since"
+    assert bottom.get_xlabel() == "time (UTC)"
+
+    kinds = {name for bit, name in FLAG_NAMES.items() if (result.tag_flags & bit).any()}
+    assert kinds  # the step on motor_current raises flags
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["line alarm", *(f"flag: {k}" for k in rp.FLAG_COLOURS if k in kinds)]
+    assert len(set(rp.FLAG_COLOURS.values())) == len(rp.FLAG_COLOURS) == len(FLAG_NAMES)  # a colour per kind
+    current = axes[tags.index(FAULT_TAG)]
+    shaded = {tuple(round(c, 3) for c in p.get_facecolor()[:3]) for p in current.patches}
+    for bit, name in FLAG_NAMES.items():
+        colour = tuple(round(c, 3) for c in to_rgb(rp.FLAG_COLOURS[name]))
+        assert (colour in shaded) == bool((result.tag_flags[:, tags.index(FAULT_TAG)] & bit).any()), name
+
+    act = next(ax for ax in axes if ax.get_ylabel() == "actuators")
+    assert [line.get_label() for line in act.get_lines()] == ["conveyor_line_stop"]
+    score = axes[-2]
+    notes = [t.get_text() for t in score.texts]
+    assert len(notes) == len(rp.intervals(result.alarm)) and notes[0].startswith(f"#1: {FAULT_TAG} ")
+    why = axes[-1]
+    assert why.get_ylabel().startswith("attribution")
+    assert len(why.collections) == len(tags)  # one stacked band per tag
+    assert [t.get_text() for t in why.get_legend().get_texts()][0].startswith("driver: ")
+    plt.close(fig)
+
+
+def test_actuators_are_read_from_the_recording_when_it_has_them(tmp_path, tags):
+    from controller.config import load_config
+
+    assert rp.actuator_tags(load_config(DEMO)) == ["conveyor_line_stop"]
+    path = write_csv(tmp_path / "rec.csv", [*tags, "conveyor_line_stop"], [0.0, 1.0],
+                     [[1.0] * len(tags) + [0.0], [1.0] * len(tags) + [1.0]])
+    got = rp.read_actuators(path, ["conveyor_line_stop", "line_stop"])
+    assert list(got) == ["conveyor_line_stop"] and got["conveyor_line_stop"].tolist() == [0.0, 1.0]
