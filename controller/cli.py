@@ -782,7 +782,7 @@ def model_reload(config: Path = typer.Argument(None, help=CONFIG_HELP, show_defa
                                                                   "(default: the one in use)"),
                  user: str = typer.Option("operator", help="who reloads")) -> None:
     """Load the model file again, or another one, without a restart: the running model stays if
-    the new one is refused (exit 2). Needs the engineer role."""
+    the new one is refused (exit 1, the controller's reason). Needs the engineer role."""
     body: dict = {"user": user}
     if model is not None:
         body["path"] = str(model.resolve())  # the service's working directory is not ours

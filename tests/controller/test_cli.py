@@ -4,6 +4,7 @@ import csv
 import json
 import re
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from hil_tests.rig.net import free_port
 from models import load_model
 
 DEMO = "configs/demo_line.toml"
+LAUNCH = [sys.executable, "-c", "from controller.cli import app; app(prog_name='linesentry')"]
 runner = CliRunner()
 load_plugins()  # what `app()` does for a command that is not its own (CliRunner bypasses app())
 
@@ -557,3 +559,180 @@ def test_operator_commands_validate_the_controller_section_only(tmp_path):
     config.write_text(f'[controller]\nsite = "s"\nline = "l"\napi_port = {free_port()}\n[[bogus]]\nx = 1\n')
     result = invoke("alarms", str(config))  # no PLC, an unknown table: not this command's business
     assert result.exit_code == 1 and "not running" in result.output, result.output
+
+
+# ---------------------------------------------------------------- against a real `linesentry run`
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A real controller process (the demo line, PLCs on closed ports, a fitted model); yields
+    (config path, service)."""
+    import time
+
+    from controller.config import load_config
+    from hil_tests.rig.service_process import ServiceProcess, closed_ports_config
+    from hil_tests.rig.training import simulated_normal
+    from models import StreamingDetector
+
+    tmp = tmp_path_factory.mktemp("live")
+    cfg = load_config(DEMO)
+    times, rows = simulated_normal(cfg.detector_tags(), seconds=60.0)
+    model = tmp / "model.npz"
+    StreamingDetector(cfg.detector_tags(), cfg.detector_spec()).fit(rows, times).save(model)
+    service = ServiceProcess(closed_ports_config(tmp, model))
+    try:
+        service.start()
+        deadline = time.monotonic() + 20
+        while alarm_state(service, "press_comm_loss") != "UNACK":  # the closed port is noticed
+            assert time.monotonic() < deadline, service.log()
+            time.sleep(0.05)
+        yield service.config, service
+    finally:
+        service.close()
+
+
+def alarm_state(service, name: str) -> str:
+    return next(a for a in service.get("/alarms") if a["name"] == name)["state"]
+
+
+def post(service, path: str, body: dict, token_file: str) -> dict:
+    """A request straight to the API (not through the CLI), with a token from the state dir."""
+    import urllib.request
+
+    token = (service.config.parent / "state" / token_file).read_text().strip()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    request = urllib.request.Request(f"http://127.0.0.1:{service.port}/api/v1{path}", method="POST",
+                                     data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_the_config_comes_from_linesentry_config_or_the_first_argument(live):
+    config, _ = live
+    for args, env in (([], {"LINESENTRY_CONFIG": str(config)}), ([str(config)], {})):
+        for command in ("status", "alarms", "events"):
+            result = runner.invoke(app, [command, *args], env={"COLUMNS": "200", **env})
+            assert result.exit_code == 0, (command, args, result.output)
+        assert "demo-line" in runner.invoke(app, ["status", *args], env=env).output
+    result = runner.invoke(app, ["ack", "oil_temp_high"], env={"LINESENTRY_CONFIG": str(config)})
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["status"], env={"LINESENTRY_CONFIG": str(config.parent / "nope.toml")})
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "LINESENTRY_CONFIG=" in result.output and "does not exist" in result.output
+
+
+def test_no_ops_say_so_exit_0_record_nothing_and_the_api_answers_changed_false(live):
+    from controller.statedir import ENGINEER_TOKEN_FILE, TOKEN_FILE
+
+    config, service = live
+    c = str(config)
+    before = service.events()[-1]["id"]
+    state = alarm_state(service, "oil_temp_high")  # NORMAL, or SUPPRESSED while its PLC is lost
+    assert state in ("NORMAL", "SUPPRESSED")
+    assert invoke("ack", c, "oil_temp_high").output == f"oil_temp_high is {state}: nothing to acknowledge\n"
+    assert invoke("ack", c, "press_comm_loss", "--user", "ann").output == "press_comm_loss acknowledged\n"
+    again = invoke("ack", c, "press_comm_loss")
+    assert again.exit_code == 0 and again.output == "press_comm_loss already acknowledged\n"
+    result = invoke("reset", c, "stop_line", "--reason", "nothing latched")
+    assert result.exit_code == 0 and result.output == "stop_line is not latched: nothing to reset\n"
+    assert invoke("unshelve", c, "oil_temp_high").output == (
+        "oil_temp_high is not shelved: nothing to unshelve\n")
+    assert invoke("inhibit", c, "stop_line", "--off").output == "stop_line is not inhibited\n"
+    assert invoke("out-of-service", c, "oil_temp_high", "--off").output == (
+        "oil_temp_high already in service\n")
+    answer = post(service, "/alarms/press_comm_loss/ack", {"user": "bob"}, TOKEN_FILE)
+    assert answer["changed"] is False and answer["message"] == "press_comm_loss already acknowledged"
+    answer = post(service, "/actions/stop_line/reset", {"user": "bob", "reason": "r"}, ENGINEER_TOKEN_FILE)
+    assert answer["changed"] is False
+    new = [e for e in service.events(before) if e["kind"] in ("alarm", "action") and e.get("user")]
+    assert [(e["source"], e["user"]) for e in new] == [("press_comm_loss", "ann")]  # the one real change
+
+
+def test_out_of_service_and_back_is_recorded_with_the_engineer_role(live):
+    config, service = live
+    c = str(config)
+    result = invoke("out-of-service", c, "motor_current_limit")
+    assert result.exit_code == 2 and "a reason is required" in result.output
+    result = invoke("out-of-service", c, "motor_current_limit", "--user", "eve", "--reason", "sensor swap")
+    assert result.exit_code == 0 and result.output == "motor_current_limit out of service\n", result.output
+    assert alarm_state(service, "motor_current_limit") == "OUT_OF_SERVICE"
+    assert invoke("out-of-service", c, "motor_current_limit", "--reason", "x").output == (
+        "motor_current_limit already out of service\n")
+    assert invoke("out-of-service", c, "motor_current_limit", "--off", "--user", "eve").output == (
+        "motor_current_limit returned to service\n")
+    assert alarm_state(service, "motor_current_limit") != "OUT_OF_SERVICE"
+    mine = [e for e in service.events() if e["source"] == "motor_current_limit" and e.get("user") == "eve"]
+    assert [(e["state"], e["role"], e["reason"]) for e in mine] == [
+        ("OUT_OF_SERVICE", "engineer", "sensor swap"), (mine[1]["state"], "engineer", "")]
+    table = invoke("events", c, "--last", "5").output
+    assert "eve (engineer)" in table
+
+
+def test_alarms_shows_since_acked_by_and_shelved_until(live):
+    import time
+
+    config, service = live
+    c = str(config)
+    invoke("ack", c, "conveyor_comm_loss", "--user", "ann")
+    row = next(r for r in invoke("alarms", c).output.splitlines() if r.startswith("conveyor_comm_loss"))
+    assert re.search(r"ACKED +\w+ +\d\d:\d\d:\d\d +ann +- ", row), row
+    invoke("shelve", c, "conveyor_comm_loss", "--for", "2h", "--user", "bob", "--reason", "cable swap")
+    output = invoke("alarms", c).output
+    header = output.splitlines()[0]
+    assert header.split() == ["alarm", "state", "priority", "since", "acked", "by", "shelved", "until",
+                              "message"]
+    row = next(line for line in output.splitlines() if line.startswith("conveyor_comm_loss"))
+    shelved = next(a for a in service.get("/alarms") if a["name"] == "conveyor_comm_loss")
+    until = time.strftime("%H:%M:%S", time.localtime(shelved["shelved_until"]))
+    assert "SHELVED" in row and f"{until} by bob" in row, row
+
+
+def test_model_reload_swaps_the_model_and_a_refused_one_is_one_line_exit_1(live, tmp_path):
+    config, service = live
+    result = invoke("model", "reload", str(config), "--user", "eve")
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"model reloaded from \S+model\.npz \(threshold \d+\.\d{4}\)\n", result.output)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a model")
+    result = invoke("model", "reload", str(config), "--model", str(bad))
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "bad.npz" in result.output
+    reloads = [e for e in service.events() if e["kind"] == "model" and e.get("user") == "eve"]
+    assert reloads and reloads[-1]["role"] == "engineer"
+
+
+def test_status_watch_piped_prints_each_status_with_its_update_time(live):
+    import signal
+    import subprocess
+    import time
+
+    config, service = live
+    proc = subprocess.Popen([*LAUNCH, "status", "--watch", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=service.config.parent)
+    updates: list[str] = []
+    try:
+        while len(updates) < 3:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            if line.startswith("updated "):
+                updates.append(line.strip())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(15)
+    assert code == 0
+    stamps = [time.strptime(u.removeprefix("updated "), "%H:%M:%S") for u in updates]
+    assert len(set(stamps)) >= 2  # a new time for each refresh (one per second)
+
+
+def test_a_usage_mistake_is_one_line_on_stderr(tmp_path):
+    import os
+    import subprocess
+
+    config = line_config(tmp_path, free_port())
+    for args, expected in ((["shelve", str(config), "line_anomaly"], "Missing option '--for'"),
+                           (["ack"], "Missing argument 'alarm'"),
+                           (["status", "--bogus"], "No such option: --bogus"),
+                           (["status"], "no line config")):
+        run = subprocess.run([*LAUNCH, *args], capture_output=True, text=True,
+                             env={**os.environ, "LINESENTRY_CONFIG": str(tmp_path / "none.toml")})
+        assert run.returncode == 2 and run.stdout == "", (args, run.stdout, run.stderr)
+        assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: "), run.stderr
+        assert expected in run.stderr, run.stderr

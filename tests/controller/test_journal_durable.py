@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import resource
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,12 +24,8 @@ from typer.testing import CliRunner
 
 from controller.cli import app
 from controller.eventstore import JOURNAL_FILE
-from hil_tests.rig.controller_run import without_model
-from hil_tests.rig.net import free_port
+from hil_tests.rig.service_process import ServiceProcess, closed_ports_config
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo_line.toml"
-LAUNCH = [sys.executable, "-c", "from controller.cli import app; app(prog_name='linesentry')"]
 CANNOT_WRITE = "cannot write"
 runner = CliRunner()
 
@@ -44,90 +36,13 @@ def cli(*args: str) -> str:
     return result.output
 
 
-def line_config(tmp_path: Path) -> Path:
-    """The demo line without a model (the commissioning config), its PLCs on closed ports, a private
-    state dir and API port."""
-    text = without_model(DEMO.read_text())
-    subs = [(r"127\.0\.0\.1:4840", f"127.0.0.1:{free_port()}"), (r"^port = 5020$", f"port = {free_port()}"),
-            (r"^state_dir = .*$", f'state_dir = "{tmp_path / "state"}"'),
-            (r"^api_port = 8470$", f"api_port = {free_port()}")]
-    for pattern, replacement in subs:
-        text, n = re.subn(pattern, replacement, text, flags=re.M)
-        assert n == 1, pattern
-    path = tmp_path / "line.toml"
-    path.write_text(text)
-    return path
-
-
-class Service:
-    """`linesentry run CONFIG` as a child process; its output is collected from a pipe (a pipe is
-    not limited by RLIMIT_FSIZE, a log file would be)."""
-
-    def __init__(self, config: Path, file_limit: int | None = None) -> None:
-        self.config, self.file_limit = config, file_limit
-        self.port = int(re.search(r"^api_port = (\d+)$", config.read_text(), re.M).group(1))
-        self.output: list[str] = []
-        self.proc: subprocess.Popen | None = None
-
-    def _limit(self) -> None:
-        if self.file_limit is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_limit, self.file_limit))
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([*LAUNCH, "run", str(self.config)], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, preexec_fn=self._limit,
-                                     env=os.environ | {"PYTHONPATH": str(ROOT)})
-        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, f"the controller exited:\n{self.log()}"
-            try:
-                if self.get("/status")["controller"]["started_at"]:
-                    return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no API after 60 s:\n{self.log()}"
-            time.sleep(0.1)
-
-    def _drain(self, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            self.output.append(line)
-
-    def log(self) -> str:
-        return "".join(self.output)
-
-    def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1{path}", timeout=5) as r:
-            return json.loads(r.read())
-
-    def events(self, since: int = 0) -> list[dict]:
-        out: list[dict] = []
-        while page := self.get(f"/events?since={since}"):
-            out += page
-            since = page[-1]["id"]
-        return out
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        assert self.proc.wait(10) == -signal.SIGKILL
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def service(tmp_path):
     """Make the Service of this test (one config, one state dir); it is killed at the end."""
-    made: list[Service] = []
+    made: list[ServiceProcess] = []
 
-    def make(file_limit: int | None = None) -> Service:
-        made.append(Service(line_config(tmp_path), file_limit))
+    def make(file_limit: int | None = None) -> ServiceProcess:
+        made.append(ServiceProcess(closed_ports_config(tmp_path), file_limit))
         return made[-1]
 
     yield make
@@ -143,7 +58,7 @@ def integrity(path: Path) -> str:
         db.close()
 
 
-def wait_alarm(service: Service, name: str, state: str) -> None:
+def wait_alarm(service: ServiceProcess, name: str, state: str) -> None:
     deadline = time.monotonic() + 20
     while next(a for a in service.get("/alarms") if a["name"] == name)["state"] != state:
         assert time.monotonic() < deadline, f"{name} never became {state}"
@@ -158,7 +73,7 @@ def test_ids_and_operator_records_survive_kill_9_and_since_reads_across_restarts
     assert "acknowledged" in cli("ack", config, "press_comm_loss", "--user", "ann")
     cli("shelve", config, "conveyor_comm_loss", "--for", "10m", "--user", "bob", "--reason", "cable swap")
     before = s.events()
-    s.kill9()  # right after the answer: the request's record was written before it
+    assert s.kill9() == -signal.SIGKILL  # right after the answer: the request's record was written before it
     killed_at = time.time()
     journal = tmp_path / "state" / JOURNAL_FILE
     assert integrity(journal) == "ok"
@@ -210,7 +125,7 @@ def test_repeated_kill_9_during_a_burst_of_requests_never_damages_the_journal(se
         worker = threading.Thread(target=churn)
         worker.start()
         time.sleep(1.5)
-        s.kill9()
+        assert s.kill9() == -signal.SIGKILL
         stop.set()
         worker.join(30)
         assert integrity(journal) == "ok"
@@ -218,7 +133,7 @@ def test_repeated_kill_9_during_a_burst_of_requests_never_damages_the_journal(se
         ids = [e["id"] for e in s.events()]
         assert ids == sorted(set(ids)) and ids[-1] > (seen[-1] if seen else 0)
         seen.append(ids[-1])
-        s.kill9()
+        assert s.kill9() == -signal.SIGKILL
     assert "damaged" not in s.log(), s.log()
     assert sum(1 for line in s.log().splitlines() if "event journal" in line) == 0, s.log()
 
