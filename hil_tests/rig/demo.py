@@ -186,14 +186,21 @@ def tag_value(row: dict, unit: str, bit: bool) -> str:
     return f"{row['value']:.4g}" + (f" {unit}" if unit else "")
 
 
+def bit_tags(config: LineConfig) -> set[str]:
+    """Tags that carry a bit: a coil or discrete input, or a tag the controller writes true/false to
+    (an OPC UA Boolean node's kind is only known once connected)."""
+    writes = [a.write for a in config.actions] + [w for _, plc in config.plcs() for w in plc.safe_state]
+    return ({t for t, ref in config.tags().items() if ref.kind == "bit"}
+            | {w.tag for w in writes if isinstance(w.value, bool)})
+
+
 def render(controller: Controller, log: DemoLog) -> Group:
     tags = Table(title="tags", expand=False)
     for col in ("tag", "value", "quality"):
         tags.add_column(col)
-    units, refs = controller.config.detector.units, controller.config.tags()
+    units, bits = controller.config.detector.units, bit_tags(controller.config)
     for row in controller.tags():
-        ref = refs.get(row["tag"])
-        value = tag_value(row, units.get(row["tag"], ""), ref is not None and ref.kind == "bit")
+        value = tag_value(row, units.get(row["tag"], ""), row["tag"] in bits)
         style = "" if row["quality"] == "good" else "red"
         tags.add_row(row["tag"], value, row["quality"], style=style)
     det = controller.detector

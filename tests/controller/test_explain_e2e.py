@@ -1,14 +1,18 @@
 """End to end over real sockets: a sensor fault on the simulated plant raises the line alarm, and its
 event, GET /api/v1/status, GET /api/v1/alarms and `linesentry status` name the faulted tag."""
 
+import io
+import re
 from pathlib import Path
 
 import aiohttp
 import pytest
+from rich.console import Console
 
 from controller.cli import status_lines
 from controller.config import load_config
 from hil_tests.rig.controller_run import make_controller, start_controller, stop_controller
+from hil_tests.rig.demo import DemoLog, render
 from hil_tests.rig.demo_config import DEMO_CONFIG
 from hil_tests.rig.faults import FaultSpec
 from hil_tests.rig.net import wait_for
@@ -67,5 +71,11 @@ async def test_a_sensor_fault_is_explained_by_its_tag_in_event_api_and_status(tm
             assert alarms["motor_current_limit"]["explanation"] is None  # not a line alarm
             shown = [text for text, _ in status_lines(status)]
             assert f"why: {status['detector']['explanation']['text']}" in shown
+            console = Console(width=200, record=True, file=io.StringIO())
+            console.print(render(controller, DemoLog()))  # the demo's live view
+            view = console.export_text()
+            assert f"why: line_anomaly: {FAULTED} +" in view
+            assert re.search(r"motor_current\W+[-\d.e+]+ A\W", view), view  # with its unit
+            assert re.search(r"conveyor_line_stop\W+(on|off)\W", view), view  # a bit: never 1.000
         finally:
             await stop_controller(controller, task)
