@@ -98,14 +98,15 @@ class _ConfigFirst(TyperCommand):
         given, wanted = [values[n] for n in names if values.get(n) is not None], len(names)
         config_alone = wanted > 1 and len(given) == 1 and given[0].endswith(".toml") and Path(
             given[0]).is_file()
-        if len(given) < wanted and not config_alone:  # config_alone: click names the missing argument
-            config = default_config()
-            if len(given) == wanted - 1 and not config.is_file():
-                where = f"{CONFIG_ENV}={config}" if os.environ.get(CONFIG_ENV) else f"the default {config}"
-                ctx.fail(f"no line config: {where} does not exist; pass the config file as the first "
-                         f"argument or set {CONFIG_ENV}")
-            args = [str(config), *args]
-        return super().parse_args(ctx, args)
+        if len(given) >= wanted or config_alone:  # config_alone: click names the missing argument
+            return super().parse_args(ctx, args)
+        config = default_config()
+        rest = super().parse_args(ctx, [str(config), *args])  # a missing option or argument first
+        if not config.is_file():
+            where = f"{CONFIG_ENV}={config}" if os.environ.get(CONFIG_ENV) else f"the default {config}"
+            ctx.fail(f"no line config: {where} does not exist; pass the config file as the first "
+                     f"argument or set {CONFIG_ENV}")
+        return rest
 
 
 def describe_error(exc: BaseException) -> tuple[int, str]:

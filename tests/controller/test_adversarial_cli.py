@@ -149,9 +149,10 @@ def _args(cmd: list[str], cfg: Path) -> list[str]:
 def _post_token(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
-    from controller.statedir import TOKEN_FILE
+    from controller.statedir import ENGINEER_TOKEN_FILE, TOKEN_FILE
 
     (state / TOKEN_FILE).write_text("t0ken")
+    (state / ENGINEER_TOKEN_FILE).write_text("t0ken-engineer")  # reset, inhibit need the engineer role
 
 
 @pytest.mark.parametrize("cmd", OPERATOR, ids=" ".join)
