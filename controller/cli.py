@@ -56,10 +56,14 @@ class _OneLineErrors(TyperGroup):
         except typer.Abort:
             error_line("aborted")
             sys.exit(EXIT_RUNTIME)
+        except BrokenPipeError:  # `linesentry events | head`: the reader has gone, nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+            sys.exit(EXIT_RUNTIME)
         except typer.TyperException as exc:  # click's ClickException / UsageError, as typer ships them
             code = getattr(exc, "exit_code", EXIT_USAGE)
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `linesentry` or `certs` alone: the help is
-                sys.exit(code)  # printed already (typer's own check, without importing its click copy)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `linesentry` or `certs` alone: the help
+                print(exc.format_message(), flush=True)  # (typer's own check, without importing its click)
+                sys.exit(code)
             ctx = getattr(exc, "ctx", None)
             message = exc.format_message()  # type: ignore[attr-defined]
             see = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
@@ -70,7 +74,7 @@ class _OneLineErrors(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as exc:
             if os.environ.get("LINESENTRY_DEBUG"):

@@ -736,3 +736,14 @@ def test_a_usage_mistake_is_one_line_on_stderr(tmp_path):
         assert run.returncode == 2 and run.stdout == "", (args, run.stdout, run.stderr)
         assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: "), run.stderr
         assert expected in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("args", [["validate", DEMO], ["version"], ["--help"]])
+def test_a_reader_that_goes_away_is_not_an_error(args):
+    """`linesentry events | head`: the pipe closes under the command; it stops quietly (exit 1),
+    without a traceback or an "error: Broken pipe" line."""
+    import subprocess
+
+    proc = subprocess.Popen([*LAUNCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command writes its first line
+    assert proc.wait(30) == 1 and proc.stderr.read() == ""
