@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 CHUNK_ROWS = 20_000
 EXPLAIN_SAMPLES = 400  # attribution samples over a replay (the plot's attribution panel), plus the rises
+RUN_ROWS = 2048  # longest run between checkpoints: a rise of the line alarm reruns at most this many rows
 PLOT_EXTRA_HINT = "install the plot extra: pip install 'linesentry[plot]'"
 
 
@@ -92,7 +93,8 @@ def replay(det: StreamingDetector, times: np.ndarray, values: np.ndarray, chunk_
     explained: list[Attribution] = []
     start, alarm_before, done = 0, False, 0
     while start < rows:
-        stop = min((start // chunk_rows + 1) * chunk_rows, rows, (start // every + 1) * every)
+        stop = min((start // chunk_rows + 1) * chunk_rows, rows, (start // every + 1) * every,
+                   start + RUN_ROWS)
         saved = det.checkpoint()
         part = det.run_batch(values[start:stop], times[start:stop])
         rises = np.flatnonzero(part.alarm & ~np.concatenate(([alarm_before], part.alarm[:-1])))
