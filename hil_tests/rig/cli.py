@@ -8,6 +8,7 @@ operator commands such as `linesentry status` fast.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -33,7 +34,8 @@ def demo(config: Path = typer.Option(None, help="line config (default: the shipp
                                          help="Modbus TCP port of the simulated press (default 5020)"),
          api_port: int = typer.Option(None, **PORT, help="the controller's HTTP API port (default 8470)"),
          seconds: float = typer.Option(None, min=0.0, help="stop after this many seconds (default: Ctrl-C)"),
-         live: bool = typer.Option(True, help="live terminal view (--no-live: one line per event)"),
+         live: bool = typer.Option(None, help="live terminal view (default on a terminal; --no-live, the "
+                                   "default when piped: one line per event)"),
          fault_every: float = typer.Option(20.0, min=1.0, help="seconds between injected faults")) -> None:
     """The demo line: simulated plant + controller on the demo config, with injected faults.
 
@@ -54,6 +56,7 @@ def demo(config: Path = typer.Option(None, help="line config (default: the shipp
     load_or_exit(config)  # a bad config is a one-line usage error, like everywhere else
     logging.basicConfig(level=logging.ERROR)
     try:
+        live = sys.stdout.isatty() if live is None else live  # `make run | tee log` gets lines as they come
         log = asyncio.run(run_demo(config, seconds=seconds, live=live, fault_every_s=fault_every,
                                    console=console))
     except KeyboardInterrupt:
