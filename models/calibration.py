@@ -210,8 +210,9 @@ def calibrate_line(spec, result, tags: list[str], first_row: int,
     report["pinned_at_cap"] = bool(wanted > fused_thr)
 
     weighted = result.components * weights
-    # The rows that decide the quantile: the highest ones, as many as the designed rate allows (>= 3).
-    ranked = np.flatnonzero(~binary_rows)
+    # The rows that decide the quantile: the highest ones, as many as the designed rate allows (>= 3),
+    # among the rows the quantile was taken over (the blocks: not the filters' start-up rows).
+    ranked = np.flatnonzero(~binary_rows & _in_blocks(line.size, blocks))
     k = max(3, math.ceil(spec.target_far * ranked.size))
     top = ranked[np.argsort(-fused[ranked], kind="stable")[:k]]
     top = np.sort(top[fused[top] > 0])
@@ -242,6 +243,16 @@ def calibrate_line(spec, result, tags: list[str], first_row: int,
     report["designed_far"] = spec.target_far
     report["holdout_exceedance"] = exceedance_bound(line > threshold, fused)
     return float(threshold), report
+
+
+def _in_blocks(rows: int, blocks: list[slice] | None) -> np.ndarray:
+    """Mask of the rows the blocks cover (every row without blocks)."""
+    if not blocks:
+        return np.ones(rows, dtype=bool)
+    mask = np.zeros(rows, dtype=bool)
+    for b in blocks:
+        mask[b] = True
+    return mask
 
 
 def _decider_text(report: dict) -> str:

@@ -102,3 +102,20 @@ def test_thresholds_skip_the_filters_start_up():
             det = StreamingDetector(["a", "b", "c"], spec).fit(x[:400])
         rates.append(det.run_batch(x).alarm[400:].mean())
     assert 0.5 * spec.target_far <= float(np.median(rates)) <= 2.0 * spec.target_far, rates
+
+
+def test_report_names_only_rows_the_threshold_was_taken_over():
+    """The filters' start-up rows are left out of the thresholds (fitting.warm_up_rows), so the
+    report must not name them as the rows that decided it (it used to: 'decided by pca_t2 alone,
+    on training rows [2, 12, 17]' on SKAB, rows inside the 30-row start-up)."""
+    from models.fitting import warm_up_rows
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 3)) @ rng.normal(size=(3, 3))
+    x[2:6] += np.array([8.0, -8.0, 8.0])  # far off the other rows, inside the start-up
+    spec = DetectorSpec(iforest=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        det = StreamingDetector(["a", "b", "c"], spec).fit(x, np.arange(400.0))
+    rows = det.summary["calibration"]["decided_rows"]
+    assert rows and min(rows) >= warm_up_rows(spec), rows
