@@ -1,14 +1,14 @@
-"""CPU, memory, disk and hot-path figures of the real controller at 1,000 tags (by default) polled
-every 100 ms (a measurement, not a pass/fail test).
+"""CPU, memory, disk and hot-path figures of the real controller at 1,000 tags polled every 100 ms
+by default (a measurement, not a pass/fail test).
 
-    .venv/bin/python -m benchmarks.controller_load [--devices 10] [--seconds 60] [--warmup 5]
-                                                   [--profile 10] [--outbox] [--json out.json]
+    .venv/bin/python -m benchmarks.controller_load [--devices 10] [--poll-s 0.1] [--seconds 60]
+                                                   [--warmup 5] [--profile 10] [--outbox] [--json out.json]
 
---devices sets the line's size: that many PLCs of 100 tags each (1: 100 tags, 50: 5,000 tags), for
-sizing a controller by tag count (docs/sizing.md).
+--devices sets the line's size: that many PLCs of 100 tags each (1: 100 tags, 50: 5,000 tags), and
+--poll-s their poll interval, for sizing a controller by tag count and rate (docs/sizing.md).
 
 1. A subprocess runs --devices (10) pymodbus TCP servers on free 127.0.0.1 ports, 100 tags each (half float32,
-   half int16 x 0.1, the layout of benchmarks.modbus_load). Every 100 ms it steps a simulated
+   half int16 x 0.1, the layout of benchmarks.modbus_load). Every poll interval (100 ms) it steps a simulated
    process: each tag is its set point plus a span times a few shared, wandering factors
    (mean-reverting random walks with 2-8 s time constants: 3 seen by every PLC, 2 per PLC) plus
    its own noise. The time constants are short enough for 300 s of training (3,000 rows) to see
@@ -65,7 +65,7 @@ from benchmarks.modbus_load import free_ports, layout
 
 DEVICES = 10  # PLCs on the line; main() sets it from --devices (the subprocesses get the flag too)
 TAGS = 100  # tags per PLC
-POLL_S = 0.1
+POLL_S = 0.1  # poll interval of every PLC; main() sets it from --poll-s
 FIT_SEED, SERVER_SEED, BENCH_SEED = 1, 2, 3  # random walks; the structure (seed 0) is shared
 RESERVED_REGISTER = 2 * (TAGS // 2) + (TAGS - TAGS // 2)  # first register after the tags: 150
 BOTTLENECK_PIECES = {  # (file suffix, function) -> label, for the profile breakdown
@@ -101,7 +101,8 @@ class Process:
     N_LOCAL = 2
     NOISE = 0.15  # own noise, relative to the (unit) spread of a tag's factor mix
 
-    def __init__(self, seed: int, structure: int = 0, dt: float = POLL_S) -> None:
+    def __init__(self, seed: int, structure: int = 0, dt: float | None = None) -> None:
+        dt = POLL_S if dt is None else dt
         s = np.random.default_rng(structure)
         tags = all_tags()
         n, k = len(tags), self.N_GLOBAL + self.N_LOCAL * DEVICES
@@ -554,9 +555,10 @@ def report(res: dict) -> None:
 
 
 def main() -> None:
-    global DEVICES
+    global DEVICES, POLL_S
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=DEVICES, help="PLCs of 100 tags each (10: 1,000 tags)")
+    p.add_argument("--poll-s", type=float, default=POLL_S, help="poll interval of every PLC, seconds")
     p.add_argument("--outbox", action="store_true",
                    help="add [sync] with enabled = false and measure the outbox's growth on disk")
     p.add_argument("--seconds", type=float, default=60.0, help="measurement window")
@@ -572,7 +574,9 @@ def main() -> None:
     args = p.parse_args()
     if args.devices < 1:
         p.error("--devices must be at least 1")
-    DEVICES = args.devices
+    if not 0.01 <= args.poll_s <= 10:
+        p.error("--poll-s must be between 0.01 and 10 seconds")
+    DEVICES, POLL_S = args.devices, args.poll_s
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if args.serve:
@@ -588,7 +592,8 @@ def main() -> None:
         directory = Path(tmp)
         model = directory / "model.npz"
         done = subprocess.run([sys.executable, "-m", "benchmarks.controller_load", "--fit", str(model),
-                               "--fit-rows", str(args.fit_rows), "--devices", str(DEVICES)],
+                               "--fit-rows", str(args.fit_rows), "--devices", str(DEVICES),
+                               "--poll-s", str(POLL_S)],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"fitting failed:\n{done.stderr}")
@@ -596,7 +601,8 @@ def main() -> None:
         *ports, api_port = free_ports(DEVICES + 1)
         config_path = write_config(directory, ports, api_port, model, args.outbox)
         server = subprocess.Popen([sys.executable, "-m", "benchmarks.controller_load", "--serve",
-                                   ",".join(map(str, ports)), "--devices", str(DEVICES)],
+                                   ",".join(map(str, ports)), "--devices", str(DEVICES),
+                                   "--poll-s", str(POLL_S)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             if server.stdout.readline().strip() != "ready":
