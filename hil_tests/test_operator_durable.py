@@ -57,7 +57,7 @@ class Service:
         while not await connected():
             assert time.monotonic() < deadline, f"not ready after 30 s:\n{self.log.read_text()[-2000:]}"
             await asyncio.sleep(0.05)
-        self.token = (self.state_dir / "api-token").read_text().strip()
+        self.token = (self.state_dir / "api-engineer-token").read_text().strip()  # reset, inhibit too
 
     async def post_then_kill(self, http: aiohttp.ClientSession, path: str, body: dict) -> dict:
         async with http.post(f"{self.base}{path}", json={"user": "ann", **body},

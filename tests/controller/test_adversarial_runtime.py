@@ -18,7 +18,7 @@ from controller.actions import WriteRequest
 from controller.alarms import AlarmEvent
 from controller.config import load_config
 from controller.runtime import Controller
-from controller.statedir import STATE_FILE
+from controller.statedir import ENGINEER_TOKEN_FILE, STATE_FILE
 from drivers.base import ConnectionState
 from tests.controller.test_operations import (
     line_config,
@@ -171,7 +171,7 @@ async def test_every_operator_request_answers_its_documented_status_never_a_500(
     seen: dict[int, int] = {}
     bad: list[str] = []
     try:
-        auth = {"Authorization": f"Bearer {controller.token}"}
+        auth = {"Authorization": f"Bearer {controller.state_dir.token(ENGINEER_TOKEN_FILE)}"}
         base = f"http://127.0.0.1:{controller.api_port}/api/v1/"
         async with aiohttp.ClientSession() as http:
             with caplog.at_level(logging.ERROR):
@@ -251,7 +251,7 @@ async def test_shelving_an_alarm_out_of_service_is_a_409_refusal(tmp_path, model
     API answered a refusal in the current state as if the request itself were malformed."""
     controller, task = await running(line_config(tmp_path, model))
     try:
-        auth = {"Authorization": f"Bearer {controller.token}"}
+        auth = {"Authorization": f"Bearer {controller.state_dir.token(ENGINEER_TOKEN_FILE)}"}
         base = f"http://127.0.0.1:{controller.api_port}/api/v1/alarms/oil_temp_high/"
         body = {"user": "ann", "reason": "maintenance"}
         async with aiohttp.ClientSession() as http:
@@ -275,7 +275,7 @@ async def test_an_operator_change_that_cannot_be_saved_says_so_with_a_503(tmp_pa
             blocker.unlink()
         blocker.mkdir()
         (blocker / "x").write_text("")
-        auth = {"Authorization": f"Bearer {controller.token}"}
+        auth = {"Authorization": f"Bearer {controller.state_dir.token(ENGINEER_TOKEN_FILE)}"}
         url = f"http://127.0.0.1:{controller.api_port}/api/v1/actions/stop_line/inhibit"
         async with aiohttp.ClientSession() as http:
             with caplog.at_level(logging.ERROR, logger="controller.api"):

@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 from controller.cli import app
 from controller.config import ConfigError, load_config
+from controller.statedir import ENGINEER_TOKEN_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo_line.toml"
@@ -230,7 +231,7 @@ def live_api(tmp_path_factory):
                               args=(controller.run(on_ready=lambda c: started.set()),), daemon=True)
     thread.start()
     assert started.wait(20), "the controller did not start"
-    yield f"http://127.0.0.1:{controller.api_port}/api/v1", controller.token
+    yield f"http://127.0.0.1:{controller.api_port}/api/v1", controller.state_dir.token(ENGINEER_TOKEN_FILE)
     loop.call_soon_threadsafe(controller.stop)
     thread.join(20)
     assert not thread.is_alive()

@@ -18,7 +18,7 @@ import pytest
 
 from controller.config import load_config
 from controller.runtime import Controller
-from controller.statedir import STATE_FILE
+from controller.statedir import ENGINEER_TOKEN_FILE, STATE_FILE
 from hil_tests.rig.net import free_port
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_line.toml"
@@ -58,7 +58,8 @@ class Api:
     def __init__(self, controller: Controller, http: aiohttp.ClientSession) -> None:
         self.controller, self.http = controller, http
         self.base = f"http://127.0.0.1:{controller.api_port}"
-        self.auth = {"Authorization": f"Bearer {controller.token}"}
+        # the engineer's token: these tests reach every request, reset and inhibit included
+        self.auth = {"Authorization": f"Bearer {controller.state_dir.token(ENGINEER_TOKEN_FILE)}"}
 
     async def post(self, path: str, body: dict) -> tuple[int, dict]:
         async with self.http.post(f"{self.base}/api/v1{path}", json=body, headers=self.auth) as r:
