@@ -106,6 +106,7 @@ async def test_the_operator_sees_a_fault_acks_it_and_the_engineer_resets_and_inh
         await jam(rig)
         row = page.locator('#alarms tr[data-alarm="line_anomaly"]')
         await expect(row).to_have_attribute("data-state", "UNACK", timeout=UI_TIMEOUT_MS)
+        await expect(page.locator("#line-state")).to_have_text("ANOMALY")
         latched = page.locator('#banners .banner[data-kind="latched"]')
         await expect(latched).to_be_visible(timeout=UI_TIMEOUT_MS)
         await expect(row.locator('button[data-op="ack"]')).to_be_disabled()  # a viewer cannot ack

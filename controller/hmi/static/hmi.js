@@ -161,12 +161,14 @@ function opButton(label, needs, onClick) {
 
 // ------------------------------------------------------------------ panels
 
-function showStatus(status) {
+function showStatus(status, alarms) {
   const c = status.controller || {};
   $("where").textContent = `linesentry - ${[c.site, c.line, c.name].filter(Boolean).join(" / ")}`;
   const d = status.detector || {};
   const state = $("line-state");
-  const abnormal = Boolean(d.alarm || d.explanation);  // the detector, or the line alarm's other causes
+  // Abnormal: the detector says so, or a line alarm (one that carries an explanation) is active
+  // for another of its causes (a hard limit).
+  const abnormal = Boolean(d.alarm || d.explanation || alarms.some((a) => a.explanation && a.active));
   state.textContent = abnormal ? "ANOMALY" : "NORMAL";
   state.className = abnormal ? "state abnormal" : "state";
   const active = (status.alarms && status.alarms.active) || [];
@@ -321,7 +323,7 @@ function addEvents(events) {
 async function refresh() {
   try {
     const [status, alarms] = await Promise.all([api("GET", "/api/v1/status"), api("GET", "/api/v1/alarms")]);
-    showStatus(status);
+    showStatus(status, alarms);
     showAlarms(alarms);
     $("link").textContent = hmi.stream && hmi.stream.readyState === 1 ? "live" : "polling";
     $("link").className = "";
