@@ -94,6 +94,7 @@ REFUSAL_LOG_INTERVAL_S = 60.0
 MAX_EVENT_STREAMS = 16  # HMIs and dashboards; each holds a connection for as long as it is open
 OPERATOR_RESERVE = 8  # connection slots (out of the cap) only operator POSTs may use
 RESERVE_IDLE_S = 2.0  # a reserve connection that sends no request is closed after this
+MAX_LOGIN_NAME = 64  # an HMI user name: recorded with every change of the session
 
 
 class Operations(Protocol):
@@ -357,7 +358,10 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         if role is None:
             raise Unauthorized("wrong token: log in with the contents of api-read-token, api-token or "
                                "api-engineer-token from the state directory")
-        opened = access.sessions.create(user(body, default=None), role)
+        name = user(body, default=None)
+        if len(name) > MAX_LOGIN_NAME or not name.isprintable():
+            raise BadRequest(f"'user' must be a printable name of at most {MAX_LOGIN_NAME} characters")
+        opened = access.sessions.create(name, role)
         log.info("HMI login: %s as %s", opened.user, role.value)
         response = session_view(opened)
         response.set_cookie(COOKIE, opened.id, path="/", max_age=int(access.sessions.lifetime_s),
@@ -439,7 +443,7 @@ def _reserve_check(access: Access):
     async def check(request: web.Request, handler) -> web.StreamResponse:
         if getattr(request.protocol, "reserve", False) and not operator_post(request):
             response = error(503, "API connection limit reached: the remaining connections are kept for "
-                                  "operator commands (POST with the api-token)")
+                                  "operator commands (POST with the operator's or the engineer's token)")
             response.force_close()  # frees the reserve slot
             return response
         return await handler(request)

@@ -135,6 +135,10 @@ async def test_login_sets_a_strict_httponly_session_cookie_with_a_bounded_lifeti
     async with browser() as http:
         r = await http.post(f"{base}/api/v1/session/login", json={"user": "ann", "token": "guess"})
         assert r.status == 401 and COOKIE not in r.cookies
+        for name in ("", "x" * 65, "ann\x1b[31m"):
+            r = await http.post(f"{base}/api/v1/session/login",
+                                json={"user": name, "token": TOKENS[Role.OPERATOR]})
+            assert r.status == 400 and COOKIE not in r.cookies, name
         r = await http.post(f"{base}/api/v1/session/login",
                             json={"user": "ann", "token": TOKENS[Role.OPERATOR]})
         assert r.status == 200
