@@ -115,7 +115,8 @@ async def test_no_secret_in_the_debug_log_of_secured_sessions(tmp_path):
         await secure.stop()
         await plain.stop()
     log = log_path.read_text()
-    tokens = [(tmp_path / "state" / name).read_text().strip() for name in ("api-token", "api-read-token")]
+    tokens = [(tmp_path / "state" / name).read_text().strip()
+              for name in ("api-token", "api-read-token", "api-engineer-token")]
     assert "DEBUG asyncua" in log  # asyncua really logged at DEBUG
     assert f"Password=b'{SCRUBBED}'" in log  # its plaintext dump was there, and scrubbed
     for value in [*secret.values(), *tokens]:
