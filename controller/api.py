@@ -41,7 +41,7 @@ of an operation's error is its `controller.errors.LinesentryError.status`.
 Hardening (docs/operations.md, security): bound beyond loopback, reads need a token
 too (the viewer's `api-read-token` or a higher role's token, or an HMI login). The Host header
 must be an IP literal, a loopback name, this host's name, `api_host` or a name in
-`api_allowed_hosts` (DNS rebinding). Every response is valid JSON: non-finite
+`api_allowed_hosts` (DNS rebinding). Every API response is valid JSON: non-finite
 numbers become null. `ApiServer` caps the connections (a connection over the cap
 gets a 503 and is closed at once), closes idle and slow-header connections after
 `idle_timeout_s`, and sizes the cap to the open-file limit minus a reserve for
