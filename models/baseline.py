@@ -40,19 +40,31 @@ from models.spec import DetectorSpec, TagLimits
 MIN_FLAT_REPEATS = 2
 
 
-def monotone_times(times: np.ndarray, last: float = -math.inf) -> tuple[np.ndarray, int, int]:
-    """The detector's time rule: a duplicate or backward time is held at the latest time seen.
+def monotone_times(times: np.ndarray, last: float = -math.inf, last_raw: float = -math.inf,
+                   offset: float = 0.0) -> tuple[np.ndarray, int, int, float]:
+    """The detector's time rule: the clock only moves forward, by each forward step between frames.
 
-    Returns (effective times, duplicates, backward). A held time adds no time to a
-    flat run and gives no rate (dt = 0); the frame's values are still used. The
-    same rule runs in fit, step and run_batch, so all three see the same clock.
+    A frame at the same time as the frame before it (a duplicate) or before it (backward)
+    is processed at the latest time: it adds no time to a flat run and gives no rate
+    (dt = 0); its values are still used. A step back also re-bases the clock by the step
+    (`offset`), so the frames after it advance from the latest time at once: a clock set
+    back by a day is one held frame, not a day of held frames in which flatline and rate
+    are blind. Without a step back the effective times are the frames' own, bit for bit.
+    The same rule runs in fit, step and run_batch, so all three see the same clock.
+
+    `last` is the latest effective time, `last_raw` the previous frame's own time and
+    `offset` the re-basing so far (all three carried by the detector between calls).
+    Returns (effective times, duplicates, backward, offset after the last frame).
 
     >>> monotone_times(np.array([0.0, 1.0, 1.0, 0.5, 2.0]))
-    (array([0., 1., 1., 1., 2.]), 1, 1)
+    (array([0. , 1. , 1. , 1. , 2.5]), 1, 1, 0.5)
     """
-    held = np.maximum.accumulate(np.concatenate([[last], times]))
-    prev = held[:-1]
-    return held[1:], int(np.sum(times == prev)), int(np.sum(times < prev))
+    prev = np.concatenate([[last_raw], times[:-1]])
+    back = np.maximum(prev - times, 0.0)  # 0 after a reset (prev -inf)
+    offsets = np.cumsum(np.concatenate([[offset], back]))[1:]  # summed in frame order, as step does
+    effective = np.maximum.accumulate(np.concatenate([[last], times + offsets]))[1:]
+    last_offset = float(offsets[-1]) if times.size else float(offset)
+    return effective, int(np.sum(times == prev)), int(np.sum(times < prev)), last_offset
 
 
 def robust_scale(x: np.ndarray, resolution: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

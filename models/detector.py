@@ -20,10 +20,11 @@ attributes (`model`, `summary`, `fitted`, the output arrays) are set by `fit`,
 `fit`: loading a model and stepping it needs numpy and numba only.
 
 Time rule (the same in fit, step and run_batch, see models.baseline.monotone_times):
-a frame whose time equals the latest time seen (a duplicate), or lies before it
+a frame whose time equals the previous frame's (a duplicate), or lies before it
 (backward), is processed at the latest time: its values update the held values
 and the baselines, but it adds no time to a flat run and gives no rate
-(dt = 0). Both are counted in `time_duplicates` and `time_backward`.
+(dt = 0). A step back re-bases the clock, so the frames after it advance at once.
+Both are counted in `time_duplicates` and `time_backward`.
 """
 
 import math
@@ -176,7 +177,9 @@ class StreamingDetector:
         self._args = kernel_args(self.model, self.state)
         for output in (self.tag_flags, self.tag_scores, self.out):  # no latest step to explain
             output[...] = 0
-        self._last_t = -math.inf
+        self._last_t = -math.inf  # latest effective time (the clock the kernel sees)
+        self._last_raw = -math.inf  # the previous frame's own time
+        self._clock_offset = 0.0  # how far steps back have re-based the clock
         self.time_duplicates = 0  # frames at the latest time seen (time rule: module docstring)
         self.time_backward = 0  # frames before it
 
@@ -184,20 +187,22 @@ class StreamingDetector:
         """A copy of the running state; `restore` continues exactly where this left off."""
         self._require_model()
         saved = {k: v.copy() for k, v in self.state.items()}
-        saved["clock"] = np.array([self._last_t, self.time_duplicates, self.time_backward], dtype=np.float64)
+        saved["clock"] = np.array([self._last_t, self.time_duplicates, self.time_backward, self._last_raw,
+                                   self._clock_offset], dtype=np.float64)
         return saved
 
     def restore(self, checkpoint: dict[str, np.ndarray]) -> None:
         self._require_model()
-        clock = np.zeros(3)
+        clock = np.zeros(5)
         for name, current in (*self.state.items(), ("clock", clock)):
             saved = checkpoint.get(name)
             if saved is None or saved.shape != current.shape or saved.dtype != current.dtype:
                 raise ValueError(f"checkpoint does not fit this detector: {name} has the wrong shape")
         for name, current in self.state.items():
             current[...] = checkpoint[name]
-        last, duplicates, backward = checkpoint["clock"]
+        last, duplicates, backward, last_raw, offset = checkpoint["clock"]
         self._last_t, self.time_duplicates, self.time_backward = float(last), int(duplicates), int(backward)
+        self._last_raw, self._clock_offset = float(last_raw), float(offset)
 
     def _require_model(self) -> None:
         if getattr(self, "model", None) is None:
@@ -235,30 +240,33 @@ class StreamingDetector:
         `tag_flags`, `tag_scores`, `components` and `score`. A frame of the wrong
         length, dtype or layout, or a non-finite t, raises ValueError and changes nothing;
         the checks cost nothing on a good frame (numba's dispatch and the kernel do them).
-        A duplicate or backward t is held at the latest time (the time rule) and counted.
+        A duplicate or backward t is held at the latest time (the time rule) and counted; a step
+        back re-bases the clock, so later frames advance from the latest time at once.
         """
         try:
             args = self._args
         except AttributeError:
             raise NotFittedError("detector is not fitted: call fit() or load a model artifact") from None
         t = float(t)
-        last = self._last_t
-        held = t <= last and t > -math.inf  # -inf (and NaN) go on to be refused by the kernel
+        offset = self._clock_offset
+        if t < self._last_raw:  # a step back re-bases the clock (NaN and inf are refused by the kernel)
+            offset += self._last_raw - t
+        effective = t + offset  # then at least the latest time: the same operations as monotone_times
+        if effective < self._last_t:
+            effective = self._last_t
         try:
-            status = kernels.step(last if held else t, x, fresh, good, *args, self.tag_flags,
+            status = kernels.step(effective, x, fresh, good, *args, self.tag_flags,
                                   self.tag_scores, self.out)
         except TypeError:  # no compiled version for these argument types
             raise ValueError(self._frame_problem(x, fresh, good)) from None
         if status:
             raise ValueError(self._frame_problem(x, fresh, good) if status == STEP_BAD_LENGTH
                              else f"step: t must be finite, got {t}")
-        if held:
-            if t == last:
-                self.time_duplicates += 1
-            else:
-                self.time_backward += 1
-        else:
-            self._last_t = t
+        if t == self._last_raw:
+            self.time_duplicates += 1
+        elif t < self._last_raw:
+            self.time_backward += 1
+        self._last_t, self._last_raw, self._clock_offset = effective, t, offset
         return bool(self.out[O_ALARM] != 0.0)
 
     def _frame_problem(self, x, fresh, good) -> str:
@@ -305,10 +313,11 @@ class StreamingDetector:
                 raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
         if not np.isfinite(times).all():
             raise ValueError("times must be finite")
-        held, duplicates, backward = monotone_times(times, self._last_t)
+        held, duplicates, backward, offset = monotone_times(times, self._last_t, self._last_raw,
+                                                            self._clock_offset)
         result = replay(self.model, self.state, held, x, fresh, good)
         if rows:
-            self._last_t = float(held[-1])
+            self._last_t, self._last_raw, self._clock_offset = float(held[-1]), float(times[-1]), offset
         self.time_duplicates += duplicates
         self.time_backward += backward
         return result

@@ -63,7 +63,7 @@ def ewma(x: np.ndarray, alpha: float) -> np.ndarray:
 
 def fit_model(tags: list[str], spec: DetectorSpec, x: np.ndarray, times: np.ndarray) -> FittedModel:
     """Fit every family on normal rows x (checked, finite) at `times`, calibrate, and describe the fit."""
-    times, duplicates, backward = monotone_times(times)
+    times, duplicates, backward, _ = monotone_times(times)
     if times[-1] <= times[0]:
         raise ValueError("times never advance: give one increasing time stamp per training row")
     rows = x.shape[0]
