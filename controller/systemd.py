@@ -7,17 +7,19 @@ protection) ends in a restart instead of a line watched by nobody (configs/lines
 
 Without NOTIFY_SOCKET (not started by systemd, or a `Type=simple` unit) every call is a no-op.
 A notification that cannot be sent is logged once and never raised: the line's protection must
-not depend on systemd hearing from us.
+not depend on systemd hearing from us. The socket is non-blocking: a datagram socket whose reader
+has stopped reading (a hung or busy PID 1, a wrong NOTIFY_SOCKET) fills after 10 messages
+(net.unix.max_dgram_qlen), and a blocking send would then freeze the event loop that runs every
+protection, forever; sdnotify's socket blocks, so the send is done here with the standard library.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
-
-import sdnotify
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,23 @@ def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
     return usec / 2e6
 
 
+def connect(path: str) -> socket.socket:
+    """A non-blocking datagram socket connected to NOTIFY_SOCKET (`@name`: Linux abstract namespace)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        sock.connect("\0" + path[1:] if path.startswith("@") else path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class SystemdNotify:
     """The service's messages to systemd; a no-op object when there is no NOTIFY_SOCKET."""
 
     def __init__(self, socket_path: str | None, watchdog_s: float | None) -> None:
         self.socket_path, self.watchdog_s = socket_path, watchdog_s
-        self._notifier: sdnotify.SystemdNotifier | None = None  # connected at the first message
+        self._socket: socket.socket | None = None  # connected at the first message
         self._last_ping = -float("inf")
         self._failed = False
 
@@ -62,21 +75,25 @@ class SystemdNotify:
         if self.watchdog_s is None:
             return
         now = time.monotonic()
-        if now - self._last_ping >= self.watchdog_s:
-            self._last_ping = now
-            self._send("WATCHDOG=1")
+        if now - self._last_ping >= self.watchdog_s and self._send("WATCHDOG=1"):
+            self._last_ping = now  # a ping that was not sent is tried again next round
 
-    def _send(self, message: str) -> None:
+    def _send(self, message: str) -> bool:
+        """True once systemd's socket took the message."""
         if self.socket_path is None:
-            return
+            return False
         try:
-            if self._notifier is None:
-                self._notifier = sdnotify.SystemdNotifier(debug=True)  # debug: raise, so we can log it
-            self._notifier.notify(message)
+            if self._socket is None:
+                self._socket = connect(self.socket_path)
+            self._socket.send(message.encode())  # non-blocking: a full queue raises BlockingIOError
             self._failed = False
-        except Exception as exc:  # any failure: the controller runs on, systemd just hears nothing
-            self._notifier = None  # reconnect next time (systemd may have been restarted)
+            return True
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path; the controller runs on
+            if self._socket is not None:
+                self._socket.close()
+            self._socket = None  # reconnect next time (systemd may have been restarted)
             if not self._failed:
                 log.error("systemd notification %r to %s failed: %s: %s", message.split("\n")[0],
                           self.socket_path, type(exc).__name__, exc)
             self._failed = True
+            return False

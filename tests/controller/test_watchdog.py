@@ -167,3 +167,59 @@ def test_watchdog_interval_follows_what_systemd_passes():
     silent.ready()
     silent.watchdog()
     silent.stopping()
+
+
+def test_a_notify_socket_nobody_reads_never_blocks_the_controller(tmp_path):
+    """systemd (PID 1) busy or hung: its socket's queue fills after net.unix.max_dgram_qlen (10)
+    messages. A blocking send froze the event loop at the 11th ping: no API, no housekeeping, no
+    protection; the sends are non-blocking now, the dropped pings one log line."""
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(str(tmp_path / "notify"))  # bound, never read
+    api_port = free_port()
+    linesentry = Path(sys.executable).with_name("linesentry")
+    log = tmp_path / "service.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(linesentry), "run", str(line_config(tmp_path, api_port))],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env=os.environ | {"NOTIFY_SOCKET": str(tmp_path / "notify"),
+                                                  "WATCHDOG_USEC": "1"})  # a ping every round (50 ms)
+    status = f"http://127.0.0.1:{api_port}/api/v1/status"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"the controller exited:\n{log.read_text()[-2000:]}"
+            try:
+                with urllib.request.urlopen(status, timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"no API in 60 s:\n{log.read_text()[-2000:]}"
+                time.sleep(0.1)
+        time.sleep(2 * 10 * 0.05)  # twice the rounds that fill the queue
+        with urllib.request.urlopen(status, timeout=5) as r:  # the loop still turns
+            assert r.status == 200
+        first = deaf.recv(4096).decode()
+        assert first.startswith("READY=1")
+        assert log.read_text().count("systemd notification 'WATCHDOG=1'") == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        deaf.close()
+
+
+def test_an_abstract_notify_socket_gets_the_messages():
+    """NOTIFY_SOCKET=@name is a socket in Linux's abstract namespace (systemd --user, containers)."""
+    name = f"linesentry-test-{os.getpid()}-{time.monotonic_ns()}"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind("\0" + name)
+    receiver.settimeout(5)
+    try:
+        notifier = SystemdNotify("@" + name, 1e-9)
+        notifier.ready()
+        notifier.watchdog()
+        assert receiver.recv(4096).decode().startswith("READY=1")
+        assert receiver.recv(4096).decode() == "WATCHDOG=1"
+    finally:
+        receiver.close()
