@@ -3,8 +3,8 @@
 One round: liveness (comm loss, safe state), per-tag staleness of polled PLCs, alarm delays and
 shelve expiry when no data arrives, readback deadlines; then the journal is flushed into events
 and log lines, new events and closed summary windows go to the outbox (when there is a cloud),
-and the state file is saved if an operator-visible fact changed. After each round the systemd
-watchdog is pinged (controller.systemd): no round, no ping, a restart.
+and the state file is saved if an operator-visible fact changed. After each round whose checks ran
+the systemd watchdog is pinged (controller.systemd): no checks, no ping, a restart.
 """
 
 from __future__ import annotations
@@ -111,25 +111,43 @@ class Housekeeping:
         self.rounds = 0
 
     async def run(self) -> None:
-        """Rounds until cancelled; a failing round (disk, a bug) is logged once per run of failures.
+        """Rounds until cancelled; a failing part (a bug, the disk) is logged once per run of failures.
 
-        `alive` is called after each round, failed or not: it says the event loop turns and the
-        time-based checks run. A blocked loop or a round that never returns stops it, and
-        systemd's watchdog restarts the service; a round that fails is logged, not restarted."""
-        failures = 0
+        `alive` (the watchdog ping) is called after each round whose checks ran: it says the event
+        loop turns and comm loss, staleness, alarm delays and readback deadlines are being checked.
+        A blocked loop, a round that never returns, or checks that raise every round stop it and
+        systemd restarts the service (the PLCs' own heartbeat watchdogs see the restart). A failing
+        flush (journal, outbox, state file) is logged and pinged on: a restart would not free a
+        disk, and the line would go unwatched while the service starts again."""
+        failing = {"checks": False, "flush": False}
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
+            checked = True
             try:
-                await self.round()
-                failures = 0
+                self.check()
             except Exception as exc:  # a fault here must not end the loop silently
-                failures += 1
-                if failures == 1:  # no log flood at 20 Hz
-                    log.error("housekeeping failed, retrying every %g s: %s: %s",
-                              HOUSEKEEPING_S, type(exc).__name__, exc)
-            self._alive()
+                checked = False
+                self._failed(failing, "checks", exc)
+            else:
+                failing["checks"] = False
+            try:
+                await self.flush()
+            except Exception as exc:
+                self._failed(failing, "flush", exc)
+            else:
+                failing["flush"] = False
+            if checked:
+                self._alive()
 
-    async def round(self) -> None:
+    @staticmethod
+    def _failed(failing: dict[str, bool], part: str, exc: Exception) -> None:
+        if not failing[part]:  # no log flood at 20 Hz
+            log.error("housekeeping %s failed, retrying every %g s: %s: %s",
+                      part, HOUSEKEEPING_S, type(exc).__name__, exc)
+        failing[part] = True
+
+    def check(self) -> None:
+        """The round's time-based checks: comm loss, staleness, alarm delays, shelve expiry, deadlines."""
         clock = self.health.clock
         mono, wall = clock.mono(), clock.wall()
         self.rounds += 1
@@ -143,7 +161,6 @@ class Housekeeping:
             log.error("detector tag %r %s", tag, TEXT_IN_DETECTOR)
         # Stale or comm-lost tags are fresh and not good: the detector must see them (invalid flags).
         self._issue(self.pipeline.tick(mono, wall, restep=bool(stale.size or lost)))
-        await self.flush()
 
     async def flush(self) -> None:
         """Journal -> events and logs; events and windows -> outbox; state file if it changed."""

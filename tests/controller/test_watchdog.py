@@ -223,3 +223,44 @@ def test_an_abstract_notify_socket_gets_the_messages():
         assert receiver.recv(4096).decode() == "WATCHDOG=1"
     finally:
         receiver.close()
+
+
+async def test_no_ping_while_the_checks_fail_and_pings_on_while_only_the_flush_fails(tmp_path, monkeypatch,
+                                                                                     caplog):
+    """The ping says the time-based protections run. Checks that raise every round (comm loss,
+    staleness, alarm delays never evaluated) used to be pinged on for ever, the service
+    looking healthy to systemd; now they stop the pings (a restart). A failing flush (the disk)
+    is logged and pinged on: a restart frees no disk."""
+    notify = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", str(PING_USEC))
+    controller = Controller(load_config(line_config(tmp_path)), api_port=0)
+    task = asyncio.create_task(controller.run())
+
+    def broken(*_args):
+        raise RuntimeError("a bug in a check")
+
+    try:
+        await wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 3 or task.done(), timeout=30,
+                       what="READY and 3 pings")
+        assert not task.done()
+        with caplog.at_level(logging.ERROR, logger="controller.housekeeping"):
+            monkeypatch.setattr(controller.health, "check", broken)
+            broke = time.monotonic()
+            rounds = controller.housekeeping_rounds
+            await asyncio.sleep(BLOCKED_S)  # observing an absence: there is no condition to wait for
+            assert controller.housekeeping_rounds > rounds + 5  # the rounds run, their checks fail
+            assert [t for t in notify.times("WATCHDOG=1") if t > broke + IN_FLIGHT_S] == []
+            monkeypatch.undo()
+            monkeypatch.setattr(controller.cloud, "feed", broken)
+            flushing = time.monotonic()
+            await wait_for(lambda: len([t for t in notify.times("WATCHDOG=1") if t > flushing]) >= 3,
+                           timeout=5, what="pings while only the flush fails")
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("housekeeping checks failed" in m for m in messages) == 1, messages
+        assert sum("housekeeping flush failed" in m for m in messages) == 1, messages
+    finally:
+        monkeypatch.undo()
+        controller.stop()
+        await asyncio.wait_for(task, 15)
+        notify.close()
