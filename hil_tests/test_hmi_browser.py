@@ -2,11 +2,14 @@
 on the simulated plant: the page shows a fault, the operator logs in and acks it, the engineer
 resets and inhibits, a viewer cannot ack, and a forged cross-site POST is refused.
 
-The screenshots the tests take are the ones in docs/hmi.md (docs/images/hmi-*.png).
-These tests FAIL (never skip) when chromium is missing: `make test` installs it.
+The tests take the screenshots of docs/hmi.md into pytest's tmp path; with
+LINESENTRY_UPDATE_SCREENSHOTS=1 they write docs/images/hmi-*.png instead (a plain run never
+touches the committed pictures). These tests FAIL (never skip) when chromium is missing: `make test`
+installs it.
 """
 
 import contextlib
+import os
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +25,8 @@ from hil_tests.rig.faults import FaultSpec
 from hil_tests.rig.net import free_port, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
-IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+UPDATE_SCREENSHOTS = os.environ.get("LINESENTRY_UPDATE_SCREENSHOTS") == "1"
 VIEWPORT = {"width": 1280, "height": 900}
 MAX_IMAGE_BYTES = 300_000
 UI_TIMEOUT_MS = 15_000
@@ -53,9 +57,14 @@ async def hmi_on_the_rig(tmp_path: Path, rig, model: Path):
         await stop(controller, task)
 
 
-async def screenshot(page: Page, name: str) -> None:
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / f"hmi-{name}.png"
+def images_dir(tmp_path: Path) -> Path:
+    """docs/images when asked (LINESENTRY_UPDATE_SCREENSHOTS=1), else the test's own tmp path."""
+    return DOCS_IMAGES if UPDATE_SCREENSHOTS else tmp_path / "screenshots"
+
+
+async def screenshot(page: Page, images: Path, name: str) -> None:
+    images.mkdir(parents=True, exist_ok=True)
+    path = images / f"hmi-{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size < MAX_IMAGE_BYTES, f"{path} is {path.stat().st_size} bytes"
 
@@ -93,6 +102,7 @@ async def jam(rig) -> None:
 
 
 async def test_the_operator_sees_a_fault_acks_it_and_the_engineer_resets_and_inhibits(tmp_path, rig, model):
+    images = images_dir(tmp_path)
     async with hmi_on_the_rig(tmp_path, rig, model) as (controller, base, tokens), chromium() as browser:
         page = await browser.new_page(viewport=VIEWPORT)
         await page.goto(f"{base}/")
@@ -101,7 +111,7 @@ async def test_the_operator_sees_a_fault_acks_it_and_the_engineer_resets_and_inh
         await expect(page.locator("#plcs tbody tr")).to_have_count(len(controller.plcs))
         await expect(page.locator("#trend-score")).to_be_attached(timeout=UI_TIMEOUT_MS)
         assert await page.locator("#banners .banner").count() == 0
-        await screenshot(page, "normal")
+        await screenshot(page, images, "normal")
 
         await jam(rig)
         row = page.locator('#alarms tr[data-alarm="line_anomaly"]')
@@ -112,7 +122,7 @@ async def test_the_operator_sees_a_fault_acks_it_and_the_engineer_resets_and_inh
         await expect(row.locator('button[data-op="ack"]')).to_be_disabled()  # a viewer cannot ack
         why = next(a for a in await api_json(base, "/alarms") if a["name"] == "line_anomaly")["explanation"]
         await expect(row).to_contain_text(why["text"])  # the attribution the API gives
-        await screenshot(page, "fault")
+        await screenshot(page, images, "fault")
 
         await log_in(page, "ann", tokens[Role.OPERATOR])
         await expect(row.locator('button[data-op="ack"]')).to_be_enabled()
@@ -126,7 +136,7 @@ async def test_the_operator_sees_a_fault_acks_it_and_the_engineer_resets_and_inh
         assert acks and acks[-1].get("role") == "operator"
         assert acks[-1].get("reason") == "jam seen, belt checked"
         await expect(row).not_to_have_attribute("data-state", "UNACK", timeout=UI_TIMEOUT_MS)
-        await screenshot(page, "acked")
+        await screenshot(page, images, "acked")
 
         await page.click("#logout")
         await log_in(page, "eng", tokens[Role.ENGINEER])
@@ -139,7 +149,7 @@ async def test_the_operator_sees_a_fault_acks_it_and_the_engineer_resets_and_inh
         await expect(page.locator('#banners .banner[data-kind="inhibited"]')).to_contain_text(
             "stop_line inhibited by eng", timeout=UI_TIMEOUT_MS)
         await expect(stop_line.locator(".tag.inhibited")).to_be_visible()
-        await screenshot(page, "engineer")
+        await screenshot(page, images, "engineer")
 
 
 async def test_a_viewer_cannot_ack_and_a_forged_cross_site_post_is_refused(tmp_path, rig, model):
