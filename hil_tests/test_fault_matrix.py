@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from controller.clock import Clock
+from controller.config import load_config
 from controller.runtime import HOUSEKEEPING_S, Controller
 from drivers.opcua.security import create_client_certificate
 from hil_tests.rig.controller_run import (
@@ -31,7 +32,9 @@ from hil_tests.rig.plant import Plant
 from hil_tests.rig.servers import OpcUaSecurityOptions, Rig
 
 BOUND_MULTIPLE = 3.0  # timed asserts: documented bound x this (a loaded 2-core CI machine)
-STALE = {"conveyor": 1.0, "press": 0.5}  # the demo config's stale_timeout_s per PLC
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_line.toml"
+# the demo config's stale_timeout_s per PLC
+STALE = {plc.name: plc.effective_stale_timeout_s() for _, plc in load_config(DEMO_CONFIG).plcs()}
 
 
 def comm_bound(plc: str) -> float:
