@@ -16,6 +16,8 @@ import math
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
+from models.attribution import finite
+
 if TYPE_CHECKING:
     from models.attribution import Attribution
 
@@ -45,8 +47,16 @@ def with_unit(text: str, unit: str) -> str:
 
 def tag_text(tag: dict, unit: str, bit: bool, rule: bool) -> str:
     """One contributing tag: name and how far it is from what the component expected (for a rule
-    finding, its value: a hard limit is about the value, not about the expected level)."""
-    value, percent, deviation = tag["value"], tag["percent"], tag["deviation"]
+    finding, its value: a hard limit is about the value, not about the expected level).
+
+    The models see a tag's last usable value; a tag whose reading they refused is told by its
+    reading: `bad value` (bad quality, NaN, inf, comm loss), or the reading itself when it is out
+    of the usable range (a hard limit: `c 1e+300 bar`, not the 114.3 the models still hold)."""
+    value, percent, deviation, reading = tag["value"], tag["percent"], tag["deviation"], tag["reading"]
+    if "invalid" in tag["flags"]:
+        return f"{tag['tag']} bad value"
+    if reading is not None and reading != value:  # refused: out of range; the held value is not it
+        return f"{tag['tag']} {with_unit(number(reading), unit)}"
     if bit and value is not None:
         return f"{tag['tag']} {'on' if value else 'off'}"
     if not rule and percent is not None and abs(percent) < PERCENT_MAX:
@@ -74,20 +84,28 @@ def for_alarm(explained: dict, alarm: str) -> dict:
 
 
 def explanation(alarm: str, attribution: Attribution, units: Mapping[str, str],
-                bits: Collection[str] = (), at: float | None = None) -> dict:
+                bits: Collection[str] = (), at: float | None = None,
+                readings: Mapping[str, float] | None = None) -> dict:
     """The contract's dict: {"text", "component", "ratio", "top": [{"tag", "share", "deviation",
-    ...}]}, JSON-ready (no NaN); `why` is the text without the alarm's name, `at` the wall time."""
+    "reading", ...}]}, JSON-ready (no NaN); `why` is the text without the alarm's name, `at` the
+    wall time, `readings` the latest reading of the top tags (what the PLC says now)."""
     a = attribution.to_dict()
-    top = [{**t, "unit": units.get(t["tag"], "")} for t in a["top"]]
+    readings = readings or {}
+    top = [{**t, "unit": units.get(t["tag"], ""), "reading": finite(readings.get(t["tag"], math.nan))}
+           for t in a["top"]]
     if attribution.component is None:  # nothing scored: only flags (e.g. a bad value) explain it
-        flagged = ", ".join(f"{t} {'/'.join(FLAG_LABELS.get(f, f) for f in fl)}"
-                            for t, fl in attribution.flagged.items())
-        why = flagged or "no component over its limit"
+        flagged = [f"{t} {'/'.join(FLAG_LABELS.get(f, f) for f in fl)}"
+                   for t, fl in list(attribution.flagged.items())[:MAX_TAGS]]
+        more = len(attribution.flagged) - MAX_TAGS  # a whole PLC's tags bad: the text stays one line
+        why = ", ".join(flagged) + (f" and {more} more" if more > 0 else "") or "no component over its limit"
     else:
         shown = [t for t in top if t["share"] >= MIN_SHARE][:MAX_TAGS] or top[:1]
-        rule = attribution.rule_finding
-        parts = ", ".join(tag_text(t, t["unit"], t["tag"] in bits, rule) for t in shown) or "no tag"
         flags = tuple(top[0]["flags"]) if top else ()
+        # A statistical score saturates at the rules' grade (kernels.SCORE_CAP = BINARY_SCORE): a
+        # rule finding only when the driving tag has a rule's flag ('b +25 % (EWMA z-score 10000×
+        # limit)', not 'b 25 (baseline)' for a tag that was constant in training).
+        rule = attribution.rule_finding and any(f in RULE_FLAGS for f in flags)
+        parts = ", ".join(tag_text(t, t["unit"], t["tag"] in bits, rule) for t in shown) or "no tag"
         why = f"{parts} ({component_text(attribution.component, attribution.ratio, rule, flags)})"
     ratio = attribution.ratio if math.isfinite(attribution.ratio) else None
     return {"text": f"{alarm}: {why}", "why": why, "component": attribution.component, "ratio": ratio,

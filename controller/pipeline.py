@@ -10,8 +10,11 @@ preallocated (LineState arrays, the detector's buffers, the conditions' result d
 step and a replayed one compute the same numbers bit for bit.
 
 When the detector's line alarm rises, the step asks the detector why, once (models.attribution,
-~50 µs): `explanation` holds it while the line alarm lasts, and the line alarms' activations carry
-it into their events (controller.explanation). Steps without a rise only compare two booleans.
+~50-100 µs for a few tags): `explanation` holds it while the line alarm lasts, and the line alarms'
+activations carry it into their events (controller.explanation). Steps without a rise only compare
+two booleans. A line alarm that chatters (rising every other step) is explained at most once per
+EXPLAIN_EVERY_S: a rise sooner than that after the last explanation reuses it, so the cost on the
+hot path is bounded whatever the data (a replay, controller.replay, explains every rise).
 
 What the step reads of each PLC's link (comm loss, data delivered yet, safe-state failure) is a
 `LinkFlags` object that controller.plc_health writes: the pipeline never learns about sockets.
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from models.detector import StreamingDetector
 
 SUMMARY_WINDOW_S = 10.0
+EXPLAIN_EVERY_S = 1.0  # at most one explanation of a rise per this many seconds (monotonic)
 
 
 @dataclass
@@ -94,6 +98,8 @@ class StepPipeline:
         self._bits = frozenset(t for t, ref in config.tags().items() if ref.kind == "bit")
         self._wall = 0.0  # wall time of the step in progress (the explanation's time stamp)
         self._first_out_seen: tuple[str, float] | None = None
+        self._det_index = {t: i for i, t in enumerate(self.detector_tags)}
+        self._rise_explained: tuple[float, dict] | None = None  # (mono, explanation) of the last rise
         self._summaries = config.sync is not None  # summaries only exist for the cloud
         self.summarizer = WindowSummarizer(len(line.tags), window_s=summary_window_s)
         self._tag_scores = np.full(len(line.tags), np.nan)
@@ -120,13 +126,24 @@ class StepPipeline:
         self.line_alarm = det.step(mono, line.frame_values, line.frame_fresh, line.frame_good)
         self.line_score = det.score
         if self.line_alarm != was:  # rare: the line alarm rose (explain it, once) or cleared
-            self.explanation = self.explain() if self.line_alarm else None
+            self.explanation = self._explain_rise(mono) if self.line_alarm else None
+
+    def _explain_rise(self, mono: float) -> dict:
+        last = self._rise_explained
+        if last is not None and 0.0 <= mono - last[0] < EXPLAIN_EVERY_S:
+            return last[1]  # a chattering line alarm: bounded cost, the explanation of a moment ago
+        why = self.explain()
+        self._rise_explained = (mono, why)
+        return why
 
     def explain(self, alarm: str | None = None) -> dict:
         """Why the detector scores what it does now, as controller.explanation's dict (off the hot
-        path: on a rise of the line alarm, or on request)."""
+        path: on a rise of the line alarm, or on request), with the top tags' latest readings."""
         name = alarm or next(iter(self.alarm_explanations), "line")
-        return explanation(name, self.detector.explain(), self._units, self._bits, at=self._wall)
+        why = self.detector.explain()
+        values = self.line.frame_values
+        readings = {t.tag: float(values[self._det_index[t.tag]]) for t in why.top if t.tag in self._det_index}
+        return explanation(name, why, self._units, self._bits, at=self._wall, readings=readings)
 
     def tick(self, mono: float, wall: float, *, restep: bool) -> Sequence[WriteRequest]:
         """Time-based work without a batch (housekeeping): alarm delays, shelve expiry, deadlines.
@@ -215,7 +232,7 @@ class StepPipeline:
 
     def _compile(self, links: Mapping[str, LinkFlags], tag_plc: Mapping[str, str]) -> None:
         """Turn every alarm source into a cheap zero-argument check, evaluated once per step."""
-        det_index = {t: i for i, t in enumerate(self.detector_tags)}
+        det_index = self._det_index
         line = self.line
         checks: list[tuple[str, Callable[[], bool]]] = []
         for alarm in self.config.alarms:

@@ -251,7 +251,9 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
     for n, (a, _) in enumerate(alarms):  # each line alarm's explanation, as the live event gives it
         why = result.explained_at(a)
         if why is not None:
-            score_ax.annotate(explanation(f"#{n + 1}", why, units)["text"], (t[a], 1.0), xytext=(2, -2),
+            readings = {tag: float(values[a, k]) for k, tag in enumerate(tags)}  # as the live step reads
+            score_ax.annotate(explanation(f"#{n + 1}", why, units, readings=readings)["text"], (t[a], 1.0),
+                              xytext=(2, -2),
                               textcoords="offset points", xycoords=("data", "axes fraction"), fontsize=6,
                               va="top", color=ALARM_COLOUR, rotation=0, clip_on=True)
     _attribution_panel(why_ax, t, tags, result)

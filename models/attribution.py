@@ -18,7 +18,7 @@ through the scaler and the adaptive baseline.
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,16 +54,19 @@ class Attribution:
         return self.component == "tags" and self.ratio >= K.BINARY_SCORE
 
     def to_dict(self) -> dict:
-        """JSON-ready (nan -> None)."""
-        def clean(v):
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, list | tuple):
-                return [clean(x) for x in v]
-            return v
-        return clean(asdict(self))
+        """JSON-ready (nan -> None). Built field by field: `dataclasses.asdict` deep-copies every
+        value and took two thirds of a line alarm's explanation (~65 of ~100 us, 3 tags)."""
+        return {"component": self.component, "ratio": finite(self.ratio),
+                "components": {k: finite(v) for k, v in self.components.items()},
+                "top": [{"tag": t.tag, "share": finite(t.share), "value": finite(t.value),
+                         "expected": finite(t.expected), "deviation": finite(t.deviation),
+                         "percent": finite(t.percent), "sigmas": finite(t.sigmas), "flags": list(t.flags)}
+                        for t in self.top],
+                "flagged": {k: list(v) for k, v in self.flagged.items()}, "waiting": list(self.waiting)}
+
+
+def finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 def flag_names(bits: int) -> tuple[str, ...]:

@@ -205,3 +205,75 @@ def test_a_line_alarm_is_explained_once_when_it_rises_and_its_event_says_why(pip
         p.step(binding, frame(row), t, 1000.0 + t)
     assert not p.line_alarm and p.explanation is None
     assert p.alarm_explanations["line_anomaly"]["text"] == why["text"] and len(calls) == 1
+
+
+def test_a_statistical_score_at_its_cap_is_not_taken_for_a_rule():
+    """Scores are capped at the rules' grade (a tag constant in training moves by 5): the text said
+    'b 25 (baseline)', neither the detector nor its ratio."""
+    a = attribution("tags", 1.0e4, contribution("b", 1.0, 25.0, 20.0, ["ewma_z", "cusum"]))
+    assert text(a) == "line_anomaly: b +25 % (EWMA z-score/CUSUM 10000\u00d7 limit)"
+
+
+def test_a_whole_plc_of_bad_tags_stays_one_short_line():
+    """Nothing scored, 500 tags flagged (a PLC's tags all bad): the text listed all 500."""
+    a = Attribution(None, 0.0, {}, (), {f"tag_{k:03d}": ("invalid",) for k in range(500)})
+    assert text(a) == ("line_anomaly: tag_000 bad value, tag_001 bad value, tag_002 bad value "
+                       "and 497 more")
+
+
+def rise_with(p, binding, normal, broken_row):
+    t = 0.0
+    for row in normal[:200]:
+        t += 0.01
+        p.step(binding, frame(row), t, 1000.0 + t)
+    for _ in range(100):
+        t += 0.01
+        p.step(binding, frame(broken_row), t, 1000.0 + t)
+    assert p.line_alarm
+    return p.explanation
+
+
+@pytest.mark.parametrize("bad", [NAN, float("inf"), -float("inf")])
+def test_a_tag_reading_nan_or_inf_is_a_bad_value_not_its_last_good_value(pipe, bad):
+    """The models hold a's last usable value; the text gave that one's deviation ('a +9.1 %')
+    while the PLC reads NaN."""
+    p, binding, normal = pipe
+    row = normal[200].copy()
+    row[0] = bad
+    why = rise_with(p, binding, normal, row)
+    assert why["text"].startswith("line_anomaly: a bad value"), why["text"]
+    json.dumps(why, allow_nan=False)
+
+
+def test_a_reading_beyond_the_usable_range_is_told_by_its_reading(pipe):
+    """1e300 is refused by the models (they keep c's last value, 114.3): the text said
+    'c 114.3 bar (hard limit)'."""
+    p, binding, normal = pipe
+    row = normal[200].copy()
+    row[2] = 1e300
+    why = rise_with(p, binding, normal, row)
+    assert why["text"] == "line_anomaly: c 1e+300 bar (hard limit)"
+    assert why["top"][0]["reading"] == 1e300 and why["top"][0]["value"] != 1e300
+
+
+def test_a_chattering_line_alarm_is_explained_at_most_once_a_second(pipe, monkeypatch):
+    """A line alarm rising every other step (40 s at 100 Hz: 2,000 rises) was explained 2,000 times
+    on the hot path; at most once per EXPLAIN_EVERY_S (1 s) now, the rises in between reuse it."""
+    p, binding, normal = pipe
+    calls = []
+    explain = p.detector.explain
+    monkeypatch.setattr(p.detector, "explain", lambda *a, **k: calls.append(1) or explain(*a, **k))
+    broken = normal[200].copy()
+    broken[2] -= 60.0
+    t, rises, was = 0.0, 0, False
+    for row in normal[:200]:
+        t += 0.01
+        p.step(binding, frame(row), t, 1000.0 + t)
+    for k in range(4000):
+        t += 0.01
+        p.step(binding, frame(broken if k % 2 else normal[200 + k % 100]), t, 1000.0 + t)
+        rises += p.line_alarm and not was
+        was = p.line_alarm
+        if p.line_alarm:
+            assert p.explanation["text"].startswith("line_anomaly: c \u2212")
+    assert rises > 1000 and len(calls) <= 41, (rises, len(calls))
