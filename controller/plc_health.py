@@ -121,9 +121,9 @@ class PlcHealth:
                 continue
             link.comm_lost = raised = True
             self.line.mark_lost(plc.binding)
-            since = "since the controller started" if last_alive < self.started_mono else "since the last"
-            self.events.add("driver", plc.name, f"no good data for {age:.2f} s ({since} good data; "
-                            f"stale_timeout_s {plc.stale_timeout_s:g}): comm loss")
+            since = "the controller started" if last_alive < self.started_mono else "its last good data"
+            self.events.add("driver", plc.name, f"no good data for {age:.2f} s since {since} "
+                            f"(stale_timeout_s {plc.stale_timeout_s:g}): comm loss")
             if plc.config.on_comm_loss == "safe_state" and not plc.safe_state_done:
                 plc.safe_state_done = True
                 self._go_safe(plc)

@@ -124,7 +124,8 @@ def test_a_plc_that_never_delivers_is_comm_lost_after_its_timeout_from_the_start
     (write,) = rig.writes
     assert (write.action, write.tag, write.value) == ("safe_state:press", "stop", True)
     kinds = rig.events()
-    assert "since the controller started" in kinds[0][1] and kinds[0][0] == "driver"
+    assert kinds[0][0] == "driver" and kinds[0][1].startswith("no good data for 1.10 s since the controller "
+                                                              "started (stale_timeout_s 1): comm loss")
     assert kinds[1] == ("action", "writing stop=True (comm loss)")
 
 
@@ -134,6 +135,8 @@ def test_a_silent_link_is_caught_by_the_age_and_cleared_by_good_data(rig):
     assert rig.plc.link.delivered and not rig.plc.comm_lost
     rig.clock.now += 1.5  # connected, no error, no data: only the age can tell
     assert rig.health.check(rig.clock.now) and rig.plc.comm_lost
+    lost = [m for _, m in rig.events() if m.startswith("no good data")]
+    assert lost[0].startswith("no good data for 1.50 s since its last good data"), lost
     rig.health.safe_state_failed("press")  # controller.writes on a failed safe-state write
     assert rig.plc.link.safe_state_failed
     rig.plc.driver.stats.last_alive = rig.clock.now
