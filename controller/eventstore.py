@@ -3,7 +3,10 @@ so ids go on after a restart and `events --since ID` finds what happened before 
 
 WAL mode with synchronous=NORMAL: a commit is one append to the write-ahead log, no fsync on the
 event loop. A kill -9 loses nothing committed; a power cut at most the last commits; neither leaves
-a file SQLite cannot open. Retention is bounded by age and by row count, pruned in small batches.
+a file SQLite cannot open. The checkpoints (WAL -> database, with the fsync) run in a thread of
+their own on a second connection: SQLite's automatic one, inside a commit, stalled the event loop
+~20 ms every 4 MiB (benchmarks/journal.py). Retention is bounded by age and by row count, pruned
+in small batches.
 Every failure (full disk, unwritable file) is an `sqlite3.Error` / `OSError` for the caller
 (controller.events) to report once; a file SQLite says is damaged is set aside at open.
 """
@@ -15,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +30,8 @@ log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.sqlite"
 SCHEMA_VERSION = 1
-PRUNE_BATCH = 10_000  # rows deleted per prune: a lowered limit never stalls a housekeeping round
+PRUNE_BATCH = 2000  # rows deleted per prune (~2 ms): a lowered limit never stalls a housekeeping round
+CHECKPOINT_EVERY_S = 5.0
 BASE_KEYS = ("id", "time", "kind", "source", "message")
 _DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
@@ -48,6 +53,7 @@ class EventStore:
     def __init__(self, path: str | Path, *, max_age_s: float, max_rows: int) -> None:
         self.path, self.max_age_s, self.max_rows = Path(path), max_age_s, max_rows
         self._db: sqlite3.Connection | None = None
+        self._checkpoints: _Checkpointer | None = None
 
     def open(self) -> None:
         """Open (or create) the file; a damaged one is renamed aside with one warning and a new one
@@ -59,6 +65,8 @@ class EventStore:
             log.warning("event journal %s was damaged (%s); kept it as %s and started a new one",
                         self.path, exc, aside.name)
             self._db = self._connect()
+        self._checkpoints = _Checkpointer(self.path)
+        self._checkpoints.start()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -70,6 +78,7 @@ class EventStore:
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread does them
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -135,6 +144,9 @@ class EventStore:
         return cur.rowcount
 
     def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
+            self._checkpoints = None
         if self._db is not None:
             db, self._db = self._db, None
             with contextlib.suppress(sqlite3.Error):
@@ -145,6 +157,31 @@ class EventStore:
         if self._db is None:
             raise sqlite3.OperationalError(f"event journal {self.path} is not open")
         return self._db
+
+
+class _Checkpointer(threading.Thread):
+    """Checkpoints the journal's WAL every CHECKPOINT_EVERY_S on its own connection (PASSIVE: it
+    never waits for the writer, nor the writer for it). A failure is left to the writer to report."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="journal-checkpoint", daemon=True)
+        self.path, self._stopping = path, threading.Event()
+
+    def run(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error:
+            return
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY_S):
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(10)
 
 
 def journal_store(section: ControllerSection) -> EventStore:
