@@ -240,7 +240,7 @@ class Operations:
         """Swap in a new model without a restart; the old one stays if the new one is refused."""
         target = Path(path) if path else self.models.path
         if target is None:
-            raise Refused("no model configured: pass a path or set [detector] model")
+            raise Refused("no model configured: pass a path (CLI: --model FILE) or set [detector] model")
         new = await self.models.load(target, warm_up=True)  # ModelLoadError (422) if refused
         self.pipeline.detector, self.models.path = new, target
         self.events.add("model", "detector", f"model reloaded from {target}", user=user, role=role,
