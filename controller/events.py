@@ -40,6 +40,7 @@ class EventLog:
         self._failing = False
         self._retry_at = self._prune_at = 0.0
         self._dropped = 0  # unsaved events pushed out of memory while the journal failed
+        self.run_start = 0  # the journal's last id when this run opened it: older ids are earlier runs'
 
     def open(self, store: EventStore) -> bool:
         """Continue the journal in `store`: ids after its last one, its newest events in memory.
@@ -57,6 +58,7 @@ class EventLog:
         self._events.clear()
         self._events.extend(recent)
         self._ids, self._last_id, self._store = itertools.count(last + 1), last, store
+        self.run_start = last
         for e in early:
             e["id"] = self._next_id()
             self._events.append(e)

@@ -66,7 +66,7 @@ class CloudFeed:
         """Everything new, page by page: a burst larger than one `since` page (the final flush at
         stop has no next round) must not leave events behind."""
         while True:
-            new = events.since(self._last_event_id, FEED_PAGE)
+            new = events.since(max(self._last_event_id, events.run_start), FEED_PAGE)  # this run's only
             if new:
                 self._last_event_id = new[-1]["id"]
             if self.outbox is not None and (new or windows):

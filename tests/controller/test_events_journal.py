@@ -168,3 +168,32 @@ def test_events_added_before_the_journal_opens_are_numbered_after_it(tmp_path):
     log.flush()
     assert [row[0] for row in stored(path)] == [1, 2]
     log.close()
+
+
+async def test_the_cloud_feed_sends_this_runs_events_only_not_the_journals_history(tmp_path):
+    """After a restart the journal holds the earlier runs' events; they went to the outbox then."""
+    from controller.housekeeping import CloudFeed
+    from controller.outbox import Outbox
+    from controller.points import Identity
+
+    path = tmp_path / "journal.sqlite"
+    first = EventLog()
+    first.open(store(path))
+    for i in range(5):
+        first.add("driver", "press", f"earlier run {i}")
+    first.close()
+    log = EventLog()
+    log.open(store(path))
+    assert log.run_start == 5
+    log.add("controller", "controller", "started")
+    identity = Identity("s", "l", "c")
+    (tmp_path / "outbox").mkdir()
+    outbox = Outbox(tmp_path / "outbox", identity=identity)
+    try:
+        feed = CloudFeed(identity, [], {})
+        feed.open(outbox)
+        await feed.feed(log, [])
+        assert outbox.backlog()[1] == 1  # one point: "started"
+    finally:
+        outbox.close()
+        log.close()
