@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from controller.explanation import MINUS
 from models import attribution
 from models.attribution import Attribution
 from models.detector import BatchResult, StreamingDetector
@@ -127,6 +128,28 @@ def intervals(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
 
 
+def clock_steps(times: np.ndarray) -> np.ndarray:
+    """Rows where the recording's wall clock went backwards (an NTP step, a PLC clock reset)."""
+    return np.flatnonzero(np.diff(np.asarray(times, dtype=float)) < 0.0) + 1
+
+
+def split_at(spans: list[tuple[int, int]], steps: np.ndarray) -> list[tuple[int, int]]:
+    """`spans` cut at each clock step (a shading across one would cover the wrong wall-clock range)."""
+    out = []
+    for a, b in spans:
+        cuts = [int(k) for k in steps if a < k < b]
+        out += list(zip([a, *cuts], [*cuts, b], strict=True))
+    return out
+
+
+def duration_text(seconds: float) -> str:
+    """'−1 h', '+42 s', '−3 d': a clock step's size at a glance."""
+    size = abs(seconds)
+    value, unit = next(((size / d, u) for d, u in ((86400, "d"), (3600, "h"), (60, "min")) if size >= d),
+                       (size, "s"))
+    return f"{'+' if seconds >= 0 else MINUS}{value:.3g} {unit}"
+
+
 @dataclass
 class Summary:
     rows: int
@@ -216,6 +239,15 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
 
     units, actuators = units or {}, actuators or {}
     t = (np.asarray(times) * 1e6).astype("datetime64[us]")
+    steps = clock_steps(times)
+    # A line never joins the rows either side of a step back: a NaN point (at the last time before
+    # it) breaks it, and every shading is cut there.
+    t_line = np.insert(t, steps, t[steps - 1]) if steps.size else t
+
+    def line(y) -> np.ndarray:
+        y = np.asarray(y, dtype=float)
+        return np.insert(y, steps, np.nan) if steps.size else y
+
     alarms = intervals(result.alarm)
     heights = [1.0] * len(tags) + [0.6] * bool(actuators) + [1.2, 1.2]
     fig, axes = plt.subplots(len(heights), 1, sharex=True, figsize=(11, 1.05 * sum(heights) + 1.6),
@@ -226,12 +258,12 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
     score_ax, why_ax = axes[-2], axes[-1]
 
     def shade(ax, spans, colour, alpha):
-        for a, b in spans:
+        for a, b in split_at(spans, steps):
             ax.axvspan(t[a], t[min(b, len(t) - 1)], color=colour, alpha=alpha, lw=0)
 
     flag_kinds_seen: list[str] = []
     for k, (ax, tag) in enumerate(zip(tag_axes, tags, strict=True)):
-        ax.plot(t, values[:, k], lw=0.7, color="black")
+        ax.plot(t_line, line(values[:, k]), lw=0.7, color="black")
         for bit, kind in sorted(FLAG_NAMES.items()):
             spans = intervals(result.tag_flags[:, k] & bit != 0)
             if spans:
@@ -240,11 +272,11 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
         ax.set_ylabel(f"{tag}\n[{units[tag]}]" if tag in units else tag, fontsize=7)
     if act_ax is not None:
         for k, (name, series) in enumerate(actuators.items()):
-            act_ax.step(t, np.asarray(series, dtype=float) + 1.2 * k, where="post", lw=1.0, label=name)
+            act_ax.step(t_line, line(series) + 1.2 * k, where="post", lw=1.0, label=name)
         act_ax.set_yticks([1.2 * k + v for k in range(len(actuators)) for v in (0, 1)],
                           [f"{n} {v}" for n in actuators for v in ("off", "on")], fontsize=6)
         act_ax.set_ylabel("actuators", fontsize=7)
-    score_ax.plot(t, result.score, lw=0.8, color="black", label="line score")
+    score_ax.plot(t_line, line(result.score), lw=0.8, color="black", label="line score")
     score_ax.axhline(threshold, color=ALARM_COLOUR, ls="--", lw=0.8, label=f"threshold {threshold:.3f}")
     score_ax.set_ylabel("line score", fontsize=7)
     score_ax.legend(loc="upper right", fontsize=6)
@@ -256,10 +288,16 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
                               xytext=(2, -2),
                               textcoords="offset points", xycoords=("data", "axes fraction"), fontsize=6,
                               va="top", color=ALARM_COLOUR, rotation=0, clip_on=True)
-    _attribution_panel(why_ax, t, tags, result)
+    _attribution_panel(why_ax, t, tags, result, steps)
     for ax in axes:
         shade(ax, alarms, ALARM_COLOUR, 0.12)
         ax.tick_params(labelsize=6)
+        for k in steps:
+            ax.axvline(t[k], color="black", ls=":", lw=0.8)
+    for k in steps:  # the rows after it are drawn over earlier wall-clock times: say so
+        score_ax.annotate(f"clock step {duration_text(float(times[k] - times[k - 1]))}", (t[k], 0.0),
+                          xytext=(2, 2), textcoords="offset points", xycoords=("data", "axes fraction"),
+                          fontsize=6, va="bottom")
     why_ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(why_ax.xaxis.get_major_locator()))
     why_ax.set_xlabel("time (UTC)", fontsize=7)
     handles = [Patch(color=ALARM_COLOUR, alpha=0.3, label="line alarm")]
@@ -267,15 +305,16 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
                 for k in FLAG_COLOURS if k in flag_kinds_seen]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=7, frameon=False,
                bbox_to_anchor=(0.5, 0.985))
-    fig.suptitle(f"replay: {len(t)} rows, {len(alarms)} line alarm interval(s)", fontsize=9, y=0.998)
+    stepped = f", {steps.size} clock step(s) back (dotted)" if steps.size else ""
+    fig.suptitle(f"replay: {len(t)} rows, {len(alarms)} line alarm interval(s){stepped}", fontsize=9, y=0.998)
     fig.tight_layout(rect=(0, 0, 1, 0.965))
     return fig
 
 
-def _attribution_panel(ax, t: np.ndarray, tags: list[str], result: ReplayResult) -> None:
+def _attribution_panel(ax, t: np.ndarray, tags: list[str], result: ReplayResult, steps: np.ndarray) -> None:
     """Each tag's share of the driving component at the explained rows (stacked, one colour per
     tag; the stack is as high as the component's ratio to its limit, at most 1), under a strip
-    naming the driving component (one colour per component)."""
+    naming the driving component (one colour per component). Both end at a clock step back."""
     import matplotlib
     from matplotlib.patches import Patch
 
@@ -290,12 +329,22 @@ def _attribution_panel(ax, t: np.ndarray, tags: list[str], result: ReplayResult)
             shares[index[c.tag], j] = c.share * weight
     cmap = matplotlib.colormaps["tab10"]
     colours = [cmap(k % 10) for k in range(len(tags))]
-    ax.stackplot(t[rows], shares, colors=colours, labels=tags, alpha=0.8, step="post")
-    edges = np.append(t[rows], t[-1])
+    # Explained row j is followed by a clock step before row j + 1: the stack and the strip end at
+    # the last row before the step.
+    after = np.searchsorted(rows, steps)  # the first explained row at or after each step
+    ends = {int(j) - 1: int(k) - 1 for j, k in zip(after, steps, strict=True) if j > 0}
+    x, y = t[rows], shares
+    if ends:
+        cut = sorted(j + 1 for j in ends if j + 1 < rows.size)
+        x = np.insert(x, cut, [t[ends[j - 1]] for j in cut])
+        y = np.insert(y, cut, np.nan, axis=1)
+    ax.stackplot(x, y, colors=colours, labels=tags, alpha=0.8, step="post")
+    stops = [t[ends[j]] if j in ends else (t[rows[j + 1]] if j + 1 < rows.size else t[-1])
+             for j in range(rows.size)]
     seen = []
     for j, a in enumerate(result.explained):
         if a.component is not None:
-            ax.axvspan(edges[j], edges[j + 1], ymin=1.02, ymax=1.12, color=COMPONENT_COLOURS[a.component],
+            ax.axvspan(t[rows[j]], stops[j], ymin=1.02, ymax=1.12, color=COMPONENT_COLOURS[a.component],
                        clip_on=False, lw=0)
             seen.append(a.component)
     ax.set_ylim(0, 1)

@@ -240,3 +240,33 @@ def test_actuators_are_read_from_the_recording_when_it_has_them(tmp_path, tags):
                      [[1.0] * len(tags) + [0.0], [1.0] * len(tags) + [1.0]])
     got = rp.read_actuators(path, ["conveyor_line_stop", "line_stop"])
     assert list(got) == ["conveyor_line_stop"] and got["conveyor_line_stop"].tolist() == [0.0, 1.0]
+
+
+def test_a_clock_step_back_breaks_every_line_and_shading_and_is_marked(replayed, tags):
+    """A recording whose wall clock steps back an hour (an NTP step) inside the line alarm: the
+    lines joined the rows either side of it with a stroke across the hour, the alarm's shading
+    covered the whole hour, and nothing said the clock stepped."""
+    import matplotlib.pyplot as plt
+
+    det, times, rows, result = replayed
+    a, b = rp.intervals(result.alarm)[0]
+    step = (a + b) // 2
+    epoch = times + 1_796_108_716.195
+    epoch[step:] -= 3600.0
+    fig = rp.figure(epoch, rows, tags, result, det.threshold)
+    current = fig.axes[tags.index(FAULT_TAG)]
+    (trace,) = current.get_lines()[:1]
+    y = np.asarray(trace.get_ydata(), dtype=float)
+    assert len(y) == len(times) + 1 and np.isnan(y[step]) and not np.isnan(np.delete(y, step)).any()
+    hour = 3600.0 / 86400.0  # matplotlib dates are days
+    widths = [p.get_width() for p in current.patches]
+    assert widths and max(widths) < hour / 2  # no shading spans the hour the clock stepped over
+    notes = [t.get_text() for t in fig.axes[-2].texts]
+    assert "clock step \u221260 min" in notes
+    assert "1 clock step(s) back" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_duration_text():
+    assert [rp.duration_text(s) for s in (-3600.0, 42.0, -3 * 86400.0, 90.0)] == [
+        "\u22121 h", "+42 s", "\u22123 d", "+1.5 min"]
