@@ -21,6 +21,8 @@ import socket
 import time
 from collections.abc import Mapping
 
+from controller.housekeeping import HOUSEKEEPING_S
+
 log = logging.getLogger(__name__)
 
 
@@ -60,7 +62,12 @@ class SystemdNotify:
     @classmethod
     def from_environment(cls) -> SystemdNotify:
         """What systemd passed in the environment (reads it only: no socket until the first message)."""
-        return cls(os.environ.get("NOTIFY_SOCKET") or None, watchdog_interval(os.environ, os.getpid()))
+        interval = watchdog_interval(os.environ, os.getpid())
+        if interval is not None and 2 * interval < 2 * HOUSEKEEPING_S:  # the timeout is 2 * interval
+            log.warning("WatchdogSec=%gs is shorter than two %g s housekeeping rounds (the pings come "
+                        "from them): systemd will kill and restart the service; set WatchdogSec=10s "
+                        "(configs/linesentry@.service)", 2 * interval, HOUSEKEEPING_S)
+        return cls(os.environ.get("NOTIFY_SOCKET") or None, interval)
 
     def ready(self) -> None:
         self._send("READY=1\nSTATUS=running")

@@ -153,7 +153,8 @@ def test_a_notify_socket_that_is_gone_is_logged_once_and_never_raised(tmp_path, 
         notifier.watchdog()
         notifier.watchdog()
         notifier.stopping()
-    assert len(caplog.records) == 1 and "READY=1" in caplog.records[0].getMessage()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]  # (and the short-watchdog warning)
+    assert len(errors) == 1 and "READY=1" in errors[0].getMessage()
 
 
 def test_watchdog_interval_follows_what_systemd_passes():
@@ -264,3 +265,15 @@ async def test_no_ping_while_the_checks_fail_and_pings_on_while_only_the_flush_f
         controller.stop()
         await asyncio.wait_for(task, 15)
         notify.close()
+
+
+def test_a_watchdog_shorter_than_the_housekeeping_rounds_is_one_warning(monkeypatch, caplog):
+    """WatchdogSec=20ms: pings come every 50 ms round at best, so systemd kills the service over and
+    over; that used to be silent until the restarts showed in the journal."""
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")
+    with caplog.at_level(logging.WARNING, logger="controller.systemd"):
+        SystemdNotify.from_environment()
+        monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+        SystemdNotify.from_environment()
+    (record,) = caplog.records
+    assert record.getMessage().startswith("WatchdogSec=0.02s is shorter than two 0.05 s housekeeping")
