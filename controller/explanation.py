@@ -110,3 +110,11 @@ def explanation(alarm: str, attribution: Attribution, units: Mapping[str, str],
     ratio = attribution.ratio if math.isfinite(attribution.ratio) else None
     return {"text": f"{alarm}: {why}", "why": why, "component": attribution.component, "ratio": ratio,
             "top": top, "components": a["components"], "flagged": a["flagged"], "at": at}
+
+
+def unexplained(alarm: str, reason: str, at: float | None = None) -> dict:
+    """The dict when the detector could not say why (a fault in the attribution): the alarm stands,
+    its text says the explanation failed and why, so the event and the log show it."""
+    why = f"why unknown (the explanation failed: {reason})"
+    return {"text": f"{alarm}: {why}", "why": why, "component": None, "ratio": None, "top": [],
+            "components": {}, "flagged": {}, "at": at}

@@ -33,7 +33,7 @@ import numpy as np
 from controller.actions import ActionEngine, WriteRequest
 from controller.alarms import ANNUNCIATED_ACTIVE, AlarmEngine, AlarmEvent
 from controller.conditions import ArrayTagView
-from controller.explanation import explanation, for_alarm
+from controller.explanation import explanation, for_alarm, unexplained
 from controller.journal import Journal
 from controller.linestate import COMM_LOST, LineState
 from controller.metrics import LatencyRing
@@ -140,10 +140,14 @@ class StepPipeline:
         """Why the detector scores what it does now, as controller.explanation's dict (off the hot
         path: on a rise of the line alarm, or on request), with the top tags' latest readings."""
         name = alarm or next(iter(self.alarm_explanations), "line")
-        why = self.detector.explain()
-        values = self.line.frame_values
-        readings = {t.tag: float(values[self._det_index[t.tag]]) for t in why.top if t.tag in self._det_index}
-        return explanation(name, why, self._units, self._bits, at=self._wall, readings=readings)
+        try:
+            why = self.detector.explain()
+            values = self.line.frame_values
+            readings = {t.tag: float(values[self._det_index[t.tag]]) for t in why.top
+                        if t.tag in self._det_index}
+            return explanation(name, why, self._units, self._bits, at=self._wall, readings=readings)
+        except Exception as exc:  # the explanation is a courtesy: it must never cost the alarm
+            return unexplained(name, f"{type(exc).__name__}: {exc}", at=self._wall)
 
     def tick(self, mono: float, wall: float, *, restep: bool) -> Sequence[WriteRequest]:
         """Time-based work without a batch (housekeeping): alarm delays, shelve expiry, deadlines.

@@ -277,3 +277,24 @@ def test_a_chattering_line_alarm_is_explained_at_most_once_a_second(pipe, monkey
         if p.line_alarm:
             assert p.explanation["text"].startswith("line_anomaly: c \u2212")
     assert rises > 1000 and len(calls) <= 41, (rises, len(calls))
+
+
+def test_an_explanation_that_fails_never_costs_the_alarm(pipe, monkeypatch):
+    """A fault in the attribution (a model's explain raising) escaped from the step: the batch's
+    alarms, actions and writes were not evaluated and the driver's session was dropped as lost."""
+    p, binding, normal = pipe
+
+    def broken(*_a, **_k):
+        raise FloatingPointError("attribution overflow")
+
+    monkeypatch.setattr(p.detector, "explain", broken)
+    broken_row = normal[200].copy()
+    broken_row[2] -= 60.0
+    why = rise_with(p, binding, normal, broken_row)
+    assert why["text"] == ("line_anomaly: why unknown (the explanation failed: FloatingPointError: "
+                           "attribution overflow)")
+    assert p.alarms.state("line_anomaly") == "UNACK"
+    p.journal.flush()
+    (event,) = [e for e in p.journal.events.since() if e["source"] == "line_anomaly"]
+    assert event["message"].startswith("line_anomaly: why unknown (the explanation failed")
+    json.dumps(why, allow_nan=False)
