@@ -190,7 +190,8 @@ async def test_inhibit_and_reset_need_a_reason_and_inhibit_says_what_it_disables
     assert status == 200 and body["disables"] == []  # lifting an inhibit needs no reason
     assert saved(tmp_path)["actions"]["actions"]["stop_line"]["inhibited"] is False
     status, body = await api.post("/actions/stop_line/reset", {"user": "ann", "reason": "checked"})
-    assert status == 200 and "fires again on the next activation of line_anomaly" in body["message"]
+    assert status == 200 and body["changed"] is False  # never latched: a no-op that says so
+    assert body["message"] == "stop_line is not latched: nothing to reset"
     assert (await api.get("/status"))["protections_disabled"] == []
 
 
