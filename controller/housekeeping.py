@@ -33,9 +33,14 @@ if TYPE_CHECKING:  # the cloud modules are imported only when a [sync] section o
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_S = 0.05
+STEPS_FAILING_S = 2.0  # every driver batch's step failing this long: the hot path is dead
 FEED_PAGE = 1000  # events per outbox append
 TEXT_IN_DETECTOR = ("carries text, not a number: it is never fed to the detector (its invalid flag "
                     "is raised); remove it from [detector] tags")
+
+
+class HotPathFailing(RuntimeError):
+    """Every driver batch's step has failed for STEPS_FAILING_S: the watchdog must not be pinged."""
 
 
 def stale_timeouts(plcs: Sequence[Plc], n_tags: int) -> np.ndarray:
@@ -115,7 +120,8 @@ class Housekeeping:
 
         `alive` (the watchdog ping) is called after each round whose checks ran: it says the event
         loop turns and comm loss, staleness, alarm delays and readback deadlines are being checked.
-        A blocked loop, a round that never returns, or checks that raise every round stop it and
+        A blocked loop, a round that never returns, checks that raise every round, or driver batches
+        whose steps have all failed for STEPS_FAILING_S (a dead hot path) stop it and
         systemd restarts the service (the PLCs' own heartbeat watchdogs see the restart). A failing
         flush (journal, outbox, state file) is logged and pinged on: a restart would not free a
         disk, and the line would go unwatched while the service starts again."""
@@ -161,6 +167,12 @@ class Housekeeping:
             log.error("detector tag %r %s", tag, TEXT_IN_DETECTOR)
         # Stale or comm-lost tags are fresh and not good: the detector must see them (invalid flags).
         self._issue(self.pipeline.tick(mono, wall, restep=bool(stale.size or lost)))
+        failing = self.pipeline.failing_since
+        if failing is not None and mono - failing > STEPS_FAILING_S:
+            # The PLCs deliver (no comm loss) but no batch gets through the detector, alarms and
+            # actions: protections are not evaluated, so no watchdog ping (a restart).
+            raise HotPathFailing(f"every step failed for {mono - failing:.1f} s "
+                                 f"(last: {self.pipeline.step_failure})")
 
     async def flush(self) -> None:
         """Journal -> events and logs; events and windows -> outbox; state file if it changed."""

@@ -86,6 +86,8 @@ class StepPipeline:
         self.values = ArrayTagView(line.position, line.values)
         self.builtin = {b.name: b for b in builtin}
         self.step_latency = LatencyRing()  # the timed part of every step (metrics, status, benchmarks)
+        self.failing_since: float | None = None  # see `step`
+        self.step_failure = ""  # the last failed step's exception, one line
         self.line_score = 0.0
         self.line_alarm = False
         self.first_out = ""  # the current alarm episode's first cause, described
@@ -109,12 +111,23 @@ class StepPipeline:
     # ------------------------------------------------------------------ the step
     def step(self, binding: np.ndarray, batch: ReadingBatch, mono: float, wall: float
              ) -> Sequence[WriteRequest]:
-        """One driver batch through the chain; returns the writes to issue now (usually none)."""
+        """One driver batch through the chain; returns the writes to issue now (usually none).
+
+        A step that raises is re-raised (the caller's to handle) and remembered: `failing_since` is
+        the monotonic time of the first failed step since the last good one (None while they
+        succeed), for housekeeping to tell a dead hot path from a quiet one (controller.housekeeping)."""
         t0 = time.perf_counter()
         self._wall = wall
-        self.line.apply(binding, batch, mono)
-        self.step_detector(mono)
-        writes = self.decide(mono, wall)
+        try:
+            self.line.apply(binding, batch, mono)
+            self.step_detector(mono)
+            writes = self.decide(mono, wall)
+        except Exception as exc:
+            if self.failing_since is None:
+                self.failing_since = mono
+            self.step_failure = f"{type(exc).__name__}: {exc}"
+            raise
+        self.failing_since = None
         self.step_latency.record(time.perf_counter() - t0)
         self._summarize(wall)
         return writes

@@ -26,11 +26,19 @@ import urllib.request
 from pathlib import Path
 
 from controller.config import load_config
+from controller.housekeeping import STEPS_FAILING_S
 from controller.runtime import Controller
 from controller.systemd import SystemdNotify, watchdog_interval
-from hil_tests.rig.controller_run import without_model
+from hil_tests.rig.controller_run import (
+    live,
+    make_controller,
+    start_controller,
+    stop_controller,
+    without_model,
+)
 from hil_tests.rig.demo_config import demo_text
 from hil_tests.rig.net import free_port, wait_for
+from hil_tests.rig.servers import Rig
 
 PING_USEC = 200_000  # systemd's WatchdogSec=0.2s: a ping every 0.1 s
 BLOCKED_S = 1.0  # five watchdog timeouts without a ping
@@ -277,3 +285,42 @@ def test_a_watchdog_shorter_than_the_housekeeping_rounds_is_one_warning(monkeypa
         SystemdNotify.from_environment()
     (record,) = caplog.records
     assert record.getMessage().startswith("WatchdogSec=0.02s is shorter than two 0.05 s housekeeping")
+
+
+async def test_no_ping_while_every_batch_fails_on_the_hot_path(tmp_path, monkeypatch, caplog):
+    """The PLCs deliver, but every batch's step raises (a detector fault): the driver sessions are
+    dropped and reopened, no comm loss is ever seen (data arrives), the alarms and actions never
+    see a batch, and housekeeping kept pinging: a controller protecting nothing looked healthy.
+    Past STEPS_FAILING_S of failed steps the pings stop (a restart) and the cause is logged once."""
+    notify = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", str(PING_USEC))
+    async with Rig(opcua_port=0, modbus_port=0) as rig:
+        controller = make_controller(tmp_path, rig, None, without_model)
+        task = await start_controller(controller)
+        try:
+            await live(controller)
+            await wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 3, timeout=10, what="3 pings")
+
+            def broken(*_args):
+                raise FloatingPointError("detector fault")
+
+            with caplog.at_level(logging.ERROR, logger="controller.housekeeping"):
+                monkeypatch.setattr(controller.pipeline.detector, "step", broken)
+                broke = time.monotonic()
+                await wait_for(lambda: controller.pipeline.failing_since is not None, timeout=5,
+                               what="a failed step")
+                await asyncio.sleep(STEPS_FAILING_S + BLOCKED_S)
+                late = [t for t in notify.times("WATCHDOG=1") if t > broke + STEPS_FAILING_S + 0.2]
+                assert late == []
+                monkeypatch.undo()
+                fixed = time.monotonic()
+                await wait_for(lambda: any(t > fixed for t in notify.times("WATCHDOG=1")), timeout=20,
+                               what="pings once the steps succeed again")
+            messages = [r.getMessage() for r in caplog.records]
+            assert sum("every step failed for" in m and "FloatingPointError: detector fault" in m
+                       for m in messages) == 1, messages
+        finally:
+            monkeypatch.undo()
+            await stop_controller(controller, task)
+            notify.close()
