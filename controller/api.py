@@ -33,9 +33,10 @@ cannot be shelved or taken out of service (409).
 
 Errors are JSON `{"error": "one line"}` with 400 (bad request), 401 (no valid token or session),
 403 (a role too low, a session's change without its CSRF token, a cross-site request), 404
-(unknown alarm/action), 409 (refused in the current state), 413 (body too large),
-421 (Host header not a name of this controller), 422 (a model reload refused: the artifact
-does not load or does not fit the line) or 503 (connection or event-stream limit). The status
+(unknown alarm/action), 409 (refused in the current state), 413 (body too large), 415 (a login
+or a session's change whose body is not declared JSON), 421 (Host header not a name of this
+controller), 422 (a model reload refused: the artifact does not load or does not fit the line)
+or 503 (connection, event-stream or session limit). The status
 of an operation's error is its `controller.errors.LinesentryError.status`.
 
 Hardening (docs/operations.md, security): bound beyond loopback, reads need a token
@@ -73,7 +74,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from controller.config import MAX_SHELVE_S
 from controller.errors import BadRequest, LinesentryError
 from controller.events import EventLog
-from controller.hmi.access import COOKIE, Access, Caller, Unauthorized, refuse_other_sites
+from controller.hmi.access import COOKIE, Access, Caller, Unauthorized, refuse_other_sites, require_json
 from controller.hmi.page import add_page
 from controller.hmi.sessions import Session, SessionStore
 from controller.roles import Role, required_role
@@ -92,9 +93,12 @@ RESERVED_FDS_SYNC = 32
 MIN_API_CONNECTIONS = 4
 REFUSAL_LOG_INTERVAL_S = 60.0
 MAX_EVENT_STREAMS = 16  # HMIs and dashboards; each holds a connection for as long as it is open
+STREAM_KEEPALIVE_S = 15.0  # a comment line on a quiet stream, so proxies and browsers keep it
+STREAM_SESSION_CHECK_S = 1.0  # a stream opened with an HMI session ends this soon after its logout
 OPERATOR_RESERVE = 8  # connection slots (out of the cap) only operator POSTs may use
 RESERVE_IDLE_S = 2.0  # a reserve connection that sends no request is closed after this
-MAX_LOGIN_NAME = 64  # an HMI user name: recorded with every change of the session
+MAX_LOGIN_NAME = 64  # a user name (HMI login or a bearer request's 'user'): recorded with every change
+MAX_REASON = 500  # an operator's reason, kept in the journal with the change
 
 
 class Operations(Protocol):
@@ -195,6 +199,15 @@ async def _json_body(request: web.Request, timeout_s: float) -> dict:
     return body
 
 
+def printable(text: str, key: str, limit: int) -> str:
+    """`text` if it is printable and at most `limit` characters: the journal keeps it and terminals
+    print it (`linesentry events`), so no control character (an escape sequence) gets in."""
+    if len(text) > limit or not text.isprintable():
+        raise BadRequest(f"'{key}' must be printable text of at most {limit} characters (no line breaks "
+                         "or control characters)")
+    return text
+
+
 def _no_constant(name: str) -> Any:
     raise BadRequest(f"request body contains {name}, which is not JSON")
 
@@ -213,6 +226,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
                     SessionStore() if sessions is None else sessions, reads_need_token=reads_need_token)
     app = web.Application(middlewares=[_reserve_check(access), _host_check(frozenset(names)), _errors],
                           client_max_size=MAX_BODY_BYTES)
+    app.on_response_prepare.append(_harden)
     streams = 0
     r = app.router
 
@@ -242,7 +256,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         value = body.get("user", default)
         if not isinstance(value, str) or not value.strip():
             raise BadRequest("'user' must be a non-empty string")
-        return value.strip()
+        return printable(value.strip(), "user", MAX_LOGIN_NAME)
 
     def flag(body: dict, key: str = "enabled") -> bool:
         if not isinstance(body.get(key), bool):
@@ -263,6 +277,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
 
     async def stream(request: web.Request) -> web.StreamResponse:
         nonlocal streams
+        caller = access.require(request, Role.VIEWER)
         if streams >= max_streams:
             refusal = error(503, f"event stream limit ({max_streams}) reached: close another stream, or "
                                  "poll /api/v1/events?since=ID")
@@ -274,11 +289,18 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         streams += 1
         try:
             await response.prepare(request)
+            quiet_since = time.monotonic()
+            wait_s = STREAM_SESSION_CHECK_S if caller.session else STREAM_KEEPALIVE_S
             while True:
-                batch = await ops.events.wait_newer(last, timeout=15.0)
+                batch = await ops.events.wait_newer(last, timeout=wait_s)
+                if not still_allowed(caller):
+                    break
                 if not batch:
-                    await response.write(b": keep-alive\n\n")
+                    if time.monotonic() - quiet_since >= STREAM_KEEPALIVE_S:
+                        await response.write(b": keep-alive\n\n")
+                        quiet_since = time.monotonic()
                     continue
+                quiet_since = time.monotonic()
                 for event in batch:
                     await response.write(f"id: {event['id']}\ndata: {dumps(event)}\n\n".encode())
                     last = event["id"]
@@ -286,12 +308,17 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
             return response  # the client went away: a normal end of a stream
         finally:
             streams -= 1
+        return response  # the session it was opened with logged out or expired
+
+    def still_allowed(caller: Caller) -> bool:
+        """A stream opened with a session lives only as long as the session (logout, expiry)."""
+        return caller.session is None or access.sessions.get(caller.session.id) is not None
 
     def reason(body: dict) -> str:
         value = body.get("reason", "")
         if not isinstance(value, str):
             raise BadRequest("'reason' must be a string")
-        return value.strip()
+        return printable(value.strip(), "reason", MAX_REASON)
 
     async def durable(answer: dict) -> dict:
         await ops.persist()  # 200 only once the change is on disk: it survives a kill -9
@@ -341,15 +368,14 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         if session is not None:
             view.update(user=session.user, role=session.role.value, csrf=session.csrf,
                         expires_in_s=access.sessions.remaining_s(session))
-        response = json_response(view)
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return json_response(view)  # no-store, like every API answer (_harden)
 
     async def session(request: web.Request) -> web.Response:
         return session_view(access.sessions.get(request.cookies.get(COOKIE)))
 
     async def login(request: web.Request) -> web.Response:
         refuse_other_sites(request)  # no login planted by another site's page
+        require_json(request)
         body = await _json_body(request, body_timeout_s)
         given = body.get("token")
         if not isinstance(given, str) or not given.strip():
@@ -359,8 +385,9 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
             raise Unauthorized("wrong token: log in with the contents of api-read-token, api-token or "
                                "api-engineer-token from the state directory")
         name = user(body, default=None)
-        if len(name) > MAX_LOGIN_NAME or not name.isprintable():
-            raise BadRequest(f"'user' must be a printable name of at most {MAX_LOGIN_NAME} characters")
+        previous = request.cookies.get(COOKIE)
+        if previous:  # a new login ends this browser's earlier session: one cookie, one session
+            access.sessions.end(previous)
         opened = access.sessions.create(name, role)
         log.info("HMI login: %s as %s", opened.user, role.value)
         response = session_view(opened)
@@ -384,7 +411,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
     r.add_get(f"{API}/tags", reading(tags))
     r.add_get(f"{API}/alarms", reading(alarms))
     r.add_get(f"{API}/events", reading(events))
-    r.add_get(f"{API}/events/stream", reading(stream))
+    r.add_get(f"{API}/events/stream", stream)
     changing(f"{API}/alarms/{{name}}/ack", ack)
     changing(f"{API}/alarms/{{name}}/shelve", shelve)
     changing(f"{API}/alarms/{{name}}/unshelve", unshelve)
@@ -394,6 +421,18 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
     changing(f"{API}/model/reload", reload_model)
     r.add_get("/metrics", reading(metrics))
     return app
+
+
+# Every answer but the page's (controller.hmi.page sets its own): never run as a page, never
+# framed, never kept by a browser or a proxy (reads beyond loopback need a login: the data is the
+# logged-in user's, not for the next one at that browser).
+NOT_A_PAGE = {"Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+              "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
+
+
+async def _harden(_: web.Request, response: web.StreamResponse) -> None:
+    for header, value in NOT_A_PAGE.items():
+        response.headers.setdefault(header, value)
 
 
 def _since(request: web.Request) -> int:

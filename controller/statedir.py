@@ -8,11 +8,13 @@ never half of one. A damaged state file is set aside, not fatal.
 """
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -29,6 +31,40 @@ ENGINEER_TOKEN_FILE = TOKEN_FILES[Role.ENGINEER]  # reset, inhibit, out of servi
 MIN_TOKEN_CHARS = 32
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+/=]+")
 STATE_FILE = "state.json"
+
+
+def _existing_token(path: Path) -> str | None:
+    """The text of the token file at `path`, or None when there is none we should trust.
+
+    Not followed or trusted, so a new token is written in its place (with a warning): a symbolic
+    link (its target may be a file others can read, e.g. /etc/machine-id), anything but a regular
+    file (a FIFO would hang the start) and a file another user owns (who then knows the token).
+    A file readable by others is made 0600.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            log.warning("API token %s is a symbolic link: not followed; wrote a new token in its place "
+                        "(the link's target is left alone)", path)
+            return None
+        raise OSError(f"cannot read the API token {path}: {exc.strerror}; the service user must own "
+                      "the state directory") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise OSError(f"the API token {path} is a directory: remove it (a new token is written at start)")
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            log.warning("API token %s is %s; wrote a new token in its place", path,
+                        "not a regular file" if not stat.S_ISREG(info.st_mode)
+                        else f"owned by another user (uid {info.st_uid})")
+            return None
+        if info.st_mode & 0o077:
+            os.fchmod(f.fileno(), 0o600)
+            log.warning("API token %s was readable by other users; made it 0600", path)
+        return f.read(4096).decode("ascii", errors="replace").strip()
 
 
 class StateDir:
@@ -52,30 +88,39 @@ class StateDir:
 
         A file too short to be one of ours (left empty by a first start on a full disk, or
         edited by hand) is replaced by a new token, with a warning: an empty token would make
-        every mutating call 401 forever, so a latched stop could never be reset.
+        every mutating call 401 forever, so a latched stop could never be reset. So is a file
+        that is not plainly ours (`_existing_token`), and one holding a higher role's token (a
+        file copied over another by hand): it would let this role's holders do what that one may.
         """
         self.create()
         path = self.path / name
-        try:
-            existing = path.read_text(encoding="ascii", errors="replace").strip()
-        except FileNotFoundError:
-            existing = None
-        except OSError as exc:
-            raise OSError(f"cannot read the API token {path}: {exc.strerror}; the service user must own "
-                          "the state directory") from None
+        existing = _existing_token(path)
         if existing is not None and len(existing) >= MIN_TOKEN_CHARS and _TOKEN_CHARS.fullmatch(existing):
-            if path.stat().st_mode & 0o077:
-                os.chmod(path, 0o600)
-                log.warning("API token %s was readable by other users; made it 0600", path)
-            register_secret(existing)
-            return existing
-        if existing is not None:
+            higher = self._higher_role_holding(name, existing)
+            if higher is None:
+                register_secret(existing)
+                return existing
+            log.warning("API token %s held the %s role's token (%s), so it gave that role; wrote a new "
+                        "one: clients must read it again", path, higher.value, TOKEN_FILES[higher])
+        elif existing is not None:
             log.warning("API token %s was not a valid token (%d characters, need >= %d); wrote a new one: "
                         "clients must read it again", path, len(existing), MIN_TOKEN_CHARS)
         token = secrets.token_urlsafe(32)
         self._write_atomic(path, token + "\n", mode=0o600)
         register_secret(token)
         return token
+
+    def _higher_role_holding(self, name: str, token: str) -> Role | None:
+        """The role above `name`'s whose token file holds `token` too (None: no such role)."""
+        role = next((r for r, file in TOKEN_FILES.items() if file == name), None)
+        for higher, file in TOKEN_FILES.items() if role is not None else ():
+            other = self.path / file
+            if higher.rank <= role.rank or other.is_symlink() or not other.is_file():
+                continue  # a link or a FIFO is dealt with (and warned about) when its own token is read
+            with contextlib.suppress(OSError):
+                if other.read_text(encoding="ascii", errors="replace").strip() == token:
+                    return higher
+        return None
 
     def tokens(self) -> dict[Role, str]:
         """Every role's bearer token (each created at first start, mode 0600)."""

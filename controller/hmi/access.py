@@ -4,7 +4,8 @@ A request's role is the role of the bearer token it sends, else that of its sess
 none. No valid credentials where a role is needed is 401; a valid token or session whose role is
 too low is 403. A change made through a session must carry the session's CSRF token in the
 `X-CSRF-Token` header, and any change whose `Origin` (or `Sec-Fetch-Site`) says another site sent
-it is refused (403): a page elsewhere cannot make the operator's browser ack or reset.
+it is refused (403): a page elsewhere cannot make the operator's browser ack or reset. A login
+and a session's change must declare a JSON body (415 otherwise), which no HTML form can.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ class Forbidden(LinesentryError):
     """Valid credentials, but a role too low, or a change without its CSRF token or from another site."""
 
     status = 403
+
+
+class NotJson(LinesentryError):
+    """A browser's login or change whose body is not declared JSON (a form post from another page)."""
+
+    status = 415
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ class Access:
         if caller.role is None:
             raise Unauthorized(_missing(needed))
         if changes and caller.session is not None:
+            require_json(request)
             given = request.headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(given.encode(), caller.session.csrf.encode()):
                 raise Forbidden(f"missing or wrong CSRF token: a change from a browser session must send "
@@ -119,3 +127,13 @@ def refuse_other_sites(request: web.Request) -> None:
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):
         raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site[:40]})")
+
+
+def require_json(request: web.Request) -> None:
+    """NotJson unless a body is declared `application/json`: a plain HTML form (text/plain,
+    urlencoded, multipart) can be sent cross-site without a preflight, JSON only by a script of
+    this page. A request without a body (a logout) has nothing to declare; bearer callers are not
+    held to it (curl -d)."""
+    if request.can_read_body and request.content_type != "application/json":
+        raise NotJson(f"send the body as JSON (Content-Type: application/json), not "
+                      f"{request.content_type[:60]!r}")
