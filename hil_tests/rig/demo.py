@@ -220,7 +220,22 @@ def render(controller: Controller, log: DemoLog) -> Group:
         events.add_row(time.strftime("%H:%M:%S", time.localtime(e["time"])), e["kind"], e["source"],
                        e["message"][:70])
     counts = f"faults injected {len(log.faults)}, line stops {len(log.stops)}"
-    return Group(score, *why_line(controller), tags, alarms, events, *protections(controller), counts)
+    return Group(score, *why_line(controller), tags, plcs(controller), alarms, events,
+                 *protections(controller), counts)
+
+
+def plcs(controller: Controller) -> Table:
+    """PLC health: session state, age of the last good data, reads and errors, the last error with
+    how long ago data last came (a stale error of a PLC that is fine again reads as such)."""
+    table = Table(title="PLCs")
+    for col in ("plc", "state", "last good data", "reads", "read errors", "last error"):
+        table.add_column(col)
+    for p in controller.status()["plcs"]:
+        age = p["last_good_data_age_s"]
+        state = "COMM LOSS" if p["comm_lost"] else p["state"]
+        table.add_row(p["name"], state, "never" if age is None else f"{age:.1f} s ago", str(p["reads"]),
+                      str(p["read_errors"]), p["last_error"] or "", style="red" if p["comm_lost"] else "")
+    return table
 
 
 def why_line(controller: Controller) -> list[Text]:
