@@ -16,6 +16,7 @@ import functools
 import platform
 import threading
 from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 
 import numpy as np
@@ -205,8 +206,17 @@ def sync_metrics(sync: dict[str, float]) -> Iterable[Metric]:
 @functools.cache
 def build_labels() -> dict[str, str]:
     """The versions that decide how this controller behaves (read once: package metadata is on disk)."""
-    return {"version": dist_version("linesentry"), "python": platform.python_version(),
-            "numpy": dist_version("numpy"), "numba": dist_version("numba")}
+    return {"version": installed_version("linesentry"), "python": platform.python_version(),
+            "numpy": installed_version("numpy"), "numba": installed_version("numba")}
+
+
+def installed_version(dist: str) -> str:
+    """`dist`'s version, "unknown" without its metadata (a source checkout run without `pip install`:
+    every scrape failed with PackageNotFoundError, a 500 instead of the metrics)."""
+    try:
+        return dist_version(dist)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_info() -> Metric:

@@ -118,3 +118,23 @@ async def test_every_alarm_state_series_exists_before_and_after_a_transition(run
     counts = {dict(k)["state"]: v for k, v in samples(after, "linesentry_alarms").items()}
     assert set(counts) == STATES and counts["SHELVED"] == 1
     assert promtool(after).returncode == 0
+
+
+def test_build_info_without_package_metadata_says_unknown(monkeypatch):
+    """A source checkout run without `pip install`: every scrape raised PackageNotFoundError (500)."""
+    from importlib.metadata import PackageNotFoundError
+
+    from controller import metrics
+
+    def missing(name):
+        if name == "linesentry":
+            raise PackageNotFoundError(name)
+        return "1.0"
+
+    monkeypatch.setattr(metrics, "dist_version", missing)
+    metrics.build_labels.cache_clear()
+    try:
+        (sample,) = metrics.build_info().samples
+        assert sample.labels["version"] == "unknown" and sample.labels["numpy"] == "1.0"
+    finally:
+        metrics.build_labels.cache_clear()
