@@ -112,5 +112,5 @@ def test_the_unit_is_notify_with_a_watchdog_and_writes_only_its_own_directories(
     assert unit["WatchdogSec"] == ["10s"]
     assert unit["StateDirectory"] == ["linesentry/%i"] and unit["ProtectSystem"] == ["strict"]
     assert "ReadWritePaths" not in unit  # one line's service cannot write another line's state
-    assert unit["Environment"] == ["NUMBA_CACHE_DIR=%C/linesentry/%i/numba"]
+    assert unit["Environment"] == ["PYTHONFAULTHANDLER=1", "NUMBA_CACHE_DIR=%C/linesentry/%i/numba"]
     assert unit["CacheDirectory"] == ["linesentry/%i"]

@@ -324,3 +324,40 @@ async def test_no_ping_while_every_batch_fails_on_the_hot_path(tmp_path, monkeyp
             monkeypatch.undo()
             await stop_controller(controller, task)
             notify.close()
+
+
+def unit_environment() -> dict[str, str]:
+    """The shipped unit's Environment= settings that need no systemd specifier (%C, %i, ...)."""
+    unit = Path(__file__).resolve().parents[2] / "configs" / "linesentry@.service"
+    pairs = [line.split("=", 1)[1].split("=", 1) for line in unit.read_text().splitlines()
+             if line.startswith("Environment=")]
+    return {k: v for k, v in pairs if "%" not in v}
+
+
+def test_the_watchdogs_sigabrt_leaves_the_stuck_stack_in_the_log(tmp_path):
+    """systemd's watchdog kills with SIGABRT: the service died without a word on where its loop was
+    stuck; under the unit's environment (PYTHONFAULTHANDLER=1) it prints every thread's stack."""
+    notify, api_port = NotifySocket(tmp_path / "notify"), free_port()
+    linesentry = Path(sys.executable).with_name("linesentry")
+    log = tmp_path / "service.log"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"} | unit_environment()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(linesentry), "run", str(line_config(tmp_path, api_port))],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env=env | {"NOTIFY_SOCKET": str(notify.path)})
+    try:
+        deadline = time.monotonic() + 60
+        while not notify.times("READY=1"):
+            assert proc.poll() is None, f"the controller exited:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no READY=1 in 60 s:\n{log.read_text()[-2000:]}"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGABRT)  # what systemd sends when WatchdogSec passes without a ping
+        assert proc.wait(30) == -signal.SIGABRT
+        text = log.read_text()
+        assert "Fatal Python error: Aborted" in text and "Current thread" in text, text[-2000:]
+        assert 'File "' in text.split("Fatal Python error: Aborted", 1)[1]  # the stack, with files
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
