@@ -16,8 +16,10 @@ import aiohttp
 from aiohttp import web
 from playwright.async_api import Page, async_playwright, expect
 
+from controller.config import load_config
 from controller.hmi.access import CSRF_HEADER
 from controller.roles import TOKEN_FILES, Role
+from controller.runtime import Controller
 from hil_tests.rig.controller_run import make_controller
 from hil_tests.rig.controller_run import start_controller as start
 from hil_tests.rig.controller_run import stop_controller as stop
@@ -218,3 +220,51 @@ async def evil_site(target: str):
         yield port
     finally:
         await runner.cleanup()
+
+
+async def test_a_stopped_hung_or_restarted_controller_shows_no_data_not_normal(tmp_path, rig, model):
+    """Was: when the controller stopped the page kept its last grey NORMAL (only the small link
+    box changed), when it hung every poll waited for ever and the page still said `live`, and
+    after a restart it still showed the operator as logged in (the restart ended the session)."""
+    controller = make_controller(tmp_path, rig, model)
+    task = await start(controller)
+    port = controller.api_port
+    tokens = {role: (Path(controller.config.controller.state_dir) / name).read_text().strip()
+              for role, name in TOKEN_FILES.items()}
+    try:
+        async with chromium() as browser:
+            page = await browser.new_page(viewport=VIEWPORT)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"http://127.0.0.1:{port}/")
+            state = page.locator("#line-state")
+            await expect(state).to_have_text("NORMAL", timeout=UI_TIMEOUT_MS)
+            await log_in(page, "ann", tokens[Role.OPERATOR])
+
+            # Hung: the controller takes the requests and never answers.
+            async def hang(_route) -> None:
+                pass  # neither continued nor fulfilled: the request waits, like on a stuck event loop
+
+            await page.route("**/api/v1/**", hang)
+            await expect(state).to_have_text("NO DATA", timeout=UI_TIMEOUT_MS)
+            await expect(page.locator("#link")).to_contain_text("no answer from the controller")
+            await page.unroute("**/api/v1/**")
+            await expect(state).to_have_text("NORMAL", timeout=UI_TIMEOUT_MS)
+
+            # Stopped: connection refused.
+            await stop(controller, task)
+            task = None
+            await expect(state).to_have_text("NO DATA", timeout=UI_TIMEOUT_MS)
+            assert await page.locator("#line-state.stale").count() == 1
+            assert await page.locator("main button:enabled").count() == 0
+
+            # Restarted on the same port: live data again, and the session it ended is shown as ended.
+            controller = Controller(load_config(tmp_path / "line.toml"), api_port=port)
+            task = await start(controller)
+            await expect(state).to_have_text("NORMAL", timeout=UI_TIMEOUT_MS)
+            await expect(page.locator("#who-text")).to_have_text("viewer (no login)", timeout=UI_TIMEOUT_MS)
+            await expect(page.locator("#link")).not_to_contain_text("no answer")
+            assert errors == []
+    finally:
+        if task is not None:
+            await stop(controller, task)

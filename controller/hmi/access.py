@@ -96,7 +96,6 @@ class Access:
         if caller.role is None:
             raise Unauthorized(_missing(needed))
         if changes and caller.session is not None:
-            require_json(request)
             given = request.headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(given.encode(), caller.session.csrf.encode()):
                 raise Forbidden(f"missing or wrong CSRF token: a change from a browser session must send "
@@ -104,6 +103,8 @@ class Access:
         if not caller.role.allows(needed):
             raise Forbidden(f"the {caller.role.value} role may not do this: it needs the {needed.value} role "
                             f"(the {TOKEN_FILES[needed]} token, or an HMI login with it)")
+        if changes and caller.session is not None:
+            require_json(request)
         return caller
 
 

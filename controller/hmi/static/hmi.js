@@ -6,6 +6,8 @@
 const RANK = { viewer: 0, operator: 1, engineer: 2 };
 const TREND_S = 300;  // the trend keeps the last five minutes (fewer right after the page opens)
 const POLL_MS = 1000;
+const FETCH_TIMEOUT_MS = 3000;  // a controller that does not answer (stopped, hung) is not waited for
+const STALE_MS = 3500;  // no good answer for this long: the page says NO DATA, never a stale NORMAL
 const MAX_EVENTS = 200;
 const HIDDEN_STATES = new Set(["SHELVED", "SUPPRESSED", "OUT_OF_SERVICE"]);
 const ANNUNCIATED = new Set(["UNACK", "ACKED", "RTN_UNACK"]);  // only these get their priority colour
@@ -19,6 +21,9 @@ const hmi = {
   stream: null,
   pending: null,  // the request the reason dialog confirms
   drawn: {},  // panel -> what it shows now: redrawn only on a change (buttons stay clickable)
+  lastGood: 0,  // Date.now() of the last status and alarms the page got
+  stale: true,  // what the page shows is not (or no longer) the controller's answer
+  polling: false,  // a refresh is in flight: the next tick does not pile another on
 };
 
 const $ = (id) => document.getElementById(id);
@@ -57,6 +62,9 @@ async function api(method, path, body) {
   const response = await fetch(path, {
     method, headers, credentials: "same-origin", cache: "no-store",
     body: body === undefined ? undefined : JSON.stringify(body),
+    // Reads give up soon (the page then says NO DATA); a change (a model reload can take a while)
+    // is waited for: giving up would not undo it on the controller.
+    signal: method === "GET" ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : undefined,
   });
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
@@ -321,16 +329,37 @@ function addEvents(events) {
 // ------------------------------------------------------------------ data flow
 
 async function refresh() {
+  if (hmi.polling) return;
+  hmi.polling = true;
   try {
     const [status, alarms] = await Promise.all([api("GET", "/api/v1/status"), api("GET", "/api/v1/alarms")]);
+    if (hmi.stale) await loadSession().catch(() => {});  // back after a restart: its sessions are gone
+    hmi.lastGood = Date.now();
+    hmi.stale = false;
+    document.body.classList.remove("stale");
     showStatus(status, alarms);
     showAlarms(alarms);
     $("link").textContent = hmi.stream && hmi.stream.readyState === 1 ? "live" : "polling";
     $("link").className = "";
   } catch (err) {
-    $("link").textContent = err.status === 401 ? "log in to see the line" : "no answer from the controller";
-    $("link").className = "link-lost";
+    showStale(err.status === 401 ? "log in to see the line" : "no answer from the controller");
+  } finally {
+    hmi.polling = false;
   }
+}
+
+// What the page shows is no longer the controller's: the line state says NO DATA (a grey NORMAL
+// left from before would look like a healthy line), the panels are dimmed and no button sends.
+function showStale(why) {
+  hmi.stale = true;
+  document.body.classList.add("stale");
+  const since = hmi.lastGood ? ` - shown values are from ${clock(hmi.lastGood / 1000)}` : "";
+  $("link").textContent = `${why}${since}`;
+  $("link").className = "link-lost";
+  $("line-state").textContent = "NO DATA";
+  $("line-state").className = "state stale";
+  for (const b of document.querySelectorAll("main button, #reload")) b.disabled = true;
+  hmi.drawn = {};  // redraw every panel (with its buttons) from the next good answer
 }
 
 async function openStream() {
@@ -351,6 +380,7 @@ async function openStream() {
 
 function tick() {
   $("clock").textContent = new Date().toLocaleTimeString([], { hour12: false });
+  if (!hmi.stale && Date.now() - hmi.lastGood > STALE_MS) showStale("no answer from the controller");
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
