@@ -48,9 +48,9 @@ gets a 503 and is closed at once), closes idle and slow-header connections after
 `idle_timeout_s`, and sizes the cap to the open-file limit minus a reserve for
 PLC sessions, the outbox and the process, so the API can never take the
 descriptors the line needs. The last connection slots are an operator reserve: a
-connection accepted there may only POST with the operator (or engineer) token (anything else
-gets a 503 and is closed; silent ones close after `RESERVE_IDLE_S`), so ack and
-reset get through while readers flood the API. At most `max_streams` event
+connection accepted there may only POST with the operator (or engineer) token or from an HMI
+session of those roles (anything else gets a 503 and is closed; silent ones close after
+`RESERVE_IDLE_S`), so ack and reset get through while readers flood the API. At most `max_streams` event
 streams are open at once (503 beyond), so streams cannot take the slots either.
 """
 
@@ -472,17 +472,18 @@ def _host_check(names: frozenset[str]):
 
 def _reserve_check(access: Access):
     """On a connection in the operator reserve (ApiServer), only a POST with the operator's (or the
-    engineer's) token is served."""
+    engineer's) token, or from an HMI session of those roles, is served."""
 
     def operator_post(request: web.Request) -> bool:
-        role = access.bearer_role(request) if request.method == "POST" else None
+        role = access.known_role(request) if request.method == "POST" else None
         return role is not None and role.allows(Role.OPERATOR)
 
     @web.middleware
     async def check(request: web.Request, handler) -> web.StreamResponse:
         if getattr(request.protocol, "reserve", False) and not operator_post(request):
             response = error(503, "API connection limit reached: the remaining connections are kept for "
-                                  "operator commands (POST with the operator's or the engineer's token)")
+                                  "operator commands (POST with the operator's or the engineer's token, or "
+                                  "from an HMI session of those roles)")
             response.force_close()  # frees the reserve slot
             return response
         return await handler(request)

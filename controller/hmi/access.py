@@ -74,6 +74,13 @@ class Access:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         return self.role_of(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
 
+    def known_role(self, request: web.Request) -> Role | None:
+        """The role the request's token (or else its session) gives; None, never an error, otherwise."""
+        if "Authorization" in request.headers:
+            return self.bearer_role(request)
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        return session.role if session else None
+
     def caller(self, request: web.Request) -> Caller:
         """Who sent `request`; Unauthorized for an Authorization header that is not a token of ours."""
         if "Authorization" in request.headers:
@@ -120,10 +127,12 @@ def refuse_other_sites(request: web.Request) -> None:
     """Forbidden when the browser says another origin sent this request (CSRF, login CSRF).
 
     Browsers send `Origin` on every POST and `Sec-Fetch-Site` on every request; the CLI sends
-    neither, so it is not affected.
+    neither, so it is not affected. The Origin's host and port must be the Host header's; its
+    scheme is not compared: behind a TLS proxy the browser's https:// reaches us as plain http,
+    and a page served from this host and port is served by this controller anyway.
     """
     origin = request.headers.get("Origin")
-    if origin is not None and origin.lower() != f"{request.scheme}://{request.host}".lower():
+    if origin is not None and origin.lower().partition("://")[2] != request.host.lower():
         raise Forbidden(f"cross-origin request refused: Origin {origin[:100]!r} is not this controller")
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):

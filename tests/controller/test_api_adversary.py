@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 
+import aiohttp
 import pytest
 
 from controller.api import ApiServer, create_app
@@ -16,6 +17,8 @@ from controller.hmi.access import COOKIE, CSRF_HEADER
 from controller.hmi.sessions import SessionStore
 from controller.roles import TOKEN_FILES, Role
 from controller.statedir import StateDir
+from hil_tests.rig.net import wait_for
+from tests.controller.test_api_hostile import idle_sockets
 from tests.controller.test_api_roles import TOKENS, Clock, Ops, bearer, browser, login
 
 ACK = "/api/v1/alarms/a/ack"
@@ -230,3 +233,49 @@ def test_a_lower_roles_file_holding_a_higher_roles_token_gets_a_new_token(tmp_pa
     assert after[higher] == before[higher]  # the higher role's clients keep working
     assert after[lower] not in (before[higher], before[lower])
     assert len(set(after.values())) == 3 and f"held the {higher.value} role's token" in caplog.text
+
+
+async def test_an_operators_hmi_session_gets_through_the_operator_reserve_in_a_flood():
+    """Was: the connection reserve kept for operator commands served bearer tokens only: with the
+    general slots held by idle readers, the operator's ack from the HMI was 503."""
+    server, ops, base = await serve(sessions=SessionStore())
+    flood = []
+    try:
+        async with browser(connector=aiohttp.TCPConnector(force_close=True)) as panel:
+            operator = await login(panel, base, Role.OPERATOR, user="ann")
+            viewer_jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(cookie_jar=viewer_jar) as viewer:
+                vic = await login(viewer, base, Role.VIEWER, user="vic")
+            general = server.max_connections - server.operator_reserve
+            flood = await idle_sockets(server.port, general)
+            await wait_for(lambda: server.open_connections == general, what="the flood to hold the slots")
+            r = await panel.post(f"{base}{ACK}", json={}, headers={CSRF_HEADER: operator["csrf"]})
+            assert r.status == 200, await r.text()
+            async with aiohttp.ClientSession(cookie_jar=viewer_jar,
+                                             connector=aiohttp.TCPConnector(force_close=True)) as viewer:
+                r = await viewer.post(f"{base}{ACK}", json={}, headers={CSRF_HEADER: vic["csrf"]})
+                assert r.status == 503  # a viewer's session is not an operator command
+    finally:
+        for s in flood:
+            s.close()
+        await server.stop()
+    assert ops.done == [("ack", "ann", "operator")]
+
+
+async def test_behind_a_tls_proxy_the_https_origin_of_this_host_is_accepted(api):
+    """Was: behind a TLS-terminating proxy (docs: put one in front) the browser's Origin is
+    https://host while the request arrives as http: every HMI login and change was 403."""
+    base, ops = api
+    host = base.partition("://")[2]
+    async with browser() as http:
+        r = await http.post(f"{base}/api/v1/session/login", headers={"Origin": f"https://{host}"},
+                            json={"user": "ann", "token": TOKENS[Role.OPERATOR]})
+        assert r.status == 200, await r.text()
+        csrf = (await r.json())["csrf"]
+        for other in ("https://evil.example", f"https://{host}.evil.example", "null", f"https://x{host}"):
+            r = await http.post(f"{base}{ACK}", json={}, headers={CSRF_HEADER: csrf, "Origin": other})
+            assert r.status == 403, other
+        same = {CSRF_HEADER: csrf, "Origin": f"https://{host}"}
+        r = await http.post(f"{base}{ACK}", json={}, headers=same)
+        assert r.status == 200
+    assert ops.done == [("ack", "ann", "operator")]
