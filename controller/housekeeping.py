@@ -33,14 +33,14 @@ if TYPE_CHECKING:  # the cloud modules are imported only when a [sync] section o
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_S = 0.05
-STEPS_FAILING_S = 2.0  # every driver batch's step failing this long: the hot path is dead
+STEPS_FAILING_S = 2.0  # every batch of a PLC failing this long: the hot path is dead for its tags
 FEED_PAGE = 1000  # events per outbox append
 TEXT_IN_DETECTOR = ("carries text, not a number: it is never fed to the detector (its invalid flag "
                     "is raised); remove it from [detector] tags")
 
 
 class HotPathFailing(RuntimeError):
-    """Every driver batch's step has failed for STEPS_FAILING_S: the watchdog must not be pinged."""
+    """Every batch of a PLC has failed for STEPS_FAILING_S: the watchdog must not be pinged."""
 
 
 def stale_timeouts(plcs: Sequence[Plc], n_tags: int) -> np.ndarray:
@@ -120,8 +120,8 @@ class Housekeeping:
 
         `alive` (the watchdog ping) is called after each round whose checks ran: it says the event
         loop turns and comm loss, staleness, alarm delays and readback deadlines are being checked.
-        A blocked loop, a round that never returns, checks that raise every round, or driver batches
-        whose steps have all failed for STEPS_FAILING_S (a dead hot path) stop it and
+        A blocked loop, a round that never returns, checks that raise every round, or a PLC whose
+        batches have all failed for STEPS_FAILING_S (a dead hot path) stop it and
         systemd restarts the service (the PLCs' own heartbeat watchdogs see the restart). A failing
         flush (journal, outbox, state file) is logged and pinged on: a restart would not free a
         disk, and the line would go unwatched while the service starts again."""
@@ -167,12 +167,14 @@ class Housekeeping:
             log.error("detector tag %r %s", tag, TEXT_IN_DETECTOR)
         # Stale or comm-lost tags are fresh and not good: the detector must see them (invalid flags).
         self._issue(self.pipeline.tick(mono, wall, restep=bool(stale.size or lost)))
-        failing = self.pipeline.failing_since
-        if failing is not None and mono - failing > STEPS_FAILING_S:
-            # The PLCs deliver (no comm loss) but no batch gets through the detector, alarms and
-            # actions: protections are not evaluated, so no watchdog ping (a restart).
-            raise HotPathFailing(f"every step failed for {mono - failing:.1f} s "
-                                 f"(last: {self.pipeline.step_failure})")
+        # A PLC delivers (no comm loss) but none of its batches gets through the detector, alarms
+        # and actions: protections do not see its tags, so no watchdog ping (a restart).
+        failing = {plc.name: mono - since for plc in self.health.plcs
+                   if (since := self.pipeline.failing_since(plc.binding)) is not None
+                   and mono - since > STEPS_FAILING_S}
+        if failing:
+            raise HotPathFailing(f"every batch from {', '.join(failing)} failed for "
+                                 f"{max(failing.values()):.1f} s (last: {self.pipeline.step_failure})")
 
     async def flush(self) -> None:
         """Journal -> events and logs; events and windows -> outbox; state file if it changed."""

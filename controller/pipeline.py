@@ -86,7 +86,7 @@ class StepPipeline:
         self.values = ArrayTagView(line.position, line.values)
         self.builtin = {b.name: b for b in builtin}
         self.step_latency = LatencyRing()  # the timed part of every step (metrics, status, benchmarks)
-        self.failing_since: float | None = None  # see `step`
+        self._failing: dict[int, float] = {}  # id(binding) of a source whose batches fail -> since
         self.step_failure = ""  # the last failed step's exception, one line
         self.line_score = 0.0
         self.line_alarm = False
@@ -113,9 +113,9 @@ class StepPipeline:
              ) -> Sequence[WriteRequest]:
         """One driver batch through the chain; returns the writes to issue now (usually none).
 
-        A step that raises is re-raised (the caller's to handle) and remembered: `failing_since` is
-        the monotonic time of the first failed step since the last good one (None while they
-        succeed), for housekeeping to tell a dead hot path from a quiet one (controller.housekeeping)."""
+        A step that raises is re-raised (the caller's to handle) and remembered per source (each
+        PLC's `binding`, `failing_since`), for housekeeping to tell a dead hot path from a quiet
+        one (controller.housekeeping)."""
         t0 = time.perf_counter()
         self._wall = wall
         try:
@@ -123,14 +123,19 @@ class StepPipeline:
             self.step_detector(mono)
             writes = self.decide(mono, wall)
         except Exception as exc:
-            if self.failing_since is None:
-                self.failing_since = mono
+            self._failing.setdefault(id(binding), mono)
             self.step_failure = f"{type(exc).__name__}: {exc}"
             raise
-        self.failing_since = None
+        if self._failing:
+            self._failing.pop(id(binding), None)
         self.step_latency.record(time.perf_counter() - t0)
         self._summarize(wall)
         return writes
+
+    def failing_since(self, binding: np.ndarray) -> float | None:
+        """When the batches of this source (a PLC's `binding`) began to fail, None if its last one
+        went through (see `step`)."""
+        return self._failing.get(id(binding))
 
     def step_detector(self, mono: float) -> None:
         line, det = self.line, self.detector

@@ -308,8 +308,8 @@ async def test_no_ping_while_every_batch_fails_on_the_hot_path(tmp_path, monkeyp
             with caplog.at_level(logging.ERROR, logger="controller.housekeeping"):
                 monkeypatch.setattr(controller.pipeline.detector, "step", broken)
                 broke = time.monotonic()
-                await wait_for(lambda: controller.pipeline.failing_since is not None, timeout=5,
-                               what="a failed step")
+                await wait_for(lambda: any(controller.pipeline.failing_since(p.binding) is not None
+                                           for p in controller.plcs), timeout=5, what="a failed step")
                 await asyncio.sleep(STEPS_FAILING_S + BLOCKED_S)
                 late = [t for t in notify.times("WATCHDOG=1") if t > broke + STEPS_FAILING_S + 0.2]
                 assert late == []
@@ -318,7 +318,7 @@ async def test_no_ping_while_every_batch_fails_on_the_hot_path(tmp_path, monkeyp
                 await wait_for(lambda: any(t > fixed for t in notify.times("WATCHDOG=1")), timeout=20,
                                what="pings once the steps succeed again")
             messages = [r.getMessage() for r in caplog.records]
-            assert sum("every step failed for" in m and "FloatingPointError: detector fault" in m
+            assert sum("every batch from " in m and "FloatingPointError: detector fault" in m
                        for m in messages) == 1, messages
         finally:
             monkeypatch.undo()
@@ -361,3 +361,37 @@ def test_the_watchdogs_sigabrt_leaves_the_stuck_stack_in_the_log(tmp_path):
             proc.kill()
             proc.wait()
         notify.close()
+
+
+async def test_no_ping_while_one_plcs_batches_all_fail_and_the_others_go_through(tmp_path, monkeypatch,
+                                                                                  caplog):
+    """Only the conveyor's batches fail (the press's go through): its tags were never seen by the
+    detector or the alarms again, with no comm loss (data arrives) and the pings going on."""
+    notify = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", str(PING_USEC))
+    async with Rig(opcua_port=0, modbus_port=0) as rig:
+        controller = make_controller(tmp_path, rig, None, without_model)
+        task = await start_controller(controller)
+        try:
+            await live(controller)
+            await wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 3, timeout=10, what="3 pings")
+            conveyor = next(p for p in controller.plcs if p.name == "conveyor")
+            apply = controller.pipeline.line.apply
+
+            def conveyor_broken(binding, batch, mono):
+                if binding is conveyor.binding:
+                    raise IndexError("conveyor batch fault")
+                return apply(binding, batch, mono)
+
+            with caplog.at_level(logging.ERROR, logger="controller.housekeeping"):
+                monkeypatch.setattr(controller.pipeline.line, "apply", conveyor_broken)
+                broke = time.monotonic()
+                await asyncio.sleep(STEPS_FAILING_S + BLOCKED_S)
+                assert [t for t in notify.times("WATCHDOG=1") if t > broke + STEPS_FAILING_S + 0.2] == []
+            messages = [r.getMessage() for r in caplog.records]
+            assert any("every batch from conveyor failed" in m for m in messages), messages
+        finally:
+            monkeypatch.undo()
+            await stop_controller(controller, task)
+            notify.close()
