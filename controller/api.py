@@ -392,7 +392,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         log.info("HMI login: %s as %s", opened.user, role.value)
         response = session_view(opened)
         response.set_cookie(COOKIE, opened.id, path="/", max_age=int(access.sessions.lifetime_s),
-                            httponly=True, samesite="Strict", secure=request.secure)
+                            httponly=True, samesite="Strict", secure=over_tls(request))
         return response
 
     async def logout(request: web.Request) -> web.Response:
@@ -441,6 +441,12 @@ def _since(request: web.Request) -> int:
     except ValueError:
         raise web.HTTPBadRequest(text=dumps({"error": "'since' must be an integer"}),
                                  content_type="application/json") from None
+
+
+def over_tls(request: web.Request) -> bool:
+    """The browser reached us over TLS: ours, or a TLS proxy's in front (its Origin is https://,
+    which refuse_other_sites checked names this host). The session cookie is Secure then."""
+    return request.secure or request.headers.get("Origin", "").lower().startswith("https://")
 
 
 def host_of(header: str) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import stat
+from http.cookies import SimpleCookie
 
 import aiohttp
 import pytest
@@ -264,14 +265,18 @@ async def test_an_operators_hmi_session_gets_through_the_operator_reserve_in_a_f
 
 async def test_behind_a_tls_proxy_the_https_origin_of_this_host_is_accepted(api):
     """Was: behind a TLS-terminating proxy (docs: put one in front) the browser's Origin is
-    https://host while the request arrives as http: every HMI login and change was 403."""
+    https://host while the request arrives as http: every HMI login and change was 403, and the
+    session cookie was not Secure."""
     base, ops = api
     host = base.partition("://")[2]
     async with browser() as http:
         r = await http.post(f"{base}/api/v1/session/login", headers={"Origin": f"https://{host}"},
                             json={"user": "ann", "token": TOKENS[Role.OPERATOR]})
         assert r.status == 200, await r.text()
+        cookie = SimpleCookie(r.headers["Set-Cookie"])[COOKIE]
+        assert cookie["secure"]  # the browser is on https (the client here, on http, keeps it back)
         csrf = (await r.json())["csrf"]
+        http.cookie_jar.update_cookies({COOKIE: cookie.value})
         for other in ("https://evil.example", f"https://{host}.evil.example", "null", f"https://x{host}"):
             r = await http.post(f"{base}{ACK}", json={}, headers={CSRF_HEADER: csrf, "Origin": other})
             assert r.status == 403, other
