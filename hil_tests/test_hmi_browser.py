@@ -268,3 +268,27 @@ async def test_a_stopped_hung_or_restarted_controller_shows_no_data_not_normal(t
     finally:
         if task is not None:
             await stop(controller, task)
+
+
+XSS = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
+
+
+async def test_hostile_text_in_users_reasons_and_events_is_shown_as_text_never_run(tmp_path, rig, model):
+    """User names, reasons and event texts reach the page from anyone with a token: they are put
+    in with textContent, so markup shows as typed and no script of theirs runs (CSP aside)."""
+    async with hmi_on_the_rig(tmp_path, rig, model) as (controller, base, tokens), chromium() as browser:
+        async with aiohttp.ClientSession() as http:
+            r = await http.post(f"{base}/api/v1/alarms/line_anomaly/shelve",
+                                headers={"Authorization": f"Bearer {tokens[Role.OPERATOR]}"},
+                                json={"user": XSS[:60], "seconds": 60, "reason": XSS})
+            assert r.status == 200, await r.text()
+        controller.events.add("alarm", XSS, XSS)
+        page = await browser.new_page(viewport=VIEWPORT)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{base}/")
+        await expect(page.locator("#events")).to_contain_text(XSS, timeout=UI_TIMEOUT_MS)
+        await expect(page.locator("#events")).to_contain_text(XSS[:60])  # the shelving user
+        await expect(page.locator('#alarms tr[data-alarm="line_anomaly"]')).to_contain_text(XSS[:60])
+        assert await page.locator("main img, main script, #banners img, #banners script").count() == 0
+        assert await page.evaluate("window.pwned") is None and errors == []
