@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 CHUNK_ROWS = 20_000
 EXPLAIN_SAMPLES = 400  # attribution samples over a replay (the plot's attribution panel), plus the rises
 RUN_ROWS = 2048  # longest run between checkpoints: a rise of the line alarm reruns at most this many rows
+GAP_SAMPLES, GAP_MIN_S = 10, 1.0  # the plot breaks its lines across a longer gap (see `breaks`)
 PLOT_EXTRA_HINT = "install the plot extra: pip install 'linesentry[plot]'"
 
 
@@ -131,6 +132,16 @@ def intervals(mask: np.ndarray) -> list[tuple[int, int]]:
 def clock_steps(times: np.ndarray) -> np.ndarray:
     """Rows where the recording's wall clock went backwards (an NTP step, a PLC clock reset)."""
     return np.flatnonzero(np.diff(np.asarray(times, dtype=float)) < 0.0) + 1
+
+
+def breaks(times: np.ndarray) -> np.ndarray:
+    """Rows the plot must not join to the row before: a clock step back, or a gap (a recording
+    with stops and restarts) longer than GAP_SAMPLES sample intervals and GAP_MIN_S."""
+    dt = np.diff(np.asarray(times, dtype=float))
+    if dt.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    gap = max(GAP_MIN_S, GAP_SAMPLES * float(np.median(np.abs(dt))))
+    return np.flatnonzero((dt < 0.0) | (dt > gap)) + 1
 
 
 def split_at(spans: list[tuple[int, int]], steps: np.ndarray) -> list[tuple[int, int]]:
@@ -239,14 +250,14 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
 
     units, actuators = units or {}, actuators or {}
     t = (np.asarray(times) * 1e6).astype("datetime64[us]")
-    steps = clock_steps(times)
-    # A line never joins the rows either side of a step back: a NaN point (at the last time before
-    # it) breaks it, and every shading is cut there.
-    t_line = np.insert(t, steps, t[steps - 1]) if steps.size else t
+    steps, cut = clock_steps(times), breaks(times)
+    # A line never joins the rows either side of a step back or a gap: a NaN point (at the last
+    # time before it) breaks it, and every shading is cut there.
+    t_line = np.insert(t, cut, t[cut - 1]) if cut.size else t
 
     def line(y) -> np.ndarray:
         y = np.asarray(y, dtype=float)
-        return np.insert(y, steps, np.nan) if steps.size else y
+        return np.insert(y, cut, np.nan) if cut.size else y
 
     alarms = intervals(result.alarm)
     heights = [1.0] * len(tags) + [0.6] * bool(actuators) + [1.2, 1.2]
@@ -258,7 +269,7 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
     score_ax, why_ax = axes[-2], axes[-1]
 
     def shade(ax, spans, colour, alpha):
-        for a, b in split_at(spans, steps):
+        for a, b in split_at(spans, cut):
             ax.axvspan(t[a], t[min(b, len(t) - 1)], color=colour, alpha=alpha, lw=0)
 
     flag_kinds_seen: list[str] = []
@@ -288,7 +299,7 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
                               xytext=(2, -2),
                               textcoords="offset points", xycoords=("data", "axes fraction"), fontsize=6,
                               va="top", color=ALARM_COLOUR, rotation=0, clip_on=True)
-    _attribution_panel(why_ax, t, tags, result, steps)
+    _attribution_panel(why_ax, t, tags, result, cut)
     for ax in axes:
         shade(ax, alarms, ALARM_COLOUR, 0.12)
         ax.tick_params(labelsize=6)
@@ -314,7 +325,8 @@ def figure(times: np.ndarray, values: np.ndarray, tags: list[str], result: Repla
 def _attribution_panel(ax, t: np.ndarray, tags: list[str], result: ReplayResult, steps: np.ndarray) -> None:
     """Each tag's share of the driving component at the explained rows (stacked, one colour per
     tag; the stack is as high as the component's ratio to its limit, at most 1), under a strip
-    naming the driving component (one colour per component). Both end at a clock step back."""
+    naming the driving component (one colour per component). Both end at each of `steps` (the
+    plot's breaks: clock steps back and gaps)."""
     import matplotlib
     from matplotlib.patches import Patch
 

@@ -270,3 +270,21 @@ def test_a_clock_step_back_breaks_every_line_and_shading_and_is_marked(replayed,
 def test_duration_text():
     assert [rp.duration_text(s) for s in (-3600.0, 42.0, -3 * 86400.0, 90.0)] == [
         "\u22121 h", "+42 s", "\u22123 d", "+1.5 min"]
+
+
+def test_a_gap_in_the_recording_breaks_the_lines_and_is_no_clock_step(replayed, tags):
+    """A recording with a stop and a restart an hour later: a stroke joined the last row before
+    the stop to the first after it, as if there were data in the hour between."""
+    import matplotlib.pyplot as plt
+
+    det, times, rows, result = replayed
+    gap = len(times) // 3
+    epoch = times + 1_796_108_716.195
+    epoch[gap:] += 3600.0
+    fig = rp.figure(epoch, rows, tags, result, det.threshold)
+    y = np.asarray(fig.axes[0].get_lines()[0].get_ydata(), dtype=float)
+    assert len(y) == len(times) + 1 and np.isnan(y[gap])
+    assert "clock step" not in fig._suptitle.get_text() and not fig.axes[-2].texts[len(rp.intervals(
+        result.alarm)):]  # a gap is not a clock step: no marker
+    assert rp.breaks(times).size == 0  # the replay's own 20 ms rows: nothing to break
+    plt.close(fig)
