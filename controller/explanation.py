@@ -16,8 +16,6 @@ import math
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
-from models.attribution import finite
-
 if TYPE_CHECKING:
     from models.attribution import Attribution
 
@@ -91,8 +89,8 @@ def explanation(alarm: str, attribution: Attribution, units: Mapping[str, str],
     wall time, `readings` the latest reading of the top tags (what the PLC says now)."""
     a = attribution.to_dict()
     readings = readings or {}
-    top = [{**t, "unit": units.get(t["tag"], ""), "reading": finite(readings.get(t["tag"], math.nan))}
-           for t in a["top"]]
+    top = [{**t, "unit": units.get(t["tag"], ""), "reading": reading if math.isfinite(reading) else None}
+           for t in a["top"] for reading in [readings.get(t["tag"], math.nan)]]
     if attribution.component is None:  # nothing scored: only flags (e.g. a bad value) explain it
         flagged = [f"{t} {'/'.join(FLAG_LABELS.get(f, f) for f in fl)}"
                    for t, fl in list(attribution.flagged.items())[:MAX_TAGS]]
