@@ -74,7 +74,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from controller.config import MAX_SHELVE_S
 from controller.errors import BadRequest, LinesentryError
 from controller.events import EventLog
-from controller.hmi.access import COOKIE, Access, Caller, Unauthorized, refuse_other_sites, require_json
+from controller.hmi.access import Access, Caller, Unauthorized, cookie_name, refuse_other_sites, require_json
 from controller.hmi.page import add_page
 from controller.hmi.sessions import Session, SessionStore
 from controller.roles import Role, required_role
@@ -94,7 +94,7 @@ MIN_API_CONNECTIONS = 4
 REFUSAL_LOG_INTERVAL_S = 60.0
 MAX_EVENT_STREAMS = 16  # HMIs and dashboards; each holds a connection for as long as it is open
 STREAM_KEEPALIVE_S = 15.0  # a comment line on a quiet stream, so proxies and browsers keep it
-STREAM_SESSION_CHECK_S = 1.0  # a stream opened with an HMI session ends this soon after its logout
+STREAM_CHECK_S = 1.0  # a stream ends this soon after its client went away or its session ended
 OPERATOR_RESERVE = 8  # connection slots (out of the cap) only operator POSTs may use
 RESERVE_IDLE_S = 2.0  # a reserve connection that sends no request is closed after this
 MAX_LOGIN_NAME = 64  # a user name (HMI login or a bearer request's 'user'): recorded with every change
@@ -290,10 +290,11 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         try:
             await response.prepare(request)
             quiet_since = time.monotonic()
-            wait_s = STREAM_SESSION_CHECK_S if caller.session else STREAM_KEEPALIVE_S
+            if request.method == "HEAD":
+                return response  # the headers only: a HEAD is never written to, so it would never end
             while True:
-                batch = await ops.events.wait_newer(last, timeout=wait_s)
-                if not still_allowed(caller):
+                batch = await ops.events.wait_newer(last, timeout=STREAM_CHECK_S)
+                if gone(request) or not still_allowed(caller):
                     break
                 if not batch:
                     if time.monotonic() - quiet_since >= STREAM_KEEPALIVE_S:
@@ -308,7 +309,11 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
             return response  # the client went away: a normal end of a stream
         finally:
             streams -= 1
-        return response  # the session it was opened with logged out or expired
+        return response  # the client left, or the session it was opened with logged out or expired
+
+    def gone(request: web.Request) -> bool:
+        """The client closed the connection (a quiet stream would learn it only at the next write)."""
+        return request.transport is None or request.transport.is_closing()
 
     def still_allowed(caller: Caller) -> bool:
         """A stream opened with a session lives only as long as the session (logout, expiry)."""
@@ -371,7 +376,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         return json_response(view)  # no-store, like every API answer (_harden)
 
     async def session(request: web.Request) -> web.Response:
-        return session_view(access.sessions.get(request.cookies.get(COOKIE)))
+        return session_view(access.sessions.get(request.cookies.get(cookie_name(request))))
 
     async def login(request: web.Request) -> web.Response:
         refuse_other_sites(request)  # no login planted by another site's page
@@ -385,14 +390,15 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
             raise Unauthorized("wrong token: log in with the contents of api-read-token, api-token or "
                                "api-engineer-token from the state directory")
         name = user(body, default=None)
-        previous = request.cookies.get(COOKIE)
+        previous = request.cookies.get(cookie_name(request))
         if previous:  # a new login ends this browser's earlier session: one cookie, one session
             access.sessions.end(previous)
         opened = access.sessions.create(name, role)
         log.info("HMI login: %s as %s", opened.user, role.value)
         response = session_view(opened)
-        response.set_cookie(COOKIE, opened.id, path="/", max_age=int(access.sessions.lifetime_s),
-                            httponly=True, samesite="Strict", secure=over_tls(request))
+        response.set_cookie(cookie_name(request), opened.id, path="/",
+                            max_age=int(access.sessions.lifetime_s), httponly=True, samesite="Strict",
+                            secure=over_tls(request))
         return response
 
     async def logout(request: web.Request) -> web.Response:
@@ -400,7 +406,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         if caller.session is not None:
             access.sessions.end(caller.session.id)
         response = session_view(None)
-        response.del_cookie(COOKIE, path="/")
+        response.del_cookie(cookie_name(request), path="/")
         return response
 
     add_page(r)

@@ -17,7 +17,7 @@ from aiohttp import web
 from playwright.async_api import Page, async_playwright, expect
 
 from controller.config import load_config
-from controller.hmi.access import CSRF_HEADER
+from controller.hmi.access import COOKIE, CSRF_HEADER
 from controller.roles import TOKEN_FILES, Role
 from controller.runtime import Controller
 from hil_tests.rig.controller_run import make_controller
@@ -193,7 +193,8 @@ async def test_a_viewer_cannot_ack_and_a_forged_cross_site_post_is_refused(tmp_p
                 assert response.status == 403, origin
                 assert "cross-origin request refused" in (await response.json())["error"]
                 sent = await response.request.all_headers()
-                assert ("linesentry_session=" in sent.get("cookie", "")) is cookie_sent, (origin, sent)
+                session_cookie = f"{COOKIE}_{controller.api_port}="
+                assert (session_cookie in sent.get("cookie", "")) is cookie_sent, (origin, sent)
                 await forged.close()
         assert await alarm_state(base, "line_anomaly") in ("UNACK", "RTN_UNACK")  # nobody acked it
         assert not [e for e in controller.events.since() if e.get("user") in ("eve", "ann")]

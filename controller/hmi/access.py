@@ -20,7 +20,7 @@ from controller.errors import LinesentryError
 from controller.hmi.sessions import Session, SessionStore
 from controller.roles import TOKEN_FILES, Role
 
-COOKIE = "linesentry_session"
+COOKIE = "linesentry_session"  # and the port: `cookie_name`
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -78,7 +78,7 @@ class Access:
         """The role the request's token (or else its session) gives; None, never an error, otherwise."""
         if "Authorization" in request.headers:
             return self.bearer_role(request)
-        session = self.sessions.get(request.cookies.get(COOKIE))
+        session = self.sessions.get(request.cookies.get(cookie_name(request)))
         return session.role if session else None
 
     def caller(self, request: web.Request) -> Caller:
@@ -89,7 +89,7 @@ class Access:
                 raise Unauthorized("wrong API token: send 'Authorization: Bearer <token>' with a token from "
                                    f"the state directory ({', '.join(TOKEN_FILES.values())})")
             return Caller(role)
-        session = self.sessions.get(request.cookies.get(COOKIE))
+        session = self.sessions.get(request.cookies.get(cookie_name(request)))
         return Caller(session.role, session) if session else Caller(None)
 
     def require(self, request: web.Request, needed: Role) -> Caller:
@@ -121,6 +121,17 @@ def _missing(needed: Role) -> str:
                 f"Bearer <token>' ({TOKEN_FILES[Role.VIEWER]} or higher in the state directory) or log in")
     return (f"missing API token: this needs the {needed.value} role: send 'Authorization: Bearer <token>' "
             f"with the {TOKEN_FILES[needed]} token from the state directory, or log in on the HMI")
+
+
+def cookie_name(request: web.Request) -> str:
+    """The session cookie of the controller on the request's port, `linesentry_session_8470`.
+
+    Browsers keep cookies per host, not per port: with one name, the controllers of two lines on
+    one host (linesentry@line1, @line2) overwrote each other's cookie, and a login on one logged
+    the same browser out of the other.
+    """
+    _, colon, port = request.host.rpartition(":")
+    return f"{COOKIE}_{port}" if colon and port.isdigit() else COOKIE
 
 
 def refuse_other_sites(request: web.Request) -> None:

@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 
 from controller.api import ApiServer, create_app
-from controller.hmi.access import COOKIE, CSRF_HEADER
+from controller.hmi.access import CSRF_HEADER
 from controller.hmi.sessions import SessionStore
 from controller.roles import TOKEN_FILES, Role
 from controller.statedir import StateDir
 from hil_tests.rig.net import wait_for
 from tests.controller.test_api_hostile import idle_sockets
-from tests.controller.test_api_roles import TOKENS, Clock, Ops, bearer, browser, login
+from tests.controller.test_api_roles import TOKENS, Clock, Ops, bearer, browser, cookie_key, login
 
 ACK = "/api/v1/alarms/a/ack"
 
@@ -63,7 +63,7 @@ async def test_viewer_logins_at_the_session_cap_never_end_the_operators_session(
                 r = await flood.post(f"{base}/api/v1/session/login",
                                      json={"user": "eve", "token": TOKENS[Role.VIEWER]})
                 assert r.status == 503 and "higher role" in (await r.json())["error"]
-                assert COOKIE not in r.cookies
+                assert cookie_key(base) not in r.cookies
         finally:
             for http in engineers:
                 await http.close()
@@ -89,9 +89,9 @@ async def test_a_new_login_ends_the_browsers_earlier_session(api):
     base, ops = api
     async with browser() as http:
         engineer = await login(http, base, Role.ENGINEER, user="eng")
-        old = next(c.value for c in http.cookie_jar if c.key == COOKIE)
+        old = next(c.value for c in http.cookie_jar if c.key == cookie_key(base))
         await login(http, base, Role.VIEWER, user="vic")
-    async with browser(cookies={COOKIE: old}) as replay:
+    async with browser(cookies={cookie_key(base): old}) as replay:
         r = await replay.post(f"{base}/api/v1/actions/stop_line/reset", json={"reason": "x"},
                               headers={CSRF_HEADER: engineer["csrf"]})
         assert r.status == 401
@@ -108,7 +108,7 @@ async def test_a_login_or_a_sessions_change_must_be_declared_json(api):
             headers = {"Content-Type": kind} if kind else {}
             r = await http.post(f"{base}/api/v1/session/login", data=form.encode(), headers=headers)
             assert r.status == 415 and "application/json" in (await r.json())["error"], kind
-            assert COOKIE not in r.cookies
+            assert cookie_key(base) not in r.cookies
         session = await login(http, base, Role.OPERATOR)
         r = await http.post(f"{base}{ACK}", data=b"{}",
                             headers={CSRF_HEADER: session["csrf"], "Content-Type": "text/plain"})
@@ -273,10 +273,10 @@ async def test_behind_a_tls_proxy_the_https_origin_of_this_host_is_accepted(api)
         r = await http.post(f"{base}/api/v1/session/login", headers={"Origin": f"https://{host}"},
                             json={"user": "ann", "token": TOKENS[Role.OPERATOR]})
         assert r.status == 200, await r.text()
-        cookie = SimpleCookie(r.headers["Set-Cookie"])[COOKIE]
+        cookie = SimpleCookie(r.headers["Set-Cookie"])[cookie_key(base)]
         assert cookie["secure"]  # the browser is on https (the client here, on http, keeps it back)
         csrf = (await r.json())["csrf"]
-        http.cookie_jar.update_cookies({COOKIE: cookie.value})
+        http.cookie_jar.update_cookies({cookie_key(base): cookie.value})
         for other in ("https://evil.example", f"https://{host}.evil.example", "null", f"https://x{host}"):
             r = await http.post(f"{base}{ACK}", json={}, headers={CSRF_HEADER: csrf, "Origin": other})
             assert r.status == 403, other
@@ -284,3 +284,41 @@ async def test_behind_a_tls_proxy_the_https_origin_of_this_host_is_accepted(api)
         r = await http.post(f"{base}{ACK}", json={}, headers=same)
         assert r.status == 200
     assert ops.done == [("ack", "ann", "operator")]
+
+
+async def test_two_lines_on_one_host_keep_their_sessions_apart_in_one_browser():
+    """Was: one cookie name for every port, and browsers keep cookies per host: logging in to
+    line 2's HMI (linesentry@line2, another port) logged the browser out of line 1's."""
+    (one, ops_one, base_one), (two, ops_two, base_two) = await serve(), await serve()
+    try:
+        async with browser() as http:
+            line1 = await login(http, base_one, Role.OPERATOR, user="ann")
+            line2 = await login(http, base_two, Role.OPERATOR, user="ann")
+            for base, session in ((base_one, line1), (base_two, line2)):
+                r = await http.post(f"{base}{ACK}", json={}, headers={CSRF_HEADER: session["csrf"]})
+                assert r.status == 200, (base, await r.text())
+    finally:
+        await one.stop()
+        await two.stop()
+    assert ops_one.done == ops_two.done == [("ack", "ann", "operator")]
+
+
+async def test_a_stream_slot_is_freed_soon_after_its_client_leaves_and_a_head_holds_none():
+    """Was: a HEAD of the event stream was never written to, so it never noticed its client had
+    gone: 16 HEADs held every stream slot until a restart (no HMI got live events). A GET stream
+    whose client left held its slot until the next keep-alive write, up to 15 s."""
+    server, _, base = await serve(max_streams=2)
+    stream = f"{base}/api/v1/events/stream"
+    try:
+        for _ in range(3):
+            async with aiohttp.ClientSession() as http:
+                assert (await asyncio.wait_for(http.head(stream), 5)).status == 200
+        for _ in range(3):
+            async with aiohttp.ClientSession() as http:
+                r = await asyncio.wait_for(http.get(stream), 5)
+                assert r.status == 200
+                second = await asyncio.wait_for(http.get(stream), 5)
+                assert second.status == 200
+            await asyncio.sleep(2.5)  # both clients gone: their slots are free again within ~1 s
+    finally:
+        await server.stop()

@@ -34,6 +34,11 @@ def browser(**kwargs) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), **kwargs)
 
 
+def cookie_key(base: str) -> str:
+    """The session cookie's name for the controller at `base`: one per port (cookie_name)."""
+    return f"{COOKIE}_{base.rsplit(':', 1)[1]}"
+
+
 def bearer(role: Role) -> dict:
     return {"Authorization": f"Bearer {TOKENS[role]}"}
 
@@ -134,15 +139,15 @@ async def test_login_sets_a_strict_httponly_session_cookie_with_a_bounded_lifeti
     base, _, _ = api
     async with browser() as http:
         r = await http.post(f"{base}/api/v1/session/login", json={"user": "ann", "token": "guess"})
-        assert r.status == 401 and COOKIE not in r.cookies
+        assert r.status == 401 and cookie_key(base) not in r.cookies
         for name in ("", "x" * 65, "ann\x1b[31m"):
             r = await http.post(f"{base}/api/v1/session/login",
                                 json={"user": name, "token": TOKENS[Role.OPERATOR]})
-            assert r.status == 400 and COOKIE not in r.cookies, name
+            assert r.status == 400 and cookie_key(base) not in r.cookies, name
         r = await http.post(f"{base}/api/v1/session/login",
                             json={"user": "ann", "token": TOKENS[Role.OPERATOR]})
         assert r.status == 200
-        cookie = SimpleCookie(r.headers["Set-Cookie"])[COOKIE]
+        cookie = SimpleCookie(r.headers["Set-Cookie"])[cookie_key(base)]
         assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
         assert cookie["max-age"] == "600" and not cookie["secure"]  # plain HTTP here
         answer = await r.json()
@@ -210,11 +215,11 @@ async def test_a_session_expires_and_logout_ends_it(api):
         assert (await (await http.get(f"{base}/api/v1/session")).json())["role"] is None
 
         session = await login(http, base, Role.OPERATOR)
-        old = next(c.value for c in http.cookie_jar if c.key == COOKIE)
+        old = next(c.value for c in http.cookie_jar if c.key == cookie_key(base))
         assert (await http.post(f"{base}/api/v1/session/logout")).status == 403  # logout needs CSRF too
         r = await http.post(f"{base}/api/v1/session/logout", headers={CSRF_HEADER: session["csrf"]})
-        assert r.status == 200 and r.cookies[COOKIE].value == ""
-    async with browser(cookies={COOKIE: old}) as replay:
+        assert r.status == 200 and r.cookies[cookie_key(base)].value == ""
+    async with browser(cookies={cookie_key(base): old}) as replay:
         r = await replay.post(ack, json={}, headers={CSRF_HEADER: session["csrf"]})
         assert r.status == 401  # the old cookie no longer opens anything
     assert len(ops.done) == 1
@@ -243,7 +248,7 @@ async def test_the_cookie_is_secure_when_served_over_tls(tmp_path):
             r = await http.post(f"https://127.0.0.1:{port}/api/v1/session/login",
                                 json={"user": "ann", "token": TOKENS[Role.OPERATOR]})
             assert r.status == 200
-            assert SimpleCookie(r.headers["Set-Cookie"])[COOKIE]["secure"]
+            assert SimpleCookie(r.headers["Set-Cookie"])[f"{COOKIE}_{port}"]["secure"]
     finally:
         await runner.cleanup()
 
