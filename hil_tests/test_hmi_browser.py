@@ -293,3 +293,29 @@ async def test_hostile_text_in_users_reasons_and_events_is_shown_as_text_never_r
         await expect(page.locator('#alarms tr[data-alarm="line_anomaly"]')).to_contain_text(XSS[:60])
         assert await page.locator("main img, main script, #banners img, #banners script").count() == 0
         assert await page.evaluate("window.pwned") is None and errors == []
+
+
+async def test_a_session_ended_on_the_controller_shows_as_ended_after_a_refused_change(tmp_path, rig, model):
+    """Was: a session that ended on the controller (expiry after a shift, a login elsewhere)
+    left the page showing `ann (operator)` with its buttons enabled; every ack failed with 401."""
+    async with hmi_on_the_rig(tmp_path, rig, model) as (controller, base, tokens), chromium() as browser:
+        await jam(rig)
+        context = await browser.new_context(viewport=VIEWPORT)
+        page = await context.new_page()
+        await page.goto(f"{base}/")
+        await log_in(page, "ann", tokens[Role.OPERATOR])
+        row = page.locator('#alarms tr[data-alarm="line_anomaly"]')
+        await expect(row.locator('button[data-op="ack"]')).to_be_enabled(timeout=UI_TIMEOUT_MS)
+        # The session ends on the controller, not in this page (as at its expiry).
+        cookie = {"Cookie": "; ".join(f"{c['name']}={c['value']}" for c in await context.cookies())}
+        async with aiohttp.ClientSession(headers=cookie) as other:
+            csrf = (await (await other.get(f"{base}/api/v1/session")).json())["csrf"]
+            r = await other.post(f"{base}/api/v1/session/logout", headers={CSRF_HEADER: csrf})
+            assert r.status == 200, await r.text()
+        await row.locator('button[data-op="ack"]').click()
+        await page.fill("#op-reason", "checked")
+        await page.click("#op-submit")
+        await expect(page.locator("#op-error")).to_contain_text("log in", timeout=UI_TIMEOUT_MS)
+        await expect(page.locator("#who-text")).to_have_text("viewer (no login)", timeout=UI_TIMEOUT_MS)
+        await page.click("#op-cancel")
+        await expect(row.locator('button[data-op="ack"]')).to_be_disabled(timeout=UI_TIMEOUT_MS)

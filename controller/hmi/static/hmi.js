@@ -156,6 +156,9 @@ async function confirmRequest(event) {
   } catch (err) {
     $("op-error").textContent = err.message;
     $("op-error").hidden = false;
+    // 401: the session ended on the controller (expiry, a restart, a login elsewhere in this
+    // browser); the page shows so, and its buttons follow, instead of a logged-in user.
+    if (err.status === 401) await loadSession().catch(() => {});
   }
 }
 
