@@ -293,6 +293,10 @@ async def test_hostile_text_in_users_reasons_and_events_is_shown_as_text_never_r
         await expect(page.locator('#alarms tr[data-alarm="line_anomaly"]')).to_contain_text(XSS[:60])
         assert await page.locator("main img, main script, #banners img, #banners script").count() == 0
         assert await page.evaluate("window.pwned") is None and errors == []
+        # Should a change ever put text in as HTML, the browser refuses it (Trusted Types).
+        refused = await page.evaluate("""() => { try { document.body.innerHTML = "<b>x</b>"; return false; }
+                                                 catch (e) { return e instanceof TypeError; } }""")
+        assert refused
 
 
 async def test_a_session_ended_on_the_controller_shows_as_ended_after_a_refused_change(tmp_path, rig, model):

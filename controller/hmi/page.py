@@ -14,11 +14,14 @@ from aiohttp import web
 from controller.errors import NotFound
 
 CONTENT_TYPES = {"index.html": "text/html", "hmi.js": "text/javascript", "hmi.css": "text/css"}
-# Only our own files, no inline script, no framing by another page.
+# Only our own files, no inline script, no framing by another page; Trusted Types with no policy:
+# the browser refuses any HTML string put into the page (innerHTML), so text from the API can
+# only ever go in as text.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                                "connect-src 'self'; form-action 'self'; base-uri 'none'; "
-                               "frame-ancestors 'none'",
+                               "frame-ancestors 'none'; require-trusted-types-for 'script'; "
+                               "trusted-types 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
