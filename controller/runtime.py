@@ -38,6 +38,7 @@ from controller.alarms import AlarmEngine
 from controller.config import safe_state_alarm_name
 from controller.errors import PlcError, Refused
 from controller.events import EventLog
+from controller.eventstore import journal_store
 from controller.housekeeping import HOUSEKEEPING_S, CloudFeed, Housekeeping
 from controller.journal import Journal
 from controller.linestate import LineState
@@ -244,6 +245,8 @@ class Controller:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         self.state_dir.create()
+        self.events.open(journal_store(self.config.controller))  # before the first event of this start
+        self._undo(stack, "closing the event journal", self.events.close)
         self.token = self.state_dir.token()
         closed = self.keeper.restore()
         if closed is not None:
