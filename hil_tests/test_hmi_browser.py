@@ -226,7 +226,8 @@ async def evil_site(target: str):
 async def test_a_stopped_hung_or_restarted_controller_shows_no_data_not_normal(tmp_path, rig, model):
     """Was: when the controller stopped the page kept its last grey NORMAL (only the small link
     box changed), when it hung every poll waited for ever and the page still said `live`, and
-    after a restart it still showed the operator as logged in (the restart ended the session)."""
+    after a restart it still showed the operator as logged in (the restart ended the session) and,
+    when the new run's event ids started again from 1, no new event at all."""
     controller = make_controller(tmp_path, rig, model)
     task = await start(controller)
     port = controller.api_port
@@ -252,6 +253,11 @@ async def test_a_stopped_hung_or_restarted_controller_shows_no_data_not_normal(t
             await page.unroute("**/api/v1/**")
             await expect(state).to_have_text("NORMAL", timeout=UI_TIMEOUT_MS)
 
+            for n in range(20):  # the page has seen event ids beyond what the next run starts with
+                controller.events.add("controller", "test", f"before the restart {n}")
+            events = page.locator("#events")
+            await expect(events).to_contain_text("before the restart 19", timeout=UI_TIMEOUT_MS)
+
             # Stopped: connection refused.
             await stop(controller, task)
             task = None
@@ -259,12 +265,18 @@ async def test_a_stopped_hung_or_restarted_controller_shows_no_data_not_normal(t
             assert await page.locator("#line-state.stale").count() == 1
             assert await page.locator("main button:enabled").count() == 0
 
-            # Restarted on the same port: live data again, and the session it ended is shown as ended.
+            # Restarted on the same port with a new journal (a damaged one set aside: ids from 1 again):
+            # live data and new events again, and the session the restart ended is shown as ended.
+            for journal in Path(controller.config.controller.state_dir).glob("journal.sqlite*"):
+                journal.unlink()
             controller = Controller(load_config(tmp_path / "line.toml"), api_port=port)
             task = await start(controller)
             await expect(state).to_have_text("NORMAL", timeout=UI_TIMEOUT_MS)
             await expect(page.locator("#who-text")).to_have_text("viewer (no login)", timeout=UI_TIMEOUT_MS)
             await expect(page.locator("#link")).not_to_contain_text("no answer")
+            controller.events.add("controller", "test", "after the restart")
+            await expect(events).to_contain_text("after the restart", timeout=UI_TIMEOUT_MS)
+            await expect(events).not_to_contain_text("before the restart")
             assert errors == []
     finally:
         if task is not None:

@@ -24,6 +24,7 @@ const hmi = {
   lastGood: 0,  // Date.now() of the last status and alarms the page got
   stale: true,  // what the page shows is not (or no longer) the controller's answer
   polling: false,  // a refresh is in flight: the next tick does not pile another on
+  startedAt: undefined,  // the controller's start (status): a change means it restarted
 };
 
 const $ = (id) => document.getElementById(id);
@@ -336,7 +337,11 @@ async function refresh() {
   hmi.polling = true;
   try {
     const [status, alarms] = await Promise.all([api("GET", "/api/v1/status"), api("GET", "/api/v1/alarms")]);
-    if (hmi.stale) await loadSession().catch(() => {});  // back after a restart: its sessions are gone
+    const started = (status.controller || {}).started_at;
+    const restarted = hmi.startedAt !== undefined && started !== hmi.startedAt;
+    hmi.startedAt = started;
+    if (hmi.stale || restarted) await loadSession().catch(() => {});  // a restart ended its sessions
+    if (restarted) reloadEvents();
     hmi.lastGood = Date.now();
     hmi.stale = false;
     document.body.classList.remove("stale");
@@ -365,6 +370,15 @@ function showStale(why) {
   hmi.drawn = {};  // redraw every panel (with its buttons) from the next good answer
 }
 
+// After a restart the event ids may start again from 1 (a damaged journal set aside): following
+// on from the last id seen would show no new event for as long. The list is read again instead.
+function reloadEvents() {
+  $("events").replaceChildren();
+  hmi.lastEvent = 0;
+  hmi.ackedBy = {};
+  openStream();
+}
+
 async function openStream() {
   if (hmi.stream) hmi.stream.close();
   try {
@@ -372,6 +386,7 @@ async function openStream() {
   } catch (err) {
     return;  // reads need a login first
   }
+  if (hmi.stream) hmi.stream.close();  // another openStream finished first: one stream only
   const stream = new EventSource(`/api/v1/events/stream?since=${hmi.lastEvent}`);
   hmi.stream = stream;
   stream.onmessage = (m) => addEvents([JSON.parse(m.data)]);
