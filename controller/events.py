@@ -5,14 +5,19 @@ The newest events are kept in memory (a bounded ring) for the local API and `lin
 --follow`; the runtime also turns each event into a cloud point. Once `open` has attached the
 journal (controller.eventstore, SQLite in the state directory), `flush` writes what was added since
 the last flush in one transaction: housekeeping calls it every round, never the hot path, so `add`
-does no I/O. Ids go on from the journal's last one after a restart, and `since` reads older events
-back from it. A journal that cannot be written is one error line; the events stay in memory.
+does no I/O (but once every RESERVE_IDS / 2 events in a burst, see below). Ids go on after a
+restart from above every id handed out before it, and `since` reads older events back from it:
+the journal holds a reserved high-water mark RESERVE_IDS ahead of the last id, renewed by `flush`,
+so an event the API served and a kill -9 lost before its flush never has its id given to another
+(a client at `events --since ID` would miss that one); a restart leaves a gap instead. A journal
+that cannot be written is one error line; the events stay in memory.
 Events are plain dicts so they serialise to JSON as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import sqlite3
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # a journal that failed is tried again this often (not every 50 ms round)
 PRUNE_EVERY_S = 60.0
+RESERVE_IDS = 1000  # ids reserved ahead in the journal; renewed by flush when half are used
 
 
 class EventLog:
@@ -35,6 +41,8 @@ class EventLog:
         self._unsaved: list[dict] = []  # added, not yet in the journal (at most `capacity`)
         self._ids = itertools.count(1)
         self._last_id = 0
+        self._reserved = 0  # ids up to this are reserved in the journal (0: no journal)
+        self._reserve_failed = False  # the last reservation failed: the next try is flush's
         self._changed = asyncio.Event()
         self._store: EventStore | None = None
         self._failing = False
@@ -47,7 +55,7 @@ class EventLog:
         One that cannot be opened is one error line, and this run keeps events in memory only."""
         try:
             store.open()
-            last, recent = store.last_id(), store.recent(self._events.maxlen or 0)
+            last, recent = store.id_floor(), store.recent(self._events.maxlen or 0)
         except (sqlite3.Error, OSError) as exc:
             store.close()
             log.error("event journal %s cannot be opened (%s): events are kept in memory only (the last "
@@ -58,7 +66,8 @@ class EventLog:
         self._events.clear()
         self._events.extend(recent)
         self._ids, self._last_id, self._store = itertools.count(last + 1), last, store
-        self.run_start = last
+        self.run_start, self._reserved = last, last
+        self._reserve()  # before any id of this run is handed out (one that fails: flush reports it)
         for e in early:
             e["id"] = self._next_id()
             self._events.append(e)
@@ -67,7 +76,20 @@ class EventLog:
 
     def _next_id(self) -> int:
         self._last_id = next(self._ids)
+        if self._store is not None and self._last_id > self._reserved and not self._reserve_failed:
+            self._reserve()  # a burst used every reserved id since the last flush
         return self._last_id
+
+    def _reserve(self) -> None:
+        """Reserve RESERVE_IDS ids past the last one in the journal. One that cannot be written
+        (the journal failing) is left to `flush` to report: the ids go on being handed out."""
+        up_to = self._last_id + RESERVE_IDS
+        try:
+            self._store.reserve(up_to)
+        except (sqlite3.Error, OSError):
+            self._reserve_failed, self._retry_at = True, time.monotonic() + RETRY_S
+            return
+        self._reserved, self._reserve_failed = up_to, False
 
     def add(self, kind: str, source: str, message: str, *, at: float | None = None, **fields) -> dict:
         """Record one event: kind (alarm|action|driver|model|outbox|controller), what it is about, and why."""
@@ -103,6 +125,9 @@ class EventLog:
                 log.warning("event journal %s: writing again (%d events written now%s)", store.path,
                             len(self._unsaved), f", {self._dropped} older ones lost" if self._dropped else "")
             self._unsaved, self._failing, self._dropped = [], False, 0
+        if self._last_id + RESERVE_IDS // 2 > self._reserved and not self._failing and (
+                not self._reserve_failed or now >= self._retry_at):
+            self._reserve()
         if now >= self._prune_at and not self._failing:
             self._prune_at = now + PRUNE_EVERY_S
             try:
@@ -115,6 +140,8 @@ class EventLog:
         self.flush()
         if self._store is not None:
             store, self._store = self._store, None
+            with contextlib.suppress(sqlite3.Error, OSError):  # else the reservation stands: a gap
+                store.reserve(self._last_id)  # ids reserved, not used, given back: a clean restart has no gap
             store.close()
 
     def since(self, last_id: int = 0, limit: int = 1000) -> list[dict]:

@@ -3,7 +3,10 @@ so ids go on after a restart and `events --since ID` finds what happened before 
 
 WAL mode with synchronous=NORMAL: a commit is one append to the write-ahead log, no fsync on the
 event loop. A kill -9 loses nothing committed; a power cut at most the last commits; neither leaves
-a file SQLite cannot open. The checkpoints (WAL -> database, with the fsync) run in a thread of
+a file SQLite cannot open. Ids are never handed out twice, even for events lost that way: the
+journal keeps a high-water mark of ids reserved ahead (`reserve`, fsync'd, like a database's
+sequence cache), and a restart numbers after it (`id_floor`), leaving a gap where the lost ones were.
+The checkpoints (WAL -> database, with the fsync) run in a thread of
 their own on a second connection: SQLite's automatic one, inside a commit, stalled the event loop
 ~20 ms every 4 MiB (benchmarks/journal.py). Retention is bounded by age and by row count, pruned
 in small batches.
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ids table (the reserved high-water mark); a version-1 file gets it at open
 PRUNE_BATCH = 2000  # rows deleted per prune (~2 ms): a lowered limit never stalls a housekeeping round
 CHECKPOINT_EVERY_S = 5.0
 BASE_KEYS = ("id", "time", "kind", "source", "message")
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL,
     message TEXT NOT NULL, fields TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
+CREATE TABLE IF NOT EXISTS ids (reserved INTEGER NOT NULL);
 """
 
 
@@ -54,6 +58,7 @@ class EventStore:
         self.path, self.max_age_s, self.max_rows = Path(path), max_age_s, max_rows
         self._db: sqlite3.Connection | None = None
         self._checkpoints: _Checkpointer | None = None
+        self._rows = 0  # rows in the file (counted at open, then kept): retention by count, not by ids
 
     def open(self) -> None:
         """Open (or create) the file; a damaged one is renamed aside with one warning and a new one
@@ -65,6 +70,7 @@ class EventStore:
             log.warning("event journal %s was damaged (%s); kept it as %s and started a new one",
                         self.path, exc, aside.name)
             self._db = self._connect()
+        self._rows = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
         self._checkpoints = _Checkpointer(self.path)
         self._checkpoints.start()
 
@@ -79,7 +85,7 @@ class EventStore:
                 db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread does them
-            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
@@ -107,6 +113,29 @@ class EventStore:
     def last_id(self) -> int:
         return self._need().execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
+    def id_floor(self) -> int:
+        """The highest id ever handed out or reserved: the next run numbers after it."""
+        reserved = self._need().execute("SELECT coalesce(max(reserved), 0) FROM ids").fetchone()[0]
+        return max(self.last_id(), reserved)
+
+    def reserve(self, up_to: int) -> None:
+        """Record that ids up to `up_to` may be handed out, fsync'd (synchronous=FULL for this one
+        commit): an id a client saw is never given to another event after a kill -9 or a power cut."""
+        db = self._need()
+        db.execute("PRAGMA synchronous = FULL")
+        try:
+            db.execute("BEGIN")
+            try:
+                db.execute("DELETE FROM ids")
+                db.execute("INSERT INTO ids VALUES (?)", (up_to,))
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            db.execute("PRAGMA synchronous = NORMAL")
+
     def append(self, events: list[dict]) -> None:
         """All of `events` in one transaction (or none of them)."""
         rows = [(e["id"], e["time"], e["kind"], e["source"], e["message"],
@@ -121,6 +150,7 @@ class EventStore:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
+        self._rows += len(rows)
 
     def read(self, after_id: int, before_id: int, limit: int) -> list[dict]:
         """Stored events with after_id < id < before_id, oldest first."""
@@ -132,16 +162,23 @@ class EventStore:
 
     def recent(self, count: int) -> list[dict]:
         """The newest `count` stored events, oldest first (the in-memory ring after a restart)."""
-        last = self.last_id()
-        return self.read(last - count, last + 1, count)
+        rows = self._need().execute("SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?",
+                                    (max(count - 1, 0),)).fetchone()
+        return self.read((rows[0] if rows else 0) - 1, self.last_id() + 1, count) if count else []
 
     def prune(self, now: float) -> int:
-        """Delete (a batch of) events older than max_age_s or beyond the newest max_rows."""
+        """Delete (a batch of) the oldest events beyond the newest max_rows, and of those older than
+        max_age_s. Rows are counted, not ids (ids have gaps after a restart: RESERVE_IDS)."""
         db = self._need()
-        keep_from = self.last_id() - self.max_rows
-        cur = db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= ? OR time < ? "
-                         "ORDER BY id LIMIT ?)", (keep_from, now - self.max_age_s, PRUNE_BATCH))
-        return cur.rowcount
+        excess = min(self._rows - self.max_rows, PRUNE_BATCH)
+        deleted = 0
+        if excess > 0:
+            deleted = db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
+                                 (excess,)).rowcount
+        deleted += db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? "
+                              "ORDER BY id LIMIT ?)", (now - self.max_age_s, PRUNE_BATCH)).rowcount
+        self._rows -= deleted
+        return deleted
 
     def close(self) -> None:
         if self._checkpoints is not None:

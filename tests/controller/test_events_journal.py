@@ -197,3 +197,35 @@ async def test_the_cloud_feed_sends_this_runs_events_only_not_the_journals_histo
     finally:
         outbox.close()
         log.close()
+
+
+def test_ids_handed_out_are_never_reused_by_the_next_run_even_unflushed(tmp_path):
+    """A run killed before its flush (here: never flushed, never closed, a burst larger than the
+    reservation): the next run numbers after every id the first handed out; a clean close gives
+    the unused reservation back (no gap)."""
+    path = tmp_path / "journal.sqlite"
+    killed = EventLog()
+    killed.open(store(path))
+    handed = [killed.add("driver", "press", f"burst {i}")["id"] for i in range(2500)]
+    assert stored(path) == []
+    after = EventLog()
+    after.open(store(path))
+    first = after.add("controller", "controller", "started")["id"]
+    assert first > max(handed)
+    after.close()
+    clean = EventLog()
+    clean.open(store(path))
+    assert clean.add("controller", "controller", "started")["id"] == first + 1
+    clean.close()
+
+
+def test_row_retention_counts_rows_not_ids_across_the_gaps_restarts_leave(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    for run in range(3):  # each run "killed": its unused reserved ids become a gap
+        log = EventLog()
+        log.open(store(path, max_rows=1000))
+        for i in range(400):
+            log.add("driver", "press", f"run {run} event {i}")
+        log.flush()
+    assert len(stored(path)) == 1000  # the newest 1000 of 1200, not only the ones within 1000 ids
+    assert stored(path)[0][3] == "run 0 event 200"

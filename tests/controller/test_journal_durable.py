@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,54 @@ def test_an_unwritable_journal_file_is_one_log_line_and_events_stay_in_memory(se
     db = sqlite3.connect(journal)
     assert not db.execute("SELECT count(*) FROM events WHERE fields LIKE '%read-only journal%'").fetchone()[0]
     db.close()
+
+
+def stream_until_unflushed_event(s: ServiceProcess, since: int) -> dict[int, dict]:
+    """Read the event stream from `since` until an event that a driver task adds (a failed
+    reconnect) arrives, then kill -9 at once: housekeeping writes it within 50 ms, so the kill
+    usually beats the flush. Returns the events the stream served, by id."""
+    seen: dict[int, dict] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{s.port}/api/v1/events/stream?since={since}",
+                                timeout=10) as stream:
+        while raw := stream.readline():
+            if raw.startswith(b"data:"):
+                event = json.loads(raw[5:])
+                seen[event["id"]] = event
+                if event["kind"] == "driver" and "connection lost" in event["message"]:
+                    assert s.kill9() == -signal.SIGKILL
+                    return seen
+    raise AssertionError("the stream ended before a driver event")
+
+
+def stored_ids(journal: Path) -> set[int]:
+    db = sqlite3.connect(journal)
+    try:
+        return {row[0] for row in db.execute("SELECT id FROM events")}
+    finally:
+        db.close()
+
+
+def test_an_id_the_api_served_is_never_reused_after_a_kill_9_before_its_flush(service, tmp_path):
+    """A client saw id N on the stream, the controller was killed before N reached the journal:
+    after the restart no other event has id N, and `events --since N` shows every new one (the
+    restart used to number from the last id on disk, giving N to the restart's own events)."""
+    s = service()
+    journal = tmp_path / "state" / JOURNAL_FILE
+    lost_tries = 0
+    for _ in range(8):  # until a kill beat a flush (usually at once)
+        s.start()
+        since = s.get("/status")["events"]["last_id"]
+        seen = stream_until_unflushed_event(s, since)
+        lost = set(seen) - stored_ids(journal)  # served, then killed before its flush
+        s.start()
+        after = s.events(since)
+        for e in after:
+            assert e["id"] not in seen or e == seen[e["id"]], f"{e['id']} was {seen[e['id']]}, now {e}"
+        started = next(e for e in after if e["kind"] == "controller" and e["message"].startswith("started"))
+        assert started["id"] > max(seen), (started, max(seen))
+        assert started in s.events(max(seen))  # the client's next `events --since N` sees the restart
+        assert s.kill9() == -signal.SIGKILL
+        if lost:
+            lost_tries += 1
+            break
+    assert lost_tries, "no kill came before a flush in 8 tries: the test never reached the window"
