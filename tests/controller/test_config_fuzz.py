@@ -329,7 +329,7 @@ ATTACKS = {  # name: (old, new, raw-bytes builder or None, what the one line say
     "poll_1e-9": ("poll_interval_s = 0.05", "poll_interval_s = 1e-9", None, "modbus[0].poll_interval_s"),
     "watchdog_1e-9": ("period_s = 1.0, wrap = 65536", "period_s = 1e-9, wrap = 65536", None,
                       "watchdog.period_s"),
-    "stale_inf": ("stale_timeout_s = 0.5", "stale_timeout_s = inf", None, "stale_timeout_s"),
+    "stale_inf": ("stale_timeout_s = 1.5\n", "stale_timeout_s = inf\n", None, "stale_timeout_s"),
     "debounce_inf": ("debounce_n = 5", "debounce_n = inf", None, "debounce_n"),
     "iforest_1e9": ("debounce_n = 5", "debounce_n = 5\niforest_trees = 1e9", None, "iforest_trees"),
     "wide_open_reads": ('api_host = "127.0.0.1"', 'api_host = "0.0.0.0"\napi_require_token_for_reads = false',
