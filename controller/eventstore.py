@@ -12,11 +12,16 @@ their own on a second connection: SQLite's automatic one, inside a commit, stall
 in small batches.
 Every failure (full disk, unwritable file) is an `sqlite3.Error` / `OSError` for the caller
 (controller.events) to report once; a file SQLite says is damaged is set aside at open.
+One controller at a time: `open` holds an exclusive lock (flock on journal.sqlite.lock, released
+by the kernel when the process dies, kill -9 included); a second controller on the same state
+directory is refused at its start (two would hand out the same ids and fight over the state file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -25,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from controller.errors import Refused
 
 if TYPE_CHECKING:
     from controller.config.controller import ControllerSection
@@ -51,6 +58,10 @@ class DamagedJournal(Exception):
     """SQLite reports the file as not a database or corrupt."""
 
 
+class JournalInUse(Refused):
+    """Another process holds the journal's lock: another controller runs on this state directory."""
+
+
 class EventStore:
     """One SQLite connection, used from the event loop's thread only."""
 
@@ -59,10 +70,13 @@ class EventStore:
         self._db: sqlite3.Connection | None = None
         self._checkpoints: _Checkpointer | None = None
         self._rows = 0  # rows in the file (counted at open, then kept): retention by count, not by ids
+        self._lock: int | None = None  # the lock file's descriptor while open
 
     def open(self) -> None:
         """Open (or create) the file; a damaged one is renamed aside with one warning and a new one
-        started. Raises sqlite3.Error / OSError when the file cannot be opened at all."""
+        started. Raises sqlite3.Error / OSError when the file cannot be opened at all, JournalInUse
+        when another process has it open."""
+        self._lock = self._take_lock()
         try:
             self._db = self._connect()
         except DamagedJournal as exc:
@@ -73,6 +87,23 @@ class EventStore:
         self._rows = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
         self._checkpoints = _Checkpointer(self.path)
         self._checkpoints.start()
+
+    def _take_lock(self) -> int:
+        lock_path = f"{self.path}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise JournalInUse(f"another controller (pid {holder}) is running on the state directory "
+                                   f"{self.path.parent}: stop it, or give this line its own state_dir"
+                                   ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -189,6 +220,9 @@ class EventStore:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.close()
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            os.close(lock)
 
     def _need(self) -> sqlite3.Connection:
         if self._db is None:

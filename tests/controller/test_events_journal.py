@@ -3,17 +3,20 @@ retention, a damaged file set aside, a failing write kept in memory and written 
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from controller.events import EventLog
-from controller.eventstore import EventStore
+from controller.eventstore import EventStore, JournalInUse
 
 
 def store(path: Path, *, max_age_s: float = 1e9, max_rows: int = 1_000_000) -> EventStore:
@@ -199,14 +202,25 @@ async def test_the_cloud_feed_sends_this_runs_events_only_not_the_journals_histo
         log.close()
 
 
+def killed_run(path: Path, count: int, max_rows: int = 1_000_000, flush: bool = False) -> list[int]:
+    """A process that opens the journal, adds `count` events (flushing once if `flush`) and is
+    killed -9 before any other flush or a close. Returns the ids it handed out."""
+    code = (f"import os, signal\nfrom controller.events import EventLog\n"
+            f"from controller.eventstore import EventStore\nlog = EventLog()\n"
+            f"log.open(EventStore({str(path)!r}, max_age_s=1e9, max_rows={max_rows}))\n"
+            f"ids = [log.add('driver', 'press', f'event {{i}}')['id'] for i in range({count})]\n"
+            f"{'log.flush()' if flush else ''}\nprint(ids, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    return json.loads(run.stdout)
+
+
 def test_ids_handed_out_are_never_reused_by_the_next_run_even_unflushed(tmp_path):
-    """A run killed before its flush (here: never flushed, never closed, a burst larger than the
-    reservation): the next run numbers after every id the first handed out; a clean close gives
-    the unused reservation back (no gap)."""
+    """A run killed before its flush (a burst larger than the reservation): the next run numbers
+    after every id the first handed out; a clean close gives the unused reservation back (no gap)."""
     path = tmp_path / "journal.sqlite"
-    killed = EventLog()
-    killed.open(store(path))
-    handed = [killed.add("driver", "press", f"burst {i}")["id"] for i in range(2500)]
+    handed = killed_run(path, 2500)
     assert stored(path) == []
     after = EventLog()
     after.open(store(path))
@@ -221,11 +235,26 @@ def test_ids_handed_out_are_never_reused_by_the_next_run_even_unflushed(tmp_path
 
 def test_row_retention_counts_rows_not_ids_across_the_gaps_restarts_leave(tmp_path):
     path = tmp_path / "journal.sqlite"
-    for run in range(3):  # each run "killed": its unused reserved ids become a gap
-        log = EventLog()
-        log.open(store(path, max_rows=1000))
-        for i in range(400):
-            log.add("driver", "press", f"run {run} event {i}")
-        log.flush()
+    for _ in range(3):  # each run killed: its unused reserved ids become a gap
+        killed_run(path, 400, max_rows=1000, flush=True)
     assert len(stored(path)) == 1000  # the newest 1000 of 1200, not only the ones within 1000 ids
-    assert stored(path)[0][3] == "run 0 event 200"
+    assert stored(path)[0][3] == "event 200"
+
+
+def test_a_second_controller_on_the_same_journal_is_refused_until_the_first_is_gone(tmp_path):
+    """Two processes on one state directory would number the same ids and fight over the file."""
+    path = tmp_path / "journal.sqlite"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom controller.eventstore import "
+                               f"EventStore\nEventStore({str(path)!r}, max_age_s=1, max_rows=1000).open()\n"
+                               "print('open', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        second = EventLog()
+        with pytest.raises(JournalInUse, match=f"another controller \\(pid {holder.pid}\\) is running"):
+            second.open(store(path))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    assert second.open(store(path))  # the kernel let go of the lock of the killed process
+    second.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -25,7 +26,8 @@ from typer.testing import CliRunner
 
 from controller.cli import app
 from controller.eventstore import JOURNAL_FILE
-from hil_tests.rig.service_process import ServiceProcess, closed_ports_config
+from hil_tests.rig.net import free_port
+from hil_tests.rig.service_process import LAUNCH, ROOT, ServiceProcess, closed_ports_config
 
 CANNOT_WRITE = "cannot write"
 QUIET_S = 11.0  # two retries (every 5 s), and past the log's rate limit (10 s) that could hide a repeat
@@ -256,3 +258,21 @@ def test_an_id_the_api_served_is_never_reused_after_a_kill_9_before_its_flush(se
             lost_tries += 1
             break
     assert lost_tries, "no kill came before a flush in 8 tries: the test never reached the window"
+
+
+def test_a_second_controller_on_the_same_state_dir_is_refused_at_start(service, tmp_path):
+    """Another line's config (its own API port) pointing at this line's state_dir by mistake: the
+    second `linesentry run` is one error line and exit 2; the first runs on, its ids unshared."""
+    first = service()
+    first.start()
+    other = tmp_path / "other.toml"
+    other.write_text(re.sub(r"^api_port = \d+$", f"api_port = {free_port()}", first.config.read_text(),
+                            flags=re.M))
+    second = subprocess.run([*LAUNCH, "run", str(other)], capture_output=True, text=True, timeout=60,
+                            env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert second.returncode == 2, second.stdout + second.stderr
+    errors = [line for line in second.stderr.splitlines() if "error" in line.lower()]
+    assert errors and f"another controller (pid {first.proc.pid})" in errors[-1], second.stderr
+    assert "Traceback" not in second.stdout + second.stderr
+    assert first.get("/status")["controller"]["started_at"]
+    assert first.stop() == 0
