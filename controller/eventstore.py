@@ -58,6 +58,10 @@ class DamagedJournal(Exception):
     """SQLite reports the file as not a database or corrupt."""
 
 
+class NewerJournal(Exception):
+    """The file was written by a newer linesentry (a higher schema version than this one knows)."""
+
+
 class JournalInUse(Refused):
     """Another process holds the journal's lock: another controller runs on this state directory."""
 
@@ -71,18 +75,26 @@ class EventStore:
         self._checkpoints: _Checkpointer | None = None
         self._rows = 0  # rows in the file (counted at open, then kept): retention by count, not by ids
         self._lock: int | None = None  # the lock file's descriptor while open
+        self._carried = 0  # the id floor of a file set aside at open: the new file numbers above it
 
     def open(self) -> None:
         """Open (or create) the file; a damaged one is renamed aside with one warning and a new one
         started. Raises sqlite3.Error / OSError when the file cannot be opened at all, JournalInUse
         when another process has it open."""
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if path.is_symlink():  # SQLite would write into whatever it points at
+                raise OSError(errno.ELOOP, "a symbolic link: the journal's files must be files of the "
+                              "state directory (remove the link)", str(path))
         self._lock = self._take_lock()
         try:
             self._db = self._connect()
-        except DamagedJournal as exc:
-            aside = self._set_aside()
-            log.warning("event journal %s was damaged (%s); kept it as %s and started a new one",
-                        self.path, exc, aside.name)
+        except (DamagedJournal, NewerJournal) as exc:
+            self._carried = _readable_floor(self.path)
+            damaged = isinstance(exc, DamagedJournal)
+            aside = self._set_aside("damaged" if damaged else "newer")
+            what = f"was damaged ({exc})" if damaged else f"is from a newer linesentry ({exc})"
+            log.warning("event journal %s %s; kept it as %s and started a new one (ids go on above %d)",
+                        self.path, what, aside.name, self._carried)
             self._db = self._connect()
         self._rows = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
         self._checkpoints = _Checkpointer(self.path)
@@ -116,7 +128,10 @@ class EventStore:
                 db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread does them
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise NewerJournal(f"schema version {version}, this one knows up to {SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION:
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
@@ -129,8 +144,8 @@ class EventStore:
             raise
         return db
 
-    def _set_aside(self) -> Path:
-        aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+    def _set_aside(self, why: str) -> Path:
+        aside = self.path.with_name(f"{self.path.name}.{why}-{int(time.time())}")
         os.replace(self.path, aside)
         for suffix in ("-wal", "-shm"):  # they belong to the damaged file, not to the new one
             with contextlib.suppress(FileNotFoundError):
@@ -147,7 +162,7 @@ class EventStore:
     def id_floor(self) -> int:
         """The highest id ever handed out or reserved: the next run numbers after it."""
         reserved = self._need().execute("SELECT coalesce(max(reserved), 0) FROM ids").fetchone()[0]
-        return max(self.last_id(), reserved)
+        return max(self.last_id(), reserved, self._carried)
 
     def reserve(self, up_to: int) -> None:
         """Record that ids up to `up_to` may be handed out, fsync'd (synchronous=FULL for this one
@@ -228,6 +243,21 @@ class EventStore:
         if self._db is None:
             raise sqlite3.OperationalError(f"event journal {self.path} is not open")
         return self._db
+
+
+def _readable_floor(path: Path) -> int:
+    """The highest id or reservation a file about to be set aside still shows (0 when it shows
+    none): the new journal numbers above it, so no id a client saw is reused."""
+    floor = 0
+    with contextlib.suppress(sqlite3.Error):
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            for query in ("SELECT max(id) FROM events", "SELECT max(reserved) FROM ids"):
+                with contextlib.suppress(sqlite3.Error):
+                    floor = max(floor, int(db.execute(query).fetchone()[0] or 0))
+        finally:
+            db.close()
+    return floor
 
 
 class _Checkpointer(threading.Thread):

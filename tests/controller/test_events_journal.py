@@ -109,9 +109,55 @@ def test_a_damaged_journal_is_set_aside_with_one_warning_and_a_new_one_started(t
     assert len(warnings) == 1 and "damaged" in warnings[0], warnings
     aside = list(tmp_path.glob("journal.sqlite.damaged-*"))
     assert len(aside) == 1 and aside[0].name in warnings[0]
-    assert log.add("controller", "controller", "started")["id"] == 1
+    # ids go on above the ones the damaged file still shows (no id a client saw is reused)
+    first = 1 if damage == "garbage" else 2001
+    assert log.add("controller", "controller", "started")["id"] == first
     log.close()
-    assert stored(path) == [(1, "controller", "controller", "started")]
+    assert stored(path) == [(first, "controller", "controller", "started")]
+
+
+def test_a_journal_of_a_newer_version_is_set_aside_and_ids_go_on_above_it(tmp_path, caplog):
+    """A downgrade: this version cannot know what a newer schema means, so it does not write into
+    it; the newer file is kept, and the new one numbers above its ids."""
+    path = tmp_path / "journal.sqlite"
+    log = EventLog()
+    log.open(store(path))
+    for i in range(5):
+        log.add("driver", "press", f"event {i}")
+    log.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.execute("ALTER TABLE events ADD COLUMN future TEXT")
+    db.close()
+    caplog.set_level(logging.WARNING)
+    log = EventLog()
+    assert log.open(store(path))
+    assert log.add("controller", "controller", "started")["id"] == 6
+    log.close()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "newer linesentry (schema version 99" in warnings[0], warnings
+    (aside,) = tmp_path.glob("journal.sqlite.newer-*")
+    assert len(stored(aside)) == 5 and stored(path) == [(6, "controller", "controller", "started")]
+
+
+@pytest.mark.parametrize("link", ["journal.sqlite", "journal.sqlite-wal"])
+def test_a_journal_file_that_is_a_symlink_is_not_followed(tmp_path, caplog, link):
+    """A link in the state directory (to another program's database, to /etc/...): SQLite would
+    write the events into its target. One error line; the events stay in memory."""
+    target = tmp_path / "elsewhere.sqlite"
+    db = sqlite3.connect(target)
+    db.execute("CREATE TABLE precious (x)")
+    db.commit()
+    db.close()
+    before = target.read_bytes()
+    (tmp_path / link).symlink_to(target)
+    caplog.set_level(logging.ERROR)
+    log = EventLog()
+    assert not log.open(store(tmp_path / "journal.sqlite"))
+    assert len(caplog.records) == 1 and "symbolic link" in caplog.records[0].getMessage()
+    log.add("controller", "controller", "started")
+    log.close()
+    assert target.read_bytes() == before
 
 
 def test_a_failing_write_is_one_error_line_then_written_when_it_works_again(tmp_path, caplog, monkeypatch):
