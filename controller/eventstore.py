@@ -28,6 +28,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,8 @@ class EventStore:
         self._rows = 0  # rows in the file (counted at open, then kept): retention by count, not by ids
         self._lock: int | None = None  # the lock file's descriptor while open
         self._carried = 0  # the id floor of a file set aside at open: the new file numbers above it
+        self._run_floor = 0  # the id floor at open: ids above it are this run's events
+        self._marks: deque[tuple[float, int]] = deque()  # (monotonic, last id) at each prune of this run
 
     def open(self) -> None:
         """Open (or create) the file; a damaged one is renamed aside with one warning and a new one
@@ -97,6 +100,7 @@ class EventStore:
                         self.path, what, aside.name, self._carried)
             self._db = self._connect()
         self._rows = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+        self._run_floor = self.id_floor()
         self._checkpoints = _Checkpointer(self.path)
         self._checkpoints.start()
 
@@ -214,15 +218,26 @@ class EventStore:
 
     def prune(self, now: float) -> int:
         """Delete (a batch of) the oldest events beyond the newest max_rows, and of those older than
-        max_age_s. Rows are counted, not ids (ids have gaps after a restart: RESERVE_IDS)."""
+        max_age_s. Rows are counted, not ids (ids have gaps after a restart: RESERVE_IDS). This
+        run's events go by age only once the monotonic clock says they are that old: a wall clock
+        set wrong at boot and corrected later (or stepped forward by months) made them look old and
+        deleted what had just happened."""
         db = self._need()
         excess = min(self._rows - self.max_rows, PRUNE_BATCH)
         deleted = 0
         if excess > 0:
             deleted = db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
                                  (excess,)).rowcount
-        deleted += db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? "
-                              "ORDER BY id LIMIT ?)", (now - self.max_age_s, PRUNE_BATCH)).rowcount
+        mono = time.monotonic()
+        if not self._marks or mono - self._marks[-1][0] >= self.max_age_s / 1000:  # at most ~1000 kept
+            self._marks.append((mono, self.last_id()))
+        old_enough = self._run_floor
+        while self._marks and self._marks[0][0] <= mono - self.max_age_s:
+            old_enough = max(old_enough, self._marks.popleft()[1])
+        self._run_floor = old_enough
+        deleted += db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? AND "
+                              "id <= ? ORDER BY id LIMIT ?)", (now - self.max_age_s, old_enough, PRUNE_BATCH)
+                              ).rowcount
         self._rows -= deleted
         return deleted
 

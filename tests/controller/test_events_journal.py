@@ -88,6 +88,25 @@ def test_retention_bounds_the_journal_by_rows_and_by_age(tmp_path):
     log.close()
 
 
+def test_a_wall_clock_set_wrong_never_makes_this_runs_events_look_old_enough_to_delete(tmp_path):
+    """A controller booted with its clock at 1970 (no RTC battery, NTP not yet there) stamps its
+    first events 1970; when the clock is right the age rule saw them 56 years old and deleted them
+    within a minute. This run's events go by age on the monotonic clock; earlier runs' by their time."""
+    path = tmp_path / "journal.sqlite"
+    earlier = EventLog()
+    earlier.open(store(path))
+    earlier.add("driver", "press", "a week ago", at=time.time() - 7 * 86400)
+    earlier.close()
+    log = EventLog()
+    log.open(store(path, max_age_s=86400))
+    for i in range(3):
+        log.add("alarm", "press_comm_loss", f"at boot {i}", at=1e6)  # the clock still at 1970
+    log.add("alarm", "press_comm_loss", "after NTP")
+    log.flush()  # the first flush prunes, with the wall clock right again
+    assert [row[3] for row in stored(path)] == ["at boot 0", "at boot 1", "at boot 2", "after NTP"]
+    log.close()
+
+
 @pytest.mark.parametrize("damage", ["garbage", "torn page"])
 def test_a_damaged_journal_is_set_aside_with_one_warning_and_a_new_one_started(tmp_path, caplog, damage):
     path = tmp_path / "journal.sqlite"
