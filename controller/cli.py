@@ -103,12 +103,22 @@ class _ConfigFirst(TyperCommand):
         config_alone = wanted > 1 and len(given) == 1 and given[0].endswith(".toml") and Path(
             given[0]).is_file()
         if len(given) >= wanted or config_alone:  # config_alone: click names the missing argument
+            first = str(values[names[0]])
+            commands = getattr(ctx.find_root().command, "commands", {})
+            if first in commands and not Path(first).exists():  # `linesentry status status`
+                ctx.fail(f"{first!r} is a command name, not a line config: pass the config file (or "
+                         f"leave it out to use ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+            if Path(first).exists() and not Path(first).is_file() and not Path(first).is_dir():
+                ctx.fail(f"{first} is not a regular file (a FIFO or a device would block the command): "
+                         "pass the line config file")
             return super().parse_args(ctx, args)
         config = default_config()
         rest = super().parse_args(ctx, [str(config), *args])  # a missing option or argument first
         if not config.is_file():
             where = f"{CONFIG_ENV}={config}" if os.environ.get(CONFIG_ENV) else f"the default {config}"
-            ctx.fail(f"no line config: {where} does not exist; pass the config file as the first "
+            what = ("is a directory, not a config file" if config.is_dir() else
+                    "is not a regular file" if config.exists() else "does not exist")
+            ctx.fail(f"no line config: {where} {what}; pass the config file as the first "
                      f"argument or set {CONFIG_ENV}")
         return rest
 

@@ -738,6 +738,24 @@ def test_a_usage_mistake_is_one_line_on_stderr(tmp_path):
         assert expected in run.stderr, run.stderr
 
 
+def test_a_config_that_is_a_directory_a_fifo_or_a_command_name_is_one_line_saying_so(tmp_path):
+    import os
+    import subprocess
+
+    (tmp_path / "dir.toml").mkdir()
+    os.mkfifo(tmp_path / "fifo.toml")  # opened, it would block the command for ever
+    for args, env, expected in (
+            (["status"], str(tmp_path / "dir.toml"), "dir.toml is a directory, not a config file"),
+            (["ack", "press_comm_loss"], str(tmp_path / "fifo.toml"), "fifo.toml is not a regular file"),
+            (["status", str(tmp_path / "fifo.toml")], "", "fifo.toml is not a regular file"),
+            (["status", "status"], "", "'status' is a command name, not a line config"),
+            (["ack", "events", "press_comm_loss"], "", "'events' is a command name, not a line config")):
+        run = subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                             env={**os.environ, "LINESENTRY_CONFIG": env})
+        assert run.returncode == 2 and run.stdout == "", (args, run.stdout, run.stderr)
+        assert run.stderr.count("\n") == 1 and expected in run.stderr, run.stderr
+
+
 @pytest.mark.parametrize("args", [["validate", DEMO], ["version"], ["--help"]])
 def test_a_reader_that_goes_away_is_not_an_error(args):
     """`linesentry events | head`: the pipe closes under the command; it stops quietly (exit 1),
