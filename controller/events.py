@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 RETRY_S = 5.0  # a journal that failed is tried again this often (not every 50 ms round)
 PRUNE_EVERY_S = 60.0
 RESERVE_IDS = 1000  # ids reserved ahead in the journal; renewed by flush when half are used
+MESSAGE_MAX_CHARS = 4000  # a PLC's 20 MB error text made every page that held it too big to serve
 
 
 class EventLog:
@@ -93,6 +94,8 @@ class EventLog:
 
     def add(self, kind: str, source: str, message: str, *, at: float | None = None, **fields) -> dict:
         """Record one event: kind (alarm|action|driver|model|outbox|controller), what it is about, and why."""
+        if len(message) > MESSAGE_MAX_CHARS:
+            message = f"{message[:MESSAGE_MAX_CHARS]}... ({len(message) - MESSAGE_MAX_CHARS} more characters)"
         event = {"id": self._next_id(), "time": time.time() if at is None else at, "kind": kind,
                  "source": source, "message": message, **fields}
         self._events.append(event)

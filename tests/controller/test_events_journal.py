@@ -323,3 +323,22 @@ def test_a_second_controller_on_the_same_journal_is_refused_until_the_first_is_g
         holder.wait(10)
     assert second.open(store(path))  # the kernel let go of the lock of the killed process
     second.close()
+
+
+def test_a_huge_message_is_cut_so_a_page_of_events_stays_servable(tmp_path):
+    """A driver's error text of 20 MB (what a PLC sent back): a page holding it was larger than
+    the CLI takes (16 MiB), so `events` failed on every page that held it, until retention."""
+    from controller.client import MAX_REPLY_BYTES
+
+    path = tmp_path / "journal.sqlite"
+    log = EventLog()
+    log.open(store(path))
+    for _ in range(3):
+        log.add("driver", "press", "connection lost: " + "x" * (20 << 20))
+    log.close()
+    again = EventLog()
+    again.open(store(path))
+    page = again.since(0)
+    assert len(json.dumps(page)) < MAX_REPLY_BYTES and len(page) == 3
+    assert page[0]["message"].startswith("connection lost: xxx") and "more characters)" in page[0]["message"]
+    again.close()
