@@ -5,8 +5,9 @@
 controller.events over controller.eventstore on a real file: the housekeeping flush of a batch of
 N events (one transaction; median and max over repeats, in the event loop's thread, which is
 what it blocks), the disk per event, `since` reading a page of 1000 older events back, and
-opening a journal of --rows events at start (quick_check reads the whole file). `add` does no
-I/O, so the hot path's cost is unchanged; its cost (a dict and two appends) is printed too.
+opening a journal of --rows events at start (quick_check reads the whole file), and the
+id reservation a flush makes every RESERVE_IDS / 2 events. `add` does no I/O, so the hot path's
+cost is unchanged; its cost (a dict and two appends) is printed too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from controller.events import EventLog
+from controller.events import RESERVE_IDS, EventLog
 from controller.eventstore import EventStore
 
 FIELDS = {"state": "UNACK", "user": "", "priority": "high"}  # an alarm transition's fields
@@ -60,6 +61,12 @@ def main() -> None:
             median, worst = timed(flush, 200 if batch < 1000 else 30)
             print(f"flush of {batch:4d} events (incl. their add): {median * 1e3:.3f} ms median, "
                   f"{worst * 1e3:.3f} ms max")
+        store = EventStore(Path(tmp) / "reserve.sqlite", max_age_s=1e9, max_rows=10 ** 9)
+        store.open()
+        median, worst = timed(lambda: store.reserve(n), 50)
+        store.close()
+        print(f"id reservation (once per {RESERVE_IDS // 2} events, in a flush): "
+              f"{median * 1e3:.3f} ms median, {worst * 1e3:.3f} ms max")
         while n < args.rows:
             for _ in range(min(10_000, args.rows - n)):
                 add()
