@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # a journal that failed is tried again this often (not every 50 ms round)
 PRUNE_EVERY_S = 60.0
+CHECK_FILE_EVERY_S = 5.0  # how often the journal file is checked to be still the one written
 RESERVE_IDS = 1000  # ids reserved ahead in the journal; renewed by flush when half are used
 MESSAGE_MAX_CHARS = 4000  # a PLC's 20 MB error text made every page that held it too big to serve
 
@@ -47,7 +48,8 @@ class EventLog:
         self._changed = asyncio.Event()
         self._store: EventStore | None = None
         self._failing = False
-        self._retry_at = self._prune_at = 0.0
+        self._retry_at = self._prune_at = self._check_at = 0.0
+        self._replaced = ""  # what happened to the journal file while running (told once)
         self._dropped = 0  # unsaved events pushed out of memory while the journal failed
         self.run_start = 0  # the journal's last id when this run opened it: older ids are earlier runs'
 
@@ -131,6 +133,14 @@ class EventLog:
         if self._last_id + RESERVE_IDS // 2 > self._reserved and not self._failing and (
                 not self._reserve_failed or now >= self._retry_at):
             self._reserve()
+        if now >= self._check_at:
+            self._check_at = now + CHECK_FILE_EVERY_S
+            replaced = store.replaced()
+            if replaced and replaced != self._replaced:
+                log.error("event journal %s %s while the controller runs: the events go on into the file "
+                          "it opened, which is lost at the next start; restore the state directory and "
+                          "restart the controller", store.path, replaced)
+            self._replaced = replaced
         if now >= self._prune_at and not self._failing:
             self._prune_at = now + PRUNE_EVERY_S
             try:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections import deque
@@ -76,6 +77,7 @@ class EventStore:
         self._checkpoints: _Checkpointer | None = None
         self._rows = 0  # rows in the file (counted at open, then kept): retention by count, not by ids
         self._lock: int | None = None  # the lock file's descriptor while open
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
         self._carried = 0  # the id floor of a file set aside at open: the new file numbers above it
         self._run_floor = 0  # the id floor at open: ids above it are this run's events
         self._marks: deque[tuple[float, int]] = deque()  # (monotonic, last id) at each prune of this run
@@ -100,6 +102,8 @@ class EventStore:
                         self.path, what, aside.name, self._carried)
             self._db = self._connect()
         self._rows = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+        opened = os.stat(self.path)
+        self._identity = (opened.st_dev, opened.st_ino)
         self._run_floor = self.id_floor()
         self._checkpoints = _Checkpointer(self.path)
         self._checkpoints.start()
@@ -155,6 +159,19 @@ class EventStore:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
         return aside
+
+    def replaced(self) -> str:
+        """What happened to the file since `open`, if it is no longer the one being written ("" if
+        it is): SQLite goes on writing into the file it opened, lost at the next start."""
+        try:
+            now = os.lstat(self.path)
+        except FileNotFoundError:
+            return "was removed"
+        if stat.S_ISLNK(now.st_mode):
+            return "was replaced by a symbolic link"
+        if stat.S_ISDIR(now.st_mode):
+            return "was replaced by a directory"
+        return "was replaced by another file" if (now.st_dev, now.st_ino) != self._identity else ""
 
     @property
     def is_open(self) -> bool:

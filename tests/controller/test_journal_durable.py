@@ -276,3 +276,25 @@ def test_a_second_controller_on_the_same_state_dir_is_refused_at_start(service, 
     assert "Traceback" not in second.stdout + second.stderr
     assert first.get("/status")["controller"]["started_at"]
     assert first.stop() == 0
+
+
+@pytest.mark.parametrize("replacement", ["directory", "symbolic link"])
+def test_a_journal_replaced_while_running_is_one_error_line(service, tmp_path, replacement):
+    """The file removed and a directory or a link put in its place under a running controller:
+    SQLite writes on into the removed file (lost at the next start), silently before."""
+    s = service()
+    s.start()
+    journal = tmp_path / "state" / JOURNAL_FILE
+    journal.unlink()
+    if replacement == "directory":
+        journal.mkdir()
+    else:
+        journal.symlink_to(tmp_path / "elsewhere.sqlite")
+    deadline = time.monotonic() + 10
+    while not (lines := [line for line in s.log().splitlines() if "event journal" in line]):
+        assert time.monotonic() < deadline, s.log()
+        time.sleep(0.1)
+    time.sleep(6)  # another check: still one line
+    lines = [line for line in s.log().splitlines() if "event journal" in line]
+    assert len(lines) == 1 and f"was replaced by a {replacement}" in lines[0], lines
+    assert s.stop() == 0
