@@ -96,6 +96,11 @@ class EventLog:
 
     def add(self, kind: str, source: str, message: str, *, at: float | None = None, **fields) -> dict:
         """Record one event: kind (alarm|action|driver|model|outbox|controller), what it is about, and why."""
+        if not (message.isascii() and source.isascii()):  # a lone surrogate (bytes decoded with
+            # surrogateescape, in an OS or a PLC's error text) cannot be written as UTF-8: that one
+            # event failed every flush after it, for the whole run
+            message, source = (t.encode("utf-8", "backslashreplace").decode("utf-8")
+                               for t in (message, source))
         if len(message) > MESSAGE_MAX_CHARS:
             message = f"{message[:MESSAGE_MAX_CHARS]}... ({len(message) - MESSAGE_MAX_CHARS} more characters)"
         event = {"id": self._next_id(), "time": time.time() if at is None else at, "kind": kind,

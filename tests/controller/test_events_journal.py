@@ -342,3 +342,20 @@ def test_a_huge_message_is_cut_so_a_page_of_events_stays_servable(tmp_path):
     assert len(json.dumps(page)) < MAX_REPLY_BYTES and len(page) == 3
     assert page[0]["message"].startswith("connection lost: xxx") and "more characters)" in page[0]["message"]
     again.close()
+
+
+def test_text_that_is_not_valid_unicode_is_written_not_left_to_block_every_flush(tmp_path):
+    """An error text holding bytes decoded with surrogateescape (a file name, a PLC's reply): SQLite
+    cannot store the lone surrogate as UTF-8, and the flush raised on it at every round, so no
+    later event reached the journal for the whole run."""
+    path = tmp_path / "journal.sqlite"
+    log = EventLog()
+    log.open(store(path))
+    event = log.add("driver", "press\udcff", "cannot open /dev/ttyS\udc80: no such device")
+    log.add("driver", "press", "next")
+    log.flush()
+    assert [row[2:] for row in stored(path)] == [
+        ("press\\udcff", "cannot open /dev/ttyS\\udc80: no such device"), ("press", "next")]
+    assert log.since(0)[0] == event and "\\udc80" in event["message"]  # memory says the same
+    assert "−89 %" in log.add("alarm", "line_anomaly", "hydraulic_pressure −89 %")["message"]  # text kept
+    log.close()
