@@ -19,9 +19,13 @@ from controller.roles import TOKEN_FILES, Role, required_role
 MAX_REPLY_BYTES = 16 << 20
 
 
+USER_MISTAKES = (400, 422)  # API answers that exit 2, like the same errors raised locally (describe_error)
+
+
 class ApiError(LinesentryError):
     """A failed API call: a one-line message and the CLI exit code it maps to (1, or 2 when the
-    token cannot be read: run the command as the service user)."""
+    mistake is the user's to fix: the token cannot be read (run the command as the service user),
+    or the API called the request itself wrong (400 bad input, 422 an unusable model))."""
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
@@ -66,7 +70,7 @@ def request(section: ControllerSection, method: str, path: str, body: dict | Non
         with contextlib.suppress(Exception):  # the API's one-line {"error": ...} when it sent one
             message = one_line(json.loads(response.read(MAX_REPLY_BYTES))["error"])
         conn.close()
-        raise ApiError(message)
+        raise ApiError(message, exit_code=2 if response.status in USER_MISTAKES else 1)
     return response
 
 

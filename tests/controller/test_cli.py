@@ -686,7 +686,7 @@ def test_alarms_shows_since_acked_by_and_shelved_until(live):
     assert "SHELVED" in row and f"{until} by bob" in row, row
 
 
-def test_model_reload_swaps_the_model_and_a_refused_one_is_one_line_exit_1(live, tmp_path):
+def test_model_reload_swaps_the_model_and_a_refused_one_is_one_line_exit_2(live, tmp_path):
     config, service = live
     result = invoke("model", "reload", str(config), "--user", "eve")
     assert result.exit_code == 0, result.output
@@ -694,7 +694,7 @@ def test_model_reload_swaps_the_model_and_a_refused_one_is_one_line_exit_1(live,
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a model")
     result = invoke("model", "reload", str(config), "--model", str(bad))
-    assert result.exit_code == 1 and result.output.count("\n") == 1 and "bad.npz" in result.output
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "bad.npz" in result.output
     reloads = [e for e in service.events() if e["kind"] == "model" and e.get("user") == "eve"]
     assert reloads and reloads[-1]["role"] == "engineer"
 
