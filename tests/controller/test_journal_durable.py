@@ -174,7 +174,8 @@ def test_a_full_disk_is_one_log_line_and_the_controller_keeps_running(service, t
     last = s.events()[-1]
     cli("shelve", config, "conveyor_comm_loss", "--for", "1m", "--reason", "still answered")
     new = s.events(last["id"])
-    assert new and new[-1]["reason"] == "still answered" and new[0]["id"] == last["id"] + 1
+    # the request's event, whatever else (a driver's reconnect) the run added meanwhile
+    assert [e.get("reason") for e in new].count("still answered") == 1 and new[0]["id"] == last["id"] + 1
     assert "line score" in cli("status", config)
     print(f"\n{len(lines)} journal lines, the first: {lines[0]}")
     assert "Traceback" not in s.log()
