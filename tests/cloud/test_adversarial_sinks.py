@@ -87,12 +87,15 @@ async def test_retry_after_zero_is_not_a_licence_to_hammer(tmp_path, proxy, vict
         await proxy.set("status", status=429, retry_after="0")
         cfg = influx(proxy.url, token_env, backoff_initial_s=0.25, backoff_cap_s=0.5)
         async with SyncWorker(cfg, ob) as w:
+            started = time.monotonic()
             w.wake()
-            await asyncio.sleep(1.0)
-            hammered = proxy.stats.requests
+            await wait_for(lambda: len(w.schedule) >= 3, 10, what="three throttled sends")
+            elapsed, hammered, waits = time.monotonic() - started, proxy.stats.requests, len(w.schedule)
             await proxy.set("pass")
             await wait_for(lambda: ob.backlog()[0] == 0, 10, what="the batch after the throttling")
-    assert hammered <= 6, f"{hammered} requests in 1 s against Retry-After: 0"
+    # one send per recorded wait (plus the one in flight), and two waits of >= 0.25 s between the first three
+    assert hammered <= waits + 1, f"{hammered} requests for {waits} waits against Retry-After: 0"
+    assert elapsed >= 2 * 0.25, f"three sends in {elapsed:.2f} s against Retry-After: 0"
     assert all(x.delay_s >= 0.25 and x.retry_after_s == 0.0 for x in w.schedule)
     assert_exactly_once(victoria, expected(base, [0], 3))
 
@@ -177,15 +180,19 @@ async def test_an_ack_that_cannot_be_written_backs_off_instead_of_resending_in_a
                        "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
             db.commit()
         async with SyncWorker(jsonl_config(out), ob) as w:
+            started = time.monotonic()
             w.wake()
-            await asyncio.sleep(1.0)
+            await wait_for(lambda: w.stats.delete_failures >= 3, 10, what="three failed acks")
+            elapsed, failures = time.monotonic() - started, w.stats.delete_failures
             resent = len(out.read_text().splitlines()) // 2  # two records per send
             with contextlib.closing(sqlite3.connect(ob.path)) as db:
                 db.execute("DROP TRIGGER full")
                 db.commit()
             await wait_for(lambda: ob.backlog()[0] == 0, 10, what="the ack once the disk has room")
-    assert resent <= 6, f"the same batch sent {resent} times in 1 s"
-    assert w.stats.delete_failures >= 2 and w.schedule[0].reason == "ack"
+    # one send per failed ack (plus the one in flight), a backoff (>= 0.2 s) between the first three
+    assert resent <= failures + 1, f"the same batch sent {resent} times for {failures} failed acks"
+    assert elapsed >= 2 * 0.2, f"three sends in {elapsed:.2f} s with the ack failing"
+    assert w.schedule[0].reason == "ack"
 
 
 def test_a_lone_surrogate_in_an_event_does_not_crash_the_append(tmp_path):
