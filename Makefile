@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # Servers and tools the tests start themselves, from Debian's packages: the InfluxDB line-protocol
 # endpoint; socat pty pairs for Modbus RTU over a serial line; the browser the HMI tests drive
 # (Playwright with /usr/bin/chromium); promtool (package prometheus) to check the metrics page.
-SYSTEM_DEPS := victoria-metrics socat chromium prometheus
+SYSTEM_DEPS := victoria-metrics socat chromium prometheus mosquitto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
