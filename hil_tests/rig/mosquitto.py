@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from hil_tests.rig.net import free_port
+from hil_tests.rig.processes import end_process
 
 
 class MosquittoMissing(RuntimeError):
@@ -148,13 +149,7 @@ class Mosquitto:
         self._end(signal.SIGKILL)
 
     def _end(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, sig)
         self.proc = None
 
     def restart(self) -> Mosquitto:

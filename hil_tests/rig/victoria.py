@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hil_tests.rig.net import free_port
+from hil_tests.rig.processes import end_process
 
 ENV_BINARY = "LINESENTRY_VICTORIA_BIN"
 FLAGS = ("-dedup.minScrapeInterval=1ms", "-retentionPeriod=100y", "-loggerLevel=ERROR")
@@ -80,13 +81,7 @@ class VictoriaMetrics:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc)
         self.proc = None
         if getattr(self, "_log", None) is not None:
             self._log.close()

@@ -19,7 +19,7 @@ import pytest
 from controller.config import load_config
 from controller.runtime import Controller
 from controller.statedir import ENGINEER_TOKEN_FILE, STATE_FILE
-from hil_tests.rig.net import free_port
+from hil_tests.rig.service_process import closed_ports_config
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_line.toml"
 
@@ -38,16 +38,11 @@ def model(tmp_path_factory) -> Path:
 
 
 def line_config(tmp_path: Path, model: Path) -> Path:
-    """The demo config: PLCs on closed ports, a private state dir, and stop_line_failed not shelvable."""
-    text = DEMO.read_text()
-    subs = [(r"127\.0\.0\.1:4840", f"127.0.0.1:{free_port()}"), (r"^port = 5020$", f"port = {free_port()}"),
-            (r'^state_dir = .*$', f'state_dir = "{tmp_path / "state"}"'),
-            (r"^model = .*$", f'model = "{model}"'),
-            (r'^name = "stop_line_failed"$', 'name = "stop_line_failed"\nshelvable = false')]
-    for pattern, replacement in subs:
-        text, n = re.subn(pattern, replacement, text, flags=re.M)
-        assert n == 1, pattern
-    path = tmp_path / "line.toml"
+    """The demo config on closed ports (rig.service_process), with stop_line_failed not shelvable."""
+    path = closed_ports_config(tmp_path, model)
+    text, n = re.subn(r'^name = "stop_line_failed"$', 'name = "stop_line_failed"\nshelvable = false',
+                      path.read_text(), flags=re.M)
+    assert n == 1
     path.write_text(text)
     return path
 
