@@ -29,6 +29,7 @@ from controller.config.base import Strict
 from controller.config.controller import ControllerSection
 from controller.config.crosscheck import cross_check
 from controller.config.detector import DetectorSection
+from controller.config.mqtt import MqttConfig
 from controller.config.plcs import Plc, TagRef, plc_model
 from controller.sinks.config import SyncConfig
 from drivers.registry import DriverPlugin, plugins
@@ -48,6 +49,7 @@ class LineConfig(Strict):
     alarms: list[AlarmConfig] = Field(default_factory=list)
     actions: list[ActionConfig] = Field(default_factory=list)
     sync: SyncConfig | None = None  # absent: no cloud
+    mqtt: MqttConfig | None = None  # absent: no MQTT (Sparkplug B, device shadow)
 
     # -- derived views ---------------------------------------------------------------------------
 

@@ -86,11 +86,11 @@ def test_a_typo_in_a_section_name_suggests_the_section(tmp_path):
 
 
 def test_a_table_of_a_driver_that_is_not_installed_is_named_as_such(tmp_path):
-    (line,) = problems(tmp_path, HEAD + PRESS + '\n[[mqtt]]\nname = "m"\n')
-    assert line.startswith("mqtt: unknown section;") and "[[modbus]], [[opcua]]" in line
-    assert line.endswith("; no driver named 'mqtt' is installed: install its package or remove these tables")
-    (line,) = problems(tmp_path, HEAD + PRESS + '\n[mqtt]\nname = "m"\n')  # not PLC tables: a section
-    assert line.startswith("mqtt: unknown section;") and "installed: install" not in line
+    (line,) = problems(tmp_path, HEAD + PRESS + '\n[[kafka]]\nname = "m"\n')
+    assert line.startswith("kafka: unknown section;") and "[[modbus]], [[opcua]]" in line
+    assert line.endswith("; no driver named 'kafka' is installed: install its package or remove these tables")
+    (line,) = problems(tmp_path, HEAD + PRESS + '\n[kafka]\nname = "m"\n')  # not PLC tables: a section
+    assert line.startswith("kafka: unknown section;") and "installed: install" not in line
 
 
 def test_duplicate_plc_names_across_protocols_are_one_line(tmp_path):

@@ -1,0 +1,295 @@
+"""One MQTT connection for the whole controller (Sparkplug B node, device shadow), kept up forever.
+
+`MqttLink` owns one aiomqtt client at a time. Its task connects, restores every subscription, runs
+the `on_connect` callbacks in the order they were registered (births, reported state), then
+dispatches incoming messages to the handlers, one at a time in arrival order. When the broker goes
+away the client is dropped and a new one connects after a `drivers.supervisor.Backoff` delay (the
+same jittered, capped rules as the PLC sessions); the backoff is reset once a session has stayed up
+for STABLE_AFTER_S. Before each connect the will provider (if any) gives the will message, so the
+Sparkplug node can put the bdSeq of that very session into its NDEATH.
+
+`publish` never waits for a broker that is not there: it raises `MqttUnavailable` at once when not
+connected, and when the PUBACK (QoS 1) has not come within connect_timeout_s or the session breaks
+while it waits. The caller decides what to keep (the Sparkplug node commits it to the outbox).
+
+Protocol "auto" asks for MQTT 5 and falls back to 3.1.1, for the rest of the run, when the broker
+answered but refused the protocol (a 3.1.1 broker answers CONNACK 1, "unacceptable protocol
+version", or closes the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiomqtt
+from paho.mqtt.client import topic_matches_sub
+
+from controller.errors import LinesentryError
+from drivers.supervisor import Backoff
+
+if TYPE_CHECKING:
+    from controller.config.mqtt import MqttConfig
+
+log = logging.getLogger(__name__)
+
+STABLE_AFTER_S = 10.0  # a session up this long resets the backoff (a flapping broker keeps backing off)
+# CONNACK codes that mean "I do not speak that protocol": 3.1.1's 1, MQTT 5's 0x84 (132)
+PROTOCOL_REFUSED = (1, 132)
+
+Handler = Callable[[str, bytes, bool], None | Awaitable[None]]  # (topic, payload, retained)
+
+
+class MqttUnavailable(LinesentryError):
+    """The broker is not connected, or a publish was not confirmed in time (the message may be lost)."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class WillMessage:
+    """The message the broker publishes for us when our session ends without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0  # sessions established
+    failures: int = 0  # connect attempts that failed and sessions lost
+    published: int = 0  # publishes confirmed (PUBACK for QoS 1, written for QoS 0)
+    publish_failures: int = 0
+    received: int = 0
+    handler_errors: int = 0
+    last_error: str = ""
+
+
+class MqttLink:
+    """One broker connection, reconnected forever; see the module docstring.
+
+        link = MqttLink(cfg.mqtt, client_id="linesentry-site-line")
+        link.subscribe("spBv1.0/g/NCMD/n", handler)    # kept across reconnects
+        link.on_connect(births)                          # after each (re)connect, in order
+        await link.start()                               # returns at once; connects in its task
+        await link.publish(topic, payload, qos=1)        # after PUBACK, or MqttUnavailable
+        await link.stop()
+    """
+
+    def __init__(self, config: MqttConfig, *, client_id: str) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.connected = False
+        self.protocol = "" if config.protocol == "auto" else config.protocol  # the one in use
+        self.stats = LinkStats()
+        self.backoff = Backoff(config.backoff_initial_s, cap=config.backoff_cap_s)
+        self._subscriptions: dict[str, tuple[Handler, int]] = {}
+        self._on_connect: list[Callable[[], Awaitable[None]]] = []
+        self._will: Callable[[], WillMessage | None] | None = None
+        self._client: aiomqtt.Client | None = None
+        self._lost: asyncio.Event | None = None  # set when the current session breaks
+        self._up = asyncio.Event()  # set while connected (after on_connect callbacks ran)
+        self._task: asyncio.Task | None = None
+
+    # -- set-up (before or after start) --------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Call `handler(topic, payload, retained)` for each message on `topic_filter`, from now on and
+        after every reconnect. Subscribing again to the same filter replaces its handler."""
+        self._subscriptions[topic_filter] = (handler, qos)
+        client = self._client
+        if client is not None and self.connected:
+            task = asyncio.get_running_loop().create_task(self._subscribe_now(client, topic_filter, qos))
+            task.add_done_callback(_log_failure)
+
+    def on_connect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await `callback()` after each (re)connect, once the subscriptions are restored."""
+        self._on_connect.append(callback)
+
+    def set_will(self, provider: Callable[[], WillMessage | None]) -> None:
+        """`provider()` is called before each connect attempt: its message is that session's will."""
+        self._will = provider
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the connection task; it returns at once (the broker may well be down)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="mqtt")
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (no will published) and end the task."""
+        task, self._task = self._task, None
+        if task is not None:  # the session's exit sends a DISCONNECT: the broker drops the will
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.connected = False
+        self._up.clear()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """True once connected (and the on_connect callbacks ran), False after `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish and return after the PUBACK (QoS 1) or the write (QoS 0). Raises `MqttUnavailable`
+        when not connected, when the session breaks meanwhile, or after connect_timeout_s."""
+        client, lost = self._client, self._lost
+        if client is None or lost is None or not self.connected:
+            self.stats.publish_failures += 1
+            raise MqttUnavailable(f"not connected to the MQTT broker {self.config.broker}")
+        sending = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain,
+                                                       timeout=math.inf))
+        broken = asyncio.ensure_future(lost.wait())
+        try:
+            done, _ = await asyncio.wait((sending, broken), timeout=self.config.connect_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            broken.cancel()
+            if not sending.done():
+                sending.cancel()
+        if sending not in done:
+            self.stats.publish_failures += 1
+            why = ("the session broke" if broken in done
+                   else f"no PUBACK within {self.config.connect_timeout_s:g} s")
+            raise MqttUnavailable(f"publish to {topic} not confirmed: {why}")
+        try:
+            sending.result()
+        except aiomqtt.MqttError as exc:
+            self.stats.publish_failures += 1
+            raise MqttUnavailable(f"publish to {topic} failed: {exc}") from exc
+        self.stats.published += 1
+
+    # -- the connection task ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of the broker or a handler must not end the task
+                self.stats.failures += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                level = logging.WARNING if self.stats.failures == 1 or self.connected else logging.DEBUG
+                log.log(level, "MQTT %s: %s; reconnecting", self.config.broker, self.stats.last_error)
+            finally:
+                self._down()
+            if time.monotonic() - started >= STABLE_AFTER_S:
+                self.backoff.reset()
+            await asyncio.sleep(self.backoff.next_delay())
+
+    async def _session(self) -> None:
+        """One session: connect (falling back to 3.1.1 if asked), restore, dispatch until it breaks."""
+        protocol = self.protocol or "5"
+        try:
+            client = await self._connect(protocol)
+        except aiomqtt.MqttError as exc:
+            if self.protocol or not _protocol_refused(exc):
+                raise
+            log.warning("MQTT %s refused MQTT 5 (%s): using MQTT 3.1.1", self.config.broker, exc)
+            protocol = "3.1.1"
+            client = await self._connect(protocol)
+        self.protocol = protocol
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_exit(client.__aexit__)
+            self._client, self._lost = client, asyncio.Event()
+            self.connected = True
+            self.stats.connects += 1
+            if self.stats.failures:
+                log.warning("MQTT %s: connected (MQTT %s) after %d failure(s)", self.config.broker,
+                            self.protocol, self.stats.failures)
+            else:
+                log.info("MQTT %s: connected (MQTT %s)", self.config.broker, self.protocol)
+            for topic_filter, (_, qos) in list(self._subscriptions.items()):
+                await client.subscribe(topic_filter, qos=qos, timeout=self.config.connect_timeout_s)
+            for callback in list(self._on_connect):
+                await callback()
+            self._up.set()
+            async for message in client.messages:
+                await self._dispatch(str(message.topic), _payload(message.payload), bool(message.retain))
+
+    async def _connect(self, protocol: str) -> aiomqtt.Client:
+        c = self.config
+        will = self._will() if self._will is not None else None
+        username, password = c.credentials()
+        tls = None
+        if c.tls:
+            tls = aiomqtt.TLSParameters(ca_certs=str(c.ca_file) if c.ca_file else None,
+                                        certfile=str(c.cert_file) if c.cert_file else None,
+                                        keyfile=str(c.key_file) if c.key_file else None,
+                                        cert_reqs=ssl.CERT_REQUIRED)
+        client = aiomqtt.Client(
+            c.host, c.port, username=username, password=password, identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(will.topic, will.payload, will.qos, will.retain) if will else None,
+            clean_session=None if protocol == "5" else True, keepalive=max(1, math.ceil(c.keepalive_s)),
+            timeout=c.connect_timeout_s, tls_params=tls, logger=log)
+        try:
+            await asyncio.wait_for(client.__aenter__(), c.connect_timeout_s + 1.0)
+        except TimeoutError:
+            raise aiomqtt.MqttError(f"no CONNACK within {c.connect_timeout_s:g} s") from None
+        return client
+
+    def _down(self) -> None:
+        if self._lost is not None:
+            self._lost.set()
+        self._client, self._lost = None, None
+        self.connected = False
+        self._up.clear()
+
+    async def _subscribe_now(self, client: aiomqtt.Client, topic_filter: str, qos: int) -> None:
+        await client.subscribe(topic_filter, qos=qos, timeout=self.config.connect_timeout_s)
+
+    async def _dispatch(self, topic: str, payload: bytes, retained: bool) -> None:
+        self.stats.received += 1
+        for topic_filter, (handler, _) in list(self._subscriptions.items()):
+            if not topic_matches_sub(topic_filter, topic):
+                continue
+            try:
+                result = handler(topic, payload, retained)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # one bad message or handler must not drop the session
+                self.stats.handler_errors += 1
+                log.error("MQTT message on %s: handler failed: %s: %s", topic, type(exc).__name__, exc)
+
+
+def _protocol_refused(exc: aiomqtt.MqttError) -> bool:
+    """The broker answered the MQTT 5 CONNECT but not with a session: refused the protocol version,
+    or closed the connection (what some 3.1.1 brokers do). Not a refused login (codes 4, 5, 134, 135)
+    and not an unreachable broker (the socket's OSError)."""
+    if isinstance(exc, aiomqtt.MqttConnectError):
+        code = getattr(exc.rc, "value", exc.rc)
+        return code in PROTOCOL_REFUSED
+    return not isinstance(exc.__context__, OSError) and not isinstance(exc.__cause__, OSError)
+
+
+def _payload(payload: object) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if payload is None:
+        return b""
+    return str(payload).encode()
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("MQTT subscribe failed: %s (it is restored at the next reconnect)", task.exception())
