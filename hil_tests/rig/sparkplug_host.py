@@ -463,3 +463,23 @@ class SparkplugHost:
         """`verb` = "Ack" (text: reason) or "Shelve" (text: "<seconds> <reason>"), from Host `host`."""
         self.command(edge_node, [(f"Alarms/{alarm}/{verb}", DataType.STRING, text),
                                  ("Host", DataType.STRING, host or self.host_id)])
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, str | list):
+        return json.dumps(v)
+    return repr(v)
+
+
+def mqtt_tables(broker_url: str, *, mqtt_keys: dict[str, Any] | None = None,
+                sparkplug: dict[str, Any] | None = None) -> str:
+    """The [mqtt] and [mqtt.sparkplug] tables of a node for the host to watch, appended to a line's TOML
+    (keys as in docs/configuration.md; a test's short intervals keep it to seconds)."""
+    lines = ["", "[mqtt]", f"broker = {_toml_value(broker_url)}"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in (mqtt_keys or {}).items()]
+    lines += ["", "[mqtt.sparkplug]"] + [f"{k} = {_toml_value(v)}" for k, v in (sparkplug or {}).items()]
+    return "\n".join(lines) + "\n"
