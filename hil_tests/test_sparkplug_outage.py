@@ -1,0 +1,201 @@
+"""Store and forward of the Sparkplug node through broker and controller crashes, seen by the
+independent host application (hil_tests/rig/sparkplug_host.py) on a real mosquitto.
+
+The node reaches the broker through a TCP `Gate`, the host directly: after a broker restart the
+test lets the host subscribe again before it opens the gate, so the host sees every message the
+node publishes after its reconnect (births first). The broker itself is really killed (SIGKILL):
+sessions, in-flight messages and wills die with it.
+
+What the node committed is read from its outbox file, from outside: before the first start the
+test adds a trigger that copies every row given to the "sparkplug" sink into `sparkplug_rows`, so
+that table is every message the node could not publish, whatever was acked and deleted since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from controller.config import load_config
+from controller.outbox import DB_NAME, Outbox
+from controller.runtime import Controller
+from hil_tests.rig.controller_run import start_controller, stop_controller
+from hil_tests.rig.demo_config import demo_text
+from hil_tests.rig.faults import FaultSpec
+from hil_tests.rig.gate import Gate
+from hil_tests.rig.mosquitto import Mosquitto
+from hil_tests.rig.net import free_port, wait_for
+from hil_tests.rig.servers import Rig
+from hil_tests.rig.service_process import ServiceProcess
+from hil_tests.rig.sparkplug_host import Received, SparkplugHost, mqtt_tables
+
+GROUP, NODE = "demo-site", "demo-line"
+FAST_LINK = {"keepalive_s": 2.0, "connect_timeout_s": 1.0, "backoff_initial_s": 0.2, "backoff_cap_s": 0.5}
+SINK = "sparkplug"
+ARCHIVE = f"""
+CREATE TABLE sparkplug_rows (row_id INTEGER PRIMARY KEY, created_ns INTEGER, body TEXT NOT NULL);
+CREATE TRIGGER sparkplug_rows AFTER INSERT ON pending WHEN NEW.sink = '{SINK}' BEGIN
+    INSERT OR IGNORE INTO sparkplug_rows SELECT id, created_ns, body FROM outbox WHERE id = NEW.row_id;
+END;
+"""
+
+
+class SparkplugOutbox:
+    """The node's outbox file, read from outside the controller (see the module docstring)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        directory = state_dir / "outbox"
+        directory.mkdir(parents=True, exist_ok=True)
+        Outbox(directory).close()  # the controller's own schema, then our trigger
+        self.path = directory / DB_NAME
+        with contextlib.closing(sqlite3.connect(self.path)) as db:
+            db.executescript(ARCHIVE)
+
+    def _query(self, sql: str) -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(self.path, timeout=5)) as db:
+            return db.execute(sql).fetchall()
+
+    def committed(self) -> list[int]:
+        """Every row ever given to the sparkplug sink, in commit order."""
+        return [r for (r,) in self._query("SELECT row_id FROM sparkplug_rows ORDER BY row_id")]
+
+    def pending(self) -> list[int]:
+        rows = self._query(f"SELECT row_id FROM pending WHERE sink = '{SINK}' ORDER BY row_id")
+        return [r for (r,) in rows]
+
+
+def node_config(tmp_path: Path, rig: Rig, model: Path, broker_port: int, *, api_port: int | None = None,
+                **sparkplug) -> Path:
+    text = demo_text(tmp_path / "state", model, opcua_endpoint=rig.opcua_endpoint,
+                     modbus_port=rig.modbus_port, api_port=api_port)
+    path = tmp_path / "line.toml"
+    path.write_text(text + mqtt_tables(f"mqtt://127.0.0.1:{broker_port}", mqtt_keys=FAST_LINK,
+                                       sparkplug=sparkplug))
+    return path
+
+
+async def born(host: SparkplugHost, since: int = 0, timeout: float = 20.0) -> Received:
+    def done():
+        devices = {r.device for r in host.of("DBIRTH", since=since)}
+        births = host.of("NBIRTH", since=since)
+        return births[-1] if births and devices >= {"conveyor", "press"} else None
+    return await wait_for(done, timeout=timeout, what="NBIRTH and a DBIRTH of both PLCs")
+
+
+def replayed(host: SparkplugHost, since: int) -> list[Received]:
+    return [r for r in host.of("NDATA", "DDATA", since=since) if any(m.is_historical for m in r.metrics)]
+
+
+def assert_replay_in_order_and_flagged(replay: list[Received]) -> None:
+    assert replay, "nothing was replayed"
+    mixed = [r.index for r in replay if not r.historical]
+    assert not mixed, f"messages mixing historical and live metrics: {mixed}"
+    stamps = [r.timestamp for r in replay]
+    assert stamps == sorted(stamps), "the backlog was not replayed in the order it was committed"
+
+
+async def outage_restored(broker: Mosquitto, host: SparkplugHost, gate: Gate) -> None:
+    """Broker back on its port, the host subscribed again, then the node's path opened."""
+    await asyncio.to_thread(broker.start)
+    await asyncio.to_thread(host.wait_subscribed, 10.0)
+    await gate.start()
+
+
+async def test_broker_killed_during_a_fault_the_backlog_is_replayed_complete_in_order_and_historical(
+        tmp_path, rig, model):
+    replay_per_s = 25  # slow enough that live data has to overtake the backlog
+    with Mosquitto(tmp_path) as broker, SparkplugHost(broker.host, broker.port, GROUP) as host:
+        gate = await Gate(broker.host, broker.port).start()
+        box = SparkplugOutbox(tmp_path / "state")
+        config = load_config(node_config(tmp_path, rig, model, gate.port, tag_interval_s=0.2,
+                                         replay_per_s=replay_per_s))
+        controller = Controller(config, api_port=0)
+        task = await start_controller(controller)
+        try:
+            await born(host)
+            assert box.committed() == []  # connected: nothing stored
+            broker.kill()  # nothing of the event loop runs between these two lines
+            await gate.stop_listening()
+            last_event = controller.events.since()[-1]["id"]
+            rig.injector.faults.append(FaultSpec(type="jam", onset_s=rig.plant.t, duration_s=3.0))
+            await wait_for(lambda: len(box.committed()) >= 40, timeout=15, what="40 messages stored")
+            await asyncio.sleep(0.5)
+            transitions = [e for e in controller.events.since()
+                           if e["id"] > last_event and e["kind"] == "alarm"]
+            assert transitions, "the jam raised no alarm while the broker was down"
+            mark = host.mark()
+            await outage_restored(broker, host, gate)
+            await born(host, since=mark)
+            await wait_for(lambda: not box.pending(), timeout=30, what="the backlog acked")
+            committed = box.committed()
+            replay = replayed(host, mark)
+            live = [r for r in host.of("NDATA", "DDATA", since=mark) if not r.historical]
+        finally:
+            await stop_controller(controller, task)
+            await gate.stop()
+        assert_replay_in_order_and_flagged(replay)
+        assert len(replay) == len(committed), (len(replay), len(committed))
+        # every alarm transition of the outage is in the replay, with its state
+        states = {(m.name, m.value) for r in replay for m in r.metrics}
+        for e in transitions:
+            if e.get("state"):
+                assert (f"Alarms/{e['source']}/State", e["state"]) in states, e
+        # live data went out while the backlog was still being replayed
+        assert live and live[0].arrived < replay[-1].arrived, "live data waited for the backlog"
+        duration = replay[-1].arrived - replay[0].arrived
+        # ... and at no more than twice replay_per_s
+        assert duration >= (len(replay) - 1) / replay_per_s / 2, f"{len(replay)} replayed in {duration:.2f} s"
+        assert host.violations == []
+
+
+async def test_kill9_of_the_controller_is_announced_by_the_will_with_its_bdseq(tmp_path, rig, model):
+    with Mosquitto(tmp_path) as broker, SparkplugHost(broker.host, broker.port, GROUP) as host:
+        proc = ServiceProcess(node_config(tmp_path, rig, model, broker.port, api_port=free_port(),
+                                          tag_interval_s=0.5))
+        try:
+            await asyncio.to_thread(proc.start)
+            birth = await born(host)
+            assert await asyncio.to_thread(proc.kill9) == -9
+            death = await wait_for(lambda: host.of("NDEATH", since=birth.index), timeout=10,
+                                   what="the NDEATH will after kill -9")
+            assert death[0].metric("bdSeq").value == birth.metric("bdSeq").value
+            assert not host.alive(NODE)
+            mark = host.mark()
+            await asyncio.to_thread(proc.start)
+            again = await born(host, since=mark)
+            assert again.metric("bdSeq").value == (birth.metric("bdSeq").value + 1) % 256
+        finally:
+            proc.close()
+        assert host.violations == [], proc.log()[-3000:]
+
+
+async def test_kill9_while_the_broker_is_down_loses_nothing_committed(tmp_path, rig, model):
+    with Mosquitto(tmp_path) as broker, SparkplugHost(broker.host, broker.port, GROUP) as host:
+        gate = await Gate(broker.host, broker.port).start()
+        box = SparkplugOutbox(tmp_path / "state")
+        proc = ServiceProcess(node_config(tmp_path, rig, model, gate.port, api_port=free_port(),
+                                          tag_interval_s=0.2, replay_per_s=200))
+        try:
+            await asyncio.to_thread(proc.start)
+            await born(host)
+            broker.kill()
+            await gate.stop_listening()
+            await wait_for(lambda: len(box.pending()) >= 20, timeout=15, what="20 messages stored")
+            assert await asyncio.to_thread(proc.kill9) == -9
+            at_kill = box.committed()
+            assert set(box.pending()) == set(at_kill)  # the broker was away: nothing could be acked
+            mark = host.mark()
+            await outage_restored(broker, host, gate)
+            await asyncio.to_thread(proc.start)
+            await born(host, since=mark)
+            await wait_for(lambda: not box.pending(), timeout=30, what="the backlog acked after the restart")
+            replay = replayed(host, mark)
+        finally:
+            proc.close()
+            await gate.stop()
+        assert_replay_in_order_and_flagged(replay)
+        assert len(replay) >= len(at_kill), (len(replay), len(at_kill))
+        assert len(replay) == len(box.committed())
+        assert host.violations == [], proc.log()[-3000:]
