@@ -144,6 +144,7 @@ class ActionEngine:
             if cfg.name in self._actions:
                 raise ActionError(f"action name {cfg.name!r} is used twice")
             self._actions[cfg.name] = _Action(cfg, shadow_global or cfg.shadow)
+        self.shadow_global = shadow_global
         self._list = tuple(self._actions.values())
         self._awaiting: set[str] = set()
         self._events: list[ActionEvent] = []
@@ -321,6 +322,15 @@ class ActionEngine:
         a.notice, a.notice_ref = "", None
         return [ActionEvent(now, name, "inhibited" if on else "uninhibited",
                             "inhibited by operator" if on else "inhibit released", user)]
+
+    def set_global_shadow(self, on: bool) -> list[str]:
+        """The global shadow mode at run time (the device shadow): on, every action decides but never
+        writes; off, each action follows its own `shadow`. Returns the actions whose mode changed."""
+        self.shadow_global = on
+        changed = [a.name for a in self._list if a.shadow != (on or a.cfg.shadow)]
+        for a in self._list:
+            a.shadow = on or a.cfg.shadow
+        return changed
 
     # -- views and persistence --------------------------------------------------------------------
 

@@ -10,14 +10,18 @@ state), ModelLoadError (422).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from controller.errors import BadRequest, NotFound, NotSaved, Refused
+from controller.errors import BadRequest, ModelLoadError, NotFound, NotSaved, Refused
+from controller.metrics import installed_version
 from controller.persistence import clock_text
 
 if TYPE_CHECKING:
@@ -53,6 +57,9 @@ class Operations:
         self.health, self.journal, self.keeper, self.models = health, journal, keeper, models
         self.reasons, self.events, self.registry = reasons, events, registry
         self._cloud, self._started_at = cloud, started_at
+        # what identifies this configuration (the device shadow and Sparkplug report it): its canonical dump
+        self.config_hash = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True,
+                                                     default=str).encode()).hexdigest()
 
     @property
     def alarms(self) -> AlarmEngine:
@@ -69,11 +76,14 @@ class Operations:
         return {
             "controller": {"site": self.identity.site, "line": self.identity.line,
                            "name": self.identity.controller, "started_at": self._started_at(),
-                           "shadow": c.shadow},
+                           "shadow": self.actions.shadow_global, "config_shadow": c.shadow,
+                           "config_hash": self.config_hash, "version": installed_version("linesentry")},
             "plcs": [self.health.status(plc) for plc in self.health.plcs],
             "detector": {"model": str(self.models.path) if self.models.path else None,
+                         "model_id": p.detector.metadata.get("checksum") if p.detector else None,
                          "tags": p.detector_tags, "score": float(p.line_score), "alarm": bool(p.line_alarm),
                          "threshold": p.detector.threshold if p.detector else None,
+                         "model_threshold": p.model_threshold, "threshold_margin": p.threshold_margin,
                          "explanation": p.explanation,
                          "step_p50_us": p.step_latency.percentiles([50])[0] * 1e6,
                          "step_p99_us": p.step_latency.percentiles([99])[0] * 1e6},
@@ -142,6 +152,11 @@ class Operations:
             if act["shadow"]:
                 out.append({"kind": "shadow", "action": name,
                             "message": f"{name} in shadow mode: decides but never writes"})
+        p = self.pipeline
+        if p.threshold_margin > 1.0 and p.detector is not None:  # a less sensitive line alarm
+            out.append({"kind": "threshold_margin", "margin": p.threshold_margin,
+                        "message": f"line alarm threshold raised x{p.threshold_margin:g} "
+                                   f"({p.model_threshold:.4g} -> {p.detector.threshold:.4g})"})
         return out
 
     # ------------------------------------------------------------------ operator requests
@@ -224,6 +239,55 @@ class Operations:
         self.reasons[f"action:{name}"] = reason
         return self._answer(f"{name} inhibited", action=name, disables=[name], doing=f"inhibiting {name}")
 
+    def inhibit_actions(self, changes: Mapping[str, tuple[bool, str]], user: str, *,
+                        role: str = "engineer") -> list[dict]:
+        """Several inhibits at once ({action: (inhibited, reason)}, the device shadow's): every one is
+        checked as `inhibit_action` checks it before any is applied, so a bad entry changes nothing."""
+        for name, (enabled, reason) in changes.items():
+            self._action_name(name)
+            if enabled:
+                require_reason(reason, f"inhibit {name}")
+        return [self.inhibit_action(name, user, enabled, reason, role=role)
+                for name, (enabled, reason) in changes.items()]
+
+    def set_shadow_mode(self, on: bool, user: str, reason: str = "", *, role: str = "engineer") -> dict:
+        """The global shadow mode at run time: on, every action (and a safe-state write on comm loss)
+        only logs what it would write. [controller] shadow is the value at start."""
+        if self.actions.shadow_global == on:
+            return self._answer(f"global shadow mode already {'on' if on else 'off'}", changed=False)
+        changed = self.actions.set_global_shadow(on)
+        self.health.shadow = on
+        text = (f"global shadow mode {'on: actions decide but never write' if on else 'off: actions write'}"
+                + (f" (changes {', '.join(changed)})" if changed else ""))
+        self.events.add("controller", "shadow_mode", text + (f": {reason}" if reason else ""), user=user,
+                        role=role, reason=reason, result="on" if on else "off")
+        self.journal.flush()
+        return self._answer(text, disables=changed if on else [], doing="global shadow mode")
+
+    def set_threshold_margin(self, margin: float, user: str, reason: str = "", *,
+                             role: str = "engineer") -> dict:
+        """Multiply the model's line threshold by `margin` (1: as fitted). Refused when the scaled
+        threshold reaches 1: the line score stays below 1, so the line alarm could never fire."""
+        p = self.pipeline
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not (
+                math.isfinite(margin) and margin > 0):
+            raise BadRequest(f"threshold margin must be a finite number above 0, got {margin!r}")
+        base = p.model_threshold
+        if base is not None and base * margin >= 1.0:
+            raise BadRequest(f"threshold margin {margin:g} puts the line threshold at {base * margin:.4g}: "
+                             "the line score stays below 1, so the line alarm could never fire; send a "
+                             "smaller margin")
+        if p.threshold_margin == margin:
+            return self._answer(f"threshold margin already {margin:g}", changed=False)
+        before = p.threshold_margin
+        p.set_threshold_margin(float(margin))
+        text = f"threshold margin {before:g} -> {margin:g}" + (
+            f": line threshold {base * margin:.4g} (model {base:.4g})" if base is not None else "")
+        self.events.add("model", "detector", text + (f": {reason}" if reason else ""), user=user, role=role,
+                        reason=reason, result="threshold_margin")
+        self.journal.flush()
+        return self._answer(text)
+
     async def persist(self) -> None:
         """Write the event journal and the state file (fsync'd) now and return when they are on disk:
         the API answers an operator request only after this, so an acknowledged change and its
@@ -242,7 +306,13 @@ class Operations:
         if target is None:
             raise Refused("no model configured: pass a path (CLI: --model FILE) or set [detector] model")
         new = await self.models.load(target, warm_up=True)  # ModelLoadError (422) if refused
-        self.pipeline.detector, self.models.path = new, target
+        margin = self.pipeline.threshold_margin
+        if new.threshold * margin >= 1.0:
+            raise ModelLoadError(f"model {target}: its line threshold {new.threshold:.4g} times the "
+                                 f"threshold margin {margin:g} in force reaches 1, so the line alarm could "
+                                 "never fire: lower the margin first")
+        self.pipeline.use_detector(new)
+        self.models.path = target
         self.events.add("model", "detector", f"model reloaded from {target}", user=user, role=role,
                         reason=reason)
         self.journal.flush()

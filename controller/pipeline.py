@@ -16,6 +16,11 @@ two booleans. A line alarm that chatters (rising every other step) is explained 
 EXPLAIN_EVERY_S: a rise sooner than that after the last explanation reuses it, so the cost on the
 hot path is bounded whatever the data (a replay, controller.replay, explains every rise).
 
+The threshold margin (the device shadow's `threshold_margin`, controller.shadow) multiplies the
+model's line thresholds (on, and off for the hysteresis) inside the detector's decision parameters,
+so the kernel compares the fused score against the scaled value with no extra work per step; a
+model swapped in by a reload (`use_detector`) gets the margin in force.
+
 What the step reads of each PLC's link (comm loss, data delivered yet, safe-state failure) is a
 `LinkFlags` object that controller.plc_health writes: the pipeline never learns about sockets.
 """
@@ -82,6 +87,8 @@ class StepPipeline:
         self.config, self.line, self.journal = config, line, journal
         self.alarms, self.actions = alarms, actions
         self.detector: StreamingDetector | None = None
+        self.threshold_margin = 1.0  # multiplies the detector's line threshold (set_threshold_margin)
+        self._model_thresholds: tuple[StreamingDetector, float, float] | None = None  # (det, on, off)
         self.detector_tags = list(config.detector_tags())
         self.values = ArrayTagView(line.position, line.values)
         self.builtin = {b.name: b for b in builtin}
@@ -131,6 +138,36 @@ class StepPipeline:
         self.step_latency.record(time.perf_counter() - t0)
         self._summarize(wall)
         return writes
+
+    # ------------------------------------------------------------------ the line threshold
+    def use_detector(self, detector: StreamingDetector) -> None:
+        """Swap in a detector (a model reload), with the threshold margin in force applied to it."""
+        self.detector = detector
+        if self.threshold_margin != 1.0:
+            self.set_threshold_margin(self.threshold_margin)
+
+    @property
+    def model_threshold(self) -> float | None:
+        """The line threshold the model itself has (before the margin); None before a detector is set."""
+        det = self.detector
+        if det is None:
+            return None
+        saved = self._model_thresholds
+        return saved[1] if saved is not None and saved[0] is det else det.threshold
+
+    def set_threshold_margin(self, margin: float) -> None:
+        """The line threshold becomes the model's times `margin` (on and off thresholds alike), from the
+        next step; callers validate `margin` (Operations.set_threshold_margin)."""
+        from models.kernels import D_THRESHOLD_OFF, D_THRESHOLD_ON  # numba: loaded with any detector
+
+        det = self.detector
+        if det is not None:
+            dp = det.model["decision_params"]
+            saved = self._model_thresholds
+            if saved is None or saved[0] is not det:
+                saved = self._model_thresholds = (det, float(dp[D_THRESHOLD_ON]), float(dp[D_THRESHOLD_OFF]))
+            dp[D_THRESHOLD_ON], dp[D_THRESHOLD_OFF] = saved[1] * margin, saved[2] * margin
+        self.threshold_margin = margin
 
     def failing_since(self, binding: np.ndarray) -> float | None:
         """When the batches of this source (a PLC's `binding`) began to fail, None if its last one

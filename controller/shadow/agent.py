@@ -1,0 +1,252 @@
+"""The device shadow on the MQTT link: desired changes in, the reported document out.
+
+    <prefix>/desired/<field>   retained, the fleet's  {"value": ..., "version": N, "by": "who"}
+    <prefix>/reported          retained, ours         {"version", "state", "desired", "delta", "rejected"}
+
+`start()` loads the shadow file and applies its desired state again before anything else (no broker
+needed: the edge keeps the fleet's last accepted state offline and across restarts), then
+subscribes. Messages are queued by the link's handler and applied one at a time by a worker task,
+so a model load never holds up the link's other subscribers. Each change goes through the
+document's version rule (controller.shadow.document) and the field's Operations call
+(controller.shadow.fields); accepted ones are saved (fsync) before the reported document says so.
+
+The reported document is rebuilt at most every POLL_S from Operations.status() (never from the
+hot path) and published when its content changed, a short DEBOUNCE_S after a desired change (so a
+burst is one report), and again after every (re)connect: the broker's retained copy may be older
+than what happened while it was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from controller.errors import BadRequest, LinesentryError, NotSaved
+from controller.shadow.document import Desired, DesiredError, ShadowDocument, parse_desired, version_of
+from controller.shadow.fields import FIELDS, Change, shadow_fields
+from controller.shadow.reported import reported_state
+from controller.shadow.store import ShadowStore
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from controller.config.shadow import ShadowConfig
+    from controller.events import EventLog
+    from controller.operations import Operations
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0  # the reported state is rebuilt this often (a change shows within this)
+DEBOUNCE_S = 0.05  # after a desired change, wait this long for more before reporting
+QUEUE_MAX = 1000  # desired messages waiting to be applied; more are dropped (logged)
+
+
+class Link(Protocol):
+    """What the shadow needs of controller.mqtt.session.MqttLink."""
+
+    connected: bool
+
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes, bool], Any],
+                  qos: int = 1) -> None: ...
+
+    def on_connect(self, callback: Callable[[], Awaitable[None]]) -> None: ...
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None: ...
+
+
+@dataclass
+class ShadowStats:
+    received: int = 0
+    stale: int = 0
+    applied: int = 0
+    rejected: int = 0
+    dropped: int = 0  # the queue was full
+    published: int = 0
+    publish_failures: int = 0
+
+
+class ShadowAgent:
+    """One line's device shadow; `async start()` / `async stop()` (controller.runtime)."""
+
+    def __init__(self, cfg: ShadowConfig, *, link: Link, ops: Operations, state_dir: Path,
+                 events: EventLog) -> None:
+        self.link, self.ops, self.events = link, ops, events
+        self.prefix = cfg.prefix_for(ops.identity.site, ops.identity.line)
+        if any(c in self.prefix for c in "+#") or "//" in self.prefix:
+            raise BadRequest(f"shadow topic prefix {self.prefix!r} holds an MQTT wildcard or an empty level "
+                             "(from the site or line name): set [mqtt.shadow] topic_prefix")
+        self.fields = shadow_fields(cfg.models_dir_for(state_dir), cfg.threshold_margin_min,
+                                    cfg.threshold_margin_max)
+        self.doc = ShadowDocument(FIELDS)
+        self.store = ShadowStore(state_dir)
+        self.stats = ShadowStats()
+        self.last_report: dict[str, Any] | None = None
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_MAX)
+        self._wake = asyncio.Event()
+        self._published = 0  # the reported version the broker holds from us (0: none this run)
+        self._republish = True
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def reported_topic(self) -> str:
+        return f"{self.prefix}/reported"
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        problem = self.store.load(self.doc)
+        if problem:
+            self.events.add("controller", "shadow", problem, result="damaged")
+        await self._apply_saved()
+        self.link.subscribe(f"{self.prefix}/desired/+", self._on_message)
+        self.link.on_connect(self._on_connect)
+        self._tasks = [asyncio.create_task(self._work(), name="shadow:desired"),
+                       asyncio.create_task(self._report_loop(), name="shadow:reported")]
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._save()
+
+    # ------------------------------------------------------------------ desired
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            self._queue.put_nowait((topic, payload))
+        except asyncio.QueueFull:
+            self.stats.dropped += 1
+            log.warning("shadow: %d desired messages waiting; dropped one on %s", QUEUE_MAX, topic)
+
+    async def _work(self) -> None:
+        while True:
+            topic, payload = await self._queue.get()
+            try:
+                await self.handle(topic, payload)
+            except Exception as exc:  # a bug must not end the shadow: logged, and the version is not retried
+                log.exception("shadow: handling %s failed", topic)
+                field = topic.rpartition("/")[2]
+                await self._reject(field, version_of(payload), "",
+                                   f"internal error: {type(exc).__name__}: {exc}")
+
+    async def handle(self, topic: str, payload: bytes) -> str:
+        """Apply one desired message: "applied", "stale", "rejected" or "ignored" (an empty payload:
+        the retained topic was cleared, which changes nothing)."""
+        self.stats.received += 1
+        field = topic.removeprefix(f"{self.prefix}/desired/")
+        if not payload:
+            return "ignored"
+        try:
+            desired = parse_desired(payload)
+        except DesiredError as exc:
+            return await self._reject(field, version_of(payload), "", str(exc))
+        if self.doc.offer(field, desired) == "stale":
+            self.stats.stale += 1
+            log.debug("shadow: %s v%d is not above v%d: ignored", field, desired.version,
+                      self.doc.seen(field))
+            return "stale"
+        spec = self.fields.get(field)
+        if spec is None:
+            return await self._reject(field, desired.version, desired.by,
+                                      f"unknown field {field!r}: expected one of {', '.join(FIELDS)}")
+        try:
+            value = spec.check(desired.value)
+            await spec.apply(value, self.ops, Change(field, desired))
+        except (DesiredError, LinesentryError) as exc:
+            return await self._reject(field, desired.version, desired.by, str(exc))
+        self.doc.accept(field, Desired(value, desired.version, desired.by))
+        self.stats.applied += 1
+        await self._save()
+        await self._persist_operations()
+        log.info("shadow: %s v%d from %s applied", field, desired.version, desired.by)
+        self._wake.set()
+        return "applied"
+
+    async def _reject(self, field: str, version: int | None, by: str, reason: str) -> str:
+        self.doc.reject(field, version, by, reason)
+        self.stats.rejected += 1
+        text = f"desired {field}" + (f" v{version}" if version is not None else "") + f" rejected: {reason}"
+        self.events.add("controller", "shadow", text, user=f"shadow:{by or '?'}", result="rejected")
+        log.warning("shadow: %s", text)
+        await self._save()
+        self._wake.set()
+        return "rejected"
+
+    async def _apply_saved(self) -> None:
+        """The saved desired state, in field order, at start: what fails now is reported rejected
+        (it stays desired, so the delta shows it) until the fleet sends a newer version."""
+        for field in FIELDS:
+            desired = self.doc.desired.get(field)
+            if desired is None:
+                continue
+            spec = self.fields[field]
+            try:
+                await spec.apply(spec.check(desired.value), self.ops, Change(field, desired, again=True))
+            except (DesiredError, LinesentryError) as exc:
+                self.doc.reject(field, desired.version, desired.by, f"accepted, but cannot be applied at "
+                                f"start: {exc}")
+                self.events.add("controller", "shadow", f"saved desired {field} v{desired.version} cannot be "
+                                f"applied at start: {exc}", user=f"shadow:{desired.by}", result="rejected")
+                log.error("shadow: saved desired %s v%d cannot be applied at start: %s", field,
+                          desired.version, exc)
+        await self._persist_operations()
+
+    async def _persist_operations(self) -> None:
+        try:
+            await self.ops.persist()  # the inhibits' state file and the journal, as the API does
+        except NotSaved as exc:
+            log.warning("shadow: %s", exc)
+
+    async def _save(self) -> None:
+        try:
+            await asyncio.to_thread(self.store.save, self.doc)
+        except OSError as exc:
+            log.error("shadow: cannot save %s (%s): the desired state is in effect but not durable; "
+                      "tried again at the next change", self.store.path, exc)
+
+    # ------------------------------------------------------------------ reported
+    async def _on_connect(self) -> None:
+        self._republish = True
+        self._wake.set()
+
+    async def _report_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_S)
+                await asyncio.sleep(DEBOUNCE_S)
+            self._wake.clear()
+            await self.publish_report()
+
+    def build_report(self) -> tuple[dict[str, Any], bool]:
+        """The reported document now, and whether its content changed (its version rose)."""
+        state = reported_state(self.ops)
+        pending = {name: (lambda value, f=f: f.pending(value, state)) for name, f in self.fields.items()}
+        return self.doc.report(state, self.doc.delta(pending))
+
+    async def publish_report(self) -> bool:
+        """Publish the reported document if it changed or the broker may hold an older one; False when
+        it could not be published now (not connected: the next connect publishes it)."""
+        report, changed = self.build_report()
+        self.last_report = report
+        if changed:
+            await self._save()  # the version is durable before anyone sees it: it never goes back
+        if not (changed or self._republish or self._published != report["version"]):
+            return True
+        if not self.link.connected:
+            return False
+        try:
+            await self.link.publish(self.reported_topic, json.dumps(report, sort_keys=True).encode(), qos=1,
+                                    retain=True)
+        except LinesentryError as exc:  # MqttUnavailable: the next round or connect tries again
+            self.stats.publish_failures += 1
+            log.debug("shadow: reported v%d not published: %s", report["version"], exc)
+            return False
+        self._published, self._republish = report["version"], False
+        self.stats.published += 1
+        return True
