@@ -13,9 +13,12 @@ Tables (schema version in ``PRAGMA user_version``, see `_MIGRATIONS`):
   size. Rows written by the version before records (``encoding = 'lineproto'``, InfluxDB line
   protocol) are kept as they are and delivered, as they are, to the InfluxDB sink only.
 - ``sinks`` and ``pending``: each sink that drains the outbox (`subscribe`) and the rows it has not
-  yet delivered. Sinks drain independently (one can be down while another sends); a row is
-  deleted once no sink has it pending. `ack` takes any rows, not only the oldest, so a sink may
-  send live records before its backlog.
+  yet delivered. A row goes to every sink, or only to the sinks its append names (``route``); a
+  sink subscribed ``routed_only`` (the Sparkplug node) gets only the rows routed to it, never the
+  summaries and events of the cloud sync. A sink that subscribes later gets the rows routed to it
+  (and, unless routed-only, the unrouted ones). Sinks drain independently (one
+  can be down while another sends); a row is deleted once no sink has it pending. `ack` takes any
+  rows, not only the oldest, so a sink may send live records before its backlog.
 - ``dead_letter``: batches a sink rejected as malformed, with the sink, status and message, kept
   for inspection instead of being retried forever.
 
@@ -85,6 +88,12 @@ _MIGRATIONS = (
     CREATE INDEX pending_row ON pending (row_id);
     INSERT INTO sinks (name, subscribed_ns) SELECT '{LEGACY_SINK}', 0 WHERE EXISTS (SELECT 1 FROM outbox);
     INSERT INTO pending (sink, row_id) SELECT '{LEGACY_SINK}', id FROM outbox;
+    """,
+    # route: the sinks a row is for (comma-separated), NULL: every sink but the routed-only ones;
+    # routed_only: a sink that gets only the rows routed to it (the Sparkplug node)
+    """
+    ALTER TABLE outbox ADD COLUMN route TEXT;
+    ALTER TABLE sinks ADD COLUMN routed_only INTEGER NOT NULL DEFAULT 0;
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -171,7 +180,11 @@ class Outbox:
         if max_page_count is not None:
             self._conn.execute(f"PRAGMA max_page_count={int(max_page_count)}")
         self._migrate()
-        self._sinks = [name for (name,) in self._conn.execute("SELECT name FROM sinks ORDER BY name")]
+        self._sinks, self._routed_only = [], set()
+        for name, routed_only in self._conn.execute("SELECT name, routed_only FROM sinks ORDER BY name"):
+            self._sinks.append(name)
+            if routed_only:
+                self._routed_only.add(name)
         self._total = self._sizes("SELECT COUNT(*), COALESCE(SUM(n_points), 0), COALESCE(SUM(n_bytes), 0) "
                                   "FROM outbox")
         self._pending = {name: self._pending_sizes(name) for name in self._sinks}
@@ -200,16 +213,20 @@ class Outbox:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def append(self, records: Sequence[Record]) -> AppendResult:
-        """Commit one window's records (and/or events) as one row, in one transaction."""
+    def append(self, records: Sequence[Record], sinks: Sequence[str] | None = None) -> AppendResult:
+        """Commit one window's records (and/or events) as one row, in one transaction, pending for
+        every subscribed sink or (`sinks`) only for those named."""
         if not records:
             return AppendResult(True, 0)
         body = encode(records)
         n, n_bytes = len(records), len(body.encode())
+        route = None if sinks is None else tuple(sorted(set(sinks)))
+        if route is not None and any("," in name for name in route):
+            raise ValueError(f"a sink name has no comma, got {route}")
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                row_id = self._insert(n, n_bytes, body)
+                row_id = self._insert(n, n_bytes, body, route)
                 dropped = self._enforce_cap(self._total[2] + n_bytes, row_id)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -218,7 +235,7 @@ class Outbox:
                 self.stats.dropped_points_io += n
                 self._io_error("append", exc)
                 return AppendResult(False, n, str(exc))
-            self._added((1, n, n_bytes))
+            self._added((1, n, n_bytes), route)
             if dropped is not None:
                 removed, per_sink, event = dropped
                 self._removed(removed, per_sink)
@@ -230,16 +247,23 @@ class Outbox:
             self.stats.appended_points += n
         return AppendResult(True, n)
 
-    async def append_async(self, records: Sequence[Record]) -> AppendResult:
+    async def append_async(self, records: Sequence[Record],
+                           sinks: Sequence[str] | None = None) -> AppendResult:
         """`append` in a worker thread: the caller's event loop never waits on the fsync."""
-        return await asyncio.to_thread(self.append, records)
+        return await asyncio.to_thread(self.append, records, sinks)
 
-    def _insert(self, n: int, n_bytes: int, body: str) -> int:
-        """Inside a transaction: one records row, pending for every subscribed sink."""
-        cur = self._conn.execute("INSERT INTO outbox (created_ns, n_points, n_bytes, body, encoding) "
-                                 "VALUES (?, ?, ?, ?, ?)", (time.time_ns(), n, n_bytes, body, RECORDS))
+    def _insert(self, n: int, n_bytes: int, body: str, route: tuple[str, ...] | None = None) -> int:
+        """Inside a transaction: one records row, pending for every subscribed sink (or those of `route`)."""
+        cur = self._conn.execute("INSERT INTO outbox (created_ns, n_points, n_bytes, body, encoding, route) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", (time.time_ns(), n, n_bytes, body, RECORDS,
+                                                               None if route is None else ",".join(route)))
         row_id = int(cur.lastrowid)
-        self._conn.execute("INSERT INTO pending (sink, row_id) SELECT name, ? FROM sinks", (row_id,))
+        if route is None:
+            self._conn.execute("INSERT INTO pending (sink, row_id) SELECT name, ? FROM sinks "
+                               "WHERE routed_only = 0", (row_id,))
+        else:
+            self._conn.execute(f"INSERT INTO pending (sink, row_id) SELECT name, ? FROM sinks WHERE name IN "
+                               f"({_marks(route)})", (row_id, *route))
         return row_id
 
     def _enforce_cap(self, total: int, new_id: int) -> tuple[Sizes, dict[str, Sizes], Sizes | None] | None:
@@ -280,23 +304,28 @@ class Outbox:
 
     # -- sinks: subscribing, reading and acknowledging -----------------------------------------
 
-    def subscribe(self, sink: str) -> None:
+    def subscribe(self, sink: str, *, routed_only: bool = False) -> None:
         """Have `sink` drain this outbox from now on (durable). The first time, every records row
-        still stored becomes pending for it; later calls change nothing."""
+        still stored for it becomes pending for it (`routed_only`: only the rows an append routed to
+        it, now and later); later calls change nothing."""
         with self._lock:
             if sink in self._sinks:
                 return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute("INSERT INTO sinks (name, subscribed_ns) VALUES (?, ?)",
-                                   (sink, time.time_ns()))
+                self._conn.execute("INSERT INTO sinks (name, subscribed_ns, routed_only) VALUES (?, ?, ?)",
+                                   (sink, time.time_ns(), int(routed_only)))
                 self._conn.execute("INSERT INTO pending (sink, row_id) SELECT ?, id FROM outbox "
-                                   "WHERE encoding = ?", (sink, RECORDS))
+                                   "WHERE encoding = ? AND ((route IS NULL AND NOT ?) "
+                                   "OR instr(',' || route || ',', ?) > 0)",
+                                   (sink, RECORDS, int(routed_only), f",{sink},"))
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
             self._sinks.append(sink)
+            if routed_only:
+                self._routed_only.add(sink)
             self._pending[sink] = self._pending_sizes(sink)
 
     def unsubscribe(self, sink: str) -> Sizes:
@@ -308,12 +337,14 @@ class Outbox:
         with self._lock:
             if sink not in self._sinks:
                 return 0, 0, 0
+            routed_only = sink in self._routed_only
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 ids = [i for (i,) in self._conn.execute("SELECT row_id FROM pending WHERE sink = ?", (sink,))]
                 done = self._settle(sink, ids) if ids else ((0, 0, 0), {})
                 self._conn.execute("DELETE FROM sinks WHERE name = ?", (sink,))
                 self._sinks.remove(sink)
+                self._routed_only.discard(sink)
                 event = None
                 if self.identity is not None and self._sinks:
                     body = encode([event_point(
@@ -328,6 +359,8 @@ class Outbox:
                 self._rollback()
                 if sink not in self._sinks:
                     self._sinks.append(sink)
+                    if routed_only:
+                        self._routed_only.add(sink)
                 raise
             self._removed(*done)
             self._pending.pop(sink, None)
@@ -496,11 +529,12 @@ class Outbox:
         rows, points, nbytes = self._conn.execute(sql, args).fetchone()
         return int(rows), int(points), int(nbytes)
 
-    def _added(self, sizes: Sizes) -> None:
-        """A row was inserted: it counts in the total and for every subscribed sink."""
+    def _added(self, sizes: Sizes, route: tuple[str, ...] | None = None) -> None:
+        """A row was inserted: it counts in the total and for every subscribed sink (of `route`)."""
         self._total = _plus(self._total, sizes)
         for name in self._sinks:
-            self._pending[name] = _plus(self._pending[name], sizes)
+            if name in route if route is not None else name not in self._routed_only:
+                self._pending[name] = _plus(self._pending[name], sizes)
 
     def _removed(self, rows: Sizes, per_sink: dict[str, Sizes]) -> None:
         self._total = _plus(self._total, rows, -1)
