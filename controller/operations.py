@@ -57,6 +57,7 @@ class Operations:
         self.health, self.journal, self.keeper, self.models = health, journal, keeper, models
         self.reasons, self.events, self.registry = reasons, events, registry
         self._cloud, self._started_at = cloud, started_at
+        self.mqtt: Callable[[], dict] | None = None  # with [mqtt]: the link's and Sparkplug node's status
         # what identifies this configuration (the device shadow and Sparkplug report it): its canonical dump
         self.config_hash = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True,
                                                      default=str).encode()).hexdigest()
@@ -94,6 +95,7 @@ class Operations:
             "events": {"last_id": self.events.last_id},
             "outbox": cloud["outbox"],
             "sync": cloud["sync"],
+            "mqtt": self.mqtt() if self.mqtt is not None else None,
         }
 
     def tags(self) -> list[dict]:

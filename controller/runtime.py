@@ -59,6 +59,10 @@ if TYPE_CHECKING:
     from controller.api import ApiServer
     from controller.clock import Clock
     from controller.config import LineConfig
+    from controller.mqtt.session import MqttLink
+    from controller.outbox import Outbox
+    from controller.shadow import ShadowAgent
+    from controller.sparkplug.node import EdgeNode
     from drivers.base import Driver, ReadingBatch
     from models.detector import StreamingDetector
 
@@ -149,6 +153,10 @@ class Controller:
         self.batch_handler: Callable[[Plc, ReadingBatch], None] = self.handle_batch
         self.token: str | None = None  # read from (or created in) the state directory at start
         self.started_at: float | None = None
+        self.store: Outbox | None = None  # the outbox (for [sync] and the Sparkplug node), opened at start
+        self.mqtt: MqttLink | None = None  # with [mqtt]: the broker link, its node and shadow
+        self.sparkplug: EdgeNode | None = None
+        self.shadow: ShadowAgent | None = None
         self._given_detector = detector
         self._stop = asyncio.Event()
         self._exit: AsyncExitStack | None = None
@@ -263,6 +271,7 @@ class Controller:
         self.api_port = api.port  # the real port when 0 was asked
         self._undo(stack, "closing the API", api.stop)
         await self._start_cloud(stack)
+        await self._start_mqtt(stack)
         self.keeper.forget_summary()
         self._undo(stack, "saving the state", self._final_save)
 
@@ -287,18 +296,27 @@ class Controller:
                         f"{self.models.path or 'none (rules only: invalid, limit, stale, flatline_s)'}")
 
     async def _start_cloud(self, stack: AsyncExitStack) -> None:
-        """No [sync]: no cloud, so nothing is kept for it (and its modules are never imported)."""
-        sync_cfg = self.config.sync
-        if sync_cfg is None:
+        """The outbox when [sync] or [mqtt.sparkplug] needs it; the cloud feed and sync with [sync].
+        Neither: nothing is kept (and the modules are never imported)."""
+        sync_cfg, mqtt_cfg = self.config.sync, self.config.mqtt
+        sparkplug = mqtt_cfg is not None and mqtt_cfg.sparkplug is not None
+        if sync_cfg is None and not sparkplug:
             return
         from controller.outbox import Outbox
+        from controller.sinks.config import SyncConfig
+        from controller.sparkplug import SINK
 
         outbox_dir = Path(self.state_dir.path) / "outbox"
         outbox_dir.mkdir(exist_ok=True)
-        outbox = Outbox(outbox_dir, max_bytes=sync_cfg.max_outbox_bytes, identity=self.identity)
+        max_bytes = (sync_cfg.max_outbox_bytes if sync_cfg is not None
+                     else SyncConfig.model_fields["max_outbox_bytes"].default)
+        self.store = outbox = Outbox(outbox_dir, max_bytes=max_bytes, identity=self.identity)
         self._undo(stack, "closing the outbox", outbox.close)
-        for gone in set(outbox.sinks()) - {sync_cfg.sink}:  # a sink removed from [sync] holds no rows
-            await asyncio.to_thread(outbox.unsubscribe, gone)
+        keep = {sync_cfg.sink} if sync_cfg is not None else set()
+        for gone in set(outbox.sinks()) - keep - ({SINK} if sparkplug else set()):  # a sink no longer
+            await asyncio.to_thread(outbox.unsubscribe, gone)  # configured holds no rows
+        if sync_cfg is None:
+            return
         self.cloud.open(outbox)
         if sync_cfg.enabled:
             from controller.sync import SyncWorker
@@ -306,6 +324,45 @@ class Controller:
             self.cloud.sync = sync = SyncWorker(sync_cfg, outbox, on_alarm=self._sync_alarm)
             await sync.start()
             self._undo(stack, "stopping the cloud sync", self._stop_sync)
+
+    async def _start_mqtt(self, stack: AsyncExitStack) -> None:
+        """No [mqtt]: no broker, and aiomqtt/protobuf are never imported. Else one link for the
+        Sparkplug node and the device shadow; at stop the node's NDEATH goes before the disconnect."""
+        mqtt_cfg = self.config.mqtt
+        if mqtt_cfg is None:
+            return
+        from controller.mqtt.session import MqttLink
+
+        c = self.config.controller
+        self.mqtt = link = MqttLink(mqtt_cfg, client_id=mqtt_cfg.client_id_for(c.site, c.line))
+        self._undo(stack, "closing the MQTT connection", link.stop)  # the last MQTT step at stop
+        if mqtt_cfg.sparkplug is not None:
+            from controller.metrics import installed_version
+            from controller.sparkplug.node import EdgeNode
+
+            self.sparkplug = node = EdgeNode(
+                mqtt_cfg.sparkplug, link=link, config=self.config, line=self.line, pipeline=self.pipeline,
+                plcs=self.plcs, events=self.events, ops=self.ops, outbox=self.store,
+                state_dir=self.state_dir.path, software_version=installed_version("linesentry"))
+            await node.start()
+            self._undo(stack, "stopping the Sparkplug node", node.stop)
+        if mqtt_cfg.shadow is not None:
+            from controller.shadow import ShadowAgent
+
+            self.shadow = agent = ShadowAgent(mqtt_cfg.shadow, link=link, ops=self.ops,
+                                              state_dir=Path(self.state_dir.path), events=self.events)
+            await agent.start()
+            self._undo(stack, "stopping the device shadow", agent.stop)
+        await link.start()
+        self.ops.mqtt = self._mqtt_status
+
+    def _mqtt_status(self) -> dict:
+        """The MQTT link and the Sparkplug node, for status (cheap: counters only)."""
+        link = self.mqtt
+        return {"broker": link.config.broker, "connected": link.connected, "protocol": link.protocol or None,
+                "connects": link.stats.connects, "published": link.stats.published,
+                "publish_failures": link.stats.publish_failures, "last_error": link.stats.last_error,
+                "sparkplug": self.sparkplug.status() if self.sparkplug is not None else None}
 
     def _undo(self, stack: AsyncExitStack, what: str, step: Callable[..., Any], *args: Any) -> None:
         """Register a teardown step: it runs at stop (or when a later start step fails), and a

@@ -94,6 +94,7 @@ class OpcUaDriver:
         self.connect_attempts = 0  # every connect() call (each builds a fresh Client)
         self.limits = OperationLimits()
         self.text_tags: set[str] = set()  # tags whose DataType is String/LocalizedText (this session)
+        self.bit_tags: set[str] = set()  # tags whose DataType is Boolean (this session)
         self._pos = {n: i for i, n in enumerate(self.tag_names)}
         self._client: Client | None = None
         self._node_ids: list[ua.NodeId | None] = []
@@ -137,7 +138,7 @@ class OpcUaDriver:
             limits = await read_operation_limits(client, cfg.max_nodes_per_request)
             node_ids, errors = await resolve_node_ids(client, [(t.node, t.browse_path) for t in self.tags],
                                                       limits.translate)
-            vtypes, text = await self._inspect(client, node_ids, errors, limits)
+            vtypes, text, bits = await self._inspect(client, node_ids, errors, limits)
         except BaseException as exc:
             if session:
                 with contextlib.suppress(Exception):
@@ -155,6 +156,7 @@ class OpcUaDriver:
             raise err from exc
         self._client, self._node_ids, self._vtypes, self.limits = client, node_ids, vtypes, limits
         self.text_tags = {self.tag_names[i] for i in text}
+        self.bit_tags = {self.tag_names[i] for i in bits}
         self._errors, self.stats.tag_errors, self._value_errors = {}, {}, set()
         self._good[:] = False
         self._last_answer = time.monotonic()
@@ -181,10 +183,10 @@ class OpcUaDriver:
         return ConnectionLost(f"{ep}: connect failed: {_describe(exc)}")
 
     async def _inspect(self, client: Client, node_ids: list[ua.NodeId | None], errors: dict[int, str],
-                       limits: OperationLimits) -> tuple[dict[int, ua.VariantType], set[int]]:
+                       limits: OperationLimits) -> tuple[dict[int, ua.VariantType], set[int], set[int]]:
         """DataType and ValueRank of every resolved tag (chunked reads): unusable tags go to `errors`.
 
-        Returns the wire types of writable tags and the positions of text tags; also checks that
+        Returns the wire types of writable tags and the positions of text and Boolean tags; also checks that
         every percent-deadband tag has an EURange property.
         """
         todo = [i for i, n in enumerate(node_ids) if n is not None and i not in errors]
@@ -196,6 +198,7 @@ class OpcUaDriver:
             got.update(zip(part, await client.uaclient.read(params), strict=True))
         vtypes: dict[int, ua.VariantType] = {}
         text: set[int] = set()
+        bits: set[int] = set()
         for i in todo:
             tag = self.tags[i]
             dtype, rank = got[(i, ua.AttributeIds.DataType)], got[(i, ua.AttributeIds.ValueRank)]
@@ -214,6 +217,8 @@ class OpcUaDriver:
                 continue
             if datatype.NamespaceIndex == 0 and datatype.Identifier in _TEXT_TYPES:
                 text.add(i)
+            if datatype.NamespaceIndex == 0 and datatype.Identifier == ua.ObjectIds.Boolean:
+                bits.add(i)
             if tag.writable:
                 vt = variant_type_of(datatype)
                 if vt is None:
@@ -228,7 +233,7 @@ class OpcUaDriver:
         if percent:
             for i in await missing_eurange(client, percent, limits.translate):
                 errors[i] = EURANGE_FIX
-        return vtypes, text
+        return vtypes, text, bits
 
     def _is_percent(self, i: int) -> bool:
         f = self._filter(self.config.group(self.tags[i].group), self.tags[i])
