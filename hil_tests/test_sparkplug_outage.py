@@ -8,18 +8,26 @@ sessions, in-flight messages and wills die with it.
 
 What the node committed is read from its outbox file, from outside: before the first start the
 test adds a trigger that copies every row given to the "sparkplug" sink into `sparkplug_rows`, so
-that table is every message the node could not publish, whatever was acked and deleted since.
+that table is every message the node could not publish, whatever was acked and deleted since. A row
+is one record (the outbox's own format, `controller.records`) holding the message type, the device
+and the Sparkplug payload as it would have been sent; the test decodes that payload with
+pysparkplug's schema and compares it, message by message, with what the host received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+from pysparkplug._protobuf import Payload as PbPayload
 
 from controller.config import load_config
 from controller.outbox import DB_NAME, Outbox
+from controller.records import decode
 from controller.runtime import Controller
 from hil_tests.rig.controller_run import start_controller, stop_controller
 from hil_tests.rig.demo_config import demo_text
@@ -61,6 +69,17 @@ class SparkplugOutbox:
         """Every row ever given to the sparkplug sink, in commit order."""
         return [r for (r,) in self._query("SELECT row_id FROM sparkplug_rows ORDER BY row_id")]
 
+    def messages(self) -> list[Message]:
+        """The message of every committed row, in commit order (see `Message`)."""
+        out = []
+        for (body,) in self._query("SELECT body FROM sparkplug_rows ORDER BY row_id"):
+            (record,) = decode(body)
+            pb = PbPayload.FromString(base64.b64decode(record.fields["payload"]))
+            metrics = tuple((m.alias, getattr(m, m.WhichOneof("value")) if m.WhichOneof("value") else None)
+                            for m in pb.metrics)
+            out.append((record.tags["type"], record.tags["device"] or None, pb.timestamp, metrics))
+        return out
+
     def pending(self) -> list[int]:
         rows = self._query(f"SELECT row_id FROM pending WHERE sink = '{SINK}' ORDER BY row_id")
         return [r for (r,) in rows]
@@ -82,6 +101,14 @@ async def born(host: SparkplugHost, since: int = 0, timeout: float = 20.0) -> Re
         births = host.of("NBIRTH", since=since)
         return births[-1] if births and devices >= {"conveyor", "press"} else None
     return await wait_for(done, timeout=timeout, what="NBIRTH and a DBIRTH of both PLCs")
+
+
+Message = tuple[str, str | None, int, tuple[tuple[int, Any], ...]]  # kind, device, timestamp, (alias, value)
+
+
+def as_message(r: Received) -> Message:
+    """What the host received, in the shape of a stored row (raw protobuf values: UInt64 as stored)."""
+    return r.kind, r.device, r.timestamp, tuple((m.alias, m.value) for m in r.metrics)
 
 
 def replayed(host: SparkplugHost, since: int) -> list[Received]:
@@ -137,6 +164,7 @@ async def test_broker_killed_during_a_fault_the_backlog_is_replayed_complete_in_
             await gate.stop()
         assert_replay_in_order_and_flagged(replay)
         assert len(replay) == len(committed), (len(replay), len(committed))
+        assert [as_message(r) for r in replay] == box.messages()  # each one, as committed, in order
         # every alarm transition of the outage is in the replay, with its state
         states = {(m.name, m.value) for r in replay for m in r.metrics}
         for e in transitions:
@@ -184,8 +212,8 @@ async def test_kill9_while_the_broker_is_down_loses_nothing_committed(tmp_path, 
             await gate.stop_listening()
             await wait_for(lambda: len(box.pending()) >= 20, timeout=15, what="20 messages stored")
             assert await asyncio.to_thread(proc.kill9) == -9
-            at_kill = box.committed()
-            assert set(box.pending()) == set(at_kill)  # the broker was away: nothing could be acked
+            at_kill = box.messages()
+            assert box.pending() == box.committed()  # the broker was away: nothing could be acked
             mark = host.mark()
             await outage_restored(broker, host, gate)
             await asyncio.to_thread(proc.start)
@@ -196,6 +224,7 @@ async def test_kill9_while_the_broker_is_down_loses_nothing_committed(tmp_path, 
             proc.close()
             await gate.stop()
         assert_replay_in_order_and_flagged(replay)
-        assert len(replay) >= len(at_kill), (len(replay), len(at_kill))
-        assert len(replay) == len(box.committed())
+        received = [as_message(r) for r in replay]
+        assert received[:len(at_kill)] == at_kill  # what the killed process committed, first and whole
+        assert received == box.messages()  # and what the new one stored before its births
         assert host.violations == [], proc.log()[-3000:]
