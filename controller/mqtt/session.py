@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.client import topic_matches_sub
 
 from controller.errors import LinesentryError
@@ -241,7 +242,7 @@ class MqttLink:
             protocol=aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(will.topic, will.payload, will.qos, will.retain) if will else None,
             clean_session=None if protocol == "5" else True, keepalive=max(1, math.ceil(c.keepalive_s)),
-            timeout=c.connect_timeout_s, tls_params=tls, logger=log)
+            timeout=c.connect_timeout_s, tls_params=tls)
         try:
             await asyncio.wait_for(client.__aenter__(), c.connect_timeout_s + 1.0)
         except TimeoutError:
@@ -276,7 +277,7 @@ def _protocol_refused(exc: aiomqtt.MqttError) -> bool:
     """The broker answered the MQTT 5 CONNECT but not with a session: refused the protocol version,
     or closed the connection (what some 3.1.1 brokers do). Not a refused login (codes 4, 5, 134, 135)
     and not an unreachable broker (the socket's OSError)."""
-    if isinstance(exc, aiomqtt.MqttConnectError):
+    if isinstance(exc, MqttConnectError):
         code = getattr(exc.rc, "value", exc.rc)
         return code in PROTOCOL_REFUSED
     return not isinstance(exc.__context__, OSError) and not isinstance(exc.__cause__, OSError)

@@ -226,11 +226,11 @@ class EdgeNode:
             payload = encode(metrics, seq=self.seq.birth(), timestamp_ms=ts)
             await self.link.publish(self.topic("NBIRTH"), payload, qos=self.cfg.data_qos)
             self.stats.births += 1
-            self._reporting = True
             for plc in self.plcs:
                 if self._plc_alive(plc):
                     await self._dbirth(plc)
             self._session = session
+            self._reporting = True
         log.info("Sparkplug %s/%s born (bdSeq %d, devices %s)", self.group, self.node, self.bdseq,
                  ", ".join(sorted(self.born)) or "none yet")
         self._start_replay()
@@ -401,7 +401,7 @@ class EdgeNode:
                     store: bool = True) -> None:
         """Publish one message now, or (DATA) commit it to the outbox for the replay."""
         ts = now_ms()
-        if self._publishable(device):
+        if self._publishable(device) or self._lock.locked():  # (births under way: wait for them)
             try:
                 async with self._lock:
                     if not self._publishable(device):
