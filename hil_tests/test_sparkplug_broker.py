@@ -29,6 +29,11 @@ def node_config(tmp_path: Path, rig, model: Path, url: str, **mqtt_keys) -> Path
     return path
 
 
+def mqtt_status(controller: Controller) -> dict:
+    """The "mqtt" part of the controller's status (what /api/v1/status answers)."""
+    return controller.ops.status()["mqtt"]
+
+
 async def births_arrive(host: SparkplugHost, controller: Controller, task: asyncio.Task) -> None:
     try:
         await wait_for(lambda: host.of("NBIRTH") and len(host.of("DBIRTH")) >= 2, timeout=15,
@@ -63,8 +68,11 @@ async def test_a_wrong_password_publishes_nothing_and_the_controller_runs_on(
         controller = Controller(load_config(node_config(tmp_path, rig, model, broker.url)), api_port=0)
         task = await start_controller(controller)
         try:
-            await asyncio.sleep(2.0)
+            status = await wait_for(lambda: (s := mqtt_status(controller))["last_error"] and s, timeout=10,
+                                    what="the refused connect in the status")
+            await asyncio.sleep(1.0)
             assert host.messages == [] and not task.done()
+            assert not status["connected"] and status["connects"] == 0, status
         finally:
             await stop_controller(controller, task)
 
@@ -132,7 +140,10 @@ async def test_protocol_auto_falls_back_to_mqtt_311(tmp_path, rig, model):
         try:
             path = node_config(tmp_path, rig, model, f"mqtt://127.0.0.1:{proxy.port}", protocol="auto")
             controller = Controller(load_config(path), api_port=0)
-            await births_arrive(host, controller, await start_controller(controller))
+            task = await start_controller(controller)
+            await wait_for(lambda: mqtt_status(controller)["connected"], timeout=10, what="connected")
+            assert mqtt_status(controller)["protocol"] == "3.1.1"
+            await births_arrive(host, controller, task)
         finally:
             await proxy.stop()
         assert proxy.refused >= 1 and proxy.forwarded >= 1, (proxy.refused, proxy.forwarded)
