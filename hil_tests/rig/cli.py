@@ -36,10 +36,12 @@ def demo(config: Path = typer.Option(None, help="line config (default: the shipp
          seconds: float = typer.Option(None, min=0.0, help="stop after this many seconds (default: Ctrl-C)"),
          live: bool = typer.Option(None, help="live terminal view (default on a terminal; --no-live, the "
                                    "default when piped: one line per event)"),
-         fault_every: float = typer.Option(20.0, min=1.0, help="seconds between injected faults")) -> None:
+         fault_every: float = typer.Option(20.0, min=1.0, help="seconds between injected faults"),
+         mqtt: str = typer.Option(None, metavar="HOST:PORT", help="also publish the line as a Sparkplug B "
+                                  "edge node to this MQTT broker (docs/sparkplug.md)")) -> None:
     """The demo line: simulated plant + controller on the demo config, with injected faults.
 
-    The port options apply to the shipped demo config only (with --config, its ports are used)."""
+    The port and --mqtt options apply to the shipped demo config only (with --config, its own are used)."""
     import asyncio
     import logging
 
@@ -49,9 +51,15 @@ def demo(config: Path = typer.Option(None, help="line config (default: the shipp
     from hil_tests.rig.demo import run_demo
     from hil_tests.rig.demo_config import default_state_dir, write_demo_config
 
+    broker = None
+    if mqtt is not None:
+        host, _, port = mqtt.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise fail(f"--mqtt {mqtt!r}: expected HOST:PORT of an MQTT broker, e.g. 127.0.0.1:1883")
+        broker = (host, int(port))
     if config is None:
         config = write_demo_config(state_dir or default_state_dir(), opcua_port=opcua_port,
-                                   modbus_port=modbus_port, api_port=api_port)
+                                   modbus_port=modbus_port, api_port=api_port, mqtt=broker)
         console.print(f"demo state and model in {config.parent} (--state-dir to change)")
     load_or_exit(config)  # a bad config is a one-line usage error, like everywhere else
     logging.basicConfig(level=logging.ERROR)

@@ -107,6 +107,9 @@ async def run_demo(config_path: Path = DEMO_CONFIG, seconds: float | None = None
                 await asyncio.sleep(0.05)
             console.print(f"controller API on http://127.0.0.1:{controller.api_port}/api/v1/status; "
                           "Ctrl-C stops")
+            if config.mqtt is not None and config.mqtt.sparkplug is not None:
+                group, node = config.mqtt.sparkplug.ids_for(config.controller.site, config.controller.line)
+                console.print(f"Sparkplug B edge node spBv1.0/{group}/+/{node} on {config.mqtt.broker}")
             await _drive(controller, rig, log, seconds, live, fault_every_s, console)
         finally:
             controller.stop()

@@ -49,14 +49,22 @@ def demo_text(state_dir: Path, model: Path, *, opcua_endpoint: str | None = None
     return text
 
 
+def mqtt_text(host: str, port: int) -> str:
+    """The [mqtt] and [mqtt.sparkplug] tables that make the demo line a Sparkplug B edge node
+    (group demo-site, edge node demo-line) on the broker at host:port (docs/sparkplug.md)."""
+    return f'\n[mqtt]\nbroker = "mqtt://{host}:{port}"\n\n[mqtt.sparkplug]\ntag_interval_s = 1.0\n'
+
+
 def write_demo_config(state_dir: Path, *, opcua_port: int | None = None, modbus_port: int | None = None,
-                      api_port: int | None = None) -> Path:
+                      api_port: int | None = None, mqtt: tuple[str, int] | None = None) -> Path:
     """A copy of the demo config in `state_dir` (created) keeping its state and model there, optionally
-    on other ports than 4840 (OPC UA), 5020 (Modbus) and 8470 (API) of 127.0.0.1; its path."""
+    on other ports than 4840 (OPC UA), 5020 (Modbus) and 8470 (API) of 127.0.0.1, and (`mqtt`: host,
+    port) publishing to an MQTT broker; its path."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     endpoint = None if opcua_port is None else f"opc.tcp://127.0.0.1:{opcua_port}/linesentry/"
     path = state_dir / "demo_line.toml"
     path.write_text(demo_text(state_dir, state_dir / "model.npz", opcua_endpoint=endpoint,
-                              modbus_port=modbus_port, api_port=api_port))
+                              modbus_port=modbus_port, api_port=api_port)
+                    + (mqtt_text(*mqtt) if mqtt is not None else ""))
     return path
