@@ -7,11 +7,15 @@ configured alarms move) on the simulated plant and publishes to a mosquitto on a
 independent host application (hil_tests/rig/sparkplug_host.py: paho + pysparkplug) subscribes.
 
 1. Alarm latency: the `bearing_temp` sensor drops out (Bad quality) for 1 s every 2.5 s, so
-   bearing_temp_bad goes UNACK and RTN_UNACK; for each transition, the time from the journal
-   event (time.time() when the alarm engine's state changed) to the NDATA carrying that state at
-   the host (time.time() in paho's callback). Baseline in the same process and broker: a bare paho
-   QoS 1 publish -> subscriber round trip (N samples interleaved in time with nothing else); the
-   ratio p50 alarm / p50 baseline is the node's own cost over the broker's.
+   bearing_temp_bad goes UNACK and RTN_UNACK; for each transition, the time from the transition
+   (the journal event's time: the alarm engine's time of the step that changed the state) to the
+   NDATA carrying that state at the host (time.time() in paho's callback), split at the NDATA's
+   payload timestamp (the node's clock when it encoded the message, same machine): transition ->
+   encoded (pipeline, journal, node wake-up) and encoded -> arrival (publish, broker, subscriber).
+   Baseline in the same process and broker: a bare paho QoS 1 publish -> subscriber round trip
+   (one at a time); the ratio p50 alarm / p50 baseline is the cost over the broker's own.
+   The controller shares this process's event loop with the simulated plant and PLC servers; the
+   loop's lag (how late a 5 ms sleep wakes) is printed per phase, as it bounds both figures.
 2. Replay: the broker is SIGKILLed for K s (the node's path is closed by a TCP gate until the
    host has subscribed again), then restarted; the backlog's size and its replay rate (historical
    messages / s between the first and last historical arrival), at the configured replay_per_s
@@ -74,6 +78,29 @@ def write_config(tmp: Path, rig: Rig, port: int, *, shadow: bool = False, **spar
     return path
 
 
+class LoopLag:
+    """How late a 5 ms sleep on this event loop wakes, in ms, while it runs (context for the figures)."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.005)
+            self.lags.append((loop.time() - t - 0.005) * 1000)
+
+    def start(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 def paho_baseline(broker: Mosquitto, n: int) -> list[float]:
     """QoS 1 publish -> arrival at a subscriber on the same broker, ms (one at a time)."""
     arrived: dict[bytes, float] = {}
@@ -116,6 +143,7 @@ async def alarm_latency(tmp: Path, transitions: int) -> dict:
             task = await start_controller(controller)
             try:
                 await wait_for(lambda: host.of("NBIRTH") and len(host.of("DBIRTH")) >= 2, 15, what="births")
+                lag = LoopLag().start()
                 first = controller.events.since()[-1]["id"]
                 while True:
                     events = [e for e in controller.events.since() if e["id"] > first
@@ -126,20 +154,25 @@ async def alarm_latency(tmp: Path, transitions: int) -> dict:
                                                          onset_s=rig.plant.t, duration_s=1.0))
                     await asyncio.sleep(2.5)
                 await asyncio.sleep(1.0)
+                lag.stop()
             finally:
                 await stop_controller(controller, task)
             name = "Alarms/bearing_temp_bad/State"
-            ndata = [(r.arrived, r.metric(name).value) for r in host.of("NDATA") if r.metric(name)]
-            latencies, missing = [], 0
+            ndata = [(r.arrived, r.timestamp / 1000, r.metric(name).value) for r in host.of("NDATA")
+                     if r.metric(name)]
+            latencies, node, delivery, missing = [], [], [], 0
             for e in events[:transitions]:
-                match = next((t for t, v in ndata if v == e["state"] and t >= e["time"] - 0.001), None)
+                match = next((x for x in ndata if x[2] == e["state"] and x[0] >= e["time"] - 0.001), None)
                 if match is None:
                     missing += 1
-                else:
-                    latencies.append((match - e["time"]) * 1000)
-                    ndata = [x for x in ndata if x[0] > match]
+                    continue
+                latencies.append((match[0] - e["time"]) * 1000)
+                node.append((match[1] - e["time"]) * 1000)
+                delivery.append((match[0] - match[1]) * 1000)
+                ndata = [x for x in ndata if x[0] > match[0]]
             baseline = await asyncio.to_thread(paho_baseline, broker, 200)
-    return {"alarm_ms": latencies, "missing": missing, "baseline_ms": baseline, "violations": host.violations}
+    return {"alarm_ms": latencies, "node_ms": node, "delivery_ms": delivery, "missing": missing,
+            "baseline_ms": baseline, "loop_lag_ms": lag.lags, "violations": host.violations}
 
 
 async def replay_rate(tmp: Path, outage_s: float, replay_per_s: int) -> dict:
@@ -155,6 +188,7 @@ async def replay_rate(tmp: Path, outage_s: float, replay_per_s: int) -> dict:
                 broker.kill()
                 await gate.stop_listening()
                 await asyncio.sleep(outage_s)
+                lag = LoopLag().start()
                 mark = host.mark()
                 await asyncio.to_thread(broker.start)
                 await asyncio.to_thread(host.wait_subscribed, 10.0)
@@ -171,6 +205,7 @@ async def replay_rate(tmp: Path, outage_s: float, replay_per_s: int) -> dict:
                     if n != last_n:
                         last_n, last_change = n, time.monotonic()
                     await asyncio.sleep(0.05)
+                lag.stop()
                 replay = historical()
                 live = [r for r in host.of("NDATA", "DDATA", since=mark) if not r.historical]
             finally:
@@ -180,7 +215,8 @@ async def replay_rate(tmp: Path, outage_s: float, replay_per_s: int) -> dict:
     return {"replay_per_s": replay_per_s, "outage_s": outage_s, "backlog": len(replay),
             "replay_s": span, "rate_per_s": (len(replay) - 1) / span if span else None,
             "first_live_after_restore_s": (live[0].arrived - restored) if live else None,
-            "violations": host.violations}
+            "live_during_replay": sum(1 for r in live if replay and r.arrived < replay[-1].arrived),
+            "loop_lag_ms": lag.lags, "violations": host.violations}
 
 
 async def shadow_convergence(tmp: Path, runs: int) -> dict:
@@ -251,7 +287,10 @@ def main() -> None:
     lat = r["latency"]
     print(f"load average {r['load'][0]:.1f} at start, {r['load_after'][0]:.1f} at the end (2 cores)")
     print("alarm transition (journal) -> NDATA at an independent subscriber, mosquitto on loopback:")
-    print(f"  node:     {summary(lat['alarm_ms'])}, transitions without an NDATA: {lat['missing']}")
+    print(f"  total:    {summary(lat['alarm_ms'])}, transitions without an NDATA: {lat['missing']}")
+    print(f"   = transition -> encoded: {summary(lat['node_ms'])}")
+    print(f"   + encoded -> arrival:    {summary(lat['delivery_ms'])}")
+    print(f"  event loop lag meanwhile: {summary(lat['loop_lag_ms'])}")
     print(f"  baseline: {summary(lat['baseline_ms'])}  (bare paho QoS 1 publish -> subscriber)")
     if lat["alarm_ms"] and lat["baseline_ms"]:
         ratio = statistics.median(lat["alarm_ms"]) / statistics.median(lat["baseline_ms"])
@@ -261,7 +300,9 @@ def main() -> None:
         live = rp["first_live_after_restore_s"]
         print(f"replay after a {rp['outage_s']:.0f} s broker outage, replay_per_s={rp['replay_per_s']}: "
               f"{rp['backlog']} messages in {rp['replay_s']:.2f} s = {rate}; first live message "
-              f"{'n/a' if live is None else f'{live:.2f} s'} after the broker was back")
+              f"{'n/a' if live is None else f'{live:.2f} s'} after the broker was back, "
+              f"{rp['live_during_replay']} live messages during the replay")
+        print(f"  event loop lag during the replay: {summary(rp['loop_lag_ms'])}")
     if r["shadow"] is None:
         print("shadow convergence: controller.shadow not available")
     else:
