@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,108 @@ async def test_kill9_while_the_broker_is_down_loses_nothing_committed(tmp_path, 
         assert received[:len(at_kill)] == at_kill  # what the killed process committed, first and whole
         assert received == box.messages()  # and what the new one stored before its births
         assert host.violations == [], proc.log()[-3000:]
+
+
+async def test_a_plc_lost_during_the_outage_does_not_hold_back_the_rest_of_the_replay(
+        tmp_path, rig, model):
+    """The press dies while the broker is away and is still down when it returns: its stored DDATA
+    cannot be replayed (no DBIRTH), but the alarm it raised meanwhile is history the host needs now."""
+    with Mosquitto(tmp_path) as broker, SparkplugHost(broker.host, broker.port, GROUP) as host:
+        gate = await Gate(broker.host, broker.port).start()
+        box = SparkplugOutbox(tmp_path / "state")
+        config = load_config(node_config(tmp_path, rig, model, gate.port, tag_interval_s=0.2))
+        controller = Controller(config, api_port=0)
+        task = await start_controller(controller)
+        try:
+            await born(host)
+            broker.kill()
+            await gate.stop_listening()
+            await wait_for(lambda: len(box.committed()) >= 5, timeout=10,
+                           what="press and conveyor data stored")
+            await rig.take_down("press")
+            await wait_for(lambda: str(controller.alarms.state("press_comm_loss")) == "UNACK", timeout=10,
+                           what="press_comm_loss UNACK")
+            mark = host.mark()
+            await outage_restored(broker, host, gate)
+            await wait_for(lambda: host.of("NBIRTH", since=mark) and host.of("DBIRTH", device="conveyor",
+                                                                             since=mark), timeout=15,
+                           what="the births without the press")
+            alarm = "Alarms/press_comm_loss/State"
+            await wait_for(lambda: [r for r in replayed(host, mark)
+                                    if (m := r.metric(alarm)) and m.value == "UNACK"],
+                           timeout=10, what="the press alarm of the outage replayed while the press is down")
+            await rig.bring_up("press")
+            await wait_for(lambda: not box.pending(), timeout=30,
+                           what="the whole backlog once the press is back")
+            replay = replayed(host, mark)
+        finally:
+            await stop_controller(controller, task)
+            await gate.stop()
+        assert_replay_in_order_and_flagged([r for r in replay if r.device != "press"])
+        assert sorted(map(as_message, replay), key=repr) == sorted(box.messages(), key=repr)
+        assert host.violations == []
+
+
+async def test_a_silent_partition_ends_in_the_will_and_the_backlog_follows_the_next_birth(
+        tmp_path, rig, model):
+    """Nothing answers on the node's path (no RST, no FIN): the broker ends the session after 1.5
+    keep-alives and sends the will; what the node committed meanwhile comes after its next births."""
+    with Mosquitto(tmp_path) as broker, SparkplugHost(broker.host, broker.port, GROUP) as host:
+        gate = await Gate(broker.host, broker.port).start()
+        box = SparkplugOutbox(tmp_path / "state")
+        config = load_config(node_config(tmp_path, rig, model, gate.port, tag_interval_s=0.2))
+        controller = Controller(config, api_port=0)
+        task = await start_controller(controller)
+        try:
+            birth = await born(host)
+            gate.frozen = True
+            death = await wait_for(lambda: host.of("NDEATH", since=birth.index), timeout=10,
+                                   what="the will after the keep-alive expired")
+            assert death[0].metric("bdSeq").value == birth.metric("bdSeq").value
+            await wait_for(lambda: len(box.committed()) >= 10, timeout=10,
+                           what="data stored in the partition")
+            mark = host.mark()
+            gate.thaw()
+            again = await born(host, since=mark)
+            assert again.metric("bdSeq").value != birth.metric("bdSeq").value
+            await wait_for(lambda: not box.pending(), timeout=30, what="the backlog acked")
+            replay = replayed(host, mark)
+        finally:
+            await stop_controller(controller, task)
+            await gate.stop()
+        assert_replay_in_order_and_flagged(replay)
+        assert [as_message(r) for r in replay] == box.messages()
+        assert host.violations == []
+
+
+async def test_while_the_primary_host_is_offline_the_node_stores_and_replays_on_its_return(
+        tmp_path, rig, model):
+    primary_id = "scada-primary"
+    with Mosquitto(tmp_path) as broker, SparkplugHost(broker.host, broker.port, GROUP) as observer:
+        primary = SparkplugHost(broker.host, broker.port, GROUP, host_id=primary_id, primary=True).start()
+        box = SparkplugOutbox(tmp_path / "state")
+        config = load_config(node_config(tmp_path, rig, model, broker.port, tag_interval_s=0.2,
+                                         primary_host_id=primary_id))
+        controller = Controller(config, api_port=0)
+        task = await start_controller(controller)
+        try:
+            await born(observer)
+            await wait_for(lambda: observer.of("DDATA"), timeout=5, what="data while the primary is online")
+            primary.stop()  # STATE offline (retained)
+            offline_at = time.time()
+            await wait_for(lambda: len(box.committed()) >= 10, timeout=10,
+                           what="data stored, primary offline")
+            late = [r for r in observer.of("NDATA", "DDATA") if not r.historical
+                    and r.arrived > offline_at + 1.0]
+            assert late == [], "the node published live data while its primary host was offline"
+            mark = observer.mark()
+            primary = SparkplugHost(broker.host, broker.port, GROUP, host_id=primary_id, primary=True).start()
+            await born(observer, since=mark)
+            await wait_for(lambda: not box.pending(), timeout=30, what="the backlog acked")
+            replay = replayed(observer, mark)
+        finally:
+            await stop_controller(controller, task)
+            primary.stop()
+        assert_replay_in_order_and_flagged(replay)
+        assert [as_message(r) for r in replay] == box.messages()
+        assert observer.violations == []
