@@ -217,8 +217,9 @@ class ShadowAgent:
 
     async def _report_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: wait_for (3.11) can swallow a cancel
+                async with asyncio.timeout(POLL_S):
+                    await self._wake.wait()
                 await asyncio.sleep(DEBOUNCE_S)
             self._wake.clear()
             await self.publish_report()
