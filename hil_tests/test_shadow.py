@@ -6,7 +6,8 @@ retained desired topics and reads the retained reported document.
 - partition: the gate is cut (stop listening, connections dropped), the fleet changes desired, the
   gate is restored; both sides agree within CONVERGE_S (the measured time is printed);
 - restart with the broker down: the desired state comes back from the shadow file at start, and
-  the reported document reaches the broker with a higher version once it is back.
+  the reported document reaches the broker with a higher version once it is back; the same after
+  a kill -9 of a real `linesentry run` process.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from hil_tests.rig.controller_run import start_controller, stop_controller
 from hil_tests.rig.demo_config import demo_text
 from hil_tests.rig.gate import Gate
 from hil_tests.rig.mosquitto import Mosquitto
-from hil_tests.rig.net import wait_for
+from hil_tests.rig.net import free_port, wait_for
+from hil_tests.rig.service_process import ServiceProcess
 
 PREFIX = "linesentry/demo-site/demo-line/shadow"
 FAST_LINK = {"keepalive_s": 2.0, "connect_timeout_s": 1.0, "backoff_initial_s": 0.2, "backoff_cap_s": 0.5}
@@ -36,9 +38,9 @@ FAST_LINK = {"keepalive_s": 2.0, "connect_timeout_s": 1.0, "backoff_initial_s": 
 CONVERGE_S = 5.0
 
 
-def shadow_config(tmp_path: Path, rig, model: Path, broker_port: int) -> Path:
+def shadow_config(tmp_path: Path, rig, model: Path, broker_port: int, api_port: int | None = None) -> Path:
     text = demo_text(tmp_path / "state", model, opcua_endpoint=rig.opcua_endpoint,
-                     modbus_port=rig.modbus_port)
+                     modbus_port=rig.modbus_port, api_port=api_port)
     keys = "\n".join(f"{k} = {v}" for k, v in FAST_LINK.items())
     text += f'\n[mqtt]\nbroker = "mqtt://127.0.0.1:{broker_port}"\n{keys}\n\n[mqtt.shadow]\n'
     path = tmp_path / "line.toml"
@@ -197,3 +199,26 @@ async def test_desired_survives_a_restart_with_the_broker_down(tmp_path, rig, mo
             assert report["desired"]["shadow_mode"]["version"] == 3
     finally:
         await stop_controller(controller, task)
+
+
+async def test_desired_survives_a_kill_9_with_the_broker_down(tmp_path, rig, model, broker):
+    service = ServiceProcess(shadow_config(tmp_path, rig, model, broker.port, api_port=free_port()))
+    try:
+        await asyncio.to_thread(service.start)
+        async with Fleet(broker) as fleet:
+            await fleet.desire("shadow_mode", True, 1)
+            await fleet.desire("threshold_margin", 1.25, 1)
+            await wait_for(lambda: fleet.agrees("shadow_mode", 1) and fleet.agrees("threshold_margin", 1),
+                           timeout=20, what="the desired state in effect")
+        assert await asyncio.to_thread(service.kill9) == -9
+        broker.stop()
+        await asyncio.to_thread(service.start)
+        status = await asyncio.to_thread(service.get, "/status")
+        assert status["controller"]["shadow"] is True and status["detector"]["threshold_margin"] == 1.25
+        assert [p["kind"] for p in status["protections_disabled"]] == ["shadow", "threshold_margin"]
+        events = await asyncio.to_thread(service.events)
+        assert any(e["source"] == "shadow_mode" and e.get("reason", "").endswith("again at start")
+                   for e in events)
+        assert await asyncio.to_thread(service.stop) == 0
+    finally:
+        service.close()
