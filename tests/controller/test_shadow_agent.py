@@ -206,3 +206,34 @@ async def test_the_desired_state_is_applied_again_at_start_with_no_broker(config
         offline.connected = True
         await asyncio.gather(*(cb() for cb in offline.connect_callbacks))
         assert await line.agent.publish_report() and offline.published[-1][1]["state"]["shadow_mode"]
+
+
+async def test_the_margin_carries_over_to_a_reload_and_keeps_the_alarm_reachable(config, model, tmp_path):
+    import dataclasses
+
+    from controller.errors import BadRequest, ModelLoadError
+    from hil_tests.rig.training import simulated_normal
+    from models import StreamingDetector
+
+    async with Line(config, FakeLink()) as line:
+        ops, p = line.controller.ops, line.controller.pipeline
+        base = p.model_threshold
+        with pytest.raises(BadRequest, match="could never fire"):
+            ops.set_threshold_margin(1.0 / base, "ann")
+        assert p.threshold_margin == 1.0 and p.detector.threshold == base
+        assert await line.send("threshold_margin", 1.25, 1) == "applied"
+        models_dir = Path(line.controller.state_dir.path) / "models"
+        models_dir.mkdir()
+        shutil.copy(model, models_dir / "v2.npz")
+        assert await line.send("model_version", "v2", 1) == "applied"
+        assert p.detector.threshold == pytest.approx(p.model_threshold * 1.25)
+        assert p.model_threshold == pytest.approx(base)  # the same fit: its own threshold, unscaled
+        # a model fitted with a 1.6 times higher threshold, under a margin that keeps the current one below 1
+        cfg = line.controller.config
+        times, rows = simulated_normal(cfg.detector_tags(), seconds=60.0)
+        spec = dataclasses.replace(cfg.detector_spec(), threshold_margin=1.6)
+        StreamingDetector(cfg.detector_tags(), spec).fit(rows, times).save(tmp_path / "high.npz")
+        ops.set_threshold_margin(0.99 / base, "ann")
+        with pytest.raises(ModelLoadError, match="could never fire"):
+            await ops.reload_model("ann", str(tmp_path / "high.npz"))
+        assert line.controller.model_path == models_dir / "v2.npz"  # the refused model is not swapped in
