@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from controller.errors import BadRequest, ModelLoadError, NotFound, NotSaved, Refused
-from controller.metrics import installed_version
+from controller.metrics import build_labels
 from controller.persistence import clock_text
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Operations:
             "controller": {"site": self.identity.site, "line": self.identity.line,
                            "name": self.identity.controller, "started_at": self._started_at(),
                            "shadow": self.actions.shadow_global, "config_shadow": c.shadow,
-                           "config_hash": self.config_hash, "version": installed_version("linesentry")},
+                           "config_hash": self.config_hash, "version": build_labels()["version"]},
             "plcs": [self.health.status(plc) for plc in self.health.plcs],
             "detector": {"model": str(self.models.path) if self.models.path else None,
                          "model_id": p.detector.metadata.get("checksum") if p.detector else None,
@@ -309,7 +309,7 @@ class Operations:
             raise Refused("no model configured: pass a path (CLI: --model FILE) or set [detector] model")
         new = await self.models.load(target, warm_up=True)  # ModelLoadError (422) if refused
         margin = self.pipeline.threshold_margin
-        if new.threshold * margin >= 1.0:
+        if margin != 1.0 and new.threshold * margin >= 1.0:
             raise ModelLoadError(f"model {target}: its line threshold {new.threshold:.4g} times the "
                                  f"threshold margin {margin:g} in force reaches 1, so the line alarm could "
                                  "never fire: lower the margin first")
