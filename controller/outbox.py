@@ -369,13 +369,15 @@ class Outbox:
         log.warning("outbox: sink %s unsubscribed, %d points only it had pending dropped", sink, done[0][1])
         return done[0]
 
-    def fetch_batch(self, sink: str, max_points: int) -> Batch | None:
+    def fetch_batch(self, sink: str, max_points: int, after_id: int = 0) -> Batch | None:
         """The oldest rows `sink` has pending, up to `max_points` (always at least one row) and of
-        one encoding, or None if it has nothing pending. A row that does not decode (not written
-        by `encode`: a newer version's record kind, a hand edit) is moved to the dead letters for
-        `sink` instead of stalling the rows behind it forever; a batch stops before such a row."""
+        one encoding, or None if it has nothing pending (`after_id`: only rows after that one, for a
+        sink that leaves some rows pending for later and reads on past them). A row that does not
+        decode (not written by `encode`: a newer version's record kind, a hand edit) is moved to the
+        dead letters for `sink` instead of stalling the rows behind it forever; a batch stops before
+        such a row."""
         while True:
-            rows, encoding = self._pending_rows(sink, max_points)
+            rows, encoding = self._pending_rows(sink, max_points, after_id)
             if not rows:
                 return None
             if encoding == LINE_PROTOCOL:
@@ -392,13 +394,15 @@ class Outbox:
             else:
                 return _batch(sink, rows, tuple(records), ())
 
-    def _pending_rows(self, sink: str, max_points: int) -> tuple[list[tuple[int, int, int, str]], str]:
+    def _pending_rows(self, sink: str, max_points: int,
+                      after_id: int = 0) -> tuple[list[tuple[int, int, int, str]], str]:
         """(id, points, bytes, body) of the oldest rows `sink` has pending, and their encoding."""
         with self._lock:
             try:
                 cur = self._conn.execute(
                     "SELECT o.id, o.n_points, o.n_bytes, o.encoding, o.body FROM pending p "
-                    "JOIN outbox o ON o.id = p.row_id WHERE p.sink = ? ORDER BY p.row_id", (sink,))
+                    "JOIN outbox o ON o.id = p.row_id WHERE p.sink = ? AND p.row_id > ? "
+                    "ORDER BY p.row_id", (sink, after_id))
                 rows, points, encoding = [], 0, ""
                 for row_id, n_points, n_bytes, enc, body in cur:
                     if rows and (points + n_points > max_points or enc != encoding):

@@ -146,6 +146,7 @@ class EdgeNode:
         self._lock = asyncio.Lock()  # one message at a time: seq goes out in order
         self._task: asyncio.Task | None = None
         self._replay: asyncio.Task | None = None
+        self._rewind = False  # the replay under way goes back to the oldest pending row
         link.set_will(self._will)
         link.on_connect(self._on_connect)
         link.subscribe(self.topic("NCMD"), self._on_ncmd)
@@ -422,44 +423,51 @@ class EdgeNode:
         result = await self.outbox.append_async([record], sinks=(SINK,))
         if result.ok:
             self.stats.stored += 1
+            if self._born_now():  # a publish timed out on a live session: resend it from the backlog
+                self._start_replay()
         else:
             self.stats.store_failures += 1
 
     def _start_replay(self) -> None:
+        """A replay pass, or (one is under way) have it go back to the oldest row: a PLC just born
+        may have rows it passed over."""
+        self._rewind = True
         if self.outbox.backlog(SINK)[0] and (self._replay is None or self._replay.done()):
             self._replay = asyncio.get_running_loop().create_task(self._replay_backlog(),
                                                                   name="sparkplug-replay")
 
     async def _replay_backlog(self) -> None:
-        """The backlog in commit order, historical, at most replay_per_s; ends when it is empty, the
-        session ends, or a stored DDATA waits for its PLC's DBIRTH (the next DBIRTH starts it again)."""
+        """One pass over the backlog in commit order, historical, at most replay_per_s; it ends when
+        the backlog is done or the session ends. A stored DDATA of a PLC not born in this session
+        stays pending and is passed over; that PLC's DBIRTH starts another pass."""
         loop = asyncio.get_running_loop()
-        interval, next_at = 1.0 / self.cfg.replay_per_s, loop.time()
+        interval, next_at, after = 1.0 / self.cfg.replay_per_s, loop.time(), 0
         while self._publishable():
-            batch = await asyncio.to_thread(self.outbox.fetch_batch, SINK, REPLAY_BATCH)
+            if self._rewind:
+                after, self._rewind = 0, False
+            batch = await asyncio.to_thread(self.outbox.fetch_batch, SINK, REPLAY_BATCH, after)
             if batch is None:
                 return
-            # one record per row (how `_store` appends), so the first `done` records are the first `done` rows
-            done, more = 0, True
+            sent: list[int] = []
             try:
-                for record in batch.records:
+                # one record per row (how `_store` appends): ids and records pair up
+                for row_id, record in zip(batch.ids, batch.records, strict=True):
                     if record.measurement == MEASUREMENT:
                         device = record.tags.get("device") or None
-                        if not self._publishable(device):
-                            more = False
-                            break
+                        if device is not None and device not in self.born:
+                            after = row_id
+                            continue  # kept for the PLC's DBIRTH
                         await asyncio.sleep(max(0.0, next_at - loop.time()))
                         next_at = max(next_at, loop.time() - interval) + interval
                         await self._publish_stored(record, device)
-                    done += 1
+                    sent.append(row_id)
+                    after = row_id
             except MqttUnavailable as exc:
                 log.debug("Sparkplug replay paused: %s", exc)
-                more = False
-            finally:
-                if done:
-                    await asyncio.to_thread(self.outbox.ack, replace(batch, ids=batch.ids[:done]))
-            if not more:
                 return
+            finally:
+                if sent:
+                    await asyncio.to_thread(self.outbox.ack, replace(batch, ids=tuple(sent)))
 
     async def _publish_stored(self, record: Record, device: str | None) -> None:
         data = base64.b64decode(record.fields["payload"])

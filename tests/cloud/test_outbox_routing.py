@@ -81,3 +81,16 @@ def test_an_outbox_of_the_schema_before_routing_is_upgraded_with_its_rows_for_ev
         assert values(ob, SPARKPLUG) == []
     db = sqlite3.connect(tmp_path / "outbox.sqlite3")
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_a_sink_can_read_on_past_rows_it_leaves_pending(tmp_path):
+    with Outbox(tmp_path) as ob:
+        ob.subscribe(SPARKPLUG, routed_only=True)
+        for i in range(5):
+            assert ob.append(rec(i), sinks=(SPARKPLUG,)).ok
+        first = ob.fetch_batch(SPARKPLUG, 2)
+        assert [r.fields["i"] for r in first.records] == [0, 1]
+        rest = ob.fetch_batch(SPARKPLUG, 10, after_id=first.ids[-1])
+        assert [r.fields["i"] for r in rest.records] == [2, 3, 4]
+        assert ob.ack(rest) and ob.fetch_batch(SPARKPLUG, 10, after_id=first.ids[-1]) is None
+        assert values(ob, SPARKPLUG) == [0, 1]  # left pending, still first in line
