@@ -15,11 +15,11 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+from controller.atomicfile import write_atomic
 from controller.logs import register_secret
 from controller.roles import TOKEN_FILES, Role
 
@@ -106,7 +106,7 @@ class StateDir:
             log.warning("API token %s was not a valid token (%d characters, need >= %d); wrote a new one: "
                         "clients must read it again", path, len(existing), MIN_TOKEN_CHARS)
         token = secrets.token_urlsafe(32)
-        self._write_atomic(path, token + "\n", mode=0o600)
+        write_atomic(path, token + "\n")
         register_secret(token)
         return token
 
@@ -126,45 +126,10 @@ class StateDir:
         """Every role's bearer token (each created at first start, mode 0600)."""
         return {role: self.token(name) for role, name in TOKEN_FILES.items()}
 
-    def _write_atomic(self, path: Path, text: str, mode: int) -> None:
-        """Temp file (created with `mode`), fsync, rename, fsync of the directory: all or nothing."""
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=path.name, suffix=".tmp")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._fsync_dir()
-
-    def _fsync_dir(self) -> None:
-        dir_fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
     def save_state(self, state: dict) -> None:
         """Atomic and safe to call from several threads (the last save wins, never a torn file)."""
-        path = self.path / STATE_FILE
         with self._lock:
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=STATE_FILE, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(state, f, indent=1, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:  # disk full, a folder in the way: no temp file left per failed try
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        self._fsync_dir()
+            write_atomic(self.path / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
 
     def load_state(self) -> dict:
         """The saved state, or {} when there is none or it is damaged (then it is kept aside)."""

@@ -2,8 +2,8 @@
 the reported version, so the edge applies the desired state again after a restart with no broker,
 and never reports a version lower than one it already published.
 
-Written atomically (temp file, fsync, rename, fsync of the directory): a kill -9 or a power cut
-leaves the old file or the new one. A damaged file is set aside (kept for a human), loudly, and the
+Written with `controller.atomicfile.write_atomic`: a kill -9 or a power cut leaves the old file
+or the new one. A damaged file is set aside (kept for a human), loudly, and the
 shadow starts empty: the broker's retained desired topics bring the fleet's state back.
 """
 
@@ -13,10 +13,10 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
+from controller.atomicfile import write_atomic
 from controller.shadow.document import ShadowDocument
 
 log = logging.getLogger(__name__)
@@ -51,20 +51,4 @@ class ShadowStore:
 
     def save(self, doc: ShadowDocument) -> None:
         """Write `doc` durably (OSError when the state directory cannot take it)."""
-        text = json.dumps(doc.to_json(), indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=SHADOW_FILE, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, json.dumps(doc.to_json(), indent=1, sort_keys=True))
