@@ -20,7 +20,8 @@ the publish raised, the primary host offline) is committed to the outbox for the
 (no seq: it gets one when replayed). After the births the backlog is published in commit order, every
 metric is_historical, at most replay_per_s, each row acked once its PUBACK came; live messages do not
 wait for it (they take turns on one lock, which keeps seq in publish order). A stored DDATA of a PLC
-that is not born in this session waits (with what is behind it) for that PLC's DBIRTH.
+not born in this session waits for that PLC's DBIRTH while it is coming up, and is passed over (kept
+pending, the rest goes on) while it is lost; its DBIRTH sends the replay back to the oldest row.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class EdgeNode:
                  pipeline: StepPipeline, plcs: Sequence[Plc], events: EventLog, ops: Operations,
                  outbox: Outbox, state_dir: str | Path, software_version: str) -> None:
         self.cfg, self.link, self.line, self.pipeline, self.plcs = cfg, link, line, pipeline, plcs
+        self._plcs = {p.name: p for p in plcs}
         self.events, self.ops, self.outbox = events, ops, outbox
         c = config.controller
         self.group, self.node = cfg.ids_for(c.site, c.line)
@@ -262,6 +264,12 @@ class EdgeNode:
         if plc.state != ConnectionState.CONNECTED or plc.comm_lost:
             return False
         return bool((self.line.quality[plc.binding] != int(Quality.COMM_LOST)).all())
+
+    def _plc_lost(self, name: str) -> bool:
+        """Lost (backoff, failed, comm loss), not merely coming up."""
+        plc = self._plcs[name]
+        return plc.comm_lost or plc.state in (ConnectionState.BACKOFF, ConnectionState.FAILED,
+                                              ConnectionState.CLOSED)
 
     def _datatype(self, plc: Plc, md: MetricDef) -> int:
         """A tag's datatype now. One whose kind is known only once connected (OPC UA) is a Double
@@ -439,7 +447,9 @@ class EdgeNode:
     async def _replay_backlog(self) -> None:
         """One pass over the backlog in commit order, historical, at most replay_per_s; it ends when
         the backlog is done or the session ends. A stored DDATA of a PLC not born in this session
-        stays pending and is passed over; that PLC's DBIRTH starts another pass."""
+        waits for its DBIRTH while the PLC is coming up (connecting, first data), and stays pending
+        and is passed over while the PLC is lost (the rest of the backlog goes on); the PLC's DBIRTH
+        starts the replay again from the oldest row."""
         loop = asyncio.get_running_loop()
         interval, next_at, after = 1.0 / self.cfg.replay_per_s, loop.time(), 0
         while self._publishable():
@@ -455,8 +465,10 @@ class EdgeNode:
                     if record.measurement == MEASUREMENT:
                         device = record.tags.get("device") or None
                         if device is not None and device not in self.born:
+                            if not self._plc_lost(device):
+                                return  # still coming up: its DBIRTH starts the replay again
                             after = row_id
-                            continue  # kept for the PLC's DBIRTH
+                            continue  # lost: kept for its DBIRTH, the rest goes on
                         await asyncio.sleep(max(0.0, next_at - loop.time()))
                         next_at = max(next_at, loop.time() - interval) + interval
                         await self._publish_stored(record, device)
