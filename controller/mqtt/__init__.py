@@ -1,0 +1,1 @@
+"""The MQTT connection the MQTT features share (`session.MqttLink`); imported only with [mqtt]."""
