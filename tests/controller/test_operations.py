@@ -21,21 +21,6 @@ from controller.runtime import Controller
 from controller.statedir import ENGINEER_TOKEN_FILE, STATE_FILE
 from hil_tests.rig.service_process import closed_ports_config
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_line.toml"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    """A demo-line model fitted on one simulated minute (the operator paths need one, not a good one)."""
-    from hil_tests.rig.training import simulated_normal
-    from models import StreamingDetector
-
-    config = load_config(DEMO)
-    times, rows = simulated_normal(config.detector_tags(), seconds=60.0)
-    path = tmp_path_factory.mktemp("model") / "model.npz"
-    StreamingDetector(config.detector_tags(), config.detector_spec()).fit(rows, times).save(path)
-    return path
-
 
 def line_config(tmp_path: Path, model: Path) -> Path:
     """The demo config on closed ports (rig.service_process), with stop_line_failed not shelvable."""

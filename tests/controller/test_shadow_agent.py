@@ -19,7 +19,6 @@ from controller.runtime import Controller
 from controller.shadow import ShadowAgent
 from hil_tests.rig.service_process import closed_ports_config
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_line.toml"
 PREFIX = "linesentry/test/shadow"
 
 
@@ -40,18 +39,6 @@ class FakeLink:
 
     async def publish(self, topic, payload, *, qos=1, retain=False) -> None:
         self.published.append((topic, json.loads(payload), retain))
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    from hil_tests.rig.training import simulated_normal
-    from models import StreamingDetector
-
-    config = load_config(DEMO)
-    times, rows = simulated_normal(config.detector_tags(), seconds=60.0)
-    path = tmp_path_factory.mktemp("model") / "model.npz"
-    StreamingDetector(config.detector_tags(), config.detector_spec()).fit(rows, times).save(path)
-    return path
 
 
 class Line:
