@@ -73,6 +73,7 @@ async def test_births_define_every_metric_of_the_contract_and_aliases_stay_acros
     task = await start_controller(controller)
     try:
         await born(host)
+        status = controller.ops.status()
     finally:
         await stop_controller(controller, task)
     nbirth = host.last_birth(NODE)
@@ -90,7 +91,9 @@ async def test_births_define_every_metric_of_the_contract_and_aliases_stay_acros
     for alarm in config.alarms:
         assert node[f"Alarms/{alarm.name}/State"].value in ALARM_STATES
         assert node[f"Alarms/{alarm.name}/Priority"].value == alarm.priority
-    assert node["Line/Threshold"].value > 0 and node["Properties/Software Version"].value
+    assert node["Properties/Software Version"].value == status["controller"]["version"]
+    assert node["Properties/Config Hash"].value == status["controller"]["config_hash"]
+    assert node["Line/Threshold"].value == pytest.approx(status["detector"]["threshold"])
     assert nbirth.seq == 0 and 0 <= node["bdSeq"].value <= 255
 
     for plc in ("conveyor", "press"):

@@ -190,6 +190,7 @@ async def test_kill9_of_the_controller_is_announced_by_the_will_with_its_bdseq(t
             death = await wait_for(lambda: host.of("NDEATH", since=birth.index), timeout=10,
                                    what="the NDEATH will after kill -9")
             assert death[0].metric("bdSeq").value == birth.metric("bdSeq").value
+            assert death[0].qos == 1 and not death[0].retained  # the will as Sparkplug wants it
             assert not host.alive(NODE)
             mark = host.mark()
             await asyncio.to_thread(proc.start)
