@@ -30,6 +30,12 @@ shelve, take out of service, inhibit and reset (400 without); an alarm with `she
 cannot be shelved or taken out of service (409).
     POST /api/v1/model/reload                {"user": "...", "path": "optional/other.npz"}
     GET  /metrics                            Prometheus text format
+    GET  /healthz                            alive (200) or not (503): housekeeping rounds run (no auth)
+    GET  /readyz                             ready (200) or not (503): started, every PLC delivers (no auth)
+
+The probes (controller.health, docs/fleet.md) need no credentials at any bind (a kubelet has none),
+answer from counters without waiting, hold no tag value, and are served on the operator
+reserve's connections too (then closed), so a flood of readers does not fail a liveness probe.
 
 Errors are JSON `{"error": "one line"}` with 400 (bad request), 401 (no valid token or session),
 403 (a role too low, a session's change without its CSRF token, a cross-site request), 404
@@ -74,6 +80,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from controller.config import MAX_SHELVE_S
 from controller.errors import BadRequest, LinesentryError
 from controller.events import EventLog
+from controller.health import Probes
 from controller.hmi.access import Access, Caller, Unauthorized, cookie_name, refuse_other_sites, require_json
 from controller.hmi.page import add_page
 from controller.hmi.sessions import Session, SessionStore
@@ -99,6 +106,7 @@ OPERATOR_RESERVE = 8  # connection slots (out of the cap) only operator POSTs ma
 RESERVE_IDLE_S = 2.0  # a reserve connection that sends no request is closed after this
 MAX_LOGIN_NAME = 64  # a user name (HMI login or a bearer request's 'user'): recorded with every change
 MAX_REASON = 500  # an operator's reason, kept in the journal with the change
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class Operations(Protocol):
@@ -215,12 +223,14 @@ def _no_constant(name: str) -> Any:
 def create_app(ops: Operations, token: str, *, read_token: str | None = None,
                engineer_token: str | None = None, sessions: SessionStore | None = None,
                reads_need_token: bool = False, allowed_hosts: set[str] | frozenset[str] = frozenset(),
-               body_timeout_s: float = 15.0, max_streams: int = MAX_EVENT_STREAMS) -> web.Application:
+               body_timeout_s: float = 15.0, max_streams: int = MAX_EVENT_STREAMS,
+               probes: Probes | None = None) -> web.Application:
     """The API and the HMI. `token`, `read_token`, `engineer_token`: the operator's, the viewer's
     and the engineer's bearer tokens (a role without one is reached only by a higher role);
     `sessions`: the HMI's browser sessions; `allowed_hosts`: names accepted in the Host header
     besides IP literals, loopback names and this host's name; reads need a token (or a login) if
-    `reads_need_token`; at most `max_streams` event streams at once."""
+    `reads_need_token`; at most `max_streams` event streams at once; `probes`: the answers of
+    /healthz and /readyz (without it, they are not served)."""
     names = {n.lower().rstrip(".") for n in allowed_hosts} | LOOPBACK_NAMES | {socket.gethostname().lower()}
     access = Access({Role.VIEWER: read_token, Role.OPERATOR: token, Role.ENGINEER: engineer_token},
                     SessionStore() if sessions is None else sessions, reads_need_token=reads_need_token)
@@ -409,7 +419,16 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
         response.del_cookie(cookie_name(request), path="/")
         return response
 
+    def probe(answer: Callable[[], tuple[bool, dict]]):
+        async def handler(_: web.Request) -> web.Response:
+            ok, body = answer()
+            return json_response(body, status=200 if ok else 503)
+        return handler
+
     add_page(r)
+    if probes is not None:
+        r.add_get("/healthz", probe(probes.health))
+        r.add_get("/readyz", probe(probes.readiness))
     r.add_get(f"{API}/session", session)
     r.add_post(f"{API}/session/login", login)
     r.add_post(f"{API}/session/logout", logout)
@@ -484,7 +503,7 @@ def _host_check(names: frozenset[str]):
 
 def _reserve_check(access: Access):
     """On a connection in the operator reserve (ApiServer), only a POST with the operator's (or the
-    engineer's) token, or from an HMI session of those roles, is served."""
+    engineer's) token, or from an HMI session of those roles, is served, and the probes (then closed)."""
 
     def operator_post(request: web.Request) -> bool:
         role = access.known_role(request) if request.method == "POST" else None
@@ -492,7 +511,13 @@ def _reserve_check(access: Access):
 
     @web.middleware
     async def check(request: web.Request, handler) -> web.StreamResponse:
-        if getattr(request.protocol, "reserve", False) and not operator_post(request):
+        if not getattr(request.protocol, "reserve", False):
+            return await handler(request)
+        if request.method in ("GET", "HEAD") and request.path in PROBE_PATHS:
+            response = await handler(request)
+            response.force_close()  # a probe's answer frees the reserve slot at once
+            return response
+        if not operator_post(request):
             response = error(503, "API connection limit reached: the remaining connections are kept for "
                                   "operator commands (POST with the operator's or the engineer's token, or "
                                   "from an HMI session of those roles)")

@@ -39,6 +39,7 @@ from controller.config import safe_state_alarm_name
 from controller.errors import PlcError, Refused
 from controller.events import EventLog
 from controller.eventstore import journal_store
+from controller.health import Probes
 from controller.housekeeping import HOUSEKEEPING_S, CloudFeed, Housekeeping
 from controller.journal import Journal
 from controller.linestate import LineState
@@ -139,10 +140,11 @@ class Controller:
                                   wall=self.clock.wall)
         self.cloud = CloudFeed(self.identity, self.tag_names, dict(config.detector.units))
         self.systemd = SystemdNotify.from_environment()  # READY/STOPPING here, WATCHDOG from housekeeping
+        self.models = ModelLoader(config, self.events)
+        self.probes = Probes(self.clock.mono, self.plcs, model=lambda: self.models.path)  # /healthz, /readyz
         self.housekeeping = Housekeeping(pipeline=self.pipeline, health=self.health, line=self.line,
                                          journal=self.journal, events=self.events, cloud=self.cloud,
-                                         keeper=self.keeper, issue=self._issue, alive=self.systemd.watchdog)
-        self.models = ModelLoader(config, self.events)
+                                         keeper=self.keeper, issue=self._issue, alive=self._alive)
         self.registry = CollectorRegistry()
         self.ops = Operations(config, identity=self.identity, line=self.line, pipeline=self.pipeline,
                               health=self.health, journal=self.journal, keeper=self.keeper,
@@ -172,6 +174,11 @@ class Controller:
     def _issue(self, writes) -> None:
         if writes:
             self.writes.issue(writes)
+
+    def _alive(self) -> None:
+        """After each housekeeping round whose checks ran: the systemd watchdog and /healthz hear it."""
+        self.systemd.watchdog()
+        self.probes.beat()
 
     def _restep(self) -> None:
         """Tags just became unknown (a lost session): the detector and the alarms see it now."""
@@ -243,12 +250,14 @@ class Controller:
             self._starting = False
         self._exit = stack
         self.systemd.ready()
+        self.probes.started()
 
     async def aclose(self) -> None:
         """Stop everything `start` started (in reverse order); each failing step is logged."""
         stack, self._exit = self._exit, None
         if stack is not None:
             self.systemd.stopping()
+            self.probes.stopping()
             await stack.aclose()
 
     async def _start(self, stack: AsyncExitStack) -> None:
@@ -417,7 +426,7 @@ class Controller:
                          engineer_token=self.state_dir.token(ENGINEER_TOKEN_FILE),
                          reads_need_token=c.reads_need_token,
                          allowed_hosts={c.api_host, *c.api_allowed_hosts},
-                         body_timeout_s=c.api_idle_timeout_s)
+                         body_timeout_s=c.api_idle_timeout_s, probes=self.probes)
         return ApiServer(app, c.api_host, self.api_port, max_connections=c.api_max_connections,
                          idle_timeout_s=c.api_idle_timeout_s,
                          reserved=reserved_fds(len(self.plcs), sync=self.config.sync is not None))
