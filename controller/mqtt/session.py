@@ -151,12 +151,22 @@ class MqttLink:
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish and return after the PUBACK (QoS 1) or the write (QoS 0). Raises `MqttUnavailable`
         when not connected, when the session breaks meanwhile, or after connect_timeout_s."""
+        await self.send(topic, payload, qos=qos, retain=retain)
+
+    def send(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> Awaitable[None]:
+        """Start a publish now and return its confirmation to await (as `publish`). Messages go out
+        in the order of these calls (each publish task's first step hands its message to the client,
+        and asyncio runs new tasks in order), so a caller may number them under a lock and wait for
+        the PUBACKs outside it, several in flight. Raises `MqttUnavailable` at once when not connected."""
         client, lost = self._client, self._lost
         if client is None or lost is None or not self.connected:
             self.stats.publish_failures += 1
             raise MqttUnavailable(f"not connected to the MQTT broker {self.config.broker}")
         sending = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain,
                                                        timeout=math.inf))
+        return self._confirmed(topic, sending, lost)
+
+    async def _confirmed(self, topic: str, sending: asyncio.Future, lost: asyncio.Event) -> None:
         broken = asyncio.ensure_future(lost.wait())
         try:
             done, _ = await asyncio.wait((sending, broken), timeout=self.config.connect_timeout_s,

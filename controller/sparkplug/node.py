@@ -412,11 +412,12 @@ class EdgeNode:
         ts = now_ms()
         if self._publishable(device) or self._lock.locked():  # (births under way: wait for them)
             try:
-                async with self._lock:
+                async with self._lock:  # numbered and handed to the client in order; confirmed outside
                     if not self._publishable(device):
                         raise MqttUnavailable("the session ended")
                     payload = encode(metrics, seq=self.seq.next(), timestamp_ms=ts)
-                    await self.link.publish(self.topic(kind, device), payload, qos=self.cfg.data_qos)
+                    confirmed = self.link.send(self.topic(kind, device), payload, qos=self.cfg.data_qos)
+                await confirmed
                 self.stats.published += 1
                 return
             except MqttUnavailable as exc:
@@ -458,37 +459,46 @@ class EdgeNode:
             batch = await asyncio.to_thread(self.outbox.fetch_batch, SINK, REPLAY_BATCH, after)
             if batch is None:
                 return
-            sent: list[int] = []
+            sent: list[int] = []  # rows done: confirmed, or not ours to send
+            inflight: list[tuple[int, asyncio.Future]] = []  # (row, its confirmation), in send order
+            done = False
             try:
                 # one record per row (how `_store` appends): ids and records pair up
                 for row_id, record in zip(batch.ids, batch.records, strict=True):
-                    if record.measurement == MEASUREMENT:
+                    if record.measurement != MEASUREMENT:
+                        sent.append(row_id)
+                    else:
                         device = record.tags.get("device") or None
-                        if device is not None and device not in self.born:
-                            if not self._plc_lost(device):
-                                return  # still coming up: its DBIRTH starts the replay again
-                            after = row_id
-                            continue  # lost: kept for its DBIRTH, the rest goes on
-                        await asyncio.sleep(max(0.0, next_at - loop.time()))
-                        next_at = max(next_at, loop.time() - interval) + interval
-                        await self._publish_stored(record, device)
-                    sent.append(row_id)
+                        if device is not None and device not in self.born and not self._plc_lost(device):
+                            done = True  # still coming up: its DBIRTH starts the replay again
+                            break
+                        if device is None or device in self.born:  # a lost PLC's rows: kept for its DBIRTH
+                            await asyncio.sleep(max(0.0, next_at - loop.time()))
+                            next_at = max(next_at, loop.time() - interval) + interval
+                            confirmation = asyncio.ensure_future(self._send_stored(record, device))
+                            inflight.append((row_id, confirmation))
                     after = row_id
-            except MqttUnavailable as exc:
-                log.debug("Sparkplug replay paused: %s", exc)
-                return
             finally:
+                results = await asyncio.gather(*(f for _, f in inflight), return_exceptions=True)
+                failed = [r for r in results if r is not None]
+                sent += [row for (row, _), r in zip(inflight, results, strict=True) if r is None]
                 if sent:
-                    await asyncio.to_thread(self.outbox.ack, replace(batch, ids=tuple(sent)))
+                    await asyncio.to_thread(self.outbox.ack, replace(batch, ids=tuple(sorted(sent))))
+            if failed:
+                log.debug("Sparkplug replay paused: %s", failed[0])
+                return
+            if done:
+                return
 
-    async def _publish_stored(self, record: Record, device: str | None) -> None:
+    async def _send_stored(self, record: Record, device: str | None) -> None:
         data = base64.b64decode(record.fields["payload"])
         async with self._lock:
             if not self._publishable(device):
                 raise MqttUnavailable("the session ended")
             payload = historical(data, seq=self.seq.next())
-            topic = self.topic(str(record.tags["type"]), device)
-            await self.link.publish(topic, payload, qos=self.cfg.data_qos)
+            confirmed = self.link.send(self.topic(str(record.tags["type"]), device), payload,
+                                       qos=self.cfg.data_qos)
+        await confirmed
         self.stats.replayed += 1
 
     # -- what the broker brings: commands, the primary host's state ----------------------------------
