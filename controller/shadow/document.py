@@ -67,8 +67,8 @@ def parse_desired(payload: bytes) -> Desired:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise DesiredError(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}")
     try:
-        data = json.loads(payload, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = decode_json(payload)
+    except ValueError as exc:
         raise DesiredError(f"payload is not JSON ({exc})") from None
     if not isinstance(data, dict):
         raise DesiredError("payload must be a JSON object {\"value\": ..., \"version\": N, \"by\": \"who\"}")
@@ -83,10 +83,19 @@ def parse_desired(payload: bytes) -> Desired:
 def version_of(payload: bytes) -> int | None:
     """The version of a payload `parse_desired` refused, if it has a usable one (for the record)."""
     try:
-        data = json.loads(payload, parse_constant=_no_constant)
+        data = decode_json(payload)
         return check_version(data.get("version")) if isinstance(data, dict) else None
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         return None
+
+
+def decode_json(text: bytes | str) -> Any:
+    """Strict JSON (no NaN/Infinity); ValueError for anything else, a nesting too deep for the decoder
+    too (its RecursionError would otherwise end whoever reads it: the shadow's worker, its start)."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _no_constant(name: str) -> float:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from controller.atomicfile import write_atomic
-from controller.shadow.document import ShadowDocument
+from controller.shadow.document import ShadowDocument, decode_json
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class ShadowStore:
     def load(self, doc: ShadowDocument) -> str:
         """Fill `doc` from the file; returns "" or what went wrong (the file then is set aside)."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = decode_json(self.path.read_text(encoding="utf-8"))
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             doc.load_json(data)

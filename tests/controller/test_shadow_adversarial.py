@@ -1,0 +1,54 @@
+"""The device shadow against a hostile or careless fleet, a damaged shadow file and a state
+directory that cannot be written: each test is a defect found by review (docs/shadow.md's promises)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.shadow.document import DesiredError, ShadowDocument, parse_desired, version_of
+from controller.shadow.fields import FIELDS
+from controller.shadow.store import SHADOW_FILE, ShadowStore
+from hil_tests.rig.service_process import closed_ports_config
+from tests.controller.test_shadow_agent import PREFIX, FakeLink, Line
+
+DEEP = b"[" * 60_000  # under the 64 KiB payload limit, far beyond the JSON decoder's recursion limit
+
+
+@pytest.fixture
+def config(tmp_path, model) -> Path:
+    return closed_ports_config(tmp_path, model)
+
+
+def test_a_deeply_nested_payload_is_a_rejection_not_a_crash() -> None:
+    with pytest.raises(DesiredError, match="not JSON"):
+        parse_desired(DEEP)
+    nested_value = b'{"value": ' + b"[" * 30_000 + b"]" * 30_000 + b', "version": 3, "by": "x"}'
+    with pytest.raises(DesiredError, match="not JSON"):
+        parse_desired(nested_value)
+    assert version_of(DEEP) is None
+
+
+async def test_the_worker_survives_a_deeply_nested_message(config):
+    link = FakeLink()
+    async with Line(config, link) as line:
+        handler = link.handlers[f"{PREFIX}/desired/+"]
+        handler(f"{PREFIX}/desired/shadow_mode", DEEP, True)
+        good = json.dumps({"value": True, "version": 1, "by": "f"}).encode()
+        handler(f"{PREFIX}/desired/shadow_mode", good, True)
+        for _ in range(200):
+            if line.agent.stats.applied:
+                break
+            await asyncio.sleep(0.01)
+        assert line.agent.stats.applied == 1 and line.controller.ops.actions.shadow_global
+        assert line.agent.stats.rejected == 1 and line.agent.doc.desired["shadow_mode"].version == 1
+
+
+def test_a_damaged_shadow_file_is_set_aside_at_start(tmp_path) -> None:
+    (tmp_path / SHADOW_FILE).write_text("[" * 60_000)
+    doc = ShadowDocument(FIELDS)
+    assert "unusable" in ShadowStore(tmp_path).load(doc)
+    assert not (tmp_path / SHADOW_FILE).exists() and doc.seen("shadow_mode") == 0
