@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from controller.api import MAX_REASON, printable
 from controller.errors import NotFound
 from controller.shadow.document import Desired, DesiredError, finite_number
 
@@ -112,7 +113,9 @@ class Inhibits:
                     "inhibited", "reason"} or not isinstance(entry.get("reason", ""), str):
                 raise DesiredError(f"inhibits[{name!r}] must be "
                                    '{"inhibited": true|false, "reason": "..."}')
-            out[name] = {"inhibited": entry["inhibited"], "reason": entry.get("reason", "")}
+            # the API's reason rule: the journal keeps it and `linesentry events` prints it to a terminal
+            reason = printable(entry.get("reason", "").strip(), f"inhibits[{name!r}].reason", MAX_REASON)
+            out[name] = {"inhibited": entry["inhibited"], "reason": reason}
         return out
 
     def pending(self, value: dict[str, dict[str, Any]], state: dict[str, Any]) -> dict | None:

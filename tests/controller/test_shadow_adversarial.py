@@ -47,6 +47,17 @@ async def test_the_worker_survives_a_deeply_nested_message(config):
         assert line.agent.stats.rejected == 1 and line.agent.doc.desired["shadow_mode"].version == 1
 
 
+@pytest.mark.parametrize("reason", ["belt\nchange", "\x1b[31mred\x1b[0m", "x" * 501])
+async def test_an_inhibit_reason_follows_the_api_rule(config, reason):
+    """The API takes printable text of at most 500 characters (no line break, no escape sequence
+    that `linesentry events` would print to a terminal); the shadow's validation is the API's."""
+    async with Line(config, FakeLink()) as line:
+        entry = {"stop_line": {"inhibited": True, "reason": reason}}
+        assert await line.send("inhibits", entry, 1) == "rejected"
+        assert not line.controller.ops.actions.status()[0]["inhibited"]
+        assert "reason" in line.agent.doc.rejected["inhibits"]["reason"]
+
+
 def test_a_damaged_shadow_file_is_set_aside_at_start(tmp_path) -> None:
     (tmp_path / SHADOW_FILE).write_text("[" * 60_000)
     doc = ShadowDocument(FIELDS)
