@@ -119,7 +119,8 @@ class ShadowDocument:
     def seen(self, field: str) -> int:
         """The highest version of `field` accepted or rejected (0: none)."""
         accepted = self.desired[field].version if field in self.desired else 0
-        return max(accepted, self.rejected.get(field, {}).get("version") or 0)
+        r = self.rejected.get(field, {})
+        return max(accepted, r.get("version") or 0, r.get("seen") or 0)
 
     def offer(self, field: str, desired: Desired) -> Offer:
         """Whether `desired` is news for `field`: "stale" when its version is not above the last seen."""
@@ -135,7 +136,10 @@ class ShadowDocument:
         if field not in self.fields and field not in self.rejected and sum(
                 f not in self.fields for f in self.rejected) >= MAX_UNKNOWN_REJECTED:
             return  # a flood of made-up field names must not grow the reported document
-        self.rejected[field] = {"version": version, "by": by, "reason": reason}
+        entry: dict[str, Any] = {"version": version, "by": by, "reason": reason}
+        if version is None and self.seen(field):  # a payload without a version: the field keeps the
+            entry["seen"] = self.seen(field)  # highest one seen, or an older retained copy is news again
+        self.rejected[field] = entry
 
     # ------------------------------------------------------------------ reported
     def delta(self, pending: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
@@ -179,8 +183,17 @@ class ShadowDocument:
         for field, r in _mapping(data, "rejected").items():
             if not isinstance(r, dict) or not isinstance(r.get("reason"), str):
                 raise ValueError(f"rejected {field!r} has no reason")
-            rejected[field] = {"version": r.get("version"), "by": str(r.get("by", "")), "reason": r["reason"]}
+            entry = {"version": _saved_version(r.get("version")), "by": str(r.get("by", "")),
+                     "reason": r["reason"]}
+            if r.get("seen") is not None:
+                entry["seen"] = check_version(r["seen"])
+            rejected[field] = entry
         self.version, self.desired, self.rejected = version, desired, rejected
+
+
+def _saved_version(v: Any) -> int | None:
+    """A saved rejection's version: none (its payload had no usable one) or a valid one."""
+    return None if v is None else check_version(v)
 
 
 def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:

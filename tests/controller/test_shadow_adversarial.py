@@ -58,8 +58,27 @@ async def test_an_inhibit_reason_follows_the_api_rule(config, reason):
         assert "reason" in line.agent.doc.rejected["inhibits"]["reason"]
 
 
-def test_a_damaged_shadow_file_is_set_aside_at_start(tmp_path) -> None:
-    (tmp_path / SHADOW_FILE).write_text("[" * 60_000)
+def test_a_payload_without_a_usable_version_does_not_lower_the_version_seen() -> None:
+    """v10 was rejected; garbage on the same topic must not make an older v8 news again."""
+    doc = ShadowDocument(FIELDS)
+    doc.accept("shadow_mode", parse_desired(b'{"value": false, "version": 5, "by": "a"}'))
+    doc.reject("shadow_mode", 10, "a", "bad")
+    doc.reject("shadow_mode", None, "", "payload is not JSON")
+    assert doc.seen("shadow_mode") == 10
+    assert doc.offer("shadow_mode", parse_desired(b'{"value": true, "version": 8, "by": "b"}')) == "stale"
+    restored = ShadowDocument(FIELDS)
+    restored.load_json(json.loads(json.dumps(doc.to_json())))
+    assert restored.seen("shadow_mode") == 10
+
+
+@pytest.mark.parametrize("text", [
+    '{"format": 1, "reported_version": 3, "rejected": {"shadow_mode": {"version": "9", "reason": "r"}}}',
+    '{"format": 1, "reported_version": 3, "rejected": {"shadow_mode": {"version": 1e300, "reason": "r"}}}',
+    '{"format": 1, "reported_version": 3, "rejected": {"shadow_mode": {"version": [], "reason": "r"}}}',
+    "[" * 60_000,
+])
+def test_a_damaged_shadow_file_is_set_aside_at_start(tmp_path, text) -> None:
+    (tmp_path / SHADOW_FILE).write_text(text)
     doc = ShadowDocument(FIELDS)
     assert "unusable" in ShadowStore(tmp_path).load(doc)
     assert not (tmp_path / SHADOW_FILE).exists() and doc.seen("shadow_mode") == 0
