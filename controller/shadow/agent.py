@@ -89,6 +89,7 @@ class ShadowAgent:
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_MAX)
         self._wake = asyncio.Event()
         self._published = 0  # the reported version the broker holds from us (0: none this run)
+        self._saved = 0  # the reported version the shadow file holds (publish nothing above it)
         self._republish = True
         self._tasks: list[asyncio.Task] = []
 
@@ -99,6 +100,7 @@ class ShadowAgent:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         problem = self.store.load(self.doc)
+        self._saved = self.doc.version
         if problem:
             self.events.add("controller", "shadow", problem, result="damaged")
         await self._apply_saved()
@@ -203,12 +205,17 @@ class ShadowAgent:
         except NotSaved as exc:
             log.warning("shadow: %s", exc)
 
-    async def _save(self) -> None:
+    async def _save(self) -> bool:
+        version = self.doc.version
         try:
             await asyncio.to_thread(self.store.save, self.doc)
         except OSError as exc:
-            log.error("shadow: cannot save %s (%s): the desired state is in effect but not durable; "
-                      "tried again at the next change", self.store.path, exc)
+            log.error("shadow: cannot save %s (%s): the desired state is in effect but not durable, and "
+                      "no report is published; tried again at the next change and report round",
+                      self.store.path, exc)
+            return False
+        self._saved = max(self._saved, version)
+        return True
 
     # ------------------------------------------------------------------ reported
     async def _on_connect(self) -> None:
@@ -235,8 +242,8 @@ class ShadowAgent:
         it could not be published now (not connected: the next connect publishes it)."""
         report, changed = self.build_report()
         self.last_report = report
-        if changed:
-            await self._save()  # the version is durable before anyone sees it: it never goes back
+        if self._saved < report["version"] and not await self._save():
+            return False  # the version is durable before anyone sees it, or it could go back at a restart
         if not (changed or self._republish or self._published != report["version"]):
             return True
         if not self.link.connected:

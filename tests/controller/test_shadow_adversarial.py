@@ -82,3 +82,23 @@ def test_a_damaged_shadow_file_is_set_aside_at_start(tmp_path, text) -> None:
     doc = ShadowDocument(FIELDS)
     assert "unusable" in ShadowStore(tmp_path).load(doc)
     assert not (tmp_path / SHADOW_FILE).exists() and doc.seen("shadow_mode") == 0
+
+
+async def test_the_reported_version_is_not_published_before_it_is_durable(config):
+    """A state directory that cannot take the shadow file: publishing the report anyway would let
+    the reported version go back after a restart (the file still holds the older one)."""
+    link = FakeLink()
+    async with Line(config, link) as line:
+        assert await line.agent.publish_report()
+        saved = line.agent.last_report["version"]
+        path = line.agent.store.path
+        path.unlink()
+        path.mkdir()  # the rename onto it fails: an OSError like a full or read-only disk
+        assert await line.send("shadow_mode", True, 1) == "applied"
+        published = len(link.published)
+        assert not await line.agent.publish_report()
+        assert len(link.published) == published  # not seen by anyone: it could go back
+        path.rmdir()
+        assert await line.agent.publish_report()  # durable now: published
+        assert link.published[-1][1]["version"] > saved
+        assert json.loads(path.read_text())["reported_version"] == link.published[-1][1]["version"]
