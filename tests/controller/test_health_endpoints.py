@@ -10,13 +10,16 @@ where every read does.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import aiohttp
 
+from controller.api import ApiServer, create_app
 from controller.health import Probes
 from controller.plc_health import Plc
 from hil_tests.rig.controller_run import make_controller, without_model
+from hil_tests.rig.net import wait_for
 from hil_tests.rig.servers import Rig
 
 TIMEOUT_S = 30.0  # the press's reconnect backoff after it comes back is part of the wait
@@ -143,3 +146,30 @@ def test_probes_say_starting_until_the_start_is_complete_and_count_liveness_from
     assert probes.readiness() == (True, {"ready": True, "model": None, "waiting": []})
     probes.stopping()
     assert probes.health()[0] is False and probes.readiness()[0] is False
+
+
+async def test_the_probes_answer_on_the_operator_reserve_while_readers_hold_the_other_slots():
+    """Idle readers hold every general slot: a read on a reserve connection is 503, the liveness
+    probe is not (a flood of readers must not get the controller restarted)."""
+    probes = Probes(time.monotonic, [])
+    probes.started()
+    server = ApiServer(create_app(object(), "t" * 32, probes=probes), "127.0.0.1", 0, max_connections=8,
+                       idle_timeout_s=30.0)
+    await server.start()
+    general = server.max_connections - server.operator_reserve
+    loop, flood = asyncio.get_running_loop(), []
+    try:
+        for _ in range(general):
+            flood.append(sock := socket.socket())
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        await wait_for(lambda: server.open_connections == general, what="the readers to hold the slots")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            assert (await get(http, server.port, "/api/v1/status"))[0] == 503  # in the reserve
+            status, body = await get(http, server.port, "/healthz")
+            assert (status, body["status"]) == (200, "ok")
+            assert (await get(http, server.port, "/readyz"))[0] == 200
+    finally:
+        for sock in flood:
+            sock.close()
+        await server.stop()
