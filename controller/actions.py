@@ -17,7 +17,8 @@ unserved demand waits: it fires as soon as nothing stands in the way, in this or
 
 A waiting demand reports each distinct reason once, not on every step. When the alarm clears,
 an unserved demand is dropped. Shadow firing never latches and never waits for a readback, so
-switching shadow off later cannot leave a latch nobody saw.
+switching shadow off later cannot leave a latch nobody saw; switching the global shadow off
+during an activation that only shadow-fired fires it for real at the next step (`set_global_shadow`).
 
 After a write the runtime calls `confirm(name, now, ok)` (readback result); `check_deadlines`
 reports writes not confirmed within `confirm_within_s`. A failed action stays failed (the
@@ -94,7 +95,7 @@ _NO_EVENTS: tuple[ActionEvent, ...] = ()
 class _Action:
     __slots__ = ("awaiting", "cfg", "deadline", "demand", "failed", "inhibited", "inhibited_by",
                  "fired_at", "first_out", "last_fire", "latched", "latched_at", "name", "notice",
-                 "notice_ref", "served", "shadow", "written_at")
+                 "notice_ref", "served", "shadow", "shadow_served", "written_at")
 
     def __init__(self, cfg: ActionSettings, shadow: bool) -> None:
         self.cfg = cfg
@@ -102,6 +103,8 @@ class _Action:
         self.shadow = shadow
         self.demand = False  # its alarm is active (an activation is in progress)
         self.served = False  # this activation already fired (or shadow-fired)
+        # served by a shadow fire only, with last_fire from before it: global shadow going off re-arms it
+        self.shadow_served: float | None = None
         self.notice = ""  # last reason reported for the waiting demand (dedupes events)
         self.notice_ref: object = None
         self.latched = False
@@ -167,10 +170,10 @@ class ActionEngine:
             if a.cfg.alarm not in active_alarms:
                 if a.demand:
                     a.demand = a.served = False
-                    a.notice, a.notice_ref = "", None
+                    a.notice, a.notice_ref, a.shadow_served = "", None, None
                 continue
             if not a.demand:
-                a.demand, a.served = True, False
+                a.demand, a.served, a.shadow_served = True, False, None
             if a.served:
                 continue
             if a.inhibited:
@@ -194,6 +197,7 @@ class ActionEngine:
                                f"blocked by interlock {blocking} ({blocking.tag} = {value:g})")
                 continue
             w = a.cfg.write
+            a.shadow_served = a.last_fire if a.shadow else None
             a.served, a.last_fire, a.fired_at, a.first_out = True, now, wall, first_out
             a.notice, a.notice_ref = "", None
             cause = f"; first out: {first_out}" if first_out else ""
@@ -308,7 +312,7 @@ class ActionEngine:
             return []
         a.latched, a.latched_at, a.failed = False, None, False
         if a.demand:
-            a.served = True  # reset re-arms for the NEXT activation only
+            a.served, a.shadow_served = True, None  # reset re-arms for the NEXT activation only
         a.notice, a.notice_ref = "", None
         detail = f"reset ({' and '.join(was)})" if was else "reset (waiting demand dropped)"
         return [ActionEvent(now, name, "reset", detail, user)]
@@ -325,11 +329,17 @@ class ActionEngine:
 
     def set_global_shadow(self, on: bool) -> list[str]:
         """The global shadow mode at run time (the device shadow): on, every action decides but never
-        writes; off, each action follows its own `shadow`. Returns the actions whose mode changed."""
+        writes; off, each action follows its own `shadow`. Returns the actions whose mode changed.
+        An action that goes live while its alarm is active and only shadow-fired for this activation
+        fires at the next step (it wrote nothing: the activation is not served), with the rate limit
+        of its last real write."""
         self.shadow_global = on
         changed = [a.name for a in self._list if a.shadow != (on or a.cfg.shadow)]
         for a in self._list:
             a.shadow = on or a.cfg.shadow
+            if not a.shadow and a.shadow_served is not None:
+                a.served, a.last_fire, a.shadow_served = False, a.shadow_served, None
+                a.notice, a.notice_ref = "", None
         return changed
 
     # -- views and persistence --------------------------------------------------------------------

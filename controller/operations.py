@@ -258,9 +258,10 @@ class Operations:
         if self.actions.shadow_global == on:
             return self._answer(f"global shadow mode already {'on' if on else 'off'}", changed=False)
         changed = self.actions.set_global_shadow(on)
-        self.health.shadow = on
+        safe = self.health.set_shadow(on)
         text = (f"global shadow mode {'on: actions decide but never write' if on else 'off: actions write'}"
-                + (f" (changes {', '.join(changed)})" if changed else ""))
+                + (f" (changes {', '.join(changed)})" if changed else "")
+                + (f"; writing the safe state of comm-lost {', '.join(safe)}" if safe else ""))
         self.events.add("controller", "shadow_mode", text + (f": {reason}" if reason else ""), user=user,
                         role=role, reason=reason, result="on" if on else "off")
         self.journal.flush()

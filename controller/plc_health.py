@@ -52,6 +52,7 @@ class Plc:
     state: ConnectionState = ConnectionState.DISCONNECTED  # as the supervisor last reported it
     supervisor: DriverSupervisor | None = None
     safe_state_done: bool = False
+    safe_state_shadowed: bool = False  # this comm loss's safe state was only logged (global shadow on)
     heartbeat: int = 0
 
     @property
@@ -115,6 +116,7 @@ class PlcHealth:
             if age <= plc.stale_timeout_s:
                 if link.comm_lost:
                     link.comm_lost = link.safe_state_failed = plc.safe_state_done = False
+                    plc.safe_state_shadowed = False
                     self.events.add("driver", plc.name, "good data again: comm loss cleared")
                 continue
             if link.comm_lost:
@@ -129,8 +131,18 @@ class PlcHealth:
                 self._go_safe(plc)
         return raised
 
+    def set_shadow(self, on: bool) -> list[str]:
+        """The global shadow mode at run time (Operations.set_shadow_mode). Going off while a PLC's comm
+        loss lasts writes the safe state that was only logged for it; returns those PLCs."""
+        self.shadow = on
+        owed = [] if on else [p for p in self.plcs if p.link.comm_lost and p.safe_state_shadowed]
+        for plc in owed:
+            self._go_safe(plc)
+        return [p.name for p in owed]
+
     def _go_safe(self, plc: Plc) -> None:
         action, wall = safe_state_action(plc.name), self.clock.wall()
+        plc.safe_state_shadowed = self.shadow
         for w in plc.config.safe_state:
             if self.shadow:
                 self.journal.put([ActionEvent(wall, action, "shadow",

@@ -102,3 +102,45 @@ async def test_the_reported_version_is_not_published_before_it_is_durable(config
         assert await line.agent.publish_report()  # durable now: published
         assert link.published[-1][1]["version"] > saved
         assert json.loads(path.read_text())["reported_version"] == link.published[-1][1]["version"]
+
+
+def test_shadow_mode_off_during_an_activation_arms_the_action_it_only_shadowed() -> None:
+    """The fleet turns global shadow off while the alarm is active: the action wrote nothing for
+    this activation (it only logged what it would write), so it acts now, not at the next one; an
+    action that really wrote before shadow went on and off does not write twice."""
+    from controller.actions import ActionEngine
+    from controller.config import ActionConfig
+
+    stop = ActionConfig.model_validate({"name": "stop", "alarm": "anomaly", "min_interval_s": 5.0,
+                                        "write": {"tag": "line_stop", "value": True}})
+    e = ActionEngine([stop])
+    e.set_global_shadow(True)
+    assert e.evaluate(1.0, {"anomaly"}, {}) == ()
+    assert [ev.kind for ev in e.take_events()] == ["shadow"]
+    e.set_global_shadow(False)
+    (write,) = e.evaluate(1.1, {"anomaly"}, {})  # no min_interval_s from a write that never happened
+    assert write.tag == "line_stop"
+    e.set_global_shadow(True)
+    e.set_global_shadow(False)
+    assert e.evaluate(1.2, {"anomaly"}, {}) == ()  # it wrote in this activation: once per activation
+
+
+async def test_shadow_mode_off_during_a_comm_loss_writes_the_safe_state_it_only_shadowed(config):
+    """The press is comm-lost (closed port) while global shadow mode is on: its safe state is only
+    logged; turning shadow off while the loss lasts writes it (it would never be, until the next loss)."""
+    async with Line(config, FakeLink()) as line:
+        c = line.controller
+        c.ops.set_shadow_mode(True, "ann")
+        journal = c.events.since
+
+        def safe_state(kind: str) -> list[dict]:
+            c.journal.flush()
+            return [e for e in journal(0) if e["source"] == "safe_state:press" and e.get("result") == kind]
+
+        for _ in range(400):
+            if safe_state("shadow"):
+                break
+            await asyncio.sleep(0.01)
+        assert safe_state("shadow") and not safe_state("fired")
+        c.ops.set_shadow_mode(False, "ann")
+        assert safe_state("fired")
