@@ -4,7 +4,8 @@
 hears (controller.systemd): a housekeeping round whose checks ran (comm loss, staleness, alarm
 delays, readback deadlines) within LIVENESS_S, the unit's WatchdogSec. A blocked event loop does not
 answer at all; a wedged or failing round makes it 503. Before the start is complete (the numba
-kernels compile, the API and the drivers start) it is 503 "starting", as systemd waits for READY=1.
+kernels compile, the API and the drivers start) it is 503 "starting", as systemd waits for READY=1;
+from the stop on (SIGTERM) it is 503 "stopping".
 
 /readyz: is the line watched with live data? Started, the configured model loaded (a start with a
 model that does not load fails; without [detector] model the line runs on rules only), and every
@@ -35,7 +36,8 @@ class Probes:
     def __init__(self, mono: Callable[[], float], plcs: Sequence[Plc], *, liveness_s: float = LIVENESS_S,
                  model: Callable[[], object] = lambda: None) -> None:
         self._mono, self.plcs, self.liveness_s, self._model = mono, list(plcs), liveness_s, model
-        self._started: float | None = None  # monotonic end of the start; None before and after a stop
+        self._started: float | None = None  # monotonic end of the start; None before it and from the stop
+        self._stopping = False
         self._last_beat = -math.inf
 
     def started(self) -> None:
@@ -43,7 +45,8 @@ class Probes:
         self._started = self._mono()
 
     def stopping(self) -> None:
-        self._started = None
+        """The stop has begun (SIGTERM): writes finish, state is saved, the API closes soon."""
+        self._started, self._stopping = None, True
 
     def beat(self) -> None:
         """A housekeeping round whose checks ran (called where the systemd watchdog is pinged)."""
@@ -52,7 +55,7 @@ class Probes:
     def health(self) -> tuple[bool, dict]:
         """(alive, body) for GET /healthz."""
         if self._started is None:
-            return False, {"status": "starting"}
+            return False, {"status": "stopping" if self._stopping else "starting"}
         age = self._mono() - max(self._last_beat, self._started)
         body = {"status": "ok" if age <= self.liveness_s else "wedged", "housekeeping_age_s": round(age, 3)}
         return age <= self.liveness_s, body
@@ -60,7 +63,7 @@ class Probes:
     def readiness(self) -> tuple[bool, dict]:
         """(ready, body) for GET /readyz: `waiting` names what keeps it not ready."""
         if self._started is None:
-            return False, {"ready": False, "waiting": ["start"]}
+            return False, {"ready": False, "waiting": ["stop" if self._stopping else "start"]}
         mono = self._mono()
         waiting = [f"{plc.name}: {why}" for plc in self.plcs if (why := self._plc_waiting(plc, mono))]
         model = self._model()

@@ -131,7 +131,8 @@ class Clock:
 
 def test_probes_say_starting_until_the_start_is_complete_and_count_liveness_from_there():
     """Pure logic: before `started` both are 503 (a kubelet's startupProbe waits, as systemd waits
-    for READY=1); a start without a housekeeping round yet is alive for the liveness bound only."""
+    for READY=1); a start without a housekeeping round yet is alive for the liveness bound only;
+    from the stop on both are 503 again."""
     clock, plcs = Clock(), list[Plc]()
     probes = Probes(clock, plcs, liveness_s=10.0)
     assert probes.health() == (False, {"status": "starting"})
@@ -145,7 +146,8 @@ def test_probes_say_starting_until_the_start_is_complete_and_count_liveness_from
     assert probes.health() == (True, {"status": "ok", "housekeeping_age_s": 0.0})
     assert probes.readiness() == (True, {"ready": True, "model": None, "waiting": []})
     probes.stopping()
-    assert probes.health()[0] is False and probes.readiness()[0] is False
+    assert probes.health() == (False, {"status": "stopping"})
+    assert probes.readiness() == (False, {"ready": False, "waiting": ["stop"]})
 
 
 async def test_the_probes_answer_on_the_operator_reserve_while_readers_hold_the_other_slots():
