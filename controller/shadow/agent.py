@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.errors import BadRequest, LinesentryError, NotSaved
-from controller.shadow.document import Desired, DesiredError, ShadowDocument, parse_desired, version_of
+from controller.shadow.document import (
+    MAX_FIELD_CHARS,
+    MAX_REASON_CHARS,
+    Desired,
+    DesiredError,
+    ShadowDocument,
+    clip,
+    parse_desired,
+    version_of,
+)
 from controller.shadow.fields import FIELDS, Change, shadow_fields
 from controller.shadow.reported import reported_state
 from controller.shadow.store import ShadowStore
@@ -171,6 +180,7 @@ class ShadowAgent:
         return "applied"
 
     async def _reject(self, field: str, version: int | None, by: str, reason: str) -> str:
+        field, reason = clip(field, MAX_FIELD_CHARS), clip(reason, MAX_REASON_CHARS)
         self.doc.reject(field, version, by, reason)
         self.stats.rejected += 1
         text = f"desired {field}" + (f" v{version}" if version is not None else "") + f" rejected: {reason}"

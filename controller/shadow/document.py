@@ -32,6 +32,10 @@ MAX_VERSION = 2**53  # what every JSON implementation (the fleet's JavaScript to
 MAX_BY_CHARS = 64
 MAX_PAYLOAD_BYTES = 64 * 1024  # a desired field is a few hundred bytes; beyond this is a mistake
 MAX_UNKNOWN_REJECTED = 8  # rejected entries kept for fields the shadow does not have (topic typos)
+# a rejection's reason echoes the refused value, an unknown field's name is the topic's last level:
+# clipped, so a few big payloads cannot make a reported document no broker takes (nor huge journal events)
+MAX_REASON_CHARS = 400
+MAX_FIELD_CHARS = 64
 
 
 class DesiredError(ValueError):
@@ -96,6 +100,11 @@ def decode_json(text: bytes | str) -> Any:
         return json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and an ellipsis."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _no_constant(name: str) -> float:

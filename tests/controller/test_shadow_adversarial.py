@@ -144,3 +144,18 @@ async def test_shadow_mode_off_during_a_comm_loss_writes_the_safe_state_it_only_
         assert safe_state("shadow") and not safe_state("fired")
         c.ops.set_shadow_mode(False, "ann")
         assert safe_state("fired")
+
+
+async def test_huge_rejected_values_and_field_names_keep_the_reported_document_small(config):
+    """A reason echoes the refused value and an unknown field its topic level: unclipped, a dozen 60 kB
+    payloads made a reported document of most of a megabyte (over a broker's maximum packet size,
+    AWS IoT's is 128 kB: no report could be published again) and as many 60 kB journal events."""
+    async with Line(config, FakeLink()) as line:
+        assert await line.send("threshold_margin", "x" * 60_000, 1) == "rejected"
+        assert await line.send("model_version", "y" * 60_000, 1) == "rejected"
+        for i in range(12):
+            payload = json.dumps({"value": "z" * 60_000, "version": 1, "by": "f"}).encode()
+            assert await line.agent.handle(f"{PREFIX}/desired/{i}{'f' * 60_000}", payload) == "rejected"
+        report, _ = line.agent.build_report()
+        assert len(json.dumps(report)) < 32_000
+        assert max(len(e["message"]) for e in line.events("shadow")) < 1_000
