@@ -15,12 +15,11 @@ last value instead of reusing one a host may still associate with the old sessio
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from controller.atomicfile import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +61,8 @@ class BdSeqStore:
         the session goes on with it)."""
         value = 0 if self.last is None else (self.last + 1) % 256
         self.last = value
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=BDSEQ_FILE, suffix=".tmp")
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"bdseq": value}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps({"bdseq": value}))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             log.error("%s cannot be written (%s): a restart may reuse bdSeq %d", self.path, exc, value)
         return value
