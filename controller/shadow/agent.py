@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -109,6 +110,8 @@ class ShadowAgent:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         problem = self.store.load(self.doc)
+        if not self.doc.version:  # no usable file (first start, lost or damaged): an earlier one may have
+            self.doc.version = int(time.time() * 1000)  # published versions; reports are >= DEBOUNCE_S apart
         self._saved = self.doc.version
         if problem:
             self.events.add("controller", "shadow", problem, result="damaged")

@@ -159,3 +159,21 @@ async def test_huge_rejected_values_and_field_names_keep_the_reported_document_s
         report, _ = line.agent.build_report()
         assert len(json.dumps(report)) < 32_000
         assert max(len(e["message"]) for e in line.events("shadow")) < 1_000
+
+
+async def test_the_reported_version_does_not_go_back_after_the_shadow_file_is_damaged(config):
+    """A damaged (or lost) shadow file starts the shadow empty: its reported version must still be
+    above every version the broker and the fleet saw before, or a fleet ordering reports by version
+    would ignore this line's reports until it caught up."""
+    link = FakeLink()
+    async with Line(config, link) as line:
+        for value, version in ((True, 1), (False, 2), (True, 3)):
+            assert await line.send("shadow_mode", value, version) == "applied"
+            assert await line.agent.publish_report()
+        before = link.published[-1][1]["version"]
+        path = line.agent.store.path
+    path.write_text('{"format": 1, "reported_ver')  # torn by a disk fault (a rename never tears it)
+    link = FakeLink()
+    async with Line(config, link) as line:
+        assert await line.agent.publish_report()
+        assert link.published[-1][1]["version"] > before
