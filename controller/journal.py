@@ -36,6 +36,11 @@ class Journal:
         if items:
             self._pending.extend(items)
 
+    @property
+    def pending(self) -> bool:
+        """Something is queued that `flush` has not recorded yet."""
+        return bool(self._pending)
+
     def flush(self) -> None:
         """Record everything queued, oldest first; then the event log's journal write."""
         pending, self._pending = self._pending, []
