@@ -408,14 +408,14 @@ class EdgeNode:
 
     async def _send(self, kind: str, device: str | None, metrics: list[Metric], *,
                     store: bool = True) -> None:
-        """Publish one message now, or (DATA) commit it to the outbox for the replay."""
-        ts = now_ms()
+        """Publish one message now, or (DATA) commit it to the outbox for the replay. The payload's
+        timestamp is taken under the lock, so it rises with seq (the order the host receives)."""
         if self._publishable(device) or self._lock.locked():  # (births under way: wait for them)
             try:
                 async with self._lock:  # numbered and handed to the client in order; confirmed outside
                     if not self._publishable(device):
                         raise MqttUnavailable("the session ended")
-                    payload = encode(metrics, seq=self.seq.next(), timestamp_ms=ts)
+                    payload = encode(metrics, seq=self.seq.next(), timestamp_ms=now_ms())
                     confirmed = self.link.send(self.topic(kind, device), payload, qos=self.cfg.data_qos)
                 await confirmed
                 self.stats.published += 1
@@ -423,7 +423,7 @@ class EdgeNode:
             except MqttUnavailable as exc:
                 log.debug("Sparkplug %s not published (%s): stored", kind, exc)
         if store:
-            await self._store(kind, device, metrics, ts)
+            await self._store(kind, device, metrics, now_ms())
 
     async def _store(self, kind: str, device: str | None, metrics: list[Metric], ts: int) -> None:
         body = base64.b64encode(encode(metrics, seq=None, timestamp_ms=ts)).decode("ascii")
