@@ -50,7 +50,8 @@ too (the viewer's `api-read-token` or a higher role's token, or an HMI login). T
 must be an IP literal, a loopback name, this host's name, `api_host` or a name in
 `api_allowed_hosts` (DNS rebinding). Every API response is valid JSON: non-finite
 numbers become null. `ApiServer` caps the connections (a connection over the cap
-gets a 503 and is closed at once), closes idle and slow-header connections after
+gets a 503 and is closed at once; a probe there still gets its answer, _Busy), closes
+idle and slow-header connections after
 `idle_timeout_s`, and sizes the cap to the open-file limit minus a reserve for
 PLC sessions, the outbox and the process, so the API can never take the
 descriptors the line needs. The last connection slots are an operator reserve: a
@@ -107,6 +108,10 @@ RESERVE_IDLE_S = 2.0  # a reserve connection that sends no request is closed aft
 MAX_LOGIN_NAME = 64  # a user name (HMI login or a bearer request's 'user'): recorded with every change
 MAX_REASON = 500  # an operator's reason, kept in the journal with the change
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+PROBES = web.AppKey("probes", Probes)  # also answered over the cap (_Busy)
+BUSY_WAIT_S = 1.0  # an over-cap connection's time to send its request head (a probe sends it at once)
+BUSY_WAITING = 16  # over-cap connections waiting for their head at once; a newer one closes the oldest
+MAX_PROBE_HEAD = 4096
 
 
 class Operations(Protocol):
@@ -427,6 +432,7 @@ def create_app(ops: Operations, token: str, *, read_token: str | None = None,
 
     add_page(r)
     if probes is not None:
+        app[PROBES] = probes
         r.add_get("/healthz", probe(probes.health))
         r.add_get("/readyz", probe(probes.readiness))
     r.add_get(f"{API}/session", session)
@@ -590,11 +596,69 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\
 
 
 class _Busy(asyncio.Protocol):
-    """A connection over the cap: a 503, then closed at once (its descriptor is freed)."""
+    """A connection over the cap: a 503, then closed (its descriptor is freed). A probe (GET or HEAD
+    /healthz or /readyz with an IP literal as Host: the kubelet's, the image's HEALTHCHECK) gets its
+    real answer instead, so a client holding every slot cannot get the pod restarted by its
+    liveness probe. It waits BUSY_WAIT_S at most for its request head, and at most BUSY_WAITING
+    wait at once: a newer one closes the oldest, so silent connections cannot crowd a probe out
+    (a probe's head arrives with its connection)."""
+
+    def __init__(self, probes: Probes | None, waiting: "dict[_Busy, None]") -> None:
+        self._probes, self._waiting = probes, waiting
+        self._head = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(_BUSY)  # type: ignore[attr-defined]
-        transport.close()
+        self._transport = transport  # type: ignore[assignment]
+        if self._probes is None:
+            return self.refuse()
+        if len(self._waiting) >= BUSY_WAITING:
+            next(iter(self._waiting)).refuse()
+        self._waiting[self] = None
+        self._timer = asyncio.get_running_loop().call_later(BUSY_WAIT_S, self.refuse)
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        if b"\r\n\r\n" in self._head or len(self._head) > MAX_PROBE_HEAD:
+            self._answer(self._probe_answer() or _BUSY)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+
+    def refuse(self) -> None:
+        self._answer(_BUSY)
+
+    def _answer(self, response: bytes) -> None:
+        self._done()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(response)
+            self._transport.close()
+
+    def _done(self) -> None:
+        self._waiting.pop(self, None)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _probe_answer(self) -> bytes | None:
+        assert self._probes is not None
+        lines = self._head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        request = lines[0].split()
+        host = next((line.split(":", 1)[1] for line in lines[1:] if line.lower().startswith("host:")), "")
+        if len(request) != 3 or request[0] not in ("GET", "HEAD"):
+            return None
+        path = request[1].split("?", 1)[0]
+        try:
+            ipaddress.ip_address(host_of(host))
+        except ValueError:
+            return None  # a name: only the app checks those (DNS rebinding)
+        if path not in PROBE_PATHS:
+            return None
+        ok, body = (self._probes.health if path == "/healthz" else self._probes.readiness)()
+        text = dumps(body).encode() if request[0] == "GET" else b""
+        headers = "".join(f"{k}: {v}\r\n" for k, v in NOT_A_PAGE.items())
+        return (f"HTTP/1.1 {'200 OK' if ok else '503 Service Unavailable'}\r\nContent-Type: application/json"
+                f"\r\n{headers}Connection: close\r\nContent-Length: {len(text)}\r\n\r\n").encode() + text
 
 
 class _Counted(RequestHandler):
@@ -628,6 +692,7 @@ class ApiServer:
         self._server: asyncio.Server | None = None
         self._last_refusal_log = -math.inf
         self._refused_since_log = 0
+        self._busy_waiting: dict[_Busy, None] = {}  # over-cap connections waiting for their head
 
     @property
     def open_connections(self) -> int:
@@ -646,7 +711,7 @@ class ApiServer:
         def protocol() -> asyncio.Protocol:
             if self._open >= self.max_connections:
                 self._refuse()
-                return _Busy()
+                return _Busy(self.app.get(PROBES), self._busy_waiting)
             reserve = self._open >= general
             self._open += 1
             idle_s = min(RESERVE_IDLE_S, self.idle_timeout_s) if reserve else self.idle_timeout_s
