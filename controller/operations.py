@@ -226,7 +226,9 @@ class Operations:
                             action=name)
 
     def inhibit_action(self, name: str, user: str, enabled: bool, reason: str = "", *,
-                       role: str = "operator") -> dict:
+                       role: str = "operator", origin: str = "") -> dict:
+        """`origin`: what made the request, beside the user's reason (the device shadow's field and
+        version), in the journal event."""
         name = self._action_name(name)
         if enabled:
             require_reason(reason, f"inhibit {name}")
@@ -234,22 +236,23 @@ class Operations:
         if not events:
             return self._answer(f"{name} {'already' if enabled else 'is not'} inhibited", action=name,
                                 changed=False)
-        self.journal.record_actions([dataclasses.replace(e, detail=f"{e.detail}: {reason}" if reason
-                                                         else e.detail) for e in events], reason, role)
+        why = (f": {reason}" if reason else "") + (f" ({origin})" if origin else "")
+        self.journal.record_actions([dataclasses.replace(e, detail=e.detail + why) for e in events],
+                                    reason or origin, role)
         if not enabled:
             return self._answer(f"{name} no longer inhibited", action=name)
         self.reasons[f"action:{name}"] = reason
         return self._answer(f"{name} inhibited", action=name, disables=[name], doing=f"inhibiting {name}")
 
     def inhibit_actions(self, changes: Mapping[str, tuple[bool, str]], user: str, *,
-                        role: str = "engineer") -> list[dict]:
+                        role: str = "engineer", origin: str = "") -> list[dict]:
         """Several inhibits at once ({action: (inhibited, reason)}, the device shadow's): every one is
         checked as `inhibit_action` checks it before any is applied, so a bad entry changes nothing."""
         for name, (enabled, reason) in changes.items():
             self._action_name(name)
             if enabled:
                 require_reason(reason, f"inhibit {name}")
-        return [self.inhibit_action(name, user, enabled, reason, role=role)
+        return [self.inhibit_action(name, user, enabled, reason, role=role, origin=origin)
                 for name, (enabled, reason) in changes.items()]
 
     def set_shadow_mode(self, on: bool, user: str, reason: str = "", *, role: str = "engineer") -> dict:

@@ -124,9 +124,9 @@ class Inhibits:
         return missing or None
 
     async def apply(self, value: dict[str, dict[str, Any]], ops: Operations, change: Change) -> None:
-        # a release may come without a reason: the journal then says which desired version released it
-        ops.inhibit_actions({n: (e["inhibited"], e["reason"] or ("" if e["inhibited"] else change.reason))
-                             for n, e in value.items()}, change.user, role=ROLE)
+        # the journal event names the desired version beside the fleet's reason (a release may have none)
+        ops.inhibit_actions({n: (e["inhibited"], e["reason"]) for n, e in value.items()}, change.user,
+                            role=ROLE, origin=change.reason)
 
 
 class ModelVersion:

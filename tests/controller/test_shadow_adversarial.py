@@ -177,3 +177,15 @@ async def test_the_reported_version_does_not_go_back_after_the_shadow_file_is_da
     async with Line(config, link) as line:
         assert await line.agent.publish_report()
         assert link.published[-1][1]["version"] > before
+
+
+async def test_an_inhibit_from_the_shadow_is_journaled_with_its_desired_version(config):
+    """Every applied change is a journal event with its origin: for an inhibit the reason is the
+    fleet's own text, so the event must still say which desired version set it."""
+    async with Line(config, FakeLink()) as line:
+        entry = {"stop_line": {"inhibited": True, "reason": "belt change"}}
+        assert await line.send("inhibits", entry, 7, by="ann") == "applied"
+        event = [e for e in line.events("stop_line") if e.get("result") == "inhibited"][-1]
+        assert event["user"] == "shadow:ann" and "belt change" in event["message"]
+        assert "device shadow inhibits v7" in event["message"]
+        assert line.controller.ops.reasons["action:stop_line"] == "belt change"  # the operator's view
