@@ -242,7 +242,10 @@ class ShadowAgent:
                     await self._wake.wait()
                 await asyncio.sleep(DEBOUNCE_S)
             self._wake.clear()
-            await self.publish_report()
+            try:
+                await self.publish_report()
+            except Exception:  # a bug (a link or status error) costs this round's report, not every later one
+                log.exception("shadow: the reported document failed; tried again at the next round")
 
     def build_report(self) -> tuple[dict[str, Any], bool]:
         """The reported document now, and whether its content changed (its version rose)."""

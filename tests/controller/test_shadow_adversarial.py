@@ -189,3 +189,26 @@ async def test_an_inhibit_from_the_shadow_is_journaled_with_its_desired_version(
         assert event["user"] == "shadow:ann" and "belt change" in event["message"]
         assert "device shadow inhibits v7" in event["message"]
         assert line.controller.ops.reasons["action:stop_line"] == "belt change"  # the operator's view
+
+
+class BrokenOnceLink(FakeLink):
+    """A link whose first publish fails with something other than MqttUnavailable (a library's
+    ValueError, say): a bug elsewhere, which must cost one report, not every later one."""
+
+    async def publish(self, topic, payload, *, qos=1, retain=False) -> None:
+        if not self.published and not getattr(self, "failed", False):
+            self.failed = True
+            raise ValueError("payload rejected by the client library")
+        await super().publish(topic, payload, qos=qos, retain=retain)
+
+
+async def test_the_report_loop_survives_an_unexpected_publish_error(config):
+    link = BrokenOnceLink()
+    async with Line(config, link):
+        desired = json.dumps({"value": True, "version": 1, "by": "f"}).encode()
+        link.handlers[f"{PREFIX}/desired/+"](f"{PREFIX}/desired/shadow_mode", desired, True)
+        for _ in range(300):
+            if link.published and link.published[-1][1]["state"]["shadow_mode"] is True:
+                break
+            await asyncio.sleep(0.01)
+        assert link.failed and link.published and link.published[-1][1]["state"]["shadow_mode"] is True
