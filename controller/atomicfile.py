@@ -8,9 +8,22 @@ and a failed write (disk full, a folder in the way) leaves no temp file behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
+
+
+def remove_leftovers(path: Path) -> list[Path]:
+    """Delete the temp files of `write_atomic(path, ...)` calls a kill -9 or a power cut interrupted
+    (call it before this process writes `path`: a running write's temp file matches too)."""
+    path = Path(path)
+    gone = []
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            gone.append(tmp)
+    return gone
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:

@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from controller.atomicfile import write_atomic
+from controller.atomicfile import remove_leftovers, write_atomic
 from controller.shadow.document import ShadowDocument, decode_json
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,10 @@ class ShadowStore:
         self.path = Path(state_dir) / SHADOW_FILE
 
     def load(self, doc: ShadowDocument) -> str:
-        """Fill `doc` from the file; returns "" or what went wrong (the file then is set aside)."""
+        """Fill `doc` from the file; returns "" or what went wrong (the file then is set aside). A temp
+        file a kill -9 left mid-write is removed (the file itself is whole: old or new)."""
+        for tmp in remove_leftovers(self.path):
+            log.info("shadow: removed %s, left by an interrupted write", tmp.name)
         try:
             data = decode_json(self.path.read_text(encoding="utf-8"))
             if not isinstance(data, dict):

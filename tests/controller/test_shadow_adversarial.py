@@ -212,3 +212,47 @@ async def test_the_report_loop_survives_an_unexpected_publish_error(config):
                 break
             await asyncio.sleep(0.01)
         assert link.failed and link.published and link.published[-1][1]["state"]["shadow_mode"] is True
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from controller.shadow.document import ShadowDocument
+from controller.shadow.fields import FIELDS
+from controller.shadow.store import ShadowStore
+store, doc = ShadowStore(Path(sys.argv[1])), ShadowDocument(FIELDS)
+doc.rejected = {f"f{k}": {"version": 1, "by": "x", "reason": "r" * 4000} for k in range(8)}
+while True:
+    doc.version += 1
+    store.save(doc)
+    if doc.version == 1:
+        print("saved once", flush=True)
+"""
+
+
+def test_a_kill_9_during_the_shadow_file_write_leaves_no_torn_file_and_no_litter(tmp_path) -> None:
+    """A real process writing the shadow file in a loop, killed at random: the file is always whole
+    (old or new), and the temp file a kill leaves behind is cleared at the next start, not left to
+    pile up in the state directory over a crash loop."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    litter = []
+    for _ in range(40):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=root,
+                                stdout=subprocess.PIPE)
+        proc.stdout.readline()
+        time.sleep(random.uniform(0.005, 0.05))
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        litter = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        doc = ShadowDocument(FIELDS)
+        assert ShadowStore(tmp_path).load(doc) == "" and doc.version > 0  # whole, never torn
+        if litter:
+            break
+    assert litter, "no kill landed inside a write in 40 tries"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
