@@ -699,7 +699,8 @@ class ApiServer:
         return self._open
 
     async def start(self) -> None:
-        self.max_connections, soft = connection_budget(self.wanted, self.reserved)
+        # the over-cap connections waiting for their head (_Busy) take descriptors too
+        self.max_connections, soft = connection_budget(self.wanted, self.reserved + BUSY_WAITING)
         self.operator_reserve = max(1, min(OPERATOR_RESERVE, self.max_connections // 4))
         general = self.max_connections - self.operator_reserve
         self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.idle_timeout_s,
