@@ -24,6 +24,7 @@ import contextlib
 import inspect
 import logging
 import math
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -256,7 +257,11 @@ class MqttLink:
         try:
             await asyncio.wait_for(client.__aenter__(), c.connect_timeout_s + 1.0)
         except TimeoutError:
+            _abandon(client)
             raise aiomqtt.MqttError(f"no CONNACK within {c.connect_timeout_s:g} s") from None
+        except BaseException:  # a refusal, aiomqtt's own timeout, a stop during the connect
+            _abandon(client)
+            raise
         return client
 
     def _down(self) -> None:
@@ -291,6 +296,19 @@ def _protocol_refused(exc: aiomqtt.MqttError) -> bool:
         code = getattr(exc.rc, "value", exc.rc)
         return code in PROTOCOL_REFUSED
     return not isinstance(exc.__context__, OSError) and not isinstance(exc.__cause__, OSError)
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    """Close the socket of a connect attempt that failed. aiomqtt leaves it open (and its keepalive
+    task running) when no CONNACK came or the stop cut the connect short: a broker that accepts TCP
+    and never answers collected one half-open connection per retry, and a late CONNACK on one
+    would have made it a second session with our client id. A DISCONNECT does not do it (paho
+    2.2 fails on its own DISCONNECT before closing); a shutdown makes paho see the end of the
+    connection and close everything itself. aiomqtt offers no public way to its paho client."""
+    with contextlib.suppress(Exception):
+        sock = client._client.socket()
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _payload(payload: object) -> bytes:
