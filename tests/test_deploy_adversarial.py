@@ -6,7 +6,15 @@ probe ports, selectors, the init container's copies) point at things that exist.
 
 from __future__ import annotations
 
+import re
+import secrets
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
 import aiohttp
+import kubernetes_validate
 import pytest
 import yaml
 from aiohttp.test_utils import TestServer
@@ -14,7 +22,9 @@ from aiohttp.test_utils import TestServer
 from controller.api import create_app
 from controller.config import load_config
 from controller.health import Probes
-from tests.test_deploy_manifests import ALL_CONTAINERS, CONTROLLER, OVERLAYS, POD, RESOURCES
+from controller.roles import TOKEN_FILES
+from controller.statedir import StateDir
+from tests.test_deploy_manifests import ALL_CONTAINERS, CONTROLLER, KUBERNETES, OVERLAYS, POD, RESOURCES, ROOT
 
 CLUSTER_DOMAIN = "cluster.local"  # K3s' and kubeadm's default
 
@@ -72,3 +82,86 @@ def test_every_reference_in_the_pod_spec_exists():
                            ("PodDisruptionBudget", RESOURCES["PodDisruptionBudget"]["spec"]["selector"]
                             ["matchLabels"])):
         assert selector and selector.items() <= labels.items(), kind
+
+
+def secret_volume(path: Path, files: dict[str, str]) -> None:
+    """A Secret volume as the kubelet writes it: the files in a timestamped directory, `..data` a
+    link to it, each key a link through `..data`, all 0440 (defaultMode 0400 plus fsGroup's g+r)."""
+    data = path / "..2026_12_01_10_00_00.000000001"
+    data.mkdir(parents=True)
+    for name, text in files.items():
+        (data / name).write_text(text)
+        (data / name).chmod(0o440)
+        (path / name).symlink_to(f"..data/{name}")
+    (path / "..data").symlink_to(data.name)
+
+
+def test_the_init_container_copies_the_secrets_to_files_the_controller_keeps(tmp_path):
+    """The init container's script, run by a real shell on a Secret-like layout: the controller then
+    uses the Secret's tokens as they are (a token it replaced would leave every client of the
+    Secret with a 401) and the OPC UA key is 0600 (the driver refuses a group-readable key)."""
+    (init,) = POD["initContainers"]
+    mounts = {m["name"]: Path(m["mountPath"]) for m in init["volumeMounts"]}
+    where = {name: tmp_path / str(path).lstrip("/") for name, path in mounts.items()}  # same tails
+    for name in ("state", "pki"):
+        where[name].mkdir(mode=0o2770, parents=True)  # fsGroup's setgid, group-writable volume roots
+    tokens = {name: secrets.token_urlsafe(32) + "\n" for name in TOKEN_FILES.values()}  # docs/fleet.md
+    secret_volume(where["tokens-secret"], tokens)
+    secret_volume(where["pki-secret"], {"client.der": "cert", "client_key.pem": "key", "server.der": "cert"})
+    longest_first = sorted((str(p) for p in mounts.values()), key=len, reverse=True)
+    paths = re.compile("|".join(map(re.escape, longest_first)))
+    script = paths.sub(lambda m: str(tmp_path) + m.group(0), init["command"][-1])
+    subprocess.run([*init["command"][:-1], script], check=True, timeout=10)
+    state = StateDir(where["state"])
+    for name in TOKEN_FILES.values():
+        assert stat.S_IMODE((where["state"] / name).stat().st_mode) == 0o600, name
+        assert state.token(name) == tokens[name].strip(), f"{name}: the Secret's token was replaced"
+    for name in ("client.der", "client_key.pem", "server.der"):
+        assert stat.S_IMODE((where["pki"] / name).stat().st_mode) == 0o600, name
+    assert sorted(p.name for p in where["pki"].iterdir()) == ["client.der", "client_key.pem", "server.der"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_each_rendered_overlay_is_valid_and_its_references_resolve(overlay, tmp_path):
+    """`kubectl kustomize` of the overlay (its secrets/ filled with stand-ins), as `kubectl apply -k`
+    sends it: strictly valid Kubernetes, every resource in the namespace, the name prefix applied
+    to each reference (a required Secret or ConfigMap that is not rendered leaves the pod stuck in
+    ContainerCreating), the selectors on the instance's labels."""
+    deploy = tmp_path / "deploy"
+    shutil.copytree(ROOT / "deploy", deploy)
+    copy = deploy / "overlays" / overlay.name
+    kustomization = yaml.safe_load((copy / "kustomization.yaml").read_text())
+    for generator in kustomization.get("secretGenerator", []):
+        for f in generator.get("files", []):
+            (copy / f).parent.mkdir(exist_ok=True)
+            (copy / f).write_text(secrets.token_urlsafe(32))
+        for f in generator.get("envs", []):
+            (copy / f).write_text("LINESENTRY_STAND_IN=x\n")
+    rendered = subprocess.run(["kubectl", "kustomize", str(copy)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    for d in docs:
+        kubernetes_validate.validate(d, KUBERNETES, strict=True)
+        assert d["metadata"]["namespace"] == kustomization["namespace"], d["kind"]
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    wanted = [("ConfigMap", v["configMap"]["name"], v["configMap"].get("optional", False))
+              for v in pod["volumes"] if "configMap" in v]
+    wanted += [("Secret", v["secret"]["secretName"], v["secret"].get("optional", False))
+               for v in pod["volumes"] if "secret" in v]
+    wanted += [("Secret", e["secretRef"]["name"], e["secretRef"].get("optional", False))
+               for c in pod["containers"] for e in c.get("envFrom", [])]
+    for kind, name, optional in wanted:
+        assert (kind, name) in names or optional, f"{kind} {name} is not rendered"
+    for kind, name, _ in wanted:
+        assert name.startswith(kustomization["namePrefix"]), f"{kind} {name}: another line's, or nobody's"
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/instance"] == overlay.name
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    for selector in (sts["spec"]["selector"]["matchLabels"], service["spec"]["selector"],
+                     pdb["spec"]["selector"]["matchLabels"]):
+        assert selector.get("app.kubernetes.io/instance") == overlay.name
+        assert selector.items() <= labels.items()
