@@ -100,6 +100,7 @@ class ShadowAgent:
         self._wake = asyncio.Event()
         self._published = 0  # the reported version the broker holds from us (0: none this run)
         self._saved = 0  # the reported version the shadow file holds (publish nothing above it)
+        self._save_failing = False
         self._republish = True
         self._tasks: list[asyncio.Task] = []
 
@@ -222,12 +223,16 @@ class ShadowAgent:
         version = self.doc.version
         try:
             await asyncio.to_thread(self.store.save, self.doc)
-        except OSError as exc:
-            log.error("shadow: cannot save %s (%s): the desired state is in effect but not durable, and "
-                      "no report is published; tried again at the next change and report round",
-                      self.store.path, exc)
+        except OSError as exc:  # said once per run of failures: the report round retries every POLL_S
+            log.log(logging.DEBUG if self._save_failing else logging.ERROR,
+                    "shadow: cannot save %s (%s): the desired state is in effect but not durable, and no "
+                    "report is published; tried again at the next change and report round", self.store.path,
+                    exc)
+            self._save_failing = True
             return False
-        self._saved = max(self._saved, version)
+        if self._save_failing:
+            log.warning("shadow: %s saved again", self.store.path)
+        self._saved, self._save_failing = max(self._saved, version), False
         return True
 
     # ------------------------------------------------------------------ reported
