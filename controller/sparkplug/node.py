@@ -56,7 +56,7 @@ from controller.sparkplug.catalogue import (
     action_state,
     alarm_metric,
 )
-from controller.sparkplug.commands import Command, device_commands, node_commands
+from controller.sparkplug.commands import Command, RefusalGate, clip, device_commands, node_commands
 from controller.sparkplug.payload import (
     BOOLEAN,
     DOUBLE,
@@ -136,6 +136,7 @@ class EdgeNode:
             devices={p.name: [(t.name, tags[t.name].kind) for t in p.config.driver.tags] for p in plcs})
         self.fixed = {SOFTWARE_VERSION: software_version, CONFIG_HASH: ops.config_hash}
         self.stats = NodeStats()
+        self.refusals = RefusalGate()
         self.seq = Seq()
         self.bdseq_store = BdSeqStore(state_dir)
         self.bdseq = 0  # of the current (or next) MQTT session: its will and its NBIRTH
@@ -525,7 +526,7 @@ class EdgeNode:
                 await self._operator(command)
 
     async def _on_dcmd(self, topic: str, data: bytes, retained: bool) -> None:
-        device = topic.rsplit("/", 1)[-1]
+        device = clip(topic.rsplit("/", 1)[-1])
         try:
             refused = device_commands(decode(data), device)
         except ValueError as exc:
@@ -551,9 +552,14 @@ class EdgeNode:
         log.warning("Sparkplug NCMD %s %s by %s done", verb, command.alarm, user)
 
     def _refuse(self, kind: str, what: str, why: str) -> None:
+        """Counted always; logged and journaled within `RefusalGate`'s rate (a flood is summed up)."""
         self.stats.refused_commands += 1
-        log.warning("Sparkplug %s %s refused: %s", kind, what, why)
-        self.events.add("controller", "sparkplug", f"{kind} {what} refused: {why}", result="refused")
+        if not self.refusals.allow(time.monotonic()):
+            return
+        unsaid = self.refusals.take_unsaid()
+        more = f" ({unsaid} more refused and not logged before this one)" if unsaid else ""
+        log.warning("Sparkplug %s %s refused: %s%s", kind, what, why, more)
+        self.events.add("controller", "sparkplug", f"{kind} {what} refused: {why}{more}", result="refused")
 
     async def _on_host_state(self, topic: str, data: bytes, retained: bool) -> None:
         """spBv1.0/STATE/<primary host>: JSON {"online": bool, ...} (Sparkplug 3.0)."""

@@ -8,8 +8,17 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiomqtt
+
+from controller.config import load_config
 from controller.config.mqtt import MqttConfig
 from controller.mqtt.session import MqttLink
+from controller.runtime import Controller
+from controller.sparkplug.catalogue import Catalogue
+from controller.sparkplug.commands import REFUSALS_PER_MINUTE, Command, RefusalGate, node_commands
+from controller.sparkplug.payload import DOUBLE, STRING, Metric, Payload, encode
+from hil_tests.rig.mosquitto import Mosquitto
+from tests.controller.test_sparkplug_runtime import MQTT, line, until
 
 
 class SilentBroker:
@@ -60,3 +69,62 @@ async def test_a_broker_that_never_sends_connack_gets_no_pile_of_half_open_conne
             assert time.monotonic() - began < 1.0
         await asyncio.sleep(0.3)
         assert broker.open == 0, "a connect attempt cut short by the stop left its socket open"
+
+
+CAT = Catalogue(alarms=["hot"], actions=[], devices={}, commands=True)
+HOST = Metric("Host", STRING, "scada")
+OK = {"enabled": True, "hosts": ["scada"]}
+
+
+def ncmd(*metrics: Metric) -> Payload:
+    return Payload(0, None, metrics)
+
+
+def test_a_refusal_repeats_at_most_a_few_dozen_characters_of_what_a_host_sent():
+    huge = "x" * 1_000_000
+    for payload in (ncmd(Metric("Alarms/hot/Shelve", STRING, huge), HOST),  # no seconds
+                    ncmd(Metric(f"Alarms/{huge}/Ack", STRING, "r"), HOST),  # no such alarm
+                    ncmd(Metric(huge, DOUBLE, 1.0)),  # not a command
+                    ncmd(Metric("Alarms/hot/Ack", STRING, "r"), Metric("Host", STRING, huge))):  # a stranger
+        done, refused = node_commands(payload, CAT, **OK)
+        assert done == [] and len(refused) == 1
+        assert len(refused[0].metric) + len(refused[0].why) < 400, refused[0].why[:200]
+
+
+def test_an_ack_or_shelve_reason_is_held_to_the_api_rules():
+    for bad in ("r" * 501, "line one\nline two", "bell\x07", "\x1b[2Jclear"):
+        for metric in (Metric("Alarms/hot/Ack", STRING, bad),
+                       Metric("Alarms/hot/Shelve", STRING, f"60 {bad}")):
+            done, refused = node_commands(ncmd(metric, HOST), CAT, **OK)
+            assert done == [] and "printable text of at most 500" in refused[0].why, (bad[:20], metric.name)
+    assert node_commands(ncmd(Metric("Alarms/hot/Ack", STRING, "r" * 500), HOST), CAT, **OK)[0] == [
+        Command("ack", "hot", "scada", "r" * 500)]
+    for seconds in ("1e300", "nan", "-5", "inf", "0"):  # 1e300 passes here: max_shelve_s refuses it
+        shelve = Metric("Alarms/hot/Shelve", STRING, f"{seconds} why")
+        done, refused = node_commands(ncmd(shelve, HOST), CAT, **OK)
+        assert (done != []) == (seconds == "1e300"), seconds
+
+
+def test_the_refusal_gate_says_a_few_a_minute_and_then_how_many_it_did_not():
+    gate = RefusalGate(per_minute=3)
+    assert [gate.allow(t) for t in (0.0, 0.1, 0.2, 0.3, 0.4, 59.0)] == [True, True, True, False, False, False]
+    assert gate.allow(60.0) and gate.take_unsaid() == 3 and gate.take_unsaid() == 0
+
+
+async def test_a_flood_of_bad_commands_is_counted_but_does_not_flood_the_journal(tmp_path):
+    n = 2000
+    with Mosquitto(tmp_path) as broker:
+        config = load_config(line(tmp_path, MQTT.format(url=broker.url)))
+        async with Controller(config, api_port=0) as c:
+            await until(lambda: c.status()["mqtt"]["sparkplug"]["born"])
+            first = c.events.last_id
+            junk = encode([Metric("pressure", DOUBLE, 1.0)], seq=0, timestamp_ms=1)
+            async with aiomqtt.Client(broker.host, broker.port, identifier="t-flood") as flood:
+                for i in range(n):
+                    await flood.publish("spBv1.0/test/NCMD/spb" if i % 2 else "spBv1.0/test/DCMD/spb/press",
+                                        junk if i % 3 else b"\xff garbage", qos=0)
+                await flood.publish("spBv1.0/test/NCMD/spb", junk, qos=1)
+            await until(lambda: c.status()["mqtt"]["sparkplug"]["refused_commands"] >= n // 2, timeout=30)
+            await asyncio.sleep(0.3)
+            refused = [e for e in c.events.since(first) if e.get("result") == "refused"]
+            assert 1 <= len(refused) <= REFUSALS_PER_MINUTE, len(refused)
