@@ -9,6 +9,8 @@ becoming null (NaN, no data) or coming back from null is always a change, and so
 (True, False, True)
 >>> f.changed("a", float("nan"), 0.5), f.changed("a", float("nan"), 0.5)
 (True, False)
+>>> f.changed("a", float("inf"), 0.5), f.changed("a", float("inf"), 0.5)
+(True, False)
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class ChangeFilter:
                 if _null(last) and _null(value):
                     return False
             elif isinstance(value, float) and isinstance(last, float):
-                if (value == last) if deadband == 0 else abs(value - last) <= deadband:
+                # equal first: an infinite value's difference to itself is NaN, never within a deadband
+                if value == last or abs(value - last) <= deadband:
                     return False
             elif value == last and type(value) is type(last):
                 return False

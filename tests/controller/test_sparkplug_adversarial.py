@@ -6,6 +6,7 @@ MQTT at all); the rest is the pure logic of the node's modules."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import aiomqtt
@@ -16,7 +17,8 @@ from controller.mqtt.session import MqttLink
 from controller.runtime import Controller
 from controller.sparkplug.catalogue import Catalogue
 from controller.sparkplug.commands import REFUSALS_PER_MINUTE, Command, RefusalGate, node_commands
-from controller.sparkplug.payload import DOUBLE, STRING, Metric, Payload, encode
+from controller.sparkplug.payload import DOUBLE, STRING, Metric, Payload, decode, encode
+from controller.sparkplug.reporting import ChangeFilter
 from hil_tests.rig.mosquitto import Mosquitto
 from tests.controller.test_sparkplug_runtime import MQTT, line, until
 
@@ -128,3 +130,15 @@ async def test_a_flood_of_bad_commands_is_counted_but_does_not_flood_the_journal
             await asyncio.sleep(0.3)
             refused = [e for e in c.events.since(first) if e.get("result") == "refused"]
             assert 1 <= len(refused) <= REFUSALS_PER_MINUTE, len(refused)
+
+
+def test_a_tag_stuck_at_infinity_is_reported_once_not_at_every_tick_and_nan_is_null():
+    f = ChangeFilter()
+    for band in (0.0, 0.5):
+        assert [f.changed(("inf", band), math.inf, band) for _ in range(3)] == [True, False, False]
+        assert [f.changed(("-inf", band), -math.inf, band) for _ in range(2)] == [True, False]
+        assert f.changed(("inf", band), -math.inf, band) and f.changed(("inf", band), 1e300, band)
+        assert [f.changed(("nan", band), math.nan, band) for _ in range(2)] == [True, False]
+    values = (1e300, math.inf, -math.inf, math.nan)  # Double carries infinities; NaN goes as null
+    assert [m.value for m in decode(encode([Metric("x", DOUBLE, v) for v in values], seq=1,
+                                           timestamp_ms=1)).metrics] == [1e300, math.inf, -math.inf, None]
