@@ -87,9 +87,9 @@ class ShadowAgent:
                  events: EventLog) -> None:
         self.link, self.ops, self.events = link, ops, events
         self.prefix = cfg.prefix_for(ops.identity.site, ops.identity.line)
-        if any(c in self.prefix for c in "+#") or "//" in self.prefix:
-            raise BadRequest(f"shadow topic prefix {self.prefix!r} holds an MQTT wildcard or an empty level "
-                             "(from the site or line name): set [mqtt.shadow] topic_prefix")
+        if any(c in self.prefix for c in "+#\0") or "//" in self.prefix:
+            raise BadRequest(f"shadow topic prefix {self.prefix!r} holds an MQTT wildcard, a NUL or an empty "
+                             "level (from the site or line name): set [mqtt.shadow] topic_prefix")
         self.fields = shadow_fields(cfg.models_dir_for(state_dir), cfg.threshold_margin_min,
                                     cfg.threshold_margin_max)
         self.doc = ShadowDocument(FIELDS)

@@ -258,3 +258,18 @@ def test_a_kill_9_during_the_shadow_file_write_leaves_no_torn_file_and_no_litter
             break
     assert litter, "no kill landed inside a write in 40 tries"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("site", ["a+b", "a#", "a/", "nul\x00site"])
+def test_a_site_name_that_makes_no_mqtt_topic_is_refused_at_start(tmp_path, site) -> None:
+    """The default prefix is made of the site and line names: a wildcard, an empty level or a NUL
+    (which MQTT forbids in a topic name) is one clear error, not a subscription the broker refuses."""
+    from types import SimpleNamespace
+
+    from controller.config.shadow import ShadowConfig
+    from controller.errors import BadRequest
+    from controller.shadow import ShadowAgent
+
+    ops = SimpleNamespace(identity=SimpleNamespace(site=site, line="l1"))
+    with pytest.raises(BadRequest, match="topic_prefix"):
+        ShadowAgent(ShadowConfig(), link=FakeLink(), ops=ops, state_dir=tmp_path, events=None)
