@@ -165,3 +165,17 @@ def test_each_rendered_overlay_is_valid_and_its_references_resolve(overlay, tmp_
                      pdb["spec"]["selector"]["matchLabels"]):
         assert selector.get("app.kubernetes.io/instance") == overlay.name
         assert selector.items() <= labels.items()
+
+
+def test_a_not_ready_line_still_takes_a_new_config():
+    """A line whose PLC is down is not ready, by design (controller.health). With the StatefulSet's
+    default OrderedReady, the controller waits for pod 0 to be Running and Ready before it does
+    anything else, updates included (Kubernetes docs, StatefulSets, "Forced rollback"): the fix
+    for a wrong PLC address in line.toml would never replace the pod that cannot reach the PLC.
+    Parallel has no such wait; with one replica it changes nothing else (the pod's identity and
+    claim are still never held by two pods)."""
+    sts = RESOURCES["StatefulSet"]["spec"]
+    assert sts["replicas"] == 1
+    assert sts["podManagementPolicy"] == "Parallel"
+    assert sts["updateStrategy"]["type"] == "RollingUpdate"
+    assert "maxUnavailable" not in sts["updateStrategy"].get("rollingUpdate", {})  # one pod, one controller
