@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0  # the reported state is rebuilt this often (a change shows within this)
 DEBOUNCE_S = 0.05  # after a desired change, wait this long for more before reporting
 QUEUE_MAX = 1000  # desired messages waiting to be applied; more are dropped (logged)
+# rejections journaled per minute: a fleet client stuck in a retry loop must not push the line's history
+# out of the journal (its retention drops the oldest rows); every one is still counted and reported
+REJECTION_EVENTS_PER_MINUTE = 30
 
 
 class Link(Protocol):
@@ -101,6 +104,8 @@ class ShadowAgent:
         self._published = 0  # the reported version the broker holds from us (0: none this run)
         self._saved = 0  # the reported version the shadow file holds (publish nothing above it)
         self._save_failing = False
+        self._rejections: list[float] = []  # when the journaled rejections of the last minute were
+        self._unjournaled = 0  # rejections over the budget since the last journaled one
         self._republish = True
         self._tasks: list[asyncio.Task] = []
 
@@ -188,11 +193,30 @@ class ShadowAgent:
         self.doc.reject(field, version, by, reason)
         self.stats.rejected += 1
         text = f"desired {field}" + (f" v{version}" if version is not None else "") + f" rejected: {reason}"
-        self.events.add("controller", "shadow", text, user=f"shadow:{by or '?'}", result="rejected")
-        log.warning("shadow: %s", text)
+        self._journal_rejection(text, f"shadow:{by or '?'}")
         await self._save()
         self._wake.set()
         return "rejected"
+
+    def _journal_rejection(self, text: str, user: str) -> None:
+        """A rejection event, within REJECTION_EVENTS_PER_MINUTE; past it one event says so, and the
+        next journaled one how many were left out."""
+        now = time.monotonic()
+        self._rejections = [t for t in self._rejections if now - t < 60.0]
+        if len(self._rejections) >= REJECTION_EVENTS_PER_MINUTE:
+            if not self._unjournaled:
+                self.events.add("controller", "shadow", f"over {REJECTION_EVENTS_PER_MINUTE} desired "
+                                "rejections a minute: further ones are counted and reported, not journaled, "
+                                "for the rest of the minute", user=user, result="flood")
+                log.warning("shadow: %s (and further rejections this minute, not journaled)", text)
+            self._unjournaled += 1
+            return
+        if self._unjournaled:
+            text += f" ({self._unjournaled} earlier rejections not journaled)"
+            self._unjournaled = 0
+        self._rejections.append(now)
+        self.events.add("controller", "shadow", text, user=user, result="rejected")
+        log.warning("shadow: %s", text)
 
     async def _apply_saved(self) -> None:
         """The saved desired state, in field order, at start: what fails now is reported rejected

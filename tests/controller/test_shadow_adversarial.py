@@ -273,3 +273,21 @@ def test_a_site_name_that_makes_no_mqtt_topic_is_refused_at_start(tmp_path, site
     ops = SimpleNamespace(identity=SimpleNamespace(site=site, line="l1"))
     with pytest.raises(BadRequest, match="topic_prefix"):
         ShadowAgent(ShadowConfig(), link=FakeLink(), ops=ops, state_dir=tmp_path, events=None)
+
+
+async def test_a_flood_of_rejected_desired_messages_does_not_flood_the_journal(config):
+    """A fleet client stuck in a retry loop (a bad value, a new version each time): every message is
+    rejected and reported, but the journal keeps the line's history (its retention drops the oldest
+    rows: 10 a second would push a day of alarms out within a day), so only a budget is journaled
+    and the rest is said in one event."""
+    from controller.shadow.agent import REJECTION_EVENTS_PER_MINUTE
+
+    async with Line(config, FakeLink()) as line:
+        for version in range(1, 201):
+            assert await line.send("threshold_margin", "much higher", version) == "rejected"
+        assert line.agent.stats.rejected == 200
+        assert line.agent.doc.rejected["threshold_margin"]["version"] == 200  # the report has the latest
+        events = [e for e in line.events("shadow") if e.get("result") == "rejected"]
+        assert len(events) == REJECTION_EVENTS_PER_MINUTE
+        flood = [e for e in line.events("shadow") if e.get("result") == "flood"]
+        assert len(flood) == 1 and "not journaled" in flood[0]["message"]
