@@ -24,7 +24,16 @@ from controller.config import load_config
 from controller.health import Probes
 from controller.roles import TOKEN_FILES
 from controller.statedir import StateDir
-from tests.test_deploy_manifests import ALL_CONTAINERS, CONTROLLER, KUBERNETES, OVERLAYS, POD, RESOURCES, ROOT
+from tests.test_deploy_manifests import (
+    ALL_CONTAINERS,
+    CONTROLLER,
+    KUBERNETES,
+    OVERLAYS,
+    POD,
+    RESOURCES,
+    ROOT,
+    containerfile,
+)
 
 CLUSTER_DOMAIN = "cluster.local"  # K3s' and kubeadm's default
 
@@ -179,3 +188,14 @@ def test_a_not_ready_line_still_takes_a_new_config():
     assert sts["podManagementPolicy"] == "Parallel"
     assert sts["updateStrategy"]["type"] == "RollingUpdate"
     assert "maxUnavailable" not in sts["updateStrategy"].get("rollingUpdate", {})  # one pod, one controller
+
+
+def test_the_image_keeps_no_copy_of_the_wheels():
+    """A `COPY --from=build /wheels` layer stays in the image after `rm -rf /wheels` in a later layer
+    (every dependency's wheel twice: ~130 MB of numpy, scipy, scikit-learn, llvmlite, ...): the
+    install reads them from a bind mount of the build stage instead."""
+    steps = containerfile()
+    final = steps[[i for i, (instruction, _) in enumerate(steps) if instruction == "FROM"][1]:]
+    assert not [a for i, a in final if i in ("COPY", "ADD") and "/wheels" in a]
+    (install,) = [a for i, a in final if i == "RUN" and "pip install" in a]
+    assert install.startswith("--mount=type=bind,from=build,source=/wheels,target=/wheels ")
