@@ -384,7 +384,8 @@ class Controller:
         link = self.mqtt
         return {"broker": link.config.broker, "connected": link.connected, "protocol": link.protocol or None,
                 "connects": link.stats.connects, "published": link.stats.published,
-                "publish_failures": link.stats.publish_failures, "last_error": link.stats.last_error,
+                "publish_failures": link.stats.publish_failures,
+                "refused_publishes": link.stats.refused_publishes, "last_error": link.stats.last_error,
                 "sparkplug": self.sparkplug.status() if self.sparkplug is not None else None}
 
     def _undo(self, stack: AsyncExitStack, what: str, step: Callable[..., Any], *args: Any) -> None:

@@ -74,6 +74,7 @@ class LinkStats:
     publish_failures: int = 0
     received: int = 0
     handler_errors: int = 0
+    refused_publishes: int = 0  # PUBACKs with a failure reason code (MQTT 5: not authorized, quota)
     last_error: str = ""
 
 
@@ -102,6 +103,7 @@ class MqttLink:
         self._lost: asyncio.Event | None = None  # set when the current session breaks
         self._up = asyncio.Event()  # set while connected (after on_connect callbacks ran)
         self._task: asyncio.Task | None = None
+        self._refused = ""  # the reason code of the last refused publish
 
     # -- set-up (before or after start) --------------------------------------------------------
 
@@ -165,9 +167,10 @@ class MqttLink:
             raise MqttUnavailable(f"not connected to the MQTT broker {self.config.broker}")
         sending = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain,
                                                        timeout=math.inf))
-        return self._confirmed(topic, sending, lost)
+        return self._confirmed(topic, sending, lost, self.stats.refused_publishes)
 
-    async def _confirmed(self, topic: str, sending: asyncio.Future, lost: asyncio.Event) -> None:
+    async def _confirmed(self, topic: str, sending: asyncio.Future, lost: asyncio.Event,
+                         refused_before: int) -> None:
         broken = asyncio.ensure_future(lost.wait())
         try:
             done, _ = await asyncio.wait((sending, broken), timeout=self.config.connect_timeout_s,
@@ -186,6 +189,10 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             self.stats.publish_failures += 1
             raise MqttUnavailable(f"publish to {topic} failed: {exc}") from exc
+        if self.stats.refused_publishes != refused_before:  # maybe this one: not confirmed (at least once)
+            self.stats.publish_failures += 1
+            raise MqttUnavailable(f"publish to {topic} not confirmed: the broker refused a publish meanwhile "
+                                  f"({self._refused})")
         self.stats.published += 1
 
     # -- the connection task ---------------------------------------------------------------------
@@ -262,7 +269,28 @@ class MqttLink:
         except BaseException:  # a refusal, aiomqtt's own timeout, a stop during the connect
             _abandon(client)
             raise
+        self._check_pubacks(client)
         return client
+
+    def _check_pubacks(self, client: aiomqtt.Client) -> None:
+        """Count the PUBACKs that refuse (MQTT 5 reason code >= 0x80: not authorized by the broker's
+        ACL, quota exceeded): aiomqtt takes them as confirmations, so a Sparkplug row refused by a
+        wrong ACL was acked and deleted. Which message a PUBACK is for aiomqtt does not say: every
+        publish in flight at a refusal counts as not confirmed (kept and sent again)."""
+        paho = client._client  # aiomqtt wraps paho's on_publish and has no public hook for it
+        confirm = paho.on_publish
+
+        def checked(c: object, userdata: object, mid: int, reason_code: object, properties: object) -> None:
+            if getattr(reason_code, "is_failure", False):
+                self.stats.refused_publishes += 1
+                self._refused = str(reason_code)
+                self.stats.last_error = f"the broker refuses our publishes: {reason_code}"
+                if self.stats.refused_publishes == 1:
+                    log.error("MQTT %s refuses a publish: %s (the broker's ACL?); what it refuses is kept "
+                              "and sent again", self.config.broker, reason_code)
+            confirm(c, userdata, mid, reason_code, properties)
+
+        paho.on_publish = checked
 
     def _down(self) -> None:
         if self._lost is not None:

@@ -10,10 +10,11 @@ import math
 import time
 
 import aiomqtt
+import pytest
 
 from controller.config import load_config
 from controller.config.mqtt import MqttConfig
-from controller.mqtt.session import MqttLink
+from controller.mqtt.session import MqttLink, MqttUnavailable
 from controller.runtime import Controller
 from controller.sparkplug.catalogue import Catalogue
 from controller.sparkplug.commands import REFUSALS_PER_MINUTE, Command, RefusalGate, node_commands
@@ -142,3 +143,26 @@ def test_a_tag_stuck_at_infinity_is_reported_once_not_at_every_tick_and_nan_is_n
     values = (1e300, math.inf, -math.inf, math.nan)  # Double carries infinities; NaN goes as null
     assert [m.value for m in decode(encode([Metric("x", DOUBLE, v) for v in values], seq=1,
                                            timestamp_ms=1)).metrics] == [1e300, math.inf, -math.inf, None]
+
+
+async def test_a_publish_the_broker_refuses_is_not_taken_as_confirmed(tmp_path, monkeypatch):
+    """MQTT 5: mosquitto answers a publish its ACL denies with PUBACK 'Not authorized'; aiomqtt took
+    it as a confirmation, so the Sparkplug node acked and deleted rows a wrong ACL had dropped."""
+    acl = "user line\ntopic readwrite ok/#\n"
+    with Mosquitto(tmp_path, users={"line": "pw"}, acl=acl) as broker:
+        monkeypatch.setenv("T_USER", "line")
+        monkeypatch.setenv("T_PASS", "pw")
+        cfg = MqttConfig.model_validate({"broker": broker.url, "connect_timeout_s": 2.0, "protocol": "5",
+                                         "username_env": "T_USER", "password_env": "T_PASS"})
+        link = MqttLink(cfg, client_id="t-acl")
+        await link.start()
+        try:
+            assert await link.wait_connected(10)
+            await link.publish("ok/a", b"1")
+            with pytest.raises(MqttUnavailable, match="Not authorized"):
+                await link.publish("spBv1.0/other/NDATA/x", b"2")
+            assert link.stats.refused_publishes == 1 and "Not authorized" in link.stats.last_error
+            await link.publish("ok/b", b"3")  # the next one is confirmed again
+            assert link.stats.published == 2
+        finally:
+            await link.stop()
