@@ -199,3 +199,16 @@ def test_the_image_keeps_no_copy_of_the_wheels():
     assert not [a for i, a in final if i in ("COPY", "ADD") and "/wheels" in a]
     (install,) = [a for i, a in final if i == "RUN" and "pip install" in a]
     assert install.startswith("--mount=type=bind,from=build,source=/wheels,target=/wheels ")
+
+
+def test_a_liveness_kill_does_not_wait_the_whole_stop_grace():
+    """The kubelet kills a pod that fails its liveness probe with SIGTERM, then SIGKILL after the
+    grace period; a blocked event loop never handles the SIGTERM, so with the pod's 30 s the line
+    was unwatched for the probes' 10-20 s plus 30 s. The liveness probe's own, shorter grace
+    bounds that; a deliberate stop (delete, rollout, drain) keeps the pod's, at least the unit's
+    TimeoutStopSec=20 (writes in flight finish, state is saved)."""
+    unit = (ROOT / "configs" / "linesentry@.service").read_text()
+    (stop_s,) = [int(line.split("=", 1)[1]) for line in unit.splitlines()
+                 if line.startswith("TimeoutStopSec=")]
+    assert POD["terminationGracePeriodSeconds"] >= stop_s
+    assert CONTROLLER["livenessProbe"]["terminationGracePeriodSeconds"] <= 10
