@@ -104,6 +104,7 @@ class ShadowAgent:
         self._published = 0  # the reported version the broker holds from us (0: none this run)
         self._saved = 0  # the reported version the shadow file holds (publish nothing above it)
         self._save_failing = False
+        self._saving = asyncio.Lock()
         self._rejections: list[float] = []  # when the journaled rejections of the last minute were
         self._unjournaled = 0  # rejections over the budget since the last journaled one
         self._republish = True
@@ -244,20 +245,23 @@ class ShadowAgent:
             log.warning("shadow: %s", exc)
 
     async def _save(self) -> bool:
-        version = self.doc.version
-        try:
-            await asyncio.to_thread(self.store.save, self.doc)
-        except OSError as exc:  # said once per run of failures: the report round retries every POLL_S
-            log.log(logging.DEBUG if self._save_failing else logging.ERROR,
-                    "shadow: cannot save %s (%s): the desired state is in effect but not durable, and no "
-                    "report is published; tried again at the next change and report round", self.store.path,
-                    exc)
-            self._save_failing = True
-            return False
-        if self._save_failing:
-            log.warning("shadow: %s saved again", self.store.path)
-        self._saved, self._save_failing = max(self._saved, version), False
-        return True
+        """Save the document as it is now. One write at a time, in call order: two overlapping writes
+        could land out of order and leave the older text (a reported version already published)."""
+        async with self._saving:
+            version, text = self.doc.version, self.store.dumps(self.doc)
+            try:
+                await asyncio.to_thread(self.store.write, text)
+            except OSError as exc:  # said once per run of failures: the report round retries each POLL_S
+                log.log(logging.DEBUG if self._save_failing else logging.ERROR,
+                        "shadow: cannot save %s (%s): the desired state is in effect but not durable, and "
+                        "no report is published; tried again at the next change and report round",
+                        self.store.path, exc)
+                self._save_failing = True
+                return False
+            if self._save_failing:
+                log.warning("shadow: %s saved again", self.store.path)
+            self._saved, self._save_failing = max(self._saved, version), False
+            return True
 
     # ------------------------------------------------------------------ reported
     async def _on_connect(self) -> None:

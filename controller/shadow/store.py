@@ -54,4 +54,14 @@ class ShadowStore:
 
     def save(self, doc: ShadowDocument) -> None:
         """Write `doc` durably (OSError when the state directory cannot take it)."""
-        write_atomic(self.path, json.dumps(doc.to_json(), indent=1, sort_keys=True))
+        self.write(self.dumps(doc))
+
+    @staticmethod
+    def dumps(doc: ShadowDocument) -> str:
+        """The file's text for `doc` now (the agent takes it on the event loop, then writes it in a
+        thread, so the document cannot change while it is serialised)."""
+        return json.dumps(doc.to_json(), indent=1, sort_keys=True)
+
+    def write(self, text: str) -> None:
+        """Write `dumps`' text durably (OSError when the state directory cannot take it)."""
+        write_atomic(self.path, text)

@@ -291,3 +291,16 @@ async def test_a_flood_of_rejected_desired_messages_does_not_flood_the_journal(c
         assert len(events) == REJECTION_EVENTS_PER_MINUTE
         flood = [e for e in line.events("shadow") if e.get("result") == "flood"]
         assert len(flood) == 1 and "not journaled" in flood[0]["message"]
+
+
+async def test_overlapping_saves_never_leave_the_file_behind_the_published_version(config):
+    """A desired change and a report round save the shadow file at the same time (two threads): the
+    older text must never land last, or a kill -9 then makes an already published version come back."""
+    link = FakeLink()
+    async with Line(config, link) as line:
+        for i in range(1, 101):
+            await asyncio.gather(line.send("threshold_margin", 1.0 + (i % 2) * 0.1, i),
+                                 line.agent.publish_report(), line.send("shadow_mode", bool(i % 2), i),
+                                 line.send("no_such_field", i, i), line.agent.publish_report())
+            saved = json.loads(line.agent.store.path.read_text())["reported_version"]
+            assert saved >= link.published[-1][1]["version"], f"round {i}"
