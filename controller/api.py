@@ -35,7 +35,8 @@ cannot be shelved or taken out of service (409).
 
 The probes (controller.health, docs/fleet.md) need no credentials at any bind (a kubelet has none),
 answer from counters without waiting, hold no tag value, and are served on the operator
-reserve's connections too (then closed), so a flood of readers does not fail a liveness probe.
+reserve's connections too (then closed) and over the cap (_Busy), so a flood of readers, or a
+client holding every connection, does not fail a liveness probe.
 
 Errors are JSON `{"error": "one line"}` with 400 (bad request), 401 (no valid token or session),
 403 (a role too low, a session's change without its CSRF token, a cross-site request), 404
