@@ -251,6 +251,7 @@ class MqttLink:
         username, password = c.credentials()
         tls = None
         if c.tls:
+            _check_readable(c)
             tls = aiomqtt.TLSParameters(ca_certs=str(c.ca_file) if c.ca_file else None,
                                         certfile=str(c.cert_file) if c.cert_file else None,
                                         keyfile=str(c.key_file) if c.key_file else None,
@@ -324,6 +325,19 @@ def _protocol_refused(exc: aiomqtt.MqttError) -> bool:
         code = getattr(exc.rc, "value", exc.rc)
         return code in PROTOCOL_REFUSED
     return not isinstance(exc.__context__, OSError) and not isinstance(exc.__cause__, OSError)
+
+
+def _check_readable(config: MqttConfig) -> None:
+    """The TLS files can be read: else the error names the file (the ssl module's says only
+    "[Errno 2] No such file or directory", a status line nobody can act on)."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(config, key)
+        if path is None:
+            continue
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise MqttUnavailable(f"[mqtt] {key} {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def _abandon(client: aiomqtt.Client) -> None:

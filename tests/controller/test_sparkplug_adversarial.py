@@ -166,3 +166,18 @@ async def test_a_publish_the_broker_refuses_is_not_taken_as_confirmed(tmp_path, 
             assert link.stats.published == 2
         finally:
             await link.stop()
+
+
+async def test_a_tls_file_that_is_not_there_is_named_in_the_status_line(tmp_path):
+    async with SilentBroker() as broker:
+        url = broker.url.replace("mqtt://", "mqtts://")
+        cfg = MqttConfig.model_validate({"broker": url, "ca_file": str(tmp_path / "typo-ca.pem"),
+                                         "backoff_initial_s": 0.05, "backoff_cap_s": 0.1})
+        link = MqttLink(cfg, client_id="t-tls-file")
+        await link.start()
+        try:
+            await until(lambda: link.stats.failures >= 2)
+            assert f"ca_file {tmp_path / 'typo-ca.pem'} cannot be read" in link.stats.last_error
+            assert link.protocol == ""  # not taken for a broker refusing MQTT 5
+        finally:
+            await link.stop()
