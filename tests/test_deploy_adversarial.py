@@ -6,11 +6,15 @@ probe ports, selectors, the init container's copies) point at things that exist.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
 import secrets
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +23,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from controller.api import create_app
+from controller.api import ApiServer, create_app
 from controller.config import load_config
 from controller.health import Probes
 from controller.roles import TOKEN_FILES
@@ -212,3 +216,28 @@ def test_a_liveness_kill_does_not_wait_the_whole_stop_grace():
                  if line.startswith("TimeoutStopSec=")]
     assert POD["terminationGracePeriodSeconds"] >= stop_s
     assert CONTROLLER["livenessProbe"]["terminationGracePeriodSeconds"] <= 10
+
+
+async def test_the_images_health_check_command_tells_alive_from_not():
+    """The HEALTHCHECK's own command, run against a real API (its port swapped for a free one):
+    exit 0 while /healthz is 200, 1 while it is 503 and 1 when nothing listens."""
+    (health,) = [a for i, a in containerfile() if i == "HEALTHCHECK"]
+    command = json.loads(health.split(" CMD ", 1)[1])
+    port = CONTROLLER["ports"][0]["containerPort"]
+    probes = Probes(time.monotonic, [])
+    probes.started()
+    server = ApiServer(create_app(object(), "t" * 32, probes=probes), "127.0.0.1", 0)
+    await server.start()
+
+    async def exit_code() -> int:
+        args = [a.replace(f":{port}/", f":{server.port}/") for a in command]
+        proc = await asyncio.create_subprocess_exec(*args, env={"PATH": os.environ["PATH"]})
+        return await asyncio.wait_for(proc.wait(), 10)
+
+    try:
+        assert await exit_code() == 0
+        probes.stopping()
+        assert await exit_code() == 1
+    finally:
+        await server.stop()
+    assert await exit_code() == 1
