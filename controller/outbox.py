@@ -290,7 +290,7 @@ class Outbox:
         # sent them already reads in the event that the loss is another sink's (a dead or removed one)
         lost_for = ",".join(sorted(per_sink)) or "no subscribed sink"
         event = None
-        if self.identity is not None:
+        if self.identity is not None and self._takes_events():
             body = encode([event_point(
                 self.identity, self._events, "outbox", "size_cap",
                 f"outbox over {self.max_bytes} bytes: dropped {removed[1]} oldest points not yet sent to "
@@ -346,7 +346,7 @@ class Outbox:
                 self._sinks.remove(sink)
                 self._routed_only.discard(sink)
                 event = None
-                if self.identity is not None and self._sinks:
+                if self.identity is not None and self._takes_events():
                     body = encode([event_point(
                         self.identity, self._events, "outbox", "unsubscribe",
                         f"sink {sink} is no longer configured: dropped {done[0][1]} points only it had "
@@ -544,6 +544,11 @@ class Outbox:
         self._total = _plus(self._total, rows, -1)
         for name, sizes in per_sink.items():
             self._pending[name] = _plus(self._pending[name], sizes, -1)
+
+    def _takes_events(self) -> bool:
+        """A sink gets the outbox's own events (unrouted rows): else one would be pending for no one,
+        kept until the size cap (the Sparkplug node alone is routed-only; the log says the drop)."""
+        return any(name not in self._routed_only for name in self._sinks)
 
     def _rollback(self) -> None:
         try:

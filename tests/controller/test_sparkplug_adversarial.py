@@ -15,6 +15,9 @@ import pytest
 from controller.config import load_config
 from controller.config.mqtt import MqttConfig
 from controller.mqtt.session import MqttLink, MqttUnavailable
+from controller.outbox import Outbox
+from controller.points import Identity
+from controller.records import Record
 from controller.runtime import Controller
 from controller.sparkplug.catalogue import Catalogue
 from controller.sparkplug.commands import REFUSALS_PER_MINUTE, Command, RefusalGate, node_commands
@@ -181,3 +184,15 @@ async def test_a_tls_file_that_is_not_there_is_named_in_the_status_line(tmp_path
             assert link.protocol == ""  # not taken for a broker refusing MQTT 5
         finally:
             await link.stop()
+
+
+def test_a_long_outage_over_the_outbox_cap_drops_the_oldest_and_strands_no_event_row(tmp_path):
+    """Sparkplug without [sync]: the size cap's drop event is for the cloud sinks, and there are none;
+    it stayed in the outbox pending for no one (never sent, never deleted but by the cap)."""
+    with Outbox(tmp_path, max_bytes=1 << 16, identity=Identity("s", "l", "c")) as ob:
+        ob.subscribe("sparkplug", routed_only=True)
+        big = [Record("sparkplug", {"type": "NDATA", "device": ""}, {"payload": "x" * 20_000}, 1, "event")]
+        for _ in range(6):
+            assert ob.append(big, sinks=("sparkplug",)).ok
+        assert ob.stats.dropped_rows_cap >= 3  # the oldest went, and it was said (counted, logged)
+        assert ob.backlog() == ob.backlog("sparkplug"), "a row in the outbox that no sink will ever take"
