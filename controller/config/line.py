@@ -29,7 +29,7 @@ from controller.config.base import Strict
 from controller.config.controller import ControllerSection
 from controller.config.crosscheck import cross_check
 from controller.config.detector import DetectorSection
-from controller.config.mqtt import MqttConfig
+from controller.config.mqtt import MqttConfig, sparkplug_problems
 from controller.config.plcs import Plc, TagRef, plc_model
 from controller.sinks.config import SyncConfig
 from drivers.registry import DriverPlugin, plugins
@@ -104,7 +104,8 @@ class LineConfig(Strict):
         cfg = handler(data)
         if isinstance(data, dict):
             cfg._file_order = tuple(k for k in data if k in cls.plc_tables)
-        problems = cross_check(cfg)
+        problems = cross_check(cfg) + sparkplug_problems(
+            cfg.mqtt, cfg.controller.site, cfg.controller.line, ((loc, p.name) for loc, p in cfg.plcs()))
         if problems:
             raise PydanticCustomError("line_config", "{count} cross-reference problem(s)",
                                       {"count": len(problems), "problems": problems})

@@ -8,13 +8,14 @@ Secrets are only environment variable names (`username_env`, `password_env`).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from controller.config.base import Seconds, Strict, as_path, resolve_path
+from controller.config.base import Loc, Seconds, Strict, as_path, resolve_path
 from controller.config.shadow import ShadowConfig
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -27,6 +28,36 @@ def check_sparkplug_id(v: str) -> str:
         raise ValueError(f"a Sparkplug id is one MQTT topic level: no '/', '+', '#' or surrounding blanks, "
                          f"got {v!r}")
     return v
+
+
+def sparkplug_problems(mqtt: MqttConfig | None, site: str, line: str,
+                       plcs: Iterable[tuple[Loc, str]]) -> list[tuple[Loc, str]]:
+    """(key path, problem) for the ids the Sparkplug node takes from elsewhere in the config: the
+    site and line (when group_id/edge_node_id are not set) and every PLC's name (its device id),
+    each one topic level. Caught at load instead of a ValueError at start, or a PLC named
+    "press/1" publishing under a device id no host can parse (or "press+", that no broker takes)."""
+    sp = mqtt.sparkplug if mqtt is not None else None
+    if sp is None:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    for key, own, value, loc in (("group_id", sp.group_id, site, ("controller", "site")),
+                                 ("edge_node_id", sp.edge_node_id, line, ("controller", "line"))):
+        if not own and _bad_id(value):
+            problems.append((loc, f"{value!r} is the Sparkplug {key} (one MQTT topic level: no '/', '+', "
+                                  f"'#'); set [mqtt.sparkplug] {key} to one"))
+    for loc, name in plcs:
+        if _bad_id(name):
+            problems.append(((*loc, "name"), f"{name!r} is a Sparkplug device id (one MQTT topic level: no "
+                                             "'/', '+', '#' or surrounding blanks); rename the PLC"))
+    return problems
+
+
+def _bad_id(value: str) -> bool:
+    try:
+        check_sparkplug_id(value)
+    except ValueError:
+        return True
+    return False
 
 
 class SparkplugConfig(Strict):

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 
 import aiomqtt
 import pytest
 
-from controller.config import load_config
+from controller.config import ConfigError, load_config
 from controller.config.mqtt import MqttConfig
 from controller.mqtt.session import MqttLink, MqttUnavailable
 from controller.outbox import Outbox
@@ -196,3 +197,20 @@ def test_a_long_outage_over_the_outbox_cap_drops_the_oldest_and_strands_no_event
             assert ob.append(big, sinks=("sparkplug",)).ok
         assert ob.stats.dropped_rows_cap >= 3  # the oldest went, and it was said (counted, logged)
         assert ob.backlog() == ob.backlog("sparkplug"), "a row in the outbox that no sink will ever take"
+
+
+def test_a_site_or_plc_name_that_is_not_one_topic_level_is_refused_at_load_with_sparkplug_only(tmp_path):
+    def load(site: str, plc: str, mqtt: str = MQTT.format(url="mqtt://127.0.0.1:1")):
+        text = line(tmp_path).read_text().replace('site = "test"', f'site = "{site}"')
+        (tmp_path / "l.toml").write_text(text.replace('name = "press"', f'name = "{plc}"') + mqtt)
+        return load_config(tmp_path / "l.toml")
+
+    for site, plc, where in (("plant/a", "press", "controller.site: 'plant/a' is the Sparkplug group_id"),
+                             ("plant", "press/1", "modbus[0].name: 'press/1' is a Sparkplug device id"),
+                             ("plant", "press+", "modbus[0].name: 'press+' is a Sparkplug device id"),
+                             ("plant", "#", "modbus[0].name: '#' is a Sparkplug device id")):
+        with pytest.raises(ConfigError, match=re.escape(where)):
+            load(site, plc)
+    assert load("plänt", "prëss").mqtt.sparkplug is not None  # UTF-8 is a valid topic level
+    assert load("plant/a", "p", MQTT.format(url="mqtt://127.0.0.1:1") + 'group_id = "plant-a"\n')
+    assert load("plant/a", "press/1", "").mqtt is None  # without Sparkplug no name is a topic
