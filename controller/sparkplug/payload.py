@@ -83,6 +83,10 @@ def decode(data: bytes) -> Payload:
     for m in p.metrics:
         props = {k: (v.type, _get_value(v))
                  for k, v in zip(m.properties.keys, m.properties.values, strict=False)}
+        texts = (m.name, _get_value(m), *props, *(v for _, v in props.values()))
+        if any(isinstance(t, bytes) for t in texts):
+            # proto2 strings are not checked for UTF-8: protobuf gives such a string as bytes
+            raise ValueError("not a Sparkplug B payload: a name or String value is not UTF-8")
         metrics.append(Metric(m.name if m.HasField("name") else None, m.datatype, _get_value(m),
                               alias=m.alias if m.HasField("alias") else None,
                               timestamp_ms=m.timestamp if m.HasField("timestamp") else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import re
 import time
 
@@ -214,3 +215,23 @@ def test_a_site_or_plc_name_that_is_not_one_topic_level_is_refused_at_load_with_
     assert load("plänt", "prëss").mqtt.sparkplug is not None  # UTF-8 is a valid topic level
     assert load("plant/a", "p", MQTT.format(url="mqtt://127.0.0.1:1") + 'group_id = "plant-a"\n')
     assert load("plant/a", "press/1", "").mqtt is None  # without Sparkplug no name is a topic
+
+
+def test_a_command_with_a_name_or_string_that_is_not_utf8_is_a_bad_payload_not_a_handler_crash():
+    """proto2 does not check UTF-8: protobuf gave such a name as bytes, and the allow-list raised
+    TypeError for it (logged as a handler failure for every message, never counted as refused)."""
+    good = encode([Metric("Alarms/hot/Ack", STRING, "seen", properties={"q": (STRING, "ok")}), HOST],
+                  seq=0, timestamp_ms=1)
+    assert [m.name for m in decode(good).metrics] == ["Alarms/hot/Ack", "Host"]
+    for old, new in ((b"hot", b"\xff\xfe\xfd"), (b"seen", b"se\xc3("), (b"ok", b"\xffk")):
+        with pytest.raises(ValueError, match="not UTF-8"):
+            decode(good.replace(old, new))
+    rng = random.Random(7)
+    for _ in range(3000):  # no other exception than ValueError out of decode, none out of the allow-list
+        data = bytearray(good)
+        data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            payload = decode(bytes(data))
+        except ValueError:
+            continue
+        node_commands(payload, CAT, **OK)
