@@ -22,7 +22,6 @@ from controller.statedir import ENGINEER_TOKEN_FILE, STATE_FILE
 from drivers.base import ConnectionState
 from tests.controller.test_operations import (
     line_config,
-    model,  # noqa: F401  (its fixture)
     running,
     stopped,
 )

@@ -17,16 +17,15 @@ from controller.config import load_config
 from controller.errors import BadRequest
 from controller.runtime import Controller
 from controller.statedir import STATE_FILE
-from tests.controller.test_operations import (  # noqa: F401
+from tests.controller.test_operations import (
     line_config,
-    model,
     running,
     stopped,
     with_saved_state,
 )
 
 
-async def saved_state(tmp_path: Path, model: Path) -> tuple[Path, dict]:  # noqa: F811
+async def saved_state(tmp_path: Path, model: Path) -> tuple[Path, dict]:
     path = await with_saved_state(tmp_path, model)
     return path, json.loads((tmp_path / "state" / STATE_FILE).read_text())
 
@@ -47,7 +46,7 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("edit", MALFORMED.values(), ids=MALFORMED.keys())
-async def test_a_malformed_state_file_starts_clean_loudly_and_is_kept(tmp_path, model, edit):  # noqa: F811
+async def test_a_malformed_state_file_starts_clean_loudly_and_is_kept(tmp_path, model, edit):
     path, state = await saved_state(tmp_path, model)
     edit(state)
     (tmp_path / "state" / STATE_FILE).write_text(json.dumps(state))
@@ -58,7 +57,7 @@ async def test_a_malformed_state_file_starts_clean_loudly_and_is_kept(tmp_path, 
         assert list((tmp_path / "state").glob(f"{STATE_FILE}.damaged-*"))  # kept for a human
 
 
-async def test_a_non_shelvable_alarm_is_never_restored_shelved(tmp_path, model):  # noqa: F811
+async def test_a_non_shelvable_alarm_is_never_restored_shelved(tmp_path, model):
     path, state = await saved_state(tmp_path, model)
     state["alarms"]["alarms"]["stop_line_failed"].update(shelved_until=4e9, shelved_by="edit", oos=True)
     (tmp_path / "state" / STATE_FILE).write_text(json.dumps(state))
@@ -72,13 +71,13 @@ async def test_a_non_shelvable_alarm_is_never_restored_shelved(tmp_path, model):
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "\u200b\u200b", "\x00\x01\x7f", "\u2028\t"])
-async def test_a_reason_of_invisible_characters_is_refused(tmp_path, model, reason):  # noqa: F811
+async def test_a_reason_of_invisible_characters_is_refused(tmp_path, model, reason):
     controller = Controller(load_config(line_config(tmp_path, model)), api_port=0)
     with pytest.raises(BadRequest, match="a reason is required"):
         controller.shelve("oil_temp_high", "ann", 60, reason)
 
 
-async def test_with_no_plc_reachable_at_start_the_first_alarm_is_a_comm_loss(tmp_path, model):  # noqa: F811
+async def test_with_no_plc_reachable_at_start_the_first_alarm_is_a_comm_loss(tmp_path, model):
     """Tags never heard from are not sensor faults: their `_bad` alarms stay quiet until (and are
     then suppressed by) their PLC's comm loss, which is the first out."""
 
