@@ -262,14 +262,24 @@ class MqttLink:
             will=aiomqtt.Will(will.topic, will.payload, will.qos, will.retain) if will else None,
             clean_session=None if protocol == "5" else True, keepalive=max(1, math.ceil(c.keepalive_s)),
             timeout=c.connect_timeout_s, tls_params=tls)
+        closed = _closed_event(client)
+        entering = asyncio.ensure_future(client.__aenter__())
+        closing = asyncio.ensure_future(closed.wait())
         try:
-            await asyncio.wait_for(client.__aenter__(), c.connect_timeout_s + 1.0)
-        except TimeoutError:
-            _abandon(client)
-            raise aiomqtt.MqttError(f"no CONNACK within {c.connect_timeout_s:g} s") from None
+            await asyncio.wait((entering, closing), timeout=c.connect_timeout_s + 1.0,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not entering.done():
+                entering.cancel()
+                if closing.done():  # aiomqtt would wait for its timeout: it ignores a close before CONNACK
+                    raise BrokerClosed("the broker closed the connection before its CONNACK")
+                raise aiomqtt.MqttError(f"no CONNACK within {c.connect_timeout_s:g} s") from TimeoutError()
+            entering.result()
         except BaseException:  # a refusal, aiomqtt's own timeout, a stop during the connect
+            entering.cancel()
             _abandon(client)
             raise
+        finally:
+            closing.cancel()
         self._check_pubacks(client)
         return client
 
@@ -325,6 +335,27 @@ def _protocol_refused(exc: aiomqtt.MqttError) -> bool:
         code = getattr(exc.rc, "value", exc.rc)
         return code in PROTOCOL_REFUSED
     return not isinstance(exc.__context__, OSError) and not isinstance(exc.__cause__, OSError)
+
+
+class BrokerClosed(aiomqtt.MqttError):
+    """The broker closed the connection after our CONNECT, without a CONNACK (what some 3.1.1
+    brokers do with an MQTT 5 CONNECT)."""
+
+
+def _closed_event(client: aiomqtt.Client) -> asyncio.Event:
+    """An event set when the connection of `client` ends (paho's on_disconnect, which aiomqtt
+    drops before the CONNACK; it has no public hook for it)."""
+    closed, loop = asyncio.Event(), asyncio.get_running_loop()
+    paho = client._client
+    inner = paho.on_disconnect
+
+    def on_disconnect(*args: object) -> None:
+        loop.call_soon_threadsafe(closed.set)
+        if inner is not None:
+            inner(*args)
+
+    paho.on_disconnect = on_disconnect
+    return closed
 
 
 def _check_readable(config: MqttConfig) -> None:

@@ -235,3 +235,31 @@ def test_a_command_with_a_name_or_string_that_is_not_utf8_is_a_bad_payload_not_a
         except ValueError:
             continue
         node_commands(payload, CAT, **OK)
+
+
+async def test_auto_falls_back_to_3_1_1_at_once_when_the_broker_closes_an_mqtt5_connect():
+    """A 3.1.1-only broker that closes the connection on an MQTT 5 CONNECT (instead of CONNACK 1):
+    aiomqtt ignored the close and waited for its timeout, so "auto" never fell back, never connected."""
+    levels: list[int] = []
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readexactly(2)  # a short CONNECT: one byte of remaining length
+        body = await reader.readexactly(head[1])
+        levels.append(body[6])  # the protocol level: 5 or 4 (3.1.1)
+        if body[6] == 4:
+            writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+            while await reader.read(100):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    cfg = MqttConfig.model_validate({"broker": f"mqtt://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                                     "connect_timeout_s": 3.0})
+    link = MqttLink(cfg, client_id="t-311")
+    await link.start()
+    try:
+        assert await link.wait_connected(2.0), link.stats.last_error  # well before connect_timeout_s
+        assert link.protocol == "3.1.1" and levels == [5, 4]
+    finally:
+        await link.stop()
+        server.close()
