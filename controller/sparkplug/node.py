@@ -88,6 +88,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "spBv1.0"
 MEASUREMENT = SINK  # the measurement of its records in the outbox
 REPLAY_BATCH = 50  # rows fetched and acked at a time
+REBIRTH_MIN_S = 1.0  # births for a Rebirth request at most this often (requests meanwhile are one)
 QUALITY_CODES = {Quality.GOOD: 192, Quality.UNCERTAIN: 64}  # anything else: 0 (bad)
 ACTION_FLAGS = ("failed", "awaiting_confirmation", "latched", "inhibited", "shadow")
 
@@ -149,6 +150,8 @@ class EdgeNode:
         self._lock = asyncio.Lock()  # one message at a time: seq goes out in order
         self._task: asyncio.Task | None = None
         self._replay: asyncio.Task | None = None
+        self._rebirth: asyncio.Task | None = None  # births asked for by a host, coming
+        self._births_at = -REBIRTH_MIN_S  # loop time of the last births
         self._rewind = False  # the replay under way goes back to the oldest pending row
         link.set_will(self._will)
         link.on_connect(self._on_connect)
@@ -169,13 +172,11 @@ class EdgeNode:
 
     async def stop(self) -> None:
         """End the tasks and, if connected, say goodbye with the session's NDEATH."""
-        for task in (self._task, self._replay):
-            if task is not None:
-                task.cancel()
-        for task in (self._task, self._replay):
-            if task is not None:
-                await asyncio.gather(task, return_exceptions=True)
-        self._task = self._replay = None
+        tasks = [t for t in (self._task, self._replay, self._rebirth) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._replay = self._rebirth = None
         if self.link.connected:
             try:
                 await self.link.publish(self.topic("NDEATH"), self._ndeath(), qos=1)
@@ -216,6 +217,7 @@ class EdgeNode:
     async def _births(self) -> None:
         """NBIRTH (seq 0, this session's bdSeq) and a DBIRTH per PLC that delivers data, then the replay."""
         async with self._lock:
+            self._births_at = asyncio.get_running_loop().time()
             session = self.link.stats.connects
             self._session = None
             self.filter.forget()
@@ -520,8 +522,7 @@ class EdgeNode:
             self._refuse("NCMD", r.metric, r.why)
         for command in commands:
             if command.kind == "rebirth":
-                if self.link.connected and self.host_online is not False:
-                    await self._births()
+                self._ask_rebirth()
             else:
                 await self._operator(command)
 
@@ -534,6 +535,23 @@ class EdgeNode:
             return
         for r in refused or [None]:
             self._refuse("DCMD", r.metric if r else device, r.why if r else "device commands are refused")
+
+    def _ask_rebirth(self) -> None:
+        """Births again for a host's Rebirth, at most one per REBIRTH_MIN_S: the requests that come
+        meanwhile are answered by the next one (a host looping on Rebirth, or a flood of them, made
+        one NBIRTH and every DBIRTH per request)."""
+        if self._rebirth is None or self._rebirth.done():
+            self._rebirth = asyncio.get_running_loop().create_task(self._rebirth_soon(),
+                                                                   name="sparkplug-rebirth")
+
+    async def _rebirth_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._births_at + REBIRTH_MIN_S - loop.time()))
+        if self.link.connected and self.host_online is not False:
+            try:
+                await self._births()
+            except MqttUnavailable as exc:
+                log.warning("Sparkplug births for a Rebirth request not published: %s", exc)
 
     async def _operator(self, command: Command) -> None:
         """An allowed ack or shelve, through the operator path: role operator, user sparkplug:<host>."""

@@ -23,10 +23,11 @@ from controller.records import Record
 from controller.runtime import Controller
 from controller.sparkplug.catalogue import Catalogue
 from controller.sparkplug.commands import REFUSALS_PER_MINUTE, Command, RefusalGate, node_commands
-from controller.sparkplug.payload import DOUBLE, STRING, Metric, Payload, decode, encode
+from controller.sparkplug.node import REBIRTH_MIN_S
+from controller.sparkplug.payload import BOOLEAN, DOUBLE, STRING, Metric, Payload, decode, encode
 from controller.sparkplug.reporting import ChangeFilter
 from hil_tests.rig.mosquitto import Mosquitto
-from tests.controller.test_sparkplug_runtime import MQTT, line, until
+from tests.controller.test_sparkplug_runtime import MQTT, Watcher, line, until
 
 
 class SilentBroker:
@@ -263,3 +264,20 @@ async def test_auto_falls_back_to_3_1_1_at_once_when_the_broker_closes_an_mqtt5_
     finally:
         await link.stop()
         server.close()
+
+
+async def test_a_flood_of_rebirth_requests_is_answered_without_a_births_storm(tmp_path):
+    with Mosquitto(tmp_path) as broker:
+        async with Watcher(broker) as w:
+            config = load_config(line(tmp_path, MQTT.format(url=broker.url)))
+            async with Controller(config, api_port=0) as c:
+                await until(lambda: "NBIRTH" in w.kinds())
+                rebirth = encode([Metric("Node Control/Rebirth", BOOLEAN, True)], seq=0, timestamp_ms=1)
+                async with aiomqtt.Client(broker.host, broker.port, identifier="t-rebirths") as host:
+                    for _ in range(300):
+                        await host.publish("spBv1.0/test/NCMD/spb", rebirth, qos=1)
+                await until(lambda: w.kinds().count("NBIRTH") >= 2)  # the request is answered
+                await asyncio.sleep(REBIRTH_MIN_S * 1.5)
+                births = w.kinds().count("NBIRTH")
+                assert births <= 4, f"{births} NBIRTHs for 300 Rebirth requests in a second"
+                assert c.status()["mqtt"]["sparkplug"]["refused_commands"] == 0
