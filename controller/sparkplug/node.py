@@ -591,7 +591,7 @@ class EdgeNode:
         log.info("Sparkplug primary host %s is %s", self.cfg.primary_host_id,
                  "online" if online else "offline")
         if online and not was and self.link.connected:
-            await self._births()
+            self._ask_rebirth()  # (a STATE flapping fast must not be a births storm either)
 
 
 def now_ms() -> int:

@@ -281,3 +281,19 @@ async def test_a_flood_of_rebirth_requests_is_answered_without_a_births_storm(tm
                 births = w.kinds().count("NBIRTH")
                 assert births <= 4, f"{births} NBIRTHs for 300 Rebirth requests in a second"
                 assert c.status()["mqtt"]["sparkplug"]["refused_commands"] == 0
+
+
+async def test_a_primary_host_state_flapping_fast_is_no_births_storm(tmp_path):
+    with Mosquitto(tmp_path) as broker:
+        async with Watcher(broker) as w:
+            config = load_config(line(tmp_path, MQTT.format(url=broker.url) + 'primary_host_id = "scada"\n'))
+            async with Controller(config, api_port=0) as c:
+                await until(lambda: c.mqtt.connected)
+                async with aiomqtt.Client(broker.host, broker.port, identifier="t-flap") as host:
+                    for i in range(200):
+                        state = b'{"online": %s, "timestamp": %d}' % (b"true" if i % 2 else b"false", i)
+                        await host.publish("spBv1.0/STATE/scada", state, qos=1)
+                await until(lambda: c.sparkplug.host_online is True and "NBIRTH" in w.kinds())
+                await asyncio.sleep(REBIRTH_MIN_S * 1.5)
+                births = w.kinds().count("NBIRTH")
+                assert 1 <= births <= 3, f"{births} NBIRTHs for 100 offline/online flaps"
