@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test imports lint bench skab clean system-deps node-opcua
+.PHONY: run test imports lint bench skab clean system-deps node-opcua deploy-check
 
 # Servers and tools the tests start themselves, from Debian's packages: the InfluxDB line-protocol
 # endpoint; socat pty pairs for Modbus RTU over a serial line; the browser the HMI tests drive
@@ -44,6 +44,11 @@ system-deps:
 		echo "installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# The Kubernetes overlays rendered by kubectl kustomize and checked (needs kubectl >= 1.27, which no
+# package registry here provides; the base manifests are checked by make test).
+deploy-check: $(STAMP)
+	$(BIN)/python deploy/check_rendered.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

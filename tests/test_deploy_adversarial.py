@@ -11,14 +11,12 @@ import json
 import os
 import re
 import secrets
-import shutil
 import stat
 import subprocess
 import time
 from pathlib import Path
 
 import aiohttp
-import kubernetes_validate
 import pytest
 import yaml
 from aiohttp.test_utils import TestServer
@@ -31,7 +29,6 @@ from controller.statedir import StateDir
 from tests.test_deploy_manifests import (
     ALL_CONTAINERS,
     CONTROLLER,
-    KUBERNETES,
     OVERLAYS,
     POD,
     RESOURCES,
@@ -132,52 +129,6 @@ def test_the_init_container_copies_the_secrets_to_files_the_controller_keeps(tmp
     for name in ("client.der", "client_key.pem", "server.der"):
         assert stat.S_IMODE((where["pki"] / name).stat().st_mode) == 0o600, name
     assert sorted(p.name for p in where["pki"].iterdir()) == ["client.der", "client_key.pem", "server.der"]
-
-
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_each_rendered_overlay_is_valid_and_its_references_resolve(overlay, tmp_path):
-    """`kubectl kustomize` of the overlay (its secrets/ filled with stand-ins), as `kubectl apply -k`
-    sends it: strictly valid Kubernetes, every resource in the namespace, the name prefix applied
-    to each reference (a required Secret or ConfigMap that is not rendered leaves the pod stuck in
-    ContainerCreating), the selectors on the instance's labels."""
-    deploy = tmp_path / "deploy"
-    shutil.copytree(ROOT / "deploy", deploy)
-    copy = deploy / "overlays" / overlay.name
-    kustomization = yaml.safe_load((copy / "kustomization.yaml").read_text())
-    for generator in kustomization.get("secretGenerator", []):
-        for f in generator.get("files", []):
-            (copy / f).parent.mkdir(exist_ok=True)
-            (copy / f).write_text(secrets.token_urlsafe(32))
-        for f in generator.get("envs", []):
-            (copy / f).write_text("LINESENTRY_STAND_IN=x\n")
-    rendered = subprocess.run(["kubectl", "kustomize", str(copy)], capture_output=True, text=True, timeout=60)
-    assert rendered.returncode == 0, rendered.stderr
-    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-    for d in docs:
-        kubernetes_validate.validate(d, KUBERNETES, strict=True)
-        assert d["metadata"]["namespace"] == kustomization["namespace"], d["kind"]
-    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
-    pod = sts["spec"]["template"]["spec"]
-    wanted = [("ConfigMap", v["configMap"]["name"], v["configMap"].get("optional", False))
-              for v in pod["volumes"] if "configMap" in v]
-    wanted += [("Secret", v["secret"]["secretName"], v["secret"].get("optional", False))
-               for v in pod["volumes"] if "secret" in v]
-    wanted += [("Secret", e["secretRef"]["name"], e["secretRef"].get("optional", False))
-               for c in pod["containers"] for e in c.get("envFrom", [])]
-    for kind, name, optional in wanted:
-        assert (kind, name) in names or optional, f"{kind} {name} is not rendered"
-    for kind, name, _ in wanted:
-        assert name.startswith(kustomization["namePrefix"]), f"{kind} {name}: another line's, or nobody's"
-    (service,) = [d for d in docs if d["kind"] == "Service"]
-    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
-    labels = sts["spec"]["template"]["metadata"]["labels"]
-    assert labels["app.kubernetes.io/instance"] == overlay.name
-    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
-    for selector in (sts["spec"]["selector"]["matchLabels"], service["spec"]["selector"],
-                     pdb["spec"]["selector"]["matchLabels"]):
-        assert selector.get("app.kubernetes.io/instance") == overlay.name
-        assert selector.items() <= labels.items()
 
 
 def test_a_not_ready_line_still_takes_a_new_config():
