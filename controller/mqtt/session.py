@@ -324,7 +324,10 @@ class MqttLink:
                     await result
             except Exception as exc:  # one bad message or handler must not drop the session
                 self.stats.handler_errors += 1
-                log.error("MQTT message on %s: handler failed: %s: %s", topic, type(exc).__name__, exc)
+                n = self.stats.handler_errors
+                if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood of bad messages is no log flood
+                    log.error("MQTT message on %s: handler failed: %s: %s (%d handler failure(s) so far)",
+                              topic, type(exc).__name__, str(exc)[:200], n)
 
 
 def _protocol_refused(exc: aiomqtt.MqttError) -> bool:

@@ -584,8 +584,9 @@ class EdgeNode:
         try:
             online = json.loads(data).get("online") is True
         except (ValueError, AttributeError):
-            log.warning("Sparkplug primary host STATE on %s is not JSON with \"online\": %r", topic,
-                        data[:100])
+            if self.refusals.allow(time.monotonic()):  # (the same rate as refused commands)
+                log.warning("Sparkplug primary host STATE on %s is not JSON with \"online\": %r", topic,
+                            data[:100])
             return
         was, self.host_online = self.host_online, online
         log.info("Sparkplug primary host %s is %s", self.cfg.primary_host_id,

@@ -297,3 +297,24 @@ async def test_a_primary_host_state_flapping_fast_is_no_births_storm(tmp_path):
                 await asyncio.sleep(REBIRTH_MIN_S * 1.5)
                 births = w.kinds().count("NBIRTH")
                 assert 1 <= births <= 3, f"{births} NBIRTHs for 100 offline/online flaps"
+
+
+async def test_a_flood_of_messages_a_handler_fails_on_is_no_log_flood(tmp_path, caplog):
+    with Mosquitto(tmp_path) as broker:
+        link = MqttLink(MqttConfig.model_validate({"broker": broker.url}), client_id="t-handler")
+
+        def broken(topic: str, payload: bytes, retained: bool) -> None:
+            raise KeyError(payload[:10])
+
+        link.subscribe("t/#", broken)
+        await link.start()
+        try:
+            assert await link.wait_connected(10)
+            with caplog.at_level("ERROR", logger="controller.mqtt.session"):
+                async with aiomqtt.Client(broker.host, broker.port, identifier="t-junk") as junk:
+                    for _ in range(1000):
+                        await junk.publish("t/x", b"junk", qos=1)
+                await until(lambda: link.stats.handler_errors == 1000)
+        finally:
+            await link.stop()
+        assert 1 <= len([r for r in caplog.records if "handler failed" in r.message]) <= 10
