@@ -11,6 +11,9 @@ Sparkplug node can put the bdSeq of that very session into its NDEATH.
 `publish` never waits for a broker that is not there: it raises `MqttUnavailable` at once when not
 connected, and when the PUBACK (QoS 1) has not come within connect_timeout_s or the session breaks
 while it waits. The caller decides what to keep (the Sparkplug node commits it to the outbox).
+A PUBACK that does not come in time also ends the session (the client holds every unconfirmed
+message until its session ends: a broker that answers pings and confirms nothing would grow it
+forever); a PUBACK that refuses (MQTT 5 reason code, e.g. the broker's ACL) is no confirmation.
 
 Protocol "auto" asks for MQTT 5 and falls back to 3.1.1, for the rest of the run, when the broker
 answered but refused the protocol (a 3.1.1 broker answers CONNACK 1, "unacceptable protocol
@@ -104,6 +107,7 @@ class MqttLink:
         self._up = asyncio.Event()  # set while connected (after on_connect callbacks ran)
         self._task: asyncio.Task | None = None
         self._refused = ""  # the reason code of the last refused publish
+        self._dropping = ""  # why the link itself is ending the session (its last_error)
 
     # -- set-up (before or after start) --------------------------------------------------------
 
@@ -167,10 +171,10 @@ class MqttLink:
             raise MqttUnavailable(f"not connected to the MQTT broker {self.config.broker}")
         sending = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain,
                                                        timeout=math.inf))
-        return self._confirmed(topic, sending, lost, self.stats.refused_publishes)
+        return self._confirmed(topic, client, sending, lost, self.stats.refused_publishes)
 
-    async def _confirmed(self, topic: str, sending: asyncio.Future, lost: asyncio.Event,
-                         refused_before: int) -> None:
+    async def _confirmed(self, topic: str, client: aiomqtt.Client, sending: asyncio.Future,
+                         lost: asyncio.Event, refused_before: int) -> None:
         broken = asyncio.ensure_future(lost.wait())
         try:
             done, _ = await asyncio.wait((sending, broken), timeout=self.config.connect_timeout_s,
@@ -181,8 +185,16 @@ class MqttLink:
                 sending.cancel()
         if sending not in done:
             self.stats.publish_failures += 1
-            why = ("the session broke" if broken in done
-                   else f"no PUBACK within {self.config.connect_timeout_s:g} s")
+            if broken in done:
+                raise MqttUnavailable(f"publish to {topic} not confirmed: the session broke")
+            # A broker that keeps the session up (answers pings) but confirms nothing: the client
+            # keeps each unconfirmed message for its whole session, so that session must end (a
+            # new one starts after the backoff, with births; what was not confirmed is stored).
+            why = f"no PUBACK within {self.config.connect_timeout_s:g} s"
+            if not lost.is_set():
+                self._dropping = f"{why}: session dropped"
+                log.warning("MQTT %s: %s; dropping the session", self.config.broker, why)
+                _abandon(client)
             raise MqttUnavailable(f"publish to {topic} not confirmed: {why}")
         try:
             sending.result()
@@ -206,7 +218,8 @@ class MqttLink:
                 raise
             except Exception as exc:  # any failure of the broker or a handler must not end the task
                 self.stats.failures += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.stats.last_error = self._dropping or f"{type(exc).__name__}: {exc}"
+                self._dropping = ""
                 level = logging.WARNING if self.stats.failures == 1 or self.connected else logging.DEBUG
                 log.log(level, "MQTT %s: %s; reconnecting", self.config.broker, self.stats.last_error)
             finally:

@@ -318,3 +318,48 @@ async def test_a_flood_of_messages_a_handler_fails_on_is_no_log_flood(tmp_path, 
         finally:
             await link.stop()
         assert 1 <= len([r for r in caplog.records if "handler failed" in r.message]) <= 10
+
+
+async def test_a_broker_that_answers_pings_but_never_pubacks_gets_its_session_dropped():
+    """The client keeps every unconfirmed QoS 1 message for the whole session; a session that stays
+    up (pings answered) with nothing confirmed grew without bound (one message per timed-out publish,
+    the Sparkplug replay resending its batch every pass)."""
+    sessions: list[int] = []
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sessions.append(0)
+        try:
+            while head := await reader.read(1):
+                length, shift = 0, 0
+                while True:  # the remaining length: 7 bits a byte
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                await reader.readexactly(length)
+                if head[0] >> 4 == 1:
+                    writer.write(b"\x20\x02\x00\x00")  # CONNACK
+                elif head[0] >> 4 == 12:
+                    writer.write(b"\xd0\x00")  # PINGRESP; a PUBLISH gets nothing
+                elif head[0] >> 4 == 3:
+                    sessions[-1] += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    cfg = MqttConfig.model_validate({"broker": f"mqtt://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                                     "protocol": "3.1.1", "connect_timeout_s": 0.3, "keepalive_s": 1.0,
+                                     "backoff_initial_s": 0.05, "backoff_cap_s": 0.1})
+    link = MqttLink(cfg, client_id="t-nopuback")
+    await link.start()
+    try:
+        assert await link.wait_connected(5)
+        with pytest.raises(MqttUnavailable, match="no PUBACK"):
+            await link.publish("t/x", b"x" * 1000)
+        await until(lambda: link.stats.connects >= 2, timeout=3.0)  # a new session, the old one's queue gone
+        assert "no PUBACK" in link.stats.last_error and sessions[0] == 1
+    finally:
+        await link.stop()
+        server.close()
