@@ -49,8 +49,9 @@ class BdSeqStore:
         self.last: int | None = None
         try:
             value = json.loads(self.path.read_text())["bdseq"]
-            if isinstance(value, int) and 0 <= value <= 255:
-                self.last = value
+            if type(value) is not int or not 0 <= value <= 255:  # (a bool is no bdSeq either)
+                raise ValueError(f"bdseq {value!r} is not an integer 0..255")
+            self.last = value
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:

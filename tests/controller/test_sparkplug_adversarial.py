@@ -26,6 +26,7 @@ from controller.sparkplug.commands import REFUSALS_PER_MINUTE, Command, RefusalG
 from controller.sparkplug.node import REBIRTH_MIN_S
 from controller.sparkplug.payload import BOOLEAN, DOUBLE, STRING, Metric, Payload, decode, encode
 from controller.sparkplug.reporting import ChangeFilter
+from controller.sparkplug.sequence import BDSEQ_FILE, BdSeqStore
 from hil_tests.rig.mosquitto import Mosquitto
 from tests.controller.test_sparkplug_runtime import MQTT, Watcher, line, until
 
@@ -363,3 +364,14 @@ async def test_a_broker_that_answers_pings_but_never_pubacks_gets_its_session_dr
     finally:
         await link.stop()
         server.close()
+
+
+def test_a_bdseq_file_damaged_or_from_elsewhere_is_said_and_starts_again(tmp_path, caplog):
+    for text in ('{"bdseq": 300}', '{"bdseq": true}', '{"bdseq": 7.5}', '{"bdseq": -1}', "\x00\xff", "[]"):
+        (tmp_path / BDSEQ_FILE).write_text(text)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="controller.sparkplug.sequence"):
+            assert BdSeqStore(tmp_path).next() == 0, text
+        assert "cannot be read" in caplog.text, text
+    (tmp_path / BDSEQ_FILE).write_text('{"bdseq": 41, "written_by": "a newer version"}')
+    assert BdSeqStore(tmp_path).next() == 42  # a key more is no damage
