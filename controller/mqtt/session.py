@@ -191,7 +191,7 @@ class MqttLink:
             # keeps each unconfirmed message for its whole session, so that session must end (a
             # new one starts after the backoff, with births; what was not confirmed is stored).
             why = f"no PUBACK within {self.config.connect_timeout_s:g} s"
-            if not lost.is_set():
+            if not lost.is_set() and not self._dropping:  # (once for all the publishes in flight)
                 self._dropping = f"{why}: session dropped"
                 log.warning("MQTT %s: %s; dropping the session", self.config.broker, why)
                 _abandon(client)
