@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.client import topic_matches_sub
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from controller.errors import LinesentryError
 from drivers.supervisor import Backoff
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 STABLE_AFTER_S = 10.0  # a session up this long resets the backoff (a flapping broker keeps backing off)
 # CONNACK codes that mean "I do not speak that protocol": 3.1.1's 1, MQTT 5's 0x84 (132)
 PROTOCOL_REFUSED = (1, 132)
+# MQTT 5 Maximum Packet Size we announce: the broker drops what is bigger for us. Commands, STATE and
+# desired shadow fields are a few kB; a 50 MB NCMD stalled the event loop (the PLC polls) ~0.5 s.
+MAX_INBOUND_BYTES = 1 << 20
 
 Handler = Callable[[str, bytes, bool], None | Awaitable[None]]  # (topic, payload, retained)
 
@@ -274,7 +279,8 @@ class MqttLink:
             protocol=aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(will.topic, will.payload, will.qos, will.retain) if will else None,
             clean_session=None if protocol == "5" else True, keepalive=max(1, math.ceil(c.keepalive_s)),
-            timeout=c.connect_timeout_s, tls_params=tls)
+            timeout=c.connect_timeout_s, tls_params=tls, properties=_connect_properties() if protocol == "5"
+            else None)
         closed = _closed_event(client)
         entering = asyncio.ensure_future(client.__aenter__())
         closing = asyncio.ensure_future(closed.wait())
@@ -351,6 +357,12 @@ def _protocol_refused(exc: aiomqtt.MqttError) -> bool:
         code = getattr(exc.rc, "value", exc.rc)
         return code in PROTOCOL_REFUSED
     return not isinstance(exc.__context__, OSError) and not isinstance(exc.__cause__, OSError)
+
+
+def _connect_properties() -> Properties:
+    properties = Properties(PacketTypes.CONNECT)
+    properties.MaximumPacketSize = MAX_INBOUND_BYTES
+    return properties
 
 
 class BrokerClosed(aiomqtt.MqttError):

@@ -16,7 +16,7 @@ import pytest
 
 from controller.config import ConfigError, load_config
 from controller.config.mqtt import MqttConfig
-from controller.mqtt.session import MqttLink, MqttUnavailable
+from controller.mqtt.session import MAX_INBOUND_BYTES, MqttLink, MqttUnavailable
 from controller.outbox import Outbox
 from controller.points import Identity
 from controller.records import Record
@@ -375,3 +375,21 @@ def test_a_bdseq_file_damaged_or_from_elsewhere_is_said_and_starts_again(tmp_pat
         assert "cannot be read" in caplog.text, text
     (tmp_path / BDSEQ_FILE).write_text('{"bdseq": 41, "written_by": "a newer version"}')
     assert BdSeqStore(tmp_path).next() == 42  # a key more is no damage
+
+
+async def test_a_huge_message_for_the_edge_is_dropped_by_the_broker_under_mqtt5(tmp_path):
+    with Mosquitto(tmp_path) as broker:
+        link = MqttLink(MqttConfig.model_validate({"broker": broker.url}), client_id="t-big")
+        got: list[int] = []
+        link.subscribe("spBv1.0/g/NCMD/n", lambda topic, payload, retained: got.append(len(payload)))
+        await link.start()
+        try:
+            assert await link.wait_connected(10) and link.protocol == "5"
+            async with aiomqtt.Client(broker.host, broker.port, identifier="t-big-host") as host:
+                await host.publish("spBv1.0/g/NCMD/n", b"6" * (MAX_INBOUND_BYTES + 1), qos=1)
+                await host.publish("spBv1.0/g/NCMD/n", b"small", qos=1)
+            await until(lambda: got)
+            await asyncio.sleep(0.2)
+            assert got == [5], "a message over the announced maximum packet size reached the edge"
+        finally:
+            await link.stop()
