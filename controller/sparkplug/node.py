@@ -559,14 +559,17 @@ class EdgeNode:
         verb = "Ack" if command.kind == "ack" else "Shelve"
         try:
             if command.kind == "ack":
-                self.ops.ack(command.alarm, user, command.reason, role="operator")
+                answer = self.ops.ack(command.alarm, user, command.reason, role="operator")
             else:
-                self.ops.shelve(command.alarm, user, command.seconds, command.reason, role="operator")
+                answer = self.ops.shelve(command.alarm, user, command.seconds, command.reason,
+                                         role="operator")
+            self.stats.commands += 1
+            if answer.get("changed") is False:  # e.g. already acknowledged: nothing to save or log (a
+                return  # host repeating an Ack was an fsync'd save and a warning line each time)
             await self.ops.persist()
         except LinesentryError as exc:
             self._refuse("NCMD", alarm_metric(command.alarm, verb), str(exc))
             return
-        self.stats.commands += 1
         log.warning("Sparkplug NCMD %s %s by %s done", verb, command.alarm, user)
 
     def _refuse(self, kind: str, what: str, why: str) -> None:

@@ -393,3 +393,21 @@ async def test_a_huge_message_for_the_edge_is_dropped_by_the_broker_under_mqtt5(
             assert got == [5], "a message over the announced maximum packet size reached the edge"
         finally:
             await link.stop()
+
+
+async def test_a_host_repeating_an_ack_is_saved_and_logged_once(tmp_path, caplog):
+    alarm = ('\n[[alarms]]\nname = "hot"\nsource = "tag:pressure:limit"\npriority = "high"\n'
+             '[detector.limits]\npressure = { lo = 0.0, hi = 10.0 }\n')
+    sparkplug = MQTT + 'commands = true\ncommand_hosts = ["scada"]\n'
+    with Mosquitto(tmp_path) as broker:
+        config = load_config(line(tmp_path, alarm + sparkplug.format(url=broker.url)))
+        async with Controller(config, api_port=0) as c:
+            await until(lambda: c.status()["mqtt"]["sparkplug"]["born"])
+            ack = encode([Metric("Alarms/hot/Ack", STRING, "seen"), HOST], seq=0, timestamp_ms=1)
+            with caplog.at_level("WARNING", logger="controller.sparkplug.node"):
+                async with aiomqtt.Client(broker.host, broker.port, identifier="t-acks") as host:
+                    for _ in range(200):
+                        await host.publish("spBv1.0/test/NCMD/spb", ack, qos=1)
+                await until(lambda: c.status()["mqtt"]["sparkplug"]["commands"]
+                            + c.status()["mqtt"]["sparkplug"]["refused_commands"] == 200)
+            assert len([r for r in caplog.records if "done" in r.message]) <= 1
