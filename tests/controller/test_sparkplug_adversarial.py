@@ -1,7 +1,9 @@
-"""The MQTT link and the Sparkplug node against a hostile network and careless hosts: a broker that
-accepts TCP and never answers, refused commands in floods and with huge or unprintable values,
-tag values at infinity. Brokers that misbehave are plain TCP servers in the test (they speak no
-MQTT at all); the rest is the pure logic of the node's modules."""
+"""The MQTT link and the Sparkplug node against a hostile network, a broken broker, careless hosts
+and engineers: a broker that never answers CONNACK, answers pings but never PUBACK, closes an MQTT 5
+CONNECT, refuses publishes by ACL; floods of bad commands, Rebirths, STATE flaps and repeated Acks;
+huge, unprintable and non-UTF-8 values; tags at infinity; ids that are not one topic level; damaged
+bdSeq files; the outbox cap without a cloud sink. Brokers that misbehave in ways mosquitto cannot
+are small TCP servers in the test; everything else runs against a real mosquitto."""
 
 from __future__ import annotations
 
