@@ -488,6 +488,8 @@ class EdgeNode:
                 if sent:
                     await asyncio.to_thread(self.outbox.ack, replace(batch, ids=tuple(sorted(sent))))
             if failed:
+                if self._rewind and self._publishable():  # births (a Rebirth) cut in and are done:
+                    continue  # their `_start_replay` found this pass still running, so it goes on
                 log.debug("Sparkplug replay paused: %s", failed[0])
                 return
             if done:
