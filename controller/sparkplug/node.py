@@ -487,12 +487,11 @@ class EdgeNode:
                 sent += [row for (row, _), r in zip(inflight, results, strict=True) if r is None]
                 if sent:
                     await asyncio.to_thread(self.outbox.ack, replace(batch, ids=tuple(sorted(sent))))
-            if failed:
-                if self._rewind and self._publishable():  # births (a Rebirth) cut in and are done:
+            if failed or done:
+                if self._rewind and self._publishable():  # births (a Rebirth, a DBIRTH) came meanwhile:
                     continue  # their `_start_replay` found this pass still running, so it goes on
-                log.debug("Sparkplug replay paused: %s", failed[0])
-                return
-            if done:
+                if failed:
+                    log.debug("Sparkplug replay paused: %s", failed[0])
                 return
 
     async def _send_stored(self, record: Record, device: str | None) -> None:
