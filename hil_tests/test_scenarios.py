@@ -1,7 +1,9 @@
 """Scenario files: every shipped file loads, bad files fail in one line, and a scenario plays end to end."""
 
 import asyncio
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -217,16 +219,14 @@ def _scenario_params():
                          if p.stem in KNOWN_MISSES else []) for p in shipped_scenarios()]
 
 
-@pytest.mark.parametrize("path", _scenario_params())
-async def test_every_shipped_scenario_detects_what_it_claims(tmp_path, model, path):
-    """Played (lead-in shortened) against the real controller on the demo config: every expected
-    alarm within its within_ms, every expected actuator write, no false alarm. The run ends once
-    all of that was seen, or once an expected alarm is past its within_ms (a detection after it
-    counts as missed, so the verdict cannot change)."""
+async def play(path: Path, workdir: Path, model: Path):
+    """One shipped file, lead-in shortened, against its own rig and controller on the demo config.
+    The run ends once everything it expects was seen, or once an expected alarm is past its
+    within_ms (a detection after it counts as missed, so the verdict cannot change)."""
     sc = compressed(load_scenario(path))
     plant = Plant(sc.seed, PlantParams(watchdog_timeout_s=sc.watchdog_timeout_s))
     async with Rig(plant, sc.injector(), Recorder(), opcua_port=0, modbus_port=0) as rig:
-        config = load_config(config_for_rig(rig, tmp_path / "state", model, tmp_path / "line.toml"))
+        config = load_config(config_for_rig(rig, workdir / "state", model, workdir / "line.toml"))
         controller = Controller(config, api_port=0)
         started = time.time()
         task = await start_controller(controller)
@@ -240,7 +240,37 @@ async def test_every_shipped_scenario_detects_what_it_claims(tmp_path, model, pa
             await stop_controller(controller, task)
     alarms = [(e["time"], e["source"]) for e in controller.events.since()
               if e["kind"] == "alarm" and e.get("state") == "UNACK"]
-    result = judge(sc, rig.recorder, alarms, started, clock="wall")
+    return judge(sc, rig.recorder, alarms, started, clock="wall")
+
+
+def play_in_this_process(path: Path, workdir: Path, model: Path):
+    return asyncio.run(play(path, workdir, model))
+
+
+# Scenarios mostly wait on plant time (a drift needs half a minute to cross its limit), so the
+# selected files play two at a time, each in its own process (its own event loop and core: in one
+# loop, plays side by side delayed each other's PLC polls into false comm-loss alarms).
+PROCESSES = 2
+
+
+@pytest.fixture(scope="module")
+def scenario_results(request, tmp_path_factory, model) -> dict:
+    """{path: RunResult, or the exception its play raised} for the files this session selected."""
+    paths = [item.callspec.params["path"] for item in request.session.items
+             if getattr(item, "originalname", "") == "test_every_shipped_scenario_detects_what_it_claims"]
+    with ProcessPoolExecutor(PROCESSES, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {p: pool.submit(play_in_this_process, p, tmp_path_factory.mktemp(p.stem), model)
+                   for p in paths}
+        return {p: f.exception() or f.result() for p, f in futures.items()}
+
+
+@pytest.mark.parametrize("path", _scenario_params())
+def test_every_shipped_scenario_detects_what_it_claims(scenario_results, path):
+    """Played against the real controller (see `play`): every expected alarm within its within_ms,
+    every expected actuator write, no false alarm."""
+    result = scenario_results[path]
+    if isinstance(result, BaseException):
+        raise result
     assert result.missed == [] and result.detected == result.faults, result.missed
     assert result.missed_actions == [], result.missed_actions
     assert result.false_alarms == [], result.false_alarms
