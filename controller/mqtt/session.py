@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+IN_FLIGHT_WARNING = 500  # publishes awaiting their PUBACK before aiomqtt warns (several replay batches)
 STABLE_AFTER_S = 10.0  # a session up this long resets the backoff (a flapping broker keeps backing off)
 # CONNACK codes that mean "I do not speak that protocol": 3.1.1's 1, MQTT 5's 0x84 (132)
 PROTOCOL_REFUSED = (1, 132)
@@ -281,6 +282,9 @@ class MqttLink:
             clean_session=None if protocol == "5" else True, keepalive=max(1, math.ceil(c.keepalive_s)),
             timeout=c.connect_timeout_s, tls_params=tls, properties=_connect_properties() if protocol == "5"
             else None)
+        # aiomqtt warns at every publish while more than 10 await their PUBACK: the Sparkplug replay
+        # keeps a batch of 50 in flight by design, which made a warning line per replayed message
+        client.pending_calls_threshold = IN_FLIGHT_WARNING
         closed = _closed_event(client)
         entering = asyncio.ensure_future(client.__aenter__())
         closing = asyncio.ensure_future(closed.wait())
