@@ -12,7 +12,7 @@ Rules (docs/shadow.md):
 - The reported `version` rises by one each time the reported content changes, never goes back
   (it is persisted with the rest, controller.shadow.store).
 
->>> doc = ShadowDocument()
+>>> doc = ShadowDocument(("shadow_mode",))
 >>> d = parse_desired(b'{"value": true, "version": 3, "by": "fleet"}')
 >>> doc.offer("shadow_mode", d)
 'new'
