@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# `make run MQTT=127.0.0.1:1883`: the demo line also publishes as a Sparkplug B edge node there.
 run: $(STAMP)
-	$(BIN)/linesentry demo
+	$(BIN)/linesentry demo $(if $(MQTT),--mqtt $(MQTT))
 
 test: $(STAMP) system-deps node-opcua
 	$(BIN)/lint-imports --no-cache
