@@ -119,16 +119,20 @@ def test_repeated_kill_9_during_a_burst_of_requests_never_damages_the_journal(se
     seen: list[int] = []
     for _ in range(3):
         s.start()
-        config, stop = str(s.config), threading.Event()
+        config, stop, done = str(s.config), threading.Event(), []
 
-        def churn(config=config, stop=stop) -> None:
+        def churn(config=config, stop=stop, done=done) -> None:
             while not stop.is_set():
                 runner.invoke(app, ["shelve", config, "conveyor_comm_loss", "--for", "1m", "--reason", "r"])
                 runner.invoke(app, ["unshelve", config, "conveyor_comm_loss"])
+                done.append(1)
 
         worker = threading.Thread(target=churn)
         worker.start()
-        time.sleep(1.5)
+        deadline = time.monotonic() + 30  # the kill lands in the middle of a burst already under way
+        while len(done) < 3:
+            assert time.monotonic() < deadline, "no shelve/unshelve pair answered within 30 s"
+            time.sleep(0.01)
         assert s.kill9() == -signal.SIGKILL
         stop.set()
         worker.join(30)
