@@ -806,6 +806,16 @@ def model_reload(config: Path = typer.Argument(None, help=CONFIG_HELP, show_defa
         say(f"model reloaded from {answer['model']} (threshold {float(answer['threshold']):.4f})")
 
 
+def _register_model_commands() -> None:
+    """push, list, promote, rollback (controller/cli_models.py: the registry and the fleet rollout)."""
+    from controller.cli_models import register
+
+    register(model_app, say=say, print_table=print_table)
+
+
+_register_model_commands()
+
+
 def _when(e: dict) -> str:
     import datetime as dt
 
