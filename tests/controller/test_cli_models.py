@@ -122,7 +122,8 @@ class Lines:
 def test_push_list_and_history(tmp_path, registry):
     reg, ids = registry
     again = cli("model", "push", str(tmp_path / "m1.npz"), registry=reg)
-    assert again.exit_code == 0 and again.output.split()[0] == ids[0] and "already in the registry" in again.output
+    assert again.exit_code == 0 and again.output.split()[0] == ids[0]
+    assert "already in the registry" in again.output
     listed = cli("model", "list", registry=reg)
     assert listed.exit_code == 0, listed.output
     rows = listed.output.splitlines()[2:]
