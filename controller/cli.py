@@ -402,8 +402,20 @@ def record(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=Fa
 
 @app.command(cls=_ConfigFirst)
 def fit(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
-        data: Path = typer.Argument(..., help="CSV of normal operation: time,<tag>,..."),
-        out: Path = typer.Option(None, "-o", "--out", help="model file (default: [detector] model)")) -> None:
+        data: Path = typer.Argument(None, help="CSV of normal operation: time,<tag>,... (or --history)",
+                                    show_default=False),
+        out: Path = typer.Option(None, "-o", "--out", help="model file (default: [detector] model)"),
+        history: str = typer.Option(None, "--history", flag_value="", metavar="[DIR]", show_default=False,
+                                    help="fit on the controller's recorded history (default DIR: [history] "
+                                         "dir, <state_dir>/history), alarm periods and bad data left out"),
+        days: float = typer.Option(None, "--days", help="with --history: the last N days (default: "
+                                                        "[history] keep_days)", show_default=False),
+        margin_s: float = typer.Option(None, "--margin-s", help="with --history: also leave out rows this "
+                                       "close to an alarm (default 60 s, or 2x the longest alarm delays)",
+                                       show_default=False),
+        min_rows: int = typer.Option(None, "--min-rows", show_default=False,
+                                     help="with --history: refuse below this many rows "
+                                          "(default 1/(target_far x holdout_fraction))")) -> None:
     """Fit the detector's models and thresholds on normal data and write the model artifact."""
     import numpy as np
     from rich.table import Table
@@ -415,7 +427,22 @@ def fit(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False
     if target is None:
         raise fail("no model path: pass -o model.npz or set [detector] model in the config")
     tags = cfg.detector_tags()
-    times, values = _read_csv(data, tags)
+    if (data is None) == (history is None):
+        raise fail("give the CSV of normal operation or --history [DIR] (one of them)")
+    if history is None and (days, margin_s, min_rows) != (None, None, None):
+        raise fail("--days, --margin-s and --min-rows go with --history")
+    if history is not None:
+        from controller.history_read import HistoryError, history_training
+
+        try:
+            rows, notes = history_training(cfg, history, days=days, margin_s=margin_s, min_rows=min_rows)
+        except HistoryError as exc:
+            raise fail(str(exc)) from None
+        for note in notes:
+            say(note)
+        times, values, data = rows.times, rows.values, "the history"
+    else:
+        times, values = _read_csv(data, tags)
     try:
         det = StreamingDetector(tags, cfg.detector_spec(), dict(cfg.detector.units)).fit(values, times)
     except (ValueError, OverflowError) as exc:

@@ -58,6 +58,7 @@ class Operations:
         self.reasons, self.events, self.registry = reasons, events, registry
         self._cloud, self._started_at = cloud, started_at
         self.mqtt: Callable[[], dict] | None = None  # with [mqtt]: the link's and Sparkplug node's status
+        self.history: Callable[[], dict] | None = None  # the history recorder's counters (controller.history)
         # what identifies this configuration (the device shadow and Sparkplug report it): its canonical dump
         self.config_hash = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True,
                                                      default=str).encode()).hexdigest()
@@ -96,6 +97,7 @@ class Operations:
             "outbox": cloud["outbox"],
             "sync": cloud["sync"],
             "mqtt": self.mqtt() if self.mqtt is not None else None,
+            "history": self.history() if self.history is not None else None,
         }
 
     def tags(self) -> list[dict]:

@@ -40,6 +40,7 @@ from controller.errors import PlcError, Refused
 from controller.events import EventLog
 from controller.eventstore import journal_store
 from controller.health import Probes
+from controller.history import HistoryRecorder
 from controller.housekeeping import HOUSEKEEPING_S, CloudFeed, Housekeeping
 from controller.journal import Journal
 from controller.linestate import LineState
@@ -152,6 +153,11 @@ class Controller:
                               registry=self.registry, cloud=self.cloud.status,
                               started_at=lambda: self.started_at)
         self.registry.register(ControllerCollector(self.ops.metrics_snapshot, self.pipeline.step_latency))
+        # [history]: every stepped frame to disk for `linesentry fit --history` (written by its own task)
+        self.history = HistoryRecorder(config.history, config.history.dir_for(c.state_dir), line=self.line,
+                                       pipeline=self.pipeline, config_hash=self.ops.config_hash,
+                                       wall=self.clock.wall)
+        self.ops.history = self.history.status
         self.batch_handler: Callable[[Plc, ReadingBatch], None] = self.handle_batch
         self.token: str | None = None  # read from (or created in) the state directory at start
         self.started_at: float | None = None
@@ -171,7 +177,9 @@ class Controller:
         alarm or action transitions, they are journaled right after the writes' first step instead
         of at the next housekeeping round (up to 50 ms later): the event stream, the HMI and the
         Sparkplug node see an alarm at once, and the actuator write still goes first."""
-        writes = self.pipeline.step(plc.binding, batch, self.clock.mono(), self.clock.wall())
+        wall = self.clock.wall()
+        writes = self.pipeline.step(plc.binding, batch, self.clock.mono(), wall)
+        self.history.append(wall)  # a tuple into a bounded list (~0.3 us); written by its own task
         if writes:
             self.writes.issue(writes)
         if self.journal.pending and not self._flush_soon:
@@ -298,6 +306,7 @@ class Controller:
         self.keeper.forget_summary()
         self._undo(stack, "saving the state", self._final_save)
 
+        self._undo(stack, "closing the history", self.history.close)  # after the sessions: no batch left
         self._undo(stack, "closing the PLC sessions", self._stop_supervisors)
         tasks = await stack.enter_async_context(asyncio.TaskGroup())  # its exit waits for every task
         started: list[asyncio.Task] = []
@@ -313,6 +322,7 @@ class Controller:
             if plc.config.watchdog is not None:
                 started.append(tasks.create_task(self.health.watchdog(plc), name=f"watchdog:{plc.name}"))
         started.append(tasks.create_task(self.housekeeping.run(), name="housekeeping"))
+        started.append(tasks.create_task(self.history.run(), name="history"))
         self.health.warn_tight_timeouts()
         self.events.add("controller", "controller", f"started: {len(self.plcs)} PLC(s), "
                         f"{len(self.tag_names)} tags, model "

@@ -29,6 +29,7 @@ from controller.config.base import Strict
 from controller.config.controller import ControllerSection
 from controller.config.crosscheck import cross_check
 from controller.config.detector import DetectorSection
+from controller.config.history import HistorySection
 from controller.config.mqtt import MqttConfig, sparkplug_problems
 from controller.config.plcs import Plc, TagRef, plc_model
 from controller.sinks.config import SyncConfig
@@ -50,6 +51,7 @@ class LineConfig(Strict):
     actions: list[ActionConfig] = Field(default_factory=list)
     sync: SyncConfig | None = None  # absent: no cloud
     mqtt: MqttConfig | None = None  # absent: no MQTT (Sparkplug B, device shadow)
+    history: HistorySection = Field(default_factory=HistorySection)  # detector frames on disk (refit)
 
     # -- derived views ---------------------------------------------------------------------------
 

@@ -1,0 +1,38 @@
+"""``[history]``: the detector frames the running controller keeps on disk, for `linesentry fit
+--history` (controller.history). On by default and bounded twice (days and megabytes); the
+recorder never slows the hot path, so the only cost of leaving it on is the disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from controller.config.base import Seconds, Strict, as_path, resolve_path
+
+
+class HistorySection(Strict):
+    """Where and how much of the detector frames are kept (docs/configuration.md#history)."""
+
+    enabled: bool = True
+    dir: Path | None = None  # "" or absent: <state_dir>/history; relative to the TOML
+    keep_days: float = Field(default=14.0, gt=0, le=3650, allow_inf_nan=False)  # older segments deleted
+    max_mb: float = Field(default=2000.0, ge=1, le=10_000_000, allow_inf_nan=False)  # oldest deleted first
+    flush_s: float = Seconds(1.0, 300.0, default=10.0)  # a kill -9 loses at most this much
+    # frames held in memory between flushes; beyond: dropped and counted (a stalled disk)
+    max_buffer_rows: int = Field(default=200_000, ge=1000, le=10_000_000)
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir_path(cls, v: Any) -> Any:
+        return None if v == "" else as_path(v)
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return resolve_path(v, info)
+
+    def dir_for(self, state_dir: Path) -> Path:
+        """The segment directory in use: the configured one or <state_dir>/history."""
+        return self.dir if self.dir is not None else Path(state_dir) / "history"
