@@ -5,8 +5,11 @@ against one mosquitto and one VictoriaMetrics.
 2. outage of both at once: the broker is killed (SIGKILL, behind a TCP gate so the host is
    subscribed again before any node reconnects) and the cloud refuses connections (fault proxy);
    each line stores windows and Sparkplug messages meanwhile; both come back;
-3. a fleet-wide model rollout: desired model_version = the new model's id on every line; every
-   line's retained reported shadow shows it (the rollout time is printed);
+3. a fleet-wide model rollout: `linesentry model push` to a registry dir, `linesentry model
+   promote ID --line fleet/lineNN ... --broker --wait` (where that command is missing: the same
+   desired model_version published here); every line's retained reported shadow shows the new
+   model.id (the rollout time is printed). The artifact is also copied into each line's
+   models_dir beforehand, so the rollout does not depend on the edge's registry fetch;
 4. per line, against what the line itself committed (its outbox file, archived by triggers added
    before the first start): every cloud window and event in VictoriaMetrics exactly once
    (no duplicate, none missing, no extra, windows contiguous across the outage), every stored
@@ -20,8 +23,11 @@ kill -9 between PUBACK and the row's ack resends). The CPU and memory per line a
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -161,11 +167,23 @@ async def test_ten_lines_exactly_once_across_broker_and_cloud_outage_and_a_fleet
                            what="every line's cloud and Sparkplug backlog acked")
             recovered_s = time.monotonic() - t_back
 
-            # 3. fleet-wide rollout of m2
+            # 3. fleet-wide rollout of m2: `linesentry model push` + `promote --wait` (issue 17), or
+            # where that command is missing, the same desired model_version published here
             t_roll = time.time()
-            version = int(t_roll * 1000)
-            for n in names:
-                watcher.desire(n, "model_version", new_id, version)
+            if importlib.util.find_spec("controller.cli_models") is not None:
+                registry = tmp_path / "registry"
+                pushed = await asyncio.to_thread(cli, "model", "push", str(m2), "--registry", str(registry))
+                assert pushed.stdout.split()[-1] == new_id, pushed.stdout
+                t_roll = time.time()
+                targets = [a for n in names for a in ("--line", f"{fleet.SITE}/{n}")]
+                promoted = await asyncio.to_thread(
+                    cli, "model", "promote", new_id[:16], *targets, "--broker",
+                    f"{broker.host}:{broker.port}", "--wait", "60", "--registry", str(registry))
+                print(promoted.stdout[-2000:])
+            else:
+                version = int(t_roll * 1000)
+                for n in names:
+                    watcher.desire(n, "model_version", new_id, version)
             await wait_for(lambda: all(watcher.model_id(n) == new_id for n in names), 60, interval=0.1,
                            what="every line's reported shadow showing the new model")
             rollout_s = max(watcher.arrived[n] for n in names) - t_roll
@@ -220,6 +238,15 @@ async def test_ten_lines_exactly_once_across_broker_and_cloud_outage_and_a_fleet
     print(f"cost: {cpu / window_s / N:.3f} CPU-s/s per line over {window_s:.0f} s (incl. outage+rollout), "
           f"RSS per line {sum(rss) / N / 1024:.0f} MiB (min {min(rss) / 1024:.0f}, max {max(rss) / 1024:.0f})"
           f"; test {time.monotonic() - t_test:.0f} s")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The real `linesentry` command line; a non-zero exit fails with its output."""
+    launch = [sys.executable, "-c", "from controller.cli import app; app(prog_name='linesentry')"]
+    done = subprocess.run([*launch, *args], cwd=fleet.ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (f"linesentry {' '.join(args)}: exit {done.returncode}\n"
+                                  f"{done.stdout}{done.stderr}")
+    return done
 
 
 def _model_id(path) -> str:
