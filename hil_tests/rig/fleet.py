@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -199,7 +198,7 @@ tag_interval_s = {tag_interval_s}
     return path
 
 
-CLOUD_SINK_ROUTE = "NEW.route IS NULL"  # rows pending for every non-routed sink: the cloud sync
+# cloud rows: route NULL (pending for every non-routed sink: the sync); Sparkplug rows: routed to it
 ARCHIVE = """
 CREATE TABLE IF NOT EXISTS fleet_cloud_rows (row_id INTEGER PRIMARY KEY, body TEXT NOT NULL);
 CREATE TRIGGER IF NOT EXISTS fleet_cloud_rows AFTER INSERT ON outbox WHEN NEW.route IS NULL BEGIN
@@ -361,21 +360,9 @@ def proc_rss_kib(pid: int) -> int:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def reported(client_reports: dict[str, dict], line: str) -> dict | None:
-    return client_reports.get(line)
-
-
 def desired_payload(value: str, version: int, by: str = "fleet-test") -> bytes:
     return json.dumps({"value": value, "version": version, "by": by}).encode()
 
 
 def shadow_prefix(line: str) -> str:
     return f"linesentry/{SITE}/{line}/shadow"
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
