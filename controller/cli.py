@@ -400,12 +400,27 @@ def record(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=Fa
         say(f"left out {gaps.dropped} incomplete rows, because of {gaps.summary()}")
 
 
-@app.command(cls=_ConfigFirst)
+class _OptionalValue(_ConfigFirst):
+    """`fit --history [DIR]`: the option alone (last, or before another option) means "" (the
+    default directory); typer's click has no options with an optional value, so it is put in."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        args = list(args)
+        for k, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--history" and (k + 1 == len(args) or args[k + 1].startswith("-")):
+                args.insert(k + 1, "")
+                break
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=_OptionalValue)
 def fit(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
         data: Path = typer.Argument(None, help="CSV of normal operation: time,<tag>,... (or --history)",
                                     show_default=False),
         out: Path = typer.Option(None, "-o", "--out", help="model file (default: [detector] model)"),
-        history: str = typer.Option(None, "--history", flag_value="", metavar="[DIR]", show_default=False,
+        history: str = typer.Option(None, "--history", metavar="[DIR]", show_default=False,
                                     help="fit on the controller's recorded history (default DIR: [history] "
                                          "dir, <state_dir>/history), alarm periods and bad data left out"),
         days: float = typer.Option(None, "--days", help="with --history: the last N days (default: "
@@ -422,15 +437,15 @@ def fit(config: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False
 
     from models import StreamingDetector
 
+    if (data is None) == (history is None):
+        raise fail("give the CSV of normal operation or --history [DIR] (one of them)")
+    if history is None and (days, margin_s, min_rows) != (None, None, None):
+        raise fail("--days, --margin-s and --min-rows go with --history")
     cfg = load_or_exit(config)
     target = out or cfg.detector.model
     if target is None:
         raise fail("no model path: pass -o model.npz or set [detector] model in the config")
     tags = cfg.detector_tags()
-    if (data is None) == (history is None):
-        raise fail("give the CSV of normal operation or --history [DIR] (one of them)")
-    if history is None and (days, margin_s, min_rows) != (None, None, None):
-        raise fail("--days, --margin-s and --min-rows go with --history")
     if history is not None:
         from controller.history_read import HistoryError, history_training
 

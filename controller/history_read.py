@@ -230,11 +230,11 @@ def history_training(config: LineConfig, directory: str | Path | None, *, days: 
         if names:
             notes.append(f"{len(names)} segment(s) {what}: {', '.join(names[:3])}"
                          + (", ..." if len(names) > 3 else ""))
-    why = (f"{t.rows} rows in the last {days:g} days of {directory} ({h.segments} segments): "
-           f"{t.alarm_rows} within {margin:g} s of an alarm, {t.bad_rows} with bad or missing data")
+    why = (f"{len(t.times)} of {t.rows} rows in the last {days:g} days of {directory} ({h.segments} "
+           f"segments); left out: {t.alarm_rows} within {margin:g} s of an alarm, {t.bad_rows} with bad or "
+           "missing data")
     if len(t.times) < need:
-        raise HistoryError(f"too few rows of normal operation to fit: {len(t.times)} left of {why}; "
-                           f"need at least {need} (--days longer, --margin-s shorter or --min-rows)")
-    notes.append(f"fitting on {len(t.times)} rows of {why} left out"
-                 + (f"; {t.gaps} gaps closed" if t.gaps else ""))
+        raise HistoryError(f"too few rows of normal operation to fit: {why}; need at least {need} "
+                           "(--days longer, --margin-s shorter or --min-rows)")
+    notes.append(f"fitting on {why}" + (f"; {t.gaps} gaps closed" if t.gaps else ""))
     return t, notes
