@@ -21,7 +21,7 @@ class HistorySection(Strict):
     max_mb: float = Field(default=2000.0, ge=1, le=10_000_000, allow_inf_nan=False)  # oldest deleted first
     flush_s: float = Seconds(1.0, 300.0, default=10.0)  # a kill -9 loses at most this much
     # frames held in memory between flushes; beyond: dropped and counted (a stalled disk)
-    max_buffer_rows: int = Field(default=200_000, ge=1000, le=10_000_000)
+    max_buffer_rows: int = Field(default=100_000, ge=1000, le=10_000_000)  # ~250 bytes each (8 tags)
 
     @field_validator("dir", mode="before")
     @classmethod
