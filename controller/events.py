@@ -186,7 +186,8 @@ class EventLog:
         if self.last_id <= last_id:
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for (3.11 can swallow a cancel)
+                    await self._changed.wait()
             except TimeoutError:
                 return []
         return self.since(last_id)

@@ -154,7 +154,8 @@ class MqttLink:
     async def wait_connected(self, timeout: float) -> bool:
         """True once connected (and the on_connect callbacks ran), False after `timeout` seconds."""
         try:
-            await asyncio.wait_for(self._up.wait(), timeout)
+            async with asyncio.timeout(timeout):  # wait_for can swallow a stop (3.11)
+                await self._up.wait()
         except TimeoutError:
             return False
         return True
