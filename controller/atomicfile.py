@@ -1,4 +1,5 @@
-"""One durable file write for every state file (tokens, state, shadow, Sparkplug bdSeq).
+"""One durable file write for every state file (tokens, state, shadow, Sparkplug bdSeq) and copy
+(model artifacts into a registry or a models folder).
 
 Temp file in the same directory (created with `mode`), fsync, rename over the target, fsync of
 the directory: a kill -9 or a power cut leaves the old file or the new one, never a torn one,
@@ -10,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 
 def remove_leftovers(path: Path) -> list[Path]:
@@ -28,14 +32,26 @@ def remove_leftovers(path: Path) -> list[Path]:
 
 def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
     """Replace `path` with `text`, all or nothing (OSError when the directory cannot take it)."""
-    path = Path(path)
+    _replace(Path(path), mode, lambda out: out.write(text.encode("utf-8")))
+
+
+def copy_atomic(source: Path, path: Path, mode: int = 0o644) -> None:
+    """Replace `path` with a copy of `source`, all or nothing (a model artifact into a registry)."""
+    def copy(out: IO[bytes]) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+    _replace(Path(path), mode, copy)
+
+
+def _replace(path: Path, mode: int, write: Callable[[IO[bytes]], None]) -> None:
+    """Temp file beside `path`, written, fsynced, renamed over it, then the directory fsynced."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -18,12 +18,10 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from controller.atomicfile import write_atomic
+from controller.atomicfile import copy_atomic, write_atomic
 from controller.errors import LinesentryError
 from models import artifact
 from models.errors import ModelError
@@ -100,27 +98,6 @@ def artifact_path(registry: Path, model_id: str) -> Path:
     return path
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    """Copy `source` to `target` all or nothing: temp file in the target folder, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _record(meta: dict, *, name: str, source: str, note: str, by: str, at: float) -> dict:
     summary = meta.get("summary") or {}
     cal = summary.get("calibration") or {}
@@ -179,7 +156,7 @@ def push(registry: Path, source: Path, *, name: str | None = None, note: str = "
                 with contextlib.suppress(OSError):
                     if time.time() - tmp.stat().st_mtime > 3600:  # never a running push's temp file
                         tmp.unlink()
-        _copy_atomic(source, target)
+        copy_atomic(source, target)
         _verified(target)
         record = _record(meta, name=name or source.stem, source=source.name, note=note,
                          by=by or default_user(), at=time.time() if now is None else now)
