@@ -383,7 +383,8 @@ class Controller:
             from controller.shadow import ShadowAgent
 
             self.shadow = agent = ShadowAgent(mqtt_cfg.shadow, link=link, ops=self.ops,
-                                              state_dir=Path(self.state_dir.path), events=self.events)
+                                              state_dir=Path(self.state_dir.path), events=self.events,
+                                              registry=self.config.models.registry)
             await agent.start()
             self._undo(stack, "stopping the device shadow", agent.stop)
         await link.start()

@@ -30,6 +30,7 @@ from controller.config.controller import ControllerSection
 from controller.config.crosscheck import cross_check
 from controller.config.detector import DetectorSection
 from controller.config.history import HistorySection
+from controller.config.models import ModelsSection
 from controller.config.mqtt import MqttConfig, sparkplug_problems
 from controller.config.plcs import Plc, TagRef, plc_model
 from controller.sinks.config import SyncConfig
@@ -52,6 +53,7 @@ class LineConfig(Strict):
     sync: SyncConfig | None = None  # absent: no cloud
     mqtt: MqttConfig | None = None  # absent: no MQTT (Sparkplug B, device shadow)
     history: HistorySection = Field(default_factory=HistorySection)  # detector frames on disk (refit)
+    models: ModelsSection = Field(default_factory=ModelsSection)  # registry the shadow fetches models from
 
     # -- derived views ---------------------------------------------------------------------------
 

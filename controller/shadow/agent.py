@@ -87,14 +87,14 @@ class ShadowAgent:
     """One line's device shadow; `async start()` / `async stop()` (controller.runtime)."""
 
     def __init__(self, cfg: ShadowConfig, *, link: Link, ops: Operations, state_dir: Path,
-                 events: EventLog) -> None:
+                 events: EventLog, registry: Path | None = None) -> None:
         self.link, self.ops, self.events = link, ops, events
         self.prefix = cfg.prefix_for(ops.identity.site, ops.identity.line)
         if any(c in self.prefix for c in "+#\0") or "//" in self.prefix:
             raise BadRequest(f"shadow topic prefix {self.prefix!r} holds an MQTT wildcard, a NUL or an empty "
                              "level (from the site or line name): set [mqtt.shadow] topic_prefix")
         self.fields = shadow_fields(cfg.models_dir_for(state_dir), cfg.threshold_margin_min,
-                                    cfg.threshold_margin_max)
+                                    cfg.threshold_margin_max, registry)
         self.doc = ShadowDocument(FIELDS)
         self.store = ShadowStore(state_dir)
         self.stats = ShadowStats()

@@ -135,8 +135,8 @@ class ModelVersion:
 
     name = "model_version"
 
-    def __init__(self, models_dir: Path) -> None:
-        self.models_dir = models_dir
+    def __init__(self, models_dir: Path, registry: Path | None = None) -> None:
+        self.models_dir, self.registry = models_dir, registry
 
     def check(self, value: Any) -> str:
         if not isinstance(value, str) or not MODEL_NAME.match(value):
@@ -152,7 +152,8 @@ class ModelVersion:
         await ops.reload_model(change.user, str(path), change.reason, role=ROLE)
 
     def find(self, value: str) -> Path:
-        """The artifact `value` names (NotFound if none); an id is looked up by the files' checksums."""
+        """The artifact `value` names (NotFound if none); an id is looked up by the files' checksums,
+        then fetched from the [models] registry when one is configured."""
         by_name = self.models_dir / f"{value}.npz"
         if by_name.is_file():
             return by_name
@@ -166,8 +167,41 @@ class ModelVersion:
                         return path
                 except ModelError:
                     continue  # a damaged file is not the one asked for (loading it would say why)
+            if self.registry is not None:
+                return self.fetch(value)
         raise NotFound(f"no model {value!r} in {self.models_dir}: copy {value}.npz there first, or send the "
                        "version of a model it holds")
+
+    def fetch(self, value: str) -> Path:
+        """Copy the verified registry artifact of id / prefix `value` into models_dir as <id>.npz, all
+        or nothing; NotFound (one line) when the registry or the models folder cannot give it."""
+        from controller.atomicfile import copy_atomic
+        from controller.registry import RegistryError, artifact_path
+        from models import artifact
+        from models.errors import ModelError
+
+        assert self.registry is not None
+        try:
+            source = artifact_path(self.registry, value)  # name == checksum, loads
+        except RegistryError as exc:
+            raise NotFound(f"cannot fetch model {value!r}: {exc}") from None
+        except OSError as exc:
+            raise NotFound(f"cannot read model registry {self.registry}: {exc.strerror or exc}") from None
+        target = self.models_dir / source.name
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            copy_atomic(source, target)
+        except OSError as exc:
+            raise NotFound(f"cannot copy model {source.stem[:12]} into {self.models_dir}: "
+                           f"{exc.strerror or exc}") from None
+        try:  # the copy is what gets loaded: verify it too (a registry changing under us)
+            if artifact.read(target, ())[1].get("checksum") != source.stem:
+                raise ModelError("its checksum is not its id")
+        except (ModelError, OSError) as exc:
+            target.unlink(missing_ok=True)
+            raise NotFound(f"model {source.stem[:12]} copied from {self.registry} does not verify ({exc}): "
+                           "push it again") from None
+        return target
 
 
 def model_matches(value: str, model: dict[str, Any]) -> bool:
@@ -176,8 +210,9 @@ def model_matches(value: str, model: dict[str, Any]) -> bool:
         MODEL_ID.match(value) and (model.get("id") or "").startswith(value))
 
 
-def shadow_fields(models_dir: Path, margin_lo: float, margin_hi: float) -> dict[str, ShadowField]:
-    """Every field, in `FIELDS` order."""
-    made: list[ShadowField] = [ShadowMode(), Inhibits(), ModelVersion(models_dir),
+def shadow_fields(models_dir: Path, margin_lo: float, margin_hi: float,
+                  registry: Path | None = None) -> dict[str, ShadowField]:
+    """Every field, in `FIELDS` order (`registry`: [models] registry, where model_version fetches ids)."""
+    made: list[ShadowField] = [ShadowMode(), Inhibits(), ModelVersion(models_dir, registry),
                                ThresholdMargin(margin_lo, margin_hi)]
     return {f.name: f for f in made}
