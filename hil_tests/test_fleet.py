@@ -8,8 +8,8 @@ against one mosquitto and one VictoriaMetrics.
 3. a fleet-wide model rollout: `linesentry model push` to a registry dir, `linesentry model
    promote ID --line fleet/lineNN ... --broker --wait` (where that command is missing: the same
    desired model_version published here); every line's retained reported shadow shows the new
-   model.id (the rollout time is printed). The artifact is also copied into each line's
-   models_dir beforehand, so the rollout does not depend on the edge's registry fetch;
+   model.id (the rollout time is printed). Only the first model is in each line's models_dir:
+   every edge fetches the new one from the registry ([models] registry, the shadow's fetch);
 4. per line, against what the line itself committed (its outbox file, archived by triggers added
    before the first start): every cloud window and event in VictoriaMetrics exactly once
    (no duplicate, none missing, no extra, windows contiguous across the outage), every stored
@@ -120,9 +120,11 @@ async def test_ten_lines_exactly_once_across_broker_and_cloud_outage_and_a_fleet
         gate = await Gate(broker.host, broker.port).start()
         watcher = ShadowWatcher(broker.host, broker.port)
         try:
+            registry = tmp_path / "registry"
             configs = [fleet.line_config(tmp_path / fleet.line_name(i + 1), i + 1, plc_port=plcs[i].port,
                                          broker_port=gate.port, sync_url=proxy.url,
-                                         model=tmp_path / fleet.line_name(i + 1) / "state/models/m1.npz")
+                                         model=tmp_path / fleet.line_name(i + 1) / "state/models/m1.npz",
+                                         registry=registry)
                        for i in range(N)]
             m1 = await asyncio.to_thread(fleet.fit_model, configs[0], tmp_path / "models/m1.npz", 1)
             m2 = await asyncio.to_thread(fleet.fit_model, configs[0], tmp_path / "models/m2.npz", 2)
@@ -132,7 +134,6 @@ async def test_ten_lines_exactly_once_across_broker_and_cloud_outage_and_a_fleet
                 models = cfg.parent / "state/models"
                 models.mkdir(parents=True, exist_ok=True)
                 shutil.copy(m1, models / "m1.npz")
-                shutil.copy(m2, models / "m2.npz")  # fallback rollout: the artifact already on the line
                 boxes.append(fleet.ArchivedOutbox(cfg.parent / "state"))
             lines = [fleet.FleetLine(cfg, i + 1, WINDOW_S) for i, cfg in enumerate(configs)]
             names = [x.name for x in lines]
@@ -171,7 +172,6 @@ async def test_ten_lines_exactly_once_across_broker_and_cloud_outage_and_a_fleet
             # where that command is missing, the same desired model_version published here
             t_roll = time.time()
             if importlib.util.find_spec("controller.cli_models") is not None:
-                registry = tmp_path / "registry"
                 pushed = await asyncio.to_thread(cli, "model", "push", str(m2), "--registry", str(registry))
                 assert pushed.stdout.split()[-1] == new_id, pushed.stdout
                 t_roll = time.time()
@@ -181,6 +181,9 @@ async def test_ten_lines_exactly_once_across_broker_and_cloud_outage_and_a_fleet
                     f"{broker.host}:{broker.port}", "--wait", "60", "--registry", str(registry))
                 print(promoted.stdout[-2000:])
             else:
+                from controller import registry as model_registry
+
+                await asyncio.to_thread(model_registry.push, registry, m2)
                 version = int(t_roll * 1000)
                 for n in names:
                     watcher.desire(n, "model_version", new_id, version)
@@ -188,6 +191,9 @@ async def test_ten_lines_exactly_once_across_broker_and_cloud_outage_and_a_fleet
                            what="every line's reported shadow showing the new model")
             rollout_s = max(watcher.arrived[n] for n in names) - t_roll
             assert all(x.status()["detector"]["model_id"] == new_id for x in lines)
+            for cfg in configs:  # fetched by the edge from the registry, nothing else left there
+                assert sorted(p.name for p in (cfg.parent / "state/models").iterdir()) == \
+                    sorted(["m1.npz", f"{new_id}.npz"]), cfg
 
             # node's own count against the host, while connected (read between two host counts)
             for x in lines:

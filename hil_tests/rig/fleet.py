@@ -118,8 +118,10 @@ class LinePlc:
 
 
 def line_config(directory: Path, index: int, *, plc_port: int, broker_port: int, sync_url: str,
-                model: Path, poll_s: float = 0.5, tag_interval_s: float = 1.0) -> Path:
-    """One fleet line's TOML in `directory` (state in directory/state, models in state/models)."""
+                model: Path, poll_s: float = 0.5, tag_interval_s: float = 1.0,
+                registry: Path | None = None) -> Path:
+    """One fleet line's TOML in `directory` (state in directory/state, models in state/models;
+    `registry`: the [models] registry the shadow fetches a desired model id from)."""
     name = line_name(index)
     state = directory / "state"
     link = "\n".join(f"{k} = {v}" for k, v in FAST_LINK.items())
@@ -192,6 +194,8 @@ tag_interval_s = {tag_interval_s}
 
 [mqtt.shadow]
 """
+    if registry is not None:
+        text += f'\n[models]\nregistry = "{registry}"\n'
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "line.toml"
     path.write_text(text)
