@@ -189,7 +189,15 @@ def list_models(registry: Path) -> list[dict]:
             record = {"id": path.stem, "name": "?", "pushed_at": path.stat().st_mtime, "pushed_by": "?",
                       "note": "no metadata: push the model again", "tags": []}
         out.append(record)
-    return sorted(out, key=lambda r: (float(r.get("pushed_at") or 0.0), r["id"]))
+    return sorted(out, key=lambda r: (_pushed_at(r), r["id"]))
+
+
+def _pushed_at(record: dict) -> float:
+    """The push time for sorting; a hand-edited or foreign record's garbage sorts first, not a crash."""
+    try:
+        return float(record.get("pushed_at") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 # ------------------------------------------------------------------ deployment logs

@@ -163,3 +163,12 @@ def test_writes_are_readable_by_others(tmp_path, registry):
     model_id = reg.push(registry, _model(tmp_path / "m.npz", 6))[0]["id"]
     for suffix in (".npz", ".json"):
         assert os.stat(registry / "artifacts" / f"{model_id}{suffix}").st_mode & 0o777 == 0o644
+
+
+def test_list_survives_metadata_with_a_garbage_pushed_at(tmp_path, registry):
+    """A hand-edited or foreign .json whose pushed_at is not a number must not crash `model list`."""
+    good, _ = reg.push(registry, _model(tmp_path / "a.npz", 1), now=5.0)
+    bad, _ = reg.push(registry, _model(tmp_path / "b.npz", 2), now=6.0)
+    meta_path = registry / "artifacts" / f"{bad['id']}.json"
+    meta_path.write_text(json.dumps({**bad, "pushed_at": "yesterday"}))
+    assert {r["id"] for r in reg.list_models(registry)} == {good["id"], bad["id"]}
