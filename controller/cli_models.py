@@ -228,22 +228,19 @@ def register(group: typer.Typer, *, say: Callable[[str], None], print_table: Cal
     def promote(model_id: str = typer.Argument(..., metavar="ID", show_default=False,
                                                help="model id or a unique prefix (12+ hex digits)"),
                 line: list[str] = typer.Option(..., "--line", help=LINE_HELP),
-                challenge: bool = typer.Option(False, "--challenge", help="run it as the challenger in "
-                                               "shadow beside the active model instead"),
                 broker: str = broker_opt, prefix: str = prefix_opt, wait: float = wait_opt,
                 by: str = typer.Option(None, "--by", help="who promotes (default: $USER)"),
                 tls_ca: str = ca_opt, username: str = user_opt,
                 registry: Path = typer.Option(None, "--registry", envvar=REGISTRY_ENV, help=REGISTRY_HELP)
                 ) -> None:
-        """Make a registry model the one each line runs (or its challenger): the desired model_version
-        (challenger) in the line's device shadow, logged in the registry's deployments."""
+        """Make a registry model the one each line runs: the desired model_version in the line's device
+        shadow, logged in the registry's deployments."""
         from controller.registry import artifact_path
 
         path = _registry(registry)
         full = artifact_path(path, model_id).stem  # known, not ambiguous, intact: before any publish
         targets = _targets(line, prefix)
-        field = "challenger" if challenge else "model_version"
-        _deploy(targets, field, "challenge" if challenge else "promote", broker=broker, tls_ca=tls_ca,
+        _deploy(targets, "model_version", "promote", broker=broker, tls_ca=tls_ca,
                 username=username, by=_user(by), wait=wait, registry=path, choose=lambda t, doc: full,
                 say=say)
 
