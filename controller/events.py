@@ -186,8 +186,7 @@ class EventLog:
         if self.last_id <= last_id:
             self._changed.clear()
             try:
-                async with asyncio.timeout(timeout):  # not wait_for (3.11 can swallow a cancel)
-                    await self._changed.wait()
+                await asyncio.wait_for(self._changed.wait(), timeout)
             except TimeoutError:
                 return []
         return self.since(last_id)

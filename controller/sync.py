@@ -194,8 +194,7 @@ class SyncWorker:
         if batch is None:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(IDLE_POLL_S):  # wait_for can swallow a stop (3.11)
-                    await self._wake.wait()
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
             return
         try:
             await self._send(batch)
@@ -293,8 +292,7 @@ class SyncWorker:
             await self._pause_fn(delay)
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._stop.wait()
+            await asyncio.wait_for(self._stop.wait(), delay)
 
     def _alarm(self, kind: str, message: str) -> None:
         log.error("%s: %s", kind, message)

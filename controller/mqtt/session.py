@@ -154,8 +154,7 @@ class MqttLink:
     async def wait_connected(self, timeout: float) -> bool:
         """True once connected (and the on_connect callbacks ran), False after `timeout` seconds."""
         try:
-            async with asyncio.timeout(timeout):  # wait_for can swallow a stop (3.11)
-                await self._up.wait()
+            await asyncio.wait_for(self._up.wait(), timeout)
         except TimeoutError:
             return False
         return True
