@@ -17,14 +17,11 @@ pysparkplug's schema and compares it, message by message, with what the host rec
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
-
-from pysparkplug._protobuf import Payload as PbPayload
 
 from controller.config import load_config
 from controller.outbox import DB_NAME, Outbox
@@ -38,7 +35,7 @@ from hil_tests.rig.mosquitto import Mosquitto
 from hil_tests.rig.net import free_port, wait_for
 from hil_tests.rig.servers import Rig
 from hil_tests.rig.service_process import ServiceProcess
-from hil_tests.rig.sparkplug_host import Received, SparkplugHost, mqtt_tables
+from hil_tests.rig.sparkplug_host import Received, SparkplugHost, mqtt_tables, stored_message
 
 GROUP, NODE = "demo-site", "demo-line"
 FAST_LINK = {"keepalive_s": 2.0, "connect_timeout_s": 1.0, "backoff_initial_s": 0.2, "backoff_cap_s": 0.5}
@@ -75,10 +72,7 @@ class SparkplugOutbox:
         out = []
         for (body,) in self._query("SELECT body FROM sparkplug_rows ORDER BY row_id"):
             (record,) = decode(body)
-            pb = PbPayload.FromString(base64.b64decode(record.fields["payload"]))
-            metrics = tuple((m.alias, getattr(m, m.WhichOneof("value")) if m.WhichOneof("value") else None)
-                            for m in pb.metrics)
-            out.append((record.tags["type"], record.tags["device"] or None, pb.timestamp, metrics))
+            out.append(stored_message(record))
         return out
 
     def pending(self) -> list[int]:

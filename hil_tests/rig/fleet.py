@@ -17,7 +17,6 @@ so every row committed for the cloud and for the Sparkplug sink stays readable a
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import math
@@ -36,6 +35,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from hil_tests.rig.net import free_port
+from hil_tests.rig.sparkplug_host import stored_message
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = "fleet"
@@ -242,17 +242,13 @@ class ArchivedOutbox:
 
     def sparkplug_messages(self) -> list[tuple]:
         """(kind, device, timestamp, ((alias, raw value), ...)) of every row stored for Sparkplug."""
-        from pysparkplug._protobuf import Payload as PbPayload
 
         from controller.records import decode
 
         out = []
         for (body,) in self._query("SELECT body FROM fleet_sparkplug_rows ORDER BY row_id"):
             (record,) = decode(body)
-            pb = PbPayload.FromString(base64.b64decode(record.fields["payload"]))
-            metrics = tuple((m.alias, getattr(m, m.WhichOneof("value")) if m.WhichOneof("value") else None)
-                            for m in pb.metrics)
-            out.append((record.tags["type"], record.tags["device"] or None, pb.timestamp, metrics))
+            out.append(stored_message(record))
         return out
 
     def pending(self, sink: str | None = None) -> int:

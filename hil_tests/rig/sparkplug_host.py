@@ -28,6 +28,7 @@ is busy with; every reader takes a copy under a lock.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -90,6 +91,15 @@ class Received:
     def historical(self) -> bool:
         """Every metric flagged is_historical (a store-and-forward replay)."""
         return bool(self.metrics) and all(m.is_historical for m in self.metrics)
+
+
+def stored_message(record: Any) -> tuple:
+    """(kind, device, timestamp, ((alias, raw value), ...)) of an outbox row's Sparkplug record, to
+    compare what the node stored with what this host received."""
+    pb = PbPayload.FromString(base64.b64decode(record.fields["payload"]))
+    metrics = tuple((m.alias, getattr(m, m.WhichOneof("value")) if m.WhichOneof("value") else None)
+                    for m in pb.metrics)
+    return record.tags["type"], record.tags["device"] or None, pb.timestamp, metrics
 
 
 def decode_properties(pb_metric: Any) -> dict[str, Any]:
