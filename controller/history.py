@@ -24,8 +24,10 @@ one a crash may have torn.
 The hot path only appends a tuple to a list (`append`, ~0.3 µs: no formatting, no numpy
 reduction, no I/O); the list is bounded (`max_buffer_rows`: beyond, rows are dropped and counted).
 The recorder's own task (`run`) takes the list every `flush_s` (or once it is half full) and
-formats, compresses and writes it in a thread (asyncio.to_thread), so neither the hot path nor the
-housekeeping round ever waits for the disk: a stalled disk stalls only this task. A failing disk
+formats, compresses and writes it in the recorder's own writer thread, so neither the hot path nor
+the housekeeping round ever waits for the disk: a stalled disk stalls only this task. One thread, not
+asyncio.to_thread: a flush cancelled at stop leaves its write running, and the last flush must queue
+behind it, not write the same segment (and close its descriptor) beside it. A failing disk
 (full, read-only, the directory a file) is one log line per run of failures, counters in
 /status and rows dropped, never a crash; after a failed write the next rows go to a new segment.
 Retention runs after each flush: segments whose hour is older than `keep_days` are deleted, then
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import concurrent.futures
 import contextlib
 import csv
 import io
@@ -138,6 +141,7 @@ class HistoryRecorder:
         self._size = 0  # bytes of whole members in the open segment
         self._failing = False
         self._last_take = time.monotonic()
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # made at the first flush
         if not self.enabled:
             self.append = self._off  # type: ignore[method-assign]  # the hot path pays one call, no more
         width = len(self.tags)
@@ -172,10 +176,19 @@ class HistoryRecorder:
         """Write what is buffered now (in a thread); never raises."""
         rows = self.take()
         if rows:
+            if self._writer is None:
+                self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="history")
             try:
-                await asyncio.to_thread(self.write, rows)
+                await asyncio.get_running_loop().run_in_executor(self._writer, self.write, rows)
             except Exception as exc:  # a bug: logged, the recorder goes on
                 log.exception("history: flush failed: %s: %s", type(exc).__name__, exc)
+
+    async def _last_flush(self) -> None:
+        """The rows buffered now, then the segment closed, both in the writer thread: after every
+        write still in it (the task's, cancelled at stop while its thread wrote)."""
+        await self.flush()
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._close_segment)
 
     def take(self) -> list[tuple]:
         rows, self._rows = self._rows, []
@@ -188,12 +201,14 @@ class HistoryRecorder:
         if not self.enabled:
             return
         try:
-            await asyncio.wait_for(self.flush(), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(self._last_flush(), CLOSE_TIMEOUT_S)
         except TimeoutError:
             log.error("history: the last flush did not finish within %g s (a stalled disk?): its rows "
                       "may be lost", CLOSE_TIMEOUT_S)
-            return
-        self._close_segment()
+            return  # the writer thread is kept: a next start's flushes queue behind the stalled write
+        if self._writer is not None:
+            self._writer.shutdown(wait=False)
+            self._writer = None
 
     def status(self) -> dict:
         self.stats.buffered = len(self._rows)

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,43 @@ async def test_a_new_run_opens_a_new_segment_in_the_same_hour(tmp_path):
     await b.history.close()
     assert len(segments(history_dir(a))) == 2
     assert len(read_history(history_dir(a), a.detector_tags, since=T0).times) == 100
+
+
+async def test_a_flush_cancelled_at_stop_finishes_before_the_last_flush_writes_and_closes(tmp_path):
+    """Was: the task's flush ran its write in a thread that cancelling the task did not stop; the
+    last flush at stop wrote the same segment beside it and closed its descriptor under it (a raw
+    fd closed twice closes whatever reused the number: the event loop's own socket, once)."""
+    c = controller(tmp_path, wall=Wall(T0))
+    write, inside, release = c.history.write, threading.Event(), threading.Event()
+    busy, overlaps = [], []
+
+    def slow_write(rows):  # the disk stalls in the first write
+        overlaps.append(len(busy))
+        busy.append(1)
+        try:
+            if len(overlaps) == 1:
+                inside.set()
+                assert release.wait(30)
+            write(rows)
+        finally:
+            busy.pop()
+
+    c.history.write = slow_write  # an instance attribute: the recorder's own call goes through it
+    frames(c, T0 + np.arange(50))
+    task = asyncio.create_task(c.history.flush())
+    assert await asyncio.to_thread(inside.wait, 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    frames(c, T0 + 50 + np.arange(50), seed=1)
+    closing = asyncio.create_task(c.history.close())
+    done, _ = await asyncio.wait({closing}, timeout=0.5)  # time for a second writer to start beside it
+    assert not done, "the last flush did not wait for the write in flight"
+    release.set()
+    await closing
+    assert overlaps == [0, 0], "two writes ran at once on one segment"
+    assert c.history._fd is None
+    assert len(read_history(history_dir(c), c.detector_tags, since=T0).times) == 100
 
 
 async def test_a_torn_tail_is_read_up_to_the_tear_and_a_torn_header_skips_the_segment(tmp_path):
