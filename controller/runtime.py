@@ -53,6 +53,7 @@ from controller.plc_health import Plc, PlcHealth
 from controller.points import Identity
 from controller.statedir import ENGINEER_TOKEN_FILE, READ_TOKEN_FILE, TOKEN_FILE, StateDir
 from controller.systemd import SystemdNotify
+from controller.tasks import cancel_and_wait
 from controller.writes import Writes
 from drivers import registry
 from drivers.supervisor import DriverSupervisor
@@ -310,7 +311,7 @@ class Controller:
         self._undo(stack, "closing the PLC sessions", self._stop_supervisors)
         tasks = await stack.enter_async_context(asyncio.TaskGroup())  # its exit waits for every task
         started: list[asyncio.Task] = []
-        self._undo(stack, "stopping the tasks", self._cancel, started)
+        self._undo(stack, "stopping the tasks", cancel_and_wait, started)
         self._undo(stack, "finishing the writes in flight", self.writes.finish)
         self.health.start()
         self.started_at = self.clock.wall()
@@ -410,10 +411,6 @@ class Controller:
             except Exception as exc:
                 log.error("stop: %s failed: %s: %s", what, type(exc).__name__, exc)
         stack.push_async_callback(logged)
-
-    async def _cancel(self, tasks: list[asyncio.Task]) -> None:
-        for task in tasks:
-            task.cancel()
 
     async def _stop_supervisors(self) -> None:
         for plc in self.plcs:

@@ -151,6 +151,9 @@ class DriverSupervisor:
             finally:
                 with contextlib.suppress(Exception):
                     await self.driver.close()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # a cancel that Python 3.11's wait_for lost in
+                raise asyncio.CancelledError  # the driver (pymodbus' connect): stop, do not back off
             if self.failure is not None:
                 log.error("%s: %s; not retrying: fix the configuration or the PLC's trust list, then restart",
                           self.driver.name, self.last_error)

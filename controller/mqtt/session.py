@@ -41,6 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from controller.errors import LinesentryError
+from controller.tasks import cancel_and_wait
 from drivers.supervisor import Backoff
 
 if TYPE_CHECKING:
@@ -145,9 +146,7 @@ class MqttLink:
         """Disconnect cleanly (no will published) and end the task."""
         task, self._task = self._task, None
         if task is not None:  # the session's exit sends a DISCONNECT: the broker drops the will
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         self.connected = False
         self._up.clear()
 

@@ -41,6 +41,7 @@ from controller.shadow.document import (
 from controller.shadow.fields import FIELDS, Change, shadow_fields
 from controller.shadow.reported import reported_state
 from controller.shadow.store import ShadowStore
+from controller.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -130,11 +131,7 @@ class ShadowAgent:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         await self._save()
 
     # ------------------------------------------------------------------ desired

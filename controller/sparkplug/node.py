@@ -71,6 +71,7 @@ from controller.sparkplug.payload import (
 )
 from controller.sparkplug.reporting import ChangeFilter
 from controller.sparkplug.sequence import BdSeqStore, Seq
+from controller.tasks import cancel_and_wait
 from drivers.base import ConnectionState, Quality
 
 if TYPE_CHECKING:
@@ -172,10 +173,7 @@ class EdgeNode:
 
     async def stop(self) -> None:
         """End the tasks and, if connected, say goodbye with the session's NDEATH."""
-        tasks = [t for t in (self._task, self._replay, self._rebirth) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(t for t in (self._task, self._replay, self._rebirth) if t is not None)
         self._task = self._replay = self._rebirth = None
         if self.link.connected:
             try:

@@ -207,3 +207,35 @@ async def test_a_permanent_error_stops_the_retries_and_reports_failed_with_the_c
     assert "not retrying" in loud[0][1]
     await sup.stop()
     assert sup.state is ConnectionState.CLOSED
+
+
+class LostCancelDriver(FlappingDriver):
+    """A connect like pymodbus' to a refused port: `asyncio.wait_for` on a connection that fails in the
+    loop round the supervisor's task is cancelled. Python 3.11's wait_for then raises the connection's
+    error instead of the cancel (the cancel is lost)."""
+
+    def __init__(self) -> None:
+        super().__init__(lifetime=0.0)
+        self.waiting: asyncio.Future | None = None
+
+    async def connect(self) -> None:
+        self.connects += 1
+        self.waiting = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self.waiting, 30)
+        except OSError as exc:
+            raise ConnectionLost(f"refused: {exc}") from None
+
+
+async def test_a_cancel_lost_in_the_drivers_wait_for_still_ends_the_supervisor():
+    """Was: the supervisor took the refused connect for a failure and backed off for ever: its task
+    never ended, and the controller's stop waited for it (the full suite hung in Controller.aclose)."""
+    driver = LostCancelDriver()
+    sup = DriverSupervisor(driver, lambda batch: None, limiter=SessionRateLimiter(per_minute=10_000),
+                           backoff=Backoff(initial=30, factor=1, cap=30, jitter=0))
+    task = sup.start()
+    await wait_for(lambda: driver.waiting is not None, what="the connect")
+    driver.waiting.set_exception(OSError("connection refused"))
+    task.cancel()  # the same round: wait_for's inner future is done when the cancel reaches it
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert task in done and task.cancelled(), f"the supervisor went on after its cancel ({sup.state})"
