@@ -308,12 +308,18 @@ class Operations:
                            "housekeeping round: free the disk or fix the state directory") from exc
 
     async def reload_model(self, user: str, path: str | None, reason: str = "", *,
-                           role: str = "operator") -> dict:
-        """Swap in a new model without a restart; the old one stays if the new one is refused."""
+                           role: str = "operator", validate: bool = True) -> dict:
+        """Swap in a new model without a restart; the old one stays if the new one is refused.
+        `validate`: also its units and calibration (controller.lifecycle.validate); a rollback to the
+        model that ran before skips them."""
+        from controller.lifecycle.validate import check_model
+
         target = Path(path) if path else self.models.path
         if target is None:
             raise Refused("no model configured: pass a path (CLI: --model FILE) or set [detector] model")
         new = await self.models.load(target, warm_up=True)  # ModelLoadError (422) if refused
+        if validate:
+            check_model(new, self.config, target)
         margin = self.pipeline.threshold_margin
         if margin != 1.0 and new.threshold * margin >= 1.0:
             raise ModelLoadError(f"model {target}: its line threshold {new.threshold:.4g} times the "

@@ -47,6 +47,7 @@ from models.names import FLAG_BITS, FLAG_NAMES
 
 if TYPE_CHECKING:
     from controller.config import AlarmConfig, LineConfig
+    from controller.lifecycle.counters import Challenger, Watch
     from drivers.base import ReadingBatch
     from models.detector import StreamingDetector
 
@@ -110,6 +111,10 @@ class StepPipeline:
         self._det_index = {t: i for i, t in enumerate(self.detector_tags)}
         self._rise_explained: tuple[float, dict] | None = None  # (mono, explanation) of the last rise
         self._summaries = config.sync is not None  # summaries only exist for the cloud
+        # the model lifecycle's counters (controller.lifecycle), stepped by `after_writes`; None: none
+        self.challenger: Challenger | None = None
+        self.watch: Watch | None = None
+        self._mono = 0.0  # monotonic time of the latest detector step (the challenger's)
         self.summarizer = WindowSummarizer(len(line.tags), window_s=summary_window_s)
         self._tag_scores = np.full(len(line.tags), np.nan)
         self._closed: list[WindowSummary] = []
@@ -174,8 +179,18 @@ class StepPipeline:
         went through (see `step`)."""
         return self._failing.get(id(binding))
 
+    def after_writes(self, wrote: bool = False) -> None:
+        """The model lifecycle's counters on the frame just stepped, once its writes were issued: the
+        watch counts, the challenger steps in shadow; `wrote`: writes were issued, so the challenger
+        steps on a copy of the frame after their tasks' first step (never before the actuator write)."""
+        if self.watch is not None:
+            self.watch.observe(self.line_alarm)
+        if self.challenger is not None:
+            self.challenger.after(self._mono, self._wall, self.line_alarm, later=wrote)
+
     def step_detector(self, mono: float) -> None:
         line, det = self.line, self.detector
+        self._mono = mono
         line.gather_frame()
         was = self.line_alarm
         self.line_alarm = det.step(mono, line.frame_values, line.frame_fresh, line.frame_good)

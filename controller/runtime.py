@@ -183,6 +183,7 @@ class Controller:
         self.history.append(wall)  # a tuple into a bounded list (~0.3 us); written by its own task
         if writes:
             self.writes.issue(writes)
+        self.pipeline.after_writes(bool(writes))  # a challenger in shadow, the watch: after the writes
         if self.journal.pending and not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush_transitions)
@@ -206,7 +207,9 @@ class Controller:
     def _restep(self) -> None:
         """Tags just became unknown (a lost session): the detector and the alarms see it now."""
         if self.pipeline.detector is not None:
-            self._issue(self.pipeline.tick(self.clock.mono(), self.clock.wall(), restep=True))
+            writes = self.pipeline.tick(self.clock.mono(), self.clock.wall(), restep=True)
+            self._issue(writes)
+            self.pipeline.after_writes(bool(writes))
 
     # ------------------------------------------------------------------ views the rig and tests read
     detector = property(lambda self: self.pipeline.detector, doc="the detector in use")

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.errors import BadRequest, LinesentryError, NotSaved
+from controller.lifecycle.manager import ModelLifecycle
 from controller.shadow.document import (
     MAX_FIELD_CHARS,
     MAX_REASON_CHARS,
+    MAX_VERSION,
     Desired,
     DesiredError,
     ShadowDocument,
@@ -94,8 +96,11 @@ class ShadowAgent:
         if any(c in self.prefix for c in "+#\0") or "//" in self.prefix:
             raise BadRequest(f"shadow topic prefix {self.prefix!r} holds an MQTT wildcard, a NUL or an empty "
                              "level (from the site or line name): set [mqtt.shadow] topic_prefix")
-        self.fields = shadow_fields(cfg.models_dir_for(state_dir), cfg.threshold_margin_min,
-                                    cfg.threshold_margin_max, registry)
+        models_dir = cfg.models_dir_for(state_dir)
+        self.lifecycle = ModelLifecycle(ops.config.models, ops=ops, models_dir=models_dir,
+                                        record=self.record_edge)
+        self.fields = shadow_fields(models_dir, cfg.threshold_margin_min, cfg.threshold_margin_max, registry,
+                                    self.lifecycle)
         self.doc = ShadowDocument(FIELDS)
         self.store = ShadowStore(state_dir)
         self.stats = ShadowStats()
@@ -127,7 +132,8 @@ class ShadowAgent:
         self.link.subscribe(f"{self.prefix}/desired/+", self._on_message)
         self.link.on_connect(self._on_connect)
         self._tasks = [asyncio.create_task(self._work(), name="shadow:desired"),
-                       asyncio.create_task(self._report_loop(), name="shadow:reported")]
+                       asyncio.create_task(self._report_loop(), name="shadow:reported"),
+                       asyncio.create_task(self.lifecycle.run(), name="shadow:model-lifecycle")]
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -185,6 +191,15 @@ class ShadowAgent:
         log.info("shadow: %s v%d from %s applied", field, desired.version, desired.by)
         self._wake.set()
         return "applied"
+
+    async def record_edge(self, field: str, value: str, by: str) -> None:
+        """A decision the edge took itself (controller.lifecycle: `by` edge:promotion / edge:rollback)
+        becomes the field's accepted desired value, one version above every one seen: the fleet's older
+        retained value does not revert it, and a restart applies it again."""
+        self.doc.accept(field, Desired(value, min(MAX_VERSION, self.doc.seen(field) + 1), by))
+        await self._save()
+        log.info("shadow: %s = %r recorded by %s", field, value, by)
+        self._wake.set()
 
     async def _reject(self, field: str, version: int | None, by: str, reason: str) -> str:
         field, reason = clip(field, MAX_FIELD_CHARS), clip(reason, MAX_REASON_CHARS)
@@ -279,7 +294,7 @@ class ShadowAgent:
 
     def build_report(self) -> tuple[dict[str, Any], bool]:
         """The reported document now, and whether its content changed (its version rose)."""
-        state = reported_state(self.ops)
+        state = reported_state(self.ops, self.lifecycle)
         pending = {name: (lambda value, f=f: f.pending(value, state)) for name, f in self.fields.items()}
         return self.doc.report(state, self.doc.delta(pending))
 

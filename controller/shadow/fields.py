@@ -5,7 +5,12 @@ its origin. Nothing here can touch an interlock: no field names one, and an inhi
 `Operations.inhibit_actions` with its reason rule (unknown actions refused, a reason to inhibit).
 
 Order matters at start (`FIELDS`): shadow mode first (the safe direction before anything may
-write), then inhibits, the model, and the margin last (it is checked against the model's threshold).
+write), then inhibits, the model, the margin (it is checked against the model's threshold), and the
+challenger last (checked against the model and the margin in force).
+
+The model fields go through the line's model lifecycle (controller.lifecycle) when there is one:
+`model_version` naming the running challenger promotes it in place, and any other promotion is
+watched; `challenger` starts (or, null / "", stops) a challenge.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from controller.errors import NotFound
 from controller.shadow.document import Desired, DesiredError, finite_number
 
 if TYPE_CHECKING:
+    from controller.lifecycle.manager import ModelLifecycle
     from controller.operations import Operations
 
-FIELDS = ("shadow_mode", "inhibits", "model_version", "threshold_margin")
+FIELDS = ("shadow_mode", "inhibits", "model_version", "threshold_margin", "challenger")
 ROLE = "engineer"  # what the same change needs on the local API (controller.roles)
 MAX_INHIBITS = 256
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")  # a file stem: no path, no leading dot
@@ -135,8 +141,9 @@ class ModelVersion:
 
     name = "model_version"
 
-    def __init__(self, models_dir: Path, registry: Path | None = None) -> None:
-        self.models_dir, self.registry = models_dir, registry
+    def __init__(self, models_dir: Path, registry: Path | None = None,
+                 lifecycle: ModelLifecycle | None = None) -> None:
+        self.models_dir, self.registry, self.lifecycle = models_dir, registry, lifecycle
 
     def check(self, value: Any) -> str:
         if not isinstance(value, str) or not MODEL_NAME.match(value):
@@ -148,8 +155,15 @@ class ModelVersion:
         return None if model_matches(value, state["model"]) else value
 
     async def apply(self, value: str, ops: Operations, change: Change) -> None:
+        lc = self.lifecycle
+        if lc is not None and model_matches(value, lc.challenger_ref() or {}):
+            await lc.promote_challenger(change.user, change.reason)  # in place: no second fetch
+            return
         path = await asyncio.to_thread(self.find, value)
-        await ops.reload_model(change.user, str(path), change.reason, role=ROLE)
+        if lc is None:
+            await ops.reload_model(change.user, str(path), change.reason, role=ROLE)
+        else:
+            await lc.reload(path, change.user, change.reason, again=change.again)
 
     def find(self, value: str) -> Path:
         """The artifact `value` names (NotFound if none); an id is looked up by the files' checksums,
@@ -204,15 +218,52 @@ class ModelVersion:
         return target
 
 
+class ChallengerField:
+    """A model run in shadow beside the active one (controller.lifecycle), named and fetched exactly as
+    `model_version`; null or "" stops the challenge."""
+
+    name = "challenger"
+
+    def __init__(self, models: ModelVersion, lifecycle: ModelLifecycle) -> None:
+        self.models, self.lifecycle = models, lifecycle
+
+    def check(self, value: Any) -> str:
+        if value is None or value == "":
+            return ""
+        if not isinstance(value, str) or not MODEL_NAME.match(value):
+            raise DesiredError(f"challenger must be a model file name in the models directory without the "
+                               f".npz, its id, or null / \"\" to stop the challenge, got {value!r}")
+        return value
+
+    def pending(self, value: str, state: dict[str, Any]) -> str | None:
+        running = state["model"].get("challenger") or {}
+        if not running.get("running"):
+            return value or None
+        return None if value and model_matches(value, running) else value
+
+    async def apply(self, value: str, ops: Operations, change: Change) -> None:
+        lc = self.lifecycle
+        if not value:
+            lc.stop_challenge(change.user, change.reason)
+            return
+        if model_matches(value, lc.challenger_ref() or {}):
+            return
+        path = await asyncio.to_thread(self.models.find, value)
+        await lc.start_challenge(path, change.user, change.reason)
+
+
 def model_matches(value: str, model: dict[str, Any]) -> bool:
     """Whether the reported `model` ({"version", "id"}) is the one `value` names."""
     return value == model.get("version") or bool(
         MODEL_ID.match(value) and (model.get("id") or "").startswith(value))
 
 
-def shadow_fields(models_dir: Path, margin_lo: float, margin_hi: float,
-                  registry: Path | None = None) -> dict[str, ShadowField]:
-    """Every field, in `FIELDS` order (`registry`: [models] registry, where model_version fetches ids)."""
-    made: list[ShadowField] = [ShadowMode(), Inhibits(), ModelVersion(models_dir, registry),
-                               ThresholdMargin(margin_lo, margin_hi)]
+def shadow_fields(models_dir: Path, margin_lo: float, margin_hi: float, registry: Path | None = None,
+                  lifecycle: ModelLifecycle | None = None) -> dict[str, ShadowField]:
+    """Every field, in `FIELDS` order (`registry`: [models] registry, where model_version fetches ids;
+    without a `lifecycle` there is no challenger field)."""
+    models = ModelVersion(models_dir, registry, lifecycle)
+    made: list[ShadowField] = [ShadowMode(), Inhibits(), models, ThresholdMargin(margin_lo, margin_hi)]
+    if lifecycle is not None:
+        made.append(ChallengerField(models, lifecycle))
     return {f.name: f for f in made}

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from controller.lifecycle.manager import ModelLifecycle
     from controller.operations import Operations
 
 
-def reported_state(ops: Operations) -> dict[str, Any]:
-    """Config, software, model, shadow mode, margin, inhibits, latches, alarms and PLC health."""
+def reported_state(ops: Operations, lifecycle: ModelLifecycle | None = None) -> dict[str, Any]:
+    """Config, software, model (with the lifecycle's previous model, challenger and watch: their
+    figures refreshed at most every [models] report_s), shadow mode, margin, inhibits, latches, alarms
+    and PLC health."""
     st = ops.status()
     c, d = st["controller"], st["detector"]
     model = d["model"]
@@ -20,7 +23,8 @@ def reported_state(ops: Operations) -> dict[str, Any]:
         "config": {"hash": c["config_hash"], "site": c["site"], "line": c["line"], "name": c["name"]},
         "software_version": c["version"],
         "model": {"version": Path(model).stem if model else None, "id": d["model_id"],
-                  "threshold": d["threshold"], "model_threshold": d["model_threshold"]},
+                  "threshold": d["threshold"], "model_threshold": d["model_threshold"],
+                  **(lifecycle.report() if lifecycle is not None else {})},
         "shadow_mode": c["shadow"],
         "threshold_margin": d["threshold_margin"],
         "inhibits": {a["name"]: {"inhibited": a["inhibited"], "by": a["inhibited_by"], "reason":
