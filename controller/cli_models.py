@@ -86,8 +86,12 @@ def _state(doc: Any) -> dict:
 
 
 def _running(doc: Any, field: str) -> str | None:
-    """The id the reported document shows for `field`: the active model, or the challenger."""
-    part = _state(doc).get("model" if field == "model_version" else "challenger")
+    """The id the reported document shows for `field`: the active model (state.model), or the
+    challenger running beside it (state.model.challenger, while `running`)."""
+    part = _state(doc).get("model")
+    if field == "challenger":
+        part = part.get("challenger") if isinstance(part, dict) else None
+        part = part if isinstance(part, dict) and part.get("running") is True else None
     value = part.get("id") if isinstance(part, dict) else None
     return value if isinstance(value, str) else None
 
@@ -228,19 +232,23 @@ def register(group: typer.Typer, *, say: Callable[[str], None], print_table: Cal
     def promote(model_id: str = typer.Argument(..., metavar="ID", show_default=False,
                                                help="model id or a unique prefix (12+ hex digits)"),
                 line: list[str] = typer.Option(..., "--line", help=LINE_HELP),
+                challenge: bool = typer.Option(False, "--challenge", help="run it as the challenger in "
+                                               "shadow beside the active model instead"),
                 broker: str = broker_opt, prefix: str = prefix_opt, wait: float = wait_opt,
                 by: str = typer.Option(None, "--by", help="who promotes (default: $USER)"),
                 tls_ca: str = ca_opt, username: str = user_opt,
                 registry: Path = typer.Option(None, "--registry", envvar=REGISTRY_ENV, help=REGISTRY_HELP)
                 ) -> None:
-        """Make a registry model the one each line runs: the desired model_version in the line's device
-        shadow, logged in the registry's deployments."""
+        """Make a registry model the one each line runs (or, with --challenge, its challenger in shadow):
+        the desired model_version (challenger) in the line's device shadow, logged in the registry's
+        deployments. Promoting the running challenger promotes it in place."""
         from controller.registry import artifact_path
 
         path = _registry(registry)
         full = artifact_path(path, model_id).stem  # known, not ambiguous, intact: before any publish
         targets = _targets(line, prefix)
-        _deploy(targets, "model_version", "promote", broker=broker, tls_ca=tls_ca,
+        field = "challenger" if challenge else "model_version"
+        _deploy(targets, field, "challenge" if challenge else "promote", broker=broker, tls_ca=tls_ca,
                 username=username, by=_user(by), wait=wait, registry=path, choose=lambda t, doc: full,
                 say=say)
 
