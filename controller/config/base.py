@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 Loc = tuple[str | int, ...]  # a key path: ('actions', 1, 'write', 'tag')
 
@@ -64,6 +64,14 @@ def resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
     if value is None or base is None or value.is_absolute():
         return value
     return Path(os.path.normpath(Path(base) / value))
+
+
+def _empty_is_none(v: Any) -> Any:
+    return None if v == "" else as_path(v)
+
+
+OptionalPath = Annotated[Path | None, BeforeValidator(_empty_is_none), AfterValidator(resolve_path)]
+"""A folder key that "" or absence leaves unset; relative to the TOML file."""
 
 
 def fmt_loc(loc: Loc) -> str:

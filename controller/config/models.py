@@ -7,12 +7,11 @@ judge, when it runs (controller.lifecycle.policy); a value given here applies to
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
-from controller.config.base import Seconds, Strict, as_path, resolve_path
+from controller.config.base import OptionalPath, Seconds, Strict
 
 MAX_LIFECYCLE_S = 30 * 86_400.0  # a challenge or a watch: a month at most
 
@@ -20,7 +19,7 @@ MAX_LIFECYCLE_S = 30 * 86_400.0  # a challenge or a watch: a month at most
 class ModelsSection(Strict):
     """The model registry and the edge's model lifecycle (docs/configuration.md#models)."""
 
-    registry: Path | None = None  # "" or absent: none (a desired model must already be in models_dir)
+    registry: OptionalPath = None  # "" or absent: none (a desired model must already be in models_dir)
     promotion: Literal["manual", "auto"] = "manual"  # auto: promote a challenger within the bounds
     challenge_s: float = Seconds(0.0, MAX_LIFECYCLE_S, default=3600.0, lo_open=True)
     min_rows: int | None = Field(default=None, ge=1, le=10**12)  # None: ceil(ln 20 / max_alarm_rate)
@@ -29,13 +28,3 @@ class ModelsSection(Strict):
     watch_s: float = Seconds(0.0, MAX_LIFECYCLE_S, default=3600.0)  # 0: no watch after a promotion
     rollback_alarm_rate: float | None = Field(default=None, gt=0.0, lt=1.0, allow_inf_nan=False)  # 10 x
     report_s: float = Seconds(0.0, 3600.0, default=10.0, lo_open=True)  # challenger / watch figures
-
-    @field_validator("registry", mode="before")
-    @classmethod
-    def _registry_path(cls, v: Any) -> Any:
-        return None if v == "" else as_path(v)
-
-    @field_validator("registry")
-    @classmethod
-    def _registry(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return resolve_path(v, info)

@@ -5,18 +5,17 @@ desired threshold margin must lie in; what the fleet may change is fixed in code
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 
-from controller.config.base import Strict, as_path, resolve_path
+from controller.config.base import OptionalPath, Strict
 
 
 class ShadowConfig(Strict):
     """The device shadow of this line; absent: no shadow."""
 
     topic_prefix: str = ""  # default "linesentry/<site>/<line>/shadow" (`prefix_for`)
-    models_dir: Path | None = None  # "" or absent: <state_dir>/models; relative to the TOML
+    models_dir: OptionalPath = None  # "" or absent: <state_dir>/models; relative to the TOML
     # the range always holds 1.0 (the configured threshold as is): min in (0, 1], max in [1, 100]
     threshold_margin_min: float = Field(default=0.8, gt=0, le=1.0, allow_inf_nan=False)
     threshold_margin_max: float = Field(default=1.5, ge=1.0, le=100.0, allow_inf_nan=False)
@@ -28,16 +27,6 @@ class ShadowConfig(Strict):
             raise ValueError(f"topic_prefix must be an MQTT topic without wildcards (+, #), without a "
                              f"leading or trailing '/' and without empty levels, got {v!r}")
         return v
-
-    @field_validator("models_dir", mode="before")
-    @classmethod
-    def _models_dir_path(cls, v: Any) -> Any:
-        return None if v == "" else as_path(v)
-
-    @field_validator("models_dir")
-    @classmethod
-    def _models_dir(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return resolve_path(v, info)
 
     def prefix_for(self, site: str, line: str) -> str:
         """The topic prefix in use: the configured one or ``linesentry/<site>/<line>/shadow``."""
