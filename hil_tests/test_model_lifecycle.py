@@ -192,3 +192,37 @@ async def test_auto_promotion_within_bounds_then_automatic_rollback_of_a_stuck_a
             assert np.isfinite(again.detector.threshold)
         finally:
             await stop_controller(again, task)
+
+
+async def test_a_challenger_that_alarms_never_alarms_or_acts_and_is_refused_by_the_auto_policy(tmp_path, rig,
+                                                                                               model):
+    reg = tmp_path / "registry"
+    bad = registry.push(reg, variant(model, tmp_path / "bad.npz", threshold=1e-6))[0]["id"]
+    keys = 'promotion = "auto"\nchallenge_s = 1.0\nmin_rows = 100'  # min_agreement 0.99 (default)
+    with Mosquitto(tmp_path) as broker:
+        config = lifecycle_config(tmp_path, rig, model, broker, reg, keys)
+        config.write_text(config.read_text().replace("\nshadow = true\n", "\nshadow = false\n", 1))
+        controller = Controller(load_config(config), api_port=0)
+        task = await start_controller(controller)
+        try:
+            async with Fleet(broker) as fleet:
+                await wait_for(lambda: fleet.last.get("version"), timeout=15, what="a report")
+                first = controller.detector
+                seen = controller.events.last_id
+                await fleet.desire("challenger", bad, 1)
+                report = await wait_for(
+                    lambda: (c := model_state(fleet.last).get("challenger")) and not c["running"]
+                    and fleet.last, timeout=60, what="the challenge to end")
+                ended = model_state(report)["challenger"]
+                assert ended["verdict"].startswith("not promoted: outside bounds: agreement"), ended
+                assert ended["alarm_rate"]["challenger"] > 0.9 and ended["alarm_rate"]["active"] < 0.1, ended
+                assert ended["only_challenger"] > 0 and ended["differences"][0]["alarmed"] == "challenger"
+                assert report["desired"]["challenger"]["by"] == "edge:promotion" and report["delta"] == {}
+                assert controller.detector is first
+                assert model_state(report)["id"] == first.metadata["checksum"]
+                during = controller.events.since(seen)
+                assert [e for e in during if e["kind"] in ("alarm", "action") and "anomaly" in e["source"]
+                        or e["source"] == "stop_line"] == [], during
+                assert lifecycle_events(controller, "challenge_refused")
+        finally:
+            await stop_controller(controller, task)

@@ -57,6 +57,10 @@ class Running:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def already_active(name: str) -> str:
+    return f"model {name[:12]} is the active model already: a model cannot challenge itself"
+
+
 def model_id(det: StreamingDetector) -> str:
     return str(det.metadata.get("checksum") or "")
 
@@ -121,6 +125,11 @@ class ModelLifecycle:
         c = self.challenge
         return None if c is None else {"version": c.path.stem, "id": c.id}
 
+    def active_ref(self) -> dict[str, str | None]:
+        """{"version", "id"} of the active model, as state.model names it."""
+        path, active = self._active()
+        return {"version": path.stem if path is not None else None, "id": active}
+
     def _active(self) -> tuple[Path | None, str]:
         det = self.pipeline.detector
         return self.ops.models.path, model_id(det) if det is not None else ""
@@ -139,7 +148,7 @@ class ModelLifecycle:
             check_model(det, self.ops.config, path)
             new_id, (_, active_id) = model_id(det), self._active()
             if new_id == active_id:
-                raise BadRequest(f"model {new_id[:12]} is the active model already: nothing to challenge it")
+                raise BadRequest(already_active(new_id))
             if self.challenge is not None and self.challenge.id == new_id:
                 return
             margin = self.pipeline.threshold_margin
@@ -170,10 +179,10 @@ class ModelLifecycle:
 
     def _stop(self, how: str, user: str, reason: str, result: str = "challenge_stopped") -> None:
         c, counters = self.challenge, self.pipeline.challenger
+        figures = self._challenger_report() if c is not None and counters is not None else None
         self.pipeline.challenger = None
         if c is None:
             return
-        figures = self._challenger_report() if counters is not None else None
         self.challenge = None
         self.last_challenge = {**(figures or {"id": c.id}), "running": False, "verdict": how}
         rows = counters.rows if counters is not None else 0

@@ -71,15 +71,22 @@ def target_far(metadata: dict[str, Any], spec: Any) -> float:
 
 
 def promotion_verdict(p: Policy, *, rows: int, rises: int, agreement: float, elapsed_s: float) -> str:
-    """"collecting ..." until challenge_s and min_rows, then "within bounds" or "outside bounds: why"."""
+    """"collecting ..." until challenge_s and min_rows, then "within bounds" or "outside bounds: why".
+    A rate below the bound that the rows cannot show yet (its 95 % upper bound still above) keeps
+    collecting; a rate at or above it, or too little agreement, is outside."""
     if elapsed_s < p.challenge_s or rows < p.min_rows:
         return f"collecting: {rows} of {p.min_rows} rows, {elapsed_s:.0f} of {p.challenge_s:g} s"
     why = []
-    if not below(rises, rows, p.max_alarm_rate, PROMOTION_ALPHA):
-        why.append(f"rises {rises} in {rows} rows not shown below {p.max_alarm_rate:g} a row (95 %)")
     if agreement < p.min_agreement:
         why.append(f"agreement {agreement:.4f} below {p.min_agreement:g}")
-    return "outside bounds: " + "; ".join(why) if why else "within bounds"
+    shown = below(rises, rows, p.max_alarm_rate, PROMOTION_ALPHA)
+    if not shown and rises >= p.max_alarm_rate * rows:
+        why.append(f"rises {rises} in {rows} rows ({rises / rows:.3g} a row) not below {p.max_alarm_rate:g}")
+    if why:
+        return "outside bounds: " + "; ".join(why)
+    if not shown:
+        return f"collecting: rises {rises} in {rows} rows not shown below {p.max_alarm_rate:g} a row (95 %)"
+    return "within bounds"
 
 
 def rollback_verdict(p: Policy, *, rows: int, rises: int, on_run: int) -> str:

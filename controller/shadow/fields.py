@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.api import MAX_REASON, printable
-from controller.errors import NotFound
+from controller.errors import BadRequest, NotFound
+from controller.lifecycle.manager import already_active
 from controller.shadow.document import Desired, DesiredError, finite_number
 
 if TYPE_CHECKING:
@@ -248,6 +249,8 @@ class ChallengerField:
             return
         if model_matches(value, lc.challenger_ref() or {}):
             return
+        if model_matches(value, lc.active_ref()):
+            raise BadRequest(already_active(value))
         path = await asyncio.to_thread(self.models.find, value)
         await lc.start_challenge(path, change.user, change.reason)
 

@@ -77,9 +77,14 @@ def test_promotion_needs_the_time_the_rows_a_low_rate_and_agreement():
     assert promotion_verdict(p, rows=5000, rises=0, agreement=1.0, elapsed_s=59.0).startswith("collecting")
     assert promotion_verdict(p, rows=1497, rises=0, agreement=1.0, elapsed_s=99.0).startswith("collecting")
     assert promotion_verdict(p, rows=1498, rises=0, agreement=1.0, elapsed_s=60.0) == "within bounds"
-    # 1 rise in 1498 rows: the rate is 0.00067, but its 95 % bound (0.0032) is not below 0.002
+    # 1 rise in 1498 rows: the rate is 0.00067, but its 95 % bound (0.0032) is not below 0.002 yet
     one = promotion_verdict(p, rows=1498, rises=1, agreement=1.0, elapsed_s=60.0)
-    assert one.startswith("outside bounds: rises 1 in 1498 rows"), one
+    assert one.startswith("collecting: rises 1 in 1498 rows not shown below 0.002"), one
+    assert promotion_verdict(p, rows=2370, rises=1, agreement=1.0, elapsed_s=60.0).startswith("collecting")
+    assert promotion_verdict(p, rows=2371, rises=1, agreement=1.0, elapsed_s=60.0) == "within bounds"
+    assert sp.beta.ppf(0.95, 2, 2370) < 0.002 < sp.beta.ppf(0.95, 2, 2369)  # the same edge by scipy
+    high = promotion_verdict(p, rows=1500, rises=3, agreement=1.0, elapsed_s=60.0)
+    assert high == "outside bounds: rises 3 in 1500 rows (0.002 a row) not below 0.002", high
     assert promotion_verdict(p, rows=10_000, rises=5, agreement=0.995, elapsed_s=60.0) == "within bounds"
     low = promotion_verdict(p, rows=10_000, rises=0, agreement=0.98, elapsed_s=60.0)
     assert low == "outside bounds: agreement 0.9800 below 0.99", low
