@@ -31,10 +31,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator import SimDevice
 
 from hil_tests.rig.net import free_port
+from hil_tests.rig.servers import ModbusSim, holding_device
 from hil_tests.rig.sparkplug_host import stored_message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,12 +78,11 @@ def fit_model(config: Path, path: Path, seed: int) -> Path:
     return path
 
 
-class LinePlc:
+class LinePlc(ModbusSim):
     """One line's PLC: holding registers 0..5 = three float32 values (ABCD), 6 = the heartbeat."""
 
     def __init__(self, seed: int = 0, port: int = 0) -> None:
         self.seed, self.port = seed, port or free_port()
-        self.server: ModbusTcpServer | None = None
         self.reads = 0
 
     def registers(self) -> list[int]:
@@ -101,20 +100,8 @@ class LinePlc:
             regs[0 - start: len(fresh) - start] = fresh
         return None
 
-    async def start(self) -> LinePlc:
-        device = SimDevice(id=1, simdata=(
-            [SimData(address=0, values=[False] * 16, datatype=DataType.BITS)],
-            [SimData(address=0, values=[False] * 16, datatype=DataType.BITS)],
-            [SimData(address=0, values=[*self.registers(), 0, 0], datatype=DataType.REGISTERS)],
-            [SimData(address=0, values=[0], datatype=DataType.REGISTERS)]), action=self._action)
-        self.server = ModbusTcpServer(device, address=("127.0.0.1", self.port))
-        await self.server.serve_forever(background=True)
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            server, self.server = self.server, None
-            await server.shutdown()
+    def _device(self) -> SimDevice:
+        return holding_device(1, [*self.registers(), 0, 0], self._action)
 
 
 def line_config(directory: Path, index: int, *, plc_port: int, broker_port: int, sync_url: str,

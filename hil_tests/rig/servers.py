@@ -259,27 +259,52 @@ def encode_registers(snap: Snapshot) -> list[int]:
     return regs
 
 
-class PressServer:
+def holding_device(device_id: int, holding: list[int], action) -> SimDevice:
+    """A pymodbus SimDevice whose holding registers start as `holding`; `action` serves each request."""
+    return SimDevice(
+        id=device_id,
+        simdata=(
+            [SimData(address=0, values=[False] * 16, datatype=DataType.BITS)],
+            [SimData(address=0, values=[False] * 16, datatype=DataType.BITS)],
+            [SimData(address=0, values=holding, datatype=DataType.REGISTERS)],
+            [SimData(address=0, values=[0], datatype=DataType.REGISTERS)],
+        ),
+        action=action,
+    )
+
+
+class ModbusSim:
+    """A pymodbus TCP server on host:port over the subclass's `_device()`."""
+
+    host = "127.0.0.1"
+    port: int
+    server: ModbusTcpServer | None = None
+
+    def _device(self) -> SimDevice:
+        raise NotImplementedError
+
+    async def start(self):
+        self.server = ModbusTcpServer(self._device(), address=(self.host, self.port))
+        await self.server.serve_forever(background=True)
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.shutdown()
+
+
+class PressServer(ModbusSim):
     """pymodbus server (SimData/SimDevice) for the press and pump; reads are served from the latest tick."""
 
     def __init__(self, plant: Plant, recorder: Recorder, port: int, host: str = "127.0.0.1") -> None:
         self.plant, self.recorder = plant, recorder
         self.host, self.port = host, port
-        self.server: ModbusTcpServer | None = None
         self._registers = encode_registers(plant.snapshot())
         self._bad: set[int] = set()  # register addresses currently in dropout
 
     def _device(self) -> SimDevice:
-        return SimDevice(
-            id=DEVICE_ID,
-            simdata=(
-                [SimData(address=0, values=[False] * 16, datatype=DataType.BITS)],
-                [SimData(address=0, values=[False] * 16, datatype=DataType.BITS)],
-                [SimData(address=0, values=[*self._registers, 0], datatype=DataType.REGISTERS)],
-                [SimData(address=0, values=[0], datatype=DataType.REGISTERS)],
-            ),
-            action=self._action,
-        )
+        return holding_device(DEVICE_ID, [*self._registers, 0], self._action)
 
     async def _action(
         self, fc: int, start: int, address: int, count: int, regs: list[int], set_values: list | None
@@ -316,16 +341,6 @@ class PressServer:
         for name, (addr, _dtype) in MODBUS_HOLDING.items():
             if snap.bad[INDEX[name]]:
                 self._bad.update((addr, addr + 1))
-
-    async def start(self) -> PressServer:
-        self.server = ModbusTcpServer(self._device(), address=(self.host, self.port))
-        await self.server.serve_forever(background=True)
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            server, self.server = self.server, None
-            await server.shutdown()
 
 
 # ---- the rig --------------------------------------------------------------------------------
