@@ -1,4 +1,4 @@
-"""The four fields the fleet may set, each with its shape check, what of it is not in effect
+"""The five fields the fleet may set, each with its shape check, what of it is not in effect
 (`pending`, for the delta) and how it is applied: always through `Operations`, with the API's
 validation, as user ``shadow:<by>`` in the engineer role, so every change is a journal event with
 its origin. Nothing here can touch an interlock: no field names one, and an inhibit is
