@@ -188,3 +188,19 @@ def test_validation_refuses_other_units_a_broken_threshold_and_a_pinned_calibrat
     pinned = _model(calibration={"pinned_at_cap": True, "warnings": ["line threshold pinned at 0.99"]})
     with pytest.raises(ModelLoadError, match=r"at the cap \(.*\): line threshold pinned"):
         check_model(pinned, cfg, "m.npz")
+
+
+def test_a_bad_models_key_in_the_line_config_is_one_line_naming_it(tmp_path):
+    from controller.config import load_config
+    from controller.config.errors import ConfigError
+    from hil_tests.rig.demo_config import DEMO_CONFIG
+
+    path = tmp_path / "line.toml"
+    path.write_text(DEMO_CONFIG.read_text() + '\n[models]\npromotion = "auto"\nmin_agreement = 1.5\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    message = str(exc.value).strip()
+    assert "min_agreement" in message and "\n" not in message, message
+    path.write_text(DEMO_CONFIG.read_text() + '\n[models]\npromotion = "auto"\nchallenge_s = 60\n')
+    models = load_config(path).models
+    assert (models.promotion, models.challenge_s, models.max_alarm_rate) == ("auto", 60.0, None)
