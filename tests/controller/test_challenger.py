@@ -156,3 +156,36 @@ async def test_figures_are_refreshed_at_most_every_report_s_and_at_once_on_a_cha
         assert counters.rows == rows + 5 and lc.report()["challenger"]["rows"] == rows  # not yet
         lc.stop_challenge("ann", "test")
         assert lc.report()["challenger"]["rows"] == rows + 5
+
+
+async def test_the_challenger_steps_after_the_write_tasks_of_its_row_began(tmp_path, model):
+    """handle_batch issues the step's writes as tasks; the challenger of that row runs behind their first
+    step (the write request goes out first), and right away on a row without writes."""
+    from controller.config import load_config
+    from controller.lifecycle.counters import Challenger
+    from controller.runtime import Controller
+
+    c = Controller(load_config(closed_ports_config(tmp_path, model)), api_port=0)
+    c.pipeline.detector = c.models.initial()
+    order: list[str] = []
+
+    class Recording:
+        def step(self, t, x, fresh, good):
+            order.append("challenger")
+            return False
+
+    async def write() -> None:
+        order.append("write")
+
+    c.pipeline.challenger = Challenger(Recording(), c.line)
+    c.pipeline.step = lambda *args: ["a write"]
+    c.writes.issue = lambda writes: [asyncio.create_task(write()) for _ in writes]
+    plc = c.plcs[0]
+    c.handle_batch(plc, None)
+    assert order == []
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert order == ["write", "challenger"]
+    c.pipeline.step = lambda *args: []
+    c.handle_batch(plc, None)
+    assert order == ["write", "challenger", "challenger"]
