@@ -17,6 +17,7 @@ reported document does not change on every row. Every step is a journal event (k
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -68,9 +69,12 @@ def model_id(det: StreamingDetector) -> str:
 class ModelLifecycle:
     """Challenger, promotion, watch and rollback for one line (see the module docstring)."""
 
-    def __init__(self, cfg: ModelsSection, *, ops: Any, models_dir: Path, record: Record) -> None:
-        """`ops`: the line's controller.operations.Operations (not imported: it imports this package)."""
+    def __init__(self, cfg: ModelsSection, *, ops: Any, models_dir: Path, record: Record,
+                 state_file: Path | None = None) -> None:
+        """`ops`: the line's controller.operations.Operations (not imported: it imports this package);
+        `state_file`: where the previous model is kept across restarts (None: in memory only)."""
         self.cfg, self.ops, self.models_dir, self.record = cfg, ops, models_dir, record
+        self.state_file = state_file
         self.pipeline = ops.pipeline
         self.clock = ops.health.clock
         self.lock = asyncio.Lock()  # one model change at a time (the shadow's worker and `run`)
@@ -80,6 +84,33 @@ class ModelLifecycle:
         self.last_challenge: dict[str, Any] | None = None  # how the last challenge ended
         self._report: dict[str, Any] = {}
         self._reported_at = -float("inf")
+
+    # ------------------------------------------------------------------ the previous model
+    def load(self) -> None:
+        """The previous model saved by an earlier run, if its file is still there (at start)."""
+        if self.state_file is None:
+            return
+        try:
+            saved = json.loads(self.state_file.read_text())["previous"]
+            path, model = (Path(saved["path"]), str(saved["id"])) if saved else (None, "")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("model lifecycle: %s unusable (%s): no previous model known", self.state_file, exc)
+            return
+        self.previous = (path, model) if path is not None and path.is_file() else None
+
+    async def _set_previous(self, previous: tuple[Path, str] | None) -> None:
+        self.previous = previous
+        if self.state_file is None:
+            return
+        from controller.atomicfile import write_atomic
+
+        text = json.dumps({"previous": {"path": str(previous[0]), "id": previous[1]} if previous else None})
+        try:
+            await asyncio.to_thread(write_atomic, self.state_file, text)
+        except OSError as exc:  # the rollback still works in this run
+            log.warning("model lifecycle: cannot save %s: %s", self.state_file, exc)
 
     # ------------------------------------------------------------------ reported
     def report(self) -> dict[str, Any]:
@@ -244,7 +275,7 @@ class ModelLifecycle:
                 self._stop("ended: promoted from its file", user, reason)
             if self.previous is not None and new_id == self.previous[1]:
                 self._end_watch("ended: rolled back by hand")
-                self.previous = (before[0], before[1]) if before[0] is not None else None
+                await self._set_previous((before[0], before[1]) if before[0] is not None else None)
                 self._event(f"model rolled back by {user} to {new_id[:12]} (from {before[1][:12]})",
                             "rollback_manual", user, reason)
                 return
@@ -257,7 +288,7 @@ class ModelLifecycle:
         old_path, old_id = before
         self._end_watch("ended: another model promoted")
         if old_path is not None and old_id:
-            self.previous = (await asyncio.to_thread(self._keep, old_path, old_id), old_id)
+            await self._set_previous((await asyncio.to_thread(self._keep, old_path, old_id), old_id))
         det = self.pipeline.detector
         policy = Policy.derive(self.cfg, target_far(det.metadata, det.spec))
         if policy.watch_s > 0:
@@ -309,7 +340,7 @@ class ModelLifecycle:
                             "rollback_failed", ROLLBACK)
                 return
             self._end_watch(f"rolled back: {why}")
-            self.previous = None  # the model that misbehaved is no rollback target (promoting it is watched)
+            await self._set_previous(None)  # the model that misbehaved is no rollback target
             self._event(f"model {w.id[:12]} rolled back automatically to {old_id[:12]}: {why}",
                         "rollback_automatic", ROLLBACK)
         await self.record("model_version", old_id, ROLLBACK)

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LIFECYCLE_FILE = "model-lifecycle.json"  # the previous model, across restarts (controller.lifecycle)
 POLL_S = 1.0  # the reported state is rebuilt this often (a change shows within this)
 DEBOUNCE_S = 0.05  # after a desired change, wait this long for more before reporting
 QUEUE_MAX = 1000  # desired messages waiting to be applied; more are dropped (logged)
@@ -98,7 +99,7 @@ class ShadowAgent:
                              "level (from the site or line name): set [mqtt.shadow] topic_prefix")
         models_dir = cfg.models_dir_for(state_dir)
         self.lifecycle = ModelLifecycle(ops.config.models, ops=ops, models_dir=models_dir,
-                                        record=self.record_edge)
+                                        record=self.record_edge, state_file=state_dir / LIFECYCLE_FILE)
         self.fields = shadow_fields(models_dir, cfg.threshold_margin_min, cfg.threshold_margin_max, registry,
                                     self.lifecycle)
         self.doc = ShadowDocument(FIELDS)
@@ -128,6 +129,7 @@ class ShadowAgent:
         self._saved = self.doc.version
         if problem:
             self.events.add("controller", "shadow", problem, result="damaged")
+        self.lifecycle.load()
         await self._apply_saved()
         self.link.subscribe(f"{self.prefix}/desired/+", self._on_message)
         self.link.on_connect(self._on_connect)
