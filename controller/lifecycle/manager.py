@@ -52,10 +52,10 @@ class Running:
     since_mono: float
     policy: Policy
     by: str
-    verdict: str = ""
-    base: tuple[float, float] = (0.0, 0.0)  # the challenger's own line thresholds (on, off), unscaled
+    verdict: str = ""  # a watch's, once it ended
+    base: tuple[float, float] = (0.0, 0.0)  # a challenger's own line thresholds (on, off), unscaled
     margin: float = 1.0  # the margin applied to them now
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # a watch's last counters, once it ended
 
 
 def already_active(name: str) -> str:
@@ -131,8 +131,7 @@ class ModelLifecycle:
         if c is None or counters is None:
             return self.last_challenge
         return {"id": c.id, "version": c.path.stem, "running": True, "since": c.since, "by": c.by,
-                **counters.figures(),
-                "verdict": c.verdict or self._promotion_verdict(c, counters)}
+                **counters.figures(), "verdict": self._promotion_verdict(c, counters)}
 
     def _watch_report(self) -> dict[str, Any] | None:
         w = self.watched
