@@ -34,6 +34,16 @@ def test_binomial_tails_match_scipy(k, n, p):
     assert binomial_sf(k, n, p) == pytest.approx(sp.binom.sf(k - 1, n, p), rel=1e-9, abs=1e-300)
 
 
+def test_binomial_tails_match_scipy_over_random_cases():
+    rng = np.random.default_rng(17)
+    for _ in range(300):
+        n = int(10 ** rng.uniform(0, 7))
+        p = float(10 ** rng.uniform(-5, -0.05))
+        k = int(rng.integers(0, n + 1)) if rng.random() < 0.3 else int(rng.binomial(n, p))
+        assert binomial_cdf(k, n, p) == pytest.approx(sp.binom.cdf(k, n, p), rel=1e-7, abs=1e-12), (k, n, p)
+        assert binomial_sf(k, n, p) == pytest.approx(sp.binom.sf(k - 1, n, p), rel=1e-7, abs=1e-12), (k, n, p)
+
+
 @pytest.mark.parametrize(("k", "n"), [(0, 1498), (1, 1498), (10, 1000), (500, 360_000), (0, 1)])
 def test_clopper_pearson_upper_matches_the_beta_quantile(k, n):
     assert clopper_pearson_upper(k, n, 0.05) == pytest.approx(sp.beta.ppf(0.95, k + 1, n - k), rel=1e-7)
