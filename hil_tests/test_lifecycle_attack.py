@@ -1,0 +1,65 @@
+"""The model lifecycle on the real rig, attacked by a flaky plant network: the broker freezes (SIGSTOP: its
+sockets stay open and nothing answers) while a challenger runs, and the controller is stopped then. The stop
+must still end within a bound (the MQTT link, the shadow agent and its lifecycle task end through
+controller.tasks.cancel_and_wait), and the restart must run the same challenger beside the same active
+model (the desired state was saved before the stop). Holds today: it pins the property."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from controller import registry
+from controller.config import load_config
+from controller.runtime import Controller
+from hil_tests.rig.controller_run import start_controller, stop_controller
+from hil_tests.rig.mosquitto import Mosquitto
+from hil_tests.rig.net import wait_for
+from hil_tests.test_model_lifecycle import lifecycle_config, model_state, variant
+from hil_tests.test_shadow import Fleet
+from models import artifact
+from models.detector import MODEL_ARRAYS
+from models.kernels import D_THRESHOLD_ON
+
+STOP_BOUND_S = 30.0  # generous on 2 shared cores: a hang is for ever, a slow stop a few seconds
+
+
+async def test_a_stop_with_the_broker_frozen_mid_challenge_ends_and_the_restart_runs_the_same_challenge(
+        tmp_path, rig, model):
+    reg = tmp_path / "registry"
+    m1 = artifact.read(model, ())[1]["checksum"]
+    first = float(artifact.read(model, MODEL_ARRAYS)[0]["decision_params"][D_THRESHOLD_ON])
+    m2 = registry.push(reg, variant(model, tmp_path / "m2.npz", threshold=first * 1.02))[0]["id"]
+    with Mosquitto(tmp_path) as broker:
+        config = lifecycle_config(tmp_path, rig, model, broker, reg, 'promotion = "manual"')
+        controller = Controller(load_config(config), api_port=0)
+        task = await start_controller(controller)
+        frozen = False
+        try:
+            async with Fleet(broker) as fleet:
+                await wait_for(lambda: model_state(fleet.last).get("id") == m1, timeout=15, what="a report")
+                await fleet.desire("challenger", m2, 1)
+                await wait_for(lambda: (c := model_state(fleet.last).get("challenger")) and c.get("running")
+                               and c["rows"] > 0, timeout=30, what="the challenger stepping")
+            os.kill(broker.proc.pid, signal.SIGSTOP)  # the broker host hangs: TCP stays up, nothing answers
+            frozen = True
+            controller.stop()
+            async with asyncio.timeout(STOP_BOUND_S):
+                await task
+        finally:
+            if frozen:
+                os.kill(broker.proc.pid, signal.SIGCONT)
+            if not task.done():
+                await stop_controller(controller, task)
+
+        again = Controller(load_config(config), api_port=0)
+        task = await start_controller(again)
+        try:
+            assert again.detector.metadata["checksum"] == m1  # the active model: unchanged by the challenge
+            running = again.pipeline.challenger
+            assert running is not None and running.detector.metadata["checksum"] == m2
+            assert running.detector is not again.detector
+            await wait_for(lambda: running.rows > 0, timeout=30, what="the challenger stepping after restart")
+        finally:
+            await stop_controller(again, task)
