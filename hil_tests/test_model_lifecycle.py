@@ -189,6 +189,7 @@ async def test_auto_promotion_within_bounds_then_automatic_rollback_of_a_stuck_a
         try:
             assert again.model_path == models_dir / f"{m1}.npz"
             assert again.shadow.doc.rejected == {} and again.pipeline.challenger is None
+            assert again.pipeline.watch is None  # the watch ended with the rollback: not resumed
             assert np.isfinite(again.detector.threshold)
         finally:
             await stop_controller(again, task)

@@ -82,17 +82,21 @@ class ModelLifecycle:
         self.watched: Running | None = None
         self.previous: tuple[Path, str] | None = None  # the model the line ran before (path, id)
         self.last_challenge: dict[str, Any] | None = None  # how the last challenge ended
+        self._saved_watch: tuple[str, float] | None = None  # (id, since) of a watch before a restart
         self._report: dict[str, Any] = {}
         self._reported_at = -float("inf")
 
     # ------------------------------------------------------------------ the previous model
     def load(self) -> None:
-        """The previous model saved by an earlier run, if its file is still there (at start)."""
+        """The previous model saved by an earlier run, if its file is still there, and the watch that
+        run had under way (resumed by `resume` once the saved desired model is loaded). At start."""
         if self.state_file is None:
             return
         try:
-            saved = json.loads(self.state_file.read_text())["previous"]
-            path, model = (Path(saved["path"]), str(saved["id"])) if saved else (None, "")
+            saved = json.loads(self.state_file.read_text())
+            prev, watch = saved["previous"], saved.get("watch")
+            path, model = (Path(prev["path"]), str(prev["id"])) if prev else (None, "")
+            self._saved_watch = (str(watch["id"]), float(watch["since"])) if watch else None
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -100,13 +104,36 @@ class ModelLifecycle:
             return
         self.previous = (path, model) if path is not None and path.is_file() else None
 
+    def resume(self) -> None:
+        """Watch the active model again for what was left of its watch_s, if an earlier run was watching
+        it (fresh counters: the rows before the restart are not known)."""
+        saved, self._saved_watch = self._saved_watch, None
+        path, active = self._active()
+        if saved is None or path is None or saved[0] != active:
+            return
+        det = self.pipeline.detector
+        policy = Policy.derive(self.cfg, target_far(det.metadata, det.spec))
+        elapsed = max(0.0, self.clock.wall() - saved[1])
+        if policy.watch_s <= 0 or elapsed >= policy.watch_s:
+            return
+        self.watched = Running(path, active, saved[1], self.clock.mono() - elapsed, policy, "restart")
+        self.pipeline.watch = Watch()
+        self._event(f"watch of model {active[:12]} resumed after a restart: {policy.watch_s - elapsed:.0f} s "
+                    "left", "watch_resumed")
+
     async def _set_previous(self, previous: tuple[Path, str] | None) -> None:
         self.previous = previous
+        await self._save_state()
+
+    async def _save_state(self) -> None:
+        """The previous model and the watch under way, for the next start (written atomically)."""
         if self.state_file is None:
             return
         from controller.atomicfile import write_atomic
 
-        text = json.dumps({"previous": {"path": str(previous[0]), "id": previous[1]} if previous else None})
+        previous, w = self.previous, self.watched if self.pipeline.watch is not None else None
+        text = json.dumps({"previous": {"path": str(previous[0]), "id": previous[1]} if previous else None,
+                           "watch": {"id": w.id, "since": w.since} if w is not None else None})
         try:
             await asyncio.to_thread(write_atomic, self.state_file, text)
         except OSError as exc:  # the rollback still works in this run
@@ -296,6 +323,7 @@ class ModelLifecycle:
             self._event(f"watching model {new_id[:12]} for {policy.watch_s:g} s: rolled back to "
                         f"{old_id[:12] or '-'} if its rises exceed {policy.rollback_alarm_rate:g} a row or "
                         f"its line alarm stays on for {policy.min_rows} rows", "watch_started", user)
+        await self._save_state()  # (also when no watch started: the one that ended is not resumed)
 
     def _keep(self, path: Path, model: str) -> Path:
         """`path` as <id>.npz in models_dir (a copy, unless it is there already)."""
@@ -335,6 +363,7 @@ class ModelLifecycle:
                                             role="engineer", validate=False)
             except LinesentryError as exc:
                 self._end_watch(f"rollback failed: {exc}")
+                await self._save_state()
                 self._event(f"automatic rollback of model {w.id[:12]} to {old_id[:12]} failed: {exc}",
                             "rollback_failed", ROLLBACK)
                 return
@@ -384,6 +413,7 @@ class ModelLifecycle:
             await self.rollback(why)
         elif self.clock.mono() - w.since_mono >= w.policy.watch_s:
             self._end_watch("kept")
+            await self._save_state()
             self._event(f"model {w.id[:12]} kept: {watch.rises} rises in {watch.rows} rows over the "
                         f"{w.policy.watch_s:g} s watch", "watch_kept")
 

@@ -131,6 +131,7 @@ class ShadowAgent:
             self.events.add("controller", "shadow", problem, result="damaged")
         self.lifecycle.load()
         await self._apply_saved()
+        self.lifecycle.resume()
         self.link.subscribe(f"{self.prefix}/desired/+", self._on_message)
         self.link.on_connect(self._on_connect)
         self._tasks = [asyncio.create_task(self._work(), name="shadow:desired"),

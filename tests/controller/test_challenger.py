@@ -191,15 +191,19 @@ async def test_the_challenger_steps_after_the_write_tasks_of_its_row_began(tmp_p
     assert order == ["write", "challenger", "challenger"]
 
 
-async def test_the_previous_model_is_known_again_after_a_restart(tmp_path, model):
-    config = config_with(tmp_path, model, "report_s = 0.01")
+async def test_the_previous_model_and_the_watch_are_known_again_after_a_restart(tmp_path, model):
+    config = config_with(tmp_path, model, "report_s = 0.01\nwatch_s = 600")
     async with Line(config, FakeLink()) as line:
         first = line.controller.pipeline.detector.metadata["checksum"]
         name, _ = challenger_model(line, model)
         assert await line.send("model_version", name, 1) == "applied"
+        since = line.agent.lifecycle.watched.since
     async with Line(config, FakeLink(connected=False)) as line:
         report, _ = line.agent.build_report()
         assert report["state"]["model"]["version"] == name and report["state"]["model"]["previous"] == first
+        watch = report["state"]["model"]["watch"]
+        assert watch["verdict"] == "watching" and watch["since"] == since and watch["rows"] == 0
+        assert line.controller.pipeline.watch is not None and lifecycle_events(line, "watch_resumed")
         assert await line.send("model_version", first[:12], 2) == "applied"  # `model rollback`'s target
         assert line.controller.pipeline.detector.metadata["checksum"] == first
         assert lifecycle_events(line, "rollback_manual")
