@@ -24,7 +24,7 @@ from scipy import stats as sp
 from controller.config import load_config
 from controller.config.errors import ConfigError
 from controller.config.models import ModelsSection
-from controller.lifecycle.policy import ROLLBACK_ALPHA, Policy, rollback_verdict
+from controller.lifecycle.policy import ROLLBACK_ALPHA, Policy, promotion_verdict, rollback_verdict
 from controller.lifecycle.stats import binomial_cdf, binomial_sf
 from hil_tests.rig.net import wait_for
 from hil_tests.rig.service_process import closed_ports_config
@@ -133,6 +133,21 @@ async def test_auto_promotion_of_a_challenger_the_margin_made_unpromotable_ends_
             await lc.decide()  # the decision task calls this every TICK_S: it must not raise every time
         assert p.detector is active
         assert p.challenger is None, "the challenge goes on, and so does the failing promotion"
+
+
+@pytest.mark.xfail(strict=True, reason="a challenger file named like the active model's file (another model, "
+                                       "another id) is refused as 'the active model already' by name alone")
+async def test_a_challenger_named_like_the_active_models_file_is_judged_by_its_id(tmp_path, model):
+    async with Line(config_with(tmp_path, model, "report_s = 0.01"), FakeLink()) as line:
+        quiet_lifecycle(line)
+        p = line.controller.pipeline
+        active = p.detector
+        assert line.controller.model_path.stem == "model"  # [detector] model = .../model.npz
+        other = second_model(line, model, "model", 1.05)  # a refit dropped in models_dir as model.npz
+        assert other != checksum(active)
+        result = await line.send("challenger", "model", 1)
+        assert result == "applied", line.agent.doc.rejected.get("challenger")
+        assert checksum(p.challenger.detector) == other and p.detector is active
 
 
 # ------------------------------------------------------------------ races with the fleet
@@ -381,6 +396,24 @@ def test_bad_models_bounds_in_the_toml_are_one_line_errors_naming_the_key(tmp_pa
         load_config(path)
     text = str(exc.value)
     assert "\n" not in text.strip() and line_text.split(" ")[0] in text, text
+
+
+@pytest.mark.xfail(strict=True, reason="[models] max_alarm_rate above the rollback bound in force is "
+                                       "accepted: a model promoted within its bounds is rolled back for it")
+@pytest.mark.parametrize("keys", [{"max_alarm_rate": 0.5},
+                                  {"max_alarm_rate": 0.1, "rollback_alarm_rate": 0.01}])
+def test_the_promotion_bound_never_lies_above_the_rollback_bound(keys):
+    """hil_tests/test_model_lifecycle.py's own auto config (max_alarm_rate = 0.5, the rollback bound derived:
+    0.01) promotes a model at 0.3 rises a row, which the watch then must roll back."""
+    try:
+        p = Policy.derive(ModelsSection(**keys), 0.001)
+    except ValueError:
+        return  # refused: fine
+    assert p.max_alarm_rate <= p.rollback_alarm_rate, p
+    rows = 10_000
+    rises = int(0.3 * rows)
+    promoted = promotion_verdict(p, rows=rows, rises=rises, agreement=1.0, elapsed_s=1e9) == "within bounds"
+    assert not (promoted and rollback_verdict(p, rows=rows, rises=rises, on_run=0))
 
 
 # ------------------------------------------------------------------ statistics at the edges
