@@ -11,6 +11,7 @@ under test: it fails now and must pass once the defect is fixed.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from hil_tests.rig.service_process import closed_ports_config
 from hil_tests.test_model_lifecycle import variant
 from models.kernels import D_THRESHOLD_ON
 from tests.controller.test_challenger import challenger_model, config_with, lifecycle_events
-from tests.controller.test_shadow_agent import FakeLink, Line
+from tests.controller.test_shadow_agent import PREFIX, FakeLink, Line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -270,6 +271,35 @@ async def test_a_challenger_that_must_not_run_is_rejected_in_one_line_and_nothin
         assert reason and "\n" not in reason, reason
         assert p.challenger is None and p.detector is active
         assert np.array_equal(dp, active.model["decision_params"])
+
+
+@pytest.mark.xfail(strict=True, reason="a promotion hung copying the previous model to models_dir stalls the "
+                                       "shadow worker: a desired shadow_mode queued after it never applies")
+async def test_a_stalled_copy_of_the_previous_model_never_holds_back_a_desired_shadow_mode(
+        tmp_path, model):
+    import threading
+
+    async with Line(config_with(tmp_path, model, "report_s = 0.01\nwatch_s = 600"), FakeLink()) as line:
+        quiet_lifecycle(line)
+        lc, ops = line.agent.lifecycle, line.controller.ops
+        name, _ = challenger_model(line, model)
+        keep, stalled, release = lc._keep, threading.Event(), threading.Event()
+
+        def hung_disk(path, model_id):  # the copy into models_dir hangs, as on a stalled mount
+            stalled.set()
+            release.wait(60)
+            return keep(path, model_id)
+
+        lc._keep = hung_disk
+        try:
+            for field, value, version in (("model_version", name, 1), ("shadow_mode", True, 1)):
+                payload = json.dumps({"value": value, "version": version, "by": "fleet"}).encode()
+                line.agent._on_message(f"{PREFIX}/desired/{field}", payload, False)  # as the broker delivers
+            assert await asyncio.to_thread(stalled.wait, 10)
+            await wait_for(lambda: ops.actions.shadow_global, timeout=10,
+                           what="the desired shadow mode applied while the model copy hangs")
+        finally:
+            release.set()
 
 
 # ------------------------------------------------------------------ a restart and a watch
