@@ -17,6 +17,7 @@ reported document does not change on every row. Every step is a journal event (k
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -55,6 +56,7 @@ class Running:
     verdict: str = ""  # a watch's, once it ended
     base: tuple[float, float] = (0.0, 0.0)  # a challenger's own line thresholds (on, off), unscaled
     margin: float = 1.0  # the margin applied to them now
+    against: str = ""  # a challenger's: the id of the active model its figures are taken against
     extra: dict[str, Any] = field(default_factory=dict)  # a watch's last counters, once it ended
 
 
@@ -220,7 +222,8 @@ class ModelLifecycle:
             dp = det.model["decision_params"]
             policy = Policy.derive(self.cfg, target_far(det.metadata, det.spec))
             self.challenge = Running(path, new_id, self.clock.wall(), self.clock.mono(), policy, user,
-                                     base=(float(dp[D_THRESHOLD_ON]), float(dp[D_THRESHOLD_OFF])))
+                                     base=(float(dp[D_THRESHOLD_ON]), float(dp[D_THRESHOLD_OFF])),
+                                     against=active_id)
             self._margin(self.challenge, det, margin)
             self.pipeline.challenger = Challenger(det, self.ops.line)
             self.last_challenge = None
@@ -233,6 +236,20 @@ class ModelLifecycle:
     def stop_challenge(self, user: str, reason: str) -> None:
         if self.challenge is not None:
             self._stop("stopped", user, reason)
+
+    def _restart_challenge(self, user: str = PROMOTION, reason: str = "") -> None:
+        """Another model became active: the challenger's figures, taken against the old one, start over
+        (a new `Running`: a decision judged on the old figures is dropped)."""
+        c, counters = self.challenge, self.pipeline.challenger
+        active = self._active()[1]
+        if c is None or counters is None or c.against == active:
+            return
+        self.challenge = dataclasses.replace(c, since=self.clock.wall(), since_mono=self.clock.mono(),
+                                             against=active)
+        self.pipeline.challenger = Challenger(counters.detector, self.ops.line)
+        self._event(f"challenge of model {c.id[:12]} restarted against the new active model {active[:12]} "
+                    f"(after {counters.rows} rows against {c.against[:12] or 'the rules'})",
+                    "challenge_restarted", user, reason)
 
     def _stop(self, how: str, user: str, reason: str, result: str = "challenge_stopped") -> None:
         c, counters = self.challenge, self.pipeline.challenger
@@ -258,13 +275,19 @@ class ModelLifecycle:
         c.margin = margin
 
     # ------------------------------------------------------------------ promotion
-    async def promote_challenger(self, user: str, reason: str, *, auto: bool = False) -> None:
+    async def promote_challenger(self, user: str, reason: str, *, judged: Running | None = None) -> None:
         """The running challenger becomes the active model in place (its warm state, no second fetch);
-        the previous one is kept, the new one watched."""
+        the previous one is kept, the new one watched. `judged`: an automatic promotion of that
+        challenge, dropped if another one (or another active model) took its place meanwhile."""
+        auto = judged is not None
         async with self.lock:
             c, counters = self.challenge, self.pipeline.challenger
+            if auto and (c is not judged or self._active()[1] != judged.against):
+                return
             if c is None or counters is None:
                 raise BadRequest("no challenger is running")
+            if counters.failed:
+                raise BadRequest(f"challenger {c.id[:12]} failed ({counters.failed}): it is not promoted")
             det = counters.detector
             margin = self.pipeline.threshold_margin
             if det.threshold / c.margin * margin >= 1.0:
@@ -299,6 +322,7 @@ class ModelLifecycle:
                 return
             if self.challenge is not None and self.challenge.id == new_id:
                 self._stop("ended: promoted from its file", user, reason)
+            self._restart_challenge(user, reason)
             if self.previous is not None and new_id == self.previous[1]:
                 self._end_watch("ended: rolled back by hand")
                 await self._set_previous((before[0], before[1]) if before[0] is not None else None)
@@ -351,11 +375,19 @@ class ModelLifecycle:
         self._changed()
 
     # ------------------------------------------------------------------ rollback
-    async def rollback(self, why: str) -> None:
-        """Back to the previous model, reloaded fresh from its file (no state or margin of the bad one)."""
+    async def rollback(self, why: str, watched: Running) -> None:
+        """Back to the previous model, reloaded fresh from its file (no state or margin of the bad one).
+        Dropped when `watched` (the watch the verdict was taken on) is no longer the watch under way or
+        its model no longer the active one (another promotion or reload came first)."""
         async with self.lock:
             w = self.watched
-            if self.previous is None or w is None:
+            if w is not watched or self.pipeline.watch is None or self._active()[1] != w.id:
+                return
+            if self.previous is None:
+                self._end_watch(f"misbehaves ({why}), but no previous model to roll back to: kept")
+                await self._save_state()
+                self._event(f"model {w.id[:12]} misbehaves ({why}) and there is no previous model to roll "
+                            "back to: it stays active; promote another model", "rollback_failed", ROLLBACK)
                 return
             path, old_id = self.previous
             try:
@@ -369,6 +401,7 @@ class ModelLifecycle:
                 return
             self._end_watch(f"rolled back: {why}")
             await self._set_previous(None)  # the model that misbehaved is no rollback target
+            self._restart_challenge(ROLLBACK)
             self._event(f"model {w.id[:12]} rolled back automatically to {old_id[:12]}: {why}",
                         "rollback_automatic", ROLLBACK)
         await self.record("model_version", old_id, ROLLBACK)
@@ -384,38 +417,61 @@ class ModelLifecycle:
                 log.exception("model lifecycle: the decision round failed")
 
     async def decide(self) -> None:
-        """One round: a failed challenger ended, the margin kept in step, an automatic promotion, the
-        watch's rollback or its end."""
-        c, counters = self.challenge, self.pipeline.challenger
-        if c is not None and counters is not None:
-            if counters.failed:
-                async with self.lock:
-                    self._stop(f"ended: its step failed ({counters.failed})", PROMOTION, "",
-                               "challenge_failed")
-                await self.record("challenger", "", PROMOTION)
-            else:
-                if c.margin != self.pipeline.threshold_margin:
-                    self._margin(c, counters.detector, self.pipeline.threshold_margin)
-                if c.policy.mode == "auto":
-                    verdict = self._promotion_verdict(c, counters)
-                    if verdict == "within bounds":
-                        await self.promote_challenger(PROMOTION, "automatic promotion: within the bounds",
-                                                      auto=True)
-                    elif verdict.startswith("outside"):
-                        async with self.lock:
-                            self._stop(f"not promoted: {verdict}", PROMOTION, "", "challenge_refused")
-                        await self.record("challenger", "", PROMOTION)
+        """One round: the challenge (failed, pushed past 1 by the margin, judged by the auto policy) and
+        the watch (another model loaded meanwhile, rolled back, or kept)."""
+        await self._decide_challenge()
         w, watch = self.watched, self.pipeline.watch
         if w is None or watch is None:
             return
+        if self._active()[1] != w.id:  # reloaded by other means (the local API): not this watch's model
+            self._end_watch("ended: another model was loaded")
+            await self._save_state()
+            self._event(f"watch of model {w.id[:12]} ended: another model was loaded", "watch_ended")
+            return
         why = rollback_verdict(w.policy, rows=watch.rows, rises=watch.rises, on_run=watch.on_run)
+        over = self.clock.mono() - w.since_mono >= w.policy.watch_s
+        if not why and over and watch.rows and watch.on_run >= watch.rows:
+            why = f"line alarm on for all {watch.rows} rows of the watch"  # a watch shorter than min_rows
         if why:
-            await self.rollback(why)
-        elif self.clock.mono() - w.since_mono >= w.policy.watch_s:
+            await self.rollback(why, w)
+        elif over:
             self._end_watch("kept")
             await self._save_state()
             self._event(f"model {w.id[:12]} kept: {watch.rises} rises in {watch.rows} rows over the "
                         f"{w.policy.watch_s:g} s watch", "watch_kept")
+
+    async def _decide_challenge(self) -> None:
+        c, counters = self.challenge, self.pipeline.challenger
+        if c is None or counters is None:
+            return
+        self._restart_challenge()  # another model became active by other means: start the figures over
+        c, counters = self.challenge, self.pipeline.challenger
+        margin = self.pipeline.threshold_margin
+        end = ""
+        if counters.failed:
+            end, result = f"ended: its step failed ({counters.failed})", "challenge_failed"
+        elif c.base[0] * margin >= 1.0:
+            end, result = (f"ended: the threshold margin {margin:g} puts its line threshold at "
+                           f"{c.base[0] * margin:.4g}: its alarm could never fire", "challenge_refused")
+        elif c.margin != margin:
+            self._margin(c, counters.detector, margin)
+        if not end and c.policy.mode == "auto":
+            verdict = self._promotion_verdict(c, counters)
+            if verdict == "within bounds":
+                try:
+                    await self.promote_challenger(PROMOTION, "automatic promotion: within the bounds",
+                                                  judged=c)
+                except LinesentryError as exc:
+                    end, result = f"not promoted: {exc}", "challenge_refused"
+            elif verdict.startswith("outside"):
+                end, result = f"not promoted: {verdict}", "challenge_refused"
+        if not end:
+            return
+        async with self.lock:
+            if self.challenge is not c:
+                return  # replaced meanwhile: the verdict was on another challenge
+            self._stop(end, PROMOTION, "", result)
+        await self.record("challenger", "", PROMOTION)
 
     async def _persist(self) -> None:
         try:

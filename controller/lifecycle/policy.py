@@ -8,7 +8,8 @@ Bounds left out of ``[models]`` are derived from the designed false-alarm rate o
   it (its one-sided 95 % Clopper-Pearson upper bound at most this);
 - min_rows = ceil(ln 20 / max_alarm_rate): the fewest rows in which a challenger without a single
   rise can show that (with fewer, no result can);
-- rollback_alarm_rate = 10 x target_far: a promoted model whose rises per row reject "at most this"
+- rollback_alarm_rate = 10 x target_far (never below max_alarm_rate): a promoted model whose rises
+  per row reject "at most this"
   in a one-sided binomial test at ROLLBACK_ALPHA is rolled back; so is one whose line alarm stays on
   for min_rows rows in a row (a stuck alarm rises once, so the rate alone would not see it).
 
@@ -54,11 +55,15 @@ class Policy:
     def derive(cls, cfg: ModelsSection, target_far: float) -> Policy:
         far = target_far if 0.0 < target_far < 1.0 else DEFAULT_TARGET_FAR
         max_rate = cfg.max_alarm_rate or min(0.5, MAX_RATE_FACTOR * far)
+        # never a promotion bound above the rollback bound (a model promoted within its bounds would be
+        # rolled back for them): a derived one is raised to it, both given are checked by the config
+        rollback = cfg.rollback_alarm_rate or max(min(0.5, ROLLBACK_RATE_FACTOR * far), max_rate)
+        if max_rate > rollback:
+            max_rate = rollback  # rollback_alarm_rate given below a derived max_alarm_rate
         return cls(mode=cfg.promotion, challenge_s=cfg.challenge_s,
                    min_rows=cfg.min_rows or math.ceil(math.log(1.0 / PROMOTION_ALPHA) / max_rate),
                    max_alarm_rate=max_rate, min_agreement=cfg.min_agreement, watch_s=cfg.watch_s,
-                   rollback_alarm_rate=cfg.rollback_alarm_rate or min(0.5, ROLLBACK_RATE_FACTOR * far),
-                   target_far=far)
+                   rollback_alarm_rate=rollback, target_far=far)
 
 
 def target_far(metadata: dict[str, Any], spec: Any) -> float:

@@ -249,8 +249,8 @@ class ChallengerField:
             return
         if model_matches(value, lc.challenger_ref() or {}):
             return
-        if model_matches(value, lc.active_ref()):
-            raise BadRequest(already_active(value))
+        if MODEL_ID.match(value) and model_matches(value, {"id": lc.active_ref()["id"]}):
+            raise BadRequest(already_active(value))  # by id (a file name is judged by the id it loads)
         path = await asyncio.to_thread(self.models.find, value)
         await lc.start_challenge(path, change.user, change.reason)
 
