@@ -128,7 +128,8 @@ async def test_a_challenger_runs_in_shadow_and_is_promoted_in_place_and_rolled_b
                 assert state["challenger"]["verdict"] == "promoted" and not state["challenger"]["running"]
                 assert report["desired"]["challenger"]["value"] == ""
                 assert report["desired"]["challenger"]["by"] == "edge:promotion"
-                assert (models_dir / f"{m1}.npz").is_file()  # kept for a rollback and a restart
+                await wait_for(lambda: (models_dir / f"{m1}.npz").is_file(), timeout=15,
+                               what="the previous model kept in models_dir (copied in the background)")
                 promoted = lifecycle_events(controller, "promoted")[-1]
                 assert "from challenger, in place" in promoted["message"] and promoted["user"] == "shadow:ann"
 

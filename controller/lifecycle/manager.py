@@ -85,6 +85,7 @@ class ModelLifecycle:
         self.previous: tuple[Path, str] | None = None  # the model the line ran before (path, id)
         self.last_challenge: dict[str, Any] | None = None  # how the last challenge ended
         self._saved_watch: tuple[str, float] | None = None  # (id, since) of a watch before a restart
+        self._keeping: set[asyncio.Task] = set()  # copies of the previous model into models_dir
         self._report: dict[str, Any] = {}
         self._reported_at = -float("inf")
 
@@ -338,7 +339,10 @@ class ModelLifecycle:
         old_path, old_id = before
         self._end_watch("ended: another model promoted")
         if old_path is not None and old_id:
-            await self._set_previous((await asyncio.to_thread(self._keep, old_path, old_id), old_id))
+            await self._set_previous((old_path, old_id))
+            task = asyncio.create_task(self._keep_previous(old_path, old_id), name="model-lifecycle:keep")
+            self._keeping.add(task)  # in the background: a stalled disk must not hold up the shadow
+            task.add_done_callback(self._keeping.discard)
         det = self.pipeline.detector
         policy = Policy.derive(self.cfg, target_far(det.metadata, det.spec))
         if policy.watch_s > 0:
@@ -348,6 +352,19 @@ class ModelLifecycle:
                         f"{old_id[:12] or '-'} if its rises exceed {policy.rollback_alarm_rate:g} a row or "
                         f"its line alarm stays on for {policy.min_rows} rows", "watch_started", user)
         await self._save_state()  # (also when no watch started: the one that ended is not resumed)
+
+    async def _keep_previous(self, path: Path, model: str) -> None:
+        """Copy the previous model into models_dir; from then on it is the rollback's (and a restart's)
+        file, unless another model became the previous one meanwhile."""
+        kept = await asyncio.to_thread(self._keep, path, model)
+        if kept != path and self.previous == (path, model):
+            await self._set_previous((kept, model))
+
+    async def stop(self) -> None:
+        """End the background copies still under way (their threads finish on their own)."""
+        for task in list(self._keeping):
+            task.cancel()
+        await asyncio.gather(*self._keeping, return_exceptions=True)
 
     def _keep(self, path: Path, model: str) -> Path:
         """`path` as <id>.npz in models_dir (a copy, unless it is there already)."""

@@ -141,6 +141,7 @@ class ShadowAgent:
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(tasks)
+        await self.lifecycle.stop()
         await self._save()
 
     # ------------------------------------------------------------------ desired

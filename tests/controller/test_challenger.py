@@ -115,6 +115,9 @@ async def test_a_promoted_model_rising_too_often_is_rolled_back_fresh_from_its_f
         name, _ = challenger_model(line, model)
         assert await line.send("model_version", name, 3) == "applied"  # from its file: watched
         assert p.watch is not None and p.detector is not first
+        models_dir = Path(line.controller.state_dir.path) / "models"
+        kept = models_dir / f"{first.metadata['checksum']}.npz"
+        await wait_for(lambda: lc.previous[0] == kept, timeout=10, what="the previous model kept")
         watch = p.watch
         watch.rows, watch.rises = 10_000, 100  # at the bound (0.01 a row): no evidence above it
         await lc.decide()
@@ -123,8 +126,7 @@ async def test_a_promoted_model_rising_too_often_is_rolled_back_fresh_from_its_f
         await lc.decide()
         assert p.watch is None
         assert p.detector is not first and p.detector.metadata["checksum"] == first.metadata["checksum"]
-        models_dir = Path(line.controller.state_dir.path) / "models"
-        assert line.controller.model_path == models_dir / f"{first.metadata['checksum']}.npz"  # the kept copy
+        assert line.controller.model_path == kept  # the copy kept in models_dir
         assert first_path.is_file()
         back = lifecycle_events(line, "rollback_automatic")[-1]
         assert back["user"] == "edge:rollback" and "rises 200 in 10000 rows" in back["message"]
