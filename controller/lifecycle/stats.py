@@ -18,6 +18,7 @@ import math
 
 _EPS = 1e-15
 _TINY = 1e-300
+_STIRLING_FROM = 1e6  # above this, Stirling's series to 1/z^3 is exact to double precision
 _MAX_ITER = 100_000  # Lentz's continued fraction needs ~sqrt(max(a, b)) terms near the mean
 
 
@@ -42,14 +43,25 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     return h
 
 
+def _log_beta(a: float, b: float) -> float:
+    """ln B(a, b). For a large argument lgamma(a + b) - lgamma(b) is taken from Stirling's series as one
+    difference: two lgammas of ~1e12 rows would cancel away the digits (rare events in many rows)."""
+    small, big = min(a, b), max(a, b)
+    if big < _STIRLING_FROM:
+        return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    w = big + small
+    step = ((big - 0.5) * math.log1p(small / big) + small * math.log(w) - small
+            + (1.0 / w - 1.0 / big) / 12.0 - (1.0 / w**3 - 1.0 / big**3) / 360.0)
+    return math.lgamma(small) - step  # lgamma(big + small) - lgamma(big) = step
+
+
 def betainc(a: float, b: float, x: float) -> float:
     """The regularised incomplete beta function I_x(a, b), a, b > 0, x in [0, 1]."""
     if x <= 0.0:
         return 0.0
     if x >= 1.0:
         return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
-                     + b * math.log1p(-x))
+    front = math.exp(a * math.log(x) + b * math.log1p(-x) - _log_beta(a, b))
     if x < (a + 1.0) / (a + b + 2.0):
         return front * _beta_fraction(a, b, x) / a
     return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
