@@ -269,9 +269,15 @@ def register(group: typer.Typer, *, say: Callable[[str], None], print_table: Cal
             previous = model.get("previous") if isinstance(model, dict) else None
             if isinstance(previous, str) and is_model_id(previous):
                 return previous
+            watch = model.get("watch") if isinstance(model, dict) else None
             if registry is not None and str(registry):
                 log = read_deployments(registry, t.site, t.line)
                 found = rollback_target(log, _running(doc, "model_version"))
+                if found and isinstance(watch, dict) and watch.get("id") == found and str(
+                        watch.get("verdict", "")).startswith("rolled back"):
+                    raise RegistryError(f"{t.label}: the line rolled back from {found[:16]} by itself "
+                                        f"({watch['verdict']}); not sending it again: promote the model "
+                                        "you want with `linesentry model promote ID`")
                 if found:
                     return found
             raise RegistryError(f"{t.label}: no previous model known (the line reports none and "
