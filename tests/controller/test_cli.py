@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -18,6 +19,12 @@ from models import load_model
 
 DEMO = "configs/demo_line.toml"
 LAUNCH = [sys.executable, "-c", "from controller.cli import app; app(prog_name='linesentry')"]
+
+
+def as_from_a_terminal() -> None:
+    """A Popen preexec_fn: Ctrl-C reaches a command started at a terminal, but a shell without job
+    control starts background jobs with SIGINT ignored (a CI runner may), and children inherit it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 runner = CliRunner()
 load_plugins()  # what `app()` does for a command that is not its own (CliRunner bypasses app())
 
@@ -505,7 +512,6 @@ def test_status_shows_every_disabled_protection_and_what_was_restored(service):
 
 def test_sim_serves_the_plant_until_ctrl_c(tmp_path):
     """`linesentry sim` (it once died on its own `sim` argument): both PLC ports answer, Ctrl-C is exit 0."""
-    import signal
     import subprocess
     import sys
     import time
@@ -515,7 +521,7 @@ def test_sim_serves_the_plant_until_ctrl_c(tmp_path):
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", "from controller.cli import app; app()",
                                  "sim", "--opcua-port", str(opcua), "--modbus-port", str(modbus)],
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=as_from_a_terminal)
     try:
         deadline = time.monotonic() + 30
         for port in (modbus, opcua):
@@ -700,13 +706,13 @@ def test_model_reload_swaps_the_model_and_a_refused_one_is_one_line_exit_2(live,
 
 
 def test_status_watch_piped_prints_each_status_with_its_update_time(live):
-    import signal
     import subprocess
     import time
 
     config, service = live
     proc = subprocess.Popen([*LAUNCH, "status", "--watch", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=service.config.parent)
+                            stderr=subprocess.PIPE, text=True, cwd=service.config.parent,
+                            preexec_fn=as_from_a_terminal)
     updates: list[str] = []
     try:
         while len(updates) < 3:
