@@ -5,7 +5,8 @@ statistics at huge counts, and a history disk that stalls at stop.
 
 The real controller on the demo line (PLCs on closed ports) and its shadow agent on the in-test link,
 as tests/controller/test_challenger.py does. A test marked xfail(strict) proves a defect of the code
-under test: it fails now and must pass once the defect is fixed.
+under test: it fails now and must pass once the defect is fixed (then its marker goes). A test whose
+docstring starts "Was (before <commit>)" proved a defect that commit fixed; "Holds" pins a property.
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ def quiet_lifecycle(line: Line) -> None:
 
 
 # ------------------------------------------------------------------ a failed challenger
-@pytest.mark.xfail(strict=True, reason="a challenger whose step failed is promoted in place by a desired "
-                                       "model_version before the next decision round ends it")
 async def test_a_challenger_whose_step_failed_is_never_promoted_in_place(tmp_path, model):
+    """Was (before 435c93f): a challenger whose step failed is promoted in place by a desired
+    model_version before the next decision round ends it."""
     async with Line(config_with(tmp_path, model, "report_s = 0.01"), FakeLink()) as line:
         quiet_lifecycle(line)
         p = line.controller.pipeline
@@ -98,10 +99,10 @@ def unreachable_margin(line: Line, model: Path) -> tuple[str, float]:
     return "ch", margin
 
 
-@pytest.mark.xfail(strict=True, reason="a threshold_margin accepted while a challenger runs puts the "
-                                       "challenger's line threshold at or above 1 (its alarm can never fire)")
 async def test_a_margin_that_makes_the_running_challengers_alarm_unreachable_is_not_silently_applied(
         tmp_path, model):
+    """Was (before 435c93f): a threshold_margin accepted while a challenger runs puts the challenger's
+    line threshold at or above 1 (its alarm can never fire)."""
     async with Line(config_with(tmp_path, model, "report_s = 0.01"), FakeLink()) as line:
         quiet_lifecycle(line)
         p, lc = line.controller.pipeline, line.agent.lifecycle
@@ -115,10 +116,10 @@ async def test_a_margin_that_makes_the_running_challengers_alarm_unreachable_is_
             assert on < 1.0, f"the challenger runs with line threshold {on:.4g}: its alarm can never fire"
 
 
-@pytest.mark.xfail(strict=True, reason="auto promotion of a challenger the margin made unpromotable raises "
-                                       "ModelLoadError out of every decision round; the challenge never ends")
 async def test_auto_promotion_of_a_challenger_the_margin_made_unpromotable_ends_it_instead_of_raising(
         tmp_path, model):
+    """Was (before 435c93f): auto promotion of a challenger the margin made unpromotable raises
+    ModelLoadError out of every decision round; the challenge never ends."""
     keys = 'report_s = 0.01\npromotion = "auto"\nmin_rows = 1\nmax_alarm_rate = 0.5\nmin_agreement = 0.0'
     async with Line(config_with(tmp_path, model, keys), FakeLink()) as line:
         quiet_lifecycle(line)
@@ -136,9 +137,9 @@ async def test_auto_promotion_of_a_challenger_the_margin_made_unpromotable_ends_
         assert p.challenger is None, "the challenge goes on, and so does the failing promotion"
 
 
-@pytest.mark.xfail(strict=True, reason="a challenger file named like the active model's file (another model, "
-                                       "another id) is refused as 'the active model already' by name alone")
 async def test_a_challenger_named_like_the_active_models_file_is_judged_by_its_id(tmp_path, model):
+    """Was (before 435c93f): a challenger file named like the active model's file (another model, another
+    id) is refused as 'the active model already' by name alone."""
     async with Line(config_with(tmp_path, model, "report_s = 0.01"), FakeLink()) as line:
         quiet_lifecycle(line)
         p = line.controller.pipeline
@@ -152,10 +153,10 @@ async def test_a_challenger_named_like_the_active_models_file_is_judged_by_its_i
 
 
 # ------------------------------------------------------------------ races with the fleet
-@pytest.mark.xfail(strict=True, reason="an automatic rollback decided on model A's watch, waiting for the "
-                                       "lifecycle lock while the fleet promotes B, rolls B back to A")
 async def test_an_automatic_rollback_racing_a_manual_promotion_never_restores_the_misbehaving_model(
         tmp_path, model):
+    """Was (before 435c93f): an automatic rollback decided on model A's watch, waiting for the lifecycle
+    lock while the fleet promotes B, rolls B back to A."""
     async with Line(config_with(tmp_path, model, "report_s = 0.01\nwatch_s = 600"), FakeLink()) as line:
         quiet_lifecycle(line)
         p, lc = line.controller.pipeline, line.agent.lifecycle
@@ -179,9 +180,9 @@ async def test_an_automatic_rollback_racing_a_manual_promotion_never_restores_th
         assert desired.value != bad_id, desired
 
 
-@pytest.mark.xfail(strict=True, reason="an automatic promotion judged on challenger A, waiting for the "
-                                       "lifecycle lock while the fleet replaces A by B, promotes B (0 rows)")
 async def test_an_auto_promotion_judged_on_one_challenger_never_promotes_its_replacement(tmp_path, model):
+    """Was (before 435c93f): an automatic promotion judged on challenger A, waiting for the lifecycle
+    lock while the fleet replaces A by B, promotes B (0 rows)."""
     keys = 'report_s = 0.01\npromotion = "auto"\nmin_rows = 1\nmax_alarm_rate = 0.5\nmin_agreement = 0.0'
     async with Line(config_with(tmp_path, model, keys), FakeLink()) as line:
         quiet_lifecycle(line)
@@ -203,10 +204,10 @@ async def test_an_auto_promotion_judged_on_one_challenger_never_promotes_its_rep
         assert lc.challenge is not None and lc.challenge.id == b_id
 
 
-@pytest.mark.xfail(strict=True, reason="a model reloaded by hand (API / CLI) during a watch is not seen by "
-                                       "the lifecycle: the watch goes on and rolls it back to the older one")
 async def test_a_local_reload_during_a_watch_is_not_rolled_back_on_the_promoted_models_figures(
         tmp_path, model):
+    """Was (before 435c93f): a model reloaded by hand (API / CLI) during a watch is not seen by the
+    lifecycle: the watch goes on and rolls it back to the older one."""
     async with Line(config_with(tmp_path, model, "report_s = 0.01\nwatch_s = 600"), FakeLink()) as line:
         quiet_lifecycle(line)
         p, lc = line.controller.pipeline, line.agent.lifecycle
@@ -222,9 +223,9 @@ async def test_a_local_reload_during_a_watch_is_not_rolled_back_on_the_promoted_
         assert checksum(p.detector) == good, "the operator's model was rolled back on another's figures"
 
 
-@pytest.mark.xfail(strict=True, reason="a challenge survives the promotion of another model: its figures, "
-                                       "taken against the old active model, auto-promote it over the new one")
 async def test_a_challenge_does_not_outlive_the_promotion_of_another_model(tmp_path, model):
+    """Was (before 435c93f): a challenge survives the promotion of another model: its figures, taken
+    against the old active model, auto-promote it over the new one."""
     keys = ('report_s = 0.01\npromotion = "auto"\nmin_rows = 1\nmax_alarm_rate = 0.5\nmin_agreement = 0.0\n'
             "watch_s = 600")
     async with Line(config_with(tmp_path, model, keys), FakeLink()) as line:
@@ -273,10 +274,10 @@ async def test_a_challenger_that_must_not_run_is_rejected_in_one_line_and_nothin
         assert np.array_equal(dp, active.model["decision_params"])
 
 
-@pytest.mark.xfail(strict=True, reason="a promotion hung copying the previous model to models_dir stalls the "
-                                       "shadow worker: a desired shadow_mode queued after it never applies")
 async def test_a_stalled_copy_of_the_previous_model_never_holds_back_a_desired_shadow_mode(
         tmp_path, model):
+    """Was (before 2426dfe): a promotion hung copying the previous model to models_dir stalled the shadow
+    worker: a desired shadow_mode queued after it never applied."""
     import threading
 
     async with Line(config_with(tmp_path, model, "report_s = 0.01\nwatch_s = 600"), FakeLink()) as line:
@@ -303,9 +304,9 @@ async def test_a_stalled_copy_of_the_previous_model_never_holds_back_a_desired_s
 
 
 # ------------------------------------------------------------------ a restart and a watch
-@pytest.mark.xfail(strict=True, reason="a restart in the middle of a watch forgets the watch and the "
-                                       "previous model: a misbehaving promoted model is never rolled back")
 async def test_a_restart_in_the_middle_of_a_watch_keeps_watching_with_the_previous_model(tmp_path, model):
+    """Was (before 435c93f): a restart in the middle of a watch forgets the watch and the previous model:
+    a misbehaving promoted model is never rolled back."""
     config = config_with(tmp_path, model, "report_s = 0.01\nwatch_s = 600")
     async with Line(config, FakeLink()) as line:
         first = checksum(line.controller.pipeline.detector)
@@ -325,9 +326,9 @@ async def test_a_restart_in_the_middle_of_a_watch_keeps_watching_with_the_previo
         assert checksum(p.detector) == first
 
 
-@pytest.mark.xfail(strict=True, reason="a watched model with no previous model (the line ran rules only) "
-                                       "that misbehaves is silently kept: no event, the watch says watching")
 async def test_a_misbehaving_watched_model_with_nothing_to_roll_back_to_is_not_silently_kept(tmp_path, model):
+    """Was (before 435c93f): a watched model with no previous model (the line ran rules only) that
+    misbehaves is silently kept: no event, the watch says watching."""
     path = closed_ports_config(tmp_path, None)  # the commissioning config: rules only
     path.write_text(path.read_text() + "\n[models]\nreport_s = 0.01\nwatch_s = 600\n")
     async with Line(path, FakeLink()) as line:
@@ -345,9 +346,9 @@ async def test_a_misbehaving_watched_model_with_nothing_to_roll_back_to_is_not_s
         assert verdict != "watching" or said, "the rollback verdict was dropped without a word"
 
 
-@pytest.mark.xfail(strict=True, reason="a watch shorter than min_rows rows keeps a model whose line alarm "
-                                       "was stuck on for every row of it (the stuck rule never had the rows)")
 async def test_a_model_whose_line_alarm_was_on_for_its_whole_watch_is_not_kept(tmp_path, model):
+    """Was (before 435c93f): a watch shorter than min_rows rows keeps a model whose line alarm was stuck
+    on for every row of it (the stuck rule never had the rows)."""
     async with Line(config_with(tmp_path, model, "report_s = 0.01\nwatch_s = 60"), FakeLink()) as line:
         quiet_lifecycle(line)
         p, lc = line.controller.pipeline, line.agent.lifecycle
@@ -412,7 +413,7 @@ async def test_hostile_frames_into_the_challenger_never_touch_the_active_model(t
 
 # ------------------------------------------------------------------ [models] bounds
 @pytest.mark.parametrize("line_text", ["min_rows = 0", "min_rows = true", "min_rows = 1.5",
-                                       "min_rows = 1_000_000_000_001", "max_alarm_rate = nan",
+                                       "min_rows = 1_000_000_001", "max_alarm_rate = nan",
                                        "max_alarm_rate = inf", "max_alarm_rate = 1.0", "max_alarm_rate = 0.0",
                                        "rollback_alarm_rate = nan", "min_agreement = nan",
                                        "min_agreement = -0.1", "challenge_s = nan", "challenge_s = inf",
@@ -428,13 +429,12 @@ def test_bad_models_bounds_in_the_toml_are_one_line_errors_naming_the_key(tmp_pa
     assert "\n" not in text.strip() and line_text.split(" ")[0] in text, text
 
 
-@pytest.mark.xfail(strict=True, reason="[models] max_alarm_rate above the rollback bound in force is "
-                                       "accepted: a model promoted within its bounds is rolled back for it")
 @pytest.mark.parametrize("keys", [{"max_alarm_rate": 0.5},
                                   {"max_alarm_rate": 0.1, "rollback_alarm_rate": 0.01}])
 def test_the_promotion_bound_never_lies_above_the_rollback_bound(keys):
-    """hil_tests/test_model_lifecycle.py's own auto config (max_alarm_rate = 0.5, the rollback bound derived:
-    0.01) promotes a model at 0.3 rises a row, which the watch then must roll back."""
+    """Was (before 435c93f): an incoherent pair was accepted. hil_tests/test_model_lifecycle.py's own
+    auto config (max_alarm_rate = 0.5, the rollback bound derived: 0.01) promoted a model at 0.3 rises a
+    row, which the watch then had to roll back."""
     try:
         p = Policy.derive(ModelsSection(**keys), 0.001)
     except ValueError:
@@ -456,10 +456,9 @@ def test_binomial_tails_at_huge_counts_match_scipy(k, n, p):
     assert binomial_sf(k, n, p) == pytest.approx(sp.binom.sf(k - 1, n, p), rel=1e-4, abs=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="binomial tails are off by ~1e-3 absolute at the 1e12 rows [models] "
-                                       "min_rows allows (lgamma of ~1e12 in the beta prefactor loses digits)")
 @pytest.mark.parametrize(("k", "n", "p"), [(10**7, 10**12, 1e-5), (1, 10**12, 1e-13)])
-def test_binomial_tails_at_the_min_rows_cap_match_scipy(k, n, p):
+def test_binomial_tails_at_a_million_million_rows_match_scipy(k, n, p):
+    """Was (before 600006a): off by ~1e-3 absolute at 1e12 rows (lgamma of ~1e12 in the beta prefactor)."""
     assert binomial_cdf(k, n, p) == pytest.approx(sp.binom.cdf(k, n, p), rel=1e-4)
     assert binomial_sf(k, n, p) == pytest.approx(sp.binom.sf(k - 1, n, p), rel=1e-4)
 
