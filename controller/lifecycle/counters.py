@@ -33,6 +33,7 @@ class Challenger:
         self.only_active = self.only_challenger = 0
         self.differences: deque[tuple[float, str]] = deque(maxlen=DIFFERENCES)  # (wall, who alarmed)
         self.failed = ""
+        self.retired = False  # detached from the pipeline (stopped, promoted, restarted): steps no more
         self._alarm = self._active = False
 
     def after(self, mono: float, wall: float, active: bool, *, later: bool = False) -> None:
@@ -48,7 +49,7 @@ class Challenger:
 
     def step(self, mono: float, wall: float, active: bool, values: np.ndarray, fresh: np.ndarray,
              good: np.ndarray) -> None:
-        if self.failed:
+        if self.failed or self.retired:
             return
         try:
             alarm = self.detector.step(mono, values, fresh, good)

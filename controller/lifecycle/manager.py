@@ -247,6 +247,7 @@ class ModelLifecycle:
             return
         self.challenge = dataclasses.replace(c, since=self.clock.wall(), since_mono=self.clock.mono(),
                                              against=active)
+        counters.retired = True
         self.pipeline.challenger = Challenger(counters.detector, self.ops.line)
         self._event(f"challenge of model {c.id[:12]} restarted against the new active model {active[:12]} "
                     f"(after {counters.rows} rows against {c.against[:12] or 'the rules'})",
@@ -255,6 +256,8 @@ class ModelLifecycle:
     def _stop(self, how: str, user: str, reason: str, result: str = "challenge_stopped") -> None:
         c, counters = self.challenge, self.pipeline.challenger
         figures = self._challenger_report() if c is not None and counters is not None else None
+        if counters is not None:
+            counters.retired = True
         self.pipeline.challenger = None
         if c is None:
             return
@@ -297,6 +300,7 @@ class ModelLifecycle:
             figures = self._challenger_report()
             self._margin(c, det, 1.0)  # unscaled: use_detector applies the margin and keeps these originals
             before = self._active()
+            counters.retired = True  # a step still queued for it (a row with writes) must not touch it now
             self.pipeline.challenger = None
             self.challenge = None
             self.pipeline.use_detector(det)

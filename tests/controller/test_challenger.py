@@ -209,3 +209,21 @@ async def test_the_previous_model_and_the_watch_are_known_again_after_a_restart(
         assert await line.send("model_version", first[:12], 2) == "applied"  # `model rollback`'s target
         assert line.controller.pipeline.detector.metadata["checksum"] == first
         assert lifecycle_events(line, "rollback_manual")
+
+
+async def test_a_challenger_step_queued_behind_writes_never_touches_it_once_promoted(tmp_path, model):
+    """A row with writes queues the challenger's step behind them; a promotion in place before that
+    step runs must not let it step the now active detector a second time."""
+    async with Line(config_with(tmp_path, model, "report_s = 0.01"), FakeLink()) as line:
+        p = line.controller.pipeline
+        name, _ = challenger_model(line, model)
+        assert await line.send("challenger", name, 1) == "applied"
+        counters = p.challenger
+        before = counters.detector.checkpoint()
+        counters.after(time.monotonic(), time.time(), False, later=True)  # queued, not run yet
+        assert await line.send("model_version", name, 1) == "applied"  # promoted in place meanwhile
+        assert p.detector is counters.detector and counters.rows == 0
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        after = p.detector.checkpoint()
+        assert all(np.array_equal(before[k], after[k]) for k in before), "the queued step ran on it"
