@@ -385,6 +385,27 @@ async def test_a_previous_model_that_cannot_be_kept_in_models_dir_is_still_the_r
         assert lifecycle_events(line, "rollback_automatic")
 
 
+@pytest.mark.parametrize("text", [pytest.param("[" * 100_000, marks=pytest.mark.xfail(
+    strict=True, reason="a model-lifecycle.json nested too deep raises RecursionError out of the shadow's "
+                        "start (read with json.loads, not the shadow's guarded decode_json)")),
+                                  '["previous"]', '"x"', '{"previous": "m.npz"}',
+                                  '{"previous": {"path": 1, "id": []}}', '{"previous": null, "watch": 5}',
+                                  '{"previous": null, "watch": {"id": "x", "since": "soon"}}',
+                                  "\x00\xff", ""])
+async def test_a_damaged_lifecycle_state_file_never_stops_the_start(tmp_path, model, text):
+    """A model-lifecycle.json cut short, edited or corrupted (a nesting too deep for the decoder too, as
+    the shadow document guards against) costs the previous model, not the start."""
+    config = config_with(tmp_path, model, "report_s = 0.01")
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    (state / "model-lifecycle.json").write_text(text, errors="surrogateescape")
+    async with Line(config, FakeLink(connected=False)) as line:
+        lc = line.agent.lifecycle
+        assert lc.previous is None and lc.watched is None
+        report, _ = line.agent.build_report()
+        assert report["state"]["model"]["previous"] is None
+
+
 # ------------------------------------------------------------------ hostile frames, shared arrays
 async def test_hostile_frames_into_the_challenger_never_touch_the_active_model(tmp_path, model):
     """Holds: the challenger's arrays are its own (no memory shared with the active detector), and a
