@@ -354,7 +354,7 @@ class ModelLifecycle:
             self.pipeline.watch = Watch()
             self._event(f"watching model {new_id[:12]} for {policy.watch_s:g} s: rolled back to "
                         f"{old_id[:12] or '-'} if its rises exceed {policy.rollback_alarm_rate:g} a row or "
-                        f"its line alarm stays on for {policy.min_rows} rows", "watch_started", user)
+                        f"its line alarm stays on for {policy.stuck_rows} rows", "watch_started", user)
         await self._save_state()  # (also when no watch started: the one that ended is not resumed)
 
     async def _keep_previous(self, path: Path, model: str) -> None:
@@ -452,7 +452,7 @@ class ModelLifecycle:
         why = rollback_verdict(w.policy, rows=watch.rows, rises=watch.rises, on_run=watch.on_run)
         over = self.clock.mono() - w.since_mono >= w.policy.watch_s
         if not why and over and watch.rows and watch.on_run >= watch.rows:
-            why = f"line alarm on for all {watch.rows} rows of the watch"  # a watch shorter than min_rows
+            why = f"line alarm on for all {watch.rows} rows of the watch"  # a watch shorter than stuck_rows
         if why:
             await self.rollback(why, w)
         elif over:

@@ -11,7 +11,9 @@ Bounds left out of ``[models]`` are derived from the designed false-alarm rate o
 - rollback_alarm_rate = 10 x target_far (never below max_alarm_rate): a promoted model whose rises
   per row reject "at most this"
   in a one-sided binomial test at ROLLBACK_ALPHA is rolled back; so is one whose line alarm stays on
-  for min_rows rows in a row (a stuck alarm rises once, so the rate alone would not see it).
+  for stuck_rows rows in a row (a stuck alarm rises once, so the rate alone would not see it):
+  min_rows, and never fewer than ceil(ln 1000 / rollback_alarm_rate), the rows in which the rate test
+  itself could reject (a small configured min_rows must not roll back every alarm that lasts).
 
 >>> p = Policy.derive(ModelsSection(), 0.001)
 >>> p.max_alarm_rate, p.min_rows, p.rollback_alarm_rate
@@ -45,6 +47,7 @@ class Policy:
     mode: str
     challenge_s: float
     min_rows: int
+    stuck_rows: int
     max_alarm_rate: float
     min_agreement: float
     watch_s: float
@@ -60,8 +63,9 @@ class Policy:
         rollback = cfg.rollback_alarm_rate or max(min(0.5, ROLLBACK_RATE_FACTOR * far), max_rate)
         if max_rate > rollback:
             max_rate = rollback  # rollback_alarm_rate given below a derived max_alarm_rate
-        return cls(mode=cfg.promotion, challenge_s=cfg.challenge_s,
-                   min_rows=cfg.min_rows or math.ceil(math.log(1.0 / PROMOTION_ALPHA) / max_rate),
+        min_rows = cfg.min_rows or math.ceil(math.log(1.0 / PROMOTION_ALPHA) / max_rate)
+        return cls(mode=cfg.promotion, challenge_s=cfg.challenge_s, min_rows=min_rows,
+                   stuck_rows=max(min_rows, math.ceil(math.log(1.0 / ROLLBACK_ALPHA) / rollback)),
                    max_alarm_rate=max_rate, min_agreement=cfg.min_agreement, watch_s=cfg.watch_s,
                    rollback_alarm_rate=rollback, target_far=far)
 
@@ -96,8 +100,8 @@ def promotion_verdict(p: Policy, *, rows: int, rises: int, agreement: float, ela
 
 def rollback_verdict(p: Policy, *, rows: int, rises: int, on_run: int) -> str:
     """"" while the watched model behaves, else why it must be rolled back."""
-    if on_run >= p.min_rows:
-        return f"line alarm on for {on_run} rows in a row (at least min_rows {p.min_rows})"
+    if on_run >= p.stuck_rows:
+        return f"line alarm on for {on_run} rows in a row (at least {p.stuck_rows})"
     if above(rises, rows, p.rollback_alarm_rate, ROLLBACK_ALPHA):
         return (f"rises {rises} in {rows} rows ({rises / rows:.3g} a row) above the bound "
                 f"{p.rollback_alarm_rate:g} (binomial test, alpha {ROLLBACK_ALPHA:g})")

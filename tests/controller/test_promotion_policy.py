@@ -221,3 +221,11 @@ def test_a_bad_models_key_in_the_line_config_is_one_line_naming_it(tmp_path):
     path.write_text(DEMO_CONFIG.read_text() + '\n[models]\npromotion = "auto"\nchallenge_s = 60\n')
     models = load_config(path).models
     assert (models.promotion, models.challenge_s, models.max_alarm_rate) == ("auto", 60.0, None)
+
+
+def test_a_small_min_rows_does_not_roll_back_every_alarm_that_lasts():
+    p = Policy.derive(ModelsSection(min_rows=1), 0.001)  # quick promotions asked for
+    assert p.stuck_rows == math.ceil(math.log(1000) / 0.01) == 691
+    assert rollback_verdict(p, rows=5000, rises=1, on_run=690) == ""
+    assert rollback_verdict(p, rows=5000, rises=1, on_run=691).startswith("line alarm on for 691 rows")
+    assert Policy.derive(ModelsSection(), 0.001).stuck_rows == 1498  # min_rows when it is the larger
