@@ -303,6 +303,29 @@ async def test_a_stalled_copy_of_the_previous_model_never_holds_back_a_desired_s
             release.set()
 
 
+async def test_fleet_versions_older_than_the_edges_own_rollback_never_undo_it(tmp_path, model):
+    """Holds: the edge records its automatic rollback one version above every version seen; the fleet's
+    retained older copies, redelivered late (a reconnect), are stale and change nothing; a newer one
+    applies."""
+    async with Line(config_with(tmp_path, model, "report_s = 0.01\nwatch_s = 600"), FakeLink()) as line:
+        quiet_lifecycle(line)
+        p, lc, doc = line.controller.pipeline, line.agent.lifecycle, line.agent.doc
+        first = checksum(p.detector)
+        name, _ = challenger_model(line, model)
+        assert await line.send("model_version", name, 41) == "applied"
+        assert await line.send("model_version", "nope", 42) == "rejected"  # seen: 42, accepted: 41
+        p.watch.rows, p.watch.rises = 10_000, 200
+        await lc.decide()
+        assert checksum(p.detector) == first
+        edge = doc.desired["model_version"]
+        assert (edge.value, edge.version, edge.by) == (first, 43, "edge:rollback")
+        for version in (41, 42, 43):
+            assert await line.send("model_version", name, version) == "stale"
+        assert checksum(p.detector) == first
+        assert await line.send("model_version", name, 44, by="ann") == "applied"  # a newer decision
+        assert p.detector.metadata["checksum"] != first
+
+
 # ------------------------------------------------------------------ a restart and a watch
 async def test_a_restart_in_the_middle_of_a_watch_keeps_watching_with_the_previous_model(tmp_path, model):
     """Was (before 435c93f): a restart in the middle of a watch forgets the watch and the previous model:
