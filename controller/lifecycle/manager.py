@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class ModelLifecycle:
         self.previous: tuple[Path, str] | None = None  # the model the line ran before (path, id)
         self.last_challenge: dict[str, Any] | None = None  # how the last challenge ended
         self._saved_watch: tuple[str, float] | None = None  # (id, since) of a watch before a restart
+        self._ended_watch: dict[str, Any] | None = None  # the report of a watch ended before a restart
         self._keeping: set[asyncio.Task] = set()  # copies of the previous model into models_dir
         self._report: dict[str, Any] = {}
         self._reported_at = -float("inf")
@@ -97,15 +99,23 @@ class ModelLifecycle:
             return
         try:
             saved = json.loads(self.state_file.read_text())
-            prev, watch = saved["previous"], saved.get("watch")
+            prev, watch, ended = saved["previous"], saved.get("watch"), saved.get("ended_watch")
             path, model = (Path(prev["path"]), str(prev["id"])) if prev else (None, "")
-            self._saved_watch = (str(watch["id"]), float(watch["since"])) if watch else None
+            watch = (str(watch["id"]), float(watch["since"])) if watch else None
+            if watch is not None and not math.isfinite(watch[1]):
+                raise ValueError("a watch start that is not a time")
+            if ended is not None and not (isinstance(ended.get("id"), str)
+                                          and isinstance(ended.get("verdict"), str)):
+                raise ValueError("ended_watch has no id and verdict")
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("model lifecycle: %s unusable (%s): no previous model known", self.state_file, exc)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            log.warning("model lifecycle: %s unusable (%s): no previous model known", self.state_file,
+                        type(exc).__name__)
             return
         self.previous = (path, model) if path is not None and path.is_file() else None
+        self._saved_watch = watch
+        self._ended_watch = ended  # how the last watch ended (a rollback: `model rollback` must not undo it)
 
     def resume(self) -> None:
         """Watch the active model again for what was left of its watch_s, if an earlier run was watching
@@ -134,9 +144,12 @@ class ModelLifecycle:
             return
         from controller.atomicfile import write_atomic
 
-        previous, w = self.previous, self.watched if self.pipeline.watch is not None else None
+        previous, running = self.previous, self.watched is not None and self.pipeline.watch is not None
+        w = self.watched
+        ended = self._watch_report() if w is not None and not running else None
         text = json.dumps({"previous": {"path": str(previous[0]), "id": previous[1]} if previous else None,
-                           "watch": {"id": w.id, "since": w.since} if w is not None else None})
+                           "watch": {"id": w.id, "since": w.since} if running and w is not None else None,
+                           "ended_watch": ended})
         try:
             await asyncio.to_thread(write_atomic, self.state_file, text)
         except OSError as exc:  # the rollback still works in this run
@@ -166,7 +179,7 @@ class ModelLifecycle:
     def _watch_report(self) -> dict[str, Any] | None:
         w = self.watched
         if w is None:
-            return None
+            return self._ended_watch
         counters: Watch | None = self.pipeline.watch
         rows = counters.rows if counters is not None else w.extra.get("rows", 0)
         rises = counters.rises if counters is not None else w.extra.get("rises", 0)
