@@ -27,7 +27,9 @@ The recorder's own task (`run`) takes the list every `flush_s` (or once it is ha
 formats, compresses and writes it in the recorder's own writer thread, so neither the hot path nor
 the housekeeping round ever waits for the disk: a stalled disk stalls only this task. One thread, not
 asyncio.to_thread: a flush cancelled at stop leaves its write running, and the last flush must queue
-behind it, not write the same segment (and close its descriptor) beside it. A failing disk
+behind it, not write the same segment (and close its descriptor) beside it. A daemon thread: a write
+stalled for good must not keep the process from exiting (the default executor's threads are joined
+at exit). A failing disk
 (full, read-only, the directory a file) is one log line per run of failures, counters in
 /status and rows dropped, never a crash; after a failed write the next rows go to a new segment.
 Retention runs after each flush: segments whose hour is older than `keep_days` are deleted, then
@@ -45,7 +47,9 @@ import csv
 import io
 import logging
 import os
+import queue
 import re
+import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -103,6 +107,34 @@ def header_text(tags: list[str], config_hash: str, model_id: str | None) -> str:
     return out.getvalue()
 
 
+class Writer(concurrent.futures.Executor):
+    """One daemon thread running the submitted calls in order (see the module docstring). A call runs
+    even when the flush awaiting it was cancelled (at stop): its rows were taken from the buffer."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._work, name="history-writer", daemon=True).start()
+
+    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((done, fn, args, kwargs))
+        return done
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._jobs.put(None)  # the thread ends after the calls queued before
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            done, fn, args, kwargs = job
+            result, error = None, None
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # handed to the awaiting flush
+                error = exc
+            if done.set_running_or_notify_cancel():  # False: nobody awaits it any more
+                done.set_exception(error) if error is not None else done.set_result(result)
+
+
 @dataclass
 class HistoryStats:
     """What /status shows of the recorder (plain counters)."""
@@ -141,7 +173,7 @@ class HistoryRecorder:
         self._size = 0  # bytes of whole members in the open segment
         self._failing = False
         self._last_take = time.monotonic()
-        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # made at the first flush
+        self._writer: Writer | None = None  # made at the first flush
         if not self.enabled:
             self.append = self._off  # type: ignore[method-assign]  # the hot path pays one call, no more
         width = len(self.tags)
@@ -177,7 +209,7 @@ class HistoryRecorder:
         rows = self.take()
         if rows:
             if self._writer is None:
-                self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="history")
+                self._writer = Writer()
             try:
                 await asyncio.get_running_loop().run_in_executor(self._writer, self.write, rows)
             except Exception as exc:  # a bug: logged, the recorder goes on
@@ -207,7 +239,7 @@ class HistoryRecorder:
                       "may be lost", CLOSE_TIMEOUT_S)
             return  # the writer thread is kept: a next start's flushes queue behind the stalled write
         if self._writer is not None:
-            self._writer.shutdown(wait=False)
+            self._writer.shutdown()
             self._writer = None
 
     def status(self) -> dict:
