@@ -464,8 +464,8 @@ class ModelLifecycle:
             return
         why = rollback_verdict(w.policy, rows=watch.rows, rises=watch.rises, on_run=watch.on_run)
         over = self.clock.mono() - w.since_mono >= w.policy.watch_s
-        if not why and over and watch.rows and watch.on_run >= watch.rows:
-            why = f"line alarm on for all {watch.rows} rows of the watch"  # a watch shorter than stuck_rows
+        if not why and over and watch.alarm_rows * 2 > watch.rows:  # episodes shorter than stuck_rows
+            why = f"line alarm on for {watch.alarm_rows} of the {watch.rows} rows of its watch (over half)"
         if why:
             await self.rollback(why, w)
         elif over:
