@@ -34,6 +34,7 @@ from drivers.base import ConnectionState, Driver, OnBatch, ReadingBatch
 from drivers.errors import ConnectionLost, DriverError
 
 log = logging.getLogger(__name__)
+RECANCEL_S = 1.0  # stop cancels a task still running this long after its cancel again
 
 
 class Backoff:
@@ -115,11 +116,10 @@ class DriverSupervisor:
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        while task is not None and not task.done():  # again each second: a wait_for in the driver can
+            task.cancel()  # lose a cancel (Python 3.11; the controller's stop: controller.tasks)
+            await asyncio.wait({task}, timeout=RECANCEL_S)
         await self.driver.close()
         self._set_state(ConnectionState.CLOSED, "stopped")
 

@@ -563,9 +563,9 @@ class LosesCancelInItsPoll:
             await asyncio.wait_for(self.answer, 30)
 
 
-@pytest.mark.xfail(strict=True, reason="DriverSupervisor.stop() (linesentry record) cancels once: a cancel "
-                                       "lost in a wait_for of the driver's poll loop hangs the stop for ever")
 async def test_a_supervisor_stop_ends_even_when_the_drivers_poll_loses_the_cancel():
+    """Was: DriverSupervisor.stop() (linesentry record) cancelled once: a cancel lost in a wait_for of
+    the driver's poll loop hung the stop for ever."""
     from drivers.supervisor import DriverSupervisor
 
     driver = LosesCancelInItsPoll()
