@@ -6,7 +6,7 @@
   and the restart must run the same challenger beside the same active model. Holds today.
 - The fleet's `linesentry model rollback` after the edge rolled a misbehaving model back by itself: the
   edge then reports no previous model on purpose (the bad one is no rollback target); the command must not
-  fall back to the deployments log and send the bad model again (xfail: it does).
+  fall back to the deployments log and send the bad model again, also after a restart.
 """
 
 from __future__ import annotations
@@ -103,9 +103,8 @@ async def edge_report_after_an_automatic_rollback(tmp_path, model, *,
 
 @pytest.mark.parametrize("restarted", [
     False,  # Was (before 59aaa0c): model rollback re-sent the model the edge had just rolled back from
-    pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason="after a restart the edge reports neither previous nor watch: `model rollback` "
-                            "re-sends the rolled-back model"))])
+    True,  # Was (before 1a5b2b2): after a restart the edge reported neither previous nor watch
+])
 async def test_model_rollback_after_an_automatic_rollback_never_sends_the_rolled_back_model_again(
         tmp_path, model, restarted):
     """The edge reports previous: null on purpose after its own rollback (the bad model is no target);
