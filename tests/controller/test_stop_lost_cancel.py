@@ -11,19 +11,24 @@ from controller.tasks import RECANCEL_S, cancel_and_wait
 from tests.controller.test_runtime_lifecycle import line, other_tasks
 
 
+async def blocked() -> None:
+    """A wait that only a cancel ends."""
+    await asyncio.get_running_loop().create_future()
+
+
 async def loses_one_cancel(cancels: list[int]) -> None:
     """What a task does when wait_for loses its cancel: it goes on to its next wait."""
     try:
-        await asyncio.sleep(3600)
+        await blocked()
     except asyncio.CancelledError:
         cancels.append(1)  # taken for the wait's own result, as wait_for does in that round
-    await asyncio.sleep(3600)
+    await blocked()
 
 
 async def test_a_task_that_loses_its_cancel_is_cancelled_again_until_it_ends(caplog):
     cancels: list[int] = []
     lossy = asyncio.create_task(loses_one_cancel(cancels), name="lossy")
-    plain = asyncio.create_task(asyncio.sleep(3600), name="plain")
+    plain = asyncio.create_task(blocked(), name="plain")
     await asyncio.sleep(0)  # both are in their first wait
     async with asyncio.timeout(10 * RECANCEL_S):
         await cancel_and_wait([lossy, plain])
