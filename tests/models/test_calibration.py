@@ -46,6 +46,20 @@ def test_pot_extrapolates_beyond_the_sample(tail, target):
     assert target / 2 < math.exp(np.mean(np.log(true_rates))) < target * 2, true_rates
 
 
+def test_pot_from_a_short_window_is_exceeded_at_the_target_rate_on_average():
+    """125 scores (a cross-fitting block) hold ~6 excesses: the plug-in exponential threshold is
+    exceeded at 2-3x the target on new data, averaged over windows; the predictive one at the target."""
+    target, rates, plug_in = 1e-3, [], []
+    for seed in range(4000):
+        scores = np.random.default_rng(seed).exponential(size=125)
+        rates.append(math.exp(-calibrate_threshold(scores, target, "pot")))
+        u = np.quantile(scores, 0.95)
+        excess = scores[scores > u] - u
+        plug_in.append(math.exp(-(u - excess.mean() * math.log(target * 125 / excess.size))))
+    assert 0.7 * target < np.mean(rates) < 1.4 * target, np.mean(rates)
+    assert np.mean(plug_in) > 2 * target, np.mean(plug_in)  # what the rule corrects (fails if it is a no-op)
+
+
 def test_pot_beats_the_empirical_quantile_far_out():
     rng = np.random.default_rng(7)
     scores = rng.exponential(size=20_000)
