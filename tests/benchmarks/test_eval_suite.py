@@ -196,3 +196,12 @@ def test_skab_set_scores_as_the_skab_benchmark_does(tmp_path):
     suite = evaluate_group(group, skab.SKAB_SPEC)["runs"]["detector"][0]["counts"]
     _, reference = skab.evaluate(skab.load_skab(tmp_path)[0], skab.SKAB_SPEC, [])
     assert suite == {k: reference[k] for k in ("tp", "fp", "fn", "tn")}
+
+
+def test_seeds_prints_every_seed_and_the_mean(capsys):
+    from benchmarks.detection import seeds
+
+    assert seeds.main(["--seeds", "2", "--only", "univariate"]) == 0
+    out = capsys.readouterr().out
+    assert "univariate: designed FAR 0.10%" in out and "mean" in out
+    assert seeds.main(["--seeds", "1", "--only", "nonsense"]) == 2
