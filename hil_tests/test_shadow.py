@@ -112,21 +112,23 @@ async def test_desired_is_applied_journaled_and_reported(tmp_path, rig, model, b
             first = fleet.last["version"]
             assert fleet.last["state"]["shadow_mode"] is False and fleet.last["delta"] == {}
             await fleet.desire("shadow_mode", True, 1, by="ops-console")
-            await fleet.desire("threshold_margin", 1.2, 1)
-            await fleet.desire("threshold_margin", 7.0, 2)  # outside [0.8, 1.5]: rejected, 1.2 stays
+            # Margins stay below 1 / the demo model's threshold (about 0.92 since the predictive
+            # calibration): above it the line could no longer fire, and the margin is refused.
+            await fleet.desire("threshold_margin", 1.05, 1)
+            await fleet.desire("threshold_margin", 7.0, 2)  # outside [0.8, 1.5]: rejected, 1.05 stays
             await fleet.desire("inhibits", {"stop_line": {"inhibited": True, "reason": "belt change"}}, 1)
             report = await wait_for(lambda: fleet.last.get("rejected") and fleet.agrees("inhibits", 1),
                                     timeout=10, what="the desired state reported in effect")
             assert report["version"] > first
             state = report["state"]
-            assert state["shadow_mode"] is True and state["threshold_margin"] == 1.2
+            assert state["shadow_mode"] is True and state["threshold_margin"] == 1.05
             assert state["inhibits"]["stop_line"] == {"inhibited": True, "by": "shadow:fleet",
                                                       "reason": "belt change"}
             assert report["desired"]["threshold_margin"]["version"] == 1
             assert "outside [0.8, 1.5]" in report["rejected"]["threshold_margin"]["reason"]
             ops = controller.ops
             assert ops.actions.shadow_global
-            assert controller.detector.threshold == pytest.approx(controller.pipeline.model_threshold * 1.2)
+            assert controller.detector.threshold == pytest.approx(controller.pipeline.model_threshold * 1.05)
             events = controller.events.since(0)
             assert any(e["source"] == "shadow_mode" and e["user"] == "shadow:ops-console" for e in events)
             assert any(e["source"] == "stop_line" and e["user"] == "shadow:fleet" for e in events)
@@ -140,15 +142,15 @@ async def test_both_sides_agree_after_a_partition(tmp_path, rig, model, broker, 
     task = await start_controller(controller)
     try:
         async with Fleet(broker) as fleet:
-            await fleet.desire("threshold_margin", 1.1, 1)
+            await fleet.desire("threshold_margin", 1.02, 1)
             await wait_for(lambda: fleet.agrees("threshold_margin", 1), timeout=10, what="v1 in effect")
             await gate.stop_listening()  # the edge is cut off: no connection, none accepted
             gate.drop_connections()
             await wait_for(lambda: not controller.mqtt.connected, timeout=10, what="the link to see the cut")
-            await fleet.desire("threshold_margin", 1.3, 2)
+            await fleet.desire("threshold_margin", 1.08, 2)
             await fleet.desire("shadow_mode", True, 1)
             await asyncio.sleep(1.0)  # while cut, the edge cannot know: nothing changes there
-            assert controller.pipeline.threshold_margin == 1.1 and not controller.ops.actions.shadow_global
+            assert controller.pipeline.threshold_margin == 1.02 and not controller.ops.actions.shadow_global
 
             opened = time.monotonic()
             await gate.start()
@@ -159,9 +161,9 @@ async def test_both_sides_agree_after_a_partition(tmp_path, rig, model, broker, 
             converged = time.monotonic() - opened
             print(f"\nshadow partition: reconnected {reconnected:.3f} s, converged {converged:.3f} s after "
                   f"the gate opened (bound {CONVERGE_S} s; backoff cap {FAST_LINK['backoff_cap_s']} s)")
-            assert controller.pipeline.threshold_margin == 1.3 and controller.ops.actions.shadow_global
+            assert controller.pipeline.threshold_margin == 1.08 and controller.ops.actions.shadow_global
             state = fleet.last["state"]
-            assert state["threshold_margin"] == 1.3 and state["shadow_mode"] is True
+            assert state["threshold_margin"] == 1.08 and state["shadow_mode"] is True
     finally:
         await stop_controller(controller, task)
 
@@ -207,14 +209,14 @@ async def test_desired_survives_a_kill_9_with_the_broker_down(tmp_path, rig, mod
         await asyncio.to_thread(service.start)
         async with Fleet(broker) as fleet:
             await fleet.desire("shadow_mode", True, 1)
-            await fleet.desire("threshold_margin", 1.25, 1)
+            await fleet.desire("threshold_margin", 1.06, 1)
             await wait_for(lambda: fleet.agrees("shadow_mode", 1) and fleet.agrees("threshold_margin", 1),
                            timeout=20, what="the desired state in effect")
         assert await asyncio.to_thread(service.kill9) == -9
         broker.stop()
         await asyncio.to_thread(service.start)
         status = await asyncio.to_thread(service.get, "/status")
-        assert status["controller"]["shadow"] is True and status["detector"]["threshold_margin"] == 1.25
+        assert status["controller"]["shadow"] is True and status["detector"]["threshold_margin"] == 1.06
         assert [p["kind"] for p in status["protections_disabled"]] == ["shadow", "threshold_margin"]
         events = await asyncio.to_thread(service.events)
         assert any(e["source"] == "shadow_mode" and e.get("reason", "").endswith("again at start")
